@@ -1,0 +1,1 @@
+"""The chain of trust: signed, encrypted, append-only logs, one per network."""

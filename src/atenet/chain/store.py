@@ -1,0 +1,127 @@
+"""The chain store interface: where the bytes of every chain live.
+
+A store knows nothing about signatures or encryption: it keeps, per network id, an ordered list of
+opaque event blobs numbered from 1, and guarantees that an append only succeeds when the writer
+names the sequence number it expects to write (``expected_seq`` = current head + 1). That single
+compare-and-append is what keeps concurrent writers from forking a chain; everything about trust
+is checked above it (see :mod:`atenet.chain.log`).
+
+Besides chains, a store keeps two small side tables:
+
+* *latest* records: per network, a map ``key -> blob`` where a write replaces the previous value.
+  Diagnostics and liveness heartbeats go there, so they are bounded by the number of nodes instead
+  of growing the log forever. Blobs are signed by their writers like events.
+* *meta*: a map ``name -> blob`` for deployment-wide records (the deployment's public record).
+
+Backends: :mod:`atenet.chain.sqlite_store` (``sqlite:///path``) and
+:mod:`atenet.chain.nats_store` (``nats://host:port[,host:port...]``).
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import AsyncIterator
+
+from atenet.errors import AtenetError
+
+
+class ChainStore(abc.ABC):
+    """Abstract chain store. All methods are coroutines; implementations are safe to share
+    between tasks of one event loop. Raise :class:`~atenet.errors.StoreUnavailable` when the store
+    cannot be reached and :class:`~atenet.errors.AppendConflict` when ``expected_seq`` is stale."""
+
+    url: str
+
+    async def connect(self) -> None:  # noqa: B027 - optional hook
+        """Open connections / files. Idempotent."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections / files. Idempotent."""
+
+    async def __aenter__(self) -> ChainStore:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @abc.abstractmethod
+    async def list_chains(self) -> list[bytes]:
+        """Network ids of every chain in the store (any order)."""
+
+    @abc.abstractmethod
+    async def head(self, network_id: bytes) -> int:
+        """Sequence number of the last event (0 when the chain is empty or absent)."""
+
+    @abc.abstractmethod
+    async def append(self, network_id: bytes, expected_seq: int, blob: bytes) -> int:
+        """Append ``blob`` as event number ``expected_seq``; return that number.
+
+        Raises AppendConflict when the chain's head is not ``expected_seq - 1``. Retrying an
+        append whose acknowledgement was lost must never store the blob twice: a backend either
+        deduplicates or raises AppendConflict (and the caller then finds its own blob at
+        ``expected_seq``)."""
+
+    @abc.abstractmethod
+    def read(self, network_id: bytes, from_seq: int = 1) -> AsyncIterator[tuple[int, bytes]]:
+        """The events stored now, from ``from_seq`` on, in order; ends at the current head."""
+
+    @abc.abstractmethod
+    def subscribe(self, network_id: bytes, from_seq: int = 1) -> AsyncIterator[tuple[int, bytes]]:
+        """Replay from ``from_seq``, then yield new events as they are appended, forever.
+
+        Yields each sequence number exactly once and in order. When the store becomes
+        unreachable the iterator keeps waiting and retrying (it does not raise) and resumes after
+        the last event it yielded once the store is back."""
+
+    @abc.abstractmethod
+    async def put_latest(self, network_id: bytes, key: str, blob: bytes) -> None:
+        """Set the latest record ``key`` of a network, replacing the previous one."""
+
+    @abc.abstractmethod
+    async def get_latest(self, network_id: bytes) -> dict[str, bytes]:
+        """All latest records of a network."""
+
+    @abc.abstractmethod
+    async def put_meta(self, name: str, blob: bytes) -> None:
+        """Set a deployment-wide record."""
+
+    @abc.abstractmethod
+    async def get_meta(self, name: str) -> bytes | None:
+        """A deployment-wide record, or None."""
+
+    @abc.abstractmethod
+    async def delete_chain(self, network_id: bytes) -> None:
+        """Remove a chain and its latest records entirely (used by ``tok network delete``)."""
+
+
+class BadStoreURL(AtenetError):
+    """A --store URL that names no backend we have."""
+
+
+def default_store_url() -> str:
+    """``$ATENET_STORE`` or the embedded SQLite file under the user's data directory."""
+    env = os.environ.get("ATENET_STORE")
+    if env:
+        return env
+    from atenet.paths import data_dir
+
+    return f"sqlite:///{data_dir() / 'chains.sqlite'}"
+
+
+def open_store(url: str | None = None) -> ChainStore:
+    """Build (without connecting) the store a URL names: ``sqlite:///path`` or
+    ``nats://host:port[,host:port...]``."""
+    url = url or default_store_url()
+    if url.startswith("sqlite://"):
+        from atenet.chain.sqlite_store import SqliteStore
+
+        return SqliteStore(url)
+    if url.startswith(("nats://", "tls://")):
+        from atenet.chain.nats_store import NatsStore
+
+        return NatsStore(url)
+    raise BadStoreURL(
+        f"unknown store URL {url!r}: use sqlite:///path/to/file or nats://host:port[,host:port]"
+    )
