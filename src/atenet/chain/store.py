@@ -107,7 +107,7 @@ def default_store_url() -> str:
         return env
     from atenet.paths import data_dir
 
-    return f"sqlite:///{data_dir() / 'chains.sqlite'}"
+    return f"sqlite://{data_dir() / 'chains.sqlite'}"
 
 
 def open_store(url: str | None = None) -> ChainStore:

@@ -1,0 +1,31 @@
+"""Shared fixtures. Each support module owns its fixtures; this file only imports them."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def atenet_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh ATENET_HOME (config + data dirs) for one test; children inherit it."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("ATENET_HOME", str(home))
+    monkeypatch.delenv("ATENET_STORE", raising=False)
+    return home
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+needs_root = pytest.mark.skipif(
+    not is_root(), reason="needs root: creates network namespaces / TAP devices"
+)
