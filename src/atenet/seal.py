@@ -1,0 +1,290 @@
+"""The overlay packet format: key derivation, seal and open.
+
+Every packet between a client and a node, or between two nodes, is one sealed packet::
+
+    0        16  17  18      22        26          34                      len-16     len
+    | network | v | t | key id | sender | counter   | AES-256-GCM ciphertext | GCM tag |
+    '------------- header, in clear, authenticated ---'
+
+The header is the AEAD associated data; the nonce is the header's last 12 bytes (sender id ||
+counter). ``docs/protocol.md`` describes every byte and the reasoning; this module is the code.
+
+The module is sans-I/O: it takes bytes and the caller's counter start, never a clock or socket.
+It is on the hot path, so it precompiles its structs, builds each AESGCM object once per key,
+and creates no objects per packet beyond the few small ones the output needs.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from atenet.errors import AtenetError
+from atenet.replay import DEFAULT_SIZE, ReplayWindow
+
+__all__ = [
+    "HEADER_LEN",
+    "NETWORK_ID_LEN",
+    "NODE_KEY_ID",
+    "OVERHEAD",
+    "SECRET_LEN",
+    "TAG_LEN",
+    "TYPE_CONTROL",
+    "TYPE_FRAME",
+    "TYPE_SUPERFRAME",
+    "VERSION",
+    "Opener",
+    "PacketKey",
+    "SealError",
+    "Sealer",
+    "derive_node_secret",
+    "network_id_of",
+    "open_packet",
+    "parse_header",
+]
+
+VERSION = 1
+TYPE_FRAME = 1
+"""The payload is one Ethernet frame."""
+TYPE_SUPERFRAME = 2
+"""Reserved for a TSO super-frame (several frames of one flow); nothing sends it yet."""
+TYPE_CONTROL = 3
+"""The payload is a control message between tok and node, or node and node."""
+PACKET_TYPES = frozenset({TYPE_FRAME, TYPE_SUPERFRAME, TYPE_CONTROL})
+
+NODE_KEY_ID = 0
+"""Key id of the node-to-node key; access keys use 1..2**32-1."""
+
+NETWORK_ID_LEN = 16
+HEADER_LEN = 34
+TAG_LEN = 16
+OVERHEAD = HEADER_LEN + TAG_LEN
+SECRET_LEN = 32
+U32_MAX = (1 << 32) - 1
+U64_MAX = (1 << 64) - 1
+
+# network id, version, type, key id, sender id, counter.
+_HEADER = struct.Struct(">16sBBIIQ")
+# The first 22 bytes of the header are fixed for a (sender, key, type): precomputed per Sealer.
+_PREFIX = struct.Struct(">16sBBI")
+# The last 12 bytes are the nonce: sender id || counter.
+_NONCE = struct.Struct(">IQ")
+_NONCE_AT = HEADER_LEN - _NONCE.size
+assert _HEADER.size == HEADER_LEN and _PREFIX.size == _NONCE_AT
+
+INFO_AES = b"atenet/v1 packet aes-256-gcm"
+INFO_AUTH = b"atenet/v1 packet sha-256 auth"
+INFO_NODE = b"atenet/v1 node-to-node secret"
+
+
+class SealError(AtenetError):
+    """A packet was dropped. ``reason`` names the check that failed and is the drop counter.
+
+    Reasons: ``short`` (fewer bytes than a header and tag), ``version`` (not our format
+    version), ``type`` (unknown packet type), ``auth`` (wrong key, or the packet was altered),
+    ``replay`` (counter already seen or older than the replay window). A sender sees
+    ``counter`` only after 2**64 packets of one session.
+    """
+
+    def __init__(self, reason: str, message: str | None = None) -> None:
+        super().__init__(message or f"dropped overlay packet: {reason}")
+        self.reason = reason
+
+
+def _hkdf(secret: bytes, info: bytes) -> bytes:
+    """32 bytes from ``secret`` for one purpose; a distinct ``info`` gives independent keys."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
+
+
+def _check_secret(secret: bytes) -> None:
+    if len(secret) != SECRET_LEN:
+        raise ValueError(f"a key secret is {SECRET_LEN} bytes, not {len(secret)}")
+
+
+def derive_node_secret(data_key: bytes) -> bytes:
+    """The node-to-node secret (used with key id 0) from the network's 32-byte data key.
+
+    Every node that can read the chain holds the data key, so each derives the same node-to-node
+    secret without it ever being written anywhere; clients holding only an access key cannot.
+    """
+    _check_secret(data_key)
+    return _hkdf(data_key, INFO_NODE)
+
+
+class PacketKey:
+    """The packet keys derived from one 32-byte secret, built once and kept while the key lives.
+
+    Building the AESGCM object expands the AES key schedule, so it happens here and never per
+    packet.
+    """
+
+    __slots__ = ("aead", "auth_key", "key_id")
+
+    def __init__(self, secret: bytes, key_id: int) -> None:
+        _check_secret(secret)
+        if not 0 <= key_id <= U32_MAX:
+            raise ValueError(f"a key id is a u32, not {key_id}")
+        self.key_id = key_id
+        self.aead = AESGCM(_hkdf(secret, INFO_AES))
+        # For HMAC-SHA256 wherever a MAC is needed outside the AEAD (e.g. a WebSocket hello).
+        self.auth_key = _hkdf(secret, INFO_AUTH)
+
+    def __repr__(self) -> str:
+        # Never print key material.
+        return f"PacketKey(key_id={self.key_id})"
+
+
+class Sealer:
+    """Seals packets for one sender session under one key.
+
+    ``counter_start`` must make (key, sender id, counter) unique forever: GCM with a repeated
+    nonce leaks the XOR of two plaintexts and lets an attacker forge tags. The I/O layer passes
+    ``time.time_ns()``; the counter then grows by one per packet, so a restarted sender with the
+    same sender id starts above every counter it used before as long as it sent fewer than 1e9
+    packets per second and the clock did not step back.
+
+    Seal once per flood: the same sealed bytes go to every peer.
+    """
+
+    __slots__ = ("_counter", "_encrypt", "_prefixes", "key", "network_id", "sender_id")
+
+    def __init__(self, network_id: bytes, key: PacketKey, sender_id: int, counter_start: int):
+        if len(network_id) != NETWORK_ID_LEN:
+            raise ValueError(f"a network id is {NETWORK_ID_LEN} bytes, not {len(network_id)}")
+        if not 0 <= sender_id <= U32_MAX:
+            raise ValueError(f"a sender id is a u32, not {sender_id}")
+        if not 0 <= counter_start <= U64_MAX:
+            raise ValueError(f"a counter is a u64, not {counter_start}")
+        self.network_id = bytes(network_id)
+        self.key = key
+        self.sender_id = sender_id
+        self._counter = counter_start
+        self._encrypt = key.aead.encrypt
+        self._prefixes = {
+            ptype: _PREFIX.pack(self.network_id, VERSION, ptype, key.key_id)
+            for ptype in PACKET_TYPES
+        }
+
+    @property
+    def counter(self) -> int:
+        """The counter the next packet will carry."""
+        return self._counter
+
+    def seal(self, payload: bytes | memoryview, ptype: int = TYPE_FRAME) -> bytes:
+        """The sealed packet carrying ``payload``: ``len(payload) + OVERHEAD`` bytes."""
+        counter = self._counter
+        try:
+            nonce = _NONCE.pack(self.sender_id, counter)
+            header = self._prefixes[ptype] + nonce
+        except struct.error:
+            # Only after 2**64 packets; refusing beats wrapping around to a used nonce.
+            message = "packet counter exhausted: start a new sender session"
+            raise SealError("counter", message) from None
+        except KeyError:
+            raise ValueError(f"unknown packet type {ptype}") from None
+        self._counter = counter + 1
+        return header + self._encrypt(nonce, payload, header)
+
+
+def network_id_of(packet: bytes | memoryview) -> bytes:
+    """The network id a packet is for (its first 16 bytes), to find the chain without a key.
+
+    The caller checks the length first (``parse_header`` does); a short packet gives a short id.
+    """
+    return bytes(packet[:NETWORK_ID_LEN])
+
+
+def parse_header(packet: bytes | memoryview) -> tuple[bytes, int, int, int, int]:
+    """``(network_id, ptype, key_id, sender_id, counter)`` of a packet, before any crypto.
+
+    Nothing here is trusted yet: the fields only say which key to try and which replay window to
+    consult. Raises :class:`SealError` with reason ``short``, ``version`` or ``type``.
+    """
+    if len(packet) < OVERHEAD:
+        raise SealError("short")
+    network_id, version, ptype, key_id, sender_id, counter = _HEADER.unpack_from(packet)
+    if version != VERSION:
+        raise SealError("version")
+    if ptype not in PACKET_TYPES:
+        raise SealError("type")
+    return network_id, ptype, key_id, sender_id, counter
+
+
+def open_packet(key: PacketKey, packet: bytes | memoryview) -> bytes:
+    """The payload of ``packet`` if it authenticates under ``key``; else ``SealError("auth")``.
+
+    Checks neither the replay window nor the header's version and type: the caller has parsed
+    the header (to pick ``key`` by key id) and owns the replay window. See :class:`Opener`.
+    """
+    view = memoryview(packet)
+    return _decrypt(key.aead, view[_NONCE_AT:HEADER_LEN], view)
+
+
+def _decrypt(aead: AESGCM, nonce: bytes | memoryview, view: memoryview) -> bytes:
+    """Decrypt and authenticate; slices of ``view`` avoid copying a 64 KiB ciphertext."""
+    if len(view) < OVERHEAD:
+        raise SealError("short")
+    try:
+        return aead.decrypt(nonce, view[HEADER_LEN:], view[:HEADER_LEN])
+    except InvalidTag:
+        raise SealError("auth") from None
+
+
+class Opener:
+    """Opens packets under one key and rejects replays, with one replay window per sender.
+
+    A window is created only after a sender's first packet authenticated, so forged packets
+    cannot fill the table. The table is still bounded by ``max_senders`` (every session of a key
+    picks a new random sender id, so it grows with reconnects); beyond it the window created
+    longest ago is forgotten. Forgetting a window means that sender's old packets would be
+    accepted once more if replayed, so the bound is generous: the I/O layer is expected to
+    replace the Opener (new key) long before a key sees that many sessions.
+    """
+
+    __slots__ = ("_windows", "key", "max_senders", "window_size")
+
+    def __init__(
+        self, key: PacketKey, max_senders: int = 4096, window_size: int = DEFAULT_SIZE
+    ) -> None:
+        self.key = key
+        self.max_senders = max_senders
+        self.window_size = window_size
+        self._windows: dict[int, ReplayWindow] = {}
+
+    def open(self, packet: bytes | memoryview, sender_id: int, counter: int) -> bytes:
+        """The payload of ``packet``, or :class:`SealError` (``short``, ``auth`` or ``replay``).
+
+        ``sender_id`` and ``counter`` are the values :func:`parse_header` returned for this same
+        packet; passing them saves unpacking the header twice. The nonce is built from them
+        rather than read from the packet, so they are authenticated: if they differ from the
+        packet's header bytes, the packet fails ``auth`` and no window is touched.
+        """
+        window = self._windows.get(sender_id)
+        if window is not None and not window.check(counter):
+            raise SealError("replay")
+        payload = _decrypt(self.key.aead, _NONCE.pack(sender_id, counter), memoryview(packet))
+        if window is None:
+            window = self._new_window(sender_id)
+        if not window.update(counter):
+            # Two copies of one packet both passed check() before either was marked.
+            raise SealError("replay")
+        return payload
+
+    def _new_window(self, sender_id: int) -> ReplayWindow:
+        windows = self._windows
+        if len(windows) >= self.max_senders:
+            del windows[next(iter(windows))]
+        window = windows[sender_id] = ReplayWindow(self.window_size)
+        return window
+
+    def forget(self, sender_id: int) -> None:
+        """Drop a sender's window (e.g. when the key is revoked); see the class docstring."""
+        self._windows.pop(sender_id, None)
+
+    def __len__(self) -> int:
+        """How many senders have a replay window."""
+        return len(self._windows)
