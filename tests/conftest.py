@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.netns import lab  # noqa: F401
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
