@@ -1,0 +1,1 @@
+"""The `atenet` (node operator) and `tok` (network owner / client) commands."""

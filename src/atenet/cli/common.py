@@ -1,0 +1,74 @@
+"""What both commands share: the --store option, running coroutines, one-line errors."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
+
+import click
+
+from atenet.chain.store import ChainStore, open_store
+from atenet.errors import AtenetError
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+store_option = click.option(
+    "--store",
+    "store_url",
+    envvar="ATENET_STORE",
+    default=None,
+    metavar="URL",
+    help="Chain store: sqlite:///path/file.sqlite (default: the embedded store in the user's "
+    "data dir) or nats://host:port[,host:port...]. Env: ATENET_STORE.",
+)
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print a one-line error to stderr and exit."""
+    prog = click.get_current_context(silent=True)
+    name = prog.find_root().info_name if prog is not None else "atenet"
+    click.echo(f"{name}: error: {message}", err=True)
+    sys.exit(code)
+
+
+def run_async(fn: Callable[P, Awaitable[T]]) -> Callable[P, T | None]:
+    """Run an async command body; turn AtenetError into a one-line error, Ctrl-C into exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T | None:
+        try:
+            return asyncio.run(fn(*args, **kwargs))  # type: ignore[arg-type]
+        except AtenetError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            sys.exit(130)
+        return None
+
+    return wrapper
+
+
+async def connected_store(url: str | None) -> ChainStore:
+    store = open_store(url)
+    await store.connect()
+    return store
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(
+        level=max(level, logging.DEBUG),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
