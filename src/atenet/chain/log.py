@@ -7,8 +7,10 @@ through ``NetworkState.apply``, so callers only ever see verified events.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ from atenet.errors import AppendConflict, AtenetError, ChainInvalid, DecodeError
 
 log = logging.getLogger(__name__)
 
-APPEND_ATTEMPTS = 50
+APPEND_ATTEMPTS = 200
 
 
 def now_ms() -> int:
@@ -82,7 +84,7 @@ class Chain:
 
         The event is verified by the same rules a reader applies before it is sent, so a writer
         without the right cannot even produce it. Returns the stored event and its payload."""
-        for _ in range(APPEND_ATTEMPTS):
+        for attempt in range(APPEND_ATTEMPTS):
             await self.catch_up()
             blob = self.state.build(kind, payload, signer.key, now_ms(), signer.cert)
             event = ev.decode(blob)
@@ -95,6 +97,8 @@ class Chain:
                 await self.catch_up()
                 if self.state.head == event.hash:
                     return event, payload
+                # Jittered backoff so two busy writers cannot starve one another.
+                await asyncio.sleep(random.uniform(0, min(0.002 * 2**attempt, 0.1)))
                 continue
             return event, self.state.apply(event)
         raise AtenetError(

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
@@ -26,6 +27,24 @@ store_option = click.option(
     metavar="URL",
     help="Chain store: sqlite:///path/file.sqlite (default: the embedded store in the user's "
     "data dir) or nats://host:port[,host:port...]. Env: ATENET_STORE.",
+)
+
+
+def _export_store(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A --store given before the subcommand applies to it (through ATENET_STORE)."""
+    if value:
+        os.environ["ATENET_STORE"] = value
+    return value
+
+
+group_store_option = click.option(
+    "--store",
+    "store_url",
+    default=None,
+    metavar="URL",
+    expose_value=False,
+    callback=_export_store,
+    help="Chain store URL for every subcommand (same as the subcommands' --store).",
 )
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,13 +17,21 @@ from rich.table import Table
 
 from atenet.chain.log import Chain
 from atenet.chain.store import ChainStore
-from atenet.cli.common import connected_store, json_option, print_json, run_async, store_option
+from atenet.cli.common import (
+    connected_store,
+    group_store_option,
+    json_option,
+    print_json,
+    run_async,
+    store_option,
+)
 from atenet.deployment import Deployment, deployment_path, load_or_create_owner, owner_key_path
 from atenet.errors import AtenetError
 from atenet.owner import Owner, parse_duration
 from atenet.token import AccessToken
 
-console = Console()
+# Wide when piped, so ids are never cut in logs and scripts (which should use --json).
+console = Console(width=None if sys.stdout.isatty() else 200)
 
 
 def _when(ts: float | None) -> str:
@@ -69,6 +78,7 @@ async def resolve_deployment(store: ChainStore) -> Deployment:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="atenet")
+@group_store_option
 def main() -> None:
     """Manage atenet virtual networks: networks, access keys, routes, and the chain's log.
 

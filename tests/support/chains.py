@@ -1,0 +1,63 @@
+"""Helpers for chain tests: a deployment + owner + network in a store, and a tampering copier."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from atenet.chain.keys import Identity, certify_node, raw_public
+from atenet.chain.log import Chain, Signer, create_network
+from atenet.chain.store import ChainStore
+from atenet.deployment import Deployment
+
+
+@dataclass
+class World:
+    """An owner, a node authority with two certified nodes, and one network."""
+
+    store: ChainStore
+    owner: Identity
+    authority: Identity
+    deployment: Deployment
+    chain: Chain
+    node_a: Signer
+    node_b: Signer
+
+    @property
+    def owner_signer(self) -> Signer:
+        return Signer(self.owner.sign)
+
+    def reader(self, store: ChainStore | None = None) -> Chain:
+        """A fresh authority-side view of the network (as a node reads it)."""
+        return Chain(store or self.store, self.chain.network_id, [self.authority.box])
+
+
+def new_node(authority: Identity) -> Signer:
+    key = Ed25519PrivateKey.generate()
+    return Signer(key, certify_node(authority.sign, raw_public(key.public_key())))
+
+
+async def make_world(store: ChainStore, name: str = "office") -> World:
+    owner = Identity.generate()
+    authority = Identity.generate()
+    deployment = Deployment(authority.sign_public, authority.box_public, store.url)
+    chain = await create_network(
+        store, owner, deployment, name=name, cidr="10.9.8.0/24", cidr6="fd00:1:2:3::/64", mtu=1400
+    )
+    return World(
+        store, owner, authority, deployment, chain, new_node(authority), new_node(authority)
+    )
+
+
+async def copy_chain(
+    src: ChainStore,
+    dst: ChainStore,
+    network_id: bytes,
+    edit: Callable[[list[bytes]], list[bytes]] = lambda blobs: blobs,
+) -> None:
+    """Copy a chain's blobs into another store after ``edit`` — what a tampered store holds."""
+    blobs = [blob async for _seq, blob in src.read(network_id)]
+    for seq, blob in enumerate(edit(blobs), start=1):
+        await dst.append(network_id, seq, blob)
