@@ -5,11 +5,11 @@ One module per protocol (``ethernet``, ``arp``, ``ipv4``, ``ipv6``, ``icmp``, ``
 :class:`atenet.errors.DecodeError` and nothing else on malformed input — and ``emit()``.
 Ethernet also has allocation-free field readers for the forwarding hot path.
 
-The most used names are re-exported here so callers can write ``from atenet.wire import ...``.
+The most used names are re-exported here so callers can write ``from atenet.wire import ...``;
+the checksum helpers stay in :mod:`atenet.wire.checksum`, whose module name they would shadow.
 """
 
 from atenet.wire.arp import ARP_REPLY, ARP_REQUEST, ArpRepr, arp_reply, arp_request, gratuitous_arp
-from atenet.wire.checksum import checksum, pseudo_header, verify
 from atenet.wire.ethernet import (
     BROADCAST_MAC,
     ETH_HEADER_LEN,
@@ -66,7 +66,6 @@ __all__ = [
     "UdpRepr",
     "arp_reply",
     "arp_request",
-    "checksum",
     "dst_mac",
     "ethertype",
     "format_mac",
@@ -80,8 +79,6 @@ __all__ = [
     "neighbor_advertisement",
     "neighbor_solicitation",
     "parse_mac",
-    "pseudo_header",
     "solicited_node",
     "src_mac",
-    "verify",
 ]
