@@ -152,7 +152,9 @@ class Sealer:
 
     __slots__ = ("_counter", "_encrypt", "_prefixes", "key", "network_id", "sender_id")
 
-    def __init__(self, network_id: bytes, key: PacketKey, sender_id: int, counter_start: int):
+    def __init__(
+        self, network_id: bytes, key: PacketKey, sender_id: int, counter_start: int
+    ) -> None:
         if len(network_id) != NETWORK_ID_LEN:
             raise ValueError(f"a network id is {NETWORK_ID_LEN} bytes, not {len(network_id)}")
         if not 0 <= sender_id <= U32_MAX:
