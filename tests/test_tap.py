@@ -6,6 +6,8 @@ import asyncio
 import errno
 import json
 import select
+import shutil
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -169,6 +171,24 @@ def test_same_name_twice_is_busy(lab: Lab) -> None:
             host.call(TapDevice.open, "lo")  # exists, but is not a TAP
     finally:
         first.close()
+
+
+@needs_root
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="needs setpriv (util-linux)")
+def test_without_cap_net_admin_open_says_run_with_sudo(lab: Lab) -> None:
+    host = lab.add_host("a")
+    script = (
+        "from atenet.transport.tap import TapDevice\n"
+        "from atenet.errors import AtenetError\n"
+        "try:\n    TapDevice.open('tap0')\nexcept AtenetError as e:\n    print(e)\n"
+    )
+    out = host.run(
+        ["setpriv", "--bounding-set", "-net_admin", "--inh-caps", "-net_admin", "--",
+         sys.executable, "-c", script]
+    )  # fmt: skip
+    assert out.stdout.strip() == (
+        "tok connect needs root (CAP_NET_ADMIN) to create a TAP device: run it with sudo"
+    )
 
 
 @needs_root

@@ -156,6 +156,13 @@ def _check_mac(mac: bytes) -> bytes:
     return mac
 
 
+def _refuse_vnet_hdr() -> None:
+    # Reserved for IFF_VNET_HDR + TUNSETOFFLOAD (TSO/GSO, checksum offload): with it every read
+    # and write carries a virtio_net_hdr and reads may return 64 KiB super-frames, which the
+    # switch must learn to segment first.
+    raise TapError("TAP offloads (vnet_hdr) are not implemented yet: open the TAP without vnet_hdr")
+
+
 class TapDevice:
     """An open, non-blocking TAP device (``IFF_TAP | IFF_NO_PI``): one read = one Ethernet frame.
 
@@ -168,9 +175,7 @@ class TapDevice:
     def __init__(self, fd: int, name: str, *, vnet_hdr: bool = False) -> None:
         """Wrap an fd already attached with TUNSETIFF; most callers want :meth:`open`."""
         if vnet_hdr:
-            raise TapError(
-                "TAP offloads (vnet_hdr) are not implemented yet: open the TAP without vnet_hdr"
-            )
+            _refuse_vnet_hdr()
         self._fd = fd
         self.name = name
         """The kernel's name for the interface (it may differ from the requested one)."""
@@ -198,8 +203,7 @@ class TapDevice:
         if mac is not None:
             _check_mac(mac)
         if vnet_hdr:
-            # Refuse before touching the kernel, so no device is created and left behind.
-            TapDevice(-1, name, vnet_hdr=True)
+            _refuse_vnet_hdr()  # before touching the kernel, so no device is left behind
         try:
             fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as err:
