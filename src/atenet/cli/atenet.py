@@ -8,6 +8,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
+from typing import Any
+
 import click
 
 from atenet.chain.store import ChainStore, default_store_url
@@ -18,7 +22,15 @@ from atenet.cli.common import (
     setup_logging,
     store_option,
 )
-from atenet.deployment import Deployment, init_deployment, load_or_create_owner
+from atenet.deployment import (
+    Deployment,
+    init_deployment,
+    load_authority,
+    load_node_key,
+    load_or_create_owner,
+)
+from atenet.node.daemon import NodeDaemon
+from atenet.node.http import serve_http
 from atenet.owner import Owner
 
 DEFAULT_NETWORK = "default"
@@ -85,6 +97,98 @@ async def up(store_url: str | None, network_name: str) -> None:
         click.echo(f"network  {s.name} {chain.network_id.hex()} {s.cidr} {s.cidr6}")
     finally:
         await store.close()
+
+
+@main.command()
+@store_option
+@click.option("--listen", default="0.0.0.0", show_default=True, help="UDP address to bind.")
+@click.option(
+    "--udp-port",
+    type=click.IntRange(0, 65535),
+    default=4799,
+    show_default=True,
+    help="UDP port for clients and peer nodes (0: any free port).",
+)
+@click.option(
+    "--http-listen",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address of the HTTP server (status, metrics).",
+)
+@click.option(
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="HTTP port for /api/status and /metrics (0: no HTTP server).",
+)
+@click.option(
+    "--advertise",
+    metavar="HOST:PORT",
+    help="Endpoint other nodes and clients reach this node at "
+    "(default: the --listen address or this host's address, and the UDP port).",
+)
+@click.option(
+    "--heartbeat",
+    type=click.FloatRange(0.2, 3600),
+    default=10.0,
+    show_default=True,
+    help="Seconds between liveness records; peers stop flooding to a node whose "
+    "heartbeat is older than 3 intervals.",
+)
+@run_async
+async def run(
+    store_url: str | None,
+    listen: str,
+    udp_port: int,
+    http_listen: str,
+    http_port: int,
+    advertise: str | None,
+    heartbeat: float,
+) -> None:
+    """Serve every network of this deployment: one UDP socket for clients and peers, networks
+    loaded on demand, counters over HTTP. SIGTERM or Ctrl-C leave cleanly."""
+    store = await connected_store(store_url)
+    try:
+        daemon = NodeDaemon(
+            store,
+            load_node_key(),
+            load_authority(),
+            listen=listen,
+            udp_port=udp_port,
+            advertise=advertise,
+            heartbeat=heartbeat,
+        )
+        await serve_until_signal(daemon, http_listen, http_port)
+    finally:
+        await store.close()
+
+
+async def serve_until_signal(
+    daemon: NodeDaemon, http_listen: str, http_port: int, on_ready: Any = None
+) -> None:
+    """Run the node until SIGTERM/SIGINT, then leave memberships and stop."""
+    await daemon.start()
+    runner = await serve_http(daemon, http_listen, http_port) if http_port else None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    click.echo(
+        f"node {daemon.node_id} serving on udp {daemon.listen}:{daemon.udp_port} "
+        f"(advertised {daemon.advertise})"
+        + (f", http://{http_listen}:{http_port}/api/status" if http_port else ""),
+        err=True,
+    )
+    try:
+        if on_ready is not None:
+            await on_ready(daemon)
+        await stop.wait()
+    finally:
+        click.echo("stopping: leaving networks", err=True)
+        await daemon.stop()
+        if runner is not None:
+            await runner.cleanup()
 
 
 if __name__ == "__main__":

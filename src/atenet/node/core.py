@@ -37,8 +37,8 @@ from atenet.switch.core import Port, Switch
 UDP_IDLE = 60.0
 """A UDP client port lives this long after its last packet (tok keeps it alive every 15 s)."""
 
-PEER_STALE = 45.0
-"""A member node whose latest heartbeat is older than this is no longer flooded to."""
+PEER_GRACE = 45.0
+"""A member with no heartbeat record yet is flooded to this long after it joined."""
 
 ETH_MIN = 14
 
@@ -111,7 +111,7 @@ class NetworkRuntime:
         self.clients: dict[tuple[int, int], UdpClientPort] = {}
         self.peers: tuple[Addr, ...] = ()
         self.peer_ids: tuple[str, ...] = ()
-        self.heartbeats: dict[str, float] = {}
+        self.alive_until: dict[str, float] = {}  # node id -> end of its heartbeat's validity
         self.drops: Counter[str] = Counter()
         self._node_sealer: Sealer | None = None
 
@@ -143,15 +143,14 @@ class NetworkRuntime:
         return [p for p in closed if p is not None]
 
     def refresh_peers(self, now: float) -> None:
-        """Flood to every other member whose heartbeat is recent (or not yet known)."""
+        """Flood to every other member whose heartbeat is still valid (or that just joined)."""
         if self.state is None:
             return
         peers, ids = [], []
         for member in self.state.members.values():
             if member.node_id == self.node_id:
                 continue
-            beat = self.heartbeats.get(member.node_id, member.since)
-            if now - beat > PEER_STALE:
+            if now > self.alive_until.get(member.node_id, member.since + PEER_GRACE):
                 continue
             for endpoint in member.endpoints[:1]:
                 try:
