@@ -59,8 +59,8 @@ def table(summaries: list[Summary]) -> Table:
         ("load p50 ms", "load_rtt_median_ms", ".2f"),
         ("load p99 ms", "load_rtt_p99_ms", ".2f"),
     ]
-    ref_note = ", ".join(f"{n[0]} = ×{n}" for n in references)
-    out = Table(title=f"atenet network bench (medians; {ref_note})", show_lines=True)
+    ref_note = "".join(f", {n[0]} = ×{n}" for n in references)
+    out = Table(title=f"atenet network bench (medians{ref_note})", show_lines=True)
     out.add_column("target")
     for header, _, _ in metrics:
         out.add_column(header, justify="right")

@@ -4,6 +4,7 @@
   ceiling no overlay can beat on this machine.
 * ``tinc``  — tinc 1.0 in switch mode (a userspace Ethernet switch over UDP, like atenet): the
   reference overlay to beat.
+* ``pyrelay`` — two TAP devices joined by a Python loop: the floor cost of a Python TAP path.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -140,8 +142,40 @@ class TincTarget(Target):
             self._tmp = None
 
 
+class PyRelayTarget(Target):
+    """Two TAPs (one per host) joined by one Python process (``bench/taprelay.py``)."""
+
+    name = "pyrelay"
+    description = "two TAPs joined by a Python read_batch/write loop (no UDP, no crypto)"
+
+    def __init__(self) -> None:
+        self._pids: dict[str, int] = {}
+
+    def setup(self, lab: Lab) -> tuple[Host, Host, str]:
+        a, b = lab.add_host("a"), lab.add_host("b")
+        script = Path(__file__).resolve().parent / "taprelay.py"
+        proc = a.popen(
+            [sys.executable, str(script), a.ns, f"{OVERLAY_PREFIX}.1/24",
+             b.ns, f"{OVERLAY_PREFIX}.2/24"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("taprelay.py did not start (see its stderr)")
+        self._pids["relay"] = proc.pid
+        server_ip = f"{OVERLAY_PREFIX}.2"
+        if not a.ping(server_ip, count=3, timeout=5):
+            raise RuntimeError("no ping through the Python relay")
+        return a, b, server_ip
+
+    def processes(self) -> dict[str, int]:
+        return dict(self._pids)
+
+
 TARGETS: dict[str, type[Target]] = {
     VethTarget.name: VethTarget,
     TincTarget.name: TincTarget,
+    PyRelayTarget.name: PyRelayTarget,
 }
 """Registry: ``--targets`` picks from these, in this order. Later: atenet-1node, atenet-2node."""
