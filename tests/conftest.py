@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.nats_cluster import fresh_nats_cluster, nats_cluster, nats_server  # noqa: F401
 from tests.support.netns import lab  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent

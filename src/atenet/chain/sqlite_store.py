@@ -1,0 +1,282 @@
+"""The embedded chain store: one SQLite file shared by every atenet process on a host.
+
+Layout (one file, three tables)::
+
+    events(network BLOB, seq INTEGER, blob BLOB, PRIMARY KEY (network, seq)) WITHOUT ROWID
+    latest(network BLOB, key TEXT, blob BLOB, PRIMARY KEY (network, key)) WITHOUT ROWID
+    meta(name TEXT PRIMARY KEY, blob BLOB)
+
+Several processes (the node daemon, ``tok``, tests) open the same file at once, so the file runs
+in WAL mode (readers never block the writer) with a busy timeout (a writer waits for another
+writer instead of failing). An append is one ``BEGIN IMMEDIATE`` transaction: it takes the write
+lock *before* reading the head, so two writers can never both see the same head; the primary key
+(network, seq) would reject a fork even if that check were wrong.
+
+sqlite3 connections belong to one thread, and every call blocks, so each store owns a
+single-thread executor that holds its connection; coroutines hand work to it. A subscriber polls
+for rows past the last one it yielded every :data:`POLL_INTERVAL` seconds (an indexed lookup that
+costs microseconds), and is woken at once by appends made through the same store object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from atenet.chain.store import ChainStore
+from atenet.errors import AppendConflict, StoreUnavailable
+
+T = TypeVar("T")
+
+#: Seconds between two looks for new events in :meth:`SqliteStore.subscribe`. Another process's
+#: append is seen within about this delay.
+POLL_INTERVAL = 0.05
+#: How long a writer waits for another process's write lock before giving up (milliseconds).
+BUSY_TIMEOUT_MS = 10_000
+#: Rows fetched per query when replaying, so a long chain is not loaded into memory at once.
+BATCH = 256
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    network BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    blob BLOB NOT NULL,
+    PRIMARY KEY (network, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS latest (
+    network BLOB NOT NULL,
+    key TEXT NOT NULL,
+    blob BLOB NOT NULL,
+    PRIMARY KEY (network, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    blob BLOB NOT NULL
+);
+"""
+
+
+class SqliteStore(ChainStore):
+    """Chain store in a local SQLite file, named ``sqlite:///absolute/path``."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path = Path(url.removeprefix("sqlite://"))
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._connect_lock = asyncio.Lock()
+        # Replaced by a fresh Event on every local append; subscribers wait on the one they saw.
+        self._appended = asyncio.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        async with self._connect_lock:
+            if self._conn is not None:
+                return
+            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="atenet-sqlite")
+            try:
+                self._conn = await asyncio.get_running_loop().run_in_executor(executor, self._open)
+            except (OSError, sqlite3.Error) as err:
+                executor.shutdown(wait=False)
+                reason = getattr(err, "strerror", None) or str(err)
+                raise StoreUnavailable(self.url, f"cannot open {self.path}: {reason}") from None
+            self._executor = executor
+
+    def _open(self) -> sqlite3.Connection:
+        """Runs on the store's thread: open the file, switch to WAL, create the tables."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a commit survives a process crash; only an OS crash or power
+            # loss can drop the last commits, and never corrupts the file.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def close(self) -> None:
+        async with self._connect_lock:
+            conn, executor = self._conn, self._executor
+            self._conn = self._executor = None
+            if conn is None or executor is None:
+                return
+            await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+            executor.shutdown(wait=True)
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        """Run ``fn(conn, *args)`` on the store's thread, connecting first if needed."""
+        if self._conn is None:
+            await self.connect()
+        conn, executor = self._conn, self._executor
+        if conn is None or executor is None:
+            raise StoreUnavailable(self.url, "the store was closed")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, fn, conn, *args)
+        except sqlite3.Error as err:
+            raise StoreUnavailable(self.url, str(err)) from None
+
+    # -- chains ------------------------------------------------------------------------------
+
+    async def list_chains(self) -> list[bytes]:
+        def q(conn: sqlite3.Connection) -> list[bytes]:
+            return [bytes(r[0]) for r in conn.execute("SELECT DISTINCT network FROM events")]
+
+        return await self._run(q)
+
+    async def head(self, network_id: bytes) -> int:
+        return await self._run(_head, network_id)
+
+    async def append(self, network_id: bytes, expected_seq: int, blob: bytes) -> int:
+        if expected_seq < 1:
+            raise ValueError(f"expected_seq must be >= 1, not {expected_seq}")
+        seq = await self._run(_append, network_id, expected_seq, bytes(blob))
+        ev, self._appended = self._appended, asyncio.Event()
+        ev.set()
+        return seq
+
+    async def read(self, network_id: bytes, from_seq: int = 1) -> AsyncIterator[tuple[int, bytes]]:
+        until = await self.head(network_id)
+        async for item in self._events(network_id, from_seq, until):
+            yield item
+
+    async def subscribe(
+        self, network_id: bytes, from_seq: int = 1
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        async for item in self._events(network_id, from_seq, None):
+            yield item
+
+    async def _events(
+        self, network_id: bytes, from_seq: int, until: int | None
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """Yield events after ``from_seq - 1`` up to ``until`` (forever when None)."""
+        last = max(from_seq, 1) - 1
+        while until is None or last < until:
+            wake = self._appended
+            try:
+                rows = await self._run(_rows_after, network_id, last, BATCH)
+            except StoreUnavailable:
+                if until is not None:
+                    raise
+                rows = []  # a subscriber waits out a locked or vanished file instead of failing
+            for seq, blob in rows:
+                if until is not None and seq > until:
+                    return
+                last = seq
+                yield seq, blob
+            if not rows:
+                if until is not None:
+                    return  # deleted meanwhile: nothing more to read
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), POLL_INTERVAL)
+
+    async def delete_chain(self, network_id: bytes) -> None:
+        def q(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.execute("DELETE FROM events WHERE network = ?", (network_id,))
+                conn.execute("DELETE FROM latest WHERE network = ?", (network_id,))
+
+        await self._run(q)
+
+    # -- side tables -------------------------------------------------------------------------
+
+    async def put_latest(self, network_id: bytes, key: str, blob: bytes) -> None:
+        def q(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO latest (network, key, blob) VALUES (?, ?, ?)"
+                " ON CONFLICT (network, key) DO UPDATE SET blob = excluded.blob",
+                (network_id, key, bytes(blob)),
+            )
+
+        await self._run(q)
+
+    async def get_latest(self, network_id: bytes) -> dict[str, bytes]:
+        def q(conn: sqlite3.Connection) -> dict[str, bytes]:
+            rows = conn.execute("SELECT key, blob FROM latest WHERE network = ?", (network_id,))
+            return {key: bytes(blob) for key, blob in rows}
+
+        return await self._run(q)
+
+    async def put_meta(self, name: str, blob: bytes) -> None:
+        def q(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO meta (name, blob) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET blob = excluded.blob",
+                (name, bytes(blob)),
+            )
+
+        await self._run(q)
+
+    async def get_meta(self, name: str) -> bytes | None:
+        def q(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute("SELECT blob FROM meta WHERE name = ?", (name,)).fetchone()
+            return None if row is None else bytes(row[0])
+
+        return await self._run(q)
+
+
+# -- blocking helpers, run on the store's thread ---------------------------------------------
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on any error. IMMEDIATE takes the write lock
+    up front, so what the transaction reads cannot change before it writes."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _head(conn: sqlite3.Connection, network_id: bytes) -> int:
+    row = conn.execute(
+        "SELECT COALESCE(MAX(seq), 0) FROM events WHERE network = ?", (network_id,)
+    ).fetchone()
+    return int(row[0])
+
+
+def _append(conn: sqlite3.Connection, network_id: bytes, expected_seq: int, blob: bytes) -> int:
+    with _transaction(conn):
+        head = _head(conn, network_id)
+        if head == expected_seq - 1:
+            conn.execute(
+                "INSERT INTO events (network, seq, blob) VALUES (?, ?, ?)",
+                (network_id, expected_seq, blob),
+            )
+            return expected_seq
+        if head >= expected_seq:
+            # A retried append whose first try did commit: the blob is already where the caller
+            # wanted it, so report success instead of a conflict it would have to untangle.
+            row = conn.execute(
+                "SELECT blob FROM events WHERE network = ? AND seq = ?", (network_id, expected_seq)
+            ).fetchone()
+            if row is not None and bytes(row[0]) == blob:
+                return expected_seq
+        raise AppendConflict(network_id, expected_seq, head)
+
+
+def _rows_after(
+    conn: sqlite3.Connection, network_id: bytes, after: int, limit: int
+) -> list[tuple[int, bytes]]:
+    rows = conn.execute(
+        "SELECT seq, blob FROM events WHERE network = ? AND seq > ? ORDER BY seq LIMIT ?",
+        (network_id, after, limit),
+    )
+    return [(int(seq), bytes(blob)) for seq, blob in rows]
