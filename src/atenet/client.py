@@ -1,0 +1,125 @@
+"""The `tok connect` client core (sans-I/O): one access token, one node at a time.
+
+The client holds only a token (network id, key id, secret, node endpoints). It learns the
+network's settings from the node: it sends a ``hello`` control packet, and the node answers with a
+``welcome`` carrying the network's name, CIDRs and MTU. While connected it sends a ``ping`` every
+few seconds; a node that stops answering (or never answers: revoked key, node down, UDP blocked —
+a node never answers a packet that fails its checks) is abandoned for the next endpoint in the
+token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from typing import Any
+
+from atenet.errors import AtenetError
+from atenet.node.core import Addr, parse_endpoint
+from atenet.seal import (
+    TYPE_CONTROL,
+    TYPE_FRAME,
+    Opener,
+    PacketKey,
+    Sealer,
+    SealError,
+    parse_header,
+)
+from atenet.token import AccessToken
+
+PING_INTERVAL = 5.0
+"""Seconds between control pings while connected."""
+
+DEAD_AFTER = 15.0
+"""A node that has not answered for this long is abandoned for the next endpoint."""
+
+HELLO_TIMEOUT = 2.0
+"""Seconds to wait for a welcome before trying the next endpoint."""
+
+
+class ClientCore:
+    """Seals frames for a node and opens what it sends back."""
+
+    def __init__(self, token: AccessToken, counter_start: int, sender_id: int | None = None):
+        if not token.endpoints:
+            raise AtenetError(
+                "the token names no node endpoint: export one with "
+                "`tok key export NETWORK --node HOST:PORT`"
+            )
+        self.token = token
+        self.sender_id = (
+            sender_id if sender_id is not None else int.from_bytes(os.urandom(4), "big")
+        )
+        key = PacketKey(token.secret, token.key_id)
+        self.sealer = Sealer(token.network_id, key, self.sender_id, counter_start)
+        self.opener = Opener(key)
+        self.endpoints: list[Addr] = [parse_endpoint(e) for e in token.endpoints]
+        self.index = 0
+        self.config: dict[str, Any] | None = None
+        self.last_heard = 0.0
+        self.last_sent_control = 0.0
+        self.asked_at = 0.0
+        self.drops: Counter[str] = Counter()
+        self.failovers = 0
+
+    @property
+    def node(self) -> Addr:
+        return self.endpoints[self.index]
+
+    def seal_frame(self, frame: bytes) -> bytes:
+        return self.sealer.seal(frame, TYPE_FRAME)
+
+    def control(self, op: str, now: float) -> bytes:
+        self.last_sent_control = now
+        if op == "hello":
+            self.asked_at = now
+        return self.sealer.seal(json.dumps({"op": op}).encode(), TYPE_CONTROL)
+
+    def datagram(self, data: bytes, now: float) -> bytes | None:
+        """A frame for the TAP, or None (control message handled, or packet dropped)."""
+        try:
+            network_id, ptype, key_id, sender_id, counter = parse_header(data)
+        except SealError as err:
+            self.drops[err.reason] += 1
+            return None
+        if network_id != self.token.network_id or key_id != self.token.key_id:
+            self.drops["wrong_network" if network_id != self.token.network_id else "key"] += 1
+            return None
+        try:
+            payload = self.opener.open(data, sender_id, counter)
+        except SealError as err:
+            self.drops[err.reason] += 1
+            return None
+        self.last_heard = now
+        if ptype == TYPE_FRAME:
+            return payload
+        if ptype == TYPE_CONTROL:
+            try:
+                message = json.loads(payload)
+            except ValueError:
+                self.drops["bad_control"] += 1
+                return None
+            if isinstance(message, dict) and message.get("op") in ("welcome", "pong"):
+                self.config = message
+        return None
+
+    def tick(self, now: float) -> list[bytes]:
+        """Control packets due now; switches to the next endpoint when the node is silent."""
+        if self.config is None:
+            if now - self.asked_at >= HELLO_TIMEOUT:
+                if self.asked_at:
+                    self.next_endpoint()
+                return [self.control("hello", now)]
+            return []
+        if now - self.last_heard > DEAD_AFTER:
+            self.next_endpoint()
+            self.config = None
+            return [self.control("hello", now)]
+        if now - self.last_sent_control >= PING_INTERVAL:
+            return [self.control("ping", now)]
+        return []
+
+    def next_endpoint(self) -> None:
+        self.index = (self.index + 1) % len(self.endpoints)
+        self.failovers += 1

@@ -1,0 +1,193 @@
+"""`tok connect`: join this Linux host to a network through a TAP device.
+
+The asyncio shell around :class:`~atenet.client.ClientCore`: one UDP socket to the node, one TAP
+device, both read until empty on every wake-up. Addresses are derived by hash (see
+docs/addressing.md) from the network id and this host's MAC, so every node and client agrees on
+them without coordination.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from atenet.addressing import host_identity, ipv4_for, ipv6_for, stable_mac
+from atenet.client import HELLO_TIMEOUT, ClientCore
+from atenet.errors import AtenetError
+from atenet.token import AccessToken
+from atenet.transport.tap import TapDevice, configure_link
+from atenet.wire.arp import gratuitous_arp
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE = 15.0
+"""Seconds between gratuitous ARPs: they keep this host's port alive on the node (60 s idle)."""
+
+SOCKET_BUFFER = 4 << 20
+READ_BATCH = 256
+
+
+@dataclass
+class Connected:
+    """What `tok connect` prints once the interface is up."""
+
+    network: str
+    node: str
+    dev: str
+    mac: str
+    ipv4: str
+    ipv6: str
+    mtu: int
+
+
+def host_key(dev: str) -> bytes:
+    """What makes this host's MAC unique in a network: the machine id, the network namespace
+    (containers and test namespaces share a machine id) and the device name (two connects on
+    one host)."""
+    try:
+        netns = str(os.stat("/proc/self/ns/net").st_ino).encode()
+    except OSError:
+        netns = b""
+    return host_identity() + b"/" + netns + b"/" + dev.encode()
+
+
+class Connection:
+    """A running `tok connect`."""
+
+    def __init__(self, token: AccessToken, dev: str = "atenet0") -> None:
+        self.token = token
+        self.dev = dev
+        self.core = ClientCore(token, time.time_ns())
+        self.sock: socket.socket | None = None
+        self.tap: TapDevice | None = None
+        self.info: Connected | None = None
+        self.mac = stable_mac(token.network_id, host_key(dev))
+        self._stop = asyncio.Event()
+        self.send_errors = 0
+
+    def _send(self, packet: bytes) -> None:
+        try:
+            self.sock.sendto(packet, self.core.node)  # type: ignore[union-attr]
+        except OSError:
+            self.send_errors += 1
+
+    def _on_udp(self) -> None:
+        sock = self.sock
+        tap = self.tap
+        if sock is None:
+            return
+        now = time.time()
+        datagram = self.core.datagram
+        for _ in range(READ_BATCH):
+            try:
+                data = sock.recv(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue
+            frame = datagram(data, now)
+            if frame is not None and tap is not None:
+                tap.write(frame)
+
+    def _on_tap(self) -> None:
+        tap = self.tap
+        if tap is None:
+            return
+        seal = self.core.seal_frame
+        send = self._send
+        for frame in tap.read_batch(READ_BATCH):
+            send(seal(frame))
+
+    async def handshake(self, wait: float) -> dict[str, object]:
+        """Say hello to the token's nodes in turn until one welcomes us, for ``wait`` seconds."""
+        deadline = time.monotonic() + wait
+        while self.core.config is None:
+            for packet in self.core.tick(time.time()):
+                self._send(packet)
+            if time.monotonic() > deadline:
+                tried = ", ".join(f"{h}:{p}" for h, p in self.core.endpoints)
+                raise AtenetError(
+                    f"no node answered (tried {tried}): the key may be revoked or expired, the "
+                    "node down, or UDP blocked; nodes never answer a packet that fails their "
+                    "checks — see drops by reason with `tok status` on the node "
+                    "(or its http://127.0.0.1:8080/api/status)"
+                )
+            await asyncio.sleep(0.05)
+        return self.core.config
+
+    async def run(self, wait: float = 10.0, on_connected: object = None) -> None:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+        sock.setblocking(False)
+        self.sock = sock
+        loop.add_reader(sock.fileno(), self._on_udp)
+        try:
+            config = await self.handshake(max(wait, HELLO_TIMEOUT))
+            mtu = int(config.get("mtu") or 1380)
+            cidr, cidr6 = str(config["cidr"]), str(config["cidr6"])
+            ip4 = ipv4_for(self.token.network_id, self.mac, cidr)
+            ip6 = ipv6_for(self.token.network_id, self.mac, cidr6)
+            self.tap = TapDevice.open(self.dev, mtu=mtu, mac=self.mac)
+            await asyncio.to_thread(
+                configure_link, self.tap.name, self.mac, mtu, [str(ip4)], [str(ip6)]
+            )
+            loop.add_reader(self.tap.fileno(), self._on_tap)
+            host, port = self.core.node
+            self.info = Connected(
+                str(config.get("name", "")),
+                f"{host}:{port}",
+                self.tap.name,
+                self.mac.hex(":"),
+                str(ip4),
+                str(ip6),
+                mtu,
+            )
+            if on_connected is not None:
+                on_connected(self.info)  # type: ignore[operator]
+            await self._keepalive(ip4.ip)
+        finally:
+            await self.close()
+
+    async def _keepalive(self, ip4: IPv4Address) -> None:
+        """Gratuitous ARP every 15 s (stays subscribed), control pings, fail-over."""
+        last_arp = 0.0
+        node = self.core.node
+        while not self._stop.is_set():
+            now = time.time()
+            if now - last_arp >= KEEPALIVE:
+                self._send(self.core.seal_frame(gratuitous_arp(self.mac, ip4)))
+                last_arp = now
+            for packet in self.core.tick(now):
+                self._send(packet)
+            if self.core.node != node:
+                log.warning("node %s:%d stopped answering; trying %s:%d", *node, *self.core.node)
+                node = self.core.node
+                last_arp = 0.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 0.5)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.sock is not None:
+            with contextlib.suppress(Exception):
+                if self.core.config is not None:
+                    self._send(self.core.control("bye", time.time()))
+            loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+        if self.tap is not None:
+            loop.remove_reader(self.tap.fileno())
+            self.tap.close()  # a non-persistent TAP device disappears with its fd
+            self.tap = None

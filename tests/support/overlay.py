@@ -1,0 +1,175 @@
+"""An atenet deployment inside a namespace lab: nodes and `tok connect` hosts, as real processes.
+
+Used by the data-plane integration tests and by the benchmark. Each node and each client runs
+in its own namespace on the lab's underlay, as the real `atenet run` / `tok connect` commands;
+one SQLite store file (on the shared filesystem) holds the chains.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.support.netns import Host, Lab
+
+BIN = Path(sys.executable).parent
+UDP_PORT = 4799
+HTTP_PORT = 8080
+
+
+def read_line(proc: subprocess.Popen[Any], stream: str, want: str, timeout: float) -> str:
+    """Wait for a line containing ``want`` on the process's stdout/stderr; fail clearly."""
+    pipe = getattr(proc, stream)
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([pipe], [], [], 0.2)
+        if ready:
+            line = pipe.readline()
+            if not line:
+                break
+            text = line.decode(errors="replace") if isinstance(line, bytes) else line
+            seen.append(text)
+            if want in text:
+                return text
+        elif proc.poll() is not None:
+            break
+    raise AssertionError(f"no {want!r} from {proc.args}: rc={proc.poll()} output={seen!r}")
+
+
+@dataclass
+class Node:
+    name: str
+    host: Host
+    home: Path
+    proc: subprocess.Popen[Any] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host.ip}:{UDP_PORT}"
+
+    def status(self) -> dict[str, Any]:
+        out = self.host.run(
+            [BIN / "tok", "status", "--json", "--node", f"http://127.0.0.1:{HTTP_PORT}"],
+            env=os.environ | {"ATENET_HOME": str(self.home)},
+        )
+        return json.loads(out.stdout)
+
+    def network(self, name: str) -> dict[str, Any]:
+        for net in self.status()["networks"]:
+            if net["name"] == name:
+                return net
+        raise AssertionError(f"node {self.name} does not serve {name}")
+
+
+@dataclass
+class Client:
+    name: str
+    host: Host
+    key_id: int
+    token: str
+    proc: subprocess.Popen[Any] | None = None
+    ipv4: str = ""
+    ipv6: str = ""
+    mac: str = ""
+
+    @property
+    def ip4(self) -> str:
+        return self.ipv4.split("/")[0]
+
+    @property
+    def ip6(self) -> str:
+        return self.ipv6.split("/")[0]
+
+
+@dataclass
+class Overlay:
+    """A deployment: an owner, nodes sharing the authority key, one network, clients."""
+
+    lab: Lab
+    root: Path
+    network: str = "lan"
+    nodes: dict[str, Node] = field(default_factory=dict)
+    clients: dict[str, Client] = field(default_factory=dict)
+    heartbeat: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.store = f"sqlite://{self.root / 'chains.sqlite'}"
+        self.owner_home = self.root / "owner"
+        self.env = os.environ | {"ATENET_STORE": self.store}
+        self.tok("network", "create", self.network, "--cidr", "10.77.0.0/24",
+                 "--cidr6", "fd77:1:2:3::/64", home=self.first_home())  # fmt: skip
+
+    def first_home(self) -> Path:
+        """The owner's home, which is also where the deployment is initialised."""
+        if not (self.owner_home / "config" / "authority.key").exists():
+            self.run_cli("atenet", "init", home=self.owner_home)
+        return self.owner_home
+
+    def run_cli(self, prog: str, *args: str, home: Path) -> str:
+        proc = subprocess.run(
+            [BIN / prog, *args], env=self.env | {"ATENET_HOME": str(home)},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise AssertionError(f"{prog} {' '.join(args)} failed: {proc.stderr}")
+        return proc.stdout
+
+    def tok(self, *args: str, home: Path | None = None) -> str:
+        return self.run_cli("tok", *args, home=home or self.owner_home)
+
+    def add_node(self, name: str) -> Node:
+        host = self.lab.add_host(name)
+        home = self.root / name
+        (home / "config").mkdir(parents=True)
+        for f in ("authority.key", "deployment.json"):
+            shutil.copy(self.owner_home / "config" / f, home / "config" / f)
+        self.run_cli("atenet", "init", home=home)
+        node = Node(name, host, home)
+        self.nodes[name] = node
+        self.start_node(node)
+        return node
+
+    def start_node(self, node: Node) -> None:
+        node.proc = node.host.popen(
+            [BIN / "atenet", "-v", "run", "--listen", node.host.ip, "--udp-port", str(UDP_PORT),
+             "--http-port", str(HTTP_PORT), "--heartbeat", str(self.heartbeat)],
+            env=self.env | {"ATENET_HOME": str(node.home)},
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        read_line(node.proc, "stderr", "serving on udp", 20)
+
+    def export_key(self, label: str, nodes: list[str]) -> tuple[int, str]:
+        node_args = [a for n in nodes for a in ("--node", self.nodes[n].endpoint)]
+        token = self.tok("key", "export", self.network, "--label", label, *node_args).strip()
+        keys = json.loads(self.tok("key", "list", self.network, "--json"))
+        return max(k["key_id"] for k in keys), token
+
+    def add_client(self, name: str, nodes: list[str]) -> Client:
+        host = self.lab.add_host(name)
+        key_id, token = self.export_key(name, nodes)
+        client = Client(name, host, key_id, token)
+        client.proc = host.popen(
+            [BIN / "tok", "connect", "--wait", "20"],
+            env=self.env | {"ATENET_TOKEN": token, "ATENET_HOME": str(self.root / name)},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        line = read_line(client.proc, "stdout", "connected", 30)
+        # "connected to NET via node H:P: DEV IPV4 IPV6 mac MAC mtu N"
+        words = line.split()
+        dev_at = words.index("mac") - 3
+        client.ipv4, client.ipv6, client.mac = (
+            words[dev_at + 1],
+            words[dev_at + 2],
+            words[dev_at + 4],
+        )
+        self.clients[name] = client
+        return client
