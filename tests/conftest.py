@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.nats_cluster import fresh_nats_cluster, nats_cluster, nats_server  # noqa: F401
+from tests.support.nats_cluster import (  # noqa: F401
+    fresh_nats_cluster,
+    fresh_nats_server,
+    nats_cluster,
+    nats_server,
+)
 from tests.support.netns import lab  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent

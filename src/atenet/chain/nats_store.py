@@ -176,6 +176,8 @@ class NatsStore(ChainStore):
         log.debug("nats %s: %s", self.url, _describe(err))
 
     async def _on_disconnected(self) -> None:
+        if self._nc is None:  # our own close()
+            return
         log.info("chain store %s: disconnected, reconnecting", self.url)
 
     async def _on_reconnected(self) -> None:
