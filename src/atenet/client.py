@@ -59,7 +59,7 @@ class ClientCore:
         self.config: dict[str, Any] | None = None
         self.last_heard = 0.0
         self.last_sent_control = 0.0
-        self.asked_at = 0.0
+        self.asked_at: float | None = None
         self.drops: Counter[str] = Counter()
         self.failovers = 0
 
@@ -107,9 +107,10 @@ class ClientCore:
     def tick(self, now: float) -> list[bytes]:
         """Control packets due now; switches to the next endpoint when the node is silent."""
         if self.config is None:
+            if self.asked_at is None:
+                return [self.control("hello", now)]
             if now - self.asked_at >= HELLO_TIMEOUT:
-                if self.asked_at:
-                    self.next_endpoint()
+                self.next_endpoint()
                 return [self.control("hello", now)]
             return []
         if now - self.last_heard > DEAD_AFTER:
