@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from atenet.chain.nats_store import NatsStore
+from atenet.chain.nats_store import STALL_AFTER, NatsStore
 from atenet.chain.sqlite_store import SqliteStore
 from atenet.chain.store import ChainStore, open_store
 from atenet.errors import AppendConflict, StoreUnavailable
@@ -317,3 +317,17 @@ async def test_two_processes_appending_to_one_nats_chain_never_fork(
 ) -> None:
     conflicts = await two_writers_on_one_chain(nats_cluster.url, 100)
     print(f"nats: 2 x 100 appends, {conflicts} conflicts retried")
+
+
+async def test_closing_the_store_ends_its_subscriptions(store_url: str, net: bytes) -> None:
+    store = open_store(store_url)
+    await store.append(net, 1, b"one")
+    sub = store.subscribe(net)
+    assert await take(sub, 1) == [(1, b"one")]
+    pending = asyncio.create_task(take(sub, 1))
+    await asyncio.sleep(0.2)
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await asyncio.wait_for(pending, STALL_AFTER + 2)
+    with pytest.raises(StoreUnavailable):
+        await store.head(net)

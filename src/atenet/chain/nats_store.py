@@ -128,12 +128,14 @@ class NatsStore(ChainStore):
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._connect_lock = asyncio.Lock()
+        self._closed = False  # see SqliteStore: after close(), fail instead of reconnecting
         self._ready_streams: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def connect(self) -> None:
         async with self._connect_lock:
+            self._closed = False
             if self._nc is not None:
                 return
             nc = Client()
@@ -166,6 +168,7 @@ class NatsStore(ChainStore):
 
     async def close(self) -> None:
         async with self._connect_lock:
+            self._closed = True
             nc, self._nc, self._js = self._nc, None, None
             self._ready_streams.clear()
             if nc is not None:
@@ -185,7 +188,7 @@ class NatsStore(ChainStore):
         log.info("chain store %s: reconnected to %s", self.url, nc and nc.connected_url)
 
     async def _context(self) -> tuple[Client, JetStreamContext]:
-        if self._nc is None:
+        if self._nc is None and not self._closed:
             await self.connect()
         nc, js = self._nc, self._js
         if nc is None or js is None or nc.is_closed:

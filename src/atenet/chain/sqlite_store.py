@@ -70,6 +70,9 @@ class SqliteStore(ChainStore):
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._connect_lock = asyncio.Lock()
+        # After close(), calls fail instead of quietly reopening the file (and a subscription
+        # ends instead of polling a closed store forever); connect() opens it again.
+        self._closed = False
         # Replaced by a fresh Event on every local append; subscribers wait on the one they saw.
         self._appended = asyncio.Event()
 
@@ -77,6 +80,7 @@ class SqliteStore(ChainStore):
 
     async def connect(self) -> None:
         async with self._connect_lock:
+            self._closed = False
             if self._conn is not None:
                 return
             executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="atenet-sqlite")
@@ -110,6 +114,7 @@ class SqliteStore(ChainStore):
 
     async def close(self) -> None:
         async with self._connect_lock:
+            self._closed = True
             conn, executor = self._conn, self._executor
             self._conn = self._executor = None
             if conn is None or executor is None:
@@ -119,7 +124,7 @@ class SqliteStore(ChainStore):
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         """Run ``fn(conn, *args)`` on the store's thread, connecting first if needed."""
-        if self._conn is None:
+        if self._conn is None and not self._closed:
             await self.connect()
         conn, executor = self._conn, self._executor
         if conn is None or executor is None:
@@ -169,7 +174,7 @@ class SqliteStore(ChainStore):
             try:
                 rows = await self._run(_rows_after, network_id, last, BATCH)
             except StoreUnavailable:
-                if until is not None:
+                if until is not None or self._closed:
                     raise
                 rows = []  # a subscriber waits out a locked or vanished file instead of failing
             for seq, blob in rows:
