@@ -19,7 +19,7 @@ from atenet.chain.nats_store import STALL_AFTER, NatsStore
 from atenet.chain.sqlite_store import SqliteStore
 from atenet.chain.store import ChainStore, open_store
 from atenet.errors import AppendConflict, StoreUnavailable
-from tests.support.nats_cluster import NatsCluster, _free_ports
+from tests.support.nats_cluster import NatsCluster, free_ports
 
 BACKENDS = ["sqlite", "nats"]
 
@@ -191,7 +191,7 @@ async def test_unreachable_store_names_its_url(tmp_path: Path) -> None:
         await open_store(sqlite_url).connect()
     assert sqlite_url in str(err.value)
 
-    (port,) = _free_ports(1)
+    (port,) = free_ports(1)
     nats_url = f"nats://127.0.0.1:{port}"
     store = NatsStore(nats_url, connect_timeout=1.0)
     started = time.monotonic()

