@@ -1,7 +1,7 @@
 """Measurements for the network benchmark: iperf3 throughput, ping RTT, per-process CPU time.
 
 A *target* is one way of connecting two hosts of a :class:`~tests.support.netns.Lab` (the bare
-veth underlay, tinc, later atenet). The runner asks each target for a client host, a server host
+veth underlay, tinc, atenet). The runner asks each target for a client host, a server host
 and the server's address on the target's network, then measures the same things through every
 target, so the figures are comparable within one run on one machine.
 """
@@ -190,6 +190,9 @@ class Summary:
     load_rtt_p99_ms: float | None
     cpu_pct: dict[str, float]
     """CPU time of each target process during the iperf3 run, in % of one core (median)."""
+    cpu_pct_per_gbps: dict[str, float]
+    """The same CPU figure divided by that run's throughput in Gbit/s (median over runs): what
+    one Gbit/s costs each process, in % of a core. ``total`` sums the processes of a run."""
     raw: list[dict[str, Any]]
 
     def as_dict(self) -> dict[str, Any]:
@@ -201,8 +204,26 @@ def _median(values: list[float | None]) -> float | None:
     return statistics.median(present) if present else None
 
 
+def cpu_per_gbps(result: RunResult) -> dict[str, float]:
+    """CPU % of a core per Gbit/s of throughput, per process and in ``total``, for one run."""
+    gbps = result.throughput_mbps / 1000
+    if gbps <= 0 or result.seconds <= 0 or not result.cpu_s:
+        return {}
+    costs = {label: 100 * cpu / result.seconds / gbps for label, cpu in result.cpu_s.items()}
+    if len(costs) > 1:
+        costs["total"] = sum(costs.values())
+    return costs
+
+
 def summarize(target: Target, results: list[RunResult]) -> Summary:
     labels = sorted({label for r in results for label in r.cpu_s})
+    per_run_costs = [cpu_per_gbps(r) for r in results]
+    cost_labels = [*labels, "total"]
+    cpu_pct_per_gbps = {
+        label: round(statistics.median(c[label] for c in per_run_costs if label in c), 1)
+        for label in cost_labels
+        if any(label in c for c in per_run_costs)
+    }
     cpu_pct = {
         label: round(
             statistics.median(
@@ -223,6 +244,7 @@ def summarize(target: Target, results: list[RunResult]) -> Summary:
         load_rtt_median_ms=_median([percentile(r.load_rtt_ms, 50) for r in results]),
         load_rtt_p99_ms=_median([percentile(r.load_rtt_ms, 99) for r in results]),
         cpu_pct=cpu_pct,
+        cpu_pct_per_gbps=cpu_pct_per_gbps,
         raw=[asdict(r) for r in results],
     )
 

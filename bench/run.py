@@ -65,12 +65,17 @@ def table(summaries: list[Summary]) -> Table:
     for header, _, _ in metrics:
         out.add_column(header, justify="right")
     out.add_column("CPU % of a core", justify="left")
+    out.add_column("CPU %/Gbit/s", justify="right")
     for s in summaries:
         row = [s.target]
         for _, attr, fmt in metrics:
             refs = {n: getattr(by_name[n], attr) for n in references}
             row.append(cell(getattr(s, attr), fmt, refs))
-        row.append("\n".join(f"{k} {v:.0f}%" for k, v in s.cpu_pct.items()) or "–")
+        cpu_lines = [f"{k} {v:.0f}%" for k, v in s.cpu_pct.items()]
+        if "total" in s.cpu_pct_per_gbps:  # one line per process, aligned with the next column
+            cpu_lines.append(f"total {sum(s.cpu_pct.values()):.0f}%")
+        row.append("\n".join(cpu_lines) or "–")
+        row.append("\n".join(f"{v:,.0f}" for v in s.cpu_pct_per_gbps.values()) or "–")
         out.add_row(*row)
     return out
 

@@ -5,6 +5,8 @@
 * ``tinc``  — tinc 1.0 in switch mode (a userspace Ethernet switch over UDP, like atenet): the
   reference overlay to beat.
 * ``pyrelay`` — two TAP devices joined by a Python loop: the floor cost of a Python TAP path.
+* ``atenet-1node`` — two ``tok connect`` hosts on one ``atenet run`` node (A -> N1 -> B).
+* ``atenet-2node`` — each ``tok connect`` host on its own node (A -> N1 -> N2 -> B).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import IO, Any
 
 from netbench import Host, Lab, Target  # netbench puts the repo root on sys.path
 
@@ -173,9 +177,105 @@ class PyRelayTarget(Target):
         return dict(self._pids)
 
 
+def drain(stream: IO[Any] | None) -> None:
+    """Read ``stream`` to its end in a daemon thread, discarding it.
+
+    The overlay harness starts ``atenet -v run`` and ``tok connect`` with piped output and reads
+    only their first lines; nobody reading the pipe afterwards would block a daemon as soon as
+    it logged 64 KiB, which a long benchmark can reach.
+    """
+    if stream is None:
+        return
+
+    def body() -> None:
+        try:
+            while stream.read(65536):
+                pass
+        except (OSError, ValueError):
+            pass
+
+    threading.Thread(target=body, name="bench-drain", daemon=True).start()
+
+
+class AtenetTarget(Target):
+    """A real atenet deployment built by ``tests.support.overlay.Overlay``.
+
+    Every node runs ``atenet run`` and every client ``tok connect`` as its own process in its
+    own namespace; the client hosts reach each other on their hashed overlay addresses
+    (10.77.0.0/24). Subclasses say which nodes exist and which node(s) each client's token
+    names. Before measuring, the bench waits until pings cross the overlay (in the 2-node case,
+    until each node lists the other as a peer).
+    """
+
+    node_names: tuple[str, ...] = ("n1",)
+    """The nodes to start, in order."""
+    client_nodes: tuple[tuple[str, str], ...] = (("a", "n1"), ("b", "n1"))
+    """(client, the node its token names); the first is the iperf3 client, the second the server."""
+
+    def __init__(self) -> None:
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._pids: dict[str, int] = {}
+
+    def setup(self, lab: Lab) -> tuple[Host, Host, str]:
+        from tests.support.overlay import Overlay  # imports the atenet package: only when used
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="atnbench-atenet-")
+        overlay = Overlay(lab, Path(self._tmp.name))
+        for name in self.node_names:
+            node = overlay.add_node(name)
+            assert node.proc is not None
+            drain(node.proc.stderr)
+            self._pids[f"node-{name}"] = node.proc.pid
+        clients = []
+        for name, node_name in self.client_nodes:
+            client = overlay.add_client(name, [node_name])
+            assert client.proc is not None
+            drain(client.proc.stdout)
+            drain(client.proc.stderr)
+            self._pids[f"tok-{name}"] = client.proc.pid
+            clients.append(client)
+        a, b = clients
+        self._wait_ready(a.host, b.host, a.ip4, b.ip4)
+        return a.host, b.host, b.ip4
+
+    def _wait_ready(self, a: Host, b: Host, a_ip: str, b_ip: str, timeout: float = 30) -> None:
+        end = time.monotonic() + timeout
+        # Both directions, several pings in a row: peers learnt, ARP resolved on both sides.
+        while not (a.ping(b_ip, count=3, timeout=2) and b.ping(a_ip, count=3, timeout=2)):
+            if time.monotonic() > end:
+                raise RuntimeError(f"no ping {a_ip} <-> {b_ip} through atenet after {timeout} s")
+            time.sleep(0.2)
+
+    def processes(self) -> dict[str, int]:
+        return dict(self._pids)
+
+    def teardown(self) -> None:
+        # The lab stops nodes and clients (it tracks their Popen); the deployment dir is ours.
+        self._pids.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+class Atenet1NodeTarget(AtenetTarget):
+    name = "atenet-1node"
+    description = "atenet: 2 tok connect hosts on 1 atenet run node (A -> N1 -> B)"
+    node_names = ("n1",)
+    client_nodes = (("a", "n1"), ("b", "n1"))
+
+
+class Atenet2NodeTarget(AtenetTarget):
+    name = "atenet-2node"
+    description = "atenet: each tok connect host on its own node (A -> N1 -> N2 -> B)"
+    node_names = ("n1", "n2")
+    client_nodes = (("a", "n1"), ("b", "n2"))
+
+
 TARGETS: dict[str, type[Target]] = {
     VethTarget.name: VethTarget,
     TincTarget.name: TincTarget,
     PyRelayTarget.name: PyRelayTarget,
+    Atenet1NodeTarget.name: Atenet1NodeTarget,
+    Atenet2NodeTarget.name: Atenet2NodeTarget,
 }
-"""Registry: ``--targets`` picks from these, in this order. Later: atenet-1node, atenet-2node."""
+"""Registry: ``--targets`` picks from these, in this order."""
