@@ -18,10 +18,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import IO, Any
 
 from netbench import Host, Lab, Target  # netbench puts the repo root on sys.path
 
@@ -177,26 +175,6 @@ class PyRelayTarget(Target):
         return dict(self._pids)
 
 
-def drain(stream: IO[Any] | None) -> None:
-    """Read ``stream`` to its end in a daemon thread, discarding it.
-
-    The overlay harness starts ``atenet -v run`` and ``tok connect`` with piped output and reads
-    only their first lines; nobody reading the pipe afterwards would block a daemon as soon as
-    it logged 64 KiB, which a long benchmark can reach.
-    """
-    if stream is None:
-        return
-
-    def body() -> None:
-        try:
-            while stream.read(65536):
-                pass
-        except (OSError, ValueError):
-            pass
-
-    threading.Thread(target=body, name="bench-drain", daemon=True).start()
-
-
 class AtenetTarget(Target):
     """A real atenet deployment built by ``tests.support.overlay.Overlay``.
 
@@ -224,14 +202,11 @@ class AtenetTarget(Target):
         for name in self.node_names:
             node = overlay.add_node(name)
             assert node.proc is not None
-            drain(node.proc.stderr)
             self._pids[f"node-{name}"] = node.proc.pid
         clients = []
         for name, node_name in self.client_nodes:
             client = overlay.add_client(name, [node_name])
             assert client.proc is not None
-            drain(client.proc.stdout)
-            drain(client.proc.stderr)
             self._pids[f"tok-{name}"] = client.proc.pid
             clients.append(client)
         a, b = clients

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import shutil
 import subprocess
 import sys
@@ -25,24 +24,21 @@ UDP_PORT = 4799
 HTTP_PORT = 8080
 
 
-def read_line(proc: subprocess.Popen[Any], stream: str, want: str, timeout: float) -> str:
-    """Wait for a line containing ``want`` on the process's stdout/stderr; fail clearly."""
-    pipe = getattr(proc, stream)
+def wait_for_text(proc: subprocess.Popen[Any], log: Path, want: str, timeout: float) -> str:
+    """Wait until the process's log file has a line containing ``want``; return that line.
+
+    Processes log to files, not pipes: a pipe nobody reads blocks its writer once full."""
     deadline = time.monotonic() + timeout
-    seen = []
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([pipe], [], [], 0.2)
-        if ready:
-            line = pipe.readline()
-            if not line:
-                break
-            text = line.decode(errors="replace") if isinstance(line, bytes) else line
-            seen.append(text)
-            if want in text:
-                return text
-        elif proc.poll() is not None:
+        for line in log.read_text(errors="replace").splitlines():
+            if want in line:
+                return line
+        if proc.poll() is not None:
             break
-    raise AssertionError(f"no {want!r} from {proc.args}: rc={proc.poll()} output={seen!r}")
+        time.sleep(0.05)
+    raise AssertionError(
+        f"no {want!r} from {proc.args}: rc={proc.poll()} log={log.read_text(errors='replace')!r}"
+    )
 
 
 @dataclass
@@ -51,6 +47,7 @@ class Node:
     host: Host
     home: Path
     proc: subprocess.Popen[Any] | None = None
+    log: Path | None = None
 
     @property
     def endpoint(self) -> str:
@@ -77,6 +74,7 @@ class Client:
     key_id: int
     token: str
     proc: subprocess.Popen[Any] | None = None
+    log: Path | None = None
     ipv4: str = ""
     ipv6: str = ""
     mac: str = ""
@@ -139,13 +137,15 @@ class Overlay:
         return node
 
     def start_node(self, node: Node) -> None:
-        node.proc = node.host.popen(
-            [BIN / "atenet", "-v", "run", "--listen", node.host.ip, "--udp-port", str(UDP_PORT),
-             "--http-port", str(HTTP_PORT), "--heartbeat", str(self.heartbeat)],
-            env=self.env | {"ATENET_HOME": str(node.home)},
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        read_line(node.proc, "stderr", "serving on udp", 20)
+        node.log = self.root / f"{node.name}.log"
+        with node.log.open("ab") as log:
+            node.proc = node.host.popen(
+                [BIN / "atenet", "-v", "run", "--listen", node.host.ip, "--udp-port",
+                 str(UDP_PORT), "--http-port", str(HTTP_PORT), "--heartbeat", str(self.heartbeat)],
+                env=self.env | {"ATENET_HOME": str(node.home)},
+                stdout=log, stderr=log,
+            )  # fmt: skip
+        wait_for_text(node.proc, node.log, "serving on udp", 20)
 
     def export_key(self, label: str, nodes: list[str]) -> tuple[int, str]:
         node_args = [a for n in nodes for a in ("--node", self.nodes[n].endpoint)]
@@ -157,12 +157,14 @@ class Overlay:
         host = self.lab.add_host(name)
         key_id, token = self.export_key(name, nodes)
         client = Client(name, host, key_id, token)
-        client.proc = host.popen(
-            [BIN / "tok", "connect", "--wait", "20"],
-            env=self.env | {"ATENET_TOKEN": token, "ATENET_HOME": str(self.root / name)},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        line = read_line(client.proc, "stdout", "connected", 30)
+        client.log = self.root / f"{name}.log"
+        with client.log.open("ab") as log:
+            client.proc = host.popen(
+                [BIN / "tok", "connect", "--wait", "20"],
+                env=self.env | {"ATENET_TOKEN": token, "ATENET_HOME": str(self.root / name)},
+                stdout=log, stderr=log,
+            )  # fmt: skip
+        line = wait_for_text(client.proc, client.log, "connected to", 30)
         # "connected to NET via node H:P: DEV IPV4 IPV6 mac MAC mtu N"
         words = line.split()
         dev_at = words.index("mac") - 3

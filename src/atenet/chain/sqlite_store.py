@@ -185,8 +185,11 @@ class SqliteStore(ChainStore):
             if not rows:
                 if until is not None:
                     return  # deleted meanwhile: nothing more to read
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that lands as the event fires, and the subscriber would then never stop.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), POLL_INTERVAL)
+                    async with asyncio.timeout(POLL_INTERVAL):
+                        await wake.wait()
 
     async def delete_chain(self, network_id: bytes) -> None:
         def q(conn: sqlite3.Connection) -> None:

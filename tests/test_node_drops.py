@@ -1,0 +1,102 @@
+"""A real node on loopback, attacked with bad packets: every one dropped, counted by reason,
+and never answered."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from atenet.chain.event import Kind
+from atenet.chain.keys import b64
+from atenet.chain.sqlite_store import SqliteStore
+from atenet.deployment import NodeKey
+from atenet.node.daemon import NodeDaemon
+from atenet.seal import TYPE_CONTROL, TYPE_FRAME, PacketKey, Sealer
+from atenet.wire.ethernet import ethernet_frame
+from tests.support.chains import make_world
+
+
+@pytest.fixture
+async def node(tmp_path: Path):
+    store = SqliteStore(f"sqlite://{tmp_path / 'c.sqlite'}")
+    await store.connect()
+    world = await make_world(store)
+    secrets = {}
+    for key_id in (1, 2):
+        secrets[key_id] = os.urandom(32)
+        payload = {"key_id": key_id, "label": "", "secret": b64(secrets[key_id]), "expires": None}
+        await world.chain.append(Kind.KEY_ADD, payload, world.owner_signer)
+    await world.chain.append(Kind.KEY_REVOKE, {"key_id": 2}, world.owner_signer)
+    daemon = NodeDaemon(
+        store, NodeKey(world.node_a.key, world.node_a.cert), world.authority,
+        listen="127.0.0.1", udp_port=0,
+    )  # fmt: skip
+    await daemon.start()
+    try:
+        yield daemon, world, secrets
+    finally:
+        await daemon.stop()
+        await store.close()
+
+
+async def exchange(sock: socket.socket, packet: bytes, addr, wait: float = 0.3) -> list[bytes]:
+    """Send one packet; return whatever came back within ``wait`` seconds."""
+    sock.sendto(packet, addr)
+    await asyncio.sleep(wait)
+    answers = []
+    while True:
+        try:
+            answers.append(sock.recv(65535))
+        except BlockingIOError:
+            return answers
+
+
+async def test_bad_packets_are_dropped_counted_and_never_answered(node):
+    daemon, world, secrets = node
+    net = world.chain.network_id
+    addr = ("127.0.0.1", daemon.udp_port)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    good = Sealer(net, PacketKey(secrets[1], 1), 77, 1000)
+    try:
+        # A valid hello makes the node load the network (first packet: unknown, then loaded).
+        for _ in range(50):
+            answers = await exchange(sock, good.seal(b'{"op":"hello"}', TYPE_CONTROL), addr, 0.1)
+            if answers:
+                break
+        assert answers, "a valid hello was never answered"
+        frame = ethernet_frame(b"\xff" * 6, b"\x02" + bytes(5), 0x88B5, b"x" * 50)
+        legit = good.seal(frame, TYPE_FRAME)
+        assert await exchange(sock, legit, addr) == []  # flooded to no one; nothing to answer
+        forged = bytearray(good.seal(frame, TYPE_FRAME))
+        forged[-1] ^= 1
+        bad = {
+            "short": b"\x00" * 20,
+            "version": net + b"\x09" + bytes(40),
+            "unknown_network": os.urandom(16) + b"\x01\x01" + bytes(40),
+            "auth": bytes(forged),
+            "replay": legit,
+            "truncated": good.seal(frame, TYPE_FRAME)[:-5],
+            "revoked_key": Sealer(net, PacketKey(secrets[2], 2), 78, 1).seal(frame),
+            "unknown_key": Sealer(net, PacketKey(os.urandom(32), 9), 79, 1).seal(frame),
+            "wrong_network_key": Sealer(net, PacketKey(os.urandom(32), 1), 80, 1).seal(frame),
+        }
+        for name, packet in bad.items():
+            assert await exchange(sock, packet, addr, 0.05) == [], f"{name} was answered"
+    finally:
+        sock.close()
+    status = daemon.status()
+    network = next(n for n in status["networks"] if n["id"] == net.hex())
+    drops = {**status["drops"], **network["drops"]}
+    assert drops["short"] == 1
+    assert drops["version"] == 1
+    assert drops["unknown_network"] >= 2  # the junk id, and the first hello before loading
+    assert drops["auth"] == 3  # forged tag, truncated, right key id with the wrong secret
+    assert drops["replay"] == 1
+    assert drops["revoked_key"] == 1
+    assert drops["unknown_key"] == 1
