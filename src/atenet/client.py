@@ -35,7 +35,11 @@ DEAD_AFTER = 15.0
 """A node that has not answered for this long is abandoned for the next endpoint."""
 
 HELLO_TIMEOUT = 2.0
-"""Seconds to wait for a welcome before trying the next endpoint."""
+"""Seconds to wait for a welcome from one node before trying the next endpoint."""
+
+HELLO_RETRY = 0.5
+"""Seconds between hellos to the same node (its first packet may only make it load the
+network, so a node is asked several times before it is given up)."""
 
 
 class ClientCore:
@@ -59,7 +63,8 @@ class ClientCore:
         self.config: dict[str, Any] | None = None
         self.last_heard = 0.0
         self.last_sent_control = 0.0
-        self.asked_at: float | None = None
+        self.asked_at: float | None = None  # first hello to the current endpoint
+        self.last_hello = 0.0
         self.drops: Counter[str] = Counter()
         self.failovers = 0
 
@@ -73,7 +78,9 @@ class ClientCore:
     def control(self, op: str, now: float) -> bytes:
         self.last_sent_control = now
         if op == "hello":
-            self.asked_at = now
+            self.last_hello = now
+            if self.asked_at is None:
+                self.asked_at = now
         return self.sealer.seal(json.dumps({"op": op}).encode(), TYPE_CONTROL)
 
     def datagram(self, data: bytes, now: float) -> bytes | None:
@@ -107,10 +114,9 @@ class ClientCore:
     def tick(self, now: float) -> list[bytes]:
         """Control packets due now; switches to the next endpoint when the node is silent."""
         if self.config is None:
-            if self.asked_at is None:
-                return [self.control("hello", now)]
-            if now - self.asked_at >= HELLO_TIMEOUT:
+            if self.asked_at is not None and now - self.asked_at >= HELLO_TIMEOUT:
                 self.next_endpoint()
+            if self.asked_at is None or now - self.last_hello >= HELLO_RETRY:
                 return [self.control("hello", now)]
             return []
         if now - self.last_heard > DEAD_AFTER:
@@ -124,3 +130,4 @@ class ClientCore:
     def next_endpoint(self) -> None:
         self.index = (self.index + 1) % len(self.endpoints)
         self.failovers += 1
+        self.asked_at = None
