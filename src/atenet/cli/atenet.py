@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from typing import Any
 
 import click
 
+from atenet.chain.log import Chain
 from atenet.chain.store import ChainStore, default_store_url
 from atenet.cli.common import (
     connected_store,
@@ -29,9 +31,12 @@ from atenet.deployment import (
     load_node_key,
     load_or_create_owner,
 )
+from atenet.errors import AtenetError
 from atenet.node.daemon import NodeDaemon
 from atenet.node.http import serve_http
 from atenet.owner import Owner
+from atenet.paths import config_dir, write_private
+from atenet.token import AccessToken
 
 DEFAULT_NETWORK = "default"
 
@@ -82,21 +87,66 @@ async def init(store_url: str | None) -> None:
     "network_name",
     default=DEFAULT_NETWORK,
     show_default=True,
-    help="Name of the network to create (if absent) and show.",
+    help="Name of the network to create (if absent) and serve.",
 )
+@click.option("--udp-port", type=click.IntRange(0, 65535), default=4799, show_default=True)
+@click.option("--http-port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option(
+    "--http-listen", default="127.0.0.1", show_default=True, help="Address of the HTTP server."
+)
+@click.option("--advertise", metavar="HOST:PORT", help="Endpoint clients dial (default: guessed).")
 @run_async
-async def up(store_url: str | None, network_name: str) -> None:
-    """Set up everything on this machine and print the network to join."""
+async def up(
+    store_url: str | None,
+    network_name: str,
+    udp_port: int,
+    http_port: int,
+    http_listen: str,
+    advertise: str | None,
+) -> None:
+    """The main job, in one command: set up this machine (deployment, embedded store, a default
+    network, an access key) and run the node; prints how to join. Ctrl-C stops cleanly."""
     store, record, _ = await do_init(store_url)
     try:
         owner = Owner(store, load_or_create_owner())
         chains = [c for c in await owner.chains() if c.state.name == network_name]
         chain = chains[0] if chains else await owner.create(record, network_name)
-        s = chain.state.settings
-        click.echo(f"store    {record.store}")
-        click.echo(f"network  {s.name} {chain.network_id.hex()} {s.cidr} {s.cidr6}")
+        daemon = NodeDaemon(
+            store, load_node_key(), load_authority(), udp_port=udp_port, advertise=advertise
+        )
+
+        async def announce(node: NodeDaemon) -> None:
+            token = await up_token(owner, chain, str(node.advertise))
+            s = chain.state.settings
+            click.echo(f"store    {record.store}")
+            click.echo(f"network  {s.name} {chain.network_id.hex()} {s.cidr} {s.cidr6}")
+            click.echo(f"node     {node.node_id} udp {node.advertise}")
+            if http_port:
+                click.echo(f"status   http://{http_listen}:{http_port}/api/status")
+            click.echo("join a Linux host (as root):")
+            click.echo(f"  tok connect {token}")
+
+        await serve_until_signal(daemon, http_listen, http_port, announce)
     finally:
         await store.close()
+
+
+async def up_token(owner: Owner, chain: Chain, endpoint: str) -> str:
+    """The access token `atenet up` prints: kept (0600) in the config dir and reused while its
+    key is active and names this endpoint, so restarts do not pile up keys."""
+    path = config_dir() / f"up-token-{chain.network_id.hex()}"
+    if path.exists():
+        try:
+            token = AccessToken.decode(path.read_text())
+        except AtenetError:
+            token = None
+        if token is not None and endpoint in token.endpoints:
+            key = chain.state.keys.get(token.key_id)
+            if key is not None and key.usable(time.time()) and key.secret == token.secret:
+                return token.encode()
+    token = await owner.export_key(chain, "atenet up", [endpoint])
+    write_private(path, token.encode().encode())
+    return token.encode()
 
 
 @main.command()
