@@ -20,7 +20,7 @@ from atenet.chain.log import Chain, Signer, create_network, first_event
 from atenet.chain.state import DEFAULT_MTU, NetworkState
 from atenet.chain.store import ChainStore
 from atenet.deployment import Deployment
-from atenet.errors import AtenetError, NotFound
+from atenet.errors import AtenetError, NotAllowed, NotFound
 from atenet.token import AccessToken
 
 
@@ -111,6 +111,13 @@ class Owner:
         by_id = [c for c in chains if len(lowered) >= 4 and c.network_id.hex().startswith(lowered)]
         if len(by_id) == 1:
             return by_id[0]
+        if len(lowered) >= 4:
+            for network_id in await self.store.list_chains():
+                if network_id.hex().startswith(lowered):
+                    raise NotAllowed(
+                        f"network {network_id.hex()} is not yours: only its owner can manage it "
+                        f"(your key is {self.identity.id})"
+                    )
         known = ", ".join(c.state.name for c in chains) or "none yet"
         raise NotFound(
             f"unknown network {name!r} (yours in {self.store.url}: {known}); "
