@@ -65,14 +65,13 @@ def parse_endpoint(endpoint: str) -> Addr:
 class UdpClientPort(Port):
     """A `tok connect` client: frames to it are sealed with its own access key."""
 
-    __slots__ = ("addr", "key_id", "seal", "send", "sender_id")
+    __slots__ = ("addr", "seal", "send", "sender_id")
 
     def __init__(
         self, addr: Addr, key_id: int, sender_id: int, sealer: Sealer, send: Send, now: float
     ) -> None:
-        super().__init__(f"udp:{addr[0]}:{addr[1]}/k{key_id}", "udp", now)
+        super().__init__(f"udp:{addr[0]}:{addr[1]}/k{key_id}", "udp", now, key_id)
         self.addr = addr
-        self.key_id = key_id
         self.sender_id = sender_id
         self.seal = sealer.seal
         self.send = send
@@ -138,9 +137,15 @@ class NetworkRuntime:
                     self.network_id, packet_key, self.sender_id, self.counter_start
                 )
         self.revoked = {k for k in state.keys if k not in usable}
-        closed = [self.remove_client(c) for c in list(self.clients) if c[0] not in usable]
+        closed = []
+        for key, port in list(self.switch.ports.items()):
+            if port.key_id is not None and port.key_id not in usable:
+                self.clients.pop(key, None)  # type: ignore[call-overload]
+                self.remove_port(key)
+                port.close()
+                closed.append(port)
         self.refresh_peers(now)
-        return [p for p in closed if p is not None]
+        return closed
 
     def refresh_peers(self, now: float) -> None:
         """Flood to every other member whose heartbeat is still valid (or that just joined)."""

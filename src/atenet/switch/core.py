@@ -29,14 +29,19 @@ class Port:
         "drops",
         "frames_in",
         "frames_out",
+        "key_id",
         "kind",
         "last_seen",
         "name",
     )
 
-    def __init__(self, name: str, kind: str, now: float = 0.0) -> None:
+    def __init__(
+        self, name: str, kind: str, now: float = 0.0, key_id: int | None = None
+    ) -> None:
         self.name = name
         self.kind = kind
+        self.key_id = key_id
+        """The access key this port was opened with: revoking it closes the port."""
         self.frames_in = 0
         self.frames_out = 0
         self.bytes_in = 0
@@ -47,6 +52,9 @@ class Port:
     def deliver(self, frame: bytes) -> None:
         """Send ``frame`` out of this port (to the client behind it)."""
         raise NotImplementedError
+
+    def close(self) -> None:
+        """The switch removed this port (e.g. its key was revoked): drop the client."""
 
     def counters(self) -> dict[str, int | float | str]:
         return {
