@@ -61,7 +61,7 @@ class NodeDaemon:
         self.started = time.time()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._followers: dict[bytes, asyncio.Task[Any]] = {}
-        self._loading: set[bytes] = set()
+        self._loading: dict[bytes, asyncio.Task[Any]] = {}
         self._unknown: dict[bytes, float] = {}
         self._membership_locks: dict[bytes, asyncio.Lock] = {}
         self._stopping = False
@@ -177,8 +177,24 @@ class NodeDaemon:
             return
         if time.monotonic() < self._unknown.get(network_id, 0):
             return
-        self._loading.add(network_id)
-        self._spawn(self._load(network_id))
+        self._loading[network_id] = self._spawn(self._load(network_id))
+
+    async def ensure_network(self, network_id: bytes) -> NetworkRuntime | None:
+        """The runtime of a network this node can serve, loading its chain if needed; None
+        for an unknown, unreadable or deleted network (or while the store is down)."""
+        runtime = self.core.networks.get(network_id)
+        if runtime is not None:
+            return runtime
+        self._maybe_load(network_id)
+        task = self._loading.get(network_id)
+        if task is not None:
+            await asyncio.shield(task)
+        return self.core.networks.get(network_id)
+
+    def handle_events(self) -> None:
+        """Act on what the core asked for (after ports were added or removed outside the UDP
+        path, e.g. by WebSocket handlers)."""
+        self._handle_events()
 
     async def _load(self, network_id: bytes) -> None:
         try:
@@ -205,7 +221,7 @@ class NodeDaemon:
         except StoreUnavailable as exc:
             log.warning("cannot load %s yet: %s", network_id.hex(), exc)
         finally:
-            self._loading.discard(network_id)
+            self._loading.pop(network_id, None)
 
     async def _follow(self, chain: Chain, runtime: NetworkRuntime) -> None:
         try:
