@@ -512,6 +512,55 @@ def _drops(drops: dict[str, int]) -> str:
     return ", ".join(f"{reason} {count}" for reason, count in sorted(drops.items()))
 
 
+# --------------------------------------------------------------------------- monitor
+
+
+@main.command()
+@click.argument("network_name", metavar="[NETWORK]", required=False)
+@click.option("--token", "token_text", metavar="TOKEN", help="Monitor with this access token.")
+@click.option(
+    "--pcap",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Write a pcap file (tshark/Wireshark) instead of text; '-' writes it to stdout.",
+)
+@click.option("--count", type=click.IntRange(min=1), help="Stop after N frames.")
+@click.option(
+    "--wait",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for a node to answer (at start, or after it went silent).",
+)
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per frame (JSON Lines).")
+def monitor(
+    network_name: str | None,
+    token_text: str | None,
+    pcap: str | None,
+    count: int | None,
+    wait: float,
+    store_url: str | None,
+    as_json: bool,
+) -> None:
+    """Watch NETWORK's frames: one line each (time, MACs, protocol summary), or a pcap file.
+
+    Joins as a passive port over UDP (no TAP, no root; it never sends a frame). As the owner,
+    a key labelled "monitor" is exported once and kept in tok's config dir; others pass
+    --token. Ctrl-C stops.
+    """
+    from atenet.monitor import monitor_token, run_command
+
+    async def owner_token() -> AccessToken:
+        async with owner_session(store_url) as owner:
+            chain = await owner.find(network_name or "")
+            return await monitor_token(owner, chain, await default_endpoints(owner.store, chain))
+
+    try:
+        run_loop(run_command(network_name, token_text, owner_token, pcap, count, wait, as_json))
+    except AtenetError as exc:
+        fail(str(exc))
+
+
 # --------------------------------------------------------------------------- log
 
 
