@@ -107,6 +107,7 @@ def _token_vector() -> dict[str, object]:
 
 PAYLOAD = bytes(range(56))
 IDENT, SEQ = 0xBEEF, 7
+P = (IDENT, SEQ, PAYLOAD)
 
 
 def _frame_vectors() -> dict[str, object]:
@@ -114,12 +115,12 @@ def _frame_vectors() -> dict[str, object]:
         "arp_request": wire.arp_request(MAC_A, IP4_A, IP4_B),
         "arp_reply": wire.arp_reply(MAC_B, IP4_B, MAC_A, IP4_A),
         "gratuitous_arp": wire.gratuitous_arp(MAC_A, IP4_A),
-        "icmp_echo_request": wire.icmp_echo_request(MAC_A, MAC_B, IP4_A, IP4_B, IDENT, SEQ, PAYLOAD),
+        "icmp_echo_request": wire.icmp_echo_request(MAC_A, MAC_B, IP4_A, IP4_B, *P),
         "icmp_echo_reply": wire.icmp_echo_reply(MAC_B, MAC_A, IP4_B, IP4_A, IDENT, SEQ, PAYLOAD),
         "icmpv6_echo_request": wire.icmpv6_echo_request(
             MAC_A, MAC_B, IP6_A, IP6_B, IDENT, SEQ, PAYLOAD
         ),
-        "icmpv6_echo_reply": wire.icmpv6_echo_reply(MAC_B, MAC_A, IP6_B, IP6_A, IDENT, SEQ, PAYLOAD),
+        "icmpv6_echo_reply": wire.icmpv6_echo_reply(MAC_B, MAC_A, IP6_B, IP6_A, *P),
         "neighbor_solicitation": wire.neighbor_solicitation(MAC_A, IP6_A, IP6_B),
         "neighbor_advertisement": wire.neighbor_advertisement(MAC_B, IP6_B, MAC_A, IP6_A),
         "neighbor_advertisement_unsolicited": wire.neighbor_advertisement(MAC_B, IP6_B),
@@ -198,7 +199,8 @@ def _check_replies(replies: dict[str, list[str]], requests: dict[str, bytes]) ->
         ip = wire.Ipv4Repr.parse(eth.payload)  # verifies the header checksum
         assert (ip.src, ip.dst, ip.protocol) == (IP4_B, IP4_A, wire.PROTO_ICMP)
         icmp = wire.IcmpRepr.parse(ip.payload)  # verifies the ICMP checksum
-        assert (icmp.type, icmp.ident, icmp.seq, icmp.payload) == (ICMP_ECHO_REPLY, 0x1234, seq, data)
+        got = (icmp.type, icmp.ident, icmp.seq, icmp.payload)
+        assert got == (ICMP_ECHO_REPLY, 0x1234, seq, data)
     icmp = wire.IcmpRepr.parse(
         wire.Ipv4Repr.parse(
             wire.EthernetRepr.parse(bytes.fromhex(replies["ping4_options"][0])).payload
