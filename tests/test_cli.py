@@ -148,8 +148,9 @@ def test_atenet_up_in_a_fresh_home_serves_status_and_leaves_cleanly(tmp_path: Pa
                 break
         token = lines[-1].split()[-1]
         assert token.startswith("atn1."), lines
+        assert any(line.startswith(f"http://127.0.0.1:{http}/#atn1.") for line in lines), lines
         with urllib.request.urlopen(f"http://127.0.0.1:{http}/api/status", timeout=5) as r:
-            assert json.load(r)["networks"] == []  # loaded on demand, when a client arrives
+            assert [n["name"] for n in json.load(r)["networks"]] == ["default"]
         with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5) as r:
             assert "atenet_datagrams_total 0" in r.read().decode()
     finally:

@@ -9,8 +9,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import signal
+import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -33,7 +38,7 @@ from atenet.deployment import (
 )
 from atenet.errors import AtenetError
 from atenet.node.daemon import NodeDaemon
-from atenet.node.http import serve_http
+from atenet.node.http import serve_http, tls_context
 from atenet.owner import Owner
 from atenet.paths import config_dir, write_private
 from atenet.token import AccessToken
@@ -80,6 +85,48 @@ async def init(store_url: str | None) -> None:
     click.echo(f"deployment {record.id} {verb} (store {record.store})")
 
 
+@dataclass(frozen=True)
+class HttpConfig:
+    """The node's HTTP server: web page, WebSocket ports, status and metrics."""
+
+    listen: str
+    port: int
+    tls_cert: str | None
+    tls_key: str | None
+    ws_heartbeat: float
+
+    @property
+    def base_url(self) -> str:
+        scheme = "https" if self.tls_cert else "http"
+        return f"{scheme}://{self.listen}:{self.port}"
+
+
+def http_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The HTTP options `run` and `up` share, bundled into one ``http`` argument."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, http_listen: str, http_port: int, tls_cert: str | None,
+                tls_key: str | None, ws_heartbeat: float, **kwargs: Any) -> Any:  # fmt: skip
+        config = HttpConfig(http_listen, http_port, tls_cert, tls_key, ws_heartbeat)
+        return fn(*args, http=config, **kwargs)
+
+    for option in reversed([
+        click.option("--http-listen", default="127.0.0.1", show_default=True,
+                     help="Address of the HTTP server (web page, WebSockets, status, metrics); "
+                     "0.0.0.0 to let other machines' browsers join."),
+        click.option("--http-port", type=click.IntRange(0, 65535), default=8080,
+                     show_default=True, help="HTTP port (0: no HTTP server)."),
+        click.option("--tls-cert", type=click.Path(dir_okay=False), help="Serve HTTPS/wss: "
+                     "PEM certificate (recommended: tokens travel in WebSocket URLs)."),
+        click.option("--tls-key", type=click.Path(dir_okay=False), help="PEM private key."),
+        click.option("--ws-heartbeat", type=click.FloatRange(1, 3600), default=20.0,
+                     show_default=True, help="Seconds between WebSocket pings; a client that "
+                     "does not answer within half of it is closed."),
+    ]):  # fmt: skip
+        wrapper = option(wrapper)
+    return wrapper
+
+
 @main.command()
 @store_option
 @click.option(
@@ -90,19 +137,17 @@ async def init(store_url: str | None) -> None:
     help="Name of the network to create (if absent) and serve.",
 )
 @click.option("--udp-port", type=click.IntRange(0, 65535), default=4799, show_default=True)
-@click.option("--http-port", type=click.IntRange(0, 65535), default=8080, show_default=True)
-@click.option(
-    "--http-listen", default="127.0.0.1", show_default=True, help="Address of the HTTP server."
-)
 @click.option("--advertise", metavar="HOST:PORT", help="Endpoint clients dial (default: guessed).")
+@click.option("--quiet", is_flag=True, help="No live status line.")
+@http_options
 @run_async
 async def up(
     store_url: str | None,
     network_name: str,
     udp_port: int,
-    http_port: int,
-    http_listen: str,
     advertise: str | None,
+    quiet: bool,
+    http: HttpConfig,
 ) -> None:
     """The main job, in one command: set up this machine (deployment, embedded store, a default
     network, an access key) and run the node; prints how to join. Ctrl-C stops cleanly."""
@@ -121,14 +166,51 @@ async def up(
             click.echo(f"store    {record.store}")
             click.echo(f"network  {s.name} {chain.network_id.hex()} {s.cidr} {s.cidr6}")
             click.echo(f"node     {node.node_id} udp {node.advertise}")
-            if http_port:
-                click.echo(f"status   http://{http_listen}:{http_port}/api/status")
+            if http.port:
+                click.echo(f"status   {http.base_url}/api/status")
+                click.echo("open in a browser to join:")
+                click.echo(f"{http.base_url}/#{token}")
             click.echo("join a Linux host (as root):")
-            click.echo(f"  tok connect {token}")
+            click.echo(f"  tok connect {token}", nl=True)
+            await ensure_loaded(node, chain.network_id)
+            if not quiet and sys.stdout.isatty():
+                await live_status(node, chain.network_id)
 
-        await serve_until_signal(daemon, http_listen, http_port, announce)
+        await serve_until_signal(daemon, http, announce)
     finally:
         await store.close()
+
+
+async def ensure_loaded(node: NodeDaemon, network_id: bytes) -> None:
+    """Load the network now, so its status shows before the first client arrives."""
+    await node.ensure_network(network_id)
+
+
+async def live_status(node: NodeDaemon, network_id: bytes) -> None:
+    """A compact status line (members, ports, traffic) updated in place until stopped."""
+    from rich.live import Live
+
+    last = (0, 0, time.monotonic())
+    with Live(refresh_per_second=2, transient=True) as live:
+        while True:
+            runtime = node.core.networks.get(network_id)
+            frames = sum(p.frames_in for p in runtime.switch.ports.values()) if runtime else 0
+            drops = sum(runtime.drops.values()) if runtime else 0
+            now = time.monotonic()
+            rate = (frames - last[0]) / max(now - last[2], 1e-6)
+            last = (frames, drops, now)
+            members = len(runtime.state.members) if runtime and runtime.state else 0
+            ports = len(runtime.switch) if runtime else 0
+            kinds = (
+                ", ".join(sorted({p.kind for p in runtime.switch.ports.values()}))
+                if runtime
+                else ""
+            )
+            live.update(
+                f"[bold]live[/]  members {members}  ports {ports} {kinds}  "
+                f"frames in {frames} ({rate:.0f}/s)  drops {drops}"
+            )
+            await asyncio.sleep(0.5)
 
 
 async def up_token(owner: Owner, chain: Chain, endpoint: str) -> str:
@@ -141,6 +223,7 @@ async def up_token(owner: Owner, chain: Chain, endpoint: str) -> str:
         except AtenetError:
             token = None
         if token is not None and endpoint in token.endpoints:
+            await chain.catch_up()
             key = chain.state.keys.get(token.key_id)
             if key is not None and key.usable(time.time()) and key.secret == token.secret:
                 return token.encode()
@@ -160,19 +243,6 @@ async def up_token(owner: Owner, chain: Chain, endpoint: str) -> str:
     help="UDP port for clients and peer nodes (0: any free port).",
 )
 @click.option(
-    "--http-listen",
-    default="127.0.0.1",
-    show_default=True,
-    help="Address of the HTTP server (status, metrics).",
-)
-@click.option(
-    "--http-port",
-    type=click.IntRange(0, 65535),
-    default=8080,
-    show_default=True,
-    help="HTTP port for /api/status and /metrics (0: no HTTP server).",
-)
-@click.option(
     "--advertise",
     metavar="HOST:PORT",
     help="Endpoint other nodes and clients reach this node at "
@@ -186,55 +256,55 @@ async def up_token(owner: Owner, chain: Chain, endpoint: str) -> str:
     help="Seconds between liveness records; peers stop flooding to a node whose "
     "heartbeat is older than 3 intervals.",
 )
+@http_options
 @run_async
 async def run(
     store_url: str | None,
     listen: str,
     udp_port: int,
-    http_listen: str,
-    http_port: int,
     advertise: str | None,
     heartbeat: float,
+    http: HttpConfig,
 ) -> None:
     """Serve every network of this deployment: one UDP socket for clients and peers, networks
-    loaded on demand, counters over HTTP. SIGTERM or Ctrl-C leave cleanly."""
+    loaded on demand, WebSocket ports and counters over HTTP. SIGTERM or Ctrl-C leave cleanly."""
     store = await connected_store(store_url)
     try:
         daemon = NodeDaemon(
-            store,
-            load_node_key(),
-            load_authority(),
-            listen=listen,
-            udp_port=udp_port,
-            advertise=advertise,
-            heartbeat=heartbeat,
-        )
-        await serve_until_signal(daemon, http_listen, http_port)
+            store, load_node_key(), load_authority(), listen=listen, udp_port=udp_port,
+            advertise=advertise, heartbeat=heartbeat,
+        )  # fmt: skip
+        await serve_until_signal(daemon, http)
     finally:
         await store.close()
 
 
-async def serve_until_signal(
-    daemon: NodeDaemon, http_listen: str, http_port: int, on_ready: Any = None
-) -> None:
+async def serve_until_signal(daemon: NodeDaemon, http: HttpConfig, on_ready: Any = None) -> None:
     """Run the node until SIGTERM/SIGINT, then leave memberships and stop."""
+    tls = tls_context(http.tls_cert, http.tls_key)
     await daemon.start()
-    runner = await serve_http(daemon, http_listen, http_port) if http_port else None
+    runner = None
+    if http.port:
+        runner = await serve_http(
+            daemon, http.listen, http.port, tls=tls, ws_heartbeat=http.ws_heartbeat
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     click.echo(
         f"node {daemon.node_id} serving on udp {daemon.listen}:{daemon.udp_port} "
-        f"(advertised {daemon.advertise})"
-        + (f", http://{http_listen}:{http_port}/api/status" if http_port else ""),
+        f"(advertised {daemon.advertise})" + (f", {http.base_url}/" if http.port else ""),
         err=True,
     )
+    ready = asyncio.ensure_future(on_ready(daemon)) if on_ready is not None else None
     try:
-        if on_ready is not None:
-            await on_ready(daemon)
         await stop.wait()
     finally:
+        if ready is not None:
+            ready.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await ready
         click.echo("stopping: leaving networks", err=True)
         await daemon.stop()
         if runner is not None:

@@ -210,10 +210,11 @@ class NodeDaemon:
             if chain.state.deleted:
                 self._unknown[network_id] = time.monotonic() + NEGATIVE_CACHE
                 return
+            # Registered and given its state in one step: no other task may see it half-built.
             runtime = self.core.add_network(network_id)
+            runtime.apply_state(chain.state, time.time())
             self.chains[network_id] = chain
             await self._read_heartbeats(chain, runtime)
-            runtime.apply_state(chain.state, time.time())
             log.info("serving network %s (%s)", chain.state.name, network_id.hex())
             self._followers[network_id] = asyncio.ensure_future(self._follow(chain, runtime))
             if runtime.is_member and len(runtime.switch) == 0:

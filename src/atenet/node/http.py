@@ -5,10 +5,14 @@ Later issues add the web page and WebSocket ports here.
 
 from __future__ import annotations
 
+import ssl
+from pathlib import Path
+
 from aiohttp import web
 
 from atenet.errors import AtenetError
 from atenet.node.daemon import NodeDaemon
+from atenet.node.websocket import WebSocketPorts
 
 
 def _labels(**labels: str) -> str:
@@ -53,8 +57,18 @@ def prometheus(daemon: NodeDaemon) -> str:
     return "\n".join(lines) + "\n"
 
 
-def make_app(daemon: NodeDaemon) -> web.Application:
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html",
+                ".svg": "image/svg+xml", ".png": "image/png"}  # fmt: skip
+
+
+def make_app(daemon: NodeDaemon, ws_heartbeat: float = 20.0) -> web.Application:
+    """Routes: the web page (``/`` and its assets), ``/ws`` and ``/net/<token>`` WebSocket
+    ports, ``/api/status`` (JSON) and ``/metrics`` (Prometheus)."""
     app = web.Application()
+    ports = WebSocketPorts(daemon, heartbeat=ws_heartbeat)
+    ports.routes(app)
+    app["ws_ports"] = ports
 
     async def status(_request: web.Request) -> web.Response:
         return web.json_response(daemon.status())
@@ -62,16 +76,47 @@ def make_app(daemon: NodeDaemon) -> web.Application:
     async def metrics(_request: web.Request) -> web.Response:
         return web.Response(text=prometheus(daemon), content_type="text/plain")
 
+    async def asset(request: web.Request) -> web.StreamResponse:
+        name = request.match_info.get("name") or "index.html"
+        path = WEB_DIR / name
+        kind = STATIC_TYPES.get(path.suffix)
+        if kind is None or not path.is_file():
+            raise web.HTTPNotFound(text="not found\n")
+        return web.FileResponse(path, headers={"Content-Type": kind, "Cache-Control": "no-cache"})
+
     app.router.add_get("/api/status", status)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/", asset)
+    app.router.add_get(r"/{name:[A-Za-z0-9_-]+\.[a-z]+}", asset)
     return app
 
 
-async def serve_http(daemon: NodeDaemon, host: str, port: int) -> web.AppRunner:
+def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """A server TLS context from PEM files (both or neither), with a clear error."""
+    if not cert and not key:
+        return None
+    if not (cert and key):
+        raise AtenetError("give both --tls-cert and --tls-key (PEM files), or neither")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise AtenetError(f"cannot load TLS certificate {cert} / key {key}: {exc}") from None
+    return context
+
+
+async def serve_http(
+    daemon: NodeDaemon,
+    host: str,
+    port: int,
+    *,
+    tls: ssl.SSLContext | None = None,
+    ws_heartbeat: float = 20.0,
+) -> web.AppRunner:
     """Start the HTTP server; the caller cleans up the returned runner."""
-    runner = web.AppRunner(make_app(daemon), access_log=None)
+    runner = web.AppRunner(make_app(daemon, ws_heartbeat), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=tls, backlog=1024)
     try:
         await site.start()
     except OSError as exc:
