@@ -437,9 +437,8 @@ class Monitor:
         sock = self.sock
         if sock is None or self._stop.is_set():
             return
-        now_ns = time.time_ns()
-        now = now_ns / 1e9
         datagram = self.core.datagram
+        clock = time.time_ns
         for _ in range(READ_BATCH):
             try:
                 data = sock.recv(65535)
@@ -447,7 +446,8 @@ class Monitor:
                 break
             except OSError:
                 continue
-            frame = datagram(data, now)
+            now_ns = clock()  # per datagram, not per wake-up: a trace's gaps must be real
+            frame = datagram(data, now_ns / 1e9)
             if frame is None:
                 continue
             try:
