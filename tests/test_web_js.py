@@ -9,6 +9,7 @@ are parsed here with ``atenet.wire``, checksums verified.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -280,3 +281,271 @@ def test_page_needs_nothing_from_the_internet() -> None:
             assert (WEB / ref.lstrip("./")).is_file(), (path, ref)
         for ref in re.findall(r"""^import .* from "([^"]+)";""", text, re.MULTILINE):
             assert ref.startswith("./") and (WEB / ref[2:]).is_file(), (path, ref)
+
+
+# --- the page in a real browser, against a mock node speaking the settled protocol -------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+try:
+    import playwright.async_api as _playwright
+except ImportError:  # pragma: no cover - depends on the test environment
+    _playwright = None
+
+needs_browser = pytest.mark.skipif(
+    _playwright is None or CHROMIUM is None,
+    reason="needs the playwright Python package and a chromium binary (apt-get install chromium)",
+)
+
+PEER_MAC = bytes.fromhex("02cafe000001")
+MOCK_CIDR, MOCK_CIDR6 = "10.77.1.0/24", "fd77:1:2:3::/64"
+PEER_IP4, PEER_IP6 = IPv4Address("10.77.1.200"), IPv6Address("fd77:1:2:3::200")
+SECRET = hashlib.sha256(b"mock node secret").digest()
+KEY_ID = 7
+
+
+class MockNode:
+    """Serves the page and ``/ws``; checks the hello; is a peer host that answers and pings."""
+
+    def __init__(self) -> None:
+        self.auth_key = PacketKey(SECRET, KEY_ID).auth_key
+        self.frames: asyncio.Queue[bytes] = asyncio.Queue()
+        self.ws = None
+        self.hellos: list[dict] = []
+
+    def app(self):  # -> aiohttp.web.Application
+        from aiohttp import web
+
+        async def index(_request):
+            return web.FileResponse(WEB / "index.html")
+
+        app = web.Application()
+        app.router.add_get("/", index)
+        app.router.add_get("/ws", self.websocket)
+        app.router.add_static("/", WEB)
+        return app
+
+    def hello_ok(self, hello: dict) -> bool:
+        message = "atenet/v1 ws hello|{network}|{key_id}|{time}|{nonce}".format(**hello)
+        mac = hmac.new(self.auth_key, message.encode(), "sha256").hexdigest()
+        return (
+            hmac.compare_digest(mac, hello.get("mac", ""))
+            and hello["network"] == NETWORK_A.hex()
+            and hello["key_id"] == KEY_ID
+            and len(bytes.fromhex(hello["nonce"])) == 16
+        )
+
+    async def websocket(self, request):
+        from aiohttp import WSMsgType, web
+
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        hello = json.loads((await ws.receive()).data)
+        self.hellos.append(hello)
+        if hello.get("op") != "hello" or not self.hello_ok(hello):
+            await ws.close(code=4403, message=b"access refused")
+            return ws
+        await ws.send_json(
+            {
+                "op": "welcome",
+                "node": "mock-node-1",
+                "name": "mock lan",
+                "cidr": MOCK_CIDR,
+                "cidr6": MOCK_CIDR6,
+                "mtu": 1400,
+            }
+        )
+        self.ws = ws
+        ticker = asyncio.create_task(self.status_loop(ws))
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.BINARY:
+                    self.answer(msg.data)
+                    self.frames.put_nowait(msg.data)
+        finally:
+            ticker.cancel()
+        return ws
+
+    async def status_loop(self, ws) -> None:
+        drops = 0
+        while not ws.closed:
+            drops += 1
+            port = {"kind": "ws", "frames_in": 10, "frames_out": 12, "bytes_in": 900}
+            await ws.send_json(
+                {
+                    "op": "status",
+                    "ports": [
+                        {"name": "ws-1", **port, "bytes_out": 1100, "drops": drops},
+                        {"name": "udp-tok-2", **port, "bytes_out": 5, "drops": 0},
+                    ],
+                    "members": [
+                        {"node_id": "mock-node-1", "endpoints": ["127.0.0.1:7000"]},
+                        {"node_id": "mock-node-2", "endpoints": ["127.0.0.2:7000"]},
+                    ],
+                    "port": "ws-1",
+                }
+            )
+            await asyncio.sleep(0.3)
+
+    def answer(self, frame: bytes) -> None:
+        """The peer host: ARP, ND and echo for PEER_IP4 / PEER_IP6."""
+        eth = wire.EthernetRepr.parse(frame)
+        reply = None
+        if eth.ethertype == wire.ETHERTYPE_ARP:
+            arp = wire.ArpRepr.parse(eth.payload)
+            if arp.operation == wire.ARP_REQUEST and arp.target_ip == PEER_IP4:
+                reply = wire.arp_reply(PEER_MAC, PEER_IP4, arp.sender_mac, arp.sender_ip)
+        elif eth.ethertype == wire.ETHERTYPE_IPV4:
+            ip = wire.Ipv4Repr.parse(eth.payload)
+            if ip.dst == PEER_IP4 and ip.protocol == wire.PROTO_ICMP:
+                icmp = wire.IcmpRepr.parse(ip.payload)
+                if icmp.type == 8:
+                    reply = wire.icmp_echo_reply(
+                        PEER_MAC, eth.src, PEER_IP4, ip.src, icmp.ident, icmp.seq, icmp.payload
+                    )
+        elif eth.ethertype == wire.ETHERTYPE_IPV6:
+            ip6 = wire.Ipv6Repr.parse(eth.payload)
+            if ip6.next_header == wire.NEXT_HEADER_ICMPV6:
+                message = wire.Icmpv6Repr.parse(ip6.payload, ip6.src, ip6.dst)
+                if message.type == 135:
+                    ns = wire.NeighborSolicit.from_icmp(message)
+                    if ns.target == PEER_IP6:
+                        reply = wire.neighbor_advertisement(
+                            PEER_MAC, PEER_IP6, ns.source_mac or eth.src, ip6.src
+                        )
+                elif message.type == 128 and ip6.dst == PEER_IP6:
+                    reply = wire.icmpv6_echo_reply(
+                        PEER_MAC,
+                        eth.src,
+                        PEER_IP6,
+                        ip6.src,
+                        message.ident,
+                        message.seq,
+                        message.payload,
+                    )
+        if reply is not None and self.ws is not None:
+            asyncio.get_running_loop().create_task(self.ws.send_bytes(reply))
+
+    async def expect(self, predicate, timeout: float = 5.0) -> bytes:
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.frames.get()
+                if predicate(frame):
+                    return frame
+
+
+def _is_arp_reply_from(ip: IPv4Address):
+    def check(frame: bytes) -> bool:
+        eth = wire.EthernetRepr.parse(frame)
+        if eth.ethertype != wire.ETHERTYPE_ARP:
+            return False
+        arp = wire.ArpRepr.parse(eth.payload)
+        return (
+            arp.operation == wire.ARP_REPLY and arp.sender_ip == ip and arp.target_mac == PEER_MAC
+        )
+
+    return check
+
+
+def _is_echo_reply(seq: int):
+    def check(frame: bytes) -> bool:
+        eth = wire.EthernetRepr.parse(frame)
+        if eth.ethertype == wire.ETHERTYPE_IPV4:
+            ip = wire.Ipv4Repr.parse(eth.payload)
+            icmp = wire.IcmpRepr.parse(ip.payload) if ip.protocol == wire.PROTO_ICMP else None
+            return icmp is not None and icmp.type == ICMP_ECHO_REPLY and icmp.seq == seq
+        if eth.ethertype == wire.ETHERTYPE_IPV6:
+            ip6 = wire.Ipv6Repr.parse(eth.payload)
+            message = wire.Icmpv6Repr.parse(ip6.payload, ip6.src, ip6.dst)
+            return message.type == ICMPV6_ECHO_REPLY and message.seq == seq
+        return False
+
+    return check
+
+
+@needs_browser
+async def test_page_joins_pings_and_answers_in_chromium(tmp_path: Path) -> None:
+    from aiohttp import web
+
+    mock = MockNode()
+    runner = web.AppRunner(mock.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    base = f"http://127.0.0.1:{port}/"
+    good = AccessToken(NETWORK_A, KEY_ID, SECRET, (f"127.0.0.1:{port}",)).encode()
+    wrong = AccessToken(NETWORK_A, KEY_ID, b"\x01" * 32, ()).encode()
+    try:
+        async with _playwright.async_playwright() as pw:
+            browser = await pw.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
+            )
+            page = await browser.new_page(viewport={"width": 1200, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            requested: list[str] = []
+            page.on("request", lambda req: requested.append(req.url))
+
+            await page.goto(base + "#" + good)
+            info = await page.evaluate("window.atenet.ready")
+            assert await page.evaluate("document.body.dataset.state") == "connected"
+            mac = addressing.stable_mac(
+                NETWORK_A, bytes.fromhex(await page.evaluate("localStorage['atenet-host-key']"))
+            )
+            assert info["mac"] == wire.format_mac(mac)
+            assert info["ip4"] == str(addressing.ipv4_for(NETWORK_A, mac, MOCK_CIDR).ip)
+            assert info["ip6"] == str(addressing.ipv6_for(NETWORK_A, mac, MOCK_CIDR6).ip)
+            assert not any("#" in url or good in url for url in requested)  # token stays local
+
+            # The browser pings the peer (ARP, then echo), over IPv4 and IPv6.
+            rtts = await page.evaluate(f"window.atenet.ping('{PEER_IP4}', 3)")
+            assert len(rtts) == 3 and all(isinstance(r, (int, float)) for r in rtts), rtts
+            rtts6 = await page.evaluate(f"window.atenet.ping('{PEER_IP6}', 2)")
+            assert all(isinstance(r, (int, float)) for r in rtts6), rtts6
+
+            # The peer pings the browser: ARP request, then echo (v4), NS then echo (v6).
+            browser_ip4 = IPv4Address(info["ip4"])
+            browser_ip6 = IPv6Address(info["ip6"])
+            await mock.ws.send_bytes(wire.arp_request(PEER_MAC, PEER_IP4, browser_ip4))
+            await mock.expect(_is_arp_reply_from(browser_ip4))
+            await mock.ws.send_bytes(
+                wire.icmp_echo_request(PEER_MAC, mac, PEER_IP4, browser_ip4, 99, 41, b"hi")
+            )
+            await mock.expect(_is_echo_reply(41))
+            await mock.ws.send_bytes(wire.neighbor_solicitation(PEER_MAC, PEER_IP6, browser_ip6))
+            await mock.ws.send_bytes(
+                wire.icmpv6_echo_request(PEER_MAC, mac, PEER_IP6, browser_ip6, 99, 42, b"hi6")
+            )
+            await mock.expect(_is_echo_reply(42))
+
+            await page.wait_for_function(
+                "document.querySelectorAll('#ports tbody tr.mine').length === 1"
+            )
+            assert "mock-node-2" in await page.inner_text("#members")
+            assert "received" in await page.inner_text("#ping-out")
+            await page.wait_for_timeout(1500)  # a couple of chart samples
+            await page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+
+            # The same browser keeps its addresses on reload (host key in localStorage).
+            await page.reload()
+            again = await page.evaluate("window.atenet.ready")
+            assert again["ip4"] == info["ip4"] and again["mac"] == info["mac"]
+
+            # A wrong secret: the node closes with 4403 and the page says so.
+            refused = await browser.new_page()
+            await refused.goto(base + "#" + wrong)
+            await refused.wait_for_function("document.body.dataset.state === 'refused'")
+            assert "access refused (key revoked or wrong)" in await refused.inner_text("#banner")
+
+            # No token, and a damaged one: a clear message, no connection attempt.
+            hellos = len(mock.hellos)
+            for fragment, text in (("", "no access token"), ("#atn1.%%%", "damaged")):
+                bad = await browser.new_page()
+                await bad.goto(base + fragment)
+                await bad.wait_for_function("document.body.dataset.state === 'error'")
+                assert text in await bad.inner_text("#banner")
+            assert len(mock.hellos) == hellos
+            assert not errors, errors
+            await browser.close()
+    finally:
+        await runner.cleanup()

@@ -179,7 +179,12 @@ function base64urlDecode(text) {
  * src/atenet/token.py). Throws TokenError with a message fit for the page.
  */
 export function parseToken(text) {
-  let s = decodeURIComponent(String(text ?? "")).trim();
+  let s = String(text ?? "").trim();
+  try {
+    s = decodeURIComponent(s); // a link pasted through a chat app may come percent-encoded
+  } catch {
+    // not percent-encoded: keep it as it is; base64url checks below say what is wrong
+  }
   if (s.startsWith("#")) s = s.slice(1);
   if (!s) throw new TokenError("no access token in the address: open the full link (…/#atn1.…) that atenet up or tok printed");
   if (!s.startsWith("atn1.")) throw new TokenError("this is not an atenet access token (it should start with atn1.)");

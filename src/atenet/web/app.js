@@ -1,0 +1,478 @@
+// The page: reads the token from the URL fragment, joins the network through net.js, and
+// draws what it learns (addresses, members, ports, traffic chart, ping tool).
+//
+// For tests it exposes window.atenet = {ready, ip4, ip6, mac, ping(addr, count)} and sets
+// document.body.dataset.state to "connecting" | "connected" | "refused" | "error".
+
+import {
+  Session,
+  TokenError,
+  formatIp4,
+  formatIp6,
+  formatMac,
+  fromHex,
+  parseToken,
+  randomBytes,
+  toHex,
+} from "./net.js";
+
+const HOST_KEY_STORAGE = "atenet-host-key";
+const HISTORY = 60; // seconds of traffic in the chart
+const RETRY_MS = [1000, 2000, 5000, 10000, 30000];
+
+const $ = (id) => document.getElementById(id);
+
+// --- window.atenet, for tests and the console --------------------------------------------------
+
+let resolveReady;
+let rejectReady;
+const api = {
+  ready: new Promise((resolve, reject) => {
+    resolveReady = resolve;
+    rejectReady = reject;
+  }),
+  ip4: null,
+  ip6: null,
+  mac: null,
+  ping: (address, count = 4) => runPing(String(address), Number(count) || 4),
+};
+api.ready.catch(() => {}); // a refusal is shown on the page; no unhandled-rejection noise
+window.atenet = api;
+
+// --- state -------------------------------------------------------------------------------------
+
+let session = null;
+let host = null;
+let welcome = null;
+let myPort = null;
+let everConnected = false;
+let retries = 0;
+let unit = "bytes";
+const samples = []; // {framesIn, framesOut, bytesIn, bytesOut, drops} per second
+let lastCounters = null;
+let lastPortDrops = null;
+let dropsThisSecond = 0;
+let totalDrops = 0;
+
+function setState(state, text) {
+  document.body.dataset.state = state;
+  $("state").textContent = text ?? state;
+}
+
+function banner(text) {
+  const el = $("banner");
+  el.textContent = text ?? "";
+  el.hidden = !text;
+}
+
+function log(text, bad = false) {
+  const li = document.createElement("li");
+  if (bad) li.className = "bad";
+  const time = document.createElement("time");
+  time.textContent = new Date().toLocaleTimeString();
+  li.append(time, text);
+  const list = $("log");
+  list.prepend(li);
+  while (list.children.length > 100) list.lastChild.remove();
+}
+
+function hostKey() {
+  try {
+    const stored = localStorage.getItem(HOST_KEY_STORAGE);
+    if (stored && /^[0-9a-f]{32}$/.test(stored)) return fromHex(stored);
+    const fresh = randomBytes(16);
+    localStorage.setItem(HOST_KEY_STORAGE, toHex(fresh));
+    return fresh;
+  } catch {
+    log("no local storage: this browser gets new addresses on every visit", true);
+    return randomBytes(16);
+  }
+}
+
+// --- formatting --------------------------------------------------------------------------------
+
+function si(value, suffix) {
+  const units = ["", "k", "M", "G", "T"];
+  let v = value;
+  let i = 0;
+  while (v >= 1000 && i < units.length - 1) {
+    v /= 1000;
+    i++;
+  }
+  const digits = v >= 100 || i === 0 ? 0 : 1;
+  return `${v.toFixed(digits)} ${units[i]}${suffix}`;
+}
+
+function count(n) {
+  return Number(n ?? 0).toLocaleString("en-US");
+}
+
+// --- connection --------------------------------------------------------------------------------
+
+function wsUrl() {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  return `${scheme}://${location.host}/ws`;
+}
+
+function start() {
+  let token;
+  try {
+    token = parseToken(location.hash);
+  } catch (err) {
+    const text = err instanceof TokenError ? err.message : `bad access token: ${err.message}`;
+    setState("error", "no token");
+    banner(text);
+    rejectReady(new Error(text));
+    log(text, true);
+    return;
+  }
+  const key = hostKey();
+  connect(token, key);
+}
+
+function connect(token, key) {
+  setState("connecting", "connecting…");
+  session = new Session({
+    url: wsUrl(),
+    token,
+    hostKey: key,
+    onWelcome: (msg, newHost) => joined(msg, newHost),
+    onStatus: (msg) => status(msg),
+    onClose: (info) => closed(info, token, key),
+    onEvent: (kind, text) => log(kind === "conflict" ? `address conflict: ${text}` : text, true),
+  });
+  lastCounters = null;
+  session.open();
+}
+
+function joined(msg, newHost) {
+  welcome = msg;
+  host = newHost;
+  everConnected = true;
+  retries = 0;
+  api.ip4 = formatIp4(host.ip4);
+  api.ip6 = host.ip6 ? formatIp6(host.ip6) : null;
+  api.mac = formatMac(host.mac);
+  setState("connected", "connected");
+  banner(null);
+  const prefix = msg.cidr.split("/")[1];
+  $("net-name").textContent = msg.name || "(unnamed network)";
+  $("net-cidr").textContent = [msg.cidr, msg.cidr6].filter(Boolean).join("  ·  ");
+  document.title = `atenet · ${msg.name || msg.cidr}`;
+  $("self-ip4").textContent = `${api.ip4}/${prefix}`;
+  $("self-ip6").textContent = api.ip6 ? `${api.ip6}/64` : "—";
+  $("self-mac").textContent = api.mac;
+  $("self-node").textContent = msg.node ?? "—";
+  if (!$("ping-addr").value) {
+    const gw = host.net4.slice();
+    gw[3] += 1;
+    $("ping-addr").placeholder = `e.g. ${formatIp4(gw)}`;
+  }
+  log(`joined ${msg.name || "the network"} as ${api.ip4} (${api.mac}) via node ${msg.node ?? "?"}`);
+  resolveReady({ ip4: api.ip4, ip6: api.ip6, mac: api.mac, name: msg.name, cidr: msg.cidr, node: msg.node });
+}
+
+function closed(info, token, key) {
+  host = null;
+  if (info.refused) {
+    setState("refused", "refused");
+    banner("access refused (key revoked or wrong)");
+    log("access refused (key revoked or wrong)", true);
+    rejectReady(new Error("access refused (key revoked or wrong)"));
+    return;
+  }
+  const wait = RETRY_MS[Math.min(retries, RETRY_MS.length - 1)];
+  retries++;
+  const why = info.reason ? `: ${info.reason}` : info.code && info.code !== 1006 ? ` (code ${info.code})` : "";
+  const what = info.welcomed ? "connection to the node lost" : "could not connect to the node";
+  setState("error", "disconnected");
+  banner(`${what}${why} — retrying in ${Math.round(wait / 1000)} s`);
+  log(`${what}${why}`, true);
+  if (!everConnected && retries > RETRY_MS.length) {
+    rejectReady(new Error(`${what}${why}`));
+  }
+  setTimeout(() => connect(token, key), wait);
+}
+
+// --- status: members and ports -----------------------------------------------------------------
+
+function status(msg) {
+  myPort = msg.port ?? myPort;
+  $("self-port").textContent = myPort ?? "—";
+  const members = Array.isArray(msg.members) ? msg.members : [];
+  const ports = Array.isArray(msg.ports) ? msg.ports : [];
+  renderMembers(members);
+  renderPorts(ports);
+  const mine = ports.find((p) => p.name === myPort);
+  if (mine) {
+    const drops = Number(mine.drops ?? 0);
+    if (lastPortDrops !== null && drops > lastPortDrops) dropsThisSecond += drops - lastPortDrops;
+    lastPortDrops = drops;
+    totalDrops = drops;
+  }
+}
+
+function renderMembers(members) {
+  const list = $("members");
+  list.replaceChildren();
+  $("members-count").textContent = members.length ? `(${members.length})` : "";
+  if (!members.length) {
+    const li = document.createElement("li");
+    li.className = "muted";
+    li.textContent = "no member nodes listed";
+    list.append(li);
+    return;
+  }
+  for (const member of members) {
+    const li = document.createElement("li");
+    const id = document.createElement("code");
+    id.textContent = member.node_id ?? "?";
+    li.append(id);
+    if (welcome && member.node_id === welcome.node) {
+      const tag = document.createElement("span");
+      tag.className = "tag";
+      tag.textContent = "this page's node";
+      li.append(tag);
+    }
+    const endpoints = Array.isArray(member.endpoints) ? member.endpoints.join(", ") : "";
+    if (endpoints) {
+      const div = document.createElement("div");
+      div.className = "muted small mono";
+      div.textContent = endpoints;
+      li.append(div);
+    }
+    list.append(li);
+  }
+}
+
+function renderPorts(ports) {
+  const body = $("ports").tBodies[0];
+  body.replaceChildren();
+  $("ports-count").textContent = ports.length ? `(${ports.length})` : "";
+  if (!ports.length) {
+    const tr = body.insertRow();
+    const td = tr.insertCell();
+    td.colSpan = 7;
+    td.className = "muted";
+    td.textContent = "no ports";
+    return;
+  }
+  for (const port of ports) {
+    const tr = body.insertRow();
+    if (port.name === myPort) tr.className = "mine";
+    const cells = [
+      port.name === myPort ? `${port.name} (this page)` : port.name,
+      port.kind,
+      count(port.frames_in),
+      count(port.frames_out),
+      si(Number(port.bytes_in ?? 0), "B"),
+      si(Number(port.bytes_out ?? 0), "B"),
+      count(port.drops),
+    ];
+    cells.forEach((text, i) => {
+      const td = tr.insertCell();
+      td.textContent = text ?? "";
+      if (i >= 2) td.className = "num";
+      if (i === 6 && Number(port.drops) > 0) td.className = "num drops-up";
+    });
+  }
+}
+
+// --- traffic chart -----------------------------------------------------------------------------
+
+function sample() {
+  const c = session ? { ...session.counters } : null;
+  let point = { framesIn: 0, framesOut: 0, bytesIn: 0, bytesOut: 0, drops: dropsThisSecond };
+  if (c && lastCounters && session.counters === lastCounters.ref) {
+    point = {
+      framesIn: c.framesIn - lastCounters.framesIn,
+      framesOut: c.framesOut - lastCounters.framesOut,
+      bytesIn: c.bytesIn - lastCounters.bytesIn,
+      bytesOut: c.bytesOut - lastCounters.bytesOut,
+      drops: dropsThisSecond,
+    };
+  }
+  lastCounters = c ? { ...c, ref: session.counters } : null;
+  dropsThisSecond = 0;
+  samples.push(point);
+  while (samples.length > HISTORY) samples.shift();
+  const last = samples[samples.length - 1];
+  const suffix = unit === "bytes" ? "B/s" : "fr/s";
+  $("rate-in").textContent = unit === "bytes" ? si(last.bytesIn, suffix) : `${count(last.framesIn)} ${suffix}`;
+  $("rate-out").textContent = unit === "bytes" ? si(last.bytesOut, suffix) : `${count(last.framesOut)} ${suffix}`;
+  $("drops").textContent = `${count(totalDrops)} total`;
+  draw();
+}
+
+function cssVar(name) {
+  return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+}
+
+function draw() {
+  const canvas = $("chart");
+  const ratio = window.devicePixelRatio || 1;
+  const width = canvas.clientWidth;
+  const height = canvas.clientHeight;
+  if (!width || !height) return;
+  if (canvas.width !== Math.round(width * ratio)) canvas.width = Math.round(width * ratio);
+  if (canvas.height !== Math.round(height * ratio)) canvas.height = Math.round(height * ratio);
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  ctx.clearRect(0, 0, width, height);
+
+  const inKey = unit === "bytes" ? "bytesIn" : "framesIn";
+  const outKey = unit === "bytes" ? "bytesOut" : "framesOut";
+  const max = Math.max(1, ...samples.map((s) => Math.max(s[inKey], s[outKey])));
+  const scale = niceCeil(max);
+  const left = 58;
+  const top = 8;
+  const plotW = width - left - 6;
+  const plotH = height - top - 18;
+  const x = (i) => left + (plotW * (i + HISTORY - samples.length)) / (HISTORY - 1);
+  const y = (v) => top + plotH - (plotH * v) / scale;
+
+  ctx.font = "11px system-ui, sans-serif";
+  ctx.fillStyle = cssVar("--muted");
+  ctx.strokeStyle = cssVar("--line");
+  ctx.lineWidth = 1;
+  ctx.textAlign = "right";
+  ctx.textBaseline = "middle";
+  for (let g = 0; g <= 4; g++) {
+    const v = (scale * g) / 4;
+    const gy = Math.round(y(v)) + 0.5;
+    ctx.beginPath();
+    ctx.moveTo(left, gy);
+    ctx.lineTo(left + plotW, gy);
+    ctx.stroke();
+    ctx.fillText(unit === "bytes" ? si(v, "B") : si(v, ""), left - 6, gy);
+  }
+  ctx.textAlign = "left";
+  ctx.textBaseline = "alphabetic";
+  ctx.fillText("−60 s", left, height - 3);
+  ctx.textAlign = "right";
+  ctx.fillText("now", left + plotW, height - 3);
+
+  // Drops: red bars from the bottom, on their own scale (any drop is visible).
+  const maxDrops = Math.max(1, ...samples.map((s) => s.drops));
+  ctx.fillStyle = cssVar("--drop");
+  samples.forEach((s, i) => {
+    if (!s.drops) return;
+    const h = Math.max(3, (plotH * 0.35 * s.drops) / maxDrops);
+    ctx.fillRect(x(i) - 2, top + plotH - h, 4, h);
+  });
+
+  // In: a filled area; out: a line on top (equal rates, e.g. during a ping, stay readable).
+  if (samples.length) {
+    ctx.beginPath();
+    ctx.moveTo(x(0), y(0));
+    samples.forEach((s, i) => ctx.lineTo(x(i), y(s[inKey])));
+    ctx.lineTo(x(samples.length - 1), y(0));
+    ctx.closePath();
+    ctx.globalAlpha = 0.22;
+    ctx.fillStyle = cssVar("--in");
+    ctx.fill();
+    ctx.globalAlpha = 1;
+  }
+  for (const [key, color, dash] of [
+    [inKey, cssVar("--in"), []],
+    [outKey, cssVar("--out"), [5, 3]],
+  ]) {
+    ctx.strokeStyle = color;
+    ctx.lineWidth = 2;
+    ctx.lineJoin = "round";
+    ctx.setLineDash(dash);
+    ctx.beginPath();
+    samples.forEach((s, i) => (i ? ctx.lineTo(x(i), y(s[key])) : ctx.moveTo(x(i), y(s[key]))));
+    ctx.stroke();
+  }
+  ctx.setLineDash([]);
+}
+
+function niceCeil(v) {
+  const power = 10 ** Math.floor(Math.log10(v));
+  for (const step of [1, 2, 2.5, 5, 10]) if (step * power >= v) return step * power;
+  return 10 * power;
+}
+
+// --- ping --------------------------------------------------------------------------------------
+
+function pingLine(text, className = "") {
+  const li = document.createElement("li");
+  li.textContent = text;
+  if (className) li.className = className;
+  const list = $("ping-out");
+  list.append(li);
+  while (list.children.length > 200) list.firstChild.remove();
+  list.scrollTop = list.scrollHeight;
+}
+
+async function runPing(address, n) {
+  await api.ready;
+  if (!host) throw new Error("not connected");
+  const target = address.trim();
+  pingLine(`PING ${target}: ${n} request${n === 1 ? "" : "s"}`);
+  let results;
+  try {
+    results = await host.ping(target, {
+      count: n,
+      onReply: ({ seq, rtt, unresolved }) => {
+        if (unresolved) pingLine(`seq=${seq} no answer to ARP/ND: ${target} is not on the LAN`, "lost");
+        else if (rtt === null) pingLine(`seq=${seq} timeout`, "lost");
+        else pingLine(`reply from ${target}: seq=${seq} time=${rtt.toFixed(1)} ms`);
+      },
+    });
+  } catch (err) {
+    pingLine(err.message, "lost");
+    throw err;
+  }
+  const got = results.filter((r) => r !== null);
+  const loss = Math.round((100 * (results.length - got.length)) / results.length);
+  let summary = `${target}: ${results.length} sent, ${got.length} received, ${loss}% loss`;
+  if (got.length) {
+    const min = Math.min(...got);
+    const max = Math.max(...got);
+    const avg = got.reduce((a, b) => a + b, 0) / got.length;
+    summary += `, rtt min/avg/max ${min.toFixed(1)}/${avg.toFixed(1)}/${max.toFixed(1)} ms`;
+  }
+  pingLine(summary, got.length ? "summary" : "summary lost");
+  return results;
+}
+
+function wirePingForm() {
+  const form = $("ping-form");
+  const button = $("ping-go");
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const address = $("ping-addr").value.trim();
+    const n = Math.max(1, Math.min(100, Number($("ping-count").value) || 4));
+    if (!address) return;
+    button.disabled = true;
+    try {
+      await runPing(address, n);
+    } catch {
+      // already shown in the result lines
+    } finally {
+      button.disabled = false;
+    }
+  });
+}
+
+function wireToggle() {
+  for (const button of document.querySelectorAll(".toggle button")) {
+    button.addEventListener("click", () => {
+      unit = button.dataset.unit;
+      for (const b of document.querySelectorAll(".toggle button")) b.classList.toggle("on", b === button);
+      draw();
+    });
+  }
+}
+
+// --- go ----------------------------------------------------------------------------------------
+
+window.addEventListener("hashchange", () => location.reload());
+window.addEventListener("resize", () => draw());
+wirePingForm();
+wireToggle();
+setInterval(sample, 1000);
+start();
+draw();
