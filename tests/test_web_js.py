@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
@@ -328,7 +329,8 @@ class MockNode:
         message = "atenet/v1 ws hello|{network}|{key_id}|{time}|{nonce}".format(**hello)
         mac = hmac.new(self.auth_key, message.encode(), "sha256").hexdigest()
         return (
-            hmac.compare_digest(mac, hello.get("mac", ""))
+            abs(hello["time"] / 1000 - time.time()) < 120  # as the node: replay protection
+            and hmac.compare_digest(mac, hello.get("mac", ""))
             and hello["network"] == NETWORK_A.hex()
             and hello["key_id"] == KEY_ID
             and len(bytes.fromhex(hello["nonce"])) == 16
@@ -536,6 +538,18 @@ async def test_page_joins_pings_and_answers_in_chromium(tmp_path: Path) -> None:
             await refused.goto(base + "#" + wrong)
             await refused.wait_for_function("document.body.dataset.state === 'refused'")
             assert "access refused (key revoked or wrong)" in await refused.inner_text("#banner")
+
+            # A browser whose clock is 10 minutes slow still joins (the page corrects its
+            # hello's time from the node's HTTP Date header).
+            context = await browser.new_context()
+            await context.add_init_script(
+                "{ const real = Date.now; Date.now = () => real() - 600000; }"
+            )
+            slow = await context.new_page()
+            await slow.goto(base + "#" + good)
+            await slow.evaluate("window.atenet.ready")
+            assert "clock is 600 s behind" in await slow.inner_text("#log")
+            await context.close()
 
             # No token, and a damaged one: a clear message, no connection attempt.
             hellos = len(mock.hellos)

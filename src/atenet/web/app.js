@@ -130,12 +130,38 @@ function start() {
   connect(token, key);
 }
 
-function connect(token, key) {
+// The node refuses a hello whose time is far from its own clock (replay protection), so a
+// browser with a wrong clock would be told "access refused". The HTTP Date header of a HEAD
+// request gives the node's time to the second: when the two differ by more than a few
+// seconds, the hello carries the node's time instead.
+let clockOffset = null;
+
+async function nodeClockOffset() {
+  try {
+    const before = Date.now();
+    const response = await fetch(location.pathname || "/", { method: "HEAD", cache: "no-store" });
+    const after = Date.now();
+    const date = Date.parse(response.headers.get("Date") ?? "");
+    if (Number.isNaN(date)) return 0;
+    const offset = date + 500 - (before + after) / 2; // Date is truncated to the second
+    if (Math.abs(offset) < 5000) return 0;
+    const seconds = Math.abs(Math.round(offset / 1000));
+    const way = offset > 0 ? "behind" : "ahead of";
+    log(`this computer's clock is ${seconds} s ${way} the node's: using the node's time`, true);
+    return Math.round(offset);
+  } catch {
+    return 0;
+  }
+}
+
+async function connect(token, key) {
   setState("connecting", "connecting…");
+  if (clockOffset === null) clockOffset = await nodeClockOffset();
   session = new Session({
     url: wsUrl(),
     token,
     hostKey: key,
+    now: () => Date.now() + clockOffset,
     onWelcome: (msg, newHost) => joined(msg, newHost),
     onStatus: (msg) => status(msg),
     onClose: (info) => closed(info, token, key),
