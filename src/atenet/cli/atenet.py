@@ -161,6 +161,8 @@ async def up(
         )
 
         async def announce(node: NodeDaemon) -> None:
+            # Load the network first, so its status shows before the first client arrives.
+            await node.ensure_network(chain.network_id)
             token = await up_token(owner, chain, str(node.advertise))
             s = chain.state.settings
             click.echo(f"store    {record.store}")
@@ -172,18 +174,12 @@ async def up(
                 click.echo(f"{http.base_url}/#{token}")
             click.echo("join a Linux host (as root):")
             click.echo(f"  tok connect {token}", nl=True)
-            await ensure_loaded(node, chain.network_id)
             if not quiet and sys.stdout.isatty():
                 await live_status(node, chain.network_id)
 
         await serve_until_signal(daemon, http, announce)
     finally:
         await store.close()
-
-
-async def ensure_loaded(node: NodeDaemon, network_id: bytes) -> None:
-    """Load the network now, so its status shows before the first client arrives."""
-    await node.ensure_network(network_id)
 
 
 async def live_status(node: NodeDaemon, network_id: bytes) -> None:
