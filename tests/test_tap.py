@@ -71,11 +71,6 @@ def test_invalid_name_is_refused_before_touching_the_kernel(name: str) -> None:
         TapDevice.open(name)
 
 
-def test_vnet_hdr_is_refused_with_clear_error() -> None:
-    with pytest.raises(TapError, match="vnet_hdr"):
-        TapDevice.open("atenet0", vnet_hdr=True)
-
-
 def test_multicast_mac_is_refused() -> None:
     with pytest.raises(ValueError, match="unicast"):
         TapDevice.open("atenet0", mac=bytes.fromhex("01005e000001"))
