@@ -51,7 +51,8 @@ VERSION = 1
 TYPE_FRAME = 1
 """The payload is one Ethernet frame."""
 TYPE_SUPERFRAME = 2
-"""Reserved for a TSO super-frame (several frames of one flow); nothing sends it yet."""
+"""The payload is an offloaded packet: a 10-byte virtio-net header, then a frame that may be a
+TSO/USO super-frame or carry a partial checksum (see :mod:`atenet.offload`, docs/protocol.md)."""
 TYPE_CONTROL = 3
 """The payload is a control message between tok and node, or node and node."""
 PACKET_TYPES = frozenset({TYPE_FRAME, TYPE_SUPERFRAME, TYPE_CONTROL})

@@ -21,10 +21,12 @@ from collections.abc import Callable
 from typing import Any
 
 from atenet.chain.state import NetworkState
+from atenet.offload import OffloadError, check
 from atenet.seal import (
     NODE_KEY_ID,
     TYPE_CONTROL,
     TYPE_FRAME,
+    TYPE_SUPERFRAME,
     Opener,
     PacketKey,
     Sealer,
@@ -81,6 +83,12 @@ class UdpClientPort(Port):
         self.bytes_out += len(frame)
         self.send(self.seal(frame), self.addr)
 
+    def deliver_packet(self, packet: bytes) -> None:
+        """An offloaded packet, sealed whole (the client said ``offload`` in its hello)."""
+        self.frames_out += 1
+        self.bytes_out += len(packet)
+        self.send(self.seal(packet, TYPE_SUPERFRAME), self.addr)
+
     def control(self, message: dict[str, Any]) -> None:
         self.send(self.seal(json.dumps(message).encode(), TYPE_CONTROL), self.addr)
 
@@ -103,7 +111,7 @@ class NetworkRuntime:
         self.counter_start = counter_start
         self.emit = emit
         self.state: NetworkState | None = None
-        self.switch = Switch(self._to_peers)
+        self.switch = Switch(self._to_peers, self._to_peers_packet)
         self.openers: dict[int, Opener] = {}
         self.sealers: dict[int, Sealer] = {}
         self.revoked: set[int] = set()
@@ -194,13 +202,17 @@ class NetworkRuntime:
 
     # ------------------------------------------------------------------ packets
 
-    def _to_peers(self, frame: bytes) -> None:
+    def _to_peers(self, frame: bytes, ptype: int = TYPE_FRAME) -> None:
         peers = self.peers
         if peers and self._node_sealer is not None:
-            packet = self._node_sealer.seal(frame)  # once per flood, the same bytes to all
+            sealed = self._node_sealer.seal(frame, ptype)  # once per flood, the same bytes to all
             send = self.send
             for addr in peers:
-                send(packet, addr)
+                send(sealed, addr)
+
+    def _to_peers_packet(self, packet: bytes) -> None:
+        """Offloaded packets travel between nodes as they are: every node takes them."""
+        self._to_peers(packet, TYPE_SUPERFRAME)
 
     def packet(
         self,
@@ -238,21 +250,40 @@ class NetworkRuntime:
                 self.drops["runt"] += 1
                 return
             self.switch.from_local(port, payload)
+        elif ptype == TYPE_SUPERFRAME:
+            if self._valid_packet(payload):
+                self.switch.packet_from_local(port, payload)
         elif ptype == TYPE_CONTROL:
             self._control(port, key, payload)
         else:
             self.drops["type"] += 1
 
     def _from_peer(self, frame: bytes, ptype: int) -> None:
-        if ptype != TYPE_FRAME or len(frame) < ETH_MIN:
-            self.drops["runt" if ptype == TYPE_FRAME else "type"] += 1
+        if ptype == TYPE_FRAME:
+            if len(frame) < ETH_MIN:
+                self.drops["runt"] += 1
+                return
+        elif ptype != TYPE_SUPERFRAME:
+            self.drops["type"] += 1
             return
         if len(self.switch) == 0:
             self.drops["no_local_ports"] += 1
             if self.is_member:
                 self.emit("stale", self.network_id)
             return
-        self.switch.from_peer(frame)
+        if ptype == TYPE_FRAME:
+            self.switch.from_peer(frame)
+        elif self._valid_packet(frame):
+            self.switch.packet_from_peer(frame)
+
+    def _valid_packet(self, packet: bytes) -> bool:
+        """Refuse (and count) an offload header no kernel would have written."""
+        try:
+            check(packet)
+        except OffloadError as err:
+            self.drops[f"offload_{err.reason}"] += 1
+            return False
+        return True
 
     def _control(self, port: UdpClientPort, key: tuple[int, int], payload: bytes) -> None:
         try:
@@ -262,6 +293,8 @@ class NetworkRuntime:
             self.drops["bad_control"] += 1
             return
         if op in ("hello", "ping"):
+            # Repeated on every ping, so a port re-created after expiry learns it again.
+            port.offload = message.get("offload") == 1
             port.control(self.welcome("welcome" if op == "hello" else "pong"))
         elif op == "bye":
             self.remove_client(key)
@@ -278,6 +311,7 @@ class NetworkRuntime:
             "cidr": s.cidr if s else "",
             "cidr6": s.cidr6 if s else "",
             "mtu": s.mtu if s else 0,
+            "offload": 1,  # this node takes offloaded packets (TYPE_SUPERFRAME)
         }
 
     def status(self) -> dict[str, Any]:
@@ -291,6 +325,7 @@ class NetworkRuntime:
             "peer_ids": list(self.peer_ids),
             "frames_to_peers": self.switch.frames_to_peers,
             "frames_from_peers": self.switch.frames_from_peers,
+            "segmented": self.switch.segmented,
             "ports": [p.counters() for p in self.switch.ports.values()],
             "drops": dict(self.drops),
         }

@@ -11,6 +11,13 @@ Forwarding (MVP: flood everything):
 * a frame from a peer goes to local ports only, never back out to peers — the loop rule: with
   full-mesh flooding, each frame crosses the overlay exactly once.
 
+Offloaded packets (a virtio-net header + a frame that may be a TCP super-frame or carry a
+partial checksum, see :mod:`atenet.offload`) are switched whole: ports that said they take them
+(``port.offload``) and peer nodes get the packet as it came; every other port gets the standard
+frames it stands for, made once per flood however many such ports there are. A port takes
+standard frames unless it says otherwise, so a new kind of port (WebSocket, a userspace stack)
+is correct without knowing offloads exist.
+
 The hot path allocates nothing per frame: ports are kept in a tuple rebuilt only when the set of
 ports changes, counters are plain ints on the port objects.
 """
@@ -18,6 +25,8 @@ ports changes, counters are plain ints on the port objects.
 from __future__ import annotations
 
 from collections.abc import Callable
+
+from atenet.offload import VNET_HDR_LEN, OffloadError, to_frames
 
 
 class Port:
@@ -33,11 +42,10 @@ class Port:
         "kind",
         "last_seen",
         "name",
+        "offload",
     )
 
-    def __init__(
-        self, name: str, kind: str, now: float = 0.0, key_id: int | None = None
-    ) -> None:
+    def __init__(self, name: str, kind: str, now: float = 0.0, key_id: int | None = None) -> None:
         self.name = name
         self.kind = kind
         self.key_id = key_id
@@ -48,10 +56,21 @@ class Port:
         self.bytes_out = 0
         self.drops = 0
         self.last_seen = now
+        self.offload = False
+        """True when the client takes offloaded packets (:meth:`deliver_packet`)."""
 
     def deliver(self, frame: bytes) -> None:
         """Send ``frame`` out of this port (to the client behind it)."""
         raise NotImplementedError
+
+    def deliver_packet(self, packet: bytes) -> None:
+        """Send an offloaded packet (virtio-net header + frame); only called when ``offload``.
+
+        Ports that set ``offload`` override this; the default hands over standard frames, so a
+        subclass that sets the flag without overriding stays correct.
+        """
+        for frame in to_frames(packet):
+            self.deliver(frame)
 
     def close(self) -> None:
         """The switch removed this port (e.g. its key was revoked): drop the client."""
@@ -76,14 +95,34 @@ def _no_peers(_frame: bytes) -> None:
 class Switch:
     """Floods frames between the local ports of one network and its peer nodes."""
 
-    __slots__ = ("_ports", "frames_from_peers", "frames_to_peers", "ports", "to_peers")
+    __slots__ = (
+        "_ports",
+        "bad_packets",
+        "frames_from_peers",
+        "frames_to_peers",
+        "ports",
+        "segmented",
+        "to_peers",
+        "to_peers_packet",
+    )
 
-    def __init__(self, to_peers: Callable[[bytes], None] = _no_peers) -> None:
+    def __init__(
+        self,
+        to_peers: Callable[[bytes], None] = _no_peers,
+        to_peers_packet: Callable[[bytes], None] | None = None,
+    ) -> None:
+        """``to_peers(frame)`` floods a standard frame to the peers; ``to_peers_packet(packet)``
+        an offloaded packet. Without the latter, peers get standard frames."""
         self.ports: dict[object, Port] = {}
         self._ports: tuple[Port, ...] = ()
         self.to_peers = to_peers
+        self.to_peers_packet = to_peers_packet or self._segment_to_peers
         self.frames_to_peers = 0
         self.frames_from_peers = 0
+        self.segmented = 0
+        """Offloaded packets turned into standard frames (once per flood that needed it)."""
+        self.bad_packets = 0
+        """Offloaded packets dropped because their headers could not be segmented."""
 
     def add(self, key: object, port: Port) -> None:
         self.ports[key] = port
@@ -112,6 +151,49 @@ class Switch:
         self.frames_from_peers += 1
         for port in self._ports:
             port.deliver(frame)
+
+    def packet_from_local(self, src: Port, packet: bytes) -> None:
+        """An offloaded packet a local client sent: as :meth:`from_local`, see the module doc."""
+        src.frames_in += 1
+        src.bytes_in += len(packet) - VNET_HDR_LEN
+        if self._flood_packet(packet, src):
+            self.frames_to_peers += 1
+            self.to_peers_packet(packet)
+
+    def packet_from_peer(self, packet: bytes) -> None:
+        """An offloaded packet another node flooded: to local ports only (the loop rule)."""
+        self.frames_from_peers += 1
+        self._flood_packet(packet, None)
+
+    def _flood_packet(self, packet: bytes, src: Port | None) -> bool:
+        """Deliver ``packet`` to every local port but ``src``; False if it was malformed."""
+        frames: list[bytes] | None = None
+        for port in self._ports:
+            if port is src:
+                continue
+            if port.offload:
+                port.deliver_packet(packet)
+                continue
+            if frames is None:
+                frames = self._segment(packet)
+                if frames is None:
+                    return False
+            for frame in frames:
+                port.deliver(frame)
+        return True
+
+    def _segment_to_peers(self, packet: bytes) -> None:
+        for frame in self._segment(packet) or ():
+            self.to_peers(frame)
+
+    def _segment(self, packet: bytes) -> list[bytes] | None:
+        try:
+            frames = to_frames(packet)
+        except OffloadError:
+            self.bad_packets += 1
+            return None
+        self.segmented += 1
+        return frames
 
     def expire(self, now: float, idle: float, kind: str) -> list[Port]:
         """Remove ports of ``kind`` silent for more than ``idle`` seconds; return them."""
