@@ -438,11 +438,12 @@ async function runPing(address, n) {
   const target = address.trim();
   pingLine(`PING ${target}: ${n} request${n === 1 ? "" : "s"}`);
   let results;
+  let unresolvedSeen = false;
   try {
     results = await host.ping(target, {
       count: n,
       onReply: ({ seq, rtt, unresolved }) => {
-        if (unresolved) pingLine(`seq=${seq} no answer to ARP/ND: ${target} is not on the LAN`, "lost");
+        if (unresolved) unresolvedSeen = true;
         else if (rtt === null) pingLine(`seq=${seq} timeout`, "lost");
         else pingLine(`reply from ${target}: seq=${seq} time=${rtt.toFixed(1)} ms`);
       },
@@ -450,6 +451,11 @@ async function runPing(address, n) {
   } catch (err) {
     pingLine(err.message, "lost");
     throw err;
+  }
+  if (unresolvedSeen) {
+    const how = target.includes(":") ? "neighbour solicitation" : "ARP";
+    pingLine(`${target}: no host answered ${how}; nothing sent`, "summary lost");
+    return results;
   }
   const got = results.filter((r) => r !== null);
   const loss = Math.round((100 * (results.length - got.length)) / results.length);
