@@ -237,3 +237,34 @@ test("the host answers Python-built requests (replies checked by atenet.wire)", 
   }
   if (process.env.ATENET_WEB_OUT) writeFileSync(join(process.env.ATENET_WEB_OUT, "replies.json"), JSON.stringify(replies));
 });
+
+test("Session: an unusable welcome is reported and closes, nothing thrown", () => {
+  let socket = null;
+  let closed = false;
+  class FakeSocket {
+    constructor() {
+      this.readyState = 1;
+      socket = this;
+    }
+    send() {}
+    close() {
+      closed = true;
+    }
+  }
+  const token = net.parseToken(`atn1.${b64url(new Uint8Array([1, ...new Array(16).fill(3), 0, 0, 0, 5, ...new Array(32).fill(4), 0]))}`);
+  const events = [];
+  const session = new net.Session({ url: "ws://x/ws", token, hostKey: new Uint8Array(16), WebSocketImpl: FakeSocket, onEvent: (k, t) => events.push([k, t]) });
+  session.open();
+  socket.onmessage({ data: JSON.stringify({ op: "welcome", cidr: "nonsense" }) });
+  assert.equal(closed, true);
+  assert.equal(session.host, null);
+  assert.match(events[0][1], /unusable welcome/);
+  class Throwing {
+    constructor() {
+      throw new Error("insecure");
+    }
+  }
+  const closes = [];
+  new net.Session({ url: "ws://x/ws", token, hostKey: new Uint8Array(16), WebSocketImpl: Throwing, onClose: (c) => closes.push(c) }).open();
+  assert.deepEqual(closes, [{ code: 0, reason: "insecure", refused: false, welcomed: false }]);
+});

@@ -742,7 +742,14 @@ export class Session {
   }
 
   open() {
-    const ws = new this.WebSocketImpl(this.url);
+    let ws;
+    try {
+      ws = new this.WebSocketImpl(this.url);
+    } catch (err) {
+      // e.g. a ws:// URL from an https page: report it like any failed connection
+      this.onClose({ code: 0, reason: err.message, refused: false, welcomed: false });
+      return;
+    }
     this.ws = ws;
     ws.binaryType = "arraybuffer";
     ws.onopen = () => {
@@ -789,23 +796,13 @@ export class Session {
       return;
     }
     if (msg.op === "welcome") {
-      this.welcome = msg;
-      const mac = stableMac(this.token.networkId, this.hostKey);
-      const ip4 = ipv4For(this.token.networkId, mac, msg.cidr);
-      let ip6 = null;
       try {
-        if (msg.cidr6) ip6 = ipv6For(this.token.networkId, mac, msg.cidr6);
-      } catch {
-        ip6 = null;
+        this.start(msg);
+      } catch (err) {
+        this.onEvent("error", `unusable welcome from the node: ${err.message}`);
+        this.close();
+        return;
       }
-      this.host = new Host({
-        mac,
-        ip4,
-        prefix4: parseCidr4(msg.cidr).prefix,
-        ip6,
-        send: (frame) => this.sendFrame(frame),
-        onEvent: this.onEvent,
-      });
       this.host.announce();
       this.onWelcome(msg, this.host);
     } else if (msg.op === "status") {
@@ -813,5 +810,26 @@ export class Session {
     } else if (msg.op === "error") {
       this.onEvent("error", msg.message ?? "the node reported an error");
     }
+  }
+
+  /** The welcome: derive the addresses and make the host (throws on unusable CIDRs). */
+  start(msg) {
+    const mac = stableMac(this.token.networkId, this.hostKey);
+    const ip4 = ipv4For(this.token.networkId, mac, msg.cidr);
+    let ip6 = null;
+    try {
+      if (msg.cidr6) ip6 = ipv6For(this.token.networkId, mac, msg.cidr6);
+    } catch {
+      ip6 = null; // IPv4 alone still works
+    }
+    this.host = new Host({
+      mac,
+      ip4,
+      prefix4: parseCidr4(msg.cidr).prefix,
+      ip6,
+      send: (frame) => this.sendFrame(frame),
+      onEvent: this.onEvent,
+    });
+    this.welcome = msg;
   }
 }
