@@ -1,0 +1,124 @@
+"""A real browser joins the LAN: chromium opens the node's page and becomes a host on the network.
+
+Topology: node n1 (``atenet run``, HTTP on 127.0.0.1:8080 in its namespace) and host h1
+(``tok connect`` via n1). Chromium (Debian's, driven by Playwright) runs inside n1's namespace,
+so ``http://127.0.0.1:8080`` is the node and the origin is a secure context. The page opens
+``/#TOKEN``, says hello over ``/ws`` and becomes a WebSocket port; then h1's kernel pings the
+browser's hashed addresses and the browser pings h1 with its ping tool. A screenshot of the
+page is saved to ``test-artifacts/browser.png``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from atenet.addressing import ipv4_for, ipv6_for
+from atenet.token import AccessToken
+from tests.conftest import ROOT, needs_root
+from tests.support.browser import chromium, skip_without_chromium
+from tests.support.netns import Lab
+from tests.support.overlay import HTTP_PORT, Client, Node, Overlay
+
+if TYPE_CHECKING:
+    from playwright.sync_api import ConsoleMessage, Page, Response
+
+pytestmark = [needs_root]
+
+ARTIFACTS = ROOT / "test-artifacts"
+CIDR = IPv4Network("10.77.0.0/24")  # the Overlay's networks
+CIDR6 = IPv6Network("fd77:1:2:3::/64")
+
+
+@pytest.fixture(scope="module")
+def net() -> Iterator[tuple[Overlay, Node, Client]]:
+    skip_without_chromium()
+    with Lab() as lab, tempfile.TemporaryDirectory(prefix="atn-browser-") as tmp:
+        overlay = Overlay(lab, Path(tmp))
+        n1 = overlay.add_node("n1")
+        h1 = overlay.add_client("h1", ["n1"])
+        yield overlay, n1, h1
+
+
+def test_browser_joins_the_lan_and_pings_a_tap_host_both_ways(
+    net: tuple[Overlay, Node, Client], tmp_path: Path
+) -> None:
+    overlay, n1, h1 = net
+    _, token = overlay.export_key("browser", ["n1"])
+    problems: list[str] = []
+
+    def on_console(msg: ConsoleMessage) -> None:
+        if msg.type == "error":
+            problems.append(f"console error: {msg.text} at {msg.location['url']}")
+
+    def on_response(response: Response) -> None:
+        if response.status >= 400:
+            problems.append(f"HTTP {response.status} for {response.url.split('#')[0]}")
+
+    with chromium(tmp_path, ns=n1.host.ns) as context:
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        page.on("pageerror", lambda err: problems.append(f"page error: {err}"))
+        page.on("console", on_console)
+        page.on("response", on_response)
+        try:
+            run_checks(page, overlay, n1, h1, token)
+        finally:  # the screenshot is the artifact to look at, above all when a check failed
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "browser.png"), full_page=True)
+
+    # The browser's own favicon probe is not the page's doing (index.html declares no icon).
+    assert [p for p in problems if "/favicon.ico" not in p] == []
+
+
+def run_checks(page: Page, overlay: Overlay, n1: Node, h1: Client, token: str) -> None:
+    page.goto(f"http://127.0.0.1:{HTTP_PORT}/#{token}", wait_until="load")
+
+    joined: dict[str, Any] = page.evaluate("() => window.atenet.ready")
+    page.wait_for_function("document.body.dataset.state === 'connected'", timeout=10_000)
+    assert page.evaluate("window.isSecureContext") is True
+    ip4, ip6, mac = joined["ip4"], joined["ip6"], joined["mac"]
+    assert IPv4Address(ip4) in CIDR and ip4 != h1.ip4, joined
+    assert IPv6Address(ip6) in CIDR6 and ip6 != h1.ip6, joined
+    assert joined["name"] == overlay.network and joined["cidr"] == str(CIDR), joined
+    # The page derives its addresses exactly as atenet.addressing does (from its MAC).
+    network_id = AccessToken.decode(token).network_id
+    raw_mac = bytes.fromhex(mac.replace(":", ""))
+    assert ip4 == str(ipv4_for(network_id, raw_mac, str(CIDR)).ip)
+    assert ip6 == str(ipv6_for(network_id, raw_mac, str(CIDR6)).ip)
+    assert page.locator("#self-ip4").inner_text() == f"{ip4}/{CIDR.prefixlen}"
+    assert page.locator("#self-mac").inner_text() == mac
+
+    # The node lists the page as a WebSocket port of the network.
+    ports = n1.network(overlay.network)["ports"]
+    assert [p["kind"] for p in ports].count("ws") == 1, ports
+
+    # (a) h1's kernel pings the browser: ARP/ND and echo answered by the page's JS host.
+    assert h1.host.ping(ip4, count=3, timeout=5), f"h1 got no answer from the browser {ip4}"
+    assert h1.host.ping(ip6, count=3, timeout=5), f"h1 got no answer from the browser {ip6}"
+
+    # (b) The browser pings h1 with its ping tool (window.atenet.ping, as the form does).
+    rtts4 = page.evaluate("([a, n]) => window.atenet.ping(a, n)", [h1.ip4, 3])
+    rtts6 = page.evaluate("([a, n]) => window.atenet.ping(a, n)", [h1.ip6, 2])
+    assert len(rtts4) == 3 and all(r is not None and 0 < r < 2000 for r in rtts4), rtts4
+    assert len(rtts6) == 2 and all(r is not None and 0 < r < 2000 for r in rtts6), rtts6
+    out = page.locator("#ping-out").inner_text()
+    assert f"reply from {h1.ip4}: seq=3" in out and "3 sent, 3 received, 0% loss" in out, out
+
+    # The status push has drawn this page's port and the member node.
+    page.wait_for_function(
+        "document.querySelector('#ports tbody').textContent.includes('(this page)')",
+        timeout=5_000,
+    )
+    page.wait_for_function(
+        "document.querySelector('#members').textContent.includes(\"this page's node\")",
+        timeout=5_000,
+    )
+    ws_port = next(p for p in n1.network(overlay.network)["ports"] if p["kind"] == "ws")
+    assert ws_port["frames_in"] >= 5 + 3 and ws_port["frames_out"] >= 5 + 3, ws_port
+    page.wait_for_timeout(1200)  # one more chart sample with the ping traffic in it
