@@ -6,6 +6,12 @@ network's settings from the node: it sends a ``hello`` control packet, and the n
 few seconds; a node that stops answering (or never answers: revoked key, node down, UDP blocked —
 a node never answers a packet that fails its checks) is abandoned for the next endpoint in the
 token.
+
+Offloads: a client whose TAP has a virtio-net header (``offload=True``) says ``"offload": 1`` in
+its hello and pings, so the node sends it offloaded packets (``TYPE_SUPERFRAME``: super-frames
+and partial checksums, written to the TAP as they are). It sends offloaded packets itself only
+to a node whose welcome says ``"offload": 1``; an older node gets standard frames, segmented
+here. See docs/protocol.md, "Offloaded packets".
 """
 
 from __future__ import annotations
@@ -17,9 +23,12 @@ from typing import Any
 
 from atenet.errors import AtenetError
 from atenet.node.core import Addr, parse_endpoint
+from atenet.offload import VNET_HDR_LEN, to_frames
 from atenet.seal import (
+    OVERHEAD,
     TYPE_CONTROL,
     TYPE_FRAME,
+    TYPE_SUPERFRAME,
     Opener,
     PacketKey,
     Sealer,
@@ -37,6 +46,9 @@ DEAD_AFTER = 15.0
 HELLO_TIMEOUT = 2.0
 """Seconds to wait for a welcome from one node before trying the next endpoint."""
 
+MAX_DATAGRAM = 65507
+"""The largest UDP payload over IPv4: a sealed packet must fit in it."""
+
 HELLO_RETRY = 0.5
 """Seconds between hellos to the same node (its first packet may only make it load the
 network, so a node is asked several times before it is given up)."""
@@ -45,7 +57,15 @@ network, so a node is asked several times before it is given up)."""
 class ClientCore:
     """Seals frames for a node and opens what it sends back."""
 
-    def __init__(self, token: AccessToken, counter_start: int, sender_id: int | None = None):
+    def __init__(
+        self,
+        token: AccessToken,
+        counter_start: int,
+        sender_id: int | None = None,
+        *,
+        offload: bool = False,
+    ) -> None:
+        """``offload``: the TAP has a virtio-net header, so offloaded packets can be taken."""
         if not token.endpoints:
             raise AtenetError(
                 "the token names no node endpoint: export one with "
@@ -67,6 +87,9 @@ class ClientCore:
         self.last_hello = 0.0
         self.drops: Counter[str] = Counter()
         self.failovers = 0
+        self.offload = offload
+        self.segmented = 0
+        """Offloaded packets this client had to segment (the node does not take them)."""
 
     @property
     def node(self) -> Addr:
@@ -75,16 +98,54 @@ class ClientCore:
     def seal_frame(self, frame: bytes) -> bytes:
         return self.sealer.seal(frame, TYPE_FRAME)
 
+    @property
+    def node_offload(self) -> bool:
+        """The current node said it takes offloaded packets."""
+        return self.config is not None and self.config.get("offload") == 1
+
+    def seal_packet(self, packet: bytes) -> list[bytes]:
+        """Sealed datagrams for one packet read from a vnet TAP (virtio-net header + frame).
+
+        A plain frame goes as ``TYPE_FRAME``; a super-frame or a partial checksum goes whole as
+        ``TYPE_SUPERFRAME`` (one AES-GCM call, one datagram) when the node takes it and it fits
+        one UDP datagram, else as the standard frames it stands for.
+        """
+        seal = self.sealer.seal
+        if not (packet[1] or packet[0] & 1):  # offload.is_offloaded, inlined: per packet
+            return [seal(memoryview(packet)[VNET_HDR_LEN:], TYPE_FRAME)]
+        if self.node_offload and len(packet) + OVERHEAD <= MAX_DATAGRAM:
+            return [seal(packet, TYPE_SUPERFRAME)]
+        self.segmented += 1
+        return [seal(frame, TYPE_FRAME) for frame in to_frames(packet)]
+
     def control(self, op: str, now: float) -> bytes:
         self.last_sent_control = now
         if op == "hello":
             self.last_hello = now
             if self.asked_at is None:
                 self.asked_at = now
-        return self.sealer.seal(json.dumps({"op": op}).encode(), TYPE_CONTROL)
+        message: dict[str, Any] = {"op": op}
+        if self.offload and op in ("hello", "ping"):
+            message["offload"] = 1
+        return self.sealer.seal(json.dumps(message).encode(), TYPE_CONTROL)
 
     def datagram(self, data: bytes, now: float) -> bytes | None:
-        """A frame for the TAP, or None (control message handled, or packet dropped)."""
+        """A standard frame for the TAP, or None (control handled, or packet dropped)."""
+        got = self.receive(data, now)
+        if got is None:
+            return None
+        ptype, payload = got
+        if ptype == TYPE_FRAME:
+            return payload
+        self.drops["type"] += 1  # an offloaded packet: only receive() callers take those
+        return None
+
+    def receive(self, data: bytes, now: float) -> tuple[int, bytes] | None:
+        """``(TYPE_FRAME, frame)`` or ``(TYPE_SUPERFRAME, packet)`` for the TAP, or None.
+
+        None when a control message was handled or the packet was dropped; an offloaded packet
+        reaches only a client created with ``offload`` (it would be garbage on a plain TAP).
+        """
         try:
             network_id, ptype, key_id, sender_id, counter = parse_header(data)
         except SealError as err:
@@ -100,7 +161,12 @@ class ClientCore:
             return None
         self.last_heard = now
         if ptype == TYPE_FRAME:
-            return payload
+            return TYPE_FRAME, payload
+        if ptype == TYPE_SUPERFRAME:
+            if self.offload:
+                return TYPE_SUPERFRAME, payload
+            self.drops["type"] += 1
+            return None
         if ptype == TYPE_CONTROL:
             try:
                 message = json.loads(payload)

@@ -390,11 +390,22 @@ async def route_remove(network_name: str, other: str, store_url: str | None) -> 
     show_default=True,
     help="Seconds to wait for a node to answer before giving up.",
 )
+@click.option(
+    "--no-offload",
+    is_flag=True,
+    help="Open the TAP without TSO/checksum offload (one frame per packet, as older versions).",
+)
 @click.option("--daemon", is_flag=True, help="Go to the background once connected.")
 @click.option("--log-file", type=click.Path(dir_okay=False), help="With --daemon: log here.")
 @click.option("-v", "--verbose", count=True, help="More log output.")
 def connect(
-    token_text: str, dev: str, wait: float, daemon: bool, log_file: str | None, verbose: int
+    token_text: str,
+    dev: str,
+    wait: float,
+    no_offload: bool,
+    daemon: bool,
+    log_file: str | None,
+    verbose: int,
 ) -> None:
     """Join this Linux host to a network with an access TOKEN (or $ATENET_TOKEN).
 
@@ -406,7 +417,7 @@ def connect(
     setup_logging(verbose)
     token = _decode_token(token_text)
     if daemon:
-        _daemonize(token_text, dev, wait, log_file)
+        _daemonize(token_text, dev, wait, log_file, no_offload)
         return
     from atenet.connect import Connected, Connection
 
@@ -417,7 +428,7 @@ def connect(
         )
 
     async def body() -> None:
-        conn = Connection(token, dev)
+        conn = Connection(token, dev, offload=not no_offload)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, conn.stop)
@@ -437,13 +448,16 @@ def _decode_token(text: str) -> AccessToken:
         raise
 
 
-def _daemonize(token_text: str, dev: str, wait: float, log_file: str | None) -> None:
+def _daemonize(
+    token_text: str, dev: str, wait: float, log_file: str | None, no_offload: bool = False
+) -> None:
     """Start `tok connect` again in its own session; return once it has connected."""
     log_path = log_file or f"/tmp/tok-connect-{dev}.log"
     env = {**os.environ, "ATENET_TOKEN": token_text}
     with open(log_path, "ab") as log:
         child = subprocess.Popen(
-            [sys.executable, "-m", "atenet.cli.tok", "connect", "--dev", dev, "--wait", str(wait)],
+            [sys.executable, "-m", "atenet.cli.tok", "connect", "--dev", dev, "--wait", str(wait)]
+            + (["--no-offload"] if no_offload else []),
             stdout=subprocess.PIPE,
             stderr=log,
             stdin=subprocess.DEVNULL,
