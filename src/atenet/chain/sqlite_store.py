@@ -153,17 +153,6 @@ class SqliteStore(ChainStore):
         ev.set()
         return seq
 
-    async def read(self, network_id: bytes, from_seq: int = 1) -> AsyncIterator[tuple[int, bytes]]:
-        until = await self.head(network_id)
-        async for item in self._events(network_id, from_seq, until):
-            yield item
-
-    async def subscribe(
-        self, network_id: bytes, from_seq: int = 1
-    ) -> AsyncIterator[tuple[int, bytes]]:
-        async for item in self._events(network_id, from_seq, None):
-            yield item
-
     async def _events(
         self, network_id: bytes, from_seq: int, until: int | None
     ) -> AsyncIterator[tuple[int, bytes]]:

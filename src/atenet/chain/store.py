@@ -63,17 +63,29 @@ class ChainStore(abc.ABC):
         deduplicates or raises AppendConflict (and the caller then finds its own blob at
         ``expected_seq``)."""
 
-    @abc.abstractmethod
-    def read(self, network_id: bytes, from_seq: int = 1) -> AsyncIterator[tuple[int, bytes]]:
+    async def read(self, network_id: bytes, from_seq: int = 1) -> AsyncIterator[tuple[int, bytes]]:
         """The events stored now, from ``from_seq`` on, in order; ends at the current head."""
+        until = await self.head(network_id)
+        async for item in self._events(network_id, from_seq, until):
+            yield item
 
-    @abc.abstractmethod
-    def subscribe(self, network_id: bytes, from_seq: int = 1) -> AsyncIterator[tuple[int, bytes]]:
+    async def subscribe(
+        self, network_id: bytes, from_seq: int = 1
+    ) -> AsyncIterator[tuple[int, bytes]]:
         """Replay from ``from_seq``, then yield new events as they are appended, forever.
 
         Yields each sequence number exactly once and in order. When the store becomes
         unreachable the iterator keeps waiting and retrying (it does not raise) and resumes after
         the last event it yielded once the store is back."""
+        async for item in self._events(network_id, from_seq, None):
+            yield item
+
+    @abc.abstractmethod
+    def _events(
+        self, network_id: bytes, from_seq: int, until: int | None
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """Events from ``from_seq`` up to ``until`` (inclusive), or forever when None: what
+        :meth:`read` and :meth:`subscribe` are made of."""
 
     @abc.abstractmethod
     async def put_latest(self, network_id: bytes, key: str, blob: bytes) -> None:
