@@ -75,7 +75,7 @@ class Port:
     def close(self) -> None:
         """The switch removed this port (e.g. its key was revoked): drop the client."""
 
-    def counters(self) -> dict[str, int | float | str]:
+    def counters(self) -> dict[str, int | float | str | bool]:
         return {
             "name": self.name,
             "kind": self.kind,
@@ -85,6 +85,7 @@ class Port:
             "bytes_out": self.bytes_out,
             "drops": self.drops,
             "last_seen": self.last_seen,
+            "offload": self.offload,
         }
 
 
