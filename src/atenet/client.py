@@ -22,10 +22,10 @@ from collections import Counter
 from typing import Any
 
 from atenet.errors import AtenetError
+from atenet.fragment import MAX_SUPERFRAME
 from atenet.node.core import Addr, parse_endpoint
 from atenet.offload import VNET_HDR_LEN, to_frames
 from atenet.seal import (
-    OVERHEAD,
     TYPE_CONTROL,
     TYPE_FRAME,
     TYPE_SUPERFRAME,
@@ -45,9 +45,6 @@ DEAD_AFTER = 15.0
 
 HELLO_TIMEOUT = 2.0
 """Seconds to wait for a welcome from one node before trying the next endpoint."""
-
-MAX_DATAGRAM = 65507
-"""The largest UDP payload over IPv4: a sealed packet must fit in it."""
 
 HELLO_RETRY = 0.5
 """Seconds between hellos to the same node (its first packet may only make it load the
@@ -107,13 +104,14 @@ class ClientCore:
         """Sealed datagrams for one packet read from a vnet TAP (virtio-net header + frame).
 
         A plain frame goes as ``TYPE_FRAME``; a super-frame or a partial checksum goes whole as
-        ``TYPE_SUPERFRAME`` (one AES-GCM call, one datagram) when the node takes it and it fits
-        one UDP datagram, else as the standard frames it stands for.
+        ``TYPE_SUPERFRAME`` (one AES-GCM call; sent as fragments of one UDP GSO send) when the
+        node takes it and it is small enough to fragment, else as the standard frames it stands
+        for.
         """
         seal = self.sealer.seal
         if not (packet[1] or packet[0] & 1):  # offload.is_offloaded, inlined: per packet
             return [seal(memoryview(packet)[VNET_HDR_LEN:], TYPE_FRAME)]
-        if self.node_offload and len(packet) + OVERHEAD <= MAX_DATAGRAM:
+        if self.node_offload and len(packet) <= MAX_SUPERFRAME:
             return [seal(packet, TYPE_SUPERFRAME)]
         self.segmented += 1
         return [seal(frame, TYPE_FRAME) for frame in to_frames(packet)]

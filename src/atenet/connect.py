@@ -23,12 +23,14 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from atenet.addressing import host_identity, ipv4_for, ipv6_for, stable_mac
-from atenet.client import HELLO_TIMEOUT, MAX_DATAGRAM, ClientCore
+from atenet.client import HELLO_TIMEOUT, ClientCore
 from atenet.errors import AtenetError
+from atenet.fragment import MAX_SUPERFRAME
 from atenet.offload import VNET_HDR_LEN
-from atenet.seal import OVERHEAD, TYPE_SUPERFRAME
+from atenet.seal import TYPE_SUPERFRAME
 from atenet.token import AccessToken
 from atenet.transport.tap import TapDevice, configure_link
+from atenet.transport.udp import UdpSocket
 from atenet.wire.arp import gratuitous_arp
 
 log = logging.getLogger(__name__)
@@ -39,10 +41,10 @@ KEEPALIVE = 15.0
 SOCKET_BUFFER = 4 << 20
 READ_BATCH = 256
 
-GSO_MAX_SIZE = MAX_DATAGRAM - OVERHEAD - VNET_HDR_LEN - 18
-"""Cap on the TAP's super-frames (the kernel's skb, i.e. the frame, Ethernet header included),
-so that one sealed with its virtio-net header still fits one UDP datagram (with room for a VLAN
-tag): 65429 bytes."""
+GSO_MAX_SIZE = MAX_SUPERFRAME - VNET_HDR_LEN - 4
+"""Cap on the TAP's super-frames (the kernel's skb: the frame, Ethernet header included), so
+that one sealed with its virtio-net header still fits one UDP GSO send of fragments (with room
+for a VLAN tag): 62,944 bytes."""
 
 
 @dataclass
@@ -83,34 +85,32 @@ class Connection:
         self.info: Connected | None = None
         self.mac = stable_mac(token.network_id, host_key(dev))
         self._stop = asyncio.Event()
-        self.send_errors = 0
+        self.udp: UdpSocket | None = None
+
+    @property
+    def send_errors(self) -> int:
+        return self.udp.send_errors if self.udp is not None else 0
 
     def _send(self, packet: bytes) -> None:
-        try:
-            self.sock.sendto(packet, self.core.node)  # type: ignore[union-attr]
-        except OSError:
-            self.send_errors += 1
+        self.udp.send(packet, self.core.node)  # type: ignore[union-attr]
 
     def _on_udp(self) -> None:
-        sock = self.sock
-        tap = self.tap
-        if sock is None:
+        udp = self.udp
+        if udp is None:
             return
         now = time.time()
         receive = self.core.receive
-        for _ in range(READ_BATCH):
-            try:
-                data = sock.recv(65535)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                continue
+
+        def to_tap(data: bytes, _addr: object) -> None:
             got = receive(data, now)
+            tap = self.tap
             if got is not None and tap is not None:
                 if got[0] == TYPE_SUPERFRAME:  # only sent to us because we said offload
                     tap.write_packet(got[1])
                 else:
                     tap.write(got[1])
+
+        udp.receive(to_tap, READ_BATCH)
 
     def _on_tap(self) -> None:
         tap = self.tap
@@ -150,7 +150,7 @@ class Connection:
         for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
-        sock.setblocking(False)
+        self.udp = UdpSocket(sock)
         self.sock = sock
         loop.add_reader(sock.fileno(), self._on_udp)
         try:

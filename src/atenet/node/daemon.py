@@ -23,6 +23,7 @@ from atenet.chain.store import ChainStore
 from atenet.deployment import NodeKey
 from atenet.errors import AtenetError, ChainInvalid, NotAllowed, NotFound, StoreUnavailable
 from atenet.node.core import NetworkRuntime, NodeCore
+from atenet.transport.udp import UdpSocket
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class NodeDaemon:
         self.core = NodeCore(self.node_id, self._send, time.time_ns())
         self.chains: dict[bytes, Chain] = {}
         self.sock: socket.socket | None = None
-        self.send_errors = 0
+        self.udp: UdpSocket | None = None
         self.started = time.time()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._followers: dict[bytes, asyncio.Task[Any]] = {}
@@ -81,7 +82,7 @@ class NodeDaemon:
                 f"cannot listen on UDP {self.listen}:{self.udp_port}: {exc.strerror}; "
                 "pick another --udp-port or stop the other process"
             ) from None
-        sock.setblocking(False)
+        self.udp = UdpSocket(sock)
         self.sock = sock
         self.udp_port = sock.getsockname()[1]
         if self.advertise is None:
@@ -140,28 +141,23 @@ class NodeDaemon:
     # ------------------------------------------------------------------ hot path
 
     def _on_readable(self) -> None:
-        sock = self.sock
-        if sock is None:
+        udp = self.udp
+        if udp is None or self.sock is None:
             return
-        recv = sock.recvfrom
-        datagram = self.core.datagram
+        core = self.core
         now = time.time()
-        for _ in range(READ_BATCH):
-            try:
-                data, addr = recv(65535)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:  # e.g. ICMP errors reported on the socket: not ours to stop on
-                continue
-            datagram(data, addr, now)
-        if self.core._events:
+        datagram = core.datagram
+        udp.receive(lambda data, addr: datagram(data, addr, now), READ_BATCH)
+        if core._events:
             self._handle_events()
 
     def _send(self, packet: bytes, addr: tuple[str, int]) -> None:
-        try:
-            self.sock.sendto(packet, addr)  # type: ignore[union-attr]
-        except OSError:
-            self.send_errors += 1
+        self.udp.send(packet, addr)  # type: ignore[union-attr]
+
+    @property
+    def send_errors(self) -> int:
+        """Datagrams the kernel refused to send (full buffers, unreachable peers)."""
+        return self.udp.send_errors if self.udp is not None else 0
 
     # ------------------------------------------------------------------ control
 

@@ -1,0 +1,128 @@
+"""The overlay's UDP socket: sealed packets out and in, with Linux's UDP GSO and GRO.
+
+Both the node daemon and ``tok connect`` move sealed packets through one non-blocking UDP
+socket. This wrapper keeps the OS tricks in one place (as wireguard-go's ``conn/`` does):
+
+* **Out.** A packet goes out with one ``sendto``, except a sealed super-frame larger than a
+  path-MTU datagram: that is cut into fragments (:mod:`atenet.fragment`) which leave in one
+  ``sendmsg`` with ``UDP_SEGMENT`` (the kernel or the NIC splits the buffer). Without UDP GSO
+  (kernels before 4.18) the fragments go one ``sendto`` each. Flooding sends the same packet
+  to several peers, so the fragment buffer of the last packet is kept for the next send.
+* **In.** ``UDP_GRO`` lets the kernel hand over a run of datagrams of one flow in one
+  ``recvmsg`` (with their size in a control message); :meth:`UdpSocket.receive` splits runs,
+  reassembles fragments and passes whole sealed packets on, reading until the socket is empty.
+
+Errors on send are counted, never raised: one unreachable peer must not stop a flood.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+import struct
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from atenet.fragment import FRAGMENT_SIZE, Reassembler, fragment_parts
+from atenet.seal import TYPE_SUPERFRAME
+
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+
+RECV_SIZE = 65535
+_CMSG_SPACE = socket.CMSG_SPACE(4)
+_GSO_CMSG = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", FRAGMENT_SIZE))]
+_TYPE_AT = 17
+
+Addr = tuple[str, int]
+
+
+class UdpSocket:
+    """A bound or unbound non-blocking UDP socket carrying sealed packets (see module doc)."""
+
+    __slots__ = (
+        "_last",
+        "_last_parts",
+        "gro",
+        "gso",
+        "reassembler",
+        "send_errors",
+        "sock",
+    )
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.gso = True
+        """UDP_SEGMENT works here (turned off after the first send the kernel refuses)."""
+        self.gro = False
+        with contextlib.suppress(OSError):
+            sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+            self.gro = True
+        self.reassembler = Reassembler()
+        self.send_errors = 0
+        self._last: bytes | bytearray | None = None
+        self._last_parts: list[bytes | memoryview] = []
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, packet: bytes | bytearray, addr: Addr) -> None:
+        """Send one sealed packet; fragment it if it is a super-frame above a path-MTU datagram."""
+        if len(packet) <= FRAGMENT_SIZE or packet[_TYPE_AT] != TYPE_SUPERFRAME:
+            try:
+                self.sock.sendto(packet, addr)
+            except OSError:
+                self.send_errors += 1
+            return
+        if packet is not self._last:  # a flood sends the same bytes to every peer
+            self._last_parts = fragment_parts(packet)
+            self._last = packet
+        parts = self._last_parts
+        if self.gso:
+            try:
+                self.sock.sendmsg(parts, _GSO_CMSG, 0, addr)
+                return
+            except OSError as err:
+                if err.errno not in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                    self.send_errors += 1
+                    return
+                self.gso = False  # no UDP GSO here (or on this route): one datagram each
+        sendto = self.sock.sendto
+        for at in range(0, len(parts), 2):
+            try:
+                sendto(b"".join(parts[at : at + 2]), addr)
+            except OSError:
+                self.send_errors += 1
+                return
+
+    def receive(self, handle: Callable[[bytes, Any], None], max_reads: int) -> None:
+        """Call ``handle(packet, addr)`` for each whole sealed packet waiting, until empty.
+
+        At most ``max_reads`` ``recvmsg`` calls, so other sockets get their turn (a level-
+        triggered reader fires again if more is waiting).
+        """
+        recvmsg = self.sock.recvmsg
+        feed = self.reassembler.feed
+        for _ in range(max_reads):
+            try:
+                data, ancillary, _flags, addr = recvmsg(RECV_SIZE, _CMSG_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # e.g. ICMP errors reported on the socket: not ours to stop on
+                continue
+            if not ancillary and (len(data) <= _TYPE_AT or data[_TYPE_AT] != 4):
+                handle(data, addr)  # the common case: one whole packet
+                continue
+            segment = 0
+            for level, kind, value in ancillary:
+                if level == SOL_UDP and kind == UDP_GRO:
+                    segment = int.from_bytes(value[:4], sys.byteorder)
+            for packet in feed(data, segment, addr):
+                handle(packet, addr)
+
+    def close(self) -> None:
+        self.sock.close()
