@@ -28,7 +28,6 @@ from atenet.transport.udp import UdpSocket
 log = logging.getLogger(__name__)
 
 READ_BATCH = 512
-SOCKET_BUFFER = 4 << 20
 NEGATIVE_CACHE = 10.0
 
 
@@ -71,9 +70,6 @@ class NodeDaemon:
 
     async def start(self) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
         try:
             sock.bind((self.listen, self.udp_port))
         except OSError as exc:

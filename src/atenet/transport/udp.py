@@ -32,6 +32,13 @@ SOL_UDP = 17
 UDP_SEGMENT = 103
 UDP_GRO = 104
 
+SOCKET_BUFFER = 256 << 10
+"""SO_RCVBUF / SO_SNDBUF asked for (Linux doubles it: 512 KiB). Small on purpose: when the
+reader is the bottleneck, this buffer is the queue a TCP flow through the overlay fills, and its
+size is the latency everyone else's packets wait behind. Measured on the bench (1 node, one TCP
+stream at ~1.7 Gbit/s): 8 MiB gave a loaded rtt p99 of 20 ms, 2 MiB 16 ms, 512 KiB 7 ms, at the
+same throughput; TCP loses a super-frame more often and recovers (the retransmits column)."""
+
 RECV_SIZE = 65535
 _CMSG_SPACE = socket.CMSG_SPACE(4)
 _GSO_CMSG = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", FRAGMENT_SIZE))]
@@ -53,7 +60,10 @@ class UdpSocket:
         "sock",
     )
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, buffer: int = SOCKET_BUFFER) -> None:
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, option, buffer)
         sock.setblocking(False)
         self.sock = sock
         self.gso = True
