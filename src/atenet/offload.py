@@ -56,7 +56,6 @@ __all__ = [
     "VnetHeader",
     "check",
     "is_offloaded",
-    "segment_count",
     "to_frames",
 ]
 
@@ -191,15 +190,6 @@ def check(packet: bytes | bytearray | memoryview) -> None:
     if gso_type != GSO_NONE and (gso_size == 0 or not flags & F_NEEDS_CSUM):
         # Linux never emits GSO without a partial checksum: csum_start is how we find L4.
         raise OffloadError("gso_header")
-
-
-def segment_count(packet: bytes | bytearray | memoryview) -> int:
-    """How many standard frames :func:`to_frames` will make of ``packet`` (for counters)."""
-    _flags, gso_type, hdr_len, gso_size, csum_start, _ = _VNET.unpack_from(packet)
-    if gso_type == GSO_NONE or gso_size == 0:
-        return 1
-    payload = len(packet) - VNET_HDR_LEN - max(hdr_len, csum_start)
-    return max(1, -(-payload // gso_size))
 
 
 def to_frames(packet: bytes | bytearray | memoryview) -> list[bytes]:
