@@ -25,7 +25,6 @@ Losing one fragment loses the packet, as with IP fragmentation; TCP recovers the
 from __future__ import annotations
 
 import struct
-from itertools import chain
 
 from atenet.seal import HEADER_LEN, NETWORK_ID_LEN, OVERHEAD, TYPE_FRAGMENT, VERSION
 
@@ -65,6 +64,7 @@ _PACKET_SLICES = [slice(i * CHUNK, i * CHUNK + CHUNK) for i in range(MAX_FRAGMEN
 _RUN_SLICES = [
     slice(i * FRAGMENT_SIZE + PREFIX_LEN, (i + 1) * FRAGMENT_SIZE) for i in range(MAX_FRAGMENTS)
 ]
+_VERSION_TYPE = bytes((VERSION, TYPE_FRAGMENT))
 _KEY_AT = NETWORK_ID_LEN + 2  # sender id + counter: the sealed header's last 12 bytes
 _ID_AT = HEADER_LEN - 12
 _TYPE_AT = NETWORK_ID_LEN + 1
@@ -87,17 +87,24 @@ def fragment_parts(packet: bytes | bytearray) -> list[bytes | memoryview]:
     if count > MAX_FRAGMENTS:
         raise ValueError(f"sealed packet of {size} bytes exceeds {MAX_PACKET}: cannot fragment")
     view = memoryview(packet)
-    prefix = (
-        bytes(view[:NETWORK_ID_LEN]) + bytes((VERSION, TYPE_FRAGMENT)) + view[_ID_AT:HEADER_LEN]
-    )
-    heads = map(prefix.__add__, _INDEXES[count])
-    chunks = map(view.__getitem__, _PACKET_SLICES[:count])
-    return list(chain.from_iterable(zip(heads, chunks, strict=False)))
+    prefix = bytes(view[:NETWORK_ID_LEN]) + _VERSION_TYPE + view[_ID_AT:HEADER_LEN]
+    # Filled by two extended-slice assignments (C loops over the maps): measured ~25 % faster
+    # than interleaving with chain(zip()), which builds a tuple per fragment.
+    parts: list[bytes | memoryview] = [prefix] * (count + count)
+    parts[::2] = map(prefix.__add__, _INDEXES[count])
+    parts[1::2] = map(view.__getitem__, _PACKET_SLICES[:count])
+    return parts
 
 
 def fragment(packet: bytes | bytearray) -> bytes:
     """The fragments of sealed ``packet``, back to back, each :data:`FRAGMENT_SIZE` bytes but the
-    last (what a UDP GSO send puts on the wire, cut at that size)."""
+    last (what a UDP GSO send puts on the wire, cut at that size).
+
+    This is what :class:`~atenet.transport.udp.UdpSocket` sends: joining here (one 64 KB copy
+    in C) and handing ``sendmsg`` one buffer was measured faster than handing it the 88-entry
+    scatter list, whose every entry the socket module must export as a buffer and the kernel
+    walk as an iovec (loopback, UDP GSO: 12 vs 17 µs per super-frame).
+    """
     return b"".join(fragment_parts(packet))
 
 

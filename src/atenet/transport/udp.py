@@ -4,10 +4,10 @@ Both the node daemon and ``tok connect`` move sealed packets through one non-blo
 socket. This wrapper keeps the OS tricks in one place (as wireguard-go's ``conn/`` does):
 
 * **Out.** A packet goes out with one ``sendto``, except a sealed super-frame larger than a
-  path-MTU datagram: that is cut into fragments (:mod:`atenet.fragment`) which leave in one
-  ``sendmsg`` with ``UDP_SEGMENT`` (the kernel or the NIC splits the buffer). Without UDP GSO
-  (kernels before 4.18) the fragments go one ``sendto`` each. Flooding sends the same packet
-  to several peers, so the fragment buffer of the last packet is kept for the next send.
+  path-MTU datagram: that is cut into fragments (:mod:`atenet.fragment`), joined in one
+  buffer, which leaves in one ``sendmsg`` with ``UDP_SEGMENT`` (the kernel or the NIC splits
+  it). Without UDP GSO (kernels before 4.18) the fragments go one ``sendto`` each. Flooding
+  sends the same packet to several peers, so the fragment buffer of the last packet is kept.
 * **In.** ``UDP_GRO`` lets the kernel hand over a run of datagrams of one flow in one
   ``recvmsg`` (with their size in a control message); :meth:`UdpSocket.receive` splits runs,
   reassembles fragments and passes whole sealed packets on, reading until the socket is empty.
@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from atenet.fragment import FRAGMENT_SIZE, Reassembler, fragment_parts
+from atenet.fragment import FRAGMENT_SIZE, Reassembler, fragment
 from atenet.seal import TYPE_SUPERFRAME
 
 SOL_UDP = 17
@@ -52,7 +52,7 @@ class UdpSocket:
 
     __slots__ = (
         "_last",
-        "_last_parts",
+        "_last_wire",
         "gro",
         "gso",
         "reassembler",
@@ -75,7 +75,8 @@ class UdpSocket:
         self.reassembler = Reassembler()
         self.send_errors = 0
         self._last: bytes | bytearray | None = None
-        self._last_parts: list[bytes | memoryview] = []
+        self._last_wire: list[bytes] = []
+        """The fragments of ``_last`` joined, as a one-buffer ``sendmsg`` list."""
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -89,12 +90,12 @@ class UdpSocket:
                 self.send_errors += 1
             return
         if packet is not self._last:  # a flood sends the same bytes to every peer
-            self._last_parts = fragment_parts(packet)
+            self._last_wire = [fragment(packet)]
             self._last = packet
-        parts = self._last_parts
+        wire = self._last_wire
         if self.gso:
             try:
-                self.sock.sendmsg(parts, _GSO_CMSG, 0, addr)
+                self.sock.sendmsg(wire, _GSO_CMSG, 0, addr)
                 return
             except OSError as err:
                 if err.errno not in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
@@ -102,9 +103,10 @@ class UdpSocket:
                     return
                 self.gso = False  # no UDP GSO here (or on this route): one datagram each
         sendto = self.sock.sendto
-        for at in range(0, len(parts), 2):
+        view = memoryview(wire[0])
+        for at in range(0, len(view), FRAGMENT_SIZE):
             try:
-                sendto(b"".join(parts[at : at + 2]), addr)
+                sendto(view[at : at + FRAGMENT_SIZE], addr)
             except OSError:
                 self.send_errors += 1
                 return
