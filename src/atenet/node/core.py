@@ -347,6 +347,11 @@ class NodeCore:
     def _emit(self, what: str, network_id: bytes) -> None:
         self._events.append((what, network_id))
 
+    @property
+    def has_events(self) -> bool:
+        """Whether :meth:`take_events` has something (cheap; checked after every read batch)."""
+        return bool(self._events)
+
     def take_events(self) -> list[tuple[str, bytes]]:
         """Things the shell must do: ("load" | "active" | "idle" | "stale", network id)."""
         events, self._events = self._events, []

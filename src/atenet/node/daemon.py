@@ -144,7 +144,7 @@ class NodeDaemon:
         now = time.time()
         datagram = core.datagram
         udp.receive(lambda data, addr: datagram(data, addr, now), READ_BATCH)
-        if core._events:
+        if core.has_events:
             self._handle_events()
 
     def _send(self, packet: bytes, addr: tuple[str, int]) -> None:
