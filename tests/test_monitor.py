@@ -444,7 +444,7 @@ async def test_revoked_key_is_a_clear_error(node) -> None:
     monitor = Monitor(token_for(daemon, world, secrets, 2), lambda f, t: None)
     with pytest.raises(AtenetError, match=r"no node answered for 2 s \(tried 127\.0\.0\.1:"):
         await asyncio.wait_for(monitor.run(2), 15)
-    assert monitor.sock is None  # closed
+    assert monitor.udp is None  # closed
 
 
 # --------------------------------------------------------------------------- the owner's key

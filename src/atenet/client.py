@@ -195,3 +195,14 @@ class ClientCore:
         self.index = (self.index + 1) % len(self.endpoints)
         self.failovers += 1
         self.asked_at = None
+
+
+def no_answer(core: ClientCore, what: str = "no node answered") -> AtenetError:
+    """The error for a silent node: says which endpoints were tried and where to look, since a
+    node never answers a packet that fails its checks (revoked or expired key, wrong network)."""
+    tried = ", ".join(f"{h}:{p}" for h, p in core.endpoints)
+    return AtenetError(
+        f"{what} (tried {tried}): the key may be revoked or expired, the node down, or UDP "
+        "blocked; nodes never answer a packet that fails their checks — see drops by reason "
+        "with `tok status` on the node (or its http://127.0.0.1:8080/api/status)"
+    )

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from atenet.addressing import host_identity, ipv4_for, ipv6_for, stable_mac
-from atenet.client import HELLO_TIMEOUT, ClientCore
-from atenet.errors import AtenetError
+from atenet.client import HELLO_TIMEOUT, ClientCore, no_answer
 from atenet.fragment import MAX_SUPERFRAME
 from atenet.offload import VNET_HDR_LEN
 from atenet.seal import TYPE_SUPERFRAME
@@ -140,13 +139,7 @@ class Connection:
             for packet in self.core.tick(time.time()):
                 self._send(packet)
             if time.monotonic() > deadline:
-                tried = ", ".join(f"{h}:{p}" for h, p in self.core.endpoints)
-                raise AtenetError(
-                    f"no node answered (tried {tried}): the key may be revoked or expired, the "
-                    "node down, or UDP blocked; nodes never answer a packet that fails their "
-                    "checks — see drops by reason with `tok status` on the node "
-                    "(or its http://127.0.0.1:8080/api/status)"
-                )
+                raise no_answer(self.core)
             await asyncio.sleep(0.05)
         return self.core.config
 

@@ -32,10 +32,11 @@ from ipaddress import IPv6Address
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from atenet.client import HELLO_TIMEOUT, ClientCore
+from atenet.client import HELLO_TIMEOUT, ClientCore, no_answer
 from atenet.errors import AtenetError, DecodeError, NotAllowed, NotFound
 from atenet.paths import write_private
 from atenet.token import AccessToken
+from atenet.transport.udp import UdpSocket
 from atenet.wire.arp import ARP_REPLY, ARP_REQUEST, ArpRepr
 from atenet.wire.ethernet import ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, EthernetRepr
 from atenet.wire.icmp import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IcmpRepr
@@ -57,7 +58,6 @@ if TYPE_CHECKING:
 MONITOR_LABEL = "monitor"
 """Label of the access key `tok monitor` exports for its owner (shown by `tok key list`)."""
 
-SOCKET_BUFFER = 4 << 20
 READ_BATCH = 256
 
 # --------------------------------------------------------------------------- frame summary
@@ -421,58 +421,45 @@ class Monitor:
         self.sink = sink
         self.count = count
         self.core = ClientCore(token, time.time_ns())
-        self.sock: socket.socket | None = None
+        self.udp: UdpSocket | None = None
         self.frames = 0
-        self.send_errors = 0
         self.error: BaseException | None = None
         self._stop = asyncio.Event()
 
     def _send(self, packet: bytes) -> None:
-        try:
-            self.sock.sendto(packet, self.core.node)  # type: ignore[union-attr]
-        except OSError:
-            self.send_errors += 1
+        self.udp.send(packet, self.core.node)  # type: ignore[union-attr]
+
+    @property
+    def send_errors(self) -> int:
+        return self.udp.send_errors if self.udp is not None else 0
 
     def _on_udp(self) -> None:
-        sock = self.sock
-        if sock is None or self._stop.is_set():
+        udp = self.udp
+        if udp is None or self._stop.is_set():
             return
-        datagram = self.core.datagram
-        clock = time.time_ns
-        for _ in range(READ_BATCH):
-            try:
-                data = sock.recv(65535)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                continue
-            now_ns = clock()  # per datagram, not per wake-up: a trace's gaps must be real
-            frame = datagram(data, now_ns / 1e9)
-            if frame is None:
-                continue
-            try:
-                self.sink(frame, now_ns)
-            except Exception as exc:  # e.g. the pcap disk filled or stdout's reader went away
-                self.error = exc
-                self.stop()
-                return
-            self.frames += 1
-            if self.count is not None and self.frames >= self.count:
-                self.stop()
-                return
+        udp.receive(self._datagram, READ_BATCH)
+
+    def _datagram(self, data: bytes, _addr: object) -> None:
+        if self._stop.is_set():
+            return
+        now_ns = time.time_ns()  # per datagram, not per wake-up: a trace's gaps must be real
+        frame = self.core.datagram(data, now_ns / 1e9)
+        if frame is None:
+            return
+        try:
+            self.sink(frame, now_ns)
+        except Exception as exc:  # e.g. the pcap disk filled or stdout's reader went away
+            self.error = exc
+            self.stop()
+            return
+        self.frames += 1
+        if self.count is not None and self.frames >= self.count:
+            self.stop()
 
     async def _wait_stop(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):  # cancellation-safe, unlike wait_for on 3.11
                 await self._stop.wait()
-
-    def _no_answer(self, what: str) -> AtenetError:
-        tried = ", ".join(f"{h}:{p}" for h, p in self.core.endpoints)
-        return AtenetError(
-            f"{what} (tried {tried}): the key may be revoked or expired, the node down, or UDP "
-            "blocked; nodes never answer a packet that fails their checks — see drops by "
-            "reason with `tok status` on the node"
-        )
 
     async def run(
         self, wait: float = 10.0, on_connected: Callable[[dict[str, Any]], None] | None = None
@@ -483,12 +470,8 @@ class Monitor:
         or after the node in use went silent (a revoked key looks exactly like that).
         """
         loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
-        sock.setblocking(False)
-        self.sock = sock
-        loop.add_reader(sock.fileno(), self._on_udp)
+        self.udp = UdpSocket(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        loop.add_reader(self.udp.fileno(), self._on_udp)
         wait = max(wait, HELLO_TIMEOUT)
         try:
             lost_since: float | None = time.monotonic()
@@ -500,10 +483,11 @@ class Monitor:
                     if lost_since is None:
                         lost_since = time.monotonic()
                     elif time.monotonic() - lost_since > wait:
-                        raise self._no_answer(
+                        raise no_answer(
+                            self.core,
                             f"no node answered for {wait:g} s"
                             if not announced
-                            else f"lost the network: no node answered for {wait:g} s"
+                            else f"lost the network: no node answered for {wait:g} s",
                         )
                 else:
                     lost_since = None
@@ -523,15 +507,15 @@ class Monitor:
 
     def close(self) -> None:
         """Say bye (the node drops our port now rather than after 60 s idle), close the socket."""
-        if self.sock is None:
+        if self.udp is None:
             return
         with contextlib.suppress(Exception):
             if self.core.config is not None:
                 self._send(self.core.control("bye", time.time()))
         with contextlib.suppress(Exception):
-            asyncio.get_running_loop().remove_reader(self.sock.fileno())
-        self.sock.close()
-        self.sock = None
+            asyncio.get_running_loop().remove_reader(self.udp.fileno())
+        self.udp.close()
+        self.udp = None
 
 
 def check_network_name(wanted: str, token: AccessToken, config: dict[str, Any]) -> None:
