@@ -27,10 +27,7 @@ from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.utils import rdpcap
 
-from atenet.chain.event import Kind
-from atenet.chain.keys import b64
 from atenet.chain.sqlite_store import SqliteStore
-from atenet.deployment import NodeKey
 from atenet.errors import AtenetError
 from atenet.monitor import (
     MONITOR_LABEL,
@@ -53,7 +50,7 @@ from atenet.wire.icmpv6 import icmpv6_echo_request, neighbor_solicitation
 from atenet.wire.ipv4 import PROTO_UDP, Ipv4Repr
 from atenet.wire.udp import UdpRepr
 from tests.conftest import VENV_BIN, needs_root
-from tests.support.chains import make_world
+from tests.support.chains import make_world, serving_node
 
 A_MAC = bytes.fromhex("02aa00000001")
 B_MAC = bytes.fromhex("02bb00000002")
@@ -297,25 +294,8 @@ def tshark_fields(path: Path, *fields: str) -> list[list[str]]:
 @pytest.fixture
 async def node(tmp_path: Path):
     """A real node on 127.0.0.1 serving one network with key 1 active and key 2 revoked."""
-    store = SqliteStore(f"sqlite://{tmp_path / 'c.sqlite'}")
-    await store.connect()
-    world = await make_world(store)
-    secrets = {}
-    for key_id in (1, 2, 3):
-        secrets[key_id] = os.urandom(32)
-        payload = {"key_id": key_id, "label": "", "secret": b64(secrets[key_id]), "expires": None}
-        await world.chain.append(Kind.KEY_ADD, payload, world.owner_signer)
-    await world.chain.append(Kind.KEY_REVOKE, {"key_id": 2}, world.owner_signer)
-    daemon = NodeDaemon(
-        store, NodeKey(world.node_a.key, world.node_a.cert), world.authority,
-        listen="127.0.0.1", udp_port=0,
-    )  # fmt: skip
-    await daemon.start()
-    try:
-        yield daemon, world, secrets
-    finally:
-        await daemon.stop()
-        await store.close()
+    async with serving_node(tmp_path, (1, 2, 3), revoked=(2,)) as served:
+        yield served
 
 
 def token_for(

@@ -10,37 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from atenet.chain.event import Kind
-from atenet.chain.keys import b64
-from atenet.chain.sqlite_store import SqliteStore
-from atenet.deployment import NodeKey
-from atenet.node.daemon import NodeDaemon
 from atenet.seal import TYPE_CONTROL, TYPE_FRAME, PacketKey, Sealer
 from atenet.wire.ethernet import ethernet_frame
-from tests.support.chains import make_world
+from tests.support.chains import serving_node
 
 
 @pytest.fixture
 async def node(tmp_path: Path):
-    store = SqliteStore(f"sqlite://{tmp_path / 'c.sqlite'}")
-    await store.connect()
-    world = await make_world(store)
-    secrets = {}
-    for key_id in (1, 2):
-        secrets[key_id] = os.urandom(32)
-        payload = {"key_id": key_id, "label": "", "secret": b64(secrets[key_id]), "expires": None}
-        await world.chain.append(Kind.KEY_ADD, payload, world.owner_signer)
-    await world.chain.append(Kind.KEY_REVOKE, {"key_id": 2}, world.owner_signer)
-    daemon = NodeDaemon(
-        store, NodeKey(world.node_a.key, world.node_a.cert), world.authority,
-        listen="127.0.0.1", udp_port=0,
-    )  # fmt: skip
-    await daemon.start()
-    try:
-        yield daemon, world, secrets
-    finally:
-        await daemon.stop()
-        await store.close()
+    async with serving_node(tmp_path, (1, 2), revoked=(2,)) as served:
+        yield served
 
 
 async def exchange(sock: socket.socket, packet: bytes, addr, wait: float = 0.3) -> list[bytes]:

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from atenet.chain.keys import Identity, certify_node, raw_public
+from atenet.chain.event import Kind
+from atenet.chain.keys import Identity, b64, certify_node, raw_public
 from atenet.chain.log import Chain, Signer, create_network
 from atenet.chain.store import ChainStore
-from atenet.deployment import Deployment
+from atenet.deployment import Deployment, NodeKey
+
+if TYPE_CHECKING:
+    from atenet.node.daemon import NodeDaemon
 
 
 @dataclass
@@ -61,3 +69,34 @@ async def copy_chain(
     blobs = [blob async for _seq, blob in src.read(network_id)]
     for seq, blob in enumerate(edit(blobs), start=1):
         await dst.append(network_id, seq, blob)
+
+
+@asynccontextmanager
+async def serving_node(
+    tmp_path: Path, key_ids: tuple[int, ...], revoked: tuple[int, ...] = ()
+) -> AsyncIterator[tuple[NodeDaemon, World, dict[int, bytes]]]:
+    """A real node daemon on 127.0.0.1 (any free UDP port) serving one network with access keys
+    ``key_ids`` (``revoked`` among them revoked); yields (daemon, world, secrets by key id)."""
+    from atenet.chain.sqlite_store import SqliteStore
+    from atenet.node.daemon import NodeDaemon
+
+    store = SqliteStore(f"sqlite://{tmp_path / 'c.sqlite'}")
+    await store.connect()
+    world = await make_world(store)
+    secrets = {}
+    for key_id in key_ids:
+        secrets[key_id] = os.urandom(32)
+        payload = {"key_id": key_id, "label": "", "secret": b64(secrets[key_id]), "expires": None}
+        await world.chain.append(Kind.KEY_ADD, payload, world.owner_signer)
+    for key_id in revoked:
+        await world.chain.append(Kind.KEY_REVOKE, {"key_id": key_id}, world.owner_signer)
+    daemon = NodeDaemon(
+        store, NodeKey(world.node_a.key, world.node_a.cert), world.authority,
+        listen="127.0.0.1", udp_port=0,
+    )  # fmt: skip
+    await daemon.start()
+    try:
+        yield daemon, world, secrets
+    finally:
+        await daemon.stop()
+        await store.close()
