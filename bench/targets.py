@@ -50,7 +50,25 @@ def ensure_tincd() -> str:
 PMTU_RE = re.compile(r" (\S+) at \S+ .*? pmtu (\d+) \(min (\d+) max (\d+)\)")
 
 
-class TincTarget(Target):
+class OwnedTarget(Target):
+    """A target that starts processes (reported for CPU) and may own a temp dir; the lab stops
+    the processes (it tracks their Popen), teardown removes the dir."""
+
+    def __init__(self) -> None:
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._pids: dict[str, int] = {}
+
+    def processes(self) -> dict[str, int]:
+        return dict(self._pids)
+
+    def teardown(self) -> None:
+        self._pids.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+class TincTarget(OwnedTarget):
     """Two tincd 1.0 daemons in switch mode, one per host namespace, default cipher and digest.
 
     Each daemon gets its own config dir (RSA keys made by ``tincd -K``), its own TAP (named by
@@ -61,10 +79,6 @@ class TincTarget(Target):
 
     name = "tinc"
     description = "tinc 1.0 switch mode, 2 daemons, default cipher/digest (aes-256-cbc/sha256)"
-
-    def __init__(self) -> None:
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        self._pids: dict[str, int] = {}
 
     def setup(self, lab: Lab) -> tuple[Host, Host, str]:
         tincd = ensure_tincd()
@@ -133,25 +147,12 @@ class TincTarget(Target):
                 # Traffic keeps the probes going; a ping also refreshes the UDP path.
                 a.ping(server_ip, count=1, timeout=1)
 
-    def processes(self) -> dict[str, int]:
-        return dict(self._pids)
 
-    def teardown(self) -> None:
-        # The lab stops the daemons (it tracks their Popen); only the config dir is ours.
-        self._pids.clear()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
-
-class PyRelayTarget(Target):
+class PyRelayTarget(OwnedTarget):
     """Two TAPs (one per host) joined by one Python process (``bench/taprelay.py``)."""
 
     name = "pyrelay"
     description = "two TAPs joined by a Python read_batch/write loop (no UDP, no crypto)"
-
-    def __init__(self) -> None:
-        self._pids: dict[str, int] = {}
 
     def setup(self, lab: Lab) -> tuple[Host, Host, str]:
         a, b = lab.add_host("a"), lab.add_host("b")
@@ -171,11 +172,8 @@ class PyRelayTarget(Target):
             raise RuntimeError("no ping through the Python relay")
         return a, b, server_ip
 
-    def processes(self) -> dict[str, int]:
-        return dict(self._pids)
 
-
-class AtenetTarget(Target):
+class AtenetTarget(OwnedTarget):
     """A real atenet deployment built by ``tests.support.overlay.Overlay``.
 
     Every node runs ``atenet run`` and every client ``tok connect`` as its own process in its
@@ -189,10 +187,6 @@ class AtenetTarget(Target):
     """The nodes to start, in order."""
     client_nodes: tuple[tuple[str, str], ...] = (("a", "n1"), ("b", "n1"))
     """(client, the node its token names); the first is the iperf3 client, the second the server."""
-
-    def __init__(self) -> None:
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        self._pids: dict[str, int] = {}
 
     def setup(self, lab: Lab) -> tuple[Host, Host, str]:
         from tests.support.overlay import Overlay  # imports the atenet package: only when used
@@ -220,16 +214,6 @@ class AtenetTarget(Target):
             if time.monotonic() > end:
                 raise RuntimeError(f"no ping {a_ip} <-> {b_ip} through atenet after {timeout} s")
             time.sleep(0.2)
-
-    def processes(self) -> dict[str, int]:
-        return dict(self._pids)
-
-    def teardown(self) -> None:
-        # The lab stops nodes and clients (it tracks their Popen); the deployment dir is ours.
-        self._pids.clear()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
 
 
 class Atenet1NodeTarget(AtenetTarget):
