@@ -27,8 +27,8 @@ from collections.abc import Callable
 from cryptography.hazmat.primitives import constant_time, hashes, hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from atenet.replay import DEFAULT_SIZE, ReplayWindow
-from atenet.seal import HEADER_LEN, Opener, PacketKey, Sealer, parse_header
+from atenet.overlay.replay import DEFAULT_SIZE, ReplayWindow
+from atenet.overlay.seal import HEADER_LEN, Opener, PacketKey, Sealer, parse_header
 
 SIZES = (64, 1400, 65000)
 ROUNDS = 5

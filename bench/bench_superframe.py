@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from atenet.fragment import FRAGMENT_SIZE, Reassembler, fragment, fragment_parts
 from atenet.offload import F_NEEDS_CSUM, GSO_TCPV4, VnetHeader, to_frames
-from atenet.seal import TYPE_FRAME, TYPE_SUPERFRAME, PacketKey, Sealer, open_packet
+from atenet.overlay.fragment import FRAGMENT_SIZE, Reassembler, fragment, fragment_parts
+from atenet.overlay.seal import TYPE_FRAME, TYPE_SUPERFRAME, PacketKey, Sealer, open_packet
 
 MSS = 1448
 PAYLOAD = 43 * MSS  # 62,264 bytes: what a TAP capped at gso_max_size 62,944 hands out

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from atenet.addressing import ipv4_for, ipv6_for
-from atenet.token import AccessToken
+from atenet.overlay.token import AccessToken
 from tests.conftest import ROOT, needs_root
 from tests.support.browser import chromium, skip_without_chromium
 from tests.support.netns import Lab

@@ -186,8 +186,8 @@ def test_forged_packets_at_a_node_are_dropped_and_never_answered(net: Overlay) -
     script = textwrap.dedent(
         f"""
         import os, socket
-        from atenet.token import AccessToken
-        from atenet.seal import PacketKey, Sealer
+        from atenet.overlay.token import AccessToken
+        from atenet.overlay.seal import PacketKey, Sealer
         t = AccessToken.decode({token!r})
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1.0)
         dst = ("{n1.host.ip}", 4799)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from atenet.fragment import (
+from atenet.overlay.fragment import (
     FRAGMENT_SIZE,
     MAX_FRAGMENTS,
     MAX_PACKET,
@@ -15,7 +15,7 @@ from atenet.fragment import (
     fragment,
     is_fragment,
 )
-from atenet.seal import TYPE_SUPERFRAME, PacketKey, Sealer, open_packet
+from atenet.overlay.seal import TYPE_SUPERFRAME, PacketKey, Sealer, open_packet
 
 KEY = PacketKey(bytes(range(32)), 7)
 NETWORK = bytes(range(16))

@@ -28,8 +28,7 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.utils import rdpcap
 
 from atenet.chain.sqlite_store import SqliteStore
-from atenet.errors import AtenetError
-from atenet.monitor import (
+from atenet.client.monitor import (
     MONITOR_LABEL,
     Monitor,
     PcapWriter,
@@ -39,10 +38,11 @@ from atenet.monitor import (
     run_command,
     summarize,
 )
+from atenet.errors import AtenetError
 from atenet.node.daemon import NodeDaemon
+from atenet.overlay.seal import TYPE_CONTROL, TYPE_FRAME, PacketKey, Sealer
+from atenet.overlay.token import AccessToken
 from atenet.owner import Owner
-from atenet.seal import TYPE_CONTROL, TYPE_FRAME, PacketKey, Sealer
-from atenet.token import AccessToken
 from atenet.wire.arp import arp_reply, arp_request, gratuitous_arp
 from atenet.wire.ethernet import ethernet_frame
 from atenet.wire.icmp import icmp_echo_reply, icmp_echo_request

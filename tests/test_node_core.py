@@ -13,9 +13,9 @@ import pytest
 from atenet.chain.event import Kind
 from atenet.chain.keys import b64, short_id
 from atenet.chain.sqlite_store import SqliteStore
-from atenet.client import ClientCore
+from atenet.client.core import ClientCore
 from atenet.node.core import UDP_IDLE, NodeCore
-from atenet.token import AccessToken
+from atenet.overlay.token import AccessToken
 from atenet.wire.ethernet import ethernet_frame
 from tests.support.chains import make_world, new_node
 

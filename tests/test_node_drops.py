@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from atenet.seal import TYPE_CONTROL, TYPE_FRAME, PacketKey, Sealer
+from atenet.overlay.seal import TYPE_CONTROL, TYPE_FRAME, PacketKey, Sealer
 from atenet.wire.ethernet import ethernet_frame
 from tests.support.chains import serving_node
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from atenet.replay import DEFAULT_SIZE, ReplayWindow
+from atenet.overlay.replay import DEFAULT_SIZE, ReplayWindow
 
 U64_MAX = (1 << 64) - 1
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from atenet.errors import AtenetError
-from atenet.seal import (
+from atenet.overlay.seal import (
     HEADER_LEN,
     NODE_KEY_ID,
     OVERHEAD,

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import os
 
-from atenet.client import ClientCore
+from atenet.client.core import ClientCore
 from atenet.offload import GSO_TCPV4, NO_OFFLOAD, VnetHeader, to_frames
-from atenet.seal import (
+from atenet.overlay.seal import (
     TYPE_CONTROL,
     TYPE_FRAME,
     TYPE_SUPERFRAME,
@@ -21,8 +21,8 @@ from atenet.seal import (
     Sealer,
     parse_header,
 )
+from atenet.overlay.token import AccessToken
 from atenet.switch.core import Port, Switch
-from atenet.token import AccessToken
 from tests.test_offload import offloaded, v4_tcp
 
 

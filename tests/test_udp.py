@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from atenet.fragment import FRAGMENT_SIZE, MAX_PACKET
-from atenet.seal import TYPE_FRAME, TYPE_SUPERFRAME, PacketKey, Sealer, open_packet
+from atenet.overlay.fragment import FRAGMENT_SIZE, MAX_PACKET
+from atenet.overlay.seal import TYPE_FRAME, TYPE_SUPERFRAME, PacketKey, Sealer, open_packet
 from atenet.transport.udp import UdpSocket
 
 KEY = PacketKey(bytes(32), 1)

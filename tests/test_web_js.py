@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from atenet import addressing, wire
-from atenet.seal import INFO_AUTH, PacketKey
-from atenet.token import AccessToken
+from atenet.overlay.seal import INFO_AUTH, PacketKey
+from atenet.overlay.token import AccessToken
 from atenet.wire.icmp import ICMP_ECHO_REPLY
 from atenet.wire.icmpv6 import ICMPV6_ECHO_REPLY, ICMPV6_NEIGHBOR_ADVERT
 

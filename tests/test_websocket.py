@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 
 from atenet.node.websocket import CLOSE_FORBIDDEN, hello_mac
-from atenet.seal import PacketKey
-from atenet.token import AccessToken
+from atenet.overlay.seal import PacketKey
+from atenet.overlay.token import AccessToken
 from atenet.wire.ethernet import ethernet_frame
 from tests.support.loopback_node import LoopbackNode
 

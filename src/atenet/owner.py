@@ -21,7 +21,7 @@ from atenet.chain.state import DEFAULT_MTU, NetworkState
 from atenet.chain.store import ChainStore
 from atenet.deployment import Deployment
 from atenet.errors import AtenetError, NotAllowed, NotFound
-from atenet.token import AccessToken
+from atenet.overlay.token import AccessToken
 
 
 @dataclass(frozen=True)

@@ -39,9 +39,9 @@ from atenet.deployment import (
 from atenet.errors import AtenetError
 from atenet.node.daemon import NodeDaemon
 from atenet.node.http import serve_http, tls_context
+from atenet.overlay.token import AccessToken
 from atenet.owner import Owner
 from atenet.paths import config_dir, write_private
-from atenet.token import AccessToken
 
 DEFAULT_NETWORK = "default"
 

@@ -34,8 +34,8 @@ from atenet.cli.common import (
 )
 from atenet.deployment import Deployment, deployment_path, load_or_create_owner, owner_key_path
 from atenet.errors import AtenetError
+from atenet.overlay.token import AccessToken
 from atenet.owner import Owner, parse_duration
-from atenet.token import AccessToken
 
 # Wide when piped, so ids are never cut in logs and scripts (which should use --json).
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -419,7 +419,7 @@ def connect(
     if daemon:
         _daemonize(token_text, dev, wait, log_file, no_offload)
         return
-    from atenet.connect import Connected, Connection
+    from atenet.client.connect import Connected, Connection
 
     def announce(info: Connected) -> None:
         click.echo(
@@ -562,7 +562,7 @@ def monitor(
     a key labelled "monitor" is exported once and kept in tok's config dir; others pass
     --token. Ctrl-C stops.
     """
-    from atenet.monitor import monitor_token, run_command
+    from atenet.client.monitor import monitor_token, run_command
 
     async def owner_token() -> AccessToken:
         async with owner_session(store_url) as owner:

@@ -22,7 +22,7 @@ from typing import Any
 
 from atenet.chain.state import NetworkState
 from atenet.offload import OffloadError, check
-from atenet.seal import (
+from atenet.overlay.seal import (
     NODE_KEY_ID,
     TYPE_CONTROL,
     TYPE_FRAME,

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from atenet.errors import AtenetError
-from atenet.seal import PacketKey
+from atenet.overlay.seal import PacketKey
+from atenet.overlay.token import AccessToken
 from atenet.switch.core import Port
-from atenet.token import AccessToken
 
 if TYPE_CHECKING:
     from atenet.node.core import NetworkRuntime

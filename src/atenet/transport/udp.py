@@ -4,7 +4,7 @@ Both the node daemon and ``tok connect`` move sealed packets through one non-blo
 socket. This wrapper keeps the OS tricks in one place (as wireguard-go's ``conn/`` does):
 
 * **Out.** A packet goes out with one ``sendto``, except a sealed super-frame larger than a
-  path-MTU datagram: that is cut into fragments (:mod:`atenet.fragment`), joined in one
+  path-MTU datagram: that is cut into fragments (:mod:`atenet.overlay.fragment`), joined in one
   buffer, which leaves in one ``sendmsg`` with ``UDP_SEGMENT`` (the kernel or the NIC splits
   it). Without UDP GSO (kernels before 4.18) the fragments go one ``sendto`` each. Flooding
   sends the same packet to several peers, so the fragment buffer of the last packet is kept.
@@ -25,8 +25,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from atenet.fragment import FRAGMENT_SIZE, Reassembler, fragment
-from atenet.seal import TYPE_SUPERFRAME
+from atenet.overlay.fragment import FRAGMENT_SIZE, Reassembler, fragment
+from atenet.overlay.seal import TYPE_SUPERFRAME
 
 SOL_UDP = 17
 UDP_SEGMENT = 103

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import struct
 
-from atenet.seal import HEADER_LEN, NETWORK_ID_LEN, OVERHEAD, TYPE_FRAGMENT, VERSION
+from atenet.overlay.seal import HEADER_LEN, NETWORK_ID_LEN, OVERHEAD, TYPE_FRAGMENT, VERSION
 
 __all__ = [
     "FRAGMENT_SIZE",

@@ -1,7 +1,7 @@
 """`tok connect`: join this Linux host to a network through a TAP device.
 
-The asyncio shell around :class:`~atenet.client.ClientCore`: one UDP socket to the node, one TAP
-device, both read until empty on every wake-up. Addresses are derived by hash (see
+The asyncio shell around :class:`~atenet.client.core.ClientCore`: one UDP socket to the node,
+one TAP device, both read until empty on every wake-up. Addresses are derived by hash (see
 docs/addressing.md) from the network id and this host's MAC, so every node and client agrees on
 them without coordination.
 
@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from atenet.addressing import host_identity, ipv4_for, ipv6_for, stable_mac
-from atenet.client import HELLO_TIMEOUT, ClientCore, no_answer
-from atenet.fragment import MAX_SUPERFRAME
+from atenet.client.core import HELLO_TIMEOUT, ClientCore, no_answer
 from atenet.offload import VNET_HDR_LEN
-from atenet.seal import TYPE_SUPERFRAME
-from atenet.token import AccessToken
+from atenet.overlay.fragment import MAX_SUPERFRAME
+from atenet.overlay.seal import TYPE_SUPERFRAME
+from atenet.overlay.token import AccessToken
 from atenet.transport.tap import TapDevice, configure_link
 from atenet.transport.udp import UdpSocket
 from atenet.wire.arp import gratuitous_arp

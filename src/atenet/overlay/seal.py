@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from atenet.errors import AtenetError
-from atenet.replay import DEFAULT_SIZE, ReplayWindow
+from atenet.overlay.replay import DEFAULT_SIZE, ReplayWindow
 
 __all__ = [
     "HEADER_LEN",
@@ -57,7 +57,7 @@ TSO/USO super-frame or carry a partial checksum (see :mod:`atenet.offload`, docs
 TYPE_CONTROL = 3
 """The payload is a control message between tok and node, or node and node."""
 TYPE_FRAGMENT = 4
-"""Not a sealed packet but a piece of one, with a clear prefix (see :mod:`atenet.fragment`);
+"""Not a sealed packet but a piece of one, with a clear prefix (see :mod:`atenet.overlay.fragment`);
 put back together before anything here sees it."""
 PACKET_TYPES = frozenset({TYPE_FRAME, TYPE_SUPERFRAME, TYPE_CONTROL})
 

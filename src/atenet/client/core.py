@@ -22,10 +22,10 @@ from collections import Counter
 from typing import Any
 
 from atenet.errors import AtenetError
-from atenet.fragment import MAX_SUPERFRAME
 from atenet.node.core import Addr, parse_endpoint
 from atenet.offload import VNET_HDR_LEN, to_frames
-from atenet.seal import (
+from atenet.overlay.fragment import MAX_SUPERFRAME
+from atenet.overlay.seal import (
     TYPE_CONTROL,
     TYPE_FRAME,
     TYPE_SUPERFRAME,
@@ -35,7 +35,7 @@ from atenet.seal import (
     SealError,
     parse_header,
 )
-from atenet.token import AccessToken
+from atenet.overlay.token import AccessToken
 
 PING_INTERVAL = 5.0
 """Seconds between control pings while connected."""

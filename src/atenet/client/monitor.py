@@ -32,10 +32,10 @@ from ipaddress import IPv6Address
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from atenet.client import HELLO_TIMEOUT, ClientCore, no_answer
+from atenet.client.core import HELLO_TIMEOUT, ClientCore, no_answer
 from atenet.errors import AtenetError, DecodeError, NotAllowed, NotFound
+from atenet.overlay.token import AccessToken
 from atenet.paths import write_private
-from atenet.token import AccessToken
 from atenet.transport.udp import UdpSocket
 from atenet.wire.arp import ARP_REPLY, ARP_REQUEST, ArpRepr
 from atenet.wire.ethernet import ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, EthernetRepr
