@@ -557,6 +557,15 @@ async def test_page_joins_pings_and_answers_in_chromium(tmp_path: Path) -> None:
             again = await page.evaluate("window.atenet.ready")
             assert again["ip4"] == info["ip4"] and again["mac"] == info["mac"]
 
+            # A lost connection (not a refusal): the page says it retries, then joins again.
+            hellos = len(mock.hellos)
+            await mock.ws.close(code=1011, message=b"node restarting")
+            await page.wait_for_function("document.body.dataset.state === 'error'")
+            banner = await page.inner_text("#banner")
+            assert "connection to the node lost" in banner and "retrying in 1 s" in banner, banner
+            await page.wait_for_function("document.body.dataset.state === 'connected'")
+            assert len(mock.hellos) == hellos + 1
+
             # A wrong secret: the node closes with 4403 and the page says so.
             refused = await browser.new_page()
             await refused.goto(base + "#" + wrong)

@@ -372,14 +372,15 @@ function hostCell(td, port) {
   }
 }
 
+// IPv4 (derived by the node from the port's MAC), then IPv6 and the MAC on a small line.
 function addressCell(td, port) {
-  const ips = [port.ipv4, port.ipv6].filter(Boolean).join("  ");
-  td.textContent = ips || "—";
   td.className = "mono";
-  if (port.mac) {
+  td.textContent = port.ipv4 || (port.mac ? "" : "— (no frame yet)");
+  const extra = [port.ipv6, port.mac].filter(Boolean).join(" · ");
+  if (extra) {
     const div = document.createElement("div");
     div.className = "muted small mono";
-    div.textContent = port.mac;
+    div.textContent = extra;
     td.append(div);
   }
 }
