@@ -23,6 +23,7 @@ from atenet.chain.store import ChainStore
 from atenet.deployment import NodeKey
 from atenet.errors import AtenetError, ChainInvalid, NotAllowed, NotFound, StoreUnavailable
 from atenet.node.core import NetworkRuntime, NodeCore
+from atenet.node.hosts import heartbeat_ports
 from atenet.transport.udp import UdpSocket
 
 log = logging.getLogger(__name__)
@@ -304,6 +305,7 @@ class NodeDaemon:
                 "frames_to_peers": status["frames_to_peers"],
                 "frames_from_peers": status["frames_from_peers"],
                 "drops": status["drops"],
+                **heartbeat_ports(runtime.switch.ports.values()),  # for `tok hosts`
             },
             self.signer,
         )
