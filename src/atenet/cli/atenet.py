@@ -4,6 +4,7 @@
   atenet init   create this host's deployment (node authority + node keys)
   atenet up     the one-command main job: init, a default network, and the node
   atenet run    serve every network of the deployment (UDP + HTTP)
+  atenet install-service   systemd units for the node and for `tok connect`
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import os
 import signal
 import sys
 import time
@@ -26,6 +28,7 @@ from atenet.chain.log import Chain
 from atenet.chain.store import ChainStore, default_store_url
 from atenet.cli.common import (
     connected_store,
+    fail,
     group_store_option,
     json_option,
     print_json,
@@ -446,6 +449,102 @@ async def serve_until_signal(daemon: NodeDaemon, http: HttpConfig, on_ready: Any
         await daemon.stop()
         if runner is not None:
             await runner.cleanup()
+
+
+@main.command("install-service")
+@click.option(
+    "--user",
+    metavar="NAME",
+    help="Run the node as this existing system user (default: a systemd dynamic user).",
+)
+@click.option("--store", "store_url", metavar="URL", help="The node's chain store (ATENET_STORE).")
+@click.option(
+    "--connect",
+    "network",
+    metavar="NAME",
+    help="Install the client unit tok-connect@NAME instead, with the token of network NAME.",
+)
+@click.option(
+    "--token-file",
+    type=click.File("r"),
+    help="With --connect: file holding the access token ('-': stdin). Default: $ATENET_TOKEN.",
+)
+@click.option("--dev", help="With --connect: the TAP device name (default atenet0).")
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("/"),
+    show_default=True,
+    help="Install under this directory instead of / (for images and tests).",
+)
+@click.option("--dry-run", is_flag=True, help="Print the files instead of writing them.")
+@click.argument("run_args", nargs=-1, metavar="[-- RUN_OPTIONS...]")
+def install_service(
+    user: str | None,
+    store_url: str | None,
+    network: str | None,
+    token_file: Any,
+    dev: str | None,
+    root: Path,
+    dry_run: bool,
+    run_args: tuple[str, ...],
+) -> None:
+    """Install systemd units: the node (atenet.service, running `atenet run RUN_OPTIONS`), or
+    with --connect NAME the client (tok-connect@NAME, its token in /etc/atenet/NAME.token, mode
+    0600, handed over as a systemd credential). Logs go to the journal. Then run the printed
+    systemctl command.
+
+    \b
+      atenet install-service -- --http-listen 0.0.0.0 --advertise node.example.net
+      atenet install-service --connect office --token-file office.token
+    """
+    from atenet import service
+
+    try:
+        if network is None:
+            if token_file is not None or dev is not None:
+                fail("--token-file and --dev go with --connect NAME", 2)
+            atenet_cmd = service.command_path("atenet")
+            text = service.node_unit(atenet_cmd, user, store_url, run_args)
+            files = [service.UnitFile(service.UNIT_DIR / service.NODE_UNIT, text)]
+            enable = "systemctl daemon-reload && systemctl enable --now atenet"
+        else:
+            if user is not None or store_url is not None or run_args:
+                fail("--user, --store and RUN_OPTIONS go with the node unit, not --connect", 2)
+            name = service.check_instance_name(network)
+            text = service.connect_unit(service.command_path("tok"))
+            files = [service.UnitFile(service.UNIT_DIR / service.CONNECT_UNIT, text)]
+            if dev is not None:
+                env = f"ATENET_DEV={service.check_dev(dev)}\n"
+                files.append(service.UnitFile(service.TOKEN_DIR / f"{name}.env", env))
+            token_text = token_file.read() if token_file is not None else None
+            token_text = (token_text or os.environ.get("ATENET_TOKEN") or "").strip()
+            if not token_text and not dry_run:
+                fail("no token: pass --token-file FILE (or '-' for stdin) or set ATENET_TOKEN")
+            if token_text:
+                AccessToken.decode(token_text)  # refuse to install a damaged token
+            files.append(
+                service.UnitFile(service.TOKEN_DIR / f"{name}.token", token_text + "\n", 0o600)
+            )
+            enable = f"systemctl daemon-reload && systemctl enable --now tok-connect@{name}"
+    except AtenetError as exc:
+        fail(str(exc))
+        return
+    if dry_run:
+        for f in files:
+            click.echo(f"# file: {f.path} (mode {f.mode:04o})")
+            click.echo("# (the token, not shown)" if f.mode == 0o600 else f.text, nl=False)
+            click.echo("" if f.mode != 0o600 else "\n", nl=False)
+        click.echo(f"# then: {enable}")
+        return
+    try:
+        written = service.install(files, root)
+    except OSError as exc:
+        fail(f"cannot write {exc.filename}: {exc.strerror} (as root?)")
+        return
+    for path in written:
+        click.echo(f"wrote {path}")
+    click.echo(f"now: {enable}")
 
 
 if __name__ == "__main__":
