@@ -373,3 +373,23 @@ def test_loopback_only_host_warns_loudly(lab: Lab, tmp_path: Path) -> None:
     data, err = run_in(host, tmp_path / "c", tmp_path)
     assert data["endpoints"] == ["127.0.0.1:4799"]
     assert "warning: this host has no address but loopback" in err
+
+
+def test_a_running_node_refreshes_its_record(tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    atenet(home, "init")
+    # A 0.2 s heartbeat makes the node rewrite its entry every 1.2 s (6 heartbeats, at most 60 s).
+    node = Running(
+        [VENV_BIN / "atenet", "run", "--json", "--listen", "127.0.0.1", "--udp-port", "0",
+         "--http-port", "0", "--heartbeat", "0.2"],
+        cli_env(home), tmp_path,
+    )  # fmt: skip
+    try:
+        node_id = node.json()["node_id"]
+        first = nodes_record(home)[node_id]["time"]
+        deadline = time.monotonic() + 20
+        while nodes_record(home)[node_id]["time"] == first:
+            assert time.monotonic() < deadline, "the node never refreshed its entry"
+            time.sleep(0.2)
+    finally:
+        assert node.stop() == 0
