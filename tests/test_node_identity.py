@@ -25,9 +25,8 @@ def test_second_process_of_the_same_node_refuses_to_start(tmp_path: Path) -> Non
         )  # fmt: skip
         assert proc.returncode != 0
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        assert any("is already running" in line and node.status()["node"] in line for line in lines), (
-            proc.stderr
-        )
+        node_id = node.status()["node"]
+        assert any("is already running" in ln and node_id in ln for ln in lines), proc.stderr
         assert "Traceback" not in proc.stderr
         assert node.proc is not None and node.proc.poll() is None  # the first one is unharmed
 

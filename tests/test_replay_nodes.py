@@ -60,7 +60,7 @@ async def test_captured_client_packets_replayed_to_a_restarted_node_or_another_n
     welcome there, and the replayed frames were switched into the LAN."""
     wire, nodes, clients = await build(world, 2, 1, now=T0)
     net = world.chain.network_id
-    (a_addr, alice), (b_addr, bob) = clients  # alice on node 0, bob on node 1
+    (_a_addr, alice), (b_addr, _bob) = clients  # alice on node 0, bob on node 1
     # Alice reconnects as a new session while an attacker taps her wire.
     token = alice.token
     victim = ClientCore(token, int(T0 * 1e9), sender_id=4242)
