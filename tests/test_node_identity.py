@@ -4,7 +4,10 @@ member events into the chain."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import socket
 import subprocess
 import time
@@ -13,6 +16,7 @@ from pathlib import Path
 from atenet.client.core import ClientCore
 from atenet.overlay.token import AccessToken
 from tests.conftest import VENV_BIN
+from tests.support.chains import make_world
 from tests.support.loopback_node import LoopbackNode, free_port
 
 
@@ -72,3 +76,64 @@ def test_reconnects_within_the_grace_write_no_member_events(tmp_path: Path) -> N
         assert node.network_status()["member"] is True
     # On SIGTERM the node still leaves.
     assert member_events(node) == ["member_join", "member_leave"]
+
+
+async def async_connect(port: int, token: AccessToken) -> tuple[ClientCore, socket.socket]:
+    """A client session over real UDP to an in-process node (the loop must keep running)."""
+    client = ClientCore(token, time.time_ns())
+    client.endpoints = [("127.0.0.1", port)]
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    deadline = time.monotonic() + 15
+    while client.config is None:
+        assert time.monotonic() < deadline, "no welcome"
+        for packet in client.tick(time.time()):
+            sock.sendto(packet, client.node)
+        await asyncio.sleep(0.05)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                client.receive(sock.recv(65536), time.time())
+    return client, sock
+
+
+async def test_a_clone_on_another_host_yields_to_the_running_node(tmp_path: Path, caplog) -> None:
+    """Two processes with one node key (a copied config dir elsewhere): the one started later
+    reads the other's fresh heartbeat (another instance) and does not serve the network, so
+    the two never seal with one sender id. Before the fix both served it."""
+    from atenet.chain.sqlite_store import SqliteStore
+    from atenet.deployment import NodeKey
+    from atenet.node.daemon import NodeDaemon
+    from tests.test_node_core import add_key
+
+    store = SqliteStore(f"sqlite://{tmp_path / 'c.sqlite'}")
+    await store.connect()
+    world = await make_world(store)
+    token = await add_key(world, 1)
+    key = NodeKey(world.node_a.key, world.node_a.cert)
+    first = NodeDaemon(store, key, world.authority, listen="127.0.0.1", udp_port=0,
+                       heartbeat=0.5)  # fmt: skip
+    clone = NodeDaemon(store, key, world.authority, listen="127.0.0.1", udp_port=0,
+                       heartbeat=0.5)  # fmt: skip
+    net = world.chain.network_id
+    sock = None
+    try:
+        await first.start()
+        _client, sock = await async_connect(first.udp_port, token)
+        for _ in range(100):  # joined, and its heartbeat written
+            chain = first.chains[net]
+            if first.node_id in (await chain.load_latest()):
+                break
+            await asyncio.sleep(0.05)
+        await clone.start()
+        with caplog.at_level(logging.ERROR, logger="atenet.node.daemon"):
+            assert await clone.ensure_network(net) is None
+        assert net not in clone.core.networks
+        assert any("also runs in another process" in r.getMessage() for r in caplog.records)
+        assert net in first.core.networks and len(first.core.networks[net].switch) == 1
+    finally:
+        if sock is not None:
+            sock.close()
+        await clone.stop()
+        await first.stop()
+        await store.close()

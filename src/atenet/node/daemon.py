@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from atenet.addressing import host_identity
 from atenet.chain.event import Kind
 from atenet.chain.keys import Identity
 from atenet.chain.log import Chain, Signer
@@ -79,7 +81,9 @@ class NodeDaemon:
             self.node_id, self._send, self.started_ns, instance=self.instance, limits=limits
         )
         self._idle_since: dict[bytes, float] = {}  # network id -> when its last port left
-        self._clones: set[bytes] = set()  # networks where another instance of us was seen
+        # Network id -> until when another live instance of our node id serves it.
+        self._clones: dict[bytes, float] = {}
+        self.host = hashlib.sha256(b"atenet/v1 node host|" + host_identity()).hexdigest()[:16]
         self._grace_timers: set[bytes] = set()
         self._stale_pending: set[bytes] = set()
         self.chains: dict[bytes, Chain] = {}
@@ -241,7 +245,7 @@ class NodeDaemon:
                 self._membership_event(what, network_id)
 
     def _maybe_load(self, network_id: bytes) -> None:
-        if network_id in self._loading or self._stopping or network_id in self._clones:
+        if network_id in self._loading or self._stopping or self._clone_serves(network_id):
             return
         if time.monotonic() < self._unknown.get(network_id, 0):
             return
@@ -283,6 +287,8 @@ class NodeDaemon:
             runtime.apply_state(chain.state, time.time())
             self.chains[network_id] = chain
             await self._read_heartbeats(chain, runtime)
+            if self._clone_serves(network_id):
+                return
             log.info("serving network %s (%s)", chain.state.name, network_id.hex())
             self._followers[network_id] = asyncio.ensure_future(self._follow(chain, runtime))
             if runtime.is_member and len(runtime.switch) == 0:
@@ -418,6 +424,7 @@ class NodeDaemon:
                 "interval": self.heartbeat,
                 "instance": self.instance,
                 "started_ns": self.started_ns,
+                "host": self.host,
                 "ports": len(status["ports"]),
                 "frames_to_peers": status["frames_to_peers"],
                 "frames_from_peers": status["frames_from_peers"],
@@ -434,24 +441,32 @@ class NodeDaemon:
             # A peer is alive while its heartbeat is younger than three of its own intervals.
             runtime.alive_until[node_id] = record["time_ms"] / 1000 + 3 * interval + 1
             if node_id == self.node_id and now < runtime.alive_until[node_id]:
-                self._check_clone(chain, record)
+                self._check_clone(chain, record, runtime.alive_until[node_id])
         runtime.refresh_peers(now)
 
-    def _check_clone(self, chain: Chain, record: dict[str, Any]) -> None:
-        """A fresh heartbeat of our node id from another process instance: a clone (a copied
-        config dir on another host). The younger of the two stops serving the network, so one
-        sender id never seals in two processes; the log says which and why."""
+    def _clone_serves(self, network_id: bytes) -> bool:
+        return time.time() < self._clones.get(network_id, 0.0)
+
+    def _check_clone(self, chain: Chain, record: dict[str, Any], alive_until: float) -> None:
+        """A fresh heartbeat of our node id from another process instance on another host: a
+        clone (a copied config dir). The younger of the two stops serving the network while the
+        other's heartbeats stay fresh, so one sender id never seals in two processes; the log
+        says which and why. A record from this host is a previous process of ours (the lock
+        proves no other runs here), e.g. right after a restart, and is ignored."""
         other = record.get("instance")
         if not isinstance(other, str) or other == self.instance:
+            return
+        if record.get("host") == self.host and self._locks:
             return
         started = record.get("started_ns")
         theirs = (started if isinstance(started, int) else 0, other)
         if theirs > (self.started_ns, self.instance):
             return  # the other one is younger: it yields
         network_id = chain.network_id
-        if network_id in self._clones:
+        known = self._clone_serves(network_id)
+        self._clones[network_id] = alive_until
+        if known:
             return
-        self._clones.add(network_id)
         log.error(
             "node %s also runs in another process (instance %s, started earlier): not "
             "serving %s from this one — two processes with one node key would reuse "
@@ -465,7 +480,7 @@ class NodeDaemon:
         if follower is not None:
             follower.cancel()
         self.chains.pop(network_id, None)
-        # _maybe_load never loads it again in this process.
+        # _maybe_load does not load it again while the other instance's heartbeat is fresh.
 
     async def _publish_node(self) -> None:
         """List this node in the store so `tok key export` can name it in tokens."""
