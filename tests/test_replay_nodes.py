@@ -231,3 +231,21 @@ async def test_a_flooding_port_cannot_cut_another_pairs_delivery(world):
     got = sum(1 for f in wire.frames[b_addr] if b"normal" in f)
     assert got >= 0.9 * sent, (got, sent, dict(runtime.drops))
     assert runtime.drops["port_rate"] > 0
+
+
+async def test_forged_packets_naming_a_port_do_not_drain_its_bucket(world):
+    """The bucket is checked before decryption but charged only for packets that authenticate:
+    anyone can copy a session's sender id from the clear header, so forgeries must not cost
+    the real client its rate."""
+    wire, nodes, clients = await build(world, 1, 2, now=T0)
+    runtime = nodes[0].networks[world.chain.network_id]
+    (a_addr, alice), (b_addr, _bob) = clients
+    genuine = alice.seal_frame(frame(1, b"genuine"))
+    for i in range(20_000):  # far more than the bucket holds, all in one instant
+        forged = bytearray(alice.seal_frame(frame(1, b"forged")))
+        forged[-1] ^= 1
+        nodes[0].datagram(bytes(forged), ("203.0.113.5", 1), T0 + 1 + i * 1e-9)
+    assert runtime.drops["auth"] == 20_000 and runtime.drops["port_rate"] == 0
+    nodes[0].datagram(genuine, a_addr, T0 + 1)
+    wire.run(T0 + 1)
+    assert [f for f in wire.frames[b_addr] if b"genuine" in f]

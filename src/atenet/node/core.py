@@ -327,16 +327,16 @@ class NetworkRuntime:
         key = (key_id, sender_id)
         port = self.clients.get(key)
         if port is not None:
-            # The port's token bucket, before any crypto: a flooding client's excess is cheap.
-            rate = self.limits.rate
-            tokens = port.tokens + (now - port.bucket_at) * rate
+            # The port's token bucket, checked before any crypto so a flooding client's excess
+            # is cheap, but charged only below for a packet that authenticated: forged packets
+            # naming this port's sender id (it is in clear) cannot drain its bucket.
+            limits = self.limits
+            tokens = port.tokens + (now - port.bucket_at) * limits.rate
+            port.tokens = tokens if tokens < limits.burst else limits.burst
             port.bucket_at = now
             if tokens < 1.0:
-                port.tokens = tokens
                 self.drops["port_rate"] += 1
                 return
-            burst = self.limits.burst
-            port.tokens = (burst if tokens > burst else tokens) - 1.0
         try:
             payload = opener.open(data, sender_id, counter)
         except SealError as err:
@@ -349,6 +349,7 @@ class NetworkRuntime:
             else:
                 self.drops["no_port"] += 1
             return
+        port.tokens -= 1.0
         if port.addr != addr:
             self._roam(port, addr)  # the client roamed or its NAT rebound: follow it
         port.last_seen = now
