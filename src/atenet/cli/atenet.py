@@ -44,7 +44,8 @@ from atenet.deployment import (
     load_or_create_owner,
 )
 from atenet.errors import AtenetError
-from atenet.node.daemon import NodeDaemon
+from atenet.node.core import MAX_PORTS_PER_ADDRESS, MAX_PORTS_PER_KEY, PORT_RATE, PortLimits
+from atenet.node.daemon import MEMBER_GRACE, NodeDaemon
 from atenet.node.http import serve_http, tls_context
 from atenet.overlay.token import AccessToken
 from atenet.owner import Owner
@@ -201,8 +202,9 @@ async def up(
         chains = [c for c in await owner.chains() if c.state.name == network_name]
         chain = chains[0] if chains else await owner.create(record, network_name)
         daemon = NodeDaemon(
-            store, load_node_key(), load_authority(), udp_port=udp_port, advertise=advertise
-        )
+            store, load_node_key(), load_authority(), udp_port=udp_port, advertise=advertise,
+            lock_dir=config_dir(),
+        )  # fmt: skip
 
         async def announce(node: NodeDaemon) -> None:
             # Load the network first, so its status shows before the first client arrives.
@@ -354,6 +356,38 @@ async def up_token(owner: Owner, chain: Chain, endpoints: list[str]) -> tuple[st
     "heartbeat is older than 3 intervals.",
 )
 @json_option
+@click.option(
+    "--member-grace",
+    type=click.FloatRange(0, 86400),
+    default=MEMBER_GRACE,
+    show_default=True,
+    metavar="SECONDS",
+    help="Stay a member of a network this long after its last local client left, so a page "
+    "reload or a reconnect writes no leave/join pair into the chain.",
+)
+@click.option(
+    "--max-ports-per-key",
+    type=click.IntRange(1, 1_000_000),
+    default=MAX_PORTS_PER_KEY,
+    show_default=True,
+    help="UDP client sessions one access key may hold on this node.",
+)
+@click.option(
+    "--max-ports-per-address",
+    type=click.IntRange(1, 1_000_000),
+    default=MAX_PORTS_PER_ADDRESS,
+    show_default=True,
+    help="UDP client sessions from one source IP address on this node.",
+)
+@click.option(
+    "--port-rate",
+    type=click.FloatRange(1, 1e9),
+    default=PORT_RATE,
+    show_default=True,
+    metavar="PPS",
+    help="Packets per second one client session may send; the excess is dropped before "
+    "decryption (counted as port_rate).",
+)
 @http_options
 @run_async
 async def run(
@@ -363,6 +397,10 @@ async def run(
     advertise: str | None,
     heartbeat: float,
     as_json: bool,
+    member_grace: float,
+    max_ports_per_key: int,
+    max_ports_per_address: int,
+    port_rate: float,
     http: HttpConfig,
 ) -> None:
     """Serve every network of this deployment: one UDP socket for clients and peers, networks
@@ -373,7 +411,9 @@ async def run(
     try:
         daemon = NodeDaemon(
             store, load_node_key(), load_authority(), listen=listen, udp_port=udp_port,
-            advertise=advertise, heartbeat=heartbeat,
+            advertise=advertise, heartbeat=heartbeat, member_grace=member_grace,
+            limits=PortLimits(max_ports_per_key, max_ports_per_address, port_rate, port_rate / 10),
+            lock_dir=config_dir(),
         )  # fmt: skip
 
         async def announce(node: NodeDaemon) -> None:
