@@ -205,7 +205,6 @@ class NodeDaemon:
                 os.close(fd)
         self._locks = []
 
-
     async def stop(self) -> None:
         """Leave every network's member collection, then close everything."""
         self._stopping = True
