@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from atenet.chain.state import NetworkState
+from atenet.node.schema import CONTROL, SchemaError, parse
 from atenet.offload import OffloadError, check
 from atenet.overlay.seal import (
     NODE_KEY_ID,
@@ -287,9 +288,9 @@ class NetworkRuntime:
 
     def _control(self, port: UdpClientPort, key: tuple[int, int], payload: bytes) -> None:
         try:
-            message = json.loads(payload)
+            message = parse(payload, CONTROL)
             op = message["op"]
-        except (ValueError, KeyError, TypeError):
+        except SchemaError:
             self.drops["bad_control"] += 1
             return
         if op in ("hello", "ping"):

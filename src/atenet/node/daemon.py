@@ -23,12 +23,12 @@ from atenet.chain.store import ChainStore
 from atenet.deployment import NodeKey
 from atenet.errors import AtenetError, ChainInvalid, NotAllowed, NotFound, StoreUnavailable
 from atenet.node.core import NetworkRuntime, NodeCore
+from atenet.node.lookups import UnknownNetworks
 from atenet.transport.udp import UdpSocket
 
 log = logging.getLogger(__name__)
 
 READ_BATCH = 512
-NEGATIVE_CACHE = 10.0
 
 
 class NodeDaemon:
@@ -62,7 +62,7 @@ class NodeDaemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._followers: dict[bytes, asyncio.Task[Any]] = {}
         self._loading: dict[bytes, asyncio.Task[Any]] = {}
-        self._unknown: dict[bytes, float] = {}
+        self.unknown = UnknownNetworks()
         self._membership_locks: dict[bytes, asyncio.Lock] = {}
         self._stopping = False
 
@@ -167,7 +167,12 @@ class NodeDaemon:
     def _maybe_load(self, network_id: bytes) -> None:
         if network_id in self._loading or self._stopping:
             return
-        if time.monotonic() < self._unknown.get(network_id, 0):
+        now = time.monotonic()
+        if not self.unknown.admit(network_id, now):
+            # Counted by reason; one summary line per interval instead of a line per id.
+            line = self.unknown.summary(now)
+            if line is not None:
+                log.warning("%s", line)
             return
         self._loading[network_id] = self._spawn(self._load(network_id))
 
@@ -189,32 +194,39 @@ class NodeDaemon:
         self._handle_events()
 
     async def _load(self, network_id: bytes) -> None:
+        outcome = "unknown"
         try:
             chain = Chain(self.store, network_id, [self.authority.box])
             try:
                 await chain.load()
             except (NotFound, NotAllowed, ChainInvalid) as exc:
-                # Unknown ids are cached so junk packets cannot make us re-read the store.
-                self._unknown[network_id] = time.monotonic() + NEGATIVE_CACHE
-                level = logging.ERROR if isinstance(exc, ChainInvalid) else logging.INFO
-                log.log(level, "not serving %s: %s", network_id.hex(), exc)
+                # Remembered (bounded, see node/lookups.py) so junk packets cannot make us
+                # re-read the store; not logged per id, anyone can send random ids.
+                if isinstance(exc, ChainInvalid):
+                    log.error("not serving %s: %s", network_id.hex(), exc)
+                else:
+                    log.debug("not serving %s: %s", network_id.hex(), exc)
                 return
             if chain.state.deleted:
-                self._unknown[network_id] = time.monotonic() + NEGATIVE_CACHE
                 return
             # Registered and given its state in one step: no other task may see it half-built.
             runtime = self.core.add_network(network_id)
             runtime.apply_state(chain.state, time.time())
             self.chains[network_id] = chain
+            outcome = "found"
             await self._read_heartbeats(chain, runtime)
             log.info("serving network %s (%s)", chain.state.name, network_id.hex())
             self._followers[network_id] = asyncio.ensure_future(self._follow(chain, runtime))
             if runtime.is_member and len(runtime.switch) == 0:
                 self._spawn(self._sync_membership(network_id))  # a record left by a crash
         except StoreUnavailable as exc:
-            log.warning("cannot load %s yet: %s", network_id.hex(), exc)
+            # Its own short negative state for every unknown id; summarised, not one line each.
+            log.debug("cannot load %s yet: %s", network_id.hex(), exc)
+            if outcome != "found":
+                outcome = "unavailable"
         finally:
             self._loading.pop(network_id, None)
+            self.unknown.finished(network_id, outcome, time.monotonic())
 
     async def _follow(self, chain: Chain, runtime: NetworkRuntime) -> None:
         try:
