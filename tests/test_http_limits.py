@@ -262,3 +262,17 @@ def test_status_pushes_carry_no_underlay_address_and_no_store_url(node: NsNode) 
     _, body = node.get("/api/status", "127.0.0.1")
     ports = next(n for n in json.loads(body)["networks"] if n["name"] == "lan")["ports"]
     assert any(f"{node.host.ip}:{client_port}" in p["name"] for p in ports), ports
+
+
+def test_the_cli_sends_the_operator_token_only_to_this_machine(
+    node: NsNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from atenet.cli.common import operator_headers
+
+    monkeypatch.setenv("ATENET_HOME", str(node.home))
+    local = f"http://{node.host.ip}:{HTTP_PORT}/api/status"
+    headers = node.host.call(operator_headers, local)
+    assert headers == {"Authorization": f"Bearer {node.operator_token}"}
+    assert node.host.call(operator_headers, "http://192.0.2.7:8080/api/status") == {}
+    status, body = node.get("/api/status", node.host.ip, headers)
+    assert status == 200 and "store" in json.loads(body)
