@@ -33,6 +33,9 @@ from atenet.node.websocket import WebSocketPorts
 
 log = logging.getLogger(__name__)
 
+WS_PORTS = web.AppKey("ws_ports", WebSocketPorts)
+"""The app's WebSocket endpoints (their counters are part of the operator status)."""
+
 FORBIDDEN = (
     '{"error": "operator data: ask from this host, or send Authorization: Bearer '
     "<operator-token from the node's config dir>\"}\n"
@@ -71,7 +74,7 @@ def make_app(
     app = web.Application(middlewares=[guard.middleware] if guard is not None else [])
     ports = WebSocketPorts(daemon, heartbeat=ws_heartbeat, guard=guard)
     ports.routes(app)
-    app["ws_ports"] = ports
+    app[WS_PORTS] = ports
     metrics_registry = registry(lambda: operator_status(daemon, ports, guard))
 
     def refused() -> web.Response:
