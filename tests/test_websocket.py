@@ -258,3 +258,36 @@ async def test_malformed_hellos_close_with_1008_are_counted_and_never_a_tracebac
     assert drops["handler_error"] == 0, drops
     log = node.log.read_text()
     assert "Traceback" not in log and "Error handling request" not in log, log[-3000:]
+
+
+async def test_random_network_ids_on_net_and_ws_cost_bounded_lookups(node: LoopbackNode) -> None:
+    """Issue 9, item 2 on the HTTP paths: tokens and hellos naming random networks are refused,
+    and the store lookups they cause are rate-limited like the UDP path's."""
+    connector = aiohttp.TCPConnector(limit=50)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def bogus_raw() -> int:
+            token = AccessToken(os.urandom(16), 1, os.urandom(32)).encode()
+            try:
+                await http.ws_connect(f"{node.ws}/net/{token}")
+            except aiohttp.WSServerHandshakeError as err:
+                return err.status
+            return 101
+
+        async def bogus_page() -> int | None:
+            async with http.ws_connect(f"{node.ws}/ws") as ws:
+                token = AccessToken(os.urandom(16), 1, os.urandom(32))
+                await ws.send_str(json.dumps(hello(token)))
+                await ws.receive(5)
+                return ws.close_code
+
+        started = time.monotonic()
+        raw = await asyncio.gather(*(bogus_raw() for _ in range(400)))
+        page = await asyncio.gather(*(bogus_page() for _ in range(100)))
+        elapsed = time.monotonic() - started
+    assert set(raw) == {403} and set(page) == {CLOSE_FORBIDDEN}
+    lookups = node.status()["lookups"]
+    # The bucket: 100 at once, then 50/s (docs/limits.md); the rest refused and counted.
+    assert lookups["lookups"] <= 100 + 50 * elapsed + 5, (lookups, elapsed)
+    assert sum(lookups["drops"].values()) >= 500 - lookups["lookups"]
+    assert lookups["cached"] <= lookups["capacity"]

@@ -22,6 +22,7 @@ from atenet.node.daemon import NodeDaemon
 from atenet.node.guard import (
     IDLE_TIMEOUT,
     OPERATOR_TOKEN_FILE,
+    PENDING_TOTAL,
     GuardedSite,
     HttpGuard,
     OperatorAuth,
@@ -145,7 +146,8 @@ async def serve_http(
             "operator credential in %s (send it as Authorization: Bearer)",
             config_dir() / OPERATOR_TOKEN_FILE,
         )
-    guard = guard or HttpGuard()
+    # Never let pending connections alone use more than half of the fds the node may open.
+    guard = guard or HttpGuard(total=min(PENDING_TOTAL, max(64, soft // 2)))
     app = make_app(daemon, ws_heartbeat, guard=guard, auth=OperatorAuth(token))
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=IDLE_TIMEOUT)
     await runner.setup()
