@@ -149,3 +149,10 @@ async def test_with_nats_down_random_ids_hold_no_tasks_and_log_no_line_each(
     finally:
         await daemon.stop()
         await store.close()
+
+
+def test_a_store_outage_is_one_warning_per_interval() -> None:
+    gate = UnknownNetworks(summary_interval=60.0)
+    assert gate.warn_store(10.0)
+    assert not any(gate.warn_store(10.0 + t) for t in range(1, 60))
+    assert gate.warn_store(70.5)

@@ -220,8 +220,16 @@ class NodeDaemon:
             if runtime.is_member and len(runtime.switch) == 0:
                 self._spawn(self._sync_membership(network_id))  # a record left by a crash
         except StoreUnavailable as exc:
-            # Its own short negative state for every unknown id; summarised, not one line each.
-            log.debug("cannot load %s yet: %s", network_id.hex(), exc)
+            # Its own short negative state for every unknown id; one line per outage-minute.
+            if self.unknown.warn_store(time.monotonic()):
+                log.warning(
+                    "cannot load networks while the store is unavailable (%s); lookups pause "
+                    "for %g s each time, refusals are counted in /api/status",
+                    exc,
+                    self.unknown.unavailable_ttl,
+                )
+            else:
+                log.debug("cannot load %s yet: %s", network_id.hex(), exc)
             if outcome != "found":
                 outcome = "unavailable"
         finally:

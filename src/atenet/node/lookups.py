@@ -84,6 +84,7 @@ class UnknownNetworks:
         self.store_errors = 0
         self._summarised: Counter[str] = Counter()
         self._summary_at: float | None = None
+        self._store_warned: float | None = None
 
     def __len__(self) -> int:
         """Ids in the negative cache (never more than ``capacity``)."""
@@ -132,6 +133,14 @@ class UnknownNetworks:
         elif outcome == "unavailable":
             self.store_errors += 1
             self.store_down_until = max(self.store_down_until, now + self.unavailable_ttl)
+
+    def warn_store(self, now: float) -> bool:
+        """Whether to log that a lookup failed because the store was unavailable: at most once
+        per ``summary_interval`` (an outage is one line, not one per id)."""
+        if self._store_warned is not None and now - self._store_warned < self.summary_interval:
+            return False
+        self._store_warned = now
+        return True
 
     def summary(self, now: float) -> str | None:
         """One line about the lookups refused since the last line, at most once per
