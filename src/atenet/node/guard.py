@@ -9,7 +9,8 @@ must depend on who asks: a network's page needs little, an operator may see ever
 
 * Every accepted TCP connection counts as *pending* (unauthenticated) until a WebSocket port is
   established on it (a valid ``/net/<token>`` or a ``/ws`` hello with a good MAC). Pending
-  connections are capped per source address (``per_address``; loopback sources are exempt,
+  connections are capped per source address (``per_address``; an IPv6 source counts by its
+  /64; loopback sources are exempt,
   they are local tools or a reverse proxy that speaks for many clients) and overall
   (``total``). A connection over a cap is closed at once and counted.
 * A connection whose first request head is not complete after ``head_timeout`` seconds is
@@ -72,6 +73,20 @@ def is_loopback(address: str | None) -> bool:
     return ip.is_loopback
 
 
+def source_key(address: str) -> str:
+    """What the per-address cap counts: an IPv4 address, or the /64 of an IPv6 address (one
+    host usually holds a whole /64, so counting /128s would be no cap at all)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 class Connection(asyncio.Protocol):
     """Wraps aiohttp's protocol for one TCP connection: admits it (or closes it at once),
     times out its request head, and releases its pending slot when it closes."""
@@ -80,6 +95,7 @@ class Connection(asyncio.Protocol):
         self.guard = guard
         self.inner = inner
         self.address = ""
+        self.source = ""
         self.pending = False
         self.seen_request = False
         self.transport: asyncio.BaseTransport | None = None
@@ -88,6 +104,7 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         self.address = str(peer[0]) if peer else ""
+        self.source = source_key(self.address)
         if not self.guard.admit(self):
             transport.abort()
             return
@@ -159,13 +176,13 @@ class HttpGuard:
         if self.pending >= self.total:
             self.drops["pending_total"] += 1
             return False
-        address = conn.address
-        if not is_loopback(address) and self.pending_by_address[address] >= self.per_address:
+        source = conn.source
+        if not is_loopback(conn.address) and self.pending_by_address[source] >= self.per_address:
             self.drops["pending_per_address"] += 1
             return False
         conn.pending = True
         self.pending += 1
-        self.pending_by_address[address] += 1
+        self.pending_by_address[source] += 1
         self.open += 1
         return True
 
@@ -179,11 +196,11 @@ class HttpGuard:
         if conn.pending:
             conn.pending = False
             self.pending -= 1
-            left = self.pending_by_address[conn.address] - 1
+            left = self.pending_by_address[conn.source] - 1
             if left > 0:
-                self.pending_by_address[conn.address] = left
+                self.pending_by_address[conn.source] = left
             else:
-                del self.pending_by_address[conn.address]
+                del self.pending_by_address[conn.source]
 
     def track(self, conn: Connection) -> None:
         if conn.transport is not None:
