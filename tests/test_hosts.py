@@ -16,8 +16,9 @@ from atenet.chain.keys import b64, short_id
 from atenet.chain.sqlite_store import SqliteStore
 from atenet.cli.tok_hosts import collect_hosts
 from atenet.client.core import ClientCore
-from atenet.node.core import NodeCore, host_name
+from atenet.node.core import NodeCore
 from atenet.node.hosts import HEARTBEAT_PORTS, heartbeat_ports
+from atenet.node.schema import CONTROL, SchemaError, validate
 from atenet.offload import NO_OFFLOAD
 from atenet.overlay.seal import TYPE_CONTROL, Opener, PacketKey, Sealer, parse_header
 from atenet.overlay.token import AccessToken
@@ -194,12 +195,22 @@ async def test_a_hello_with_a_bad_host_name_is_dropped_and_not_answered(world, b
     assert [p["host"] for p in runtime.status()["ports"]] == ["ok name"]
 
 
+def host_name(value: object) -> str | None:
+    """The node's verdict on a hello's host field: the name, or None when refused."""
+    message = {"op": "hello"} if value is None else {"op": "hello", "host": value}
+    try:
+        return validate(message, CONTROL).get("host", "")
+    except SchemaError:
+        return None
+
+
 def test_host_name_rules() -> None:
     assert host_name(None) == ""
     assert host_name("web-01.example") == "web-01.example"
     assert host_name("é" * 64) == "é" * 64
     assert host_name("é" * 65) is None
     assert host_name("tab\there") is None
+    assert host_name(7) is None
 
 
 def test_client_sends_a_printable_bounded_host_name() -> None:

@@ -104,3 +104,34 @@ def setup_logging(verbose: int) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def operator_headers(url: str) -> dict[str, str]:
+    """``Authorization: Bearer …`` with the node's operator credential for a request to ``url``
+    (e.g. `tok status --node URL`), when the URL names an address of this machine and this
+    config dir holds the node's ``operator-token``; otherwise nothing, so the credential never
+    goes to another host. Loopback URLs need none (the node trusts loopback), but get it too."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from atenet.paths import config_dir
+
+    host = urlsplit(url).hostname
+    if not host:
+        return {}
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return {}
+    for family, _type, _proto, _name, sockaddr in infos:
+        # Binding succeeds only for an address one of this machine's interfaces holds.
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind((sockaddr[0], 0))
+            except OSError:
+                return {}
+    try:
+        token = (config_dir() / "operator-token").read_text().strip()
+    except OSError:
+        return {}
+    return {"Authorization": f"Bearer {token}"} if token and infos else {}

@@ -28,6 +28,7 @@ from typing import Any
 from atenet.addressing import ipv4_for, ipv6_for
 from atenet.chain.state import NetworkState
 from atenet.errors import AtenetError
+from atenet.node.schema import CONTROL, SchemaError, parse
 from atenet.offload import OffloadError, check
 from atenet.overlay.replay import Freshness
 from atenet.overlay.seal import (
@@ -51,9 +52,6 @@ PEER_GRACE = 45.0
 """A member with no heartbeat record yet is flooded to this long after it joined."""
 
 ETH_MIN = 14
-
-HOST_NAME_MAX = 64
-"""Longest host name a client may send in its hello (characters)."""
 
 ADDRESS_CACHE = 4096
 """MACs whose derived IPs a network keeps; the cache is emptied when it would grow past this."""
@@ -104,20 +102,6 @@ def parse_endpoint(endpoint: str) -> Addr:
     except ValueError:
         host = socket.gethostbyname(host)
     return host, int(port)
-
-
-def host_name(value: object) -> str | None:
-    """The ``host`` field of a hello: "" when absent, the name when valid, None when not.
-
-    Valid: a string of at most :data:`HOST_NAME_MAX` printable characters (no control
-    characters, so a name cannot forge lines in logs or tables). A local check until the node's
-    JSON schemas (node/schema.py) cover hellos.
-    """
-    if value is None:
-        return ""
-    if isinstance(value, str) and len(value) <= HOST_NAME_MAX and value.isprintable():
-        return value
-    return None
 
 
 def _derived(derive: Callable[[bytes, bytes, str], Any], net: bytes, mac: bytes, cidr: str) -> str:
@@ -470,12 +454,12 @@ class NetworkRuntime:
         An unbound hello or ping is answered with a ``challenge`` naming the instance — sealed
         with the client's key, no larger than what came in, and no port."""
         try:
-            message = json.loads(payload)
-            op = message["op"]
-            bound = message.get("instance") == self.instance
-        except (ValueError, KeyError, TypeError, AttributeError):
+            message = parse(payload, CONTROL)
+        except SchemaError:
             self.drops["bad_control"] += 1
             return
+        op = message["op"]
+        bound = message.get("instance") == self.instance
         if op not in ("hello", "ping"):
             self.drops["no_port"] += 1
             return
@@ -500,19 +484,15 @@ class NetworkRuntime:
 
     def _control(self, port: UdpClientPort, key: tuple[int, int], payload: bytes) -> None:
         try:
-            message = json.loads(payload)
+            message = parse(payload, CONTROL)
             op = message["op"]
-            host = host_name(message.get("host"))
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except SchemaError:
             self.drops["bad_control"] += 1
             return
         if op in ("hello", "ping"):
-            if host is None:  # a malformed host name: the whole message is refused
-                self.drops["bad_control"] += 1
-                return
             # Repeated on every ping, so a port re-created after expiry learns it again.
             port.offload = message.get("offload") == 1
-            port.host = host
+            port.host = message.get("host", "")
             port.control(self.welcome("welcome" if op == "hello" else "pong"))
         elif op == "bye":
             self.remove_client(key)

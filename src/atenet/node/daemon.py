@@ -35,12 +35,12 @@ from atenet.node.advertise import Advertised
 from atenet.node.advertise import choose as choose_advertised
 from atenet.node.core import NetworkRuntime, NodeCore, PortLimits
 from atenet.node.hosts import heartbeat_ports
+from atenet.node.lookups import UnknownNetworks
 from atenet.transport.udp import UdpSocket
 
 log = logging.getLogger(__name__)
 
 READ_BATCH = 512
-NEGATIVE_CACHE = 10.0
 MEMBER_GRACE = 300.0
 """Seconds a node stays a member after its last local port left (``atenet run --member-grace``),
 so a page reload or a reconnecting client appends no member_leave/member_join pair."""
@@ -96,7 +96,7 @@ class NodeDaemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._followers: dict[bytes, asyncio.Task[Any]] = {}
         self._loading: dict[bytes, asyncio.Task[Any]] = {}
-        self._unknown: dict[bytes, float] = {}
+        self.unknown = UnknownNetworks()
         self._membership_locks: dict[bytes, asyncio.Lock] = {}
         self._stopping = False
 
@@ -270,7 +270,12 @@ class NodeDaemon:
     def _maybe_load(self, network_id: bytes) -> None:
         if network_id in self._loading or self._stopping or self._clone_serves(network_id):
             return
-        if time.monotonic() < self._unknown.get(network_id, 0):
+        now = time.monotonic()
+        if not self.unknown.admit(network_id, now):
+            # Counted by reason; one summary line per interval instead of a line per id.
+            line = self.unknown.summary(now)
+            if line is not None:
+                log.warning("%s", line)
             return
         self._loading[network_id] = self._spawn(self._load(network_id))
 
@@ -292,23 +297,26 @@ class NodeDaemon:
         self._handle_events()
 
     async def _load(self, network_id: bytes) -> None:
+        outcome = "unknown"
         try:
             chain = Chain(self.store, network_id, [self.authority.box])
             try:
                 await chain.load()
             except (NotFound, NotAllowed, ChainInvalid) as exc:
-                # Unknown ids are cached so junk packets cannot make us re-read the store.
-                self._unknown[network_id] = time.monotonic() + NEGATIVE_CACHE
-                level = logging.ERROR if isinstance(exc, ChainInvalid) else logging.INFO
-                log.log(level, "not serving %s: %s", network_id.hex(), exc)
+                # Remembered (bounded, see node/lookups.py) so junk packets cannot make us
+                # re-read the store; not logged per id, anyone can send random ids.
+                if isinstance(exc, ChainInvalid):
+                    log.error("not serving %s: %s", network_id.hex(), exc)
+                else:
+                    log.debug("not serving %s: %s", network_id.hex(), exc)
                 return
             if chain.state.deleted:
-                self._unknown[network_id] = time.monotonic() + NEGATIVE_CACHE
                 return
             # Registered and given its state in one step: no other task may see it half-built.
             runtime = self.core.add_network(network_id)
             runtime.apply_state(chain.state, time.time())
             self.chains[network_id] = chain
+            outcome = "found"
             await self._read_heartbeats(chain, runtime)
             if self._clone_serves(network_id):
                 return
@@ -317,9 +325,21 @@ class NodeDaemon:
             if runtime.is_member and len(runtime.switch) == 0:
                 self._spawn(self._sync_membership(network_id))  # a record left by a crash
         except StoreUnavailable as exc:
-            log.warning("cannot load %s yet: %s", network_id.hex(), exc)
+            # Its own short negative state for every unknown id; one line per outage-minute.
+            if self.unknown.warn_store(time.monotonic()):
+                log.warning(
+                    "cannot load networks while the store is unavailable (%s); lookups pause "
+                    "for %g s each time, refusals are counted in /api/status",
+                    exc,
+                    self.unknown.unavailable_ttl,
+                )
+            else:
+                log.debug("cannot load %s yet: %s", network_id.hex(), exc)
+            if outcome != "found":
+                outcome = "unavailable"
         finally:
             self._loading.pop(network_id, None)
+            self.unknown.finished(network_id, outcome, time.monotonic())
 
     async def _follow(self, chain: Chain, runtime: NetworkRuntime) -> None:
         try:
