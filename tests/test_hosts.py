@@ -25,9 +25,12 @@ from atenet.overlay.token import AccessToken
 from atenet.switch.core import Port, Switch
 from atenet.wire.ethernet import ethernet_frame
 from tests.support.chains import make_world
-from tests.test_node_core import Wire
+from tests.test_node_core import Wire, handshake
 
 CIDR, CIDR6 = "10.9.8.0/24", "fd00:1:2:3::/64"  # make_world's network
+NOW_NS = 1000 * 10**9
+"""The simulated clock (1000.0 s) in ns: counters of a new sender must not be older than it
+(docs/protocol.md, "Replay across restarts and nodes")."""
 
 
 class Recorder(Port):
@@ -154,6 +157,7 @@ async def test_ports_are_named_by_key_label_host_name_and_learned_mac(world) -> 
     alpha = attach(wire, t1, ("192.168.0.10", 5000), "alpha")
     beta = attach(wire, t2, ("192.168.0.11", 5000), "")
     wire.run(1000.0)
+    handshake(wire, [(("192.168.0.10", 5000), alpha), (("192.168.0.11", 5000), beta)], 1000.0)
     assert alpha.config is not None and beta.config is not None
     mac = stable_mac(world.chain.network_id, b"alpha's machine id")
     wire.sender(("192.168.0.10", 5000))(alpha.seal_frame(eth(mac)), alpha.node)
@@ -175,17 +179,18 @@ async def test_a_hello_with_a_bad_host_name_is_dropped_and_not_answered(world, b
     await world.chain.catch_up()
     runtime.apply_state(world.chain.state, 1000.0)
     packet_key = PacketKey(token.secret, 1)
-    hello = json.dumps({"op": "hello", "host": bad}).encode()
-    packet = Sealer(token.network_id, packet_key, 77, 1).seal(hello, TYPE_CONTROL)
+    # Bound to the node's instance, so the host name is the only thing wrong with it.
+    hello = json.dumps({"op": "hello", "host": bad, "instance": core.instance}).encode()
+    packet = Sealer(token.network_id, packet_key, 77, NOW_NS).seal(hello, TYPE_CONTROL)
     core.datagram(packet, ("192.168.0.10", 5000), 1000.0)
     answers = [p for p, _src, dst in wire.queue if dst == ("192.168.0.10", 5000)]
     assert answers == []
     assert runtime.drops["bad_control"] == 1
     assert all(p["host"] == "" for p in runtime.status()["ports"])
     # The same hello with a good name is answered (a welcome the client can open).
-    good = json.dumps({"op": "hello", "host": "ok name"}).encode()
+    good = json.dumps({"op": "hello", "host": "ok name", "instance": core.instance}).encode()
     core.datagram(
-        Sealer(token.network_id, packet_key, 77, 2).seal(good, TYPE_CONTROL),
+        Sealer(token.network_id, packet_key, 77, NOW_NS + 1).seal(good, TYPE_CONTROL),
         ("192.168.0.10", 5000),
         1000.0,
     )
@@ -227,8 +232,9 @@ async def test_single_node_without_peers_sends_nothing_to_peers(world) -> None:
     await world.chain.catch_up()
     runtime.apply_state(world.chain.state, 1000.0)
     c1 = attach(wire, t1, ("192.168.0.10", 5000), "a")
-    attach(wire, t2, ("192.168.0.11", 5000), "b")
+    c2 = attach(wire, t2, ("192.168.0.11", 5000), "b")
     wire.run(1000.0)
+    handshake(wire, [(("192.168.0.10", 5000), c1), (("192.168.0.11", 5000), c2)], 1000.0)
     for _ in range(3):
         wire.sender(("192.168.0.10", 5000))(c1.seal_frame(eth(MAC_1)), c1.node)
     wire.run(1000.0)

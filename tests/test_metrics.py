@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import time
 from pathlib import Path
 
 import aiohttp
@@ -56,13 +58,13 @@ async def test_a_real_nodes_metrics_with_a_quoted_network_name(tmp_path: Path) -
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind(("127.0.0.1", 0))
-        sealer = Sealer(net, PacketKey(secrets[1], 1), 5, 1)
+        sealer = Sealer(net, PacketKey(secrets[1], 1), 5, time.time_ns())
+        hello = json.dumps({"op": "hello", "instance": daemon.instance}).encode()
         http_port = free_port()
         runner = await serve_http(daemon, "127.0.0.1", http_port, token="op")
         try:
             for _ in range(50):
-                await loop.sock_sendto(sock, sealer.seal(b'{"op":"hello"}', TYPE_CONTROL),
-                                       sock_addr)  # fmt: skip
+                await loop.sock_sendto(sock, sealer.seal(hello, TYPE_CONTROL), sock_addr)
                 await asyncio.sleep(0.1)
                 if net in daemon.core.networks and len(daemon.core.networks[net].switch):
                     break

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -74,10 +75,12 @@ async def test_bad_control_messages_are_dropped_counted_and_never_raise(
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind(("127.0.0.1", 0))
         sock.setblocking(False)
-        sealer = Sealer(net, PacketKey(secrets[1], 1), 77, 1000)
+        sealer = Sealer(net, PacketKey(secrets[1], 1), 77, time.time_ns())
+        # Bound to this node process, so it creates a port (docs/protocol.md).
+        hello = json.dumps({"op": "hello", "instance": daemon.instance}).encode()
         try:
             for _ in range(50):  # load the network and create the port
-                sock.sendto(sealer.seal(b'{"op":"hello"}', TYPE_CONTROL), addr)
+                sock.sendto(sealer.seal(hello, TYPE_CONTROL), addr)
                 await asyncio.sleep(0.1)
                 if net in daemon.core.networks and daemon.core.networks[net].clients:
                     break

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import WSCloseCode
 
 from atenet.addressing import ipv4_for
-from atenet.node.websocket import CLOSE_FORBIDDEN
 from atenet.overlay.token import AccessToken
 from atenet.wire.ethernet import ethernet_frame
 from tests.support.loopback_node import LoopbackNode
@@ -51,12 +51,14 @@ async def test_page_hello_names_its_port_and_the_node_learns_mac_and_ip(node: Lo
         assert (mine["host"], mine["label"], mine["mac"], mine["ipv4"]) == (
             "kiosk 1", "front desk", MAC.hex(":"), ip,
         )  # fmt: skip
-        # A name with a control character or over 64 characters: the hello is refused.
+        # A name with a control character or over 64 characters: the hello breaks its schema
+        # and is refused as a policy violation (1008, docs/websocket.md).
         for bad in ("evil\nline", "x" * 65, 7):
             async with http.ws_connect(f"{node.ws}/ws") as ws:
                 await ws.send_str(json.dumps({**hello(token), "host": bad}))
                 msg = await ws.receive(5)
-                assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == CLOSE_FORBIDDEN
+                assert msg.type == aiohttp.WSMsgType.CLOSE
+                assert ws.close_code == WSCloseCode.POLICY_VIOLATION
 
         # The raw relay has no hello: its port still carries the key's label and learns its MAC.
         raw = node.token("emulator")
