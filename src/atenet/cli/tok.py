@@ -9,7 +9,6 @@ imported inside the commands that use them (docs/cli-tok-owner.md, "start-up tim
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import signal
@@ -45,7 +44,7 @@ if TYPE_CHECKING:
 def _when(ts: float | None) -> str:
     if ts is None:
         return "-"
-    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
 def _table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
@@ -757,7 +756,7 @@ async def log_cmd(network_name: str, store_url: str | None, as_json: bool) -> No
             print_json([line.to_json() for line in lines])
             return
         for line in lines:
-            when = dt.datetime.fromtimestamp(line.time_ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+            when = _when(line.time_ms / 1000)
             click.echo(f"{line.seq:6} {when} {line.author:22} {line.kind:13} {line.summary}")
 
 
