@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,8 +82,11 @@ class AccessKey:
             return "expired"
         return "active"
 
-    def public_view(self, now: float) -> dict[str, Any]:
-        """Everything but the secret (for listings), with the key's state at ``now``."""
+    def public_view(self, now: float | None = None) -> dict[str, Any]:
+        """Everything but the secret (for listings), with the key's state at ``now`` (default:
+        the wall clock)."""
+        if now is None:
+            now = time.time()
         return {
             "key_id": self.key_id,
             "label": self.label,
@@ -383,9 +387,11 @@ class NetworkState:
     def active_keys(self, now: float) -> list[AccessKey]:
         return [k for k in self.keys.values() if k.usable(now)]
 
-    def summary(self, now: float) -> dict[str, Any]:
+    def summary(self, now: float | None = None) -> dict[str, Any]:
         """A JSON-friendly view without secrets (for `tok network show --json`); key states as
-        of ``now``."""
+        of ``now`` (default: the wall clock)."""
+        if now is None:
+            now = time.time()
         return {
             "id": self.network_id.hex(),
             "name": self.settings.name,
