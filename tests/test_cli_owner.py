@@ -51,9 +51,10 @@ def keys_of(home: Path, network: str) -> list[dict]:
 # --------------------------------------------------------------------------- keys
 
 
-@pytest.mark.parametrize("expires", ["-5h", "0", "0s", "-1"])
+@pytest.mark.parametrize("expires", ["-5h", "0", "0s", "-1", "inf", "nanh"])
 def test_a_past_or_zero_expiry_is_refused_and_writes_nothing(home: Path, expires: str) -> None:
-    fails(home, "key", "export", "office", f"--expires={expires}", message="not in the future")
+    message = "bad duration" if "n" in expires else "not in the future"
+    fails(home, "key", "export", "office", f"--expires={expires}", message=message)
     assert keys_of(home, "office") == []
 
 

@@ -13,6 +13,7 @@ route between them would be ambiguous).
 from __future__ import annotations
 
 import ipaddress
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -80,11 +81,13 @@ def parse_duration(text: str) -> float:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
     text = text.strip().lower()
     try:
-        if text and text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
+        number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1)
+        seconds = float(number) * unit
     except ValueError:
-        raise AtenetError(f"bad duration {text!r}: use e.g. 90s, 15m, 12h, 30d") from None
+        seconds = math.nan
+    if not math.isfinite(seconds):  # "inf" and "nan" parse as floats
+        raise AtenetError(f"bad duration {text!r}: use e.g. 90s, 15m, 12h, 30d")
+    return seconds
 
 
 class Owner:
