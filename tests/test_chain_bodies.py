@@ -147,3 +147,24 @@ async def test_a_network_without_dns_settings_announces_the_default(store):
     state = await w.reader().load()
     assert state.settings.dns == ("8.8.8.8",)
     assert state.settings.internet is False
+
+
+async def test_a_node_following_the_chain_welcomes_new_clients_with_the_new_settings(store):
+    """`tok network set` as nodes see it: the follower folds the settings event and the node's
+    welcome (read when it answers a hello) carries the new MTU and name."""
+    from atenet.node.core import NodeCore
+    from atenet.owner import Owner
+
+    w = await make_world(store)
+    view = w.reader()
+    await view.load()
+    runtime = NodeCore("n1", lambda packet, dst: None, 1).add_network(w.chain.network_id)
+    runtime.apply_state(view.state, 1000.0)
+    assert runtime.welcome("welcome")["mtu"] == 1400
+
+    change = await Owner(store, w.owner).set_settings(w.chain, name="hall", mtu=1280)
+    assert change == {"name": "hall", "mtu": 1280}
+    await view.catch_up()  # what the daemon's follow loop does on each new event
+    runtime.apply_state(view.state, 1001.0)
+    welcome = runtime.welcome("welcome")
+    assert (welcome["name"], welcome["mtu"]) == ("hall", 1280)
