@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from atenet.chain.event import Kind
 from atenet.chain.keys import b64, short_id
 from atenet.chain.sqlite_store import SqliteStore
+from atenet.chain.state import AccessKey
 from atenet.errors import ChainInvalid
 from tests.support.chains import World, make_world
 
@@ -168,3 +171,52 @@ async def test_a_node_following_the_chain_welcomes_new_clients_with_the_new_sett
     runtime.apply_state(view.state, 1001.0)
     welcome = runtime.welcome("welcome")
     assert (welcome["name"], welcome["mtu"]) == ("hall", 1280)
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_fields = [
+    "name",
+    "cidr",
+    "cidr6",
+    "mtu",
+    "dns",
+    "internet",
+    "key_id",
+    "label",
+    "secret",
+    "expires",
+    "to",
+    "token",
+    "created_key",
+    "node_id",
+    "endpoints",
+    "mac",
+    "ip",
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    kind=st.sampled_from([k for k in Kind if k not in (Kind.GENESIS, Kind.DIAG)]),
+    body=st.dictionaries(st.sampled_from(_fields) | st.text(max_size=6), _json, max_size=6),
+)
+def test_any_json_body_is_either_accepted_and_folded_or_refused_as_a_tamper(kind, body):
+    """No body makes replay raise anything but ChainInvalid (no TypeError from a fold, no
+    OverflowError from a float): the whole state machine, minus the crypto, on random JSON."""
+    from atenet.chain.event import Event
+    from atenet.chain.state import NetworkState
+
+    state = NetworkState(b"\x01" * 16)
+    state.keys[1] = AccessKey(1, "", 0.0, None, b"\x00" * 32)
+    event = Event(int(kind), state.network_id, 5, b"", 0, b"", b"", b"", b"", b"")
+    try:
+        state._check_body(event, body, 5)
+        state._fold(event, body)
+    except ChainInvalid as exc:
+        assert exc.seq == 5
