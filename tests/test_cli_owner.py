@@ -269,3 +269,27 @@ def test_importing_tok_loads_no_heavy_module() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_network_list_verifies_every_event_of_a_sqlite_store(home: Path) -> None:
+    """`network list` replays a local store without asyncio; it still verifies each event."""
+    import sqlite3
+
+    run(home, "key", "export", "office", "--node", "192.0.2.1:4799")
+    with sqlite3.connect(home / "data" / "chains.sqlite") as conn:
+        (blob,) = conn.execute("SELECT blob FROM events WHERE seq = 3").fetchone()
+        damaged = bytearray(blob)
+        damaged[-10] ^= 0xFF
+        conn.execute("UPDATE events SET blob = ? WHERE seq = 3", (bytes(damaged),))
+    fails(home, "network", "list", message="tampered: event 3: bad signature")
+
+
+def test_network_list_and_set_work_the_same_on_a_nats_store(tmp_path: Path, nats_cluster) -> None:
+    home = tmp_path / "home"
+    store = ("--store", nats_cluster.url)
+    run(home, *store, "init", prog="atenet")
+    run(home, *store, "network", "create", "office", "--cidr", "10.20.30.0/24")
+    run(home, *store, "network", "set", "office", "--mtu", "1300")
+    listed = json.loads(run(home, *store, "network", "list", "--json").stdout)
+    assert [(n["name"], n["cidr"], n["mtu"]) for n in listed] == [("office", "10.20.30.0/24", 1300)]
+    assert "office" in run(home, *store, "network", "list").stdout

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
@@ -96,6 +97,21 @@ def run_async(fn: Callable[P, Awaitable[T]]) -> Callable[P, T | None]:
 
 class NoStore(AtenetError):
     """A command that only reads was pointed at a SQLite store file that does not exist."""
+
+
+def existing_sqlite(url: str | None) -> tuple[str, Path] | None:
+    """(url, path) of the SQLite store ``url`` names (the default one when None), or None for
+    another backend. Checks the URL, and refuses a file that does not exist (NoStore)."""
+    from atenet.chain.store import check_store_url, default_store_url
+
+    url = url or default_store_url()
+    check_store_url(url)
+    if not url.startswith("sqlite://"):
+        return None
+    path = Path(url.removeprefix("sqlite://"))
+    if not path.exists():
+        raise NoStore(f"no store at {path}: run `atenet init` or check --store")
+    return url, path
 
 
 async def connected_store(url: str | None, *, create: bool = True) -> ChainStore:

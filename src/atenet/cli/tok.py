@@ -36,6 +36,7 @@ from atenet.overlay.token import AccessToken
 
 if TYPE_CHECKING:
     from atenet.chain.log import Chain
+    from atenet.chain.state import NetworkState
     from atenet.chain.store import ChainStore
     from atenet.deployment import Deployment
     from atenet.owner import Owner
@@ -161,32 +162,50 @@ async def network_create(
 @network.command("list")
 @store_option
 @json_option
-@run_async
-async def network_list(store_url: str | None, as_json: bool) -> None:
+def network_list(store_url: str | None, as_json: bool) -> None:
     """List your networks."""
-    async with owner_session(store_url) as owner:
-        chains = await owner.chains()
-        now = time.time()
-        if as_json:
-            print_json([c.state.summary(now) for c in chains])
-            return
-        if not chains:
-            click.echo("no networks yet: create one with `tok network create NAME`")
-            return
-        rows = []
-        for c in chains:
-            s = c.state
-            rows.append(
-                (
-                    s.name,
-                    c.network_id.hex(),
-                    s.settings.cidr,
-                    s.settings.cidr6,
-                    str(len(s.active_keys(now))),
-                    str(len(s.members)),
-                )
+    from atenet.cli.common import existing_sqlite
+
+    try:
+        sqlite = existing_sqlite(store_url)
+        if sqlite is not None:
+            # A local file: replay it without asyncio (atenet.chain.quick says why).
+            from atenet.chain.quick import owned_states
+            from atenet.deployment import load_or_create_owner
+
+            states = owned_states(sqlite[1], sqlite[0], load_or_create_owner())
+        else:
+            states = run_loop(_owned_states(store_url))
+    except AtenetError as exc:
+        fail(str(exc))
+        return
+    except KeyboardInterrupt:
+        sys.exit(130)
+    now = time.time()
+    if as_json:
+        print_json([s.summary(now) for s in states])
+        return
+    if not states:
+        click.echo("no networks yet: create one with `tok network create NAME`")
+        return
+    rows = []
+    for s in states:
+        rows.append(
+            (
+                s.name,
+                s.network_id.hex(),
+                s.settings.cidr,
+                s.settings.cidr6,
+                str(len(s.active_keys(now))),
+                str(len(s.members)),
             )
-        _table(("name", "id", "cidr", "cidr6", "keys", "members"), rows)
+        )
+    _table(("name", "id", "cidr", "cidr6", "keys", "members"), rows)
+
+
+async def _owned_states(store_url: str | None) -> list[NetworkState]:
+    async with owner_session(store_url) as owner:
+        return [c.state for c in await owner.chains()]
 
 
 @network.command("show")
