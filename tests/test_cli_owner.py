@@ -18,9 +18,11 @@ from tests.conftest import VENV_BIN
 def run(home: Path, *args: str, ok: bool = True, prog: str = "tok") -> subprocess.CompletedProcess:
     env = os.environ | {"ATENET_HOME": str(home)}
     env.pop("ATENET_STORE", None)
+    # cwd: a relative store path (refused now, created by older code) lands in the test's dir.
     proc = subprocess.run(
-        [VENV_BIN / prog, *args], env=env, capture_output=True, text=True, timeout=60
-    )
+        [VENV_BIN / prog, *args], env=env, capture_output=True, text=True, timeout=60,
+        cwd=home.parent,
+    )  # fmt: skip
     if ok:
         assert proc.returncode == 0, proc.stderr
     return proc
