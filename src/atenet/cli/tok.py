@@ -388,17 +388,17 @@ def _check_endpoint(endpoint: str) -> None:
 
 
 async def default_endpoints(store: ChainStore, chain: Chain) -> list[str]:
-    """Endpoints of the network's member nodes, then the nodes published in the store."""
+    """Endpoints of the network's member nodes, then the live nodes published in the store
+    (entries older than ``NODE_RECORD_MAX_AGE`` belong to nodes that are gone: skipped)."""
+    import time
+
+    from atenet.deployment import published_endpoints
+
     endpoints: list[str] = []
     for member in chain.state.members.values():
         endpoints.extend(e for e in member.endpoints if e not in endpoints)
-    published = await store.get_meta("nodes")
-    if published:
-        try:
-            for entry in json.loads(published).values():
-                endpoints.extend(e for e in entry.get("endpoints", []) if e not in endpoints)
-        except (ValueError, AttributeError):
-            pass
+    published = published_endpoints(await store.get_meta("nodes"), time.time())
+    endpoints.extend(e for e in published if e not in endpoints)
     return endpoints
 
 
