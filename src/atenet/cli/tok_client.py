@@ -51,10 +51,9 @@ def warn(message: str) -> None:
 def read_token(ctx: click.Context, token_text: str | None, token_file: str | None) -> str:
     """The token from --token-file (a path, or ``-`` for stdin), TOKEN, or $ATENET_TOKEN.
 
-    A token in argv is accepted (it always was) but warned about: every local user can read a
-    process's command line, and the token is the key to the network (issue 9, item 9).
+    A token in argv is accepted (it always was) but warned about (see :func:`in_argv`).
     """
-    from_argv = ctx.get_parameter_source("token_text") == ParameterSource.COMMANDLINE
+    from_argv = in_argv(ctx)
     if token_file is not None:
         if from_argv:
             raise click.UsageError("give the token once: TOKEN or --token-file, not both")
@@ -64,9 +63,13 @@ def read_token(ctx: click.Context, token_text: str | None, token_file: str | Non
             "no token: give --token-file PATH (or --token-file - to read it from stdin), or set "
             "ATENET_TOKEN"
         )
-    if from_argv:
-        click.echo(ARGV_WARNING, err=True)
     return token_text.strip()
+
+
+def in_argv(ctx: click.Context) -> bool:
+    """The token came as TOKEN on the command line: every local user can read a process's
+    command line, and the token is the key to the network (issue 9, item 9)."""
+    return ctx.get_parameter_source("token_text") == ParameterSource.COMMANDLINE
 
 
 def _read_token_file(path: str) -> str:
@@ -181,6 +184,8 @@ def connect(
     except AtenetError as exc:
         fail(str(exc))
         return
+    if in_argv(ctx):  # only a real token is worth the warning (a typo gets its one-line error)
+        click.echo(ARGV_WARNING, err=True)
     limit = None if persist else give_up
     if daemon:
         _daemonize(text, dev, wait, limit, log_file, no_offload, as_json, verbose)
