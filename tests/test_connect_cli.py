@@ -216,3 +216,30 @@ def test_status_and_disconnect_without_a_connection_say_so(env: dict[str, str]) 
     assert out.returncode == 1 and out.stderr.count("\n") == 1
     out = tok(env, "ping", "10.9.0.1")
     assert out.returncode == 3 and "not connected" in out.stderr
+
+
+def test_persist_keeps_waiting_for_a_first_answer_and_stops_cleanly(
+    env: dict[str, str], token: str
+) -> None:
+    proc = subprocess.Popen(
+        [VENV_BIN / "tok", "connect", "--persist", "--wait", "0.5", "--json"],
+        env=env | {"ATENET_TOKEN": token},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()  # comes after --wait (2 s at least)
+        assert (
+            "no node answered for 2 s" in line and "retrying until one answers (--persist)" in line
+        )
+        time.sleep(1)
+        assert proc.poll() is None
+        proc.terminate()
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert [json.loads(x)["reason"] for x in out.splitlines()] == ["stopped"]
