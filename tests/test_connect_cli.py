@@ -243,3 +243,18 @@ def test_persist_keeps_waiting_for_a_first_answer_and_stops_cleanly(
             proc.kill()
     assert proc.returncode == 0, err
     assert [json.loads(x)["reason"] for x in out.splitlines()] == ["stopped"]
+
+
+def test_status_port_lines_show_what_the_node_knows_of_a_port() -> None:
+    from atenet.cli.tok_client import _port_name
+
+    assert _port_name({"name": "udp:10.0.0.1:4000/k2"}) == "udp:10.0.0.1:4000/k2"
+    port = {
+        "name": "udp:10.0.0.1:4000/k2",
+        "label": "laptop",
+        "host": "h1",
+        "mac": "02:00:00:00:00:01",
+        "ipv4": "10.9.0.5",
+        "ipv6": "",
+    }
+    assert _port_name(port) == 'udp:10.0.0.1:4000/k2 "laptop" (host h1) 02:00:00:00:00:01 10.9.0.5'
