@@ -164,7 +164,7 @@ def test_daemon_status_ping_and_disconnect_on_a_host_that_is_also_a_node(net: Ov
         assert c["answered_ago"] < 10 and c["rtt_ms"] is not None and c["rtt_ms"] < 1000
         assert [n["name"] for n in status["networks"]] == ["lan"]  # the node view, as before
         text = conn.tok("status").stdout
-        assert "network lan" in text and f"node {n1.endpoint}: answering" in text
+        assert "atenet0: network lan (" in text and f"node {n1.endpoint}: answering" in text
         assert "rtt " in text and "port udp:" in text
 
         # tok ping through the overlay: end-to-end times and the node hop.

@@ -422,7 +422,7 @@ def connection_view(state: dict[str, Any], now: float) -> dict[str, Any]:
 def _print_connection(c: dict[str, Any]) -> None:
     net = c.get("network") or "?"
     click.echo(
-        f"network {net} ({str(c.get('network_id', ''))[:12]}) on {c.get('dev')}: "
+        f"{c.get('dev')}: network {net} ({str(c.get('network_id', ''))[:12]}) "
         f"{c.get('ipv4')} {c.get('ipv6')} mac {c.get('mac')}"
     )
     rtt = f", rtt {c['rtt_ms']:.2f} ms" if c.get("rtt_ms") is not None else ""
@@ -491,6 +491,8 @@ def status(ctx: click.Context, node_url: str, as_json: bool) -> None:
     if data is None:
         click.echo(f"no node on this host ({error})")
         return
+    if conns:
+        click.echo()
     _print_node(data)
 
 
