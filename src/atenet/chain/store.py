@@ -11,7 +11,10 @@ Besides chains, a store keeps two small side tables:
 * *latest* records: per network, a map ``key -> blob`` where a write replaces the previous value.
   Diagnostics and liveness heartbeats go there, so they are bounded by the number of nodes instead
   of growing the log forever. Blobs are signed by their writers like events.
-* *meta*: a map ``name -> blob`` for deployment-wide records (the deployment's public record).
+* *meta*: a map ``name -> blob`` for deployment-wide records (the deployment's public record,
+  the published node endpoints). Several nodes rewrite the same record, so besides a plain put
+  there is a compare-and-set (:meth:`ChainStore.compare_and_set_meta`) and a read-modify-write
+  loop built on it (:meth:`ChainStore.update_meta`): two writers never lose each other's change.
 
 Backends: :mod:`atenet.chain.sqlite_store` (``sqlite:///path``) and
 :mod:`atenet.chain.nats_store` (``nats://host:port[,host:port...]``).
@@ -21,9 +24,12 @@ from __future__ import annotations
 
 import abc
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
-from atenet.errors import AtenetError
+from atenet.errors import AtenetError, StoreUnavailable
+
+#: Tries of :meth:`ChainStore.update_meta` before it gives up on a record others keep changing.
+META_UPDATE_ATTEMPTS = 50
 
 
 class ChainStore(abc.ABC):
@@ -102,6 +108,28 @@ class ChainStore(abc.ABC):
     @abc.abstractmethod
     async def get_meta(self, name: str) -> bytes | None:
         """A deployment-wide record, or None."""
+
+    @abc.abstractmethod
+    async def compare_and_set_meta(self, name: str, expected: bytes | None, blob: bytes) -> bool:
+        """Set record ``name`` to ``blob`` only if it still holds ``expected`` (None: absent).
+
+        True when written; False when the record holds something else (another writer got there
+        first: read it again and retry). A retry whose first try did land may answer False; the
+        caller then reads its own value back, so read-modify-write loops stay correct."""
+
+    async def update_meta(
+        self, name: str, change: Callable[[bytes | None], bytes], attempts: int = 0
+    ) -> bytes:
+        """Read record ``name``, compute its new value with ``change(old)`` and write it with
+        :meth:`compare_and_set_meta`, again from the read while another writer wins; return what
+        was written. ``change`` must be a pure function of its argument (it may run many times).
+        """
+        for _ in range(attempts or META_UPDATE_ATTEMPTS):
+            old = await self.get_meta(name)
+            new = change(old)
+            if new == old or await self.compare_and_set_meta(name, old, new):
+                return new
+        raise StoreUnavailable(self.url, f"meta record {name!r} kept changing under us")
 
     @abc.abstractmethod
     async def delete_chain(self, network_id: bytes) -> None:

@@ -456,5 +456,9 @@ async def log_cmd(network_name: str, store_url: str | None, as_json: bool) -> No
             click.echo(f"{line.seq:6} {when} {line.author:22} {line.kind:13} {line.summary}")
 
 
+from atenet.cli.tok_hosts import hosts  # noqa: E402  (its own module: `tok hosts`)
+
+main.add_command(hosts)
+
 if __name__ == "__main__":
     main()

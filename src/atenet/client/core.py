@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,11 @@ HELLO_RETRY = 0.5
 network, so a node is asked several times before it is given up)."""
 
 
+def hello_host(name: str) -> str:
+    """``name`` as a node accepts it: printable characters only, at most 64 of them."""
+    return "".join(c for c in name if c.isprintable())[:64]
+
+
 class ClientCore:
     """Seals frames for a node and opens what it sends back."""
 
@@ -62,8 +68,10 @@ class ClientCore:
         sender_id: int | None = None,
         *,
         offload: bool = False,
+        host: str | None = None,
     ) -> None:
-        """``offload``: the TAP has a virtio-net header, so offloaded packets can be taken."""
+        """``offload``: the TAP has a virtio-net header, so offloaded packets can be taken.
+        ``host``: the name the node shows for this host (default: the system's host name)."""
         if not token.endpoints:
             raise AtenetError(
                 "the token names no node endpoint: export one with "
@@ -86,6 +94,8 @@ class ClientCore:
         self.drops: Counter[str] = Counter()
         self.failovers = 0
         self.offload = offload
+        self.host = hello_host(socket.gethostname() if host is None else host)
+        """Sent in hellos and pings so the node can name this port (`tok hosts`)."""
         self.segmented = 0
         """Offloaded packets this client had to segment (the node does not take them)."""
         self.dead_after = DEAD_AFTER
@@ -134,6 +144,8 @@ class ClientCore:
         message: dict[str, Any] = {"op": op}
         if self.offload and op in ("hello", "ping"):
             message["offload"] = 1
+        if self.host and op in ("hello", "ping"):
+            message["host"] = self.host
         return self.sealer.seal(json.dumps(message).encode(), TYPE_CONTROL)
 
     def datagram(self, data: bytes, now: float) -> bytes | None:

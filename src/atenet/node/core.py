@@ -20,7 +20,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from atenet.addressing import ipv4_for, ipv6_for
 from atenet.chain.state import NetworkState
+from atenet.errors import AtenetError
 from atenet.offload import OffloadError, check
 from atenet.overlay.seal import (
     NODE_KEY_ID,
@@ -44,6 +46,12 @@ PEER_GRACE = 45.0
 
 ETH_MIN = 14
 
+HOST_NAME_MAX = 64
+"""Longest host name a client may send in its hello (characters)."""
+
+ADDRESS_CACHE = 4096
+"""MACs whose derived IPs a network keeps; the cache is emptied when it would grow past this."""
+
 Addr = tuple[str, int]
 Send = Callable[[bytes, Addr], None]
 
@@ -62,6 +70,30 @@ def parse_endpoint(endpoint: str) -> Addr:
     except ValueError:
         host = socket.gethostbyname(host)
     return host, int(port)
+
+
+def host_name(value: object) -> str | None:
+    """The ``host`` field of a hello: "" when absent, the name when valid, None when not.
+
+    Valid: a string of at most :data:`HOST_NAME_MAX` printable characters (no control
+    characters, so a name cannot forge lines in logs or tables). A local check until the node's
+    JSON schemas (node/schema.py) cover hellos.
+    """
+    if value is None:
+        return ""
+    if isinstance(value, str) and len(value) <= HOST_NAME_MAX and value.isprintable():
+        return value
+    return None
+
+
+def _derived(derive: Callable[[bytes, bytes, str], Any], net: bytes, mac: bytes, cidr: str) -> str:
+    """An address text from :mod:`atenet.addressing`, "" for a network without that family."""
+    if not cidr:
+        return ""
+    try:
+        return str(derive(net, mac, cidr).ip)
+    except AtenetError:
+        return ""
 
 
 class UdpClientPort(Port):
@@ -111,7 +143,8 @@ class NetworkRuntime:
         self.counter_start = counter_start
         self.emit = emit
         self.state: NetworkState | None = None
-        self.switch = Switch(self._to_peers, self._to_peers_packet)
+        self.switch = Switch(self._to_peers, self._to_peers_packet, self.addresses)
+        self._addresses: dict[bytes, tuple[str, str]] = {}
         self.openers: dict[int, Opener] = {}
         self.sealers: dict[int, Sealer] = {}
         self.revoked: set[int] = set()
@@ -127,6 +160,7 @@ class NetworkRuntime:
     def apply_state(self, state: NetworkState, now: float) -> list[Port]:
         """Take keys, members and settings from the chain; return ports closed by revocation."""
         self.state = state
+        self._addresses.clear()  # the CIDRs may have changed
         if state.data_key is not None and NODE_KEY_ID not in self.openers:
             node_key = PacketKey(derive_node_secret(state.data_key), NODE_KEY_ID)
             self.openers[NODE_KEY_ID] = Opener(node_key)
@@ -180,7 +214,25 @@ class NetworkRuntime:
 
     # ------------------------------------------------------------------ ports
 
+    def addresses(self, mac: bytes) -> tuple[str, str]:
+        """``mac``'s IPv4 and IPv6 in this network by the hashed scheme ("" when unknown).
+
+        Cached per MAC (status is read every second for every port; the cache is bounded)."""
+        found = self._addresses.get(mac)
+        if found is not None:
+            return found
+        s = self.state.settings if self.state is not None else None
+        ipv4 = _derived(ipv4_for, self.network_id, mac, s.cidr) if s else ""
+        ipv6 = _derived(ipv6_for, self.network_id, mac, s.cidr6) if s else ""
+        if len(self._addresses) >= ADDRESS_CACHE:
+            self._addresses.clear()
+        self._addresses[mac] = (ipv4, ipv6)
+        return ipv4, ipv6
+
     def add_port(self, key: object, port: Port) -> None:
+        if port.key_id is not None and self.state is not None:
+            access_key = self.state.keys.get(port.key_id)
+            port.label = access_key.label if access_key is not None else ""
         was_idle = len(self.switch) == 0
         self.switch.add(key, port)
         if was_idle:
@@ -202,17 +254,20 @@ class NetworkRuntime:
 
     # ------------------------------------------------------------------ packets
 
-    def _to_peers(self, frame: bytes, ptype: int = TYPE_FRAME) -> None:
+    def _to_peers(self, frame: bytes, ptype: int = TYPE_FRAME) -> int:
+        """Seal once and send to every live peer; returns how many peers it went to."""
         peers = self.peers
         if peers and self._node_sealer is not None:
             sealed = self._node_sealer.seal(frame, ptype)  # once per flood, the same bytes to all
             send = self.send
             for addr in peers:
                 send(sealed, addr)
+            return len(peers)
+        return 0
 
-    def _to_peers_packet(self, packet: bytes) -> None:
+    def _to_peers_packet(self, packet: bytes) -> int:
         """Offloaded packets travel between nodes as they are: every node takes them."""
-        self._to_peers(packet, TYPE_SUPERFRAME)
+        return self._to_peers(packet, TYPE_SUPERFRAME)
 
     def packet(
         self,
@@ -289,12 +344,17 @@ class NetworkRuntime:
         try:
             message = json.loads(payload)
             op = message["op"]
-        except (ValueError, KeyError, TypeError):
+            host = host_name(message.get("host"))
+        except (ValueError, KeyError, TypeError, AttributeError):
             self.drops["bad_control"] += 1
             return
         if op in ("hello", "ping"):
+            if host is None:  # a malformed host name: the whole message is refused
+                self.drops["bad_control"] += 1
+                return
             # Repeated on every ping, so a port re-created after expiry learns it again.
             port.offload = message.get("offload") == 1
+            port.host = host
             port.control(self.welcome("welcome" if op == "hello" else "pong"))
         elif op == "bye":
             self.remove_client(key)

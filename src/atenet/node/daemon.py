@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import socket
 import time
@@ -20,9 +19,12 @@ from atenet.chain.event import Kind
 from atenet.chain.keys import Identity
 from atenet.chain.log import Chain, Signer
 from atenet.chain.store import ChainStore
-from atenet.deployment import NodeKey
+from atenet.deployment import NODE_REFRESH, NodeKey, publish_node
 from atenet.errors import AtenetError, ChainInvalid, NotAllowed, NotFound, StoreUnavailable
+from atenet.node.advertise import Advertised
+from atenet.node.advertise import choose as choose_advertised
 from atenet.node.core import NetworkRuntime, NodeCore
+from atenet.node.hosts import heartbeat_ports
 from atenet.transport.udp import UdpSocket
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ class NodeDaemon:
         self.listen = listen
         self.udp_port = udp_port
         self.advertise = advertise
+        self.advertised = Advertised([advertise] if advertise else [], "--advertise")
         self.heartbeat = heartbeat
         self.core = NodeCore(self.node_id, self._send, time.time_ns())
         self.chains: dict[bytes, Chain] = {}
@@ -68,7 +71,12 @@ class NodeDaemon:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
+    async def start(self, publish: bool = True) -> None:
+        """Bind the UDP socket, choose the advertised endpoints and start the periodic tasks.
+
+        ``publish=False`` leaves the deployment's "nodes" record alone: a caller that binds more
+        sockets (the HTTP server) calls :meth:`publish` once they are all bound, so a start that
+        fails half-way never replaces the endpoint a working node had published."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.bind((self.listen, self.udp_port))
@@ -78,15 +86,20 @@ class NodeDaemon:
                 f"cannot listen on UDP {self.listen}:{self.udp_port}: {exc.strerror}; "
                 "pick another --udp-port or stop the other process"
             ) from None
+        try:
+            self.advertised = choose_advertised(self.listen, sock.getsockname()[1], self.advertise)
+        except AtenetError:
+            sock.close()
+            raise
         self.udp = UdpSocket(sock)
         self.sock = sock
         self.udp_port = sock.getsockname()[1]
-        if self.advertise is None:
-            self.advertise = f"{self._guess_host()}:{self.udp_port}"
+        self.advertise = self.advertised.endpoints[0]
         asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable)
         self._spawn(self._ticker())
         self._spawn(self._heartbeats())
-        await self._publish_node()
+        if publish:
+            await self.publish()
         log.info(
             "node %s listening on udp %s:%d (advertised as %s)",
             self.node_id,
@@ -95,13 +108,22 @@ class NodeDaemon:
             self.advertise,
         )
 
-    def _guess_host(self) -> str:
-        if self.listen not in ("0.0.0.0", ""):
-            return self.listen
-        try:
-            return socket.gethostbyname(socket.gethostname())
-        except OSError:
-            return "127.0.0.1"
+    async def publish(self) -> None:
+        """List this node in the store's "nodes" record, then keep its entry fresh."""
+        await self._publish_node()
+        self._spawn(self._refresh_node_record())
+
+    async def _refresh_node_record(self) -> None:
+        """Rewrite this node's entry every :data:`NODE_REFRESH` seconds (sooner with a short
+        --heartbeat): readers skip entries older than
+        :data:`~atenet.deployment.NODE_RECORD_MAX_AGE`, so a node that died stops being named in
+        new tokens."""
+        while True:
+            await asyncio.sleep(min(NODE_REFRESH, 6 * self.heartbeat))
+            try:
+                await self._publish_node()
+            except AtenetError as exc:
+                log.warning("could not refresh this node's published endpoint: %s", exc)
 
     async def stop(self) -> None:
         """Leave every network's member collection, then close everything."""
@@ -304,6 +326,7 @@ class NodeDaemon:
                 "frames_to_peers": status["frames_to_peers"],
                 "frames_from_peers": status["frames_from_peers"],
                 "drops": status["drops"],
+                **heartbeat_ports(runtime.switch.ports.values()),  # for `tok hosts`
             },
             self.signer,
         )
@@ -318,16 +341,9 @@ class NodeDaemon:
         runtime.refresh_peers(now)
 
     async def _publish_node(self) -> None:
-        """List this node in the store so `tok key export` can name it in tokens."""
-        try:
-            raw = await self.store.get_meta("nodes")
-            nodes = json.loads(raw) if raw else {}
-            if not isinstance(nodes, dict):
-                nodes = {}
-        except ValueError:
-            nodes = {}
-        nodes[self.node_id] = {"endpoints": [self.advertise], "time": time.time()}
-        await self.store.put_meta("nodes", json.dumps(nodes).encode())
+        """List this node in the store so `tok key export` can name it in tokens (a
+        compare-and-set: nodes starting together keep each other's entries)."""
+        await publish_node(self.store, self.node_id, list(self.advertised.endpoints), time.time())
 
     # ------------------------------------------------------------------ views
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from atenet.errors import AtenetError
+from atenet.node.core import host_name
 from atenet.overlay.seal import PacketKey
 from atenet.overlay.token import AccessToken
 from atenet.switch.core import Port
@@ -172,12 +173,12 @@ class WebSocketPorts:
             self.refused += 1
             await ws.close(code=CLOSE_FORBIDDEN, message=b"forbidden")
             return ws
-        runtime, key_id = found
+        runtime, key_id, host = found
         await ws.send_json(runtime.welcome("welcome"))
-        await self._serve(ws, runtime, key_id, request, status=True)
+        await self._serve(ws, runtime, key_id, request, status=True, host=host)
         return ws
 
-    async def _check_hello(self, msg: Any) -> tuple[NetworkRuntime, int] | None:
+    async def _check_hello(self, msg: Any) -> tuple[NetworkRuntime, int, str] | None:
         if msg.type != WSMsgType.TEXT:
             return None
         try:
@@ -188,7 +189,10 @@ class WebSocketPorts:
             nonce = str(hello["nonce"])
             mac = str(hello["mac"])
             network_id = bytes.fromhex(network_hex)
-        except (ValueError, KeyError, TypeError):
+            host = host_name(hello.get("host"))  # optional: the name the port is shown with
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+        if host is None:
             return None
         now = time.time()
         if hello.get("op") != "hello" or len(network_id) != 16 or len(nonce) > 64:
@@ -207,7 +211,7 @@ class WebSocketPorts:
         if nonce in self._nonces:  # a replayed hello
             return None
         self._nonces[nonce] = now
-        return runtime, key_id
+        return runtime, key_id, host
 
     def _forbidden(self) -> web.Response:
         self.refused += 1
@@ -221,9 +225,11 @@ class WebSocketPorts:
         request: web.Request,
         *,
         status: bool,
+        host: str = "",
     ) -> None:
         peer = request.remote or "?"
         port = WebSocketPort(f"ws:{peer}:{id(ws) & 0xFFFF:04x}/k{key_id}", ws, key_id, time.time())
+        port.host = host
         key = ("ws", id(port))
         runtime.add_port(key, port)
         self.daemon.handle_events()
