@@ -216,6 +216,8 @@ def test_status_and_disconnect_without_a_connection_say_so(env: dict[str, str]) 
     assert out.returncode == 1 and out.stderr.count("\n") == 1
     out = tok(env, "ping", "10.9.0.1")
     assert out.returncode == 3 and "not connected" in out.stderr
+    out = tok(env, "ping", "somehost")
+    assert out.returncode == 1 and "owner's key" in out.stderr and out.stderr.count("\n") == 1
 
 
 def test_persist_keeps_waiting_for_a_first_answer_and_stops_cleanly(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -176,6 +177,17 @@ def test_daemon_status_ping_and_disconnect_on_a_host_that_is_also_a_node(net: Ov
         out = conn.tok("ping", "-c", "2", "-i", "0.2", peer.ip6)
         assert out.stdout.startswith(f"PING {peer.ip6} via atenet0 (network lan, node ")
         assert "reply from" in out.stdout and ", 0% loss" in out.stdout
+        # By name (its key's label here: every namespace shares one system host name), looked
+        # up as `tok hosts` does, with the owner's key.
+        owner_key = home / "config" / "tok" / "owner.key"
+        owner_key.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(net.owner_home / "config" / "tok" / "owner.key", owner_key)
+        out = n1.host.run(
+            [BIN / "tok", "ping", "-c", "1", "--json", "peer"],
+            env=conn.env | {"ATENET_STORE": net.store},
+            timeout=60,
+        )
+        assert json.loads(out.stdout)["host"] == peer.ip4
         bad = conn.tok("ping", "-c", "1", "-W", "1", "10.77.0.254", check=False)
         assert bad.returncode == 1 and "1 sent, 0 received, 100% loss" in bad.stdout
 

@@ -558,6 +558,61 @@ def _route_for(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, dev: str | N
     raise AssertionError
 
 
+def resolve_name(
+    name: str, conns: list[dict[str, Any]], dev: str | None, store_url: str | None
+) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, str]:
+    """A host name (the name its client sent, or its key's label) on one of this host's networks,
+    looked up as `tok hosts` does: in the member nodes' heartbeats, with the network owner's
+    key. Returns its address and the device of the network it is on."""
+    from atenet.deployment import owner_key_path
+
+    if not owner_key_path().exists():
+        raise AtenetError(
+            f"{name!r} is not an IP address, and host names are looked up with the network "
+            "owner's key (as `tok hosts NETWORK` does), which this user does not have: give "
+            "the host's IP address"
+        )
+
+    async def lookup() -> list[tuple[str, str, str]]:
+        from atenet.chain.keys import Identity
+        from atenet.cli.common import connected_store
+        from atenet.cli.tok_hosts import collect_hosts
+        from atenet.errors import NotAllowed, NotFound
+        from atenet.owner import Owner
+
+        store = await connected_store(store_url)
+        found: list[tuple[str, str, str]] = []
+        try:
+            owner = Owner(store, Identity.load(owner_key_path()))
+            for conn in conns:
+                if dev is not None and conn.get("dev") != dev:
+                    continue
+                try:
+                    chain = await owner.find(str(conn.get("network_id")))
+                except (NotAllowed, NotFound):
+                    continue
+                diagnostics = await chain.load_latest()
+                hosts, _ = collect_hosts(diagnostics, set(chain.state.members), time.time())
+                for h in hosts:
+                    if name in (h["host"], h["label"]) and (h["ipv4"] or h["ipv6"]):
+                        found.append((h["ipv4"] or h["ipv6"], str(conn.get("dev")), h["label"]))
+        finally:
+            await store.close()
+        return found
+
+    found = sorted(set(run_loop(lookup())))
+    if not found:
+        raise AtenetError(
+            f"no host named {name!r} on this host's networks (see `tok hosts NETWORK`): give "
+            "its IP address"
+        )
+    if len({addr for addr, _, _ in found}) > 1:
+        which = ", ".join(f"{addr} ({label or '-'})" for addr, _, label in found)
+        raise AtenetError(f"several hosts are named {name!r}: {which}; give the IP address")
+    addr, device, _ = found[0]
+    return ipaddress.ip_address(addr.split("/")[0]), device
+
+
 @click.command()
 @click.argument("host")
 @click.option("-c", "--count", type=click.IntRange(1, 10000), default=4, show_default=True)
@@ -578,11 +633,25 @@ def _route_for(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, dev: str | N
     help="Seconds to wait for the last reply.",
 )
 @click.option("--dev", help="The atenet device to ping through (default: the host's network).")
+@click.option(
+    "--store",
+    "store_url",
+    envvar="ATENET_STORE",
+    metavar="URL",
+    help="With a host name: the chain store to look it up in (as `tok hosts`).",
+)
 @json_option
 def ping(
-    host: str, count: int, interval: float, timeout: float, dev: str | None, as_json: bool
+    host: str,
+    count: int,
+    interval: float,
+    timeout: float,
+    dev: str | None,
+    store_url: str | None,
+    as_json: bool,
 ) -> None:
-    """Ping HOST (an IPv4 or IPv6 address in one of this host's networks) through atenet.
+    """Ping HOST through atenet: an IPv4 or IPv6 address in one of this host's networks, or a
+    host's name or key label as `tok hosts` shows them (looked up with the owner's key).
 
     Runs the system ping bound to the atenet device (so it cannot take another path) and
     prints each reply's end-to-end time, with the first hop — this host to its node — from
@@ -592,10 +661,11 @@ def ping(
     try:
         addr = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        raise click.UsageError(
-            f"{host!r} is not an IP address: give the host's IPv4 or IPv6 address (names: "
-            "`tok hosts NETWORK`)"
-        ) from None
+        try:
+            addr, dev = resolve_name(host, runtime.connections(), dev, store_url)
+        except AtenetError as exc:
+            fail(str(exc))
+            return
     conn = _route_for(addr, dev)
     device = str(conn["dev"])
     node_rtt = conn.get("rtt_ms")
