@@ -260,3 +260,32 @@ def test_status_port_lines_show_what_the_node_knows_of_a_port() -> None:
         "ipv6": "",
     }
     assert _port_name(port) == 'udp:10.0.0.1:4000/k2 "laptop" (host h1) 02:00:00:00:00:01 10.9.0.5'
+
+
+def test_under_systemd_the_daemon_logs_to_the_journal_not_a_file(
+    env: dict[str, str], token: str
+) -> None:
+    read_end, write_end = os.pipe()  # stands in for the journal's stream socket
+    st = os.fstat(write_end)
+    try:
+        proc = subprocess.run(
+            [VENV_BIN / "tok", "connect", "--daemon", "--wait", "0.5"],
+            env=env | {"ATENET_TOKEN": token, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"},
+            stdout=subprocess.PIPE,
+            stderr=write_end,
+            text=True,
+            timeout=60,
+        )
+        os.close(write_end)
+        write_end = -1
+        with os.fdopen(read_end, errors="replace") as f:
+            journal = f.read()
+            read_end = -1
+    finally:
+        for fd in (read_end, write_end):
+            if fd >= 0:
+                os.close(fd)
+    assert proc.returncode == 3
+    assert "no node answered for 2 s" in journal  # the background process's own error line
+    assert journal.rstrip().endswith("(log: the journal)")
+    assert not (Path(env["ATENET_HOME"]) / "run" / "tok-connect-atenet0.log").exists()
