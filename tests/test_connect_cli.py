@@ -43,7 +43,7 @@ def connected_core(give_up: float | None) -> tuple[ClientCore, Liveness, FakeNod
     core = ClientCore(token, time.time_ns())
     liveness = Liveness(core, give_up)
     node = FakeNode(token)
-    now = 1000.0
+    now = time.time()  # the client refuses counters far from its clock (replay floor)
     core.tick(now)  # hello
     core.receive(node.answer("welcome"), now + 0.01)
     assert core.config is not None
