@@ -4,7 +4,7 @@ Every command takes --store (or ATENET_STORE); errors are one line, without a tr
 
 Start-up time matters (`tok --help`, `tok network list` in scripts): this module imports only
 click and cheap standard modules at the top; the chain, cryptography, asyncio and the stores are
-imported inside the commands that use them (docs/cli-tok-owner.md, "start-up time").
+imported inside the commands that use them (docs/cli.md, "Start-up time").
 """
 
 from __future__ import annotations
