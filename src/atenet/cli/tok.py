@@ -571,7 +571,20 @@ _add_client_commands()
 
 @main.command()
 @click.argument("network_name", metavar="[NETWORK]", required=False)
-@click.option("--token", "token_text", metavar="TOKEN", help="Monitor with this access token.")
+@click.option(
+    "--token",
+    "token_text",
+    metavar="TOKEN",
+    envvar="ATENET_TOKEN",
+    help="Monitor with this access token (env: ATENET_TOKEN). On the command line every local "
+    "user can read it: prefer --token-file.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    metavar="PATH",
+    help="Read the access token from PATH ('-': stdin).",
+)
 @click.option(
     "--pcap",
     type=click.Path(dir_okay=False, allow_dash=True),
@@ -590,6 +603,7 @@ _add_client_commands()
 def monitor(
     network_name: str | None,
     token_text: str | None,
+    token_file: str | None,
     pcap: str | None,
     count: int | None,
     wait: float,
@@ -600,9 +614,26 @@ def monitor(
 
     Joins as a passive port over UDP (no TAP, no root; it never sends a frame). As the owner,
     a key labelled "monitor" is exported once and kept in tok's config dir; others pass
-    --token. Ctrl-C stops.
+    --token-file (or ATENET_TOKEN). Ctrl-C stops.
     """
+    from atenet.cli.tok_client import ARGV_WARNING, in_argv, read_token_file
     from atenet.client.monitor import monitor_token, run_command
+
+    ctx = click.get_current_context()
+    if token_file is not None:
+        if in_argv(ctx):
+            raise click.UsageError("give the token once: --token or --token-file, not both")
+        try:
+            token_text = read_token_file(token_file)
+        except AtenetError as exc:
+            fail(str(exc))
+    elif token_text and in_argv(ctx):
+        # Only a real token is worth the warning: a typo gets its one-line error alone.
+        try:
+            AccessToken.decode(token_text)
+        except AtenetError as exc:
+            fail(str(exc))
+        click.echo(ARGV_WARNING, err=True)
 
     async def owner_token() -> AccessToken:
         async with owner_session(store_url) as owner:

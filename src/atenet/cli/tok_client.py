@@ -57,7 +57,7 @@ def read_token(ctx: click.Context, token_text: str | None, token_file: str | Non
     if token_file is not None:
         if from_argv:
             raise click.UsageError("give the token once: TOKEN or --token-file, not both")
-        return _read_token_file(token_file)
+        return read_token_file(token_file)
     if not token_text:
         raise click.UsageError(
             "no token: give --token-file PATH (or --token-file - to read it from stdin), or set "
@@ -72,7 +72,8 @@ def in_argv(ctx: click.Context) -> bool:
     return ctx.get_parameter_source("token_text") == ParameterSource.COMMANDLINE
 
 
-def _read_token_file(path: str) -> str:
+def read_token_file(path: str) -> str:
+    """The token in ``path`` (``-``: stdin); warns when the file is readable by others."""
     try:
         if path == "-":
             text = sys.stdin.read(MAX_TOKEN_FILE)
