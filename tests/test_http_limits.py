@@ -28,8 +28,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from atenet.client.core import ClientCore
 from atenet.node.guard import HEAD_TIMEOUT, PENDING_PER_ADDRESS
-from atenet.overlay.seal import TYPE_CONTROL, PacketKey, Sealer
 from atenet.overlay.token import AccessToken
 from tests.conftest import VENV_BIN, needs_root
 from tests.support.netns import Host, Lab
@@ -228,16 +228,18 @@ def test_status_pushes_carry_no_underlay_address_and_no_store_url(node: NsNode) 
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         udp.bind((node.host.ip, 0))
         udp.setblocking(False)
-        sealer = Sealer(token.network_id, PacketKey(token.secret, token.key_id), 9, 1)
+        client = ClientCore(token, time.time_ns())  # answers the node's challenge itself
         for _ in range(50):
-            await loop.sock_sendto(udp, sealer.seal(b'{"op":"hello"}', TYPE_CONTROL),
-                                   (node.host.ip, UDP_PORT))  # fmt: skip
+            for packet in client.tick(time.time()):
+                await loop.sock_sendto(udp, packet, client.node)
             try:
                 async with asyncio.timeout(0.2):
-                    await loop.sock_recv(udp, 65535)
-                break
+                    client.receive(await loop.sock_recv(udp, 65535), time.time())
             except TimeoutError:
                 continue
+            if client.config is not None:
+                break
+        assert client.config is not None, "the node never welcomed the UDP client"
         client_port = udp.getsockname()[1]
         pushes = []
         url = f"ws://{node.host.ip}:{HTTP_PORT}/ws"
