@@ -168,7 +168,7 @@ class ClientCore:
         if ptype == TYPE_CONTROL:
             try:
                 message = json.loads(payload)
-            except ValueError:
+            except (ValueError, RecursionError):  # deep nesting raises RecursionError
                 self.drops["bad_control"] += 1
                 return None
             if isinstance(message, dict) and message.get("op") in ("welcome", "pong"):

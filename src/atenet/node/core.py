@@ -289,7 +289,7 @@ class NetworkRuntime:
         try:
             message = json.loads(payload)
             op = message["op"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # deep nesting: RecursionError
             self.drops["bad_control"] += 1
             return
         if op in ("hello", "ping"):
