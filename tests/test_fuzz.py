@@ -135,6 +135,22 @@ def test_byte_parsers_raise_only_their_documented_errors(name: str) -> None:
     assert target.reasons, "no input reached the target"
 
 
+def test_offload_segmentation_is_bounded() -> None:
+    """Found with this fuzzer's amplification bound: one 62 KB super-frame with ``gso_size`` 1
+    was accepted and cut into 62,000 frames (3.4 MB, ~350 ms of node CPU) for every port
+    without offloads. No kernel emits that (TCP's smallest MSS is 48; USO sends at most 128
+    segments), so check() refuses it."""
+    target = by_name(ft.offload_targets(), "offload.to_frames")
+    tiny = []
+    for packet in (ft.tcp_superframe(62000), ft.udp_superframe(62000)):
+        for size in (1, 2, 47):
+            p = bytearray(packet)
+            p[4:6] = size.to_bytes(2, "little")
+            tiny.append(bytes(p))
+    fuzz(target, *tiny)
+    assert "OffloadError:gso_size" in target.reasons
+
+
 def test_seal_header_edge_lengths() -> None:
     """Every truncation of a packet already seen: short, or replay (the window is checked
     before any crypto work) — nothing else."""
