@@ -40,7 +40,13 @@ from tests.support.fuzz_targets import (  # noqa: E402
     network_targets,
 )
 
-SLOW = {"node.websocket.hello": 0.02, "chain.NetworkState.apply": 0.05, "chain.owner_bodies": 0.05}
+SLOW = {
+    "node.websocket.hello": 0.02,
+    "chain.NetworkState.apply": 0.05,
+    "chain.owner_bodies": 0.05,
+    "node.latest_records(store bytes)": 0.02,
+    "node.heartbeats(node-signed JSON)": 0.02,
+}
 """Targets that verify signatures or run an event loop per input (~0.2-1 ms each): they get this
 fraction of ``-n`` unless ``--full`` (1,000,000 of them alone would take 10-30 minutes)."""
 
@@ -115,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import asyncio
+    import logging
+
+    # Targets that reach the daemon log what they drop (e.g. "ignoring latest record"): quiet.
+    logging.getLogger("atenet").setLevel(logging.ERROR)
 
     total_crashes = 0
     with tempfile.TemporaryDirectory(prefix="atenet-fuzz-") as tmp:
@@ -123,9 +133,14 @@ def main(argv: list[str] | None = None) -> int:
         hello_dir.mkdir()
         hello = HelloFixture(hello_dir)
         try:
-            from tests.support.fuzz_targets import hello_target
+            from tests.support.fuzz_targets import heartbeat_targets, hello_target
 
-            targets = [*byte_targets(), *network_targets(net), hello_target(hello)]
+            targets = [
+                *byte_targets(),
+                *network_targets(net),
+                hello_target(hello),
+                *heartbeat_targets(hello),
+            ]
             for target in targets:
                 if args.only and args.only not in target.name:
                     continue

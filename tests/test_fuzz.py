@@ -343,6 +343,40 @@ def test_ws_hello_any_bytes(hello_fx: ft.HelloFixture) -> None:
     )
 
 
+# ---------------------------------------------------------------------------- heartbeats
+
+
+def test_latest_records_from_a_broken_store(hello_fx: ft.HelloFixture) -> None:
+    target = ft.heartbeat_targets(hello_fx)[0]
+    fuzz(target, b"", b"ATEV")
+    assert {"ignored", "read"} <= target.reasons
+
+
+def test_heartbeats_signed_by_another_node(hello_fx: ft.HelloFixture) -> None:
+    """Found by this fuzzer: a certified node's heartbeat with ``"interval": "x"`` (or ``[]``)
+    raised out of the heartbeat loop, which then stopped for good (no more beats, peers never
+    refreshed); ``1e999`` or ``NaN`` made that peer alive forever."""
+    target = ft.heartbeat_targets(hello_fx)[1]
+    fields = st.fixed_dictionaries(
+        {},
+        optional={
+            "interval": st.one_of(st.floats(), st.integers(), st.text(max_size=4), st.none()),
+            "node": st.text(max_size=8),
+            "ports": st.one_of(st.integers(), st.lists(st.integers(), max_size=3)),
+        },
+    ).map(lambda v: json.dumps(v).encode())
+    fuzz(
+        target,
+        b'{"interval": "x"}',
+        b'{"interval": []}',
+        b'{"interval": 1e999}',
+        b'{"interval": NaN}',
+        b'{"interval": 0}',
+        strategy=st.one_of(mutated(target.seeds), fields),
+    )
+    assert "read" in target.reasons
+
+
 # ---------------------------------------------------------------------------- long mode
 
 

@@ -35,7 +35,7 @@ from atenet.chain.keys import b64, short_id
 from atenet.chain.sqlite_store import SqliteStore
 from atenet.chain.state import NetworkState
 from atenet.client.core import ClientCore
-from atenet.errors import ChainInvalid, DecodeError, NotAllowed
+from atenet.errors import AtenetError, ChainInvalid, DecodeError, NotAllowed
 from atenet.node.core import NodeCore
 from atenet.offload import NO_OFFLOAD, OffloadError, VnetHeader, check, to_frames
 from atenet.overlay.fragment import MAX_PACKET, Reassembler, fragment
@@ -640,6 +640,11 @@ class HelloFixture:
         self.ports = WebSocketPorts(self.daemon)
         self.network_id = self.world.chain.network_id
         self.auth = {k: PacketKey(s, k).auth_key for k, s in self.secrets.items()}
+        self.runtime = self.loop.run_until_complete(self.daemon.ensure_network(self.network_id))
+        self.chain = self.daemon.chains[self.network_id]
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
 
     def hello(self, signed_by: int = 1, **fields: Any) -> dict[str, Any]:
         """A valid hello for key ``signed_by``, with ``fields`` then replaced as given."""
@@ -683,6 +688,67 @@ def hello_target(fx: HelloFixture) -> Target:
         return "refused" if found is None else "accepted"
 
     return Target("node.websocket.hello", seeds, feed)
+
+
+def heartbeat_targets(fx: HelloFixture) -> list[Target]:
+    """What a store (any bytes) or another certified node (any signed JSON) puts among the
+    network's latest records, read by the node's heartbeat loop: its ``_read_heartbeats`` must
+    raise nothing but AtenetError (which the loop logs and survives) and keep peers sane."""
+    from atenet.chain.log import now_ms
+
+    world, chain, daemon, runtime = fx.world, fx.chain, fx.daemon, fx.runtime
+    node_b = world.node_b
+    node_b_id = node_id_of_signer(node_b)
+    store = daemon.store
+
+    def signed(payload: dict[str, Any]) -> bytes:
+        return chain.state.build(Kind.DIAG, payload, node_b.key, now_ms(), node_b.cert, latest=True)
+
+    beat = {
+        "node": node_b_id,
+        "endpoint": "127.0.0.2:4799",
+        "interval": 10.0,
+        "ports": 1,
+        "frames_to_peers": 0,
+        "frames_from_peers": 0,
+        "drops": {},
+    }
+
+    def read(blob: bytes) -> str:
+        chain.state.diagnostics.clear()
+        runtime.alive_until.clear()
+        fx.run(store.put_latest(fx.network_id, node_b_id, blob))
+        fx.run(daemon._read_heartbeats(chain, runtime))
+        for node_id, until in runtime.alive_until.items():
+            if not until < NOW * 10_000:  # a finite time, not inf or nan
+                raise Crash(f"peer {node_id} alive until {until!r}")
+        return "read" if chain.state.diagnostics else "ignored"
+
+    def from_store(data: bytes) -> str:
+        return read(data)
+
+    def from_node(data: bytes) -> str:
+        try:
+            payload = json.loads(data)
+        except (ValueError, RecursionError):
+            return "not_json"
+        if not isinstance(payload, dict):
+            return "not_object"
+        return read(signed(payload))
+
+    return [
+        Target("node.latest_records(store bytes)", [signed(beat)], from_store, (AtenetError,)),
+        Target(
+            "node.heartbeats(node-signed JSON)",
+            [json.dumps(beat).encode()],
+            from_node,
+            (AtenetError,),
+        ),
+    ]
+
+
+def node_id_of_signer(signer: Any) -> str:
+    return short_id(signer.key.public_key().public_bytes_raw())
 
 
 # ---------------------------------------------------------------------------- all of them
