@@ -237,6 +237,14 @@ def test_client_inbound_path(net: ft.Net, name: str) -> None:
 # ---------------------------------------------------------------------------- the chain
 
 
+def test_deployment_record_from_a_broken_store() -> None:
+    """Found by this fuzzer: a deeply nested deployment record raised RecursionError out of
+    Deployment.decode (a traceback from `tok` against a damaged store)."""
+    target = ft.deployment_target()
+    fuzz(target, b'{"authority_sign":' + b"[" * 5000, b"[" * 5000)
+    assert {"AtenetError", "ok"} <= target.reasons
+
+
 def test_event_decode_and_replay_of_a_tampered_store(net: ft.Net) -> None:
     decode, replay = ft.chain_targets(net)
     fuzz(decode)
@@ -273,8 +281,9 @@ def test_owner_written_bodies_well_typed(net: ft.Net) -> None:
 
 @ISSUE_9_12
 def test_owner_written_bodies_any_json(net: ft.Net) -> None:
-    """Any JSON in an owner's event body: known to escape as OverflowError (``key_id: 1e999``)
-    or to break later reads (``expires: "soon"`` makes every key comparison raise)."""
+    """Any body an owner signs: known to escape as OverflowError (``key_id: 1e999``) or
+    RecursionError (deep nesting), or to break later reads (``expires: "soon"`` makes every key
+    comparison raise)."""
     target = ft.owner_body_target(net)
     secret = VALID_SECRET.encode()
     fuzz(
@@ -282,6 +291,7 @@ def test_owner_written_bodies_any_json(net: ft.Net) -> None:
         b'\x01{"key_id":1e999,"secret":"' + secret + b'"}',
         b'\x01{"key_id":7,"secret":"' + secret + b'","expires":"soon"}',
         b'\x00{"mtu":1e999}',
+        b'\x01{"key_id":' + b"[" * 5000,
     )
 
 

@@ -61,7 +61,7 @@ class Deployment:
     def decode(cls, raw: bytes, where: str) -> Deployment:
         try:
             return cls.from_json(json.loads(raw))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # deep nesting
             raise AtenetError(f"deployment record in {where} is damaged: {exc}") from None
 
 

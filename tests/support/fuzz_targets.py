@@ -414,8 +414,10 @@ def chain_targets(net: Net) -> list[Target]:
 
 
 def owner_body_target(net: Net) -> Target:
-    """Owner-signed events whose JSON bodies are fuzzed: the owner is not trusted by a shared
-    node (issue 9.12). The first byte picks the kind, the rest is the body's JSON text."""
+    """Owner-signed events whose bodies are fuzzed: the owner is not trusted by a shared node
+    (issue 9.12). The first byte picks the kind, the rest is the body's plaintext, encrypted
+    and signed as it is (so not only what json.dumps would write: any bytes an owner's own
+    code could put there)."""
     world = net.world
     kinds = [Kind.SETTINGS, Kind.KEY_ADD, Kind.KEY_REVOKE, Kind.ROUTE_ADD, Kind.ROUTE_REMOVE]
     seeds = [
@@ -434,12 +436,6 @@ def owner_body_target(net: Net) -> Target:
         if not data:
             return "empty"
         kind = kinds[data[0] % len(kinds)]
-        try:
-            payload = json.loads(data[1:])
-        except (ValueError, RecursionError):
-            return "not_json"
-        if not isinstance(payload, dict):
-            return "not_object"
         state = NetworkState(net.network_id, readers=[world.authority.box])
         state.__dict__.update(
             {k: v for k, v in base.__dict__.items() if k not in ("keys", "members", "routes")}
@@ -447,14 +443,30 @@ def owner_body_target(net: Net) -> Target:
         state.keys = {k: _copy_key(v) for k, v in base.keys.items()}
         state.members = dict(base.members)
         state.routes = dict(base.routes)
-        blob = state.build(kind, payload, world.owner.sign, 1_000_000)
-        state.apply(ev.decode(blob))
+        state.apply(ev.decode(_sign_raw(state, kind, data[1:], world)))
         state.active_keys(NOW)
         state.summary()
         json.dumps(state.summary())
         return "accepted"
 
     return Target("chain.owner_bodies", seeds, feed, (ChainInvalid,))
+
+
+def _sign_raw(state: NetworkState, kind: Kind, plain: bytes, world: World) -> bytes:
+    """``plain`` encrypted and signed by the owner as the next event, exactly as
+    NetworkState.build does after its json.dumps."""
+    from atenet.chain.keys import raw_public
+
+    signer = world.owner.sign
+    author = raw_public(signer.public_key())
+    header = ev.encode_unsigned(
+        kind, state.network_id, state.seq + 1, state.head, 1_000_000, author, b""
+    )
+    nonce = os.urandom(12)
+    aead = state._aead
+    assert aead is not None
+    body = nonce + aead.encrypt(nonce, plain, ev.aad_for(header, 12 + len(plain) + 16))
+    return ev.assemble(header, body, signer.sign)
 
 
 def _copy_key(key: Any) -> Any:
@@ -754,9 +766,30 @@ def node_id_of_signer(signer: Any) -> str:
 # ---------------------------------------------------------------------------- all of them
 
 
+def deployment_target() -> Target:
+    """The deployment record a remote `tok` reads from the store's meta table."""
+    from atenet.deployment import Deployment
+
+    seed = Deployment(os.urandom(32), os.urandom(32), "nats://127.0.0.1:4222").encode()
+
+    def feed(data: bytes) -> str:
+        record = Deployment.decode(data, "the store")
+        record.id  # noqa: B018 - printed by every command that reads the record
+        return "ok"
+
+    return Target("deployment.decode", [seed], feed, (AtenetError,))
+
+
 def byte_targets() -> list[Target]:
     """Targets that need no network."""
-    return [*seal_targets(), fragment_target(), *offload_targets(), token_target(), *wire_targets()]
+    return [
+        *seal_targets(),
+        fragment_target(),
+        *offload_targets(),
+        token_target(),
+        *wire_targets(),
+        deployment_target(),
+    ]
 
 
 def network_targets(net: Net) -> list[Target]:
