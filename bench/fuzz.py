@@ -46,6 +46,7 @@ SLOW = {
     "chain.owner_bodies": 0.05,
     "node.latest_records(store bytes)": 0.02,
     "node.heartbeats(node-signed JSON)": 0.02,
+    "store.meta_nodes": 0.02,
 }
 """Targets that verify signatures or run an event loop per input (~0.2-1 ms each): they get this
 fraction of ``-n`` unless ``--full`` (1,000,000 of them alone would take 10-30 minutes)."""
@@ -136,13 +137,18 @@ def main(argv: list[str] | None = None) -> int:
         hello_dir.mkdir()
         hello = HelloFixture(hello_dir)
         try:
-            from tests.support.fuzz_targets import heartbeat_targets, hello_target
+            from tests.support.fuzz_targets import (
+                heartbeat_targets,
+                hello_target,
+                meta_nodes_target,
+            )
 
             targets = [
                 *byte_targets(),
                 *network_targets(net),
                 hello_target(hello),
                 *heartbeat_targets(hello),
+                meta_nodes_target(hello),
             ]
             for target in targets:
                 if args.only and args.only not in target.name:

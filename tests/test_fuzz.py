@@ -387,6 +387,22 @@ def test_heartbeats_signed_by_another_node(hello_fx: ft.HelloFixture) -> None:
     assert "read" in target.reasons
 
 
+def test_nodes_record_from_a_damaged_store(hello_fx: ft.HelloFixture) -> None:
+    """Found by this fuzzer: a "nodes" record with deep nesting raised RecursionError out of a
+    starting node and `tok key export`; ``"endpoints": 5`` or ``[5]`` raised TypeError /
+    AttributeError out of `tok key export`."""
+    target = ft.meta_nodes_target(hello_fx)
+    fuzz(
+        target,
+        b'{"n":{"endpoints":' + b"[" * 5000,
+        b'{"n":{"endpoints":5}}',
+        b'{"n":{"endpoints":[5, null, ["a"]]}}',
+        b'{"n":{"endpoints":["no-port"]}}',
+        b"[]",
+    )
+    assert {"AtenetError", "endpoints=2"} <= target.reasons
+
+
 # ---------------------------------------------------------------------------- long mode
 
 

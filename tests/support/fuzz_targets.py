@@ -759,6 +759,31 @@ def heartbeat_targets(fx: HelloFixture) -> list[Target]:
     ]
 
 
+def meta_nodes_target(fx: HelloFixture) -> Target:
+    """The store's "nodes" record (any bytes: a damaged or foreign store), read by a starting
+    node (``_publish_node``) and by `tok key export` (``default_endpoints`` then its endpoint
+    check): a one-line AtenetError at most, never a traceback."""
+    from atenet.cli.tok import _check_endpoint, default_endpoints
+
+    store, chain, daemon = fx.daemon.store, fx.chain, fx.daemon
+    seed = json.dumps(
+        {
+            "n1": {"endpoints": ["127.0.0.1:4799"], "time": 1.0},
+            "n2": {"endpoints": ["[::1]:4799"], "time": 2.0},
+        }
+    ).encode()
+
+    def feed(data: bytes) -> str:
+        fx.run(store.put_meta("nodes", data))
+        endpoints = fx.run(default_endpoints(store, chain))
+        for endpoint in endpoints:
+            _check_endpoint(endpoint)
+        fx.run(daemon._publish_node())
+        return f"endpoints={min(len(endpoints), 3)}"
+
+    return Target("store.meta_nodes", [seed], feed, (AtenetError,))
+
+
 def node_id_of_signer(signer: Any) -> str:
     return short_id(signer.key.public_key().public_bytes_raw())
 

@@ -263,9 +263,13 @@ async def default_endpoints(store: ChainStore, chain: Chain) -> list[str]:
     if published:
         try:
             for entry in json.loads(published).values():
-                endpoints.extend(e for e in entry.get("endpoints", []) if e not in endpoints)
-        except (ValueError, AttributeError):
-            pass
+                endpoints.extend(
+                    e
+                    for e in entry.get("endpoints", [])
+                    if isinstance(e, str) and e not in endpoints
+                )
+        except (ValueError, AttributeError, TypeError, RecursionError):
+            pass  # a damaged record (a store can hold anything): the members' endpoints stand
     return endpoints
 
 

@@ -329,7 +329,7 @@ class NodeDaemon:
             nodes = json.loads(raw) if raw else {}
             if not isinstance(nodes, dict):
                 nodes = {}
-        except ValueError:
+        except (ValueError, RecursionError):  # a damaged record: start it afresh
             nodes = {}
         nodes[self.node_id] = {"endpoints": [self.advertise], "time": time.time()}
         await self.store.put_meta("nodes", json.dumps(nodes).encode())
