@@ -435,7 +435,7 @@ def test_long_mode_script_runs_every_target() -> None:
 
 @pytest.mark.fuzz
 def test_long_mode_a_million_inputs_per_target(request: pytest.FixtureRequest) -> None:
-    """``pytest -m fuzz``: the long mode, >= 1,000,000 inputs per target (about two hours on 2 cores)."""
+    """``pytest -m fuzz``: the long mode, >= 1,000,000 inputs per target (~2 h on 2 cores)."""
     if "fuzz" not in (request.config.option.markexpr or ""):
         pytest.skip("long mode: run with `pytest -m fuzz` (or bench/fuzz.py)")
     proc = run_bench("--full", timeout=6 * 3600)
