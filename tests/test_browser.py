@@ -122,3 +122,75 @@ def run_checks(page: Page, overlay: Overlay, n1: Node, h1: Client, token: str) -
     ws_port = next(p for p in n1.network(overlay.network)["ports"] if p["kind"] == "ws")
     assert ws_port["frames_in"] >= 5 + 3 and ws_port["frames_out"] >= 5 + 3, ws_port
     page.wait_for_timeout(1200)  # one more chart sample with the ping traffic in it
+
+
+def test_two_tabs_are_two_hosts_and_a_revoked_token_is_refused_plainly(
+    net: tuple[Overlay, Node, Client], tmp_path: Path
+) -> None:
+    """Tabs of one profile (one chromium context) are separate hosts with stable addresses; a
+    revoked token gets a plain message and no retries, not "waiting for status…" forever."""
+    overlay, n1, h1 = net
+    _, token = overlay.export_key("tabs", ["n1"])
+    revoked_id, revoked = overlay.export_key("gone", ["n1"])
+    overlay.tok("key", "revoke", overlay.network, str(revoked_id))
+    url = f"http://127.0.0.1:{HTTP_PORT}/"
+    with chromium(tmp_path, ns=n1.host.ns) as context:
+        a, b = context.new_page(), context.new_page()
+        pages = {"a": a, "b": b}
+        try:
+            a.goto(f"{url}#{token}", wait_until="load")
+            b.goto(f"{url}?name=kiosk-b#{token}", wait_until="load")
+            ja = a.evaluate("() => window.atenet.ready")
+            jb = b.evaluate("() => window.atenet.ready")
+            assert ja["mac"] != jb["mac"] and ja["ip4"] != jb["ip4"], (ja, jb)
+            name_a = a.evaluate("window.atenet.host")
+            assert name_a.startswith("browser-") and b.evaluate("window.atenet.host") == "kiosk-b"
+            for joined in (ja, jb):
+                assert h1.host.ping(joined["ip4"], count=2, timeout=5), joined
+
+            # The node names both ports and learned their MACs and addresses.
+            ws = [p for p in n1.network(overlay.network)["ports"] if p["kind"] == "ws"]
+            seen = {p["host"]: (p["mac"], p["ipv4"], p["label"]) for p in ws}
+            assert seen == {
+                name_a: (ja["mac"], ja["ip4"], "tabs"),
+                "kiosk-b": (jb["mac"], jb["ip4"], "tabs"),
+            }, ws
+            # ... and the page's ports table shows hosts by name, with MACs.
+            a.wait_for_function(
+                "['kiosk-b', '(this page)', 'h1'].every("
+                "t => document.querySelector('#ports tbody').textContent.includes(t))",
+                timeout=5_000,
+            )
+            ports_text = a.locator("#ports tbody").inner_text()
+            assert name_a in ports_text and jb["mac"] in ports_text and h1.mac in ports_text
+
+            # A reloaded tab keeps its host; a duplicated tab (sessionStorage copied, as the
+            # browser's "Duplicate tab" does) becomes a host of its own.
+            a.reload(wait_until="load")
+            assert a.evaluate("() => window.atenet.ready")["mac"] == ja["mac"]
+            tab_id = a.evaluate("sessionStorage['atenet-tab-id']")
+            c = pages["c"] = context.new_page()
+            c.add_init_script(f"sessionStorage.setItem('atenet-tab-id', '{tab_id}')")
+            c.goto(f"{url}#{token}", wait_until="load")
+            jc = c.evaluate("() => window.atenet.ready")
+            assert jc["mac"] not in (ja["mac"], jb["mac"]), jc
+            assert "copy of another tab" in c.locator("#log").inner_text()
+
+            # A revoked token: said plainly, once; no retries; the cards say why they are empty.
+            r = pages["refused"] = context.new_page()
+            sockets: list[str] = []
+            r.on("websocket", lambda w: sockets.append(w.url))
+            r.goto(f"{url}#{revoked}", wait_until="load")
+            r.wait_for_function("document.body.dataset.state === 'refused'", timeout=10_000)
+            banner = r.locator("#banner").inner_text()
+            assert "this token was refused (revoked, expired or wrong)" in banner, banner
+            r.wait_for_timeout(3000)  # longer than the first retry delays (1 s, 2 s)
+            assert len(sockets) == 1, sockets
+            assert r.evaluate("document.body.dataset.state") == "refused"
+            for card in ("#members", "#ports"):
+                text = r.locator(card).inner_text()
+                assert "waiting for status" not in text and "refused" in text, (card, text)
+        finally:
+            ARTIFACTS.mkdir(exist_ok=True)
+            for name, page in pages.items():
+                page.screenshot(path=str(ARTIFACTS / f"browser-tabs-{name}.png"), full_page=True)

@@ -144,9 +144,9 @@ def test_atenet_up_in_a_fresh_home_serves_status_and_leaves_cleanly(tmp_path: Pa
         while time.monotonic() < deadline:
             line = proc.stdout.readline()
             lines.append(line)
-            if "tok connect atn1." in line:
+            if "tok connect" in line and "atn1." in line:
                 break
-        token = lines[-1].split()[-1]
+        token = lines[-1].split()[0].removeprefix("ATENET_TOKEN=")
         assert token.startswith("atn1."), lines
         assert any(line.startswith(f"http://127.0.0.1:{http}/#atn1.") for line in lines), lines
         with urllib.request.urlopen(f"http://127.0.0.1:{http}/api/status", timeout=5) as r:

@@ -185,18 +185,19 @@ def test_forged_packets_at_a_node_are_dropped_and_never_answered(net: Overlay) -
     token = net.clients["h1"].token
     script = textwrap.dedent(
         f"""
-        import os, socket
+        import os, socket, time
         from atenet.overlay.token import AccessToken
         from atenet.overlay.seal import PacketKey, Sealer
         t = AccessToken.decode({token!r})
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1.0)
         dst = ("{n1.host.ip}", 4799)
         frame = b"\\xff" * 12 + b"\\x88\\xb5" + b"x" * 46
-        good = Sealer(t.network_id, PacketKey(t.secret, t.key_id), 4242, 10**18).seal(frame)
+        now = time.time_ns()  # counters track the clock (else: stale, not auth)
+        good = Sealer(t.network_id, PacketKey(t.secret, t.key_id), 4242, now).seal(frame)
         forged = bytearray(good); forged[40] ^= 1
         s.sendto(bytes(forged), dst)
         wrong = PacketKey(os.urandom(32), t.key_id)
-        s.sendto(Sealer(t.network_id, wrong, 4243, 1).seal(frame), dst)
+        s.sendto(Sealer(t.network_id, wrong, 4243, now).seal(frame), dst)
         s.sendto(good[:30], dst)
         try:
             print("answered", s.recv(2048))

@@ -305,6 +305,11 @@ def token_for(
     return AccessToken(world.chain.network_id, key_id, secrets[key_id], (endpoint,))
 
 
+def bound_hello(daemon: NodeDaemon) -> bytes:
+    """A hello naming the node's instance: what opens a port (see docs/protocol.md)."""
+    return json.dumps({"op": "hello", "instance": daemon.instance}).encode()
+
+
 def ports(daemon: NodeDaemon) -> list[dict[str, Any]]:
     nets = daemon.status()["networks"]
     return nets[0]["ports"] if nets else []
@@ -326,9 +331,9 @@ async def test_monitor_sees_frames_of_other_ports_and_never_sends_one(node) -> N
             await asyncio.sleep(0.05)
         assert connected and connected[0]["name"] == "office"
         # Another client (key 3) joins and sends two frames: the switch floods them to us.
-        other = Sealer(world.chain.network_id, PacketKey(secrets[3], 3), 4242, 1)
+        other = Sealer(world.chain.network_id, PacketKey(secrets[3], 3), 4242, time.time_ns())
         addr = ("127.0.0.1", daemon.udp_port)
-        sock.sendto(other.seal(b'{"op":"hello"}', TYPE_CONTROL), addr)
+        sock.sendto(other.seal(bound_hello(daemon), TYPE_CONTROL), addr)
         sent = [arp_request(A_MAC, A_IP, B_IP), icmp_echo_request(A_MAC, B_MAC, A_IP, B_IP, 1, 1)]
         await asyncio.sleep(0.2)
         for frame in sent:
@@ -358,14 +363,16 @@ async def test_count_stops_the_monitor_by_itself(node) -> None:
     got: list[bytes] = []
     monitor = Monitor(token_for(daemon, world, secrets, 1), lambda f, t: got.append(f), count=1)
     task = asyncio.create_task(monitor.run(10))
-    other = Sealer(world.chain.network_id, PacketKey(secrets[3], 3), 99, 1)
+    other = Sealer(world.chain.network_id, PacketKey(secrets[3], 3), 99, time.time_ns())
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        sock.sendto(other.seal(b'{"op":"hello"}', TYPE_CONTROL), ("127.0.0.1", daemon.udp_port))
+        sock.sendto(other.seal(bound_hello(daemon), TYPE_CONTROL), ("127.0.0.1", daemon.udp_port))
         for _ in range(100):  # keep announcing until the monitor's port exists and sees one
             if task.done():
                 break
             frame = gratuitous_arp(A_MAC, A_IP)
+            hello = other.seal(bound_hello(daemon), TYPE_CONTROL)  # a port once it is loaded
+            sock.sendto(hello, ("127.0.0.1", daemon.udp_port))
             sock.sendto(other.seal(frame, TYPE_FRAME), ("127.0.0.1", daemon.udp_port))
             await asyncio.sleep(0.1)
         assert await asyncio.wait_for(task, 5) == 1
@@ -378,13 +385,14 @@ async def test_count_stops_the_monitor_by_itself(node) -> None:
 async def announce_until_done(task: asyncio.Task[Any], daemon: NodeDaemon, world: Any,
                               secret: bytes) -> None:  # fmt: skip
     """Another client (key 3) sends announcements until ``task`` (a monitor) finishes."""
-    other = Sealer(world.chain.network_id, PacketKey(secret, 3), 1234, 1)
+    other = Sealer(world.chain.network_id, PacketKey(secret, 3), 1234, time.time_ns())
     addr = ("127.0.0.1", daemon.udp_port)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.sendto(other.seal(b'{"op":"hello"}', TYPE_CONTROL), addr)
+        sock.sendto(other.seal(bound_hello(daemon), TYPE_CONTROL), addr)
         for _ in range(100):
             if task.done():
                 return
+            sock.sendto(other.seal(bound_hello(daemon), TYPE_CONTROL), addr)
             sock.sendto(other.seal(gratuitous_arp(A_MAC, A_IP), TYPE_FRAME), addr)
             await asyncio.sleep(0.1)
 
@@ -483,7 +491,7 @@ def unused_udp_port() -> int:
     [
         ((), "give the NETWORK to monitor (yours), or --token TOKEN"),
         (("--token", "nonsense"), "not an atenet access token"),
-        (("nosuchnet",), "unknown network 'nosuchnet'"),
+        (("nosuchnet",), "no store at "),  # a fresh home: read commands refuse a missing store
     ],
 )
 def test_command_errors_are_one_line(tmp_path: Path, args: tuple[str, ...], message: str) -> None:

@@ -94,8 +94,18 @@ async def build(world, n_nodes: int, clients_per_node: int, now: float = 1000.0)
     for addr, client in clients:
         wire.sender(addr)(client.control("hello", now), client.node)
     wire.run(now)
+    handshake(wire, clients, now)
     assert all(c.config is not None for _a, c in clients)
     return wire, nodes, clients
+
+
+def handshake(wire: Wire, clients, now: float) -> None:
+    """Let clients answer what came back (a challenge is answered by a bound hello)."""
+    for _ in range(3):
+        for addr, client in clients:
+            for packet in client.tick(now):
+                wire.sender(addr)(packet, client.node)
+        wire.run(now)
 
 
 def frame(src: int, payload: bytes = b"hello") -> bytes:

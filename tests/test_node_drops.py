@@ -4,8 +4,10 @@ and never answered."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -40,11 +42,12 @@ async def test_bad_packets_are_dropped_counted_and_never_answered(node):
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
     sock.setblocking(False)
-    good = Sealer(net, PacketKey(secrets[1], 1), 77, 1000)
+    good = Sealer(net, PacketKey(secrets[1], 1), 77, time.time_ns())
+    hello = json.dumps({"op": "hello", "instance": daemon.instance}).encode()
     try:
         # A valid hello makes the node load the network (first packet: unknown, then loaded).
         for _ in range(50):
-            answers = await exchange(sock, good.seal(b'{"op":"hello"}', TYPE_CONTROL), addr, 0.1)
+            answers = await exchange(sock, good.seal(hello, TYPE_CONTROL), addr, 0.1)
             if answers:
                 break
         assert answers, "a valid hello was never answered"
@@ -62,7 +65,9 @@ async def test_bad_packets_are_dropped_counted_and_never_answered(node):
             "truncated": good.seal(frame, TYPE_FRAME)[:-5],
             "revoked_key": Sealer(net, PacketKey(secrets[2], 2), 78, 1).seal(frame),
             "unknown_key": Sealer(net, PacketKey(os.urandom(32), 9), 79, 1).seal(frame),
-            "wrong_network_key": Sealer(net, PacketKey(os.urandom(32), 1), 80, 1).seal(frame),
+            "wrong_network_key": Sealer(net, PacketKey(os.urandom(32), 1), 80, time.time_ns()).seal(
+                frame
+            ),
         }
         for name, packet in bad.items():
             assert await exchange(sock, packet, addr, 0.05) == [], f"{name} was answered"

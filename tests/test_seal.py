@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from atenet.errors import AtenetError
+from atenet.overlay.replay import AHEAD_SKEW, PAST_SKEW, Freshness
 from atenet.overlay.seal import (
     HEADER_LEN,
     NODE_KEY_ID,
@@ -284,10 +285,19 @@ def test_replayed_packet_is_rejected(sealer: Sealer, key: PacketKey) -> None:
 def test_out_of_order_within_window_accepted_once(sealer: Sealer, key: PacketKey) -> None:
     opener = Opener(key)
     packets = [sealer.seal(bytes([i])) for i in range(10)]
-    for i in (9, 3, 0, 5, 1, 2, 4, 8, 6, 7):
+    for i in (0, 9, 3, 5, 1, 2, 4, 8, 6, 7):
         assert open_parsed(opener, packets[i]) == bytes([i])
     for packet in packets:
         assert reason_of(open_parsed, opener, packet) == "replay"
+
+
+def test_a_new_window_is_closed_below_its_first_counter(sealer: Sealer, key: PacketKey) -> None:
+    """A sender's packets sealed before the first one this receiver took are refused: the
+    receiver cannot tell a late one from a capture (e.g. a flood it was not sent at the time)."""
+    opener = Opener(key)
+    earlier, first = sealer.seal(b"earlier"), sealer.seal(b"first")
+    assert open_parsed(opener, first) == b"first"
+    assert reason_of(open_parsed, opener, earlier) == "replay"
 
 
 def test_packet_older_than_window_rejected(key: PacketKey) -> None:
@@ -339,10 +349,65 @@ def test_unauthenticated_senders_get_no_window(sealer: Sealer, key: PacketKey) -
 
 
 def test_sender_table_is_bounded(key: PacketKey) -> None:
+    """Full of senders active within the skew, a new sender is refused, not let in by
+    forgetting a window whose packets would then be accepted once more."""
     opener = Opener(key, max_senders=3)
-    for sender_id in range(5):
+    for sender_id in range(3):
         open_parsed(opener, Sealer(NETWORK, key, sender_id, 0).seal(FRAME))
+    assert reason_of(open_parsed, opener, Sealer(NETWORK, key, 9, 0).seal(FRAME)) == "senders_full"
     assert len(opener) == 3
+
+
+def test_evicted_sender_falls_back_to_the_time_floor(key: PacketKey) -> None:
+    """A window is only forgotten once its sender is older than the skew; a captured packet of
+    that sender replayed afterwards meets the floor instead of a fresh window (before the fix
+    the oldest window was dropped as soon as the table was full, and its packets opened again)."""
+    fresh = Freshness()
+    opener = Opener(key, max_senders=2, freshness=fresh)
+    t0 = 1_700_000_000.0
+    fresh.set_now(t0)
+    old = Sealer(NETWORK, key, 1, int(t0 * 1e9))
+    captured = old.seal(b"captured")
+    assert open_parsed(opener, captured) == b"captured"
+    open_parsed(opener, Sealer(NETWORK, key, 2, int(t0 * 1e9)).seal(FRAME))
+    fresh.set_now(t0 + PAST_SKEW + 1)  # sender 1 fell silent longer than the skew
+    newcomer = Sealer(NETWORK, key, 3, int((t0 + PAST_SKEW + 1) * 1e9))
+    assert open_parsed(opener, newcomer.seal(FRAME)) == FRAME  # room made by forgetting 1 and 2
+    assert len(opener) == 1
+    assert reason_of(open_parsed, opener, captured) == "stale"
+
+
+def test_fresh_sender_floor_and_ceiling(key: PacketKey) -> None:
+    """A sender with no window here: counters older than now - skew, below the receiver's
+    start, or too far ahead are refused before any crypto (a forged tag still says stale)."""
+    t0 = 1_700_000_000.0
+    fresh = Freshness(start_ns=int(t0 * 1e9))
+    fresh.set_now(t0 + 100)
+    opener = Opener(key, freshness=fresh)
+
+    def sealed_at(t: float, sender: int) -> bytes:
+        return Sealer(NETWORK, key, sender, int(t * 1e9)).seal(FRAME)
+
+    assert reason_of(open_parsed, opener, sealed_at(t0 + 100 - PAST_SKEW - 1, 1)) == "stale"
+    assert reason_of(open_parsed, opener, sealed_at(t0 + 100 + AHEAD_SKEW + 1, 2)) == "future"
+    assert open_parsed(opener, sealed_at(t0 + 100 - PAST_SKEW + 1, 3)) == FRAME
+    assert open_parsed(opener, sealed_at(t0 + 100 + AHEAD_SKEW - 1, 4)) == FRAME
+    # Right after a (re)start, anything sealed before it is a capture, however recent.
+    restarted = Freshness(start_ns=int((t0 + 100) * 1e9))
+    restarted.set_now(t0 + 100)
+    opener_after = Opener(key, freshness=restarted)
+    assert reason_of(open_parsed, opener_after, sealed_at(t0 + 99, 5)) == "stale"
+    assert len(opener) == 2
+
+
+def test_sealer_advance_tracks_the_clock_and_never_goes_back(key: PacketKey) -> None:
+    sealer = Sealer(NETWORK, key, 1, 100)
+    sealer.seal(FRAME)
+    sealer.advance(50)  # behind: unchanged, counters never repeat
+    assert sealer.counter == 101
+    sealer.advance(10**18)
+    assert sealer.counter == 10**18
+    assert parse_header(sealer.seal(FRAME))[4] == 10**18
 
 
 def test_forget_drops_a_window(sealer: Sealer, key: PacketKey) -> None:
@@ -356,7 +421,7 @@ def test_forget_drops_a_window(sealer: Sealer, key: PacketKey) -> None:
 
 # --- hostile input ----------------------------------------------------------------------------
 
-REASONS = {"short", "version", "type", "auth", "replay"}
+REASONS = {"short", "version", "type", "auth", "replay", "stale", "future"}
 
 
 @settings(max_examples=300, deadline=None)

@@ -87,6 +87,27 @@ def _addressing_vectors() -> list[dict[str, str]]:
     return out
 
 
+def _tab_vectors() -> list[dict[str, str]]:
+    """Per-tab MACs: the host key is the profile's 16-byte key followed by the tab's 8-byte id."""
+    out = []
+    for i in range(4):
+        seed = hashlib.sha256(b"tab vector %d" % i).digest()
+        network_id, profile, tab = seed[:16], seed[16:32], bytes([i]) * 8
+        mac = addressing.stable_mac(network_id, profile + tab)
+        cidr = "10.66.0.0/16"
+        out.append(
+            {
+                "network_id": network_id.hex(),
+                "profile": profile.hex(),
+                "tab": tab.hex(),
+                "mac": mac.hex(),
+                "cidr": cidr,
+                "ip4": str(addressing.ipv4_for(network_id, mac, cidr).ip),
+            }
+        )
+    return out
+
+
 def _token_vector() -> dict[str, object]:
     secret = hashlib.sha256(b"web token secret").digest()
     token = AccessToken(NETWORK_A, 0x01020304, secret, ("127.0.0.1:7000", "[::1]:7000"))
@@ -243,6 +264,7 @@ def test_js_unit_tests_and_python_cross_checks(tmp_path: Path) -> None:
     requests = _requests()
     vectors = {
         "addressing": _addressing_vectors(),
+        "tabs": _tab_vectors(),
         "token": _token_vector(),
         "frames": _frame_vectors(),
         "requests": {name: frame.hex() for name, frame in requests.items()},
@@ -271,7 +293,7 @@ def test_js_unit_tests_and_python_cross_checks(tmp_path: Path) -> None:
 def test_page_needs_nothing_from_the_internet() -> None:
     """The page's files exist, link each other relatively, and load nothing from elsewhere."""
     files = {p.name for p in WEB.iterdir()}
-    assert {"index.html", "app.js", "net.js", "sha256.js", "style.css"} <= files
+    assert {"index.html", "app.js", "chart.js", "net.js", "sha256.js", "style.css"} <= files
     for path in WEB.iterdir():
         text = re.sub(r'"data:[^"]*"', '""', path.read_text())  # inline data is not fetched
         for url in re.findall(r"(?:https?:)?//[\w.-]+\.[a-z]{2,}[^\s\"')]*", text):
@@ -491,13 +513,15 @@ async def test_page_joins_pings_and_answers_in_chromium(tmp_path: Path) -> None:
             await page.goto(base + "#" + good)
             info = await page.evaluate("window.atenet.ready")
             assert await page.evaluate("document.body.dataset.state") == "connected"
-            mac = addressing.stable_mac(
-                NETWORK_A, bytes.fromhex(await page.evaluate("localStorage['atenet-host-key']"))
-            )
+            host_key = await page.evaluate(
+                "localStorage['atenet-host-key'] + sessionStorage['atenet-tab-id']"
+            )  # the profile's key + this tab's id
+            mac = addressing.stable_mac(NETWORK_A, bytes.fromhex(host_key))
             assert info["mac"] == wire.format_mac(mac)
             assert info["ip4"] == str(addressing.ipv4_for(NETWORK_A, mac, MOCK_CIDR).ip)
             assert info["ip6"] == str(addressing.ipv6_for(NETWORK_A, mac, MOCK_CIDR6).ip)
             assert not any("#" in url or good in url for url in requested)  # token stays local
+            assert re.fullmatch(r"browser-[0-9a-f]{6}", mock.hellos[0]["host"]), mock.hellos[0]
 
             # The browser pings the peer (ARP, then echo), over IPv4 and IPv6.
             rtts = await page.evaluate(f"window.atenet.ping('{PEER_IP4}', 3)")
@@ -528,16 +552,26 @@ async def test_page_joins_pings_and_answers_in_chromium(tmp_path: Path) -> None:
             await page.wait_for_timeout(1500)  # a couple of chart samples
             await page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
 
-            # The same browser keeps its addresses on reload (host key in localStorage).
+            # The tab keeps its addresses on reload (profile key + tab id in sessionStorage).
             await page.reload()
             again = await page.evaluate("window.atenet.ready")
             assert again["ip4"] == info["ip4"] and again["mac"] == info["mac"]
+
+            # A lost connection (not a refusal): the page says it retries, then joins again.
+            hellos = len(mock.hellos)
+            await mock.ws.close(code=1011, message=b"node restarting")
+            await page.wait_for_function("document.body.dataset.state === 'error'")
+            banner = await page.inner_text("#banner")
+            assert "connection to the node lost" in banner and "retrying in 1 s" in banner, banner
+            await page.wait_for_function("document.body.dataset.state === 'connected'")
+            assert len(mock.hellos) == hellos + 1
 
             # A wrong secret: the node closes with 4403 and the page says so.
             refused = await browser.new_page()
             await refused.goto(base + "#" + wrong)
             await refused.wait_for_function("document.body.dataset.state === 'refused'")
-            assert "access refused (key revoked or wrong)" in await refused.inner_text("#banner")
+            banner = await refused.inner_text("#banner")
+            assert "this token was refused (revoked, expired or wrong)" in banner
 
             # A browser whose clock is 10 minutes slow still joins (the page corrects its
             # hello's time from the node's HTTP Date header).

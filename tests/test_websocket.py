@@ -211,3 +211,83 @@ async def test_500_websocket_ports_each_receive_a_broadcast(node: LoopbackNode) 
             assert len(received) == 499
         finally:
             await asyncio.gather(*(ws.close() for ws in sockets))
+
+
+async def test_malformed_hellos_close_with_1008_are_counted_and_never_a_traceback(
+    node: LoopbackNode,
+) -> None:
+    """Issue 9, item 3: ``"time": 1e999`` raised OverflowError and a non-ASCII ``mac`` a
+    TypeError, each a traceback in the node's log; now every field is schema-checked."""
+    token = AccessToken.decode(node.token("page"))
+    good = hello(token)
+    bad_hellos = [
+        json.dumps(good).replace(str(good["time"]), "1e999"),
+        json.dumps({**hello(token), "mac": "é" * 64}, ensure_ascii=False),
+        json.dumps({**hello(token), "key_id": "1"}),
+        json.dumps({**hello(token), "network": "zz" * 16}),
+        json.dumps({**hello(token), "time": 2**80}),
+        json.dumps({**hello(token), "nonce": "x" * 500}),
+        json.dumps({k: v for k, v in hello(token).items() if k != "mac"}),
+        "[" * 30_000 + "]" * 30_000,
+        "[]",
+        '"hello"',
+        "not json",
+    ]
+    async with aiohttp.ClientSession() as http:
+        for bad in bad_hellos:
+            async with http.ws_connect(f"{node.ws}/ws") as ws:
+                await ws.send_str(bad)
+                msg = await ws.receive(5)
+                assert msg.type == aiohttp.WSMsgType.CLOSE, bad[:80]
+                assert ws.close_code == aiohttp.WSCloseCode.POLICY_VIOLATION, bad[:80]
+        # Binary instead of a hello, too.
+        async with http.ws_connect(f"{node.ws}/ws") as ws:
+            await ws.send_bytes(b"\x00" * 20)
+            await ws.receive(5)
+            assert ws.close_code == aiohttp.WSCloseCode.POLICY_VIOLATION
+        # After a good hello, text messages are checked, counted and ignored: the port lives on.
+        async with http.ws_connect(f"{node.ws}/ws") as ws:
+            await ws.send_str(json.dumps(hello(token)))
+            assert json.loads((await ws.receive(5)).data)["op"] == "welcome"
+            for junk in ('{"op": "x", "time": 1e999}', "[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]"):
+                await ws.send_str(junk)
+            status = json.loads((await ws.receive(5)).data)
+            assert status["op"] == "status" and not ws.closed
+    drops = node.status()["websocket"]["drops"]
+    assert drops["bad_message"] == len(bad_hellos) + 1 + 2, drops
+    assert drops["handler_error"] == 0, drops
+    log = node.log.read_text()
+    assert "Traceback" not in log and "Error handling request" not in log, log[-3000:]
+
+
+async def test_random_network_ids_on_net_and_ws_cost_bounded_lookups(node: LoopbackNode) -> None:
+    """Issue 9, item 2 on the HTTP paths: tokens and hellos naming random networks are refused,
+    and the store lookups they cause are rate-limited like the UDP path's."""
+    connector = aiohttp.TCPConnector(limit=50)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def bogus_raw() -> int:
+            token = AccessToken(os.urandom(16), 1, os.urandom(32)).encode()
+            try:
+                await http.ws_connect(f"{node.ws}/net/{token}")
+            except aiohttp.WSServerHandshakeError as err:
+                return err.status
+            return 101
+
+        async def bogus_page() -> int | None:
+            async with http.ws_connect(f"{node.ws}/ws") as ws:
+                token = AccessToken(os.urandom(16), 1, os.urandom(32))
+                await ws.send_str(json.dumps(hello(token)))
+                await ws.receive(5)
+                return ws.close_code
+
+        started = time.monotonic()
+        raw = await asyncio.gather(*(bogus_raw() for _ in range(400)))
+        page = await asyncio.gather(*(bogus_page() for _ in range(100)))
+        elapsed = time.monotonic() - started
+    assert set(raw) == {403} and set(page) == {CLOSE_FORBIDDEN}
+    lookups = node.status()["lookups"]
+    # The bucket: 100 at once, then 50/s (docs/limits.md); the rest refused and counted.
+    assert lookups["lookups"] <= 100 + 50 * elapsed + 5, (lookups, elapsed)
+    assert sum(lookups["drops"].values()) >= 500 - lookups["lookups"]
+    assert lookups["cached"] <= lookups["capacity"]

@@ -19,12 +19,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from atenet.chain.keys import Identity, b64, certify_node, raw_public, short_id, unb64
 from atenet.errors import AtenetError
 from atenet.paths import config_dir, write_private
+
+if TYPE_CHECKING:
+    from atenet.chain.store import ChainStore
 
 
 class NoDeployment(AtenetError):
@@ -165,3 +169,58 @@ def load_or_create_owner() -> Identity:
     owner = Identity.generate()
     owner.save(path)
     return owner
+
+
+# --------------------------------------------------------------------------- published nodes
+
+#: The store's meta record listing the deployment's running nodes: ``{node_id: {"endpoints":
+#: [HOST:PORT, ...], "time": unix seconds}}``. `tok key export` names these endpoints in tokens
+#: when the network has no member node yet.
+NODES_RECORD = "nodes"
+#: A running node rewrites its entry this often (seconds) ...
+NODE_REFRESH = 60.0
+#: ... and an entry older than this (seconds) belongs to a node that is gone: readers skip it and
+#: the next writer drops it. Five refreshes, so a store outage of a few minutes drops nothing.
+NODE_RECORD_MAX_AGE = 300.0
+
+
+def fresh_nodes(raw: bytes | None, now: float) -> dict[str, dict[str, Any]]:
+    """The entries of a "nodes" record that are well-formed and younger than
+    :data:`NODE_RECORD_MAX_AGE` (a damaged record reads as empty: nodes rewrite it)."""
+    try:
+        records = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    if not isinstance(records, dict):
+        return {}
+    fresh: dict[str, dict[str, Any]] = {}
+    for node_id, entry in records.items():
+        if not isinstance(entry, dict):
+            continue
+        when, endpoints = entry.get("time"), entry.get("endpoints")
+        if not isinstance(when, int | float) or not isinstance(endpoints, list):
+            continue
+        if now - when <= NODE_RECORD_MAX_AGE and all(isinstance(e, str) for e in endpoints):
+            fresh[str(node_id)] = {"endpoints": endpoints, "time": float(when)}
+    return fresh
+
+
+def published_endpoints(raw: bytes | None, now: float) -> list[str]:
+    """Endpoints of the live nodes in a "nodes" record, freshest node first, without repeats."""
+    entries = sorted(fresh_nodes(raw, now).values(), key=lambda e: -e["time"])
+    endpoints: list[str] = []
+    for entry in entries:
+        endpoints.extend(e for e in entry["endpoints"] if e not in endpoints)
+    return endpoints
+
+
+async def publish_node(store: ChainStore, node_id: str, endpoints: list[str], now: float) -> None:
+    """Write (or refresh) this node's entry of the "nodes" record with compare-and-set, so nodes
+    starting together never drop each other's entry; drop the entries of nodes gone quiet."""
+
+    def change(old: bytes | None) -> bytes:
+        records = fresh_nodes(old, now)
+        records[node_id] = {"endpoints": list(endpoints), "time": now}
+        return json.dumps(records, sort_keys=True).encode()
+
+    await store.update_meta(NODES_RECORD, change)

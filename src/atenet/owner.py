@@ -2,11 +2,18 @@
 
 Networks are found in the store by their genesis: an owner lists every chain and keeps those whose
 genesis names its key. Names are looked up among those (an id or a unique id prefix works too).
+
+Address policy (checked at `tok network create`; docs/cli-tok-owner.md): a network's IPv4 CIDR
+must lie in private space (RFC 1918 or the RFC 6598 shared range 100.64.0.0/10) and be a /16 or
+smaller, its IPv6 /64 must be unique-local (fc00::/7) — each unless ``force`` — and it may never
+overlap another network of the same owner (hosts on both could not tell the two apart, and a
+route between them would be ambiguous).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -14,10 +21,11 @@ from typing import Any
 
 from atenet.addressing import random_ipv4_cidr, random_ula64
 from atenet.chain import event as ev
+from atenet.chain import rules
 from atenet.chain.event import Kind
 from atenet.chain.keys import Identity, b64, new_secret, short_id
 from atenet.chain.log import Chain, Signer, create_network, first_event
-from atenet.chain.state import DEFAULT_MTU, NetworkState
+from atenet.chain.state import DEFAULT_MTU, NetworkState, Route
 from atenet.chain.store import ChainStore
 from atenet.deployment import Deployment
 from atenet.errors import AtenetError, NotAllowed, NotFound
@@ -49,7 +57,10 @@ def _summarize(kind: int, payload: dict[str, Any]) -> str:
     if kind == Kind.GENESIS:
         return "network created"
     if kind == Kind.SETTINGS:
-        return " ".join(f"{k}={payload[k]}" for k in sorted(payload))
+        return " ".join(
+            f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in sorted(payload.items())
+        )
     if kind == Kind.KEY_ADD:
         return f"key {payload.get('key_id')} label={payload.get('label', '')!r}"
     if kind == Kind.KEY_REVOKE:
@@ -70,11 +81,13 @@ def parse_duration(text: str) -> float:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
     text = text.strip().lower()
     try:
-        if text and text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
+        number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1)
+        seconds = float(number) * unit
     except ValueError:
-        raise AtenetError(f"bad duration {text!r}: use e.g. 90s, 15m, 12h, 30d") from None
+        seconds = math.nan
+    if not math.isfinite(seconds):  # "inf" and "nan" parse as floats
+        raise AtenetError(f"bad duration {text!r}: use e.g. 90s, 15m, 12h, 30d")
+    return seconds
 
 
 class Owner:
@@ -131,17 +144,75 @@ class Owner:
         cidr: str | None = None,
         cidr6: str | None = None,
         mtu: int = DEFAULT_MTU,
+        *,
+        force: bool = False,
     ) -> Chain:
-        if not name or len(name) > 64:
-            raise AtenetError("a network name must be 1 to 64 characters")
-        if any(c.state.name == name for c in await self.chains()):
+        """A new network. ``force`` accepts public IPv4 space, IPv4 prefixes shorter than
+        /16 and a non-ULA IPv6 prefix; overlapping one of the owner's networks is never allowed."""
+        if problem := rules.name_problem(name):
+            raise AtenetError(problem)
+        chains = await self.chains()
+        if any(c.state.name == name for c in chains):
             raise AtenetError(f"you already have a network named {name!r}: pick another name")
+        taken = [(c.state.name, c.state.settings) for c in chains]
         rng = random.SystemRandom()
-        cidr = str(_parse_net(cidr, 4)) if cidr else random_ipv4_cidr(rng)
-        cidr6 = str(_parse_net(cidr6, 6)) if cidr6 else random_ula64(rng)
+        if cidr:
+            net4 = check_cidr(cidr, 4, force)
+            _refuse_overlap(net4, "cidr", taken)
+        else:
+            net4 = _random_free(lambda: random_ipv4_cidr(rng), "cidr", taken)
+        if cidr6:
+            net6 = check_cidr(cidr6, 6, force)
+            _refuse_overlap(net6, "cidr6", taken)
+        else:
+            net6 = _random_free(lambda: random_ula64(rng), "cidr6", taken)
         return await create_network(
-            self.store, self.identity, deployment, name=name, cidr=cidr, cidr6=cidr6, mtu=mtu
+            self.store,
+            self.identity,
+            deployment,
+            name=name,
+            cidr=str(net4),
+            cidr6=str(net6),
+            mtu=mtu,
         )
+
+    async def set_settings(
+        self,
+        chain: Chain,
+        *,
+        name: str | None = None,
+        mtu: int | None = None,
+        dns: list[str] | None = None,
+        internet: bool | None = None,
+    ) -> dict[str, Any]:
+        """Append a settings event with only the fields that change; return them ({} = none).
+
+        Nodes follow the chain live and read settings when they answer a client, so a new MTU
+        or DNS server reaches every client that connects afterwards."""
+        await chain.catch_up()
+        s = chain.state.settings
+        change: dict[str, Any] = {}
+        if name is not None and name != s.name:
+            if problem := rules.name_problem(name):
+                raise AtenetError(problem)
+            if any(c.state.name == name for c in await self.chains()):
+                raise AtenetError(f"you already have a network named {name!r}: pick another name")
+            change["name"] = name
+        if mtu is not None and mtu != s.mtu:
+            if not rules.MTU_MIN <= mtu <= rules.MTU_MAX:
+                raise AtenetError(f"mtu must be from {rules.MTU_MIN} to {rules.MTU_MAX}")
+            change["mtu"] = mtu
+        if dns is not None:
+            servers = [str(ipaddress.ip_address(d)) if _is_ip(d) else d for d in dns]
+            if problem := rules.dns_problem(servers):
+                raise AtenetError(problem)
+            if tuple(servers) != s.dns:
+                change["dns"] = servers
+        if internet is not None and internet != s.internet:
+            change["internet"] = internet
+        if change:
+            await chain.append(Kind.SETTINGS, change, self.signer)
+        return change
 
     async def delete(self, chain: Chain) -> None:
         """Tombstone the chain (nodes following it drop the network), then remove its data."""
@@ -155,10 +226,17 @@ class Owner:
         endpoints: list[str],
         expires_in: float | None = None,
     ) -> AccessToken:
+        """A new key (``expires_in`` seconds from now, or never when None) and its token."""
+        if expires_in is not None and not expires_in > 0:
+            raise AtenetError(
+                f"an expiry must lie in the future (got {expires_in:g} s): use e.g. 12h or 30d"
+            )
+        if problem := rules.label_problem(label):
+            raise AtenetError(problem)
         await chain.catch_up()
         key_id = max(chain.state.keys, default=0) + 1
         secret = new_secret()
-        expires = time.time() + expires_in if expires_in else None
+        expires = time.time() + expires_in if expires_in is not None else None
         await chain.append(
             Kind.KEY_ADD,
             {"key_id": key_id, "label": label, "secret": b64(secret), "expires": expires},
@@ -175,9 +253,17 @@ class Owner:
             raise AtenetError(f"key {key_id} of {chain.state.name!r} is already revoked")
         await chain.append(Kind.KEY_REVOKE, {"key_id": key_id}, self.signer)
 
-    async def add_route(self, chain: Chain, token: AccessToken, name: str = "") -> None:
+    async def add_route(
+        self, chain: Chain, token: AccessToken, name: str = "", *, created_key: bool = False
+    ) -> tuple[Route, bool]:
+        """Route ``chain`` to the token's network; (route, True) when added, or the existing
+        route and False when one to that network is already there (adding is idempotent)."""
         if token.network_id == chain.network_id:
             raise AtenetError("a route must lead to another network, not to the same one")
+        await chain.catch_up()
+        existing = chain.state.routes.get(token.network_hex)
+        if existing is not None:
+            return existing, False
         await chain.append(
             Kind.ROUTE_ADD,
             {
@@ -185,11 +271,28 @@ class Owner:
                 "name": name,
                 "key_id": token.key_id,
                 "token": token.encode(),
+                "created_key": created_key,
             },
             self.signer,
         )
+        return chain.state.routes[token.network_hex], True
 
-    async def remove_route(self, chain: Chain, other: str) -> None:
+    async def add_route_to(self, chain: Chain, target: Chain) -> tuple[Route, bool]:
+        """Route ``chain`` to another network of this owner, exporting a key of ``target`` for
+        the route only when no route to it exists yet (so adding twice makes one key)."""
+        if target.network_id == chain.network_id:
+            raise AtenetError("a route must lead to another network, not to the same one")
+        await chain.catch_up()
+        existing = chain.state.routes.get(target.network_id.hex())
+        if existing is not None:
+            return existing, False
+        token = await self.export_key(target, f"route from {chain.state.name}", [])
+        return await self.add_route(chain, token, target.state.name, created_key=True)
+
+    async def remove_route(self, chain: Chain, other: str) -> tuple[Route, int | None]:
+        """Remove the route to ``other`` (name or id prefix); when the route's key was exported
+        for it (``tok route add A B``), revoke that key too. Returns the route and the revoked
+        key id (None when the key was given by token and is not ours to revoke)."""
         other_l = other.lower()
         matches = [
             r for r in chain.state.routes.values() if r.name == other or r.to.startswith(other_l)
@@ -199,7 +302,20 @@ class Owner:
             raise NotFound(
                 f"no single route to {other!r} in {chain.state.name!r} (routes: {known})"
             )
-        await chain.append(Kind.ROUTE_REMOVE, {"to": matches[0].to}, self.signer)
+        route = matches[0]
+        await chain.append(Kind.ROUTE_REMOVE, {"to": route.to}, self.signer)
+        if not route.created_key:
+            return route, None
+        target = next(
+            (c for c in await self.chains() if c.network_id.hex() == route.to), None
+        )  # gone when the other network was deleted: its keys went with it
+        if target is None:
+            return route, None
+        key = target.state.keys.get(route.key_id)
+        if key is None or key.revoked:
+            return route, None
+        await target.append(Kind.KEY_REVOKE, {"key_id": route.key_id}, self.signer)
+        return route, route.key_id
 
     async def log(self, network_id: bytes) -> list[LogLine]:
         """Replay the chain from the start, verifying each event; raise at the first bad one."""
@@ -227,7 +343,30 @@ def _author_name(state: NetworkState, event: ev.Event) -> str:
     return f"node {short_id(event.author)}"
 
 
-def _parse_net(text: str, version: int) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: IPv4 space a network may use without --force: RFC 1918 and RFC 6598 (carrier-grade NAT).
+PRIVATE_V4 = tuple(
+    ipaddress.IPv4Network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
+)
+#: The largest IPv4 network (shortest prefix) allowed without --force: 65,534 hosts is already
+#: far more than one Ethernet segment carries, and a shorter prefix takes over routes that the
+#: host's other networks (Docker, VPNs, the LAN) are likely to use.
+MIN_PREFIX4 = 16
+ULA = ipaddress.IPv6Network("fc00::/7")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_cidr(text: str, version: int, force: bool = False) -> Net:
+    """Parse and check a network's CIDR against the address policy (module docstring)."""
     try:
         net = ipaddress.ip_network(text, strict=False)
     except ValueError:
@@ -236,8 +375,56 @@ def _parse_net(text: str, version: int) -> ipaddress.IPv4Network | ipaddress.IPv
         ) from None
     if net.version != version:
         raise AtenetError(f"{text} is not an IPv{version} network")
-    if version == 4 and net.prefixlen > 30:
-        raise AtenetError(f"{text} is too small: an IPv4 network needs at least a /30")
-    if version == 6 and net.prefixlen != 64:
-        raise AtenetError(f"{text}: the IPv6 network must be a /64 (addresses are hashed into it)")
+    if net.is_loopback or net.is_multicast or net.is_link_local or net.is_unspecified:
+        raise AtenetError(f"{net} is loopback, link-local or multicast space: it cannot be used")
+    if isinstance(net, ipaddress.IPv4Network):
+        if net.prefixlen > 30:
+            raise AtenetError(f"{text} is too small: an IPv4 network needs at least a /30")
+        if net.is_reserved or net.subnet_of(ipaddress.IPv4Network("0.0.0.0/8")):
+            raise AtenetError(f"{net} is reserved IPv4 space: it cannot be used")
+        if not force and not any(net.subnet_of(p) for p in PRIVATE_V4):
+            raise AtenetError(
+                f"{net} is public IPv4 space (use 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 "
+                "or 100.64.0.0/10); add --force only if you own it"
+            )
+        if not force and net.prefixlen < MIN_PREFIX4:
+            raise AtenetError(
+                f"{net} is too large: a network is at most a /{MIN_PREFIX4} (add --force to "
+                "override)"
+            )
+    else:
+        if net.prefixlen != 64:
+            raise AtenetError(
+                f"{text}: the IPv6 network must be a /64 (addresses are hashed into it)"
+            )
+        if not force and not net.subnet_of(ULA):
+            raise AtenetError(
+                f"{net} is not unique-local IPv6 (fc00::/7, e.g. fd12:3456:789a:1::/64); "
+                "add --force only if you own it"
+            )
     return net
+
+
+def _refuse_overlap(net: Net, field: str, taken: list[tuple[str, Any]]) -> None:
+    for name, settings in taken:
+        other = getattr(settings, field)
+        try:
+            other_net = ipaddress.ip_network(other, strict=False)
+        except ValueError:
+            continue
+        if other_net.version == net.version and net.overlaps(other_net):  # type: ignore[arg-type]
+            raise AtenetError(
+                f"{net} overlaps your network {name!r} ({other_net}): pick another CIDR"
+            )
+
+
+def _random_free(pick: Any, field: str, taken: list[tuple[str, Any]]) -> Net:
+    """A random CIDR from ``pick()`` that overlaps none of the owner's networks."""
+    for _ in range(200):
+        net = ipaddress.ip_network(pick())
+        try:
+            _refuse_overlap(net, field, taken)
+        except AtenetError:
+            continue
+        return net
+    raise AtenetError(f"could not find a free {field}: give one with --{field}")

@@ -73,7 +73,7 @@ async def copy_chain(
 
 @asynccontextmanager
 async def serving_node(
-    tmp_path: Path, key_ids: tuple[int, ...], revoked: tuple[int, ...] = ()
+    tmp_path: Path, key_ids: tuple[int, ...], revoked: tuple[int, ...] = (), name: str = "office"
 ) -> AsyncIterator[tuple[NodeDaemon, World, dict[int, bytes]]]:
     """A real node daemon on 127.0.0.1 (any free UDP port) serving one network with access keys
     ``key_ids`` (``revoked`` among them revoked); yields (daemon, world, secrets by key id)."""
@@ -82,7 +82,7 @@ async def serving_node(
 
     store = SqliteStore(f"sqlite://{tmp_path / 'c.sqlite'}")
     await store.connect()
-    world = await make_world(store)
+    world = await make_world(store, name)
     secrets = {}
     for key_id in key_ids:
         secrets[key_id] = os.urandom(32)

@@ -155,6 +155,7 @@ class Lab:
         self._procs: list[subprocess.Popen[Any]] = []
         self._addresses: Iterator[ipaddress.IPv4Address] = self.subnet.hosts()
         self._open = False
+        self._gateway = ""
 
     def __enter__(self) -> Lab:
         try:
@@ -198,6 +199,19 @@ class Lab:
         host = Host(self, name, ns, ip)
         self.hosts[name] = host
         return host
+
+    def give_default_route(self, host: Host) -> str:
+        """Give ``host`` a default route via the bridge side, as a machine on a LAN has: ``br0``
+        gets the subnet's last address (once) and ``host`` routes everything through it.
+        Returns the gateway address. Nothing leaves the lab: the bridge namespace has no route
+        further out."""
+        gateway = str(self.subnet.broadcast_address - 1)
+        if not self._gateway:
+            _ip("-n", self.bridge_ns, "addr", "add", f"{gateway}/{self.subnet.prefixlen}",
+                "dev", "br0")  # fmt: skip
+            self._gateway = gateway
+        _ip("-n", host.ns, "route", "add", "default", "via", gateway, "dev", host.dev)
+        return gateway
 
     def stop_process(self, proc: subprocess.Popen[Any], grace: float = 2.0) -> None:
         """Stop one tracked process by PID: SIGTERM, then SIGKILL after ``grace`` seconds."""

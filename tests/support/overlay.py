@@ -153,15 +153,21 @@ class Overlay:
         keys = json.loads(self.tok("key", "list", self.network, "--json"))
         return max(k["key_id"] for k in keys), token
 
-    def add_client(self, name: str, nodes: list[str], args: tuple[str, ...] = ()) -> Client:
-        """Start ``tok connect`` (plus ``args``, e.g. ``--no-offload``) in a new host."""
+    def add_client(
+        self, name: str, nodes: list[str], args: tuple[str, ...] = (), hostname: str = ""
+    ) -> Client:
+        """Start ``tok connect`` (plus ``args``, e.g. ``--no-offload``) in a new host.
+
+        ``hostname``: run it in its own UTS namespace with that host name (what it sends the
+        node in its hello); by default it shares the machine's."""
         host = self.lab.add_host(name)
         key_id, token = self.export_key(name, nodes)
         client = Client(name, host, key_id, token)
         client.log = self.root / f"{name}.log"
+        uts = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', hostname]
         with client.log.open("ab") as log:
             client.proc = host.popen(
-                [BIN / "tok", "connect", "--wait", "20", *args],
+                [*(uts if hostname else []), BIN / "tok", "connect", "--wait", "20", *args],
                 env=self.env | {"ATENET_TOKEN": token, "ATENET_HOME": str(self.root / name)},
                 stdout=log, stderr=log,
             )  # fmt: skip

@@ -7,6 +7,9 @@ Layout:
   (``deny_delete``/``deny_purge``), so the stream sequence *is* the chain sequence.
 * ``ATENET_LATEST`` on ``atenet.l.<network hex>.k<key hex>`` and ``ATENET_META`` on
   ``atenet.m.k<name hex>``, both keeping one message per subject: a write replaces the record.
+  A compare-and-set of a meta record reads the record's message and publishes with
+  ``Nats-Expected-Last-Subject-Sequence`` set to that message's sequence (0 when absent): the
+  stream refuses the write if anyone wrote the subject since.
 
 Compare-and-append is JetStream's own: every append carries ``Nats-Expected-Last-Sequence``
 (the stream rejects it unless its last sequence is ``expected_seq - 1``) and a ``Nats-Msg-Id``
@@ -65,6 +68,8 @@ INACTIVE_THRESHOLD = 10.0
 
 # JetStream API error codes we act on (nats-server's errors.json).
 _WRONG_LAST_SEQUENCE = 10071
+#: The same refusal for a subject's expected sequence, as some servers word it (no number).
+_WRONG_LAST_SEQUENCE_CONSTANT = 10164
 _STREAM_NAME_IN_USE = 10058
 _REPLICAS_NOT_SUPPORTED = 10074
 
@@ -475,6 +480,34 @@ class NatsStore(ChainStore):
             return msg.data or b""
 
         return await self._retrying("read a meta record", q)
+
+    async def compare_and_set_meta(self, name: str, expected: bytes | None, blob: bytes) -> bool:
+        subject = META_SUBJECT_PREFIX + _token(name)
+
+        async def current() -> tuple[bytes | None, int]:
+            _, js = await self._context()
+            try:
+                msg = await js.get_msg(META_STREAM, subject=subject)
+            except nats.js.errors.NotFoundError:
+                return None, 0
+            return msg.data or b"", int(msg.seq or 0)
+
+        value, seq = await self._retrying("read a meta record", current)
+        if value != (None if expected is None else bytes(expected)):
+            return False
+        headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: str(seq)}
+        try:
+            await self._retrying(
+                "write a meta record",
+                lambda: self._publish(
+                    META_STREAM, [META_SUBJECT_PREFIX + ">"], subject, bytes(blob), headers
+                ),
+            )
+        except nats.js.errors.BadRequestError as err:
+            if err.err_code not in (_WRONG_LAST_SEQUENCE, _WRONG_LAST_SEQUENCE_CONSTANT):
+                raise
+            return False
+        return True
 
 
 class _Feed:

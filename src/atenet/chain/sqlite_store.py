@@ -232,6 +232,23 @@ class SqliteStore(ChainStore):
 
         return await self._run(q)
 
+    async def compare_and_set_meta(self, name: str, expected: bytes | None, blob: bytes) -> bool:
+        def q(conn: sqlite3.Connection) -> bool:
+            # BEGIN IMMEDIATE: no other process can write between our read and our write.
+            with _transaction(conn):
+                row = conn.execute("SELECT blob FROM meta WHERE name = ?", (name,)).fetchone()
+                current = None if row is None else bytes(row[0])
+                if current != (None if expected is None else bytes(expected)):
+                    return False
+                conn.execute(
+                    "INSERT INTO meta (name, blob) VALUES (?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET blob = excluded.blob",
+                    (name, bytes(blob)),
+                )
+                return True
+
+        return await self._run(q)
+
 
 class StoreNotWritable(StoreUnavailable):
     """The store's file cannot be written: its disk is full or it is read-only.

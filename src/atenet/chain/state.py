@@ -13,13 +13,16 @@ Trust rules:
 * the **node authority** (also named by genesis), or a node key it certified, writes LEASE and
   DIAG;
 * a **membership** record (MEMBER_JOIN / MEMBER_LEAVE) must be signed by the certified node key
-  it is about: the record's ``node_id`` must be the signer's own id.
+  it is about: the record's ``node_id`` must be the signer's own id;
+* every body has the shape its kind requires (:mod:`atenet.chain.rules`), a key id is added once
+  and never again (re-adding would un-revoke it), and only an existing key can be revoked.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from atenet.chain import event as ev
+from atenet.chain import rules
 from atenet.chain.event import Event, Kind
 from atenet.chain.keys import (
     b64,
@@ -70,8 +74,19 @@ class AccessKey:
     def usable(self, now: float) -> bool:
         return not self.revoked and (self.expires is None or now < self.expires)
 
-    def public_view(self) -> dict[str, Any]:
-        """Everything but the secret (for listings)."""
+    def state(self, now: float) -> str:
+        """``active``, ``expired`` or ``revoked`` (revoked wins: it is the owner's last word)."""
+        if self.revoked:
+            return "revoked"
+        if self.expires is not None and now >= self.expires:
+            return "expired"
+        return "active"
+
+    def public_view(self, now: float | None = None) -> dict[str, Any]:
+        """Everything but the secret (for listings), with the key's state at ``now`` (default:
+        the wall clock)."""
+        if now is None:
+            now = time.time()
         return {
             "key_id": self.key_id,
             "label": self.label,
@@ -79,6 +94,7 @@ class AccessKey:
             "expires": self.expires,
             "revoked": self.revoked,
             "revoked_at": self.revoked_at,
+            "state": self.state(now),
         }
 
 
@@ -98,6 +114,7 @@ class Route:
     key_id: int
     token: str
     added: float
+    created_key: bool = False  # the key was exported for this route (revoked when it goes)
 
 
 @dataclass
@@ -106,6 +123,10 @@ class Settings:
     cidr: str = ""
     cidr6: str = ""
     mtu: int = DEFAULT_MTU
+    #: DNS servers the network's DHCP/RA will announce (the router is not built yet).
+    dns: tuple[str, ...] = rules.DEFAULT_DNS
+    #: Whether the gateway NATs to the internet: stored now, acted on by the gateway later.
+    internet: bool = False
 
 
 @dataclass
@@ -190,6 +211,7 @@ class NetworkState:
             raise self._fail(seq, "event after the network was deleted")
         self._check_author(e, seq)
         payload = self._decrypt(e, seq)
+        self._check_body(e, payload, seq)
         if e.kind in MEMBER_KINDS and payload.get("node_id") != short_id(e.author):
             raise self._fail(
                 seq,
@@ -198,9 +220,25 @@ class NetworkState:
             )
         return payload
 
+    def _check_body(self, e: Event, payload: dict[str, Any], seq: int) -> None:
+        """The body's shape (rules.check_body), then what depends on the chain so far."""
+        try:
+            rules.check_body(e.kind, payload)
+        except rules.BodyError as exc:
+            raise self._fail(seq, f"{e.kind_name} body is malformed: {exc}") from None
+        if e.kind == Kind.KEY_ADD and payload["key_id"] in self.keys:
+            raise self._fail(
+                seq, f"key_add reuses key id {payload['key_id']} (a key id is never re-added)"
+            )
+        if e.kind == Kind.KEY_REVOKE and payload["key_id"] not in self.keys:
+            raise self._fail(
+                seq, f"key_revoke names key {payload['key_id']}, which was never added"
+            )
+
     def _genesis_payload(self, e: Event) -> dict[str, Any]:
         try:
             payload = json.loads(e.body)
+            rules.check_genesis(payload)
             owner = unb64(payload["owner"]["sign"])
         except (ValueError, KeyError, TypeError) as exc:
             raise self._fail(e.seq, f"genesis does not parse: {exc}") from None
@@ -268,24 +306,38 @@ class NetworkState:
                         break
         elif kind == Kind.SETTINGS:
             s = self.settings
+            # A settings event names only what changes (`tok network set`); the rest stays.
             self.settings = Settings(
                 name=str(p.get("name", s.name)),
                 cidr=str(p.get("cidr", s.cidr)),
                 cidr6=str(p.get("cidr6", s.cidr6)),
                 mtu=int(p.get("mtu", s.mtu)),
+                dns=tuple(p.get("dns", s.dns)),
+                internet=bool(p.get("internet", s.internet)),
             )
         elif kind == Kind.KEY_ADD:
             kid = int(p["key_id"])
+            expires = p.get("expires")
             self.keys[kid] = AccessKey(
-                kid, str(p.get("label", "")), when, p.get("expires"), unb64(p["secret"])
+                kid,
+                str(p.get("label", "")),
+                when,
+                None if expires is None else float(expires),
+                unb64(p["secret"]),
             )
         elif kind == Kind.KEY_REVOKE:
             key = self.keys[int(p["key_id"])]
-            key.revoked = True
-            key.revoked_at = when
+            if not key.revoked:  # a second revocation changes nothing, not even the time
+                key.revoked = True
+                key.revoked_at = when
         elif kind == Kind.ROUTE_ADD:
             self.routes[p["to"]] = Route(
-                p["to"], str(p.get("name", "")), int(p["key_id"]), str(p["token"]), when
+                p["to"],
+                str(p.get("name", "")),
+                int(p["key_id"]),
+                str(p["token"]),
+                when,
+                bool(p.get("created_key", False)),
             )
         elif kind == Kind.ROUTE_REMOVE:
             self.routes.pop(p["to"], None)
@@ -335,24 +387,35 @@ class NetworkState:
     def active_keys(self, now: float) -> list[AccessKey]:
         return [k for k in self.keys.values() if k.usable(now)]
 
-    def summary(self) -> dict[str, Any]:
-        """A JSON-friendly view without secrets (for `tok network show --json`)."""
+    def summary(self, now: float | None = None) -> dict[str, Any]:
+        """A JSON-friendly view without secrets (for `tok network show --json`); key states as
+        of ``now`` (default: the wall clock)."""
+        if now is None:
+            now = time.time()
         return {
             "id": self.network_id.hex(),
             "name": self.settings.name,
             "cidr": self.settings.cidr,
             "cidr6": self.settings.cidr6,
             "mtu": self.settings.mtu,
+            "dns": list(self.settings.dns),
+            "internet": self.settings.internet,
             "owner": short_id(self.owner),
             "created": self.created,
             "seq": self.seq,
-            "keys": [k.public_view() for k in self.keys.values()],
+            "keys": [k.public_view(now) for k in self.keys.values()],
             "members": [
                 {"node_id": m.node_id, "endpoints": m.endpoints, "since": m.since}
                 for m in self.members.values()
             ],
             "routes": [
-                {"to": r.to, "name": r.name, "key_id": r.key_id, "added": r.added}
+                {
+                    "to": r.to,
+                    "name": r.name,
+                    "key_id": r.key_id,
+                    "added": r.added,
+                    "created_key": r.created_key,
+                }
                 for r in self.routes.values()
             ],
             "leases": list(self.leases.values()),

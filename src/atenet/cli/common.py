@@ -1,20 +1,26 @@
-"""What both commands share: the --store option, running coroutines, one-line errors."""
+"""What both commands share: the --store option, running coroutines, one-line errors.
+
+Imported by every `tok` and `atenet` invocation, `--help` included, so it imports only click and
+the standard library's cheap modules at the top; asyncio, logging and the stores load when a
+command runs (see docs/cli-tok-owner.md, "start-up time").
+"""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
-import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 
-from atenet.chain.store import ChainStore, open_store
 from atenet.errors import AtenetError
+
+if TYPE_CHECKING:
+    from atenet.chain.store import ChainStore
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -61,6 +67,8 @@ def fail(message: str, code: int = 1) -> None:
 def run_loop(coro: Awaitable[T]) -> T:
     """Run ``coro`` on uvloop when it is installed (much faster UDP), else stdlib asyncio.
     ATENET_NO_UVLOOP=1 forces stdlib asyncio (for comparisons)."""
+    import asyncio
+
     if not os.environ.get("ATENET_NO_UVLOOP"):
         try:
             import uvloop
@@ -87,8 +95,37 @@ def run_async(fn: Callable[P, Awaitable[T]]) -> Callable[P, T | None]:
     return wrapper
 
 
-async def connected_store(url: str | None) -> ChainStore:
+class NoStore(AtenetError):
+    """A command that only reads was pointed at a SQLite store file that does not exist."""
+
+
+def existing_sqlite(url: str | None) -> tuple[str, Path] | None:
+    """(url, path) of the SQLite store ``url`` names (the default one when None), or None for
+    another backend. Checks the URL, and refuses a file that does not exist (NoStore)."""
+    from atenet.chain.store import check_store_url, default_store_url
+
+    url = url or default_store_url()
+    check_store_url(url)
+    if not url.startswith("sqlite://"):
+        return None
+    path = Path(url.removeprefix("sqlite://"))
+    if not path.exists():
+        raise NoStore(f"no store at {path}: run `atenet init` or check --store")
+    return url, path
+
+
+async def connected_store(url: str | None, *, create: bool = True) -> ChainStore:
+    """Open the store ``url`` names (checked up front: a malformed URL is a one-line error).
+
+    With ``create=False`` (commands that only read or change existing networks) a SQLite file
+    that does not exist is refused rather than created empty: a mistyped path would otherwise
+    look like a store with no networks in it."""
+    from atenet.chain.store import open_store
+
     store = open_store(url)
+    path = getattr(store, "path", None)
+    if not create and store.url.startswith("sqlite://") and path is not None and not path.exists():
+        raise NoStore(f"no store at {path}: run `atenet init` or check --store")
     await store.connect()
     return store
 
@@ -98,9 +135,42 @@ def print_json(data: Any) -> None:
 
 
 def setup_logging(verbose: int) -> None:
+    import logging
+
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(
         level=max(level, logging.DEBUG),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def operator_headers(url: str) -> dict[str, str]:
+    """``Authorization: Bearer …`` with the node's operator credential for a request to ``url``
+    (e.g. `tok status --node URL`), when the URL names an address of this machine and this
+    config dir holds the node's ``operator-token``; otherwise nothing, so the credential never
+    goes to another host. Loopback URLs need none (the node trusts loopback), but get it too."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from atenet.paths import config_dir
+
+    host = urlsplit(url).hostname
+    if not host:
+        return {}
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return {}
+    for family, _type, _proto, _name, sockaddr in infos:
+        # Binding succeeds only for an address one of this machine's interfaces holds.
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind((sockaddr[0], 0))
+            except OSError:
+                return {}
+    try:
+        token = (config_dir() / "operator-token").read_text().strip()
+    except OSError:
+        return {}
+    return {"Authorization": f"Bearer {token}"} if token and infos else {}

@@ -1,26 +1,25 @@
 """`tok`: create and manage networks and access keys, and (later) connect hosts to them.
 
 Every command takes --store (or ATENET_STORE); errors are one line, without a traceback.
+
+Start-up time matters (`tok --help`, `tok network list` in scripts): this module imports only
+click and cheap standard modules at the top; the chain, cryptography, asyncio and the stores are
+imported inside the commands that use them (docs/cli-tok-owner.md, "start-up time").
 """
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
 import json
 import os
 import signal
-import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
-from atenet.chain.log import Chain
-from atenet.chain.store import ChainStore
 from atenet.cli.common import (
     connected_store,
     fail,
@@ -32,24 +31,39 @@ from atenet.cli.common import (
     setup_logging,
     store_option,
 )
-from atenet.deployment import Deployment, deployment_path, load_or_create_owner, owner_key_path
 from atenet.errors import AtenetError
 from atenet.overlay.token import AccessToken
-from atenet.owner import Owner, parse_duration
 
-# Wide when piped, so ids are never cut in logs and scripts (which should use --json).
-console = Console(width=None if sys.stdout.isatty() else 200)
+if TYPE_CHECKING:
+    from atenet.chain.log import Chain
+    from atenet.chain.state import NetworkState
+    from atenet.chain.store import ChainStore
+    from atenet.deployment import Deployment
+    from atenet.owner import Owner
 
 
 def _when(ts: float | None) -> str:
     if ts is None:
         return "-"
-    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """Left-aligned columns, two spaces apart, never cut (scripts should use --json). Plain
+    text rather than rich: importing rich costs more than the rest of `tok network list`."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
+    for row in (headers, *rows):
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 @asynccontextmanager
-async def owner_session(store_url: str | None) -> AsyncIterator[Owner]:
-    store = await connected_store(store_url)
+async def owner_session(store_url: str | None, *, create: bool = False) -> AsyncIterator[Owner]:
+    """The owner's view of the store. Only ``create`` commands may create a missing SQLite
+    store file; the others refuse it (a mistyped path is not an empty store)."""
+    from atenet.deployment import load_or_create_owner
+    from atenet.owner import Owner
+
+    store = await connected_store(store_url, create=create)
     try:
         yield Owner(store, load_or_create_owner())
     finally:
@@ -59,6 +73,8 @@ async def owner_session(store_url: str | None) -> AsyncIterator[Owner]:
 async def resolve_deployment(store: ChainStore) -> Deployment:
     """The deployment networks are created for: this host's record, else the one published in
     the store (pinned on first use under tok's config, so a swapped record is noticed)."""
+    from atenet.deployment import Deployment, deployment_path, owner_key_path
+
     local = deployment_path()
     if local.exists():
         return Deployment.decode(local.read_bytes(), str(local))
@@ -94,6 +110,8 @@ def main() -> None:
       tok network create office
       tok key export office --label laptop     # prints an access token
       sudo tok connect TOKEN                   # joins this host (see `tok connect --help`)
+
+    Exit codes: 0 done, 1 error (one line on stderr), 2 usage error, 130 interrupted.
     """
 
 
@@ -102,7 +120,7 @@ def main() -> None:
 
 @main.group()
 def network() -> None:
-    """Create, list, show and delete networks."""
+    """Create, list, show, change and delete networks."""
 
 
 @network.command("create")
@@ -110,18 +128,31 @@ def network() -> None:
 @click.option("--cidr", help="IPv4 network, e.g. 10.20.30.0/24 (default: a random 10.x.y.0/24).")
 @click.option("--cidr6", help="IPv6 ULA /64, e.g. fd12:3456:789a:1::/64 (default: random).")
 @click.option("--mtu", type=click.IntRange(576, 9000), default=1400, show_default=True)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Accept public IPv4 space, an IPv4 network larger than /16, or a non-ULA IPv6 /64.",
+)
 @store_option
 @json_option
 @run_async
 async def network_create(
-    name: str, cidr: str | None, cidr6: str | None, mtu: int, store_url: str | None, as_json: bool
+    name: str,
+    cidr: str | None,
+    cidr6: str | None,
+    mtu: int,
+    force: bool,
+    store_url: str | None,
+    as_json: bool,
 ) -> None:
-    """Create a network NAME owned by you, in the deployment's store."""
-    async with owner_session(store_url) as owner:
+    """Create a network NAME (1-64 printable characters) owned by you, in the deployment's
+    store. Its IPv4 CIDR must be private (10/8, 172.16/12, 192.168/16, 100.64/10) and at most a
+    /16, its IPv6 /64 unique-local, and neither may overlap another of your networks."""
+    async with owner_session(store_url, create=True) as owner:
         deployment = await resolve_deployment(owner.store)
-        chain = await owner.create(deployment, name, cidr, cidr6, mtu)
+        chain = await owner.create(deployment, name, cidr, cidr6, mtu, force=force)
         if as_json:
-            print_json(chain.state.summary())
+            print_json(chain.state.summary(time.time()))
         else:
             s = chain.state.settings
             click.echo(f"created network {s.name} ({chain.network_id.hex()}) {s.cidr} {s.cidr6}")
@@ -131,30 +162,50 @@ async def network_create(
 @network.command("list")
 @store_option
 @json_option
-@run_async
-async def network_list(store_url: str | None, as_json: bool) -> None:
+def network_list(store_url: str | None, as_json: bool) -> None:
     """List your networks."""
-    async with owner_session(store_url) as owner:
-        chains = await owner.chains()
-        if as_json:
-            print_json([c.state.summary() for c in chains])
-            return
-        if not chains:
-            click.echo("no networks yet: create one with `tok network create NAME`")
-            return
-        table = Table("name", "id", "cidr", "cidr6", "keys", "members", box=None)
-        for c in chains:
-            s = c.state
-            active = sum(1 for k in s.keys.values() if not k.revoked)
-            table.add_row(
+    from atenet.cli.common import existing_sqlite
+
+    try:
+        sqlite = existing_sqlite(store_url)
+        if sqlite is not None:
+            # A local file: replay it without asyncio (atenet.chain.quick says why).
+            from atenet.chain.quick import owned_states
+            from atenet.deployment import load_or_create_owner
+
+            states = owned_states(sqlite[1], sqlite[0], load_or_create_owner())
+        else:
+            states = run_loop(_owned_states(store_url))
+    except AtenetError as exc:
+        fail(str(exc))
+        return
+    except KeyboardInterrupt:
+        sys.exit(130)
+    now = time.time()
+    if as_json:
+        print_json([s.summary(now) for s in states])
+        return
+    if not states:
+        click.echo("no networks yet: create one with `tok network create NAME`")
+        return
+    rows = []
+    for s in states:
+        rows.append(
+            (
                 s.name,
-                c.network_id.hex(),
+                s.network_id.hex(),
                 s.settings.cidr,
                 s.settings.cidr6,
-                str(active),
+                str(len(s.active_keys(now))),
                 str(len(s.members)),
             )
-        console.print(table)
+        )
+    _table(("name", "id", "cidr", "cidr6", "keys", "members"), rows)
+
+
+async def _owned_states(store_url: str | None) -> list[NetworkState]:
+    async with owner_session(store_url) as owner:
+        return [c.state for c in await owner.chains()]
 
 
 @network.command("show")
@@ -167,7 +218,7 @@ async def network_show(name: str, store_url: str | None, as_json: bool) -> None:
     async with owner_session(store_url) as owner:
         chain = await owner.find(name)
         await chain.load_latest()
-        summary = chain.state.summary()
+        summary = chain.state.summary(time.time())
         if as_json:
             print_json(summary)
             return
@@ -177,8 +228,10 @@ async def network_show(name: str, store_url: str | None, as_json: bool) -> None:
         click.echo(f"ipv4     {s.cidr}")
         click.echo(f"ipv6     {s.cidr6}")
         click.echo(f"mtu      {s.mtu}")
+        click.echo(f"dns      {' '.join(s.dns)}")
+        click.echo(f"internet {'on' if s.internet else 'off'} (not acted on yet)")
         click.echo(f"events   {summary['seq']}")
-        active = sum(not k["revoked"] for k in summary["keys"])
+        active = sum(k["state"] == "active" for k in summary["keys"])
         click.echo(f"keys     {len(summary['keys'])} ({active} active)")
         for m in summary["members"]:
             click.echo(f"member   node {m['node_id']} {' '.join(m['endpoints'])}")
@@ -186,19 +239,76 @@ async def network_show(name: str, store_url: str | None, as_json: bool) -> None:
             click.echo(f"route    -> {r['name'] or r['to']} (key {r['key_id']})")
 
 
+@network.command("set")
+@click.argument("name")
+@click.option("--name", "new_name", metavar="NEW_NAME", help="Rename the network.")
+@click.option("--mtu", type=click.IntRange(576, 9000), help="MTU clients configure.")
+@click.option(
+    "--dns",
+    multiple=True,
+    metavar="ADDRESS",
+    help="DNS server (IPv4 or IPv6) the network's DHCP/RA will announce; repeat for several "
+    "(up to 4). Default 8.8.8.8.",
+)
+@click.option(
+    "--internet",
+    type=click.Choice(["on", "off"]),
+    help="Let the gateway reach the internet. Stored only: no node acts on it yet.",
+)
+@store_option
+@json_option
+@run_async
+async def network_set(
+    name: str,
+    new_name: str | None,
+    mtu: int | None,
+    dns: tuple[str, ...],
+    internet: str | None,
+    store_url: str | None,
+    as_json: bool,
+) -> None:
+    """Change NAME's settings live: nodes follow the chain and hand the new values to every
+    client that connects afterwards (connected clients keep theirs until they reconnect)."""
+    if new_name is None and mtu is None and not dns and internet is None:
+        raise click.UsageError("nothing to change: give --name, --mtu, --dns or --internet")
+    async with owner_session(store_url) as owner:
+        chain = await owner.find(name)
+        change = await owner.set_settings(
+            chain,
+            name=new_name,
+            mtu=mtu,
+            dns=list(dns) if dns else None,
+            internet=None if internet is None else internet == "on",
+        )
+        if as_json:
+            print_json({"network": chain.network_id.hex(), "changed": change})
+        elif change:
+            changes = " ".join(
+                f"{k}={','.join(v) if isinstance(v, list) else v}"
+                for k, v in sorted(change.items())
+            )
+            click.echo(f"network {chain.state.name}: {changes}")
+        else:
+            click.echo(f"network {chain.state.name}: nothing changed")
+
+
 @network.command("delete")
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @store_option
+@json_option
 @run_async
-async def network_delete(name: str, yes: bool, store_url: str | None) -> None:
+async def network_delete(name: str, yes: bool, store_url: str | None, as_json: bool) -> None:
     """Delete a network and its chain. Nodes drop it; every access key stops working."""
     async with owner_session(store_url) as owner:
         chain = await owner.find(name)
         if not yes and not click.confirm(f"delete network {chain.state.name!r} for good?"):
             raise AtenetError("not deleted")
         await owner.delete(chain)
-        click.echo(f"deleted network {chain.state.name} ({chain.network_id.hex()})")
+        if as_json:
+            print_json({"id": chain.network_id.hex(), "name": chain.state.name, "deleted": True})
+        else:
+            click.echo(f"deleted network {chain.state.name} ({chain.network_id.hex()})")
 
 
 # --------------------------------------------------------------------------- keys
@@ -220,8 +330,13 @@ def key() -> None:
     help="Node endpoint the token dials (repeat for fail-over). Default: the network's member "
     "nodes and the deployment's published nodes.",
 )
-@click.option("--expires", metavar="DURATION", help="Expire after e.g. 12h or 30d (default never).")
+@click.option(
+    "--expires",
+    metavar="DURATION",
+    help="Expire after e.g. 12h or 30d, counted from now; must be positive (default never).",
+)
 @store_option
+@json_option
 @run_async
 async def key_export(
     network_name: str,
@@ -229,17 +344,35 @@ async def key_export(
     nodes: tuple[str, ...],
     expires: str | None,
     store_url: str | None,
+    as_json: bool,
 ) -> None:
     """Create a new access key for NETWORK and print its token (shown only this once)."""
+    from atenet.owner import parse_duration
+
+    expires_in = parse_duration(expires) if expires is not None else None
+    if expires_in is not None and not expires_in > 0:
+        raise AtenetError(f"--expires {expires} is not in the future: use e.g. 12h or 30d")
     async with owner_session(store_url) as owner:
         chain = await owner.find(network_name)
         endpoints = list(nodes) or await default_endpoints(owner.store, chain)
         for endpoint in endpoints:
             _check_endpoint(endpoint)
-        token = await owner.export_key(
-            chain, label, endpoints, parse_duration(expires) if expires else None
-        )
-        click.echo(token.encode())
+        token = await owner.export_key(chain, label, endpoints, expires_in)
+        if as_json:
+            access_key = chain.state.keys[token.key_id]
+            print_json(
+                {
+                    "network": chain.network_id.hex(),
+                    "network_name": chain.state.name,
+                    "key_id": token.key_id,
+                    "label": access_key.label,
+                    "expires": access_key.expires,
+                    "endpoints": list(token.endpoints),
+                    "token": token.encode(),
+                }
+            )
+        else:
+            click.echo(token.encode())
         if not endpoints:
             click.echo(
                 "warning: the token names no node endpoint; pass --node HOST:PORT "
@@ -279,36 +412,52 @@ async def default_endpoints(store: ChainStore, chain: Chain) -> list[str]:
 @json_option
 @run_async
 async def key_list(network_name: str, store_url: str | None, as_json: bool) -> None:
-    """List NETWORK's access keys (never their secrets)."""
+    """List NETWORK's access keys (never their secrets), each active, expired or revoked."""
     async with owner_session(store_url) as owner:
         chain = await owner.find(network_name)
-        keys = [k.public_view() for k in chain.state.keys.values()]
+        now = time.time()
+        keys = [k.public_view(now) for k in chain.state.keys.values()]
         if as_json:
             print_json(keys)
             return
         if not keys:
             click.echo(f"no keys: export one with `tok key export {chain.state.name}`")
             return
-        table = Table("id", "label", "created", "expires", "state", box=None)
+        rows = []
         for k in keys:
-            state = f"revoked {_when(k['revoked_at'])}" if k["revoked"] else "active"
-            table.add_row(
-                str(k["key_id"]), k["label"], _when(k["created"]), _when(k["expires"]), state
+            state = k["state"]
+            if state == "revoked":
+                state = f"revoked {_when(k['revoked_at'])}"
+            rows.append(
+                (str(k["key_id"]), k["label"], _when(k["created"]), _when(k["expires"]), state)
             )
-        console.print(table)
+        _table(("id", "label", "created", "expires", "state"), rows)
 
 
 @key.command("revoke")
 @click.argument("network_name", metavar="NETWORK")
 @click.argument("key_id", type=int)
 @store_option
+@json_option
 @run_async
-async def key_revoke(network_name: str, key_id: int, store_url: str | None) -> None:
+async def key_revoke(network_name: str, key_id: int, store_url: str | None, as_json: bool) -> None:
     """Revoke access key KEY_ID of NETWORK: nodes drop its traffic as soon as they see it."""
     async with owner_session(store_url) as owner:
         chain = await owner.find(network_name)
         await owner.revoke_key(chain, key_id)
-        click.echo(f"revoked key {key_id} of {chain.state.name}")
+        if as_json:
+            revoked = chain.state.keys[key_id]
+            print_json(
+                {
+                    "network": chain.network_id.hex(),
+                    "key_id": key_id,
+                    "label": revoked.label,
+                    "state": "revoked",
+                    "revoked_at": revoked.revoked_at,
+                }
+            )
+        else:
+            click.echo(f"revoked key {key_id} of {chain.state.name}")
 
 
 # --------------------------------------------------------------------------- routes
@@ -319,31 +468,55 @@ def route() -> None:
     """Routes from one network to another (used by the network's gateway)."""
 
 
+def _route_json(network: Chain, r: Any) -> dict[str, Any]:
+    return {
+        "network": network.network_id.hex(),
+        "to": r.to,
+        "name": r.name,
+        "key_id": r.key_id,
+        "added": r.added,
+        "created_key": r.created_key,
+    }
+
+
 @route.command("add")
 @click.argument("network_name", metavar="NETWORK")
 @click.argument("other", required=False, metavar="[OTHER_NETWORK]")
 @click.option("--to", "token_text", metavar="TOKEN", help="The other network's access token.")
 @store_option
+@json_option
 @run_async
 async def route_add(
-    network_name: str, other: str | None, token_text: str | None, store_url: str | None
+    network_name: str,
+    other: str | None,
+    token_text: str | None,
+    store_url: str | None,
+    as_json: bool,
 ) -> None:
     """Route NETWORK to another network: by its access token (--to TOKEN), or, when you own
-    both, by name (a key for the route is exported from OTHER_NETWORK for you)."""
+    both, by name (a key for the route is exported from OTHER_NETWORK for you, and revoked by
+    `tok route remove`).
+
+    Idempotent: when NETWORK already has a route to that network, nothing is added (no second
+    key either); it says so and exits 0 (--json: "added": false and the existing route)."""
     if (other is None) == (token_text is None):
         raise click.UsageError("give either OTHER_NETWORK or --to TOKEN")
     async with owner_session(store_url) as owner:
         chain = await owner.find(network_name)
         if token_text is not None:
-            token = AccessToken.decode(token_text)
-            name = ""
+            r, added = await owner.add_route(chain, AccessToken.decode(token_text))
         else:
             assert other is not None
-            target = await owner.find(other)
-            token = await owner.export_key(target, f"route from {chain.state.name}", [])
-            name = target.state.name
-        await owner.add_route(chain, token, name)
-        click.echo(f"route {chain.state.name} -> {name or token.network_hex} added")
+            r, added = await owner.add_route_to(chain, await owner.find(other))
+        if as_json:
+            print_json({**_route_json(chain, r), "added": added})
+        elif added:
+            click.echo(f"route {chain.state.name} -> {r.name or r.to} added (key {r.key_id})")
+        else:
+            click.echo(
+                f"route {chain.state.name} -> {r.name or r.to} exists (key {r.key_id}): "
+                "nothing added"
+            )
 
 
 @route.command("list")
@@ -372,13 +545,19 @@ async def route_list(network_name: str, store_url: str | None, as_json: bool) ->
 @click.argument("network_name", metavar="NETWORK")
 @click.argument("other", metavar="OTHER_NETWORK")
 @store_option
+@json_option
 @run_async
-async def route_remove(network_name: str, other: str, store_url: str | None) -> None:
-    """Remove NETWORK's route to OTHER_NETWORK (name or id prefix)."""
+async def route_remove(network_name: str, other: str, store_url: str | None, as_json: bool) -> None:
+    """Remove NETWORK's route to OTHER_NETWORK (name or id prefix). A key that `tok route add`
+    exported for the route is revoked with it; a key given with --to TOKEN is left alone."""
     async with owner_session(store_url) as owner:
         chain = await owner.find(network_name)
-        await owner.remove_route(chain, other)
-        click.echo(f"route {chain.state.name} -> {other} removed")
+        r, revoked = await owner.remove_route(chain, other)
+        if as_json:
+            print_json({**_route_json(chain, r), "removed": True, "revoked_key": revoked})
+            return
+        extra = f", key {revoked} of {r.name or r.to} revoked" if revoked is not None else ""
+        click.echo(f"route {chain.state.name} -> {r.name or r.to} removed{extra}")
 
 
 # --------------------------------------------------------------------------- connect
@@ -423,6 +602,8 @@ def connect(
     if daemon:
         _daemonize(token_text, dev, wait, log_file, no_offload)
         return
+    import asyncio
+
     from atenet.client.connect import Connected, Connection
 
     def announce(info: Connected) -> None:
@@ -456,6 +637,8 @@ def _daemonize(
     token_text: str, dev: str, wait: float, log_file: str | None, no_offload: bool = False
 ) -> None:
     """Start `tok connect` again in its own session; return once it has connected."""
+    import subprocess
+
     log_path = log_file or f"/tmp/tok-connect-{dev}.log"
     env = {**os.environ, "ATENET_TOKEN": token_text}
     with open(log_path, "ab") as log:
@@ -596,9 +779,13 @@ async def log_cmd(network_name: str, store_url: str | None, as_json: bool) -> No
             print_json([line.to_json() for line in lines])
             return
         for line in lines:
-            when = dt.datetime.fromtimestamp(line.time_ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+            when = _when(line.time_ms / 1000)
             click.echo(f"{line.seq:6} {when} {line.author:22} {line.kind:13} {line.summary}")
 
+
+from atenet.cli.tok_hosts import hosts  # noqa: E402  (its own module: `tok hosts`)
+
+main.add_command(hosts)
 
 if __name__ == "__main__":
     main()

@@ -12,12 +12,19 @@ its hello and pings, so the node sends it offloaded packets (``TYPE_SUPERFRAME``
 and partial checksums, written to the TAP as they are). It sends offloaded packets itself only
 to a node whose welcome says ``"offload": 1``; an older node gets standard frames, segmented
 here. See docs/protocol.md, "Offloaded packets".
+
+Replay protection across restarts and nodes: the first hello to a node names no node instance,
+so the node answers ``challenge`` with its instance id; the client then says hello again naming
+it, and only such a bound hello (or ping) opens a port. The sealer's counter is moved up to the
+clock on every tick and control message, so a node with no window for this session can refuse
+anything older than its clock skew. See docs/protocol.md, "Replay across restarts and nodes".
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 from collections import Counter
 from typing import Any
 
@@ -25,6 +32,7 @@ from atenet.errors import AtenetError
 from atenet.node.core import Addr, parse_endpoint
 from atenet.offload import VNET_HDR_LEN, to_frames
 from atenet.overlay.fragment import MAX_SUPERFRAME
+from atenet.overlay.replay import Freshness
 from atenet.overlay.seal import (
     TYPE_CONTROL,
     TYPE_FRAME,
@@ -51,6 +59,11 @@ HELLO_RETRY = 0.5
 network, so a node is asked several times before it is given up)."""
 
 
+def hello_host(name: str) -> str:
+    """``name`` as a node accepts it: printable characters only, at most 64 of them."""
+    return "".join(c for c in name if c.isprintable())[:64]
+
+
 class ClientCore:
     """Seals frames for a node and opens what it sends back."""
 
@@ -61,8 +74,10 @@ class ClientCore:
         sender_id: int | None = None,
         *,
         offload: bool = False,
+        host: str | None = None,
     ) -> None:
-        """``offload``: the TAP has a virtio-net header, so offloaded packets can be taken."""
+        """``offload``: the TAP has a virtio-net header, so offloaded packets can be taken.
+        ``host``: the name the node shows for this host (default: the system's host name)."""
         if not token.endpoints:
             raise AtenetError(
                 "the token names no node endpoint: export one with "
@@ -74,7 +89,14 @@ class ClientCore:
         )
         key = PacketKey(token.secret, token.key_id)
         self.sealer = Sealer(token.network_id, key, self.sender_id, counter_start)
-        self.opener = Opener(key)
+        # No start floor on this side: a node whose clock is a little behind ours must still
+        # be heard at once; its packets older than our clock's skew are refused.
+        self.freshness = Freshness()
+        self.opener = Opener(key, freshness=self.freshness)
+        self.instance: str | None = None
+        """The current node's instance id, from its challenge or welcome; named in hellos."""
+        self.outbox: list[bytes] = []
+        """Control packets to send at the next tick (a bound hello after a challenge)."""
         self.endpoints: list[Addr] = [parse_endpoint(e) for e in token.endpoints]
         self.index = 0
         self.config: dict[str, Any] | None = None
@@ -85,6 +107,8 @@ class ClientCore:
         self.drops: Counter[str] = Counter()
         self.failovers = 0
         self.offload = offload
+        self.host = hello_host(socket.gethostname() if host is None else host)
+        """Sent in hellos and pings so the node can name this port (`tok hosts`)."""
         self.segmented = 0
         """Offloaded packets this client had to segment (the node does not take them)."""
 
@@ -125,6 +149,11 @@ class ClientCore:
         message: dict[str, Any] = {"op": op}
         if self.offload and op in ("hello", "ping"):
             message["offload"] = 1
+        if self.host and op in ("hello", "ping"):
+            message["host"] = self.host
+        if self.instance is not None and op in ("hello", "ping"):
+            message["instance"] = self.instance
+        self.sealer.advance(int(now * 1_000_000_000))
         return self.sealer.seal(json.dumps(message).encode(), TYPE_CONTROL)
 
     def datagram(self, data: bytes, now: float) -> bytes | None:
@@ -171,12 +200,28 @@ class ClientCore:
             except (ValueError, RecursionError):  # deep nesting raises RecursionError
                 self.drops["bad_control"] += 1
                 return None
-            if isinstance(message, dict) and message.get("op") in ("welcome", "pong"):
+            if not isinstance(message, dict):
+                self.drops["bad_control"] += 1
+                return None
+            op = message.get("op")
+            if op in ("welcome", "pong"):
                 self.config = message
+                if isinstance(message.get("instance"), str):
+                    self.instance = message["instance"]
+            elif op == "challenge" and isinstance(message.get("instance"), str):
+                # The node has no port for us (first contact, or it restarted): say hello again,
+                # naming its instance, at the next tick.
+                self.instance = message["instance"]
+                self.outbox = [self.control("hello", now)]
         return None
 
     def tick(self, now: float) -> list[bytes]:
         """Control packets due now; switches to the next endpoint when the node is silent."""
+        self.freshness.set_now(now)
+        self.sealer.advance(int(now * 1_000_000_000))
+        if self.outbox:
+            out, self.outbox = self.outbox, []
+            return out
         if self.config is None:
             if self.asked_at is not None and now - self.asked_at >= HELLO_TIMEOUT:
                 self.next_endpoint()
@@ -195,6 +240,8 @@ class ClientCore:
         self.index = (self.index + 1) % len(self.endpoints)
         self.failovers += 1
         self.asked_at = None
+        self.instance = None  # another node: its instance comes with its challenge
+        self.outbox = []
 
 
 def no_answer(core: ClientCore, what: str = "no node answered") -> AtenetError:

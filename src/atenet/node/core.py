@@ -6,8 +6,11 @@ asynchronously (load a network's chain, join or leave its member collection) com
 :meth:`NodeCore.take_events`. Chain state comes in through :meth:`NetworkRuntime.apply_state`.
 
 Per datagram: parse the clear header → find the network by id → pick the key by key id
-(0 = the node-to-node key, else an access key) → authenticate and check the replay window →
-switch. Every failure is dropped and counted by reason, never answered.
+(0 = the node-to-node key, else an access key) → the sending port's rate bucket (before any
+crypto) → authenticate and check the replay window (or, for a sender with no window, the time
+floor) → switch. Every failure is dropped and counted by reason, never answered — except a
+hello not bound to this node instance, which gets a ``challenge`` and no port (see
+docs/protocol.md, "Replay across restarts and nodes").
 """
 
 from __future__ import annotations
@@ -15,13 +18,19 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import os
 import socket
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from atenet.addressing import ipv4_for, ipv6_for
 from atenet.chain.state import NetworkState
+from atenet.errors import AtenetError
+from atenet.node.schema import CONTROL, SchemaError, parse
 from atenet.offload import OffloadError, check
+from atenet.overlay.replay import Freshness
 from atenet.overlay.seal import (
     NODE_KEY_ID,
     TYPE_CONTROL,
@@ -44,6 +53,37 @@ PEER_GRACE = 45.0
 
 ETH_MIN = 14
 
+ADDRESS_CACHE = 4096
+"""MACs whose derived IPs a network keeps; the cache is emptied when it would grow past this."""
+
+MAX_PORTS_PER_KEY = 64
+"""UDP client ports one access key may hold on one node (one key per person or device: 64
+concurrent sessions is far above honest use, and stops one key holder from making thousands)."""
+
+MAX_PORTS_PER_ADDRESS = 256
+"""UDP client ports from one source IP address on one node, over every network and key (room
+for a NAT gateway with many clients behind it)."""
+
+PORT_RATE = 30_000.0
+"""Packets per second one client port may send to this node (its token bucket's refill); a
+super-frame counts as one packet. Well above what one tok sends through a Python node."""
+
+PORT_BURST = 3_000.0
+"""The bucket's depth: 0.1 s at the default rate."""
+
+_NS = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class PortLimits:
+    """Bounds on client ports, per node; see the constants above and docs/protocol.md."""
+
+    per_key: int = MAX_PORTS_PER_KEY
+    per_address: int = MAX_PORTS_PER_ADDRESS
+    rate: float = PORT_RATE
+    burst: float = PORT_BURST
+
+
 Addr = tuple[str, int]
 Send = Callable[[bytes, Addr], None]
 
@@ -64,19 +104,42 @@ def parse_endpoint(endpoint: str) -> Addr:
     return host, int(port)
 
 
-class UdpClientPort(Port):
-    """A `tok connect` client: frames to it are sealed with its own access key."""
+def _derived(derive: Callable[[bytes, bytes, str], Any], net: bytes, mac: bytes, cidr: str) -> str:
+    """An address text from :mod:`atenet.addressing`, "" for a network without that family."""
+    if not cidr:
+        return ""
+    try:
+        return str(derive(net, mac, cidr).ip)
+    except AtenetError:
+        return ""
 
-    __slots__ = ("addr", "seal", "send", "sender_id")
+
+class UdpClientPort(Port):
+    """A `tok connect` client: frames to it are sealed with its own access key.
+
+    ``tokens`` / ``bucket_at`` are its receive-side token bucket (see :class:`PortLimits`),
+    checked before decryption so a flooding client's excess costs no AES time.
+    """
+
+    __slots__ = ("addr", "bucket_at", "seal", "send", "sender_id", "tokens")
 
     def __init__(
-        self, addr: Addr, key_id: int, sender_id: int, sealer: Sealer, send: Send, now: float
+        self,
+        addr: Addr,
+        key_id: int,
+        sender_id: int,
+        sealer: Sealer,
+        send: Send,
+        now: float,
+        burst: float = PORT_BURST,
     ) -> None:
         super().__init__(f"udp:{addr[0]}:{addr[1]}/k{key_id}", "udp", now, key_id)
         self.addr = addr
         self.sender_id = sender_id
         self.seal = sealer.seal
         self.send = send
+        self.tokens = burst
+        self.bucket_at = now
 
     def deliver(self, frame: bytes) -> None:
         self.frames_out += 1
@@ -103,7 +166,14 @@ class NetworkRuntime:
         send: Send,
         counter_start: int,
         emit: Callable[[str, bytes], None],
+        *,
+        freshness: Freshness | None = None,
+        instance: str = "",
+        limits: PortLimits | None = None,
+        address_ports: Counter[str] | None = None,
     ) -> None:
+        """``freshness``, ``instance``, ``limits`` and ``address_ports`` are the node's, shared
+        by all its networks (see :class:`NodeCore`)."""
         self.network_id = network_id
         self.node_id = node_id
         self.sender_id = sender_id_for(node_id)
@@ -111,7 +181,8 @@ class NetworkRuntime:
         self.counter_start = counter_start
         self.emit = emit
         self.state: NetworkState | None = None
-        self.switch = Switch(self._to_peers, self._to_peers_packet)
+        self.switch = Switch(self._to_peers, self._to_peers_packet, self.addresses)
+        self._addresses: dict[bytes, tuple[str, str]] = {}
         self.openers: dict[int, Opener] = {}
         self.sealers: dict[int, Sealer] = {}
         self.revoked: set[int] = set()
@@ -121,18 +192,26 @@ class NetworkRuntime:
         self.alive_until: dict[str, float] = {}  # node id -> end of its heartbeat's validity
         self.drops: Counter[str] = Counter()
         self._node_sealer: Sealer | None = None
+        self.freshness = freshness if freshness is not None else Freshness(counter_start)
+        self.instance = instance
+        self.limits = limits if limits is not None else PortLimits()
+        self.address_ports: Counter[str] = address_ports if address_ports is not None else Counter()
+        self.key_ports: Counter[int] = Counter()
 
     # ------------------------------------------------------------------ chain state
 
     def apply_state(self, state: NetworkState, now: float) -> list[Port]:
         """Take keys, members and settings from the chain; return ports closed by revocation."""
         self.state = state
+        self._addresses.clear()  # the CIDRs may have changed
+        start = max(self.counter_start, int(now * _NS))  # counters track the clock
         if state.data_key is not None and NODE_KEY_ID not in self.openers:
             node_key = PacketKey(derive_node_secret(state.data_key), NODE_KEY_ID)
-            self.openers[NODE_KEY_ID] = Opener(node_key)
-            self._node_sealer = Sealer(
-                self.network_id, node_key, self.sender_id, self.counter_start
-            )
+            opener = Opener(node_key, freshness=self.freshness)
+            # Peer floods sealed before this node had a local port were never meant for it.
+            opener.min_counter = self._active_since
+            self.openers[NODE_KEY_ID] = opener
+            self._node_sealer = Sealer(self.network_id, node_key, self.sender_id, start)
         usable = {k.key_id: k for k in state.keys.values() if k.usable(now)}
         for key_id in [k for k in self.openers if k != NODE_KEY_ID and k not in usable]:
             del self.openers[key_id]
@@ -140,16 +219,16 @@ class NetworkRuntime:
         for key_id, key in usable.items():
             if key_id not in self.openers:
                 packet_key = PacketKey(key.secret, key_id)
-                self.openers[key_id] = Opener(packet_key)
-                self.sealers[key_id] = Sealer(
-                    self.network_id, packet_key, self.sender_id, self.counter_start
-                )
+                self.openers[key_id] = Opener(packet_key, freshness=self.freshness)
+                self.sealers[key_id] = Sealer(self.network_id, packet_key, self.sender_id, start)
         self.revoked = {k for k in state.keys if k not in usable}
         closed = []
         for key, port in list(self.switch.ports.items()):
             if port.key_id is not None and port.key_id not in usable:
-                self.clients.pop(key, None)  # type: ignore[call-overload]
-                self.remove_port(key)
+                if key in self.clients:
+                    self.remove_client(key)  # type: ignore[arg-type]
+                else:
+                    self.remove_port(key)
                 port.close()
                 closed.append(port)
         self.refresh_peers(now)
@@ -180,10 +259,36 @@ class NetworkRuntime:
 
     # ------------------------------------------------------------------ ports
 
+    def addresses(self, mac: bytes) -> tuple[str, str]:
+        """``mac``'s IPv4 and IPv6 in this network by the hashed scheme ("" when unknown).
+
+        Cached per MAC (status is read every second for every port; the cache is bounded)."""
+        found = self._addresses.get(mac)
+        if found is not None:
+            return found
+        s = self.state.settings if self.state is not None else None
+        ipv4 = _derived(ipv4_for, self.network_id, mac, s.cidr) if s else ""
+        ipv6 = _derived(ipv6_for, self.network_id, mac, s.cidr6) if s else ""
+        if len(self._addresses) >= ADDRESS_CACHE:
+            self._addresses.clear()
+        self._addresses[mac] = (ipv4, ipv6)
+        return ipv4, ipv6
+
+    _active_since = 0
+    """Clock (ns) when this network last got a first local port: the node-to-node key's floor
+    for peers with no replay window here."""
+
     def add_port(self, key: object, port: Port) -> None:
+        if port.key_id is not None and self.state is not None:
+            access_key = self.state.keys.get(port.key_id)
+            port.label = access_key.label if access_key is not None else ""
         was_idle = len(self.switch) == 0
         self.switch.add(key, port)
         if was_idle:
+            self._active_since = max(self._active_since, int(port.last_seen * _NS))
+            opener = self.openers.get(NODE_KEY_ID)
+            if opener is not None:
+                opener.min_counter = self._active_since
             self.emit("active", self.network_id)
 
     def remove_port(self, key: object) -> Port | None:
@@ -193,8 +298,27 @@ class NetworkRuntime:
         return port
 
     def remove_client(self, key: tuple[int, int]) -> Port | None:
-        self.clients.pop(key, None)
+        port = self.clients.pop(key, None)
+        if port is not None:
+            self._uncount(port)
         return self.remove_port(key)
+
+    def _uncount(self, port: UdpClientPort) -> None:
+        for table, item in ((self.key_ports, port.key_id), (self.address_ports, port.addr[0])):
+            left = table[item] - 1  # type: ignore[index]
+            if left > 0:
+                table[item] = left  # type: ignore[index]
+            else:
+                table.pop(item, None)  # type: ignore[arg-type]
+
+    def advance(self, now: float) -> None:
+        """Move every sealer's counter up to the clock (called about once a second), so a
+        receiver with no window for us never sees a counter lagging real time."""
+        now_ns = int(now * _NS)
+        if self._node_sealer is not None:
+            self._node_sealer.advance(now_ns)
+        for sealer in self.sealers.values():
+            sealer.advance(now_ns)
 
     def expire(self, now: float) -> list[Port]:
         stale = [k for k, p in self.clients.items() if now - p.last_seen > UDP_IDLE]
@@ -202,17 +326,20 @@ class NetworkRuntime:
 
     # ------------------------------------------------------------------ packets
 
-    def _to_peers(self, frame: bytes, ptype: int = TYPE_FRAME) -> None:
+    def _to_peers(self, frame: bytes, ptype: int = TYPE_FRAME) -> int:
+        """Seal once and send to every live peer; returns how many peers it went to."""
         peers = self.peers
         if peers and self._node_sealer is not None:
             sealed = self._node_sealer.seal(frame, ptype)  # once per flood, the same bytes to all
             send = self.send
             for addr in peers:
                 send(sealed, addr)
+            return len(peers)
+        return 0
 
-    def _to_peers_packet(self, packet: bytes) -> None:
+    def _to_peers_packet(self, packet: bytes) -> int:
         """Offloaded packets travel between nodes as they are: every node takes them."""
-        self._to_peers(packet, TYPE_SUPERFRAME)
+        return self._to_peers(packet, TYPE_SUPERFRAME)
 
     def packet(
         self,
@@ -228,22 +355,42 @@ class NetworkRuntime:
         if opener is None:
             self.drops["revoked_key" if key_id in self.revoked else "unknown_key"] += 1
             return
+        if key_id == NODE_KEY_ID:
+            try:
+                payload = opener.open(data, sender_id, counter)
+            except SealError as err:
+                self.drops[err.reason] += 1
+                return
+            self._from_peer(payload, ptype)
+            return
+        key = (key_id, sender_id)
+        port = self.clients.get(key)
+        if port is not None:
+            # The port's token bucket, checked before any crypto so a flooding client's excess
+            # is cheap, but charged only below for a packet that authenticated: forged packets
+            # naming this port's sender id (it is in clear) cannot drain its bucket.
+            limits = self.limits
+            tokens = port.tokens + (now - port.bucket_at) * limits.rate
+            port.tokens = tokens if tokens < limits.burst else limits.burst
+            port.bucket_at = now
+            if tokens < 1.0:
+                self.drops["port_rate"] += 1
+                return
         try:
             payload = opener.open(data, sender_id, counter)
         except SealError as err:
             self.drops[err.reason] += 1
             return
-        if key_id == NODE_KEY_ID:
-            self._from_peer(payload, ptype)
-            return
-        key = (key_id, sender_id)
-        port = self.clients.get(key)
         if port is None:
-            port = UdpClientPort(addr, key_id, sender_id, self.sealers[key_id], self.send, now)
-            self.clients[key] = port
-            self.add_port(key, port)
-        elif port.addr != addr:
-            port.addr = addr  # the client roamed or its NAT rebound: follow it
+            # Only a control message bound to this node instance opens a port (below).
+            if ptype == TYPE_CONTROL:
+                self._control_new(addr, key_id, sender_id, key, payload, now)
+            else:
+                self.drops["no_port"] += 1
+            return
+        port.tokens -= 1.0
+        if port.addr != addr:
+            self._roam(port, addr)  # the client roamed or its NAT rebound: follow it
         port.last_seen = now
         if ptype == TYPE_FRAME:
             if len(payload) < ETH_MIN:
@@ -285,16 +432,67 @@ class NetworkRuntime:
             return False
         return True
 
+    def _roam(self, port: UdpClientPort, addr: Addr) -> None:
+        if port.addr[0] != addr[0]:
+            self._uncount(port)
+            self.key_ports[port.key_id] += 1  # type: ignore[index]
+            self.address_ports[addr[0]] += 1
+        port.addr = addr
+
+    def _control_new(
+        self,
+        addr: Addr,
+        key_id: int,
+        sender_id: int,
+        key: tuple[int, int],
+        payload: bytes,
+        now: float,
+    ) -> None:
+        """A control message from a session with no port here: a port only for a ``hello`` or
+        ``ping`` that names this node instance (so a captured one replayed to another node, or
+        to this node after a restart, opens nothing), within the per-key and per-address caps.
+        An unbound hello or ping is answered with a ``challenge`` naming the instance — sealed
+        with the client's key, no larger than what came in, and no port."""
+        try:
+            message = parse(payload, CONTROL)
+        except SchemaError:
+            self.drops["bad_control"] += 1
+            return
+        op = message["op"]
+        bound = message.get("instance") == self.instance
+        if op not in ("hello", "ping"):
+            self.drops["no_port"] += 1
+            return
+        sealer = self.sealers[key_id]
+        if not bound:
+            self.drops["unbound_hello"] += 1
+            challenge = {"op": "challenge", "instance": self.instance}
+            self.send(sealer.seal(json.dumps(challenge).encode(), TYPE_CONTROL), addr)
+            return
+        if self.key_ports[key_id] >= self.limits.per_key:
+            self.drops["key_port_limit"] += 1
+            return
+        if self.address_ports[addr[0]] >= self.limits.per_address:
+            self.drops["address_port_limit"] += 1
+            return
+        port = UdpClientPort(addr, key_id, sender_id, sealer, self.send, now, self.limits.burst)
+        self.clients[key] = port
+        self.key_ports[key_id] += 1
+        self.address_ports[addr[0]] += 1
+        self.add_port(key, port)
+        self._control(port, key, payload)
+
     def _control(self, port: UdpClientPort, key: tuple[int, int], payload: bytes) -> None:
         try:
-            message = json.loads(payload)
+            message = parse(payload, CONTROL)
             op = message["op"]
-        except (ValueError, KeyError, TypeError, RecursionError):  # deep nesting: RecursionError
+        except SchemaError:
             self.drops["bad_control"] += 1
             return
         if op in ("hello", "ping"):
             # Repeated on every ping, so a port re-created after expiry learns it again.
             port.offload = message.get("offload") == 1
+            port.host = message.get("host", "")
             port.control(self.welcome("welcome" if op == "hello" else "pong"))
         elif op == "bye":
             self.remove_client(key)
@@ -312,6 +510,7 @@ class NetworkRuntime:
             "cidr6": s.cidr6 if s else "",
             "mtu": s.mtu if s else 0,
             "offload": 1,  # this node takes offloaded packets (TYPE_SUPERFRAME)
+            "instance": self.instance,  # what the client's hellos and pings name
         }
 
     def status(self) -> dict[str, Any]:
@@ -334,10 +533,26 @@ class NetworkRuntime:
 class NodeCore:
     """Every network this node serves, behind one UDP socket."""
 
-    def __init__(self, node_id: str, send: Send, counter_start: int) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        send: Send,
+        counter_start: int,
+        *,
+        instance: str | None = None,
+        limits: PortLimits | None = None,
+    ) -> None:
+        """``counter_start``: the clock in ns when this process started (``time.time_ns()``);
+        it starts the sealers' counters and is the floor below which a sender with no replay
+        window is refused (anything older was captured before this process existed).
+        ``instance``: random per process, named in clients' hellos (default: 8 random bytes)."""
         self.node_id = node_id
         self.send = send
         self.counter_start = counter_start
+        self.instance = instance if instance is not None else os.urandom(8).hex()
+        self.limits = limits if limits is not None else PortLimits()
+        self.freshness = Freshness(counter_start)
+        self.address_ports: Counter[str] = Counter()
         self.networks: dict[bytes, NetworkRuntime] = {}
         self.drops: Counter[str] = Counter()
         self.datagrams = 0
@@ -345,6 +560,8 @@ class NodeCore:
         self._asked: set[bytes] = set()
 
     def _emit(self, what: str, network_id: bytes) -> None:
+        if what == "stale" and (what, network_id) in self._events:
+            return  # once per batch: every peer packet of a flood would say it again
         self._events.append((what, network_id))
 
     @property
@@ -360,13 +577,18 @@ class NodeCore:
 
     def add_network(self, network_id: bytes) -> NetworkRuntime:
         runtime = NetworkRuntime(
-            network_id, self.node_id, self.send, self.counter_start, self._emit
-        )
+            network_id, self.node_id, self.send, self.counter_start, self._emit,
+            freshness=self.freshness, instance=self.instance, limits=self.limits,
+            address_ports=self.address_ports,
+        )  # fmt: skip
         self.networks[network_id] = runtime
         return runtime
 
     def remove_network(self, network_id: bytes) -> None:
-        self.networks.pop(network_id, None)
+        runtime = self.networks.pop(network_id, None)
+        if runtime is not None:
+            for key in list(runtime.clients):
+                runtime.remove_client(key)
 
     def datagram(self, data: bytes, addr: Addr, now: float) -> None:
         self.datagrams += 1
@@ -375,6 +597,8 @@ class NodeCore:
         except SealError as err:
             self.drops[err.reason] += 1
             return
+        if now != self.freshness.now:
+            self.freshness.set_now(now)
         runtime = self.networks.get(network_id)
         if runtime is None:
             self.drops["unknown_network"] += 1
@@ -385,9 +609,11 @@ class NodeCore:
         runtime.packet(data, addr, ptype, key_id, sender_id, counter, now)
 
     def expire(self, now: float) -> None:
+        self.freshness.set_now(now)
         for runtime in self.networks.values():
             runtime.expire(now)
             runtime.refresh_peers(now)
+            runtime.advance(now)
 
     def status(self) -> dict[str, Any]:
         return {

@@ -2,33 +2,48 @@
 
 It owns one UDP socket (clients and peers share it), reads it until empty on every wake-up, loads
 networks on demand when their packets arrive, follows their chains, keeps this node's membership
-records right (join with the first client, leave with the last, and on shutdown), writes
-heartbeats as bounded latest records, and serves counters over HTTP.
+records right (join with the first client, leave ``member_grace`` seconds after the last, and on
+shutdown), writes heartbeats as bounded latest records, and serves counters over HTTP.
+
+One node identity, one process: ``start`` takes an exclusive lock per node id on this host, and
+heartbeats carry a random per-process ``instance``; a fresh heartbeat of our node id written by
+another instance means a clone runs elsewhere (two processes sealing with one sender id would
+reuse GCM nonces), so the younger process stops serving that network.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import fcntl
+import hashlib
 import logging
+import os
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
+from atenet.addressing import host_identity
 from atenet.chain.event import Kind
 from atenet.chain.keys import Identity
 from atenet.chain.log import Chain, Signer
 from atenet.chain.store import ChainStore
-from atenet.deployment import NodeKey
+from atenet.deployment import NODE_REFRESH, NodeKey, publish_node
 from atenet.errors import AtenetError, ChainInvalid, NotAllowed, NotFound, StoreUnavailable
-from atenet.node.core import NetworkRuntime, NodeCore
+from atenet.node.advertise import Advertised
+from atenet.node.advertise import choose as choose_advertised
+from atenet.node.core import NetworkRuntime, NodeCore, PortLimits
+from atenet.node.hosts import heartbeat_ports
+from atenet.node.lookups import UnknownNetworks
 from atenet.transport.udp import UdpSocket
 
 log = logging.getLogger(__name__)
 
 READ_BATCH = 512
-NEGATIVE_CACHE = 10.0
+MEMBER_GRACE = 300.0
+"""Seconds a node stays a member after its last local port left (``atenet run --member-grace``),
+so a page reload or a reconnecting client appends no member_leave/member_join pair."""
 
 
 class NodeDaemon:
@@ -44,7 +59,12 @@ class NodeDaemon:
         udp_port: int = 4799,
         advertise: str | None = None,
         heartbeat: float = 10.0,
+        member_grace: float = MEMBER_GRACE,
+        limits: PortLimits | None = None,
+        lock_dir: Path | None = None,
     ) -> None:
+        """``lock_dir``: where to take this node's one-process lock (the CLI passes the config
+        dir); None for no lock file (in-process tests)."""
         self.store = store
         self.node_key = node_key
         self.node_id = node_key.node_id
@@ -53,8 +73,22 @@ class NodeDaemon:
         self.listen = listen
         self.udp_port = udp_port
         self.advertise = advertise
+        self.advertised = Advertised([advertise] if advertise else [], "--advertise")
         self.heartbeat = heartbeat
-        self.core = NodeCore(self.node_id, self._send, time.time_ns())
+        self.member_grace = member_grace
+        self.lock_dir = lock_dir
+        self._locks: list[int] = []
+        self.instance = os.urandom(8).hex()
+        self.started_ns = time.time_ns()
+        self.core = NodeCore(
+            self.node_id, self._send, self.started_ns, instance=self.instance, limits=limits
+        )
+        self._idle_since: dict[bytes, float] = {}  # network id -> when its last port left
+        # Network id -> until when another live instance of our node id serves it.
+        self._clones: dict[bytes, float] = {}
+        self.host = hashlib.sha256(b"atenet/v1 node host|" + host_identity()).hexdigest()[:16]
+        self._grace_timers: set[bytes] = set()
+        self._stale_pending: set[bytes] = set()
         self.chains: dict[bytes, Chain] = {}
         self.sock: socket.socket | None = None
         self.udp: UdpSocket | None = None
@@ -62,31 +96,44 @@ class NodeDaemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._followers: dict[bytes, asyncio.Task[Any]] = {}
         self._loading: dict[bytes, asyncio.Task[Any]] = {}
-        self._unknown: dict[bytes, float] = {}
+        self.unknown = UnknownNetworks()
         self._membership_locks: dict[bytes, asyncio.Lock] = {}
         self._stopping = False
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
+    async def start(self, publish: bool = True) -> None:
+        """Bind the UDP socket, choose the advertised endpoints and start the periodic tasks.
+
+        ``publish=False`` leaves the deployment's "nodes" record alone: a caller that binds more
+        sockets (the HTTP server) calls :meth:`publish` once they are all bound, so a start that
+        fails half-way never replaces the endpoint a working node had published."""
+        self._lock()
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.bind((self.listen, self.udp_port))
         except OSError as exc:
             sock.close()
+            self._unlock()
             raise AtenetError(
                 f"cannot listen on UDP {self.listen}:{self.udp_port}: {exc.strerror}; "
                 "pick another --udp-port or stop the other process"
             ) from None
+        try:
+            self.advertised = choose_advertised(self.listen, sock.getsockname()[1], self.advertise)
+        except AtenetError:
+            sock.close()
+            self._unlock()
+            raise
         self.udp = UdpSocket(sock)
         self.sock = sock
         self.udp_port = sock.getsockname()[1]
-        if self.advertise is None:
-            self.advertise = f"{self._guess_host()}:{self.udp_port}"
+        self.advertise = self.advertised.endpoints[0]
         asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable)
         self._spawn(self._ticker())
         self._spawn(self._heartbeats())
-        await self._publish_node()
+        if publish:
+            await self.publish()
         log.info(
             "node %s listening on udp %s:%d (advertised as %s)",
             self.node_id,
@@ -95,13 +142,68 @@ class NodeDaemon:
             self.advertise,
         )
 
-    def _guess_host(self) -> str:
-        if self.listen not in ("0.0.0.0", ""):
-            return self.listen
-        try:
-            return socket.gethostbyname(socket.gethostname())
-        except OSError:
-            return "127.0.0.1"
+    async def publish(self) -> None:
+        """List this node in the store's "nodes" record, then keep its entry fresh."""
+        await self._publish_node()
+        self._spawn(self._refresh_node_record())
+
+    async def _refresh_node_record(self) -> None:
+        """Rewrite this node's entry every :data:`NODE_REFRESH` seconds (sooner with a short
+        --heartbeat): readers skip entries older than
+        :data:`~atenet.deployment.NODE_RECORD_MAX_AGE`, so a node that died stops being named in
+        new tokens."""
+        while True:
+            await asyncio.sleep(min(NODE_REFRESH, 6 * self.heartbeat))
+            try:
+                await self._publish_node()
+            except AtenetError as exc:
+                log.warning("could not refresh this node's published endpoint: %s", exc)
+
+    def _lock(self) -> None:
+        """Refuse to run a node id that another process on this host already runs.
+
+        Two processes with one node key seal with the same sender id, and their clock-based
+        counters overlap: GCM nonces would repeat. One lock in the config dir catches a second
+        `atenet run` of the same home; one per node id in the runtime dir (/run/atenet as root,
+        else $XDG_RUNTIME_DIR) catches a copied config dir on the same host.
+        """
+        if self.lock_dir is None:
+            return
+        paths = [self.lock_dir / "node.lock"]
+        runtime = Path("/run/atenet") if os.geteuid() == 0 else None
+        if runtime is None and os.environ.get("XDG_RUNTIME_DIR"):
+            runtime = Path(os.environ["XDG_RUNTIME_DIR"]) / "atenet"
+        if runtime is not None:
+            with contextlib.suppress(OSError):
+                runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+                paths.append(runtime / f"node-{self.node_id}.lock")
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                if path is paths[0]:
+                    raise AtenetError(f"cannot open lock {path}: {exc.strerror}") from None
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                self._unlock()
+                raise AtenetError(
+                    f"node {self.node_id} is already running (pid {holder}, lock {path}): "
+                    "stop it first; a copied config dir must not run twice (its packets "
+                    "would reuse encryption nonces) — give a second node its own `atenet init`"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            self._locks.append(fd)
+
+    def _unlock(self) -> None:
+        for fd in self._locks:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._locks = []
 
     async def stop(self) -> None:
         """Leave every network's member collection, then close everything."""
@@ -122,6 +224,7 @@ class NodeDaemon:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+        self._unlock()
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -162,12 +265,17 @@ class NodeDaemon:
             if what == "load":
                 self._maybe_load(network_id)
             elif what in ("active", "idle", "stale"):
-                self._spawn(self._sync_membership(network_id))
+                self._membership_event(what, network_id)
 
     def _maybe_load(self, network_id: bytes) -> None:
-        if network_id in self._loading or self._stopping:
+        if network_id in self._loading or self._stopping or self._clone_serves(network_id):
             return
-        if time.monotonic() < self._unknown.get(network_id, 0):
+        now = time.monotonic()
+        if not self.unknown.admit(network_id, now):
+            # Counted by reason; one summary line per interval instead of a line per id.
+            line = self.unknown.summary(now)
+            if line is not None:
+                log.warning("%s", line)
             return
         self._loading[network_id] = self._spawn(self._load(network_id))
 
@@ -189,32 +297,49 @@ class NodeDaemon:
         self._handle_events()
 
     async def _load(self, network_id: bytes) -> None:
+        outcome = "unknown"
         try:
             chain = Chain(self.store, network_id, [self.authority.box])
             try:
                 await chain.load()
             except (NotFound, NotAllowed, ChainInvalid) as exc:
-                # Unknown ids are cached so junk packets cannot make us re-read the store.
-                self._unknown[network_id] = time.monotonic() + NEGATIVE_CACHE
-                level = logging.ERROR if isinstance(exc, ChainInvalid) else logging.INFO
-                log.log(level, "not serving %s: %s", network_id.hex(), exc)
+                # Remembered (bounded, see node/lookups.py) so junk packets cannot make us
+                # re-read the store; not logged per id, anyone can send random ids.
+                if isinstance(exc, ChainInvalid):
+                    log.error("not serving %s: %s", network_id.hex(), exc)
+                else:
+                    log.debug("not serving %s: %s", network_id.hex(), exc)
                 return
             if chain.state.deleted:
-                self._unknown[network_id] = time.monotonic() + NEGATIVE_CACHE
                 return
             # Registered and given its state in one step: no other task may see it half-built.
             runtime = self.core.add_network(network_id)
             runtime.apply_state(chain.state, time.time())
             self.chains[network_id] = chain
+            outcome = "found"
             await self._read_heartbeats(chain, runtime)
+            if self._clone_serves(network_id):
+                return
             log.info("serving network %s (%s)", chain.state.name, network_id.hex())
             self._followers[network_id] = asyncio.ensure_future(self._follow(chain, runtime))
             if runtime.is_member and len(runtime.switch) == 0:
                 self._spawn(self._sync_membership(network_id))  # a record left by a crash
         except StoreUnavailable as exc:
-            log.warning("cannot load %s yet: %s", network_id.hex(), exc)
+            # Its own short negative state for every unknown id; one line per outage-minute.
+            if self.unknown.warn_store(time.monotonic()):
+                log.warning(
+                    "cannot load networks while the store is unavailable (%s); lookups pause "
+                    "for %g s each time, refusals are counted in /api/status",
+                    exc,
+                    self.unknown.unavailable_ttl,
+                )
+            else:
+                log.debug("cannot load %s yet: %s", network_id.hex(), exc)
+            if outcome != "found":
+                outcome = "unavailable"
         finally:
             self._loading.pop(network_id, None)
+            self.unknown.finished(network_id, outcome, time.monotonic())
 
     async def _follow(self, chain: Chain, runtime: NetworkRuntime) -> None:
         try:
@@ -231,8 +356,48 @@ class NodeDaemon:
         except ChainInvalid as exc:
             log.error("stopped following %s: %s", chain.network_id.hex(), exc)
 
+    def _membership_event(self, what: str, network_id: bytes) -> None:
+        """First port (join now), last port gone (leave after the grace), or peer traffic with
+        no local ports (leave now, unless within the grace: the record is not stale then)."""
+        if what == "active":
+            self._idle_since.pop(network_id, None)
+        elif what == "idle":
+            self._idle_since[network_id] = time.time()
+            if network_id not in self._grace_timers:
+                self._grace_timers.add(network_id)
+                self._spawn(self._leave_after_grace(network_id))
+            return
+        elif self._in_grace(network_id) or network_id in self._stale_pending:
+            return
+        else:
+            self._stale_pending.add(network_id)
+        self._spawn(self._sync_membership(network_id))
+
+    def _in_grace(self, network_id: bytes) -> bool:
+        since = self._idle_since.get(network_id)
+        return since is not None and time.time() - since < self.member_grace
+
+    async def _leave_after_grace(self, network_id: bytes) -> None:
+        """One timer per network: wakes when the grace after the last port ends, then syncs."""
+        try:
+            while (since := self._idle_since.get(network_id)) is not None:
+                left = since + self.member_grace - time.time()
+                if left <= 0:
+                    break
+                await asyncio.sleep(left)
+        finally:
+            self._grace_timers.discard(network_id)
+        await self._sync_membership(network_id)
+
     async def _sync_membership(self, network_id: bytes) -> None:
-        """Make this node's membership record match whether it has local ports."""
+        """Make this node's membership record match whether it has local ports (or had some
+        less than ``member_grace`` seconds ago)."""
+        try:
+            await self._sync_membership_now(network_id)
+        finally:
+            self._stale_pending.discard(network_id)
+
+    async def _sync_membership_now(self, network_id: bytes) -> None:
         lock = self._membership_locks.setdefault(network_id, asyncio.Lock())
         async with lock:
             delay = 0.2
@@ -243,7 +408,7 @@ class NodeDaemon:
                     return
                 try:
                     await chain.catch_up()
-                    want = len(runtime.switch) > 0
+                    want = len(runtime.switch) > 0 or self._in_grace(network_id)
                     if want and not runtime.is_member:
                         await chain.append(
                             Kind.MEMBER_JOIN,
@@ -300,10 +465,14 @@ class NodeDaemon:
                 "node": self.node_id,
                 "endpoint": self.advertise,
                 "interval": self.heartbeat,
+                "instance": self.instance,
+                "started_ns": self.started_ns,
+                "host": self.host,
                 "ports": len(status["ports"]),
                 "frames_to_peers": status["frames_to_peers"],
                 "frames_from_peers": status["frames_from_peers"],
                 "drops": status["drops"],
+                **heartbeat_ports(runtime.switch.ports.values()),  # for `tok hosts`
             },
             self.signer,
         )
@@ -320,19 +489,52 @@ class NodeDaemon:
                 continue
             # A peer is alive while its heartbeat is younger than three of its own intervals.
             runtime.alive_until[node_id] = record["time_ms"] / 1000 + 3 * interval + 1
+            if node_id == self.node_id and now < runtime.alive_until[node_id]:
+                self._check_clone(chain, record, runtime.alive_until[node_id])
         runtime.refresh_peers(now)
 
+    def _clone_serves(self, network_id: bytes) -> bool:
+        return time.time() < self._clones.get(network_id, 0.0)
+
+    def _check_clone(self, chain: Chain, record: dict[str, Any], alive_until: float) -> None:
+        """A fresh heartbeat of our node id from another process instance on another host: a
+        clone (a copied config dir). The younger of the two stops serving the network while the
+        other's heartbeats stay fresh, so one sender id never seals in two processes; the log
+        says which and why. A record from this host is a previous process of ours (the lock
+        proves no other runs here), e.g. right after a restart, and is ignored."""
+        other = record.get("instance")
+        if not isinstance(other, str) or other == self.instance:
+            return
+        if record.get("host") == self.host and self._locks:
+            return
+        started = record.get("started_ns")
+        theirs = (started if isinstance(started, int) else 0, other)
+        if theirs > (self.started_ns, self.instance):
+            return  # the other one is younger: it yields
+        network_id = chain.network_id
+        known = self._clone_serves(network_id)
+        self._clones[network_id] = alive_until
+        if known:
+            return
+        log.error(
+            "node %s also runs in another process (instance %s, started earlier): not "
+            "serving %s from this one — two processes with one node key would reuse "
+            "encryption nonces; give each node its own `atenet init`",
+            self.node_id,
+            other,
+            chain.state.name,
+        )
+        self.core.remove_network(network_id)
+        follower = self._followers.pop(network_id, None)
+        if follower is not None:
+            follower.cancel()
+        self.chains.pop(network_id, None)
+        # _maybe_load does not load it again while the other instance's heartbeat is fresh.
+
     async def _publish_node(self) -> None:
-        """List this node in the store so `tok key export` can name it in tokens."""
-        try:
-            raw = await self.store.get_meta("nodes")
-            nodes = json.loads(raw) if raw else {}
-            if not isinstance(nodes, dict):
-                nodes = {}
-        except (ValueError, RecursionError):  # a damaged record: start it afresh
-            nodes = {}
-        nodes[self.node_id] = {"endpoints": [self.advertise], "time": time.time()}
-        await self.store.put_meta("nodes", json.dumps(nodes).encode())
+        """List this node in the store so `tok key export` can name it in tokens (a
+        compare-and-set: nodes starting together keep each other's entries)."""
+        await publish_node(self.store, self.node_id, list(self.advertised.endpoints), time.time())
 
     # ------------------------------------------------------------------ views
 

@@ -1,60 +1,60 @@
-"""The node's HTTP side: JSON status for `tok status`, Prometheus metrics.
+"""The node's HTTP side: the web page, WebSocket ports, JSON status and Prometheus metrics.
 
-Later issues add the web page and WebSocket ports here.
+Who sees what (issue 9, item 8; docs/limits.md): ``/api/status`` and ``/metrics`` hold operator
+data — every client's underlay address, the store URL — so they answer only loopback requests
+that no reverse proxy forwarded, or requests with ``Authorization: Bearer <operator token>``
+(the node writes the token, mode 0600, to ``operator-token`` in its config dir at start).
+Anyone else gets 403 and a one-line JSON error. The page needs neither: its ``/ws`` status
+pushes carry the public view of its own network.
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from atenet.errors import AtenetError
 from atenet.node.daemon import NodeDaemon
+from atenet.node.guard import (
+    IDLE_TIMEOUT,
+    OPERATOR_TOKEN_FILE,
+    PENDING_TOTAL,
+    GuardedSite,
+    HttpGuard,
+    OperatorAuth,
+    operator_token,
+    raise_fd_limit,
+)
+from atenet.node.metrics import CONTENT_TYPE, exposition, registry
 from atenet.node.websocket import WebSocketPorts
 
+log = logging.getLogger(__name__)
 
-def _labels(**labels: str) -> str:
-    inner = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    return "{" + inner + "}"
+WS_PORTS = web.AppKey("ws_ports", WebSocketPorts)
+"""The app's WebSocket endpoints (their counters are part of the operator status)."""
+
+FORBIDDEN = (
+    '{"error": "operator data: ask from this host, or send Authorization: Bearer '
+    "<operator-token from the node's config dir>\"}\n"
+)
 
 
-def prometheus(daemon: NodeDaemon) -> str:
-    """The node's counters in the Prometheus text format."""
+def operator_status(
+    daemon: NodeDaemon, ports: WebSocketPorts | None = None, guard: HttpGuard | None = None
+) -> dict[str, Any]:
+    """Everything an operator sees: the daemon's status plus the abuse counters (refused
+    lookups of unknown networks, HTTP limits, WebSocket refusals)."""
     status = daemon.status()
-    lines = [
-        "# HELP atenet_datagrams_total UDP datagrams received.",
-        "# TYPE atenet_datagrams_total counter",
-        f"atenet_datagrams_total {status['datagrams']}",
-        "# HELP atenet_send_errors_total UDP sends that failed.",
-        "# TYPE atenet_send_errors_total counter",
-        f"atenet_send_errors_total {status['send_errors']}",
-        "# HELP atenet_drops_total Packets dropped, by reason.",
-        "# TYPE atenet_drops_total counter",
-    ]
-    for reason, count in sorted(status["drops"].items()):
-        lines.append(f"atenet_drops_total{_labels(network='', reason=reason)} {count}")
-    port_lines: list[str] = []
-    for net in status["networks"]:
-        for reason, count in sorted(net["drops"].items()):
-            lines.append(f"atenet_drops_total{_labels(network=net['name'], reason=reason)} {count}")
-        for port in net["ports"]:
-            for field in ("frames_in", "frames_out", "bytes_in", "bytes_out", "drops"):
-                port_lines.append(
-                    f"atenet_port_{field}_total"
-                    f"{_labels(network=net['name'], port=port['name'], kind=port['kind'])} "
-                    f"{port[field]}"
-                )
-    lines += [
-        "# HELP atenet_ports Local switch ports, per network.",
-        "# TYPE atenet_ports gauge",
-    ]
-    lines += [
-        f"atenet_ports{_labels(network=n['name'])} {len(n['ports'])}" for n in status["networks"]
-    ]
-    lines += ["# TYPE atenet_port_frames_in_total counter", *sorted(port_lines)]
-    return "\n".join(lines) + "\n"
+    status["lookups"] = daemon.unknown.counters()
+    if guard is not None:
+        status["http"] = guard.counters()
+    if ports is not None:
+        status["websocket"] = ports.counters()
+    return status
 
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -62,19 +62,36 @@ STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/htm
                 ".svg": "image/svg+xml", ".png": "image/png"}  # fmt: skip
 
 
-def make_app(daemon: NodeDaemon, ws_heartbeat: float = 20.0) -> web.Application:
+def make_app(
+    daemon: NodeDaemon,
+    ws_heartbeat: float = 20.0,
+    *,
+    guard: HttpGuard | None = None,
+    auth: OperatorAuth | None = None,
+) -> web.Application:
     """Routes: the web page (``/`` and its assets), ``/ws`` and ``/net/<token>`` WebSocket
-    ports, ``/api/status`` (JSON) and ``/metrics`` (Prometheus)."""
-    app = web.Application()
-    ports = WebSocketPorts(daemon, heartbeat=ws_heartbeat)
+    ports, ``/api/status`` (JSON) and ``/metrics`` (Prometheus), the last two for operators."""
+    auth = auth or OperatorAuth(None)
+    app = web.Application(middlewares=[guard.middleware] if guard is not None else [])
+    ports = WebSocketPorts(daemon, heartbeat=ws_heartbeat, guard=guard)
     ports.routes(app)
-    app["ws_ports"] = ports
+    app[WS_PORTS] = ports
+    metrics_registry = registry(lambda: operator_status(daemon, ports, guard))
 
-    async def status(_request: web.Request) -> web.Response:
-        return web.json_response(daemon.status())
+    def refused() -> web.Response:
+        return web.Response(status=403, text=FORBIDDEN, content_type="application/json")
 
-    async def metrics(_request: web.Request) -> web.Response:
-        return web.Response(text=prometheus(daemon), content_type="text/plain")
+    async def status(request: web.Request) -> web.Response:
+        if not auth.allowed(request):
+            return refused()
+        return web.json_response(operator_status(daemon, ports, guard))
+
+    async def metrics(request: web.Request) -> web.Response:
+        if not auth.allowed(request):
+            return refused()
+        return web.Response(
+            body=exposition(metrics_registry), headers={"Content-Type": CONTENT_TYPE}
+        )
 
     async def asset(request: web.Request) -> web.StreamResponse:
         name = request.match_info.get("name") or "index.html"
@@ -112,11 +129,29 @@ async def serve_http(
     *,
     tls: ssl.SSLContext | None = None,
     ws_heartbeat: float = 20.0,
+    guard: HttpGuard | None = None,
+    token: str | None = None,
 ) -> web.AppRunner:
-    """Start the HTTP server; the caller cleans up the returned runner."""
-    runner = web.AppRunner(make_app(daemon, ws_heartbeat), access_log=None)
+    """Start the HTTP server; the caller cleans up the returned runner.
+
+    Raises the open-files limit first (every connection is an fd) and, unless ``token`` is
+    given, reads or creates the operator token in the config dir."""
+    soft, hard = raise_fd_limit()
+    log.info("open files limit: %d (hard limit %d)", soft, hard)
+    if token is None:
+        from atenet.paths import config_dir
+
+        token = operator_token(config_dir())
+        log.info(
+            "operator credential in %s (send it as Authorization: Bearer)",
+            config_dir() / OPERATOR_TOKEN_FILE,
+        )
+    # Never let pending connections alone use more than half of the fds the node may open.
+    guard = guard or HttpGuard(total=min(PENDING_TOTAL, max(64, soft // 2)))
+    app = make_app(daemon, ws_heartbeat, guard=guard, auth=OperatorAuth(token))
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=IDLE_TIMEOUT)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=tls, backlog=1024)
+    site = GuardedSite(runner, host, port, guard, ssl_context=tls, backlog=1024)
     try:
         await site.start()
     except OSError as exc:

@@ -9,6 +9,12 @@ Two endpoints on the node's HTTP server (docs/websocket.md):
   access key with an HMAC (the secret never crosses the wire), answered by a welcome with the
   network's settings; then binary frames, plus a status message every second.
 
+Every text message is checked against its spec in :mod:`atenet.node.schema`; a bad one is counted
+(``bad_message``) and the connection closed with 1008 (policy violation) — never a traceback. Once
+a port is established the connection stops counting as pending for the HTTP guard's caps. Status
+pushes are the public view of the page's own network: no client's underlay address (ports are
+named by a per-node pseudonym), no store URL.
+
 A WebSocket port never stalls the switch: frames to it go through a bounded queue with random
 early drop — as the queue fills, each new frame is dropped with a probability rising linearly
 from 0 (at ``red_min``) to 1 (at ``limit``) — and drops are counted on the port.
@@ -20,16 +26,16 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import json
 import logging
+import os
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from atenet.errors import AtenetError
+from atenet.node.schema import WS_HELLO, WS_MESSAGE, SchemaError, parse
 from atenet.overlay.seal import PacketKey
 from atenet.overlay.token import AccessToken
 from atenet.switch.core import Port
@@ -37,6 +43,7 @@ from atenet.switch.core import Port
 if TYPE_CHECKING:
     from atenet.node.core import NetworkRuntime
     from atenet.node.daemon import NodeDaemon
+    from atenet.node.guard import HttpGuard
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +62,13 @@ HELLO_SKEW = 120.0
 CLOSE_FORBIDDEN = 4403
 """WebSocket close code for a refused hello (bad, unknown or revoked key)."""
 
+CLOSE_BAD_MESSAGE = WSCloseCode.POLICY_VIOLATION
+"""WebSocket close code (1008) for a message that does not match its spec."""
+
 HELLO_CONTEXT = "atenet/v1 ws hello|"
+PRIVATE_PORT_KEYS = frozenset({"addr", "address", "endpoint", "remote", "peer", "underlay"})
+"""Port counter keys that could carry a client's underlay address: never sent to a page."""
+
 ETH_MIN = 14
 MAX_FRAME = 65535 + 14
 
@@ -121,11 +134,32 @@ def hello_mac(auth_key: bytes, network_hex: str, key_id: int, when: int, nonce: 
 class WebSocketPorts:
     """The node's WebSocket endpoints."""
 
-    def __init__(self, daemon: NodeDaemon, heartbeat: float = 20.0) -> None:
+    def __init__(
+        self, daemon: NodeDaemon, heartbeat: float = 20.0, guard: HttpGuard | None = None
+    ) -> None:
         self.daemon = daemon
         self.heartbeat = heartbeat
+        self.guard = guard
         self._nonces: dict[str, float] = {}
-        self.refused = 0
+        self.drops: Counter[str] = Counter()
+        # Public port names are keyed pseudonyms: stable while the node runs, and they say
+        # nothing about the client's underlay address that the operator's port name holds.
+        self._salt = os.urandom(16)
+
+    @property
+    def refused(self) -> int:
+        """Connections refused for a bad token or hello."""
+        return self.drops["refused"]
+
+    def counters(self) -> dict[str, Any]:
+        """For /api/status and /metrics."""
+        reasons = ("refused", "bad_message", "no_hello", "handler_error")
+        return {"drops": {reason: self.drops.get(reason, 0) for reason in reasons}}
+
+    def public_name(self, port: Port) -> str:
+        """The name the page sees for ``port``: its kind, a pseudonym and its key id."""
+        digest = hmac.new(self._salt, port.name.encode(), hashlib.sha256).hexdigest()[:10]
+        return f"{port.kind}:{digest}/k{port.key_id}"
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/net/{token}", self.raw)
@@ -146,7 +180,7 @@ class WebSocketPorts:
         """``/net/<token>``: one binary message = one raw Ethernet frame."""
         try:
             token = AccessToken.decode(request.match_info["token"])
-        except AtenetError:
+        except Exception:  # whatever a malformed token raises, it is only a refusal
             return self._forbidden()
         found = await self._runtime_and_key(token.network_id, token.key_id)
         if found is None or not hmac.compare_digest(found[1].secret, token.secret):
@@ -154,45 +188,70 @@ class WebSocketPorts:
         runtime, _key = found
         ws = web.WebSocketResponse(heartbeat=self.heartbeat, max_msg_size=MAX_FRAME)
         await ws.prepare(request)
-        await self._serve(ws, runtime, token.key_id, request, status=False)
+        await self._guarded(ws, request, self._serve(ws, runtime, token.key_id, request,
+                                                     status=False))  # fmt: skip
         return ws
 
     async def page(self, request: web.Request) -> web.StreamResponse:
         """``/ws``: hello (HMAC), welcome, then frames and status."""
         ws = web.WebSocketResponse(heartbeat=self.heartbeat, max_msg_size=MAX_FRAME)
         await ws.prepare(request)
+        await self._guarded(ws, request, self._page(ws, request))
+        return ws
+
+    async def _guarded(self, ws: web.WebSocketResponse, request: web.Request, work: Any) -> None:
+        """Run a connection's handler; whatever a client's input makes it raise is counted and
+        closes the connection with 1008, as one debug line (never a traceback in the log)."""
+        try:
+            await work
+        except SchemaError as exc:
+            self.drops["bad_message"] += 1
+            log.debug("bad message on %s from %s: %s", request.path_qs[:64], request.remote, exc)
+            await self._close(ws, CLOSE_BAD_MESSAGE, b"bad message")
+        except Exception as exc:
+            self.drops["handler_error"] += 1
+            log.debug("closing %s from %s: %r", request.path_qs[:64], request.remote, exc,
+                      exc_info=log.isEnabledFor(logging.DEBUG))  # fmt: skip
+            await self._close(ws, CLOSE_BAD_MESSAGE, b"bad message")
+
+    @staticmethod
+    async def _close(ws: web.WebSocketResponse, code: int, message: bytes) -> None:
+        with contextlib.suppress(Exception):
+            await ws.close(code=code, message=message)
+
+    async def _page(self, ws: web.WebSocketResponse, request: web.Request) -> None:
         try:
             async with asyncio.timeout(HELLO_TIMEOUT):
                 msg = await ws.receive()
         except TimeoutError:
+            self.drops["no_hello"] += 1
             await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"no hello")
-            return ws
-        found = await self._check_hello(msg)
+            return
+        if msg.type != WSMsgType.TEXT:
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                return
+            raise SchemaError("", "the hello must be a text message")
+        hello = parse(msg.data, WS_HELLO)
+        found = await self._check_hello(hello)
         if found is None:
-            self.refused += 1
+            self.drops["refused"] += 1
             await ws.close(code=CLOSE_FORBIDDEN, message=b"forbidden")
-            return ws
+            return
         runtime, key_id = found
         await ws.send_json(runtime.welcome("welcome"))
-        await self._serve(ws, runtime, key_id, request, status=True)
-        return ws
+        # The host name (optional, schema-checked) is what the port is shown with.
+        await self._serve(ws, runtime, key_id, request, status=True, host=hello.get("host", ""))
 
-    async def _check_hello(self, msg: Any) -> tuple[NetworkRuntime, int] | None:
-        if msg.type != WSMsgType.TEXT:
-            return None
-        try:
-            hello = json.loads(msg.data)
-            network_hex = str(hello["network"])
-            key_id = int(hello["key_id"])
-            when = int(hello["time"])
-            nonce = str(hello["nonce"])
-            mac = str(hello["mac"])
-            network_id = bytes.fromhex(network_hex)
-        except (ValueError, KeyError, TypeError):
-            return None
+    async def _check_hello(self, hello: dict[str, Any]) -> tuple[NetworkRuntime, int] | None:
+        """A hello that passed :data:`~atenet.node.schema.WS_HELLO`: is it fresh, for a usable
+        key, with the right MAC and a nonce not seen before?"""
+        network_hex = hello["network"].lower()
+        network_id = bytes.fromhex(network_hex)
+        key_id = hello["key_id"]
+        when = hello["time"]
+        nonce = hello["nonce"]
+        mac = hello["mac"]
         now = time.time()
-        if hello.get("op") != "hello" or len(network_id) != 16 or len(nonce) > 64:
-            return None
         if abs(now - when / 1000) > HELLO_SKEW:
             return None
         found = await self._runtime_and_key(network_id, key_id)
@@ -210,7 +269,7 @@ class WebSocketPorts:
         return runtime, key_id
 
     def _forbidden(self) -> web.Response:
-        self.refused += 1
+        self.drops["refused"] += 1
         return web.Response(status=403, text="forbidden\n")
 
     async def _serve(
@@ -221,16 +280,20 @@ class WebSocketPorts:
         request: web.Request,
         *,
         status: bool,
+        host: str = "",
     ) -> None:
         peer = request.remote or "?"
         port = WebSocketPort(f"ws:{peer}:{id(ws) & 0xFFFF:04x}/k{key_id}", ws, key_id, time.time())
+        port.host = host
         key = ("ws", id(port))
         runtime.add_port(key, port)
         self.daemon.handle_events()
+        if self.guard is not None:
+            self.guard.authenticated(request)  # a port now: no longer a pending connection
         tasks = [asyncio.ensure_future(port.pump())]
         if status:
             tasks.append(asyncio.ensure_future(self._status(ws, runtime, port)))
-        reader = asyncio.ensure_future(self._read(ws, port, runtime))
+        reader = asyncio.ensure_future(self._read(ws, port, runtime, self.drops))
         revoked = asyncio.ensure_future(port.revoked.wait())
         tasks += [reader, revoked]
         try:
@@ -251,7 +314,10 @@ class WebSocketPorts:
 
     @staticmethod
     async def _read(
-        ws: web.WebSocketResponse, port: WebSocketPort, runtime: NetworkRuntime
+        ws: web.WebSocketResponse,
+        port: WebSocketPort,
+        runtime: NetworkRuntime,
+        drops: Counter[str],
     ) -> None:
         """Frames from the client into the switch, until the socket closes."""
         from_local = runtime.switch.from_local
@@ -263,6 +329,12 @@ class WebSocketPorts:
                     from_local(port, frame)
                 else:
                     port.drops += 1
+            elif msg.type == WSMsgType.TEXT:
+                # No text message is accepted after the hello yet: checked, counted, ignored.
+                try:
+                    parse(msg.data, WS_MESSAGE)
+                except SchemaError:
+                    drops["bad_message"] += 1
             elif msg.type == WSMsgType.ERROR:
                 return
 
@@ -270,18 +342,27 @@ class WebSocketPorts:
         self, ws: web.WebSocketResponse, runtime: NetworkRuntime, port: WebSocketPort
     ) -> None:
         while not ws.closed:
-            state = runtime.state
-            members = (
-                [{"node_id": m.node_id, "endpoints": m.endpoints} for m in state.members.values()]
-                if state is not None
-                else []
-            )
-            await ws.send_json(
-                {
-                    "op": "status",
-                    "port": port.name,
-                    "ports": [p.counters() for p in runtime.switch.ports.values()],
-                    "members": members,
-                }
-            )
+            await ws.send_json(self.public_status(runtime, port))
             await asyncio.sleep(1.0)
+
+    def public_status(self, runtime: NetworkRuntime, port: Port) -> dict[str, Any]:
+        """What a page may see: its own network's member nodes (their endpoints are public,
+        every token carries them) and its ports under pseudonyms, without any client's
+        underlay address."""
+        state = runtime.state
+        members = (
+            [{"node_id": m.node_id, "endpoints": m.endpoints} for m in state.members.values()]
+            if state is not None
+            else []
+        )
+        ports = []
+        for p in runtime.switch.ports.values():
+            counters = {k: v for k, v in p.counters().items() if k not in PRIVATE_PORT_KEYS}
+            counters["name"] = self.public_name(p)
+            ports.append(counters)
+        return {
+            "op": "status",
+            "port": self.public_name(port),
+            "ports": ports,
+            "members": members,
+        }

@@ -30,6 +30,53 @@ from __future__ import annotations
 DEFAULT_SIZE = 2048
 """Counters tracked below the highest one. At 1 Mpps that tolerates 2 ms of reordering."""
 
+PAST_SKEW = 30.0
+"""Seconds a counter may lag the receiver's clock when the receiver holds no window for its
+sender (a restarted node, another node, an evicted window): older is refused as ``stale``."""
+
+AHEAD_SKEW = 60.0
+"""Seconds a counter may run ahead of the receiver's clock in that case: more is ``future``."""
+
+_NS = 1_000_000_000
+U64_MAX = (1 << 64) - 1
+
+
+class Freshness:
+    """Which counters a receiver takes from a sender it holds no replay window for.
+
+    Senders' counters track their wall clock in ns (see docs/protocol.md, "Replay across
+    restarts and nodes"), so without a window a receiver can still refuse what is older than
+    ``now - past`` or below ``start_ns`` (when this receiver started listening: everything sealed
+    before that is a capture), and what is further ahead than ``now + ahead`` (a broken clock; a
+    capture of such a packet would stay replayable that long). One object is shared by every
+    :class:`~atenet.overlay.seal.Opener` of a receiver and moved on by :meth:`set_now` once per
+    batch, so the per-packet path only compares two ints, and only for a sender's first packet.
+    Without ``set_now`` it refuses nothing below ``start_ns`` and nothing ahead.
+    """
+
+    __slots__ = ("ahead_ns", "ceiling", "floor", "now", "past_ns", "start_ns")
+
+    def __init__(
+        self, start_ns: int = 0, past: float = PAST_SKEW, ahead: float = AHEAD_SKEW
+    ) -> None:
+        self.start_ns = start_ns
+        self.past_ns = int(past * _NS)
+        self.ahead_ns = int(ahead * _NS)
+        self.now = -1.0
+        self.floor = start_ns
+        self.ceiling = U64_MAX
+
+    def set_now(self, now: float) -> None:
+        """Move the bounds to the caller's clock ``now`` (seconds since the Unix epoch)."""
+        if now != self.now:
+            self.now = now
+            now_ns = int(now * _NS)
+            self.floor = max(now_ns - self.past_ns, self.start_ns)
+            self.ceiling = now_ns + self.ahead_ns
+
+    def __repr__(self) -> str:
+        return f"Freshness(floor={self.floor}, ceiling={self.ceiling})"
+
 
 class ReplayWindow:
     """Which counters of one sender were already accepted, within the last ``size``."""
@@ -45,6 +92,13 @@ class ReplayWindow:
         self._bits = 0
         # -1 means "nothing accepted yet", so every counter (they are >= 0) is above it.
         self.top = -1
+
+    def start(self, counter: int) -> None:
+        """Open a new window at ``counter`` (an authenticated first packet) with every counter
+        below it counted as seen: an older packet of this sender that arrives later is a capture
+        being replayed as likely as a reordering, and the receiver cannot tell which."""
+        self.top = counter
+        self._bits = self._mask
 
     def check(self, counter: int) -> bool:
         """True when ``counter`` has not been accepted and is not too old. Changes nothing."""

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from atenet.errors import AtenetError
-from atenet.overlay.replay import DEFAULT_SIZE, ReplayWindow
+from atenet.overlay.replay import DEFAULT_SIZE, Freshness, ReplayWindow
 
 __all__ = [
     "HEADER_LEN",
@@ -93,7 +93,10 @@ class SealError(AtenetError):
 
     Reasons: ``short`` (fewer bytes than a header and tag), ``version`` (not our format
     version), ``type`` (unknown packet type), ``auth`` (wrong key, or the packet was altered),
-    ``replay`` (counter already seen or older than the replay window). A sender sees
+    ``replay`` (counter already seen or older than the replay window), ``stale`` / ``future``
+    (a sender with no replay window here whose counter is older than the receiver's clock minus
+    the skew, or than the receiver's start; or too far ahead of its clock), ``senders_full``
+    (every replay window of the key is in use by a sender active within the skew). A sender sees
     ``counter`` only after 2**64 packets of one session.
     """
 
@@ -150,9 +153,11 @@ class Sealer:
 
     ``counter_start`` must make (key, sender id, counter) unique forever: GCM with a repeated
     nonce leaks the XOR of two plaintexts and lets an attacker forge tags. The I/O layer passes
-    ``time.time_ns()``; the counter then grows by one per packet, so a restarted sender with the
-    same sender id starts above every counter it used before as long as it sent fewer than 1e9
-    packets per second and the clock did not step back.
+    ``time.time_ns()``; the counter then grows by one per packet and the I/O layer moves it up to
+    its clock with :meth:`advance` at least once a second, so the counter never lags real time
+    by more than that (receivers without a window for this sender refuse stale counters) and a
+    restarted sender with the same sender id starts above every counter it used before as long
+    as it sent fewer than 1e9 packets per second and the clock did not step back.
 
     Seal once per flood: the same sealed bytes go to every peer.
     """
@@ -191,6 +196,15 @@ class Sealer:
     def counter(self) -> int:
         """The counter the next packet will carry."""
         return self._counter
+
+    def advance(self, now_ns: int) -> None:
+        """Move the counter up to the clock ``now_ns`` (never down: nonces stay unique).
+
+        Called by the I/O layer per batch or tick, not per packet (no clock in here, and no
+        per-packet cost); between calls the counter counts up by one per packet.
+        """
+        if now_ns > self._counter:
+            self._counter = now_ns
 
     def seal(self, payload: bytes | memoryview, ptype: int = TYPE_FRAME) -> bytes | bytearray:
         """The sealed packet carrying ``payload``: ``len(payload) + OVERHEAD`` bytes.
@@ -266,25 +280,37 @@ class Opener:
     """Opens packets under one key and rejects replays, with one replay window per sender.
 
     A window is created only after a sender's first packet authenticated, so forged packets
-    cannot fill the table. The table is still bounded by ``max_senders`` (every session of a key
-    picks a new random sender id, so it grows with reconnects); beyond it the window created
-    longest ago is forgotten. Forgetting a window means that sender's old packets would be
-    accepted once more if replayed, so the bound is generous: the I/O layer is expected to
-    replace the Opener (new key) long before a key sees that many sessions.
+    cannot fill the table; it starts closed below that first counter. A sender without a window
+    must pass ``freshness`` (its counter within the receiver's clock skew and not below the
+    receiver's start) and ``min_counter`` (set by the owner, e.g. to when a node began to take
+    peer traffic) — checked before decryption, so stale floods cost no AES time. Together
+    they make acceptance hold across restarts and across receivers: see docs/protocol.md.
+
+    The table is bounded by ``max_senders``. Only a window whose top is below the freshness
+    floor is ever forgotten (every packet of that sender is then refused as ``stale`` anyway,
+    so forgetting opens no replay); when every window is fresher, a new sender is refused
+    (``senders_full``) until some go quiet for the skew.
     """
 
-    __slots__ = ("_windows", "key", "max_senders", "window_size")
+    __slots__ = ("_windows", "freshness", "key", "max_senders", "min_counter", "window_size")
 
     def __init__(
-        self, key: PacketKey, max_senders: int = 4096, window_size: int = DEFAULT_SIZE
+        self,
+        key: PacketKey,
+        max_senders: int = 4096,
+        window_size: int = DEFAULT_SIZE,
+        freshness: Freshness | None = None,
     ) -> None:
         self.key = key
         self.max_senders = max_senders
         self.window_size = window_size
+        self.freshness = freshness if freshness is not None else Freshness()
+        self.min_counter = 0
         self._windows: dict[int, ReplayWindow] = {}
 
     def open(self, packet: bytes | memoryview, sender_id: int, counter: int) -> bytes:
-        """The payload of ``packet``, or :class:`SealError` (``short``, ``auth`` or ``replay``).
+        """The payload of ``packet``, or :class:`SealError` (``short``, ``auth``, ``replay``,
+        ``stale``, ``future``, ``senders_full``).
 
         ``sender_id`` and ``counter`` are the values :func:`parse_header` returned for this same
         packet; passing them saves unpacking the header twice. The nonce is built from them
@@ -292,11 +318,20 @@ class Opener:
         packet's header bytes, the packet fails ``auth`` and no window is touched.
         """
         window = self._windows.get(sender_id)
-        if window is not None and not window.check(counter):
+        if window is None:
+            fresh = self.freshness
+            if counter < fresh.floor or counter < self.min_counter:
+                raise SealError("stale")
+            if counter > fresh.ceiling:
+                raise SealError("future")
+        elif not window.check(counter):
             raise SealError("replay")
         payload = _decrypt(self.key.aead, _NONCE.pack(sender_id, counter), memoryview(packet))
         if window is None:
-            window = self._new_window(sender_id)
+            window = self._windows.get(sender_id)  # another copy may have made it meanwhile
+            if window is None:
+                self._new_window(sender_id).start(counter)
+                return payload
         if not window.update(counter):
             # Two copies of one packet both passed check() before either was marked.
             raise SealError("replay")
@@ -305,12 +340,18 @@ class Opener:
     def _new_window(self, sender_id: int) -> ReplayWindow:
         windows = self._windows
         if len(windows) >= self.max_senders:
-            del windows[next(iter(windows))]
+            floor = max(self.freshness.floor, self.min_counter)
+            stale = [s for s, w in windows.items() if w.top < floor]
+            if not stale:
+                raise SealError("senders_full")
+            for sid in stale:
+                del windows[sid]
         window = windows[sender_id] = ReplayWindow(self.window_size)
         return window
 
     def forget(self, sender_id: int) -> None:
-        """Drop a sender's window (e.g. when the key is revoked); see the class docstring."""
+        """Drop a sender's window (e.g. when the key is revoked): its packets then face the
+        freshness floor like a new sender's."""
         self._windows.pop(sender_id, None)
 
     def __len__(self) -> int:

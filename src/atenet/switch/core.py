@@ -20,6 +20,17 @@ is correct without knowing offloads exist.
 
 The hot path allocates nothing per frame: ports are kept in a tuple rebuilt only when the set of
 ports changes, counters are plain ints on the port objects.
+
+Names (docs/hosts.md): every port carries what identifies the host behind it — the access key's
+label and the host name its client sent (set by the node), and the source MAC of its frames,
+learned here. Learning costs one 6-byte compare per frame (``bytes.startswith`` at offset 6, no
+slice); the MAC is copied only when it changes. The port's IPv4/IPv6 are derived from that MAC
+by the hashed scheme (:mod:`atenet.addressing`) when :meth:`Port.counters` is asked, through the
+``addresses`` function the switch's owner gives (it knows the network id and CIDRs).
+
+``frames_to_peers`` counts frames (and offloaded packets) that reached at least one peer node:
+once per flood, however many peers got it — so with no live peer it stays put. ``to_peers``
+returns how many peers it sent to.
 """
 
 from __future__ import annotations
@@ -28,19 +39,38 @@ from collections.abc import Callable
 
 from atenet.offload import VNET_HDR_LEN, OffloadError, to_frames
 
+NO_MAC = bytes(6)
+"""A port's MAC before its first frame (shown as "")."""
+
+Addresses = Callable[[bytes], tuple[str, str]]
+"""MAC -> (IPv4, IPv6) text by the hashed scheme, ``""`` where unknown."""
+
+
+def _no_addresses(_mac: bytes) -> tuple[str, str]:
+    return "", ""
+
+
+def format_mac(mac: bytes) -> str:
+    """``02:ab:..`` text, or ``""`` for a MAC not learned yet."""
+    return "" if mac == NO_MAC else mac.hex(":")
+
 
 class Port:
     """A local switch port. Subclasses implement :meth:`deliver`."""
 
     __slots__ = (
+        "addresses",
         "bytes_in",
         "bytes_out",
         "drops",
         "frames_in",
         "frames_out",
+        "host",
         "key_id",
         "kind",
+        "label",
         "last_seen",
+        "mac",
         "name",
         "offload",
     )
@@ -58,6 +88,22 @@ class Port:
         self.last_seen = now
         self.offload = False
         """True when the client takes offloaded packets (:meth:`deliver_packet`)."""
+        self.label = ""
+        """The access key's label from the chain (set by the node)."""
+        self.host = ""
+        """The host name the client sent in its hello (validated by the node)."""
+        self.mac = NO_MAC
+        """Source MAC of the port's latest frame (:meth:`Switch.from_local` learns it)."""
+        self.addresses: Addresses = _no_addresses
+        """Derives the port's IPs from its MAC; :meth:`Switch.add` sets the network's own."""
+
+    def learn(self, frame: bytes, at: int) -> None:
+        """Remember the source MAC at ``frame[at:at + 6]`` (called only when it changed).
+
+        Multicast sources are bogus (no NIC sends them) and are not learned."""
+        mac = frame[at : at + 6]
+        if len(mac) == 6 and not mac[0] & 1:
+            self.mac = bytes(mac)
 
     def deliver(self, frame: bytes) -> None:
         """Send ``frame`` out of this port (to the client behind it)."""
@@ -76,6 +122,7 @@ class Port:
         """The switch removed this port (e.g. its key was revoked): drop the client."""
 
     def counters(self) -> dict[str, int | float | str | bool]:
+        ipv4, ipv6 = ("", "") if self.mac == NO_MAC else self.addresses(self.mac)
         return {
             "name": self.name,
             "kind": self.kind,
@@ -86,11 +133,16 @@ class Port:
             "drops": self.drops,
             "last_seen": self.last_seen,
             "offload": self.offload,
+            "label": self.label,
+            "host": self.host,
+            "mac": format_mac(self.mac),
+            "ipv4": ipv4,
+            "ipv6": ipv6,
         }
 
 
-def _no_peers(_frame: bytes) -> None:
-    return None
+def _no_peers(_frame: bytes) -> int:
+    return 0
 
 
 class Switch:
@@ -98,6 +150,7 @@ class Switch:
 
     __slots__ = (
         "_ports",
+        "addresses",
         "bad_packets",
         "frames_from_peers",
         "frames_to_peers",
@@ -109,16 +162,21 @@ class Switch:
 
     def __init__(
         self,
-        to_peers: Callable[[bytes], None] = _no_peers,
-        to_peers_packet: Callable[[bytes], None] | None = None,
+        to_peers: Callable[[bytes], int | None] = _no_peers,
+        to_peers_packet: Callable[[bytes], int | None] | None = None,
+        addresses: Addresses = _no_addresses,
     ) -> None:
         """``to_peers(frame)`` floods a standard frame to the peers; ``to_peers_packet(packet)``
-        an offloaded packet. Without the latter, peers get standard frames."""
+        an offloaded packet. Without the latter, peers get standard frames. Both return how
+        many peers they sent to (``frames_to_peers`` counts floods that reached one).
+        ``addresses`` derives a port's IPs from its MAC (see the module doc)."""
         self.ports: dict[object, Port] = {}
         self._ports: tuple[Port, ...] = ()
         self.to_peers = to_peers
         self.to_peers_packet = to_peers_packet or self._segment_to_peers
+        self.addresses = addresses
         self.frames_to_peers = 0
+        """Frames and offloaded packets sent to at least one peer (once per flood)."""
         self.frames_from_peers = 0
         self.segmented = 0
         """Offloaded packets turned into standard frames (once per flood that needed it)."""
@@ -126,6 +184,7 @@ class Switch:
         """Offloaded packets dropped because their headers could not be segmented."""
 
     def add(self, key: object, port: Port) -> None:
+        port.addresses = self.addresses
         self.ports[key] = port
         self._ports = tuple(self.ports.values())
 
@@ -141,11 +200,13 @@ class Switch:
         """A frame a local client sent: to all other local ports, and once to the peers."""
         src.frames_in += 1
         src.bytes_in += len(frame)
+        if not frame.startswith(src.mac, 6):
+            src.learn(frame, 6)
         for port in self._ports:
             if port is not src:
                 port.deliver(frame)
-        self.frames_to_peers += 1
-        self.to_peers(frame)
+        if self.to_peers(frame):
+            self.frames_to_peers += 1
 
     def from_peer(self, frame: bytes) -> None:
         """A frame another node flooded: to local ports only (the loop rule)."""
@@ -157,9 +218,10 @@ class Switch:
         """An offloaded packet a local client sent: as :meth:`from_local`, see the module doc."""
         src.frames_in += 1
         src.bytes_in += len(packet) - VNET_HDR_LEN
-        if self._flood_packet(packet, src):
+        if not packet.startswith(src.mac, VNET_HDR_LEN + 6):
+            src.learn(packet, VNET_HDR_LEN + 6)
+        if self._flood_packet(packet, src) and self.to_peers_packet(packet):
             self.frames_to_peers += 1
-            self.to_peers_packet(packet)
 
     def packet_from_peer(self, packet: bytes) -> None:
         """An offloaded packet another node flooded: to local ports only (the loop rule)."""
@@ -183,9 +245,11 @@ class Switch:
                 port.deliver(frame)
         return True
 
-    def _segment_to_peers(self, packet: bytes) -> None:
+    def _segment_to_peers(self, packet: bytes) -> int:
+        sent = 0
         for frame in self._segment(packet) or ():
-            self.to_peers(frame)
+            sent = max(sent, self.to_peers(frame) or 0)
+        return sent
 
     def _segment(self, packet: bytes) -> list[bytes] | None:
         try:

@@ -1,22 +1,29 @@
 // The page: reads the token from the URL fragment, joins the network through net.js, and
 // draws what it learns (addresses, members, ports, traffic chart, ping tool).
 //
-// For tests it exposes window.atenet = {ready, ip4, ip6, mac, ping(addr, count)} and sets
+// For tests it exposes window.atenet = {ready, ip4, ip6, mac, host, ping(addr, count)} and sets
 // document.body.dataset.state to "connecting" | "connected" | "refused" | "error".
 
+import { chartScale, si } from "./chart.js";
 import {
   Session,
   TokenError,
+  cleanHostName,
   formatIp4,
   formatIp6,
   formatMac,
   fromHex,
   parseToken,
   randomBytes,
+  tabHostKey,
   toHex,
 } from "./net.js";
 
 const HOST_KEY_STORAGE = "atenet-host-key";
+const TAB_ID_STORAGE = "atenet-tab-id";
+const TAB_CHANNEL = "atenet-tabs";
+const TAB_CLAIM_MS = 150; // how long a new tab waits for another tab to say "that id is mine"
+const REFUSED = "this token was refused (revoked, expired or wrong)";
 const HISTORY = 60; // seconds of traffic in the chart
 const RETRY_MS = [1000, 2000, 5000, 10000, 30000];
 
@@ -34,6 +41,7 @@ const api = {
   ip4: null,
   ip6: null,
   mac: null,
+  host: null,
   ping: (address, count = 4) => runPing(String(address), Number(count) || 4),
 };
 api.ready.catch(() => {}); // a refusal is shown on the page; no unhandled-rejection noise
@@ -76,7 +84,7 @@ function log(text, bad = false) {
   while (list.children.length > 100) list.lastChild.remove();
 }
 
-function hostKey() {
+function profileKey() {
   try {
     const stored = localStorage.getItem(HOST_KEY_STORAGE);
     if (stored && /^[0-9a-f]{32}$/.test(stored)) return fromHex(stored);
@@ -89,19 +97,62 @@ function hostKey() {
   }
 }
 
-// --- formatting --------------------------------------------------------------------------------
+// Each tab is its own host: the profile's key (localStorage, shared by the tabs of a browser
+// profile) plus this tab's id (sessionStorage: per tab, kept across reloads of the tab). A tab
+// made with the browser's "Duplicate tab" starts with a copy of the original's sessionStorage,
+// so a new tab first asks the profile's other tabs (BroadcastChannel) whether its id is in use,
+// and takes a fresh one if it is.
+let tabChannel = null;
+let myTabId = null;
 
-function si(value, suffix) {
-  const units = ["", "k", "M", "G", "T"];
-  let v = value;
-  let i = 0;
-  while (v >= 1000 && i < units.length - 1) {
-    v /= 1000;
-    i++;
+function newTabId() {
+  const id = toHex(randomBytes(8));
+  try {
+    sessionStorage.setItem(TAB_ID_STORAGE, id);
+  } catch {
+    // no session storage: this tab's addresses change on reload
   }
-  const digits = v >= 100 || i === 0 ? 0 : 1;
-  return `${v.toFixed(digits)} ${units[i]}${suffix}`;
+  return id;
 }
+
+async function claimTabId() {
+  let id = null;
+  try {
+    const stored = sessionStorage.getItem(TAB_ID_STORAGE);
+    if (stored && /^[0-9a-f]{16}$/.test(stored)) id = stored;
+  } catch {
+    // fall through: a fresh id
+  }
+  id ??= newTabId();
+  if (typeof BroadcastChannel === "undefined") return id;
+  tabChannel = new BroadcastChannel(TAB_CHANNEL);
+  let taken = false;
+  tabChannel.onmessage = (event) => {
+    const msg = event.data ?? {};
+    if (msg.op === "claim" && myTabId !== null && msg.id === myTabId) {
+      tabChannel.postMessage({ op: "taken", id: msg.id });
+    } else if (msg.op === "taken" && myTabId === null && msg.id === id) {
+      taken = true;
+    }
+  };
+  tabChannel.postMessage({ op: "claim", id });
+  await new Promise((resolve) => setTimeout(resolve, TAB_CLAIM_MS));
+  if (taken) {
+    id = newTabId();
+    log("this tab is a copy of another tab: it joins as a host of its own");
+  }
+  myTabId = id;
+  return id;
+}
+
+// The name the node shows for this page's port: ?name=… in the page's address, else
+// "browser-" and the start of the tab's id.
+function pageHostName(tabId) {
+  const asked = new URLSearchParams(location.search).get("name");
+  return cleanHostName(asked || `browser-${tabId.slice(0, 6)}`);
+}
+
+// --- formatting --------------------------------------------------------------------------------
 
 function count(n) {
   return Number(n ?? 0).toLocaleString("en-US");
@@ -126,8 +177,10 @@ function start() {
     log(text, true);
     return;
   }
-  const key = hostKey();
-  connect(token, key);
+  claimTabId().then((tabId) => {
+    api.host = pageHostName(tabId);
+    connect(token, tabHostKey(profileKey(), fromHex(tabId)));
+  });
 }
 
 // The node refuses a hello whose time is far from its own clock (replay protection), so a
@@ -161,6 +214,7 @@ async function connect(token, key) {
     url: wsUrl(),
     token,
     hostKey: key,
+    hostName: api.host,
     now: () => Date.now() + clockOffset,
     onWelcome: (msg, newHost) => joined(msg, newHost),
     onStatus: (msg) => status(msg),
@@ -188,6 +242,7 @@ function joined(msg, newHost) {
   $("self-ip4").textContent = `${api.ip4}/${prefix}`;
   $("self-ip6").textContent = api.ip6 ? `${api.ip6}/64` : "—";
   $("self-mac").textContent = api.mac;
+  $("self-host").textContent = api.host || "—";
   $("self-node").textContent = msg.node ?? "—";
   if (!$("ping-addr").value) {
     const gw = host.net4.slice();
@@ -198,13 +253,33 @@ function joined(msg, newHost) {
   resolveReady({ ip4: api.ip4, ip6: api.ip6, mac: api.mac, name: msg.name, cidr: msg.cidr, node: msg.node });
 }
 
+// The status cards say why they are empty instead of "waiting for status…" forever.
+function noStatus(text) {
+  const list = $("members");
+  const li = document.createElement("li");
+  li.className = "muted";
+  li.textContent = text;
+  list.replaceChildren(li);
+  $("members-count").textContent = "";
+  const body = $("ports").tBodies[0];
+  body.replaceChildren();
+  const td = body.insertRow().insertCell();
+  td.colSpan = PORT_COLUMNS;
+  td.className = "muted";
+  td.textContent = text;
+  $("ports-count").textContent = "";
+}
+
 function closed(info, token, key) {
   host = null;
   if (info.refused) {
+    // Final: the node refuses this token (revoked, expired, unknown or a wrong secret), so
+    // asking again would only be refused again.
     setState("refused", "refused");
-    banner("access refused (key revoked or wrong)");
-    log("access refused (key revoked or wrong)", true);
-    rejectReady(new Error("access refused (key revoked or wrong)"));
+    banner(`${REFUSED}; ask the network's owner for a new link`);
+    log(REFUSED, true);
+    noStatus(`not connected: ${REFUSED}`);
+    rejectReady(new Error(REFUSED));
     return;
   }
   const wait = RETRY_MS[Math.min(retries, RETRY_MS.length - 1)];
@@ -212,8 +287,9 @@ function closed(info, token, key) {
   const why = info.reason ? `: ${info.reason}` : info.code && info.code !== 1006 ? ` (code ${info.code})` : "";
   const what = info.welcomed ? "connection to the node lost" : "could not connect to the node";
   setState("error", "disconnected");
-  banner(`${what}${why} — retrying in ${Math.round(wait / 1000)} s`);
-  log(`${what}${why}`, true);
+  banner(`${what}${why} — retrying in ${Math.round(wait / 1000)} s (attempt ${retries})`);
+  log(`${what}${why}; retrying in ${Math.round(wait / 1000)} s`, true);
+  noStatus(`not connected: ${what}, retrying`);
   if (!everConnected && retries > RETRY_MS.length) {
     rejectReady(new Error(`${what}${why}`));
   }
@@ -271,6 +347,44 @@ function renderMembers(members) {
   }
 }
 
+const PORT_COLUMNS = 8;
+
+// A port's name: the host name its client sent, else its key's label, else the port's own name.
+function hostCell(td, port) {
+  const name = String(port.host || port.label || port.name || "?");
+  const main = document.createElement("span");
+  main.className = "host-name";
+  main.textContent = name;
+  td.append(main);
+  if (port.name === myPort) {
+    const tag = document.createElement("span");
+    tag.className = "tag";
+    tag.textContent = "(this page)";
+    td.append(" ", tag);
+  }
+  const details = [port.host && port.label ? `key ${port.label}` : "", port.name !== name ? port.name : ""];
+  const extra = details.filter(Boolean).join(" · ");
+  if (extra) {
+    const div = document.createElement("div");
+    div.className = "muted small mono";
+    div.textContent = extra;
+    td.append(div);
+  }
+}
+
+// IPv4 (derived by the node from the port's MAC), then IPv6 and the MAC on a small line.
+function addressCell(td, port) {
+  td.className = "mono";
+  td.textContent = port.ipv4 || (port.mac ? "" : "— (no frame yet)");
+  const extra = [port.ipv6, port.mac].filter(Boolean).join(" · ");
+  if (extra) {
+    const div = document.createElement("div");
+    div.className = "muted small mono";
+    div.textContent = extra;
+    td.append(div);
+  }
+}
+
 function renderPorts(ports) {
   const body = $("ports").tBodies[0];
   body.replaceChildren();
@@ -278,7 +392,7 @@ function renderPorts(ports) {
   if (!ports.length) {
     const tr = body.insertRow();
     const td = tr.insertCell();
-    td.colSpan = 7;
+    td.colSpan = PORT_COLUMNS;
     td.className = "muted";
     td.textContent = "no ports";
     return;
@@ -286,8 +400,9 @@ function renderPorts(ports) {
   for (const port of ports) {
     const tr = body.insertRow();
     if (port.name === myPort) tr.className = "mine";
+    hostCell(tr.insertCell(), port);
+    addressCell(tr.insertCell(), port);
     const cells = [
-      port.name === myPort ? `${port.name} (this page)` : port.name,
       port.kind,
       count(port.frames_in),
       count(port.frames_out),
@@ -298,8 +413,8 @@ function renderPorts(ports) {
     cells.forEach((text, i) => {
       const td = tr.insertCell();
       td.textContent = text ?? "";
-      if (i >= 2) td.className = "num";
-      if (i === 6 && Number(port.drops) > 0) td.className = "num drops-up";
+      if (i >= 1) td.className = "num";
+      if (i === 5 && Number(port.drops) > 0) td.className = "num drops-up";
     });
   }
 }
@@ -348,14 +463,14 @@ function draw() {
 
   const inKey = unit === "bytes" ? "bytesIn" : "framesIn";
   const outKey = unit === "bytes" ? "bytesOut" : "framesOut";
-  const max = Math.max(1, ...samples.map((s) => Math.max(s[inKey], s[outKey])));
-  const scale = niceCeil(max);
+  const max = Math.max(0, ...samples.map((s) => Math.max(s[inKey] || 0, s[outKey] || 0)));
+  const { scale, ticks } = chartScale(max, unit);
   const left = 58;
   const top = 8;
   const plotW = width - left - 6;
   const plotH = height - top - 18;
   const x = (i) => left + (plotW * (i + HISTORY - samples.length)) / (HISTORY - 1);
-  const y = (v) => top + plotH - (plotH * v) / scale;
+  const y = (v) => top + plotH - (plotH * (Number(v) || 0)) / scale; // NaN/undefined: baseline
 
   ctx.font = "11px system-ui, sans-serif";
   ctx.fillStyle = cssVar("--muted");
@@ -363,14 +478,13 @@ function draw() {
   ctx.lineWidth = 1;
   ctx.textAlign = "right";
   ctx.textBaseline = "middle";
-  for (let g = 0; g <= 4; g++) {
-    const v = (scale * g) / 4;
-    const gy = Math.round(y(v)) + 0.5;
+  for (const tick of ticks) {
+    const gy = Math.round(y(tick.value)) + 0.5;
     ctx.beginPath();
     ctx.moveTo(left, gy);
     ctx.lineTo(left + plotW, gy);
     ctx.stroke();
-    ctx.fillText(unit === "bytes" ? si(v, "B") : si(v, ""), left - 6, gy);
+    ctx.fillText(tick.label, left - 6, gy);
   }
   ctx.textAlign = "left";
   ctx.textBaseline = "alphabetic";
@@ -412,12 +526,6 @@ function draw() {
     ctx.stroke();
   }
   ctx.setLineDash([]);
-}
-
-function niceCeil(v) {
-  const power = 10 ** Math.floor(Math.log10(v));
-  for (const step of [1, 2, 2.5, 5, 10]) if (step * power >= v) return step * power;
-  return 10 * power;
 }
 
 // --- ping --------------------------------------------------------------------------------------

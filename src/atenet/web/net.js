@@ -218,11 +218,14 @@ export function authKey(secret) {
   return hkdfSha256(secret, null, AUTH_INFO, 32);
 }
 
-/** The first WebSocket message: proves the access key without sending its secret. */
-export function helloMessage(token, key, time, nonce) {
+/**
+ * The first WebSocket message: proves the access key without sending its secret. `host` (a
+ * name for this page's port, see cleanHostName) is sent when not empty.
+ */
+export function helloMessage(token, key, time, nonce, host = "") {
   const nonceHex = toHex(nonce);
   const input = `${HELLO_TAG}${token.networkHex}|${token.keyId}|${time}|${nonceHex}`;
-  return {
+  const hello = {
     op: "hello",
     network: token.networkHex,
     key_id: token.keyId,
@@ -230,6 +233,32 @@ export function helloMessage(token, key, time, nonce) {
     nonce: nonceHex,
     mac: toHex(hmacSha256(key, input)),
   };
+  if (host) hello.host = host;
+  return hello;
+}
+
+/** Longest host name a node accepts in a hello (characters). */
+export const HOST_NAME_MAX = 64;
+
+/**
+ * A host name as the node accepts it (Python's str.isprintable): no control, format, private
+ * or unassigned characters and no separators but the space; at most 64 characters.
+ */
+export function cleanHostName(name) {
+  const printable = String(name ?? "").replace(/(?! )[\p{C}\p{Z}]/gu, "");
+  return Array.from(printable).slice(0, HOST_NAME_MAX).join("");
+}
+
+/**
+ * This tab's host key: the profile's key (localStorage, shared by every tab of a browser
+ * profile) followed by the tab's own id (sessionStorage: one per tab, kept across reloads).
+ * Two tabs of one profile are two hosts, each with a MAC and addresses stable across reloads.
+ */
+export function tabHostKey(profileKey, tabId) {
+  const key = new Uint8Array(profileKey.length + tabId.length);
+  key.set(profileKey, 0);
+  key.set(tabId, profileKey.length);
+  return key;
 }
 
 // --- hashed addresses (src/atenet/addressing.py) -----------------------------------------------
@@ -720,14 +749,16 @@ export class Host {
  * One WebSocket session to the node: hello → welcome, then raw frames both ways plus status.
  *
  * Callbacks: onWelcome(welcome, host), onStatus(status), onClose({code, reason, refused,
- * welcomed}), onEvent(kind, text). `hostKey` is this browser's 16-byte identity (app.js keeps
- * it in localStorage); the MAC and addresses are derived from it and the welcome's CIDRs.
+ * welcomed}), onEvent(kind, text). `hostKey` is this tab's identity (app.js: tabHostKey of the
+ * profile's key and the tab's id); the MAC and addresses are derived from it and the welcome's
+ * CIDRs. `hostName` is sent in the hello: the node shows the port under that name.
  */
 export class Session {
-  constructor({ url, token, hostKey, WebSocketImpl, now, random, onWelcome, onStatus, onClose, onEvent } = {}) {
+  constructor({ url, token, hostKey, hostName, WebSocketImpl, now, random, onWelcome, onStatus, onClose, onEvent } = {}) {
     this.url = url;
     this.token = token;
     this.hostKey = hostKey;
+    this.hostName = cleanHostName(hostName ?? "");
     this.WebSocketImpl = WebSocketImpl ?? globalThis.WebSocket;
     this.wallClock = now ?? (() => Date.now());
     this.random = random ?? randomBytes;
@@ -753,7 +784,7 @@ export class Session {
     this.ws = ws;
     ws.binaryType = "arraybuffer";
     ws.onopen = () => {
-      const hello = helloMessage(this.token, authKey(this.token.secret), this.wallClock(), this.random(16));
+      const hello = helloMessage(this.token, authKey(this.token.secret), this.wallClock(), this.random(16), this.hostName);
       ws.send(JSON.stringify(hello));
     };
     ws.onmessage = (event) => this.message(event.data);

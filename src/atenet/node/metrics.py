@@ -1,0 +1,163 @@
+"""/metrics through prometheus_client: a collector that reads the node's status at scrape time.
+
+Writing the text format by hand broke every scrape as soon as a network name held ``"``, a
+newline or ``}`` (one owner could blind a shared node's monitoring). The library escapes label
+values and writes HELP and TYPE for every family. The collector turns the same status dict
+``/api/status`` serves into metric families when Prometheus asks, so the packet path pays
+nothing: its counters are the plain integers it already keeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+PORT_FIELDS = {
+    "frames_in": "Frames a local port sent into the switch.",
+    "frames_out": "Frames the switch delivered to a local port.",
+    "bytes_in": "Bytes a local port sent into the switch.",
+    "bytes_out": "Bytes the switch delivered to a local port.",
+    "drops": "Frames dropped on a local port (full queue, bad size).",
+}
+
+
+def _counter(name: str, doc: str, labels: list[str] | None = None) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, labels=labels)
+
+
+class NodeCollector(Collector):
+    """Yields the node's metric families from ``status()`` (the operator view of /api/status)
+    each time the registry is collected."""
+
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.status()
+        networks = s.get("networks", [])
+        yield CounterMetricFamily(
+            "atenet_datagrams", "UDP datagrams received.", value=s.get("datagrams", 0)
+        )
+        yield CounterMetricFamily(
+            "atenet_send_errors",
+            "UDP sends the kernel refused (full buffers, unreachable peers).",
+            value=s.get("send_errors", 0),
+        )
+        yield GaugeMetricFamily(
+            "atenet_uptime_seconds", "Seconds since the node started.", value=s.get("uptime", 0)
+        )
+        yield GaugeMetricFamily(
+            "atenet_networks", "Networks this node serves now.", value=len(networks)
+        )
+
+        drops = _counter(
+            "atenet_drops", "Packets dropped, by network (empty: before one was known) and "
+            "reason.", ["network", "network_id", "reason"]
+        )  # fmt: skip
+        for reason, count in sorted(s.get("drops", {}).items()):
+            drops.add_metric(["", "", reason], count)
+        for net in networks:
+            for reason, count in sorted(net.get("drops", {}).items()):
+                drops.add_metric([net["name"], net["id"], reason], count)
+        yield drops
+
+        labels = ["network", "network_id"]
+        ports = GaugeMetricFamily("atenet_ports", "Local switch ports, per network.", labels=labels)
+        member = GaugeMetricFamily(
+            "atenet_member", "1 while this node is a member of the network.", labels=labels
+        )
+        to_peers = _counter("atenet_frames_to_peers", "Frames sent to peer nodes.", labels)
+        from_peers = _counter(
+            "atenet_frames_from_peers", "Frames received from peer nodes.", labels
+        )
+        per_port = {
+            field: _counter(f"atenet_port_{field}", doc, ["network", "network_id", "port", "kind"])
+            for field, doc in PORT_FIELDS.items()
+        }
+        for net in networks:
+            net_labels = [net["name"], net["id"]]
+            ports.add_metric(net_labels, len(net.get("ports", [])))
+            member.add_metric(net_labels, 1 if net.get("member") else 0)
+            to_peers.add_metric(net_labels, net.get("frames_to_peers", 0))
+            from_peers.add_metric(net_labels, net.get("frames_from_peers", 0))
+            for port in net.get("ports", []):
+                port_labels = [*net_labels, str(port.get("name", "")), str(port.get("kind", ""))]
+                for field, family in per_port.items():
+                    family.add_metric(port_labels, port.get(field, 0))
+        yield ports
+        yield member
+        yield to_peers
+        yield from_peers
+        yield from per_port.values()
+
+        lookups = s.get("lookups")
+        if lookups is not None:
+            yield CounterMetricFamily(
+                "atenet_lookups",
+                "Store lookups started for networks this node did not serve yet.",
+                value=lookups["lookups"],
+            )
+            refused = _counter(
+                "atenet_lookup_drops",
+                "Lookups of not-served network ids refused, by reason (docs/limits.md).",
+                ["reason"],
+            )
+            for reason, count in lookups["drops"].items():
+                refused.add_metric([reason], count)
+            yield refused
+            yield GaugeMetricFamily(
+                "atenet_unknown_networks_cached",
+                "Network ids remembered as unknown (bounded).",
+                value=lookups["cached"],
+            )
+            yield GaugeMetricFamily(
+                "atenet_lookups_in_flight", "Store lookups running now.", value=lookups["in_flight"]
+            )
+
+        http = s.get("http")
+        if http is not None:
+            conns = GaugeMetricFamily(
+                "atenet_http_connections",
+                "HTTP connections open now; pending = not yet a WebSocket port.",
+                labels=["state"],
+            )
+            conns.add_metric(["open"], http["open"])
+            conns.add_metric(["pending"], http["pending"])
+            yield conns
+            closed = _counter(
+                "atenet_http_drops",
+                "HTTP connections refused or closed by a limit, by reason (docs/limits.md).",
+                ["reason"],
+            )
+            for reason, count in http["drops"].items():
+                closed.add_metric([reason], count)
+            yield closed
+
+        ws = s.get("websocket")
+        if ws is not None:
+            refused = _counter(
+                "atenet_websocket_drops",
+                "WebSocket connections or messages refused, by reason.",
+                ["reason"],
+            )
+            for reason, count in ws["drops"].items():
+                refused.add_metric([reason], count)
+            yield refused
+
+
+def registry(status: Callable[[], dict[str, Any]]) -> CollectorRegistry:
+    """A registry holding only this node's collector (no process or GC metrics)."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(NodeCollector(status))
+    return reg
+
+
+def exposition(reg: CollectorRegistry) -> bytes:
+    """The registry in the Prometheus text format."""
+    return generate_latest(reg)
