@@ -52,16 +52,8 @@ SLOW = {
 fraction of ``-n`` unless ``--full`` (1,000,000 of them alone would take 10-30 minutes)."""
 
 
-KNOWN = {
-    "node.websocket.hello": (
-        ("OverflowError", "non-ASCII", "RecursionError", "UnicodeEncodeError"),
-        "issue 9.3 (fixed on branch h2)",
-    ),
-    "chain.owner_bodies": (
-        ("OverflowError", "RecursionError", "TypeError", "AttributeError"),
-        "issue 9.12 (fixed on branch h4)",
-    ),
-    "chain.NetworkState.apply": (("OverflowError",), "issue 9.12 (fixed on branch h4)"),
+KNOWN: dict[str, tuple[tuple[str, ...], str]] = {
+    # "target name": (("text in the crash message", ...), "issue N.M (fixed on branch hX)"),
 }
 """Crashes already filed and fixed on another branch: counted apart (``known``) until merged,
 so that ``crashes`` stays the number of new ones (goal 0)."""

@@ -7,9 +7,8 @@ nothing escapes but the documented error types (SealError, OffloadError, DecodeE
 ChainInvalid, ...), junk is counted as exactly one drop and never answered, and an authenticated
 payload is answered only when it is a well-formed hello or ping.
 
-Bugs found by fuzzing stay here as ``@example``s. Known bugs fixed on other branches are in tests
-marked ``xfail(strict=False)`` until those branches are merged (issue 9.3: /ws hello fields;
-issue 9.12: owner-written event bodies).
+Bugs found by fuzzing stay here as ``@example``s, and so do the bugs of issue 9.3 (/ws hello
+fields) and 9.12 (owner-written event bodies).
 
 The long mode (>= 1,000,000 inputs per target) is ``bench/fuzz.py``, also run by
 ``pytest -m fuzz`` (see docs/fuzzing.md).
@@ -43,8 +42,6 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
-ISSUE_9_3 = pytest.mark.xfail(strict=False, reason="issue 9.3, fixed on branch h2")
-ISSUE_9_12 = pytest.mark.xfail(strict=False, reason="issue 9.12, fixed on branch h4")
 
 _TOKENS = [
     b"1e999",
@@ -92,7 +89,10 @@ def inputs_for(target: ft.Target) -> st.SearchStrategy[bytes]:
 
 
 def fuzz(target: ft.Target, *examples: bytes, strategy: st.SearchStrategy | None = None) -> None:
-    """Run ``target`` on hypothesis inputs (and ``examples`` first); fail on any Crash."""
+    """Run ``target`` on its seeds and ``examples`` first, then on hypothesis inputs; fail on any
+    Crash. (The seeds make the outcomes the tests assert on certain, whatever hypothesis draws.)
+    """
+    examples = (*target.seeds, *examples)
 
     @FUZZ
     @given(strategy if strategy is not None else inputs_for(target))
@@ -170,7 +170,9 @@ def node_target(net: ft.Net, name: str) -> ft.Target:
 
 def test_node_drops_and_never_answers_unauthenticated_datagrams(net: ft.Net) -> None:
     target = node_target(net, "node.datagram(unauthenticated)")
-    fuzz(target, os.urandom(16) + b"\x01\x01" + bytes(40), b"", b"\x00" * 33)
+    forged = bytearray(target.seeds[0])
+    forged[-1] ^= 1
+    fuzz(target, bytes(forged), os.urandom(16) + b"\x01\x01" + bytes(40), b"", b"\x00" * 33)
     assert {"net.auth", "net.replay"} <= target.reasons
 
 
@@ -279,11 +281,10 @@ def test_owner_written_bodies_well_typed(net: ft.Net) -> None:
     assert {"ChainInvalid", "accepted"} <= target.reasons
 
 
-@ISSUE_9_12
 def test_owner_written_bodies_any_json(net: ft.Net) -> None:
-    """Any body an owner signs: known to escape as OverflowError (``key_id: 1e999``) or
-    RecursionError (deep nesting), or to break later reads (``expires: "soon"`` makes every key
-    comparison raise)."""
+    """Any body an owner signs (issue 9.12): ``key_id: 1e999`` escaped as OverflowError,
+    ``expires: "soon"`` broke every later key comparison, and (found by this fuzzer after the
+    9.12 fix) deep nesting escaped as RecursionError; all now refused with ChainInvalid."""
     target = ft.owner_body_target(net)
     secret = VALID_SECRET.encode()
     fuzz(
@@ -334,14 +335,16 @@ def test_ws_hello_replayed_or_binary_is_refused(hello_fx: ft.HelloFixture) -> No
     assert hello_fx.check(hello.decode()) is None  # same nonce again
     from aiohttp import WSMsgType
 
-    assert hello_fx.check(json.dumps(hello_fx.hello()).encode(), WSMsgType.BINARY) is None
+    from atenet.node.schema import SchemaError
+
+    with pytest.raises(SchemaError):  # the handler closes with 1008
+        hello_fx.check(json.dumps(hello_fx.hello()).encode(), WSMsgType.BINARY)
 
 
-@ISSUE_9_3
 def test_ws_hello_any_bytes(hello_fx: ft.HelloFixture) -> None:
-    """Any text as a hello: known to raise OverflowError (``"time": 1e999``), TypeError (a
-    non-ASCII ``mac``), UnicodeEncodeError (a ``"\\ud800"`` escape in the nonce) and
-    RecursionError (deep nesting) out of the handler."""
+    """Any text as a hello (issue 9.3): ``"time": 1e999`` raised OverflowError, a non-ASCII
+    ``mac`` TypeError, a ``"\\ud800"`` escape in the nonce UnicodeEncodeError (found by this
+    fuzzer) and deep nesting RecursionError out of the handler; now all a SchemaError."""
     target = ft.hello_target(hello_fx)
     fuzz(
         target,

@@ -189,7 +189,7 @@ def fresh_nodes(raw: bytes | None, now: float) -> dict[str, dict[str, Any]]:
     :data:`NODE_RECORD_MAX_AGE` (a damaged record reads as empty: nodes rewrite it)."""
     try:
         records = json.loads(raw) if raw else {}
-    except ValueError:
+    except (ValueError, RecursionError):  # deep nesting raises RecursionError
         return {}
     if not isinstance(records, dict):
         return {}

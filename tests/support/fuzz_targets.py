@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from aiohttp import WSMsgType
@@ -36,7 +35,7 @@ from atenet.chain.sqlite_store import SqliteStore
 from atenet.chain.state import NetworkState
 from atenet.client.core import ClientCore
 from atenet.errors import AtenetError, ChainInvalid, DecodeError, NotAllowed
-from atenet.node.core import NodeCore
+from atenet.node.core import NodeCore, PortLimits
 from atenet.offload import NO_OFFLOAD, OffloadError, VnetHeader, check, to_frames
 from atenet.overlay.fragment import MAX_PACKET, Reassembler, fragment
 from atenet.overlay.seal import (
@@ -74,6 +73,8 @@ CLIENT = ("127.0.0.1", 40001)
 """Where the fuzzing client's datagrams come from (never a real socket: the cores are sans-I/O)."""
 OTHER_CLIENT = ("127.0.0.1", 40002)
 NOW = 1_000_000.0
+CLOCK = int(NOW * 1_000_000_000)
+"""``NOW`` in ns: where senders' counters start (they follow the clock, docs/protocol.md)."""
 
 
 class Crash(AssertionError):
@@ -482,18 +483,25 @@ class NodeFixture:
     def __init__(self, net: Net) -> None:
         self.net = net
         self.sent: list[tuple[bytes, tuple[str, int]]] = []
-        self.core = NodeCore(node_id_of(net.world), self._send, 1)
+        # Counters follow the clock in ns (docs/protocol.md): the node started a second ago.
+        # No rate limit: every input of the fuzzer arrives at the same ``NOW``.
+        limits = PortLimits(rate=1e12, burst=1e12)
+        self.core = NodeCore(node_id_of(net.world), self._send, CLOCK - 10**9, limits=limits)
         self.runtime = self.core.add_network(net.network_id)
         self.runtime.apply_state(net.state, NOW)
-        self.client = Sealer(net.network_id, PacketKey(net.secrets[1], 1), 4242, 10)
-        other = Sealer(net.network_id, PacketKey(net.secrets[1], 1), 4343, 10)
-        self.core.datagram(
-            other.seal(b'{"op":"hello","offload":1}', TYPE_CONTROL), OTHER_CLIENT, NOW
-        )
-        self.core.datagram(self.client.seal(b'{"op":"hello"}', TYPE_CONTROL), CLIENT, NOW)
-        self.revoked = Sealer(net.network_id, PacketKey(net.secrets[2], 2), 4444, 10)
-        self.node_b = Sealer(net.network_id, self.runtime.openers[0].key, 5555, 10)
+        self.client = Sealer(net.network_id, PacketKey(net.secrets[1], 1), 4242, CLOCK)
+        other = Sealer(net.network_id, PacketKey(net.secrets[1], 1), 4343, CLOCK)
+        self.core.datagram(other.seal(self.hello(offload=1), TYPE_CONTROL), OTHER_CLIENT, NOW)
+        self.core.datagram(self.client.seal(self.hello(), TYPE_CONTROL), CLIENT, NOW)
+        if len(self.runtime.switch) != 2:
+            raise AssertionError(f"fixture clients got no port: {self.counts()}")
+        self.revoked = Sealer(net.network_id, PacketKey(net.secrets[2], 2), 4444, CLOCK)
+        self.node_b = Sealer(net.network_id, self.runtime.openers[0].key, 5555, CLOCK)
         self.sent.clear()
+
+    def hello(self, op: str = "hello", **fields: Any) -> bytes:
+        """A control message bound to this node instance (what opens a port)."""
+        return json.dumps({"op": op, "instance": self.core.instance, **fields}).encode()
 
     def _send(self, packet: bytes, addr: tuple[str, int]) -> None:
         self.sent.append((bytes(packet), addr))
@@ -515,7 +523,7 @@ def node_targets(net: Net) -> list[Target]:
     fx = NodeFixture(net)
     seeds = [
         fx.client.seal(frame()),
-        fx.client.seal(b'{"op":"ping"}', TYPE_CONTROL),
+        fx.client.seal(fx.hello("ping"), TYPE_CONTROL),
         fx.client.seal(tcp_superframe(), TYPE_SUPERFRAME),
         fx.revoked.seal(frame()),
         fx.node_b.seal(frame()),
@@ -561,10 +569,11 @@ def node_targets(net: Net) -> list[Target]:
 
     frame_seeds = [frame(), frame(3, 1400, b"\x02\x00\x00\x00\x00\x09"), frame()[:14]]
     control_seeds = [
-        b'{"op":"hello"}',
-        b'{"op":"ping","offload":1}',
+        fx.hello(),
+        fx.hello("ping", offload=1),
         b'{"op":"bye"}',
-        b'{"op":"hello","host":"h","offload":1}',
+        fx.hello(host="h", offload=1),
+        b'{"op":"hello"}',
     ]
     return [
         Target("node.datagram(unauthenticated)", seeds, unauthenticated),
@@ -579,7 +588,7 @@ def client_targets(net: Net) -> list[Target]:
     token = net.token(1)
     client = ClientCore(token, counter_start=1, sender_id=1, offload=True)
     plain = ClientCore(token, counter_start=1, sender_id=2)
-    node = Sealer(net.network_id, PacketKey(net.secrets[1], 1), 777, 10)
+    node = Sealer(net.network_id, PacketKey(net.secrets[1], 1), 777, CLOCK)
     welcome = json.dumps(
         {
             "op": "welcome",
@@ -678,8 +687,14 @@ class HelloFixture:
         return message
 
     def check(self, text: str | bytes, kind: WSMsgType = WSMsgType.TEXT) -> Any:
-        msg = SimpleNamespace(type=kind, data=text)
-        return self.loop.run_until_complete(self.ports._check_hello(msg))
+        """What the /ws handler does with a first message: a non-text message or one that fails
+        the schema is a SchemaError (the handler closes with 1008), else ``_check_hello``."""
+        from atenet.node.schema import WS_HELLO, SchemaError, parse
+
+        if kind != WSMsgType.TEXT:
+            raise SchemaError("", "the hello must be a text message")
+        hello = parse(text, WS_HELLO)
+        return self.loop.run_until_complete(self.ports._check_hello(hello))
 
     def close(self) -> None:
         self.loop.run_until_complete(self._stack.aclose())
@@ -699,7 +714,9 @@ def hello_target(fx: HelloFixture) -> Target:
                 raise Crash(f"/ws hello accepted for key {hello.get('key_id')!r}")
         return "refused" if found is None else "accepted"
 
-    return Target("node.websocket.hello", seeds, feed)
+    from atenet.node.schema import SchemaError
+
+    return Target("node.websocket.hello", seeds, feed, (SchemaError,))
 
 
 def heartbeat_targets(fx: HelloFixture) -> list[Target]:
