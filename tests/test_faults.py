@@ -216,7 +216,7 @@ class LoopClient:
 
     def pump(self) -> None:
         """Send due control packets; take in everything that arrived."""
-        now = time.monotonic()
+        now = time.time()  # wall-clock: the core's counters and freshness follow it
         for packet in self.core.tick(now):
             self.sock.sendto(packet, self.core.node)
         while True:
@@ -224,7 +224,7 @@ class LoopClient:
                 data = self.sock.recv(65535)
             except BlockingIOError:
                 return
-            frame = self.core.datagram(data, time.monotonic())
+            frame = self.core.datagram(data, time.time())
             if frame is not None:
                 self.frames.append(frame)
 
@@ -311,6 +311,8 @@ def test_store_killed_and_restarted_under_traffic(
 
         nats.restart(0)
         pump_all(clients, 2.0)  # the node's store client reconnects on its own
+        traffic(a, clients, b"up", 50)
+        assert b.received(b"up") >= 45, "frames stopped after the store came back"
         revoke = cli(env, "tok", "key", "revoke", "lan", "1")
         assert revoke.returncode == 0, revoke.stderr
         revoked_at = last_new = time.monotonic()
