@@ -489,7 +489,7 @@ def unused_udp_port() -> int:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ((), "give the NETWORK to monitor (yours), or --token TOKEN"),
+        ((), "give the NETWORK to monitor (yours), or --token-file FILE (or ATENET_TOKEN)"),
         (("--token", "nonsense"), "not an atenet access token"),
         (("nosuchnet",), "no store at "),  # a fresh home: read commands refuse a missing store
     ],
@@ -503,10 +503,23 @@ def test_command_errors_are_one_line(tmp_path: Path, args: tuple[str, ...], mess
 
 def test_command_says_when_no_node_answers(tmp_path: Path) -> None:
     token = AccessToken(os.urandom(16), 1, os.urandom(32), (f"127.0.0.1:{unused_udp_port()}",))
-    proc = tok(tmp_path / "home", "monitor", "--token", token.encode(), "--wait", "2")
+    token_file = tmp_path / "token"
+    token_file.write_text(token.encode())
+    token_file.chmod(0o600)
+    proc = tok(tmp_path / "home", "monitor", "--token-file", str(token_file), "--wait", "2")
     assert proc.returncode == 1
     assert proc.stderr.startswith("tok: error: no node answered for 2 s (tried 127.0.0.1:")
     assert proc.stderr.count("\n") == 1 and proc.stdout == ""
+
+
+def test_a_token_on_the_command_line_is_warned_about(tmp_path: Path) -> None:
+    """Every local user can read a process's command line (issue 9, item 9)."""
+    token = AccessToken(os.urandom(16), 1, os.urandom(32), (f"127.0.0.1:{unused_udp_port()}",))
+    proc = tok(tmp_path / "home", "monitor", "--token", token.encode(), "--wait", "1")
+    assert proc.stderr.splitlines()[0].startswith("tok: warning: a token on the command line")
+    assert "--token-file" in proc.stderr.splitlines()[0]
+    both = tok(tmp_path / "home", "monitor", "--token", token.encode(), "--token-file", "-")
+    assert both.returncode == 2 and "not both" in both.stderr
 
 
 # --------------------------------------------------------------------------- in namespaces

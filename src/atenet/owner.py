@@ -3,12 +3,11 @@
 Networks are found in the store by their genesis: an owner lists every chain and keeps those whose
 genesis names its key. Names are looked up among those (an id or a unique id prefix works too).
 
-Address policy (checked at `tok network create`; docs/cli-tok-owner.md): a network's IPv4 CIDR
-must lie in private space (RFC 1918 or the RFC 6598 shared range 100.64.0.0/10) and be a /16 or
-smaller, its IPv6 /64 must be unique-local (fc00::/7) — each unless ``force`` — and it may never
-overlap another network of the same owner (hosts on both could not tell the two apart, and a
-route between them would be ambiguous).
-"""
+Address policy (checked at `tok network create`; docs/cli.md, "tok: owner commands"): a network's
+IPv4 CIDR must lie in private space (RFC 1918 or the RFC 6598 shared range 100.64.0.0/10) and be a
+/16 or smaller, its IPv6 /64 must be unique-local (fc00::/7) — each unless ``force`` — and it may
+never overlap another network of the same owner (hosts on both could not tell the two apart, and a
+route between them would be ambiguous)."""
 
 from __future__ import annotations
 

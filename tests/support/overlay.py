@@ -57,7 +57,10 @@ class Node:
         out = self.host.run(
             [BIN / "tok", "status", "--json", "--node", f"http://127.0.0.1:{HTTP_PORT}"],
             env=os.environ | {"ATENET_HOME": str(self.home)},
+            check=False,
         )
+        if out.returncode != 0:
+            raise AssertionError(f"tok status on {self.name} failed: {out.stderr.strip()}")
         return json.loads(out.stdout)
 
     def network(self, name: str) -> dict[str, Any]:

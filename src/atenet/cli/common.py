@@ -2,7 +2,7 @@
 
 Imported by every `tok` and `atenet` invocation, `--help` included, so it imports only click and
 the standard library's cheap modules at the top; asyncio, logging and the stores load when a
-command runs (see docs/cli-tok-owner.md, "start-up time").
+command runs (see docs/cli.md, "Start-up time").
 """
 
 from __future__ import annotations

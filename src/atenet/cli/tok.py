@@ -1,17 +1,14 @@
-"""`tok`: create and manage networks and access keys, and (later) connect hosts to them.
+"""`tok`: create and manage networks and access keys, and connect hosts to them.
 
 Every command takes --store (or ATENET_STORE); errors are one line, without a traceback.
 
 Start-up time matters (`tok --help`, `tok network list` in scripts): this module imports only
 click and cheap standard modules at the top; the chain, cryptography, asyncio and the stores are
-imported inside the commands that use them (docs/cli-tok-owner.md, "start-up time").
+imported inside the commands that use them (docs/cli.md, "Start-up time").
 """
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -28,7 +25,6 @@ from atenet.cli.common import (
     print_json,
     run_async,
     run_loop,
-    setup_logging,
     store_option,
 )
 from atenet.errors import AtenetError
@@ -109,7 +105,7 @@ def main() -> None:
     Quick start:
       tok network create office
       tok key export office --label laptop     # prints an access token
-      sudo tok connect TOKEN                   # joins this host (see `tok connect --help`)
+      sudo tok connect --token-file FILE       # joins this host (see `tok connect --help`)
 
     Exit codes: 0 done, 1 error (one line on stderr), 2 usage error, 130 interrupted.
     """
@@ -388,21 +384,17 @@ def _check_endpoint(endpoint: str) -> None:
 
 
 async def default_endpoints(store: ChainStore, chain: Chain) -> list[str]:
-    """Endpoints of the network's member nodes, then the nodes published in the store."""
+    """Endpoints of the network's member nodes, then the live nodes published in the store
+    (entries older than ``NODE_RECORD_MAX_AGE`` belong to nodes that are gone: skipped)."""
+    import time
+
+    from atenet.deployment import published_endpoints
+
     endpoints: list[str] = []
     for member in chain.state.members.values():
         endpoints.extend(e for e in member.endpoints if e not in endpoints)
-    published = await store.get_meta("nodes")
-    if published:
-        try:
-            for entry in json.loads(published).values():
-                endpoints.extend(
-                    e
-                    for e in entry.get("endpoints", [])
-                    if isinstance(e, str) and e not in endpoints
-                )
-        except (ValueError, AttributeError, TypeError, RecursionError):
-            pass  # a damaged record (a store can hold anything): the members' endpoints stand
+    published = published_endpoints(await store.get_meta("nodes"), time.time())
+    endpoints.extend(e for e in published if e not in endpoints)
     return endpoints
 
 
@@ -560,157 +552,18 @@ async def route_remove(network_name: str, other: str, store_url: str | None, as_
         click.echo(f"route {chain.state.name} -> {r.name or r.to} removed{extra}")
 
 
-# --------------------------------------------------------------------------- connect
+# --------------------------------------------------------------------------- host side
 
 
-@main.command()
-@click.argument("token_text", metavar="TOKEN", envvar="ATENET_TOKEN")
-@click.option("--dev", default="atenet0", show_default=True, help="TAP device name.")
-@click.option(
-    "--wait",
-    type=float,
-    default=10.0,
-    show_default=True,
-    help="Seconds to wait for a node to answer before giving up.",
-)
-@click.option(
-    "--no-offload",
-    is_flag=True,
-    help="Open the TAP without TSO/checksum offload (one frame per packet, as older versions).",
-)
-@click.option("--daemon", is_flag=True, help="Go to the background once connected.")
-@click.option("--log-file", type=click.Path(dir_okay=False), help="With --daemon: log here.")
-@click.option("-v", "--verbose", count=True, help="More log output.")
-def connect(
-    token_text: str,
-    dev: str,
-    wait: float,
-    no_offload: bool,
-    daemon: bool,
-    log_file: str | None,
-    verbose: int,
-) -> None:
-    """Join this Linux host to a network with an access TOKEN (or $ATENET_TOKEN).
+def _add_client_commands() -> None:
+    """connect, disconnect, status, ping: the commands a client host runs (cli/tok_client.py)."""
+    from atenet.cli.tok_client import COMMANDS
 
-    Creates a TAP device (needs root), gives it this host's stable MAC and the IPv4/IPv6
-    addresses derived from it, and carries its frames, encrypted, to a node named in the token
-    (failing over to the next one if it stops answering). Runs in the foreground until Ctrl-C;
-    the TAP device is removed on exit.
-    """
-    setup_logging(verbose)
-    token = _decode_token(token_text)
-    if daemon:
-        _daemonize(token_text, dev, wait, log_file, no_offload)
-        return
-    import asyncio
-
-    from atenet.client.connect import Connected, Connection
-
-    def announce(info: Connected) -> None:
-        click.echo(
-            f"connected to {info.network or token.network_hex} via node {info.node}: "
-            f"{info.dev} {info.ipv4} {info.ipv6} mac {info.mac} mtu {info.mtu}",
-        )
-
-    async def body() -> None:
-        conn = Connection(token, dev, offload=not no_offload)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, conn.stop)
-        await conn.run(wait, announce)
-
-    try:
-        run_loop(body())
-    except AtenetError as exc:
-        fail(str(exc))
+    for command in COMMANDS:
+        main.add_command(command)
 
 
-def _decode_token(text: str) -> AccessToken:
-    try:
-        return AccessToken.decode(text)
-    except AtenetError as exc:
-        fail(str(exc))
-        raise
-
-
-def _daemonize(
-    token_text: str, dev: str, wait: float, log_file: str | None, no_offload: bool = False
-) -> None:
-    """Start `tok connect` again in its own session; return once it has connected."""
-    import subprocess
-
-    log_path = log_file or f"/tmp/tok-connect-{dev}.log"
-    env = {**os.environ, "ATENET_TOKEN": token_text}
-    with open(log_path, "ab") as log:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "atenet.cli.tok", "connect", "--dev", dev, "--wait", str(wait)]
-            + (["--no-offload"] if no_offload else []),
-            stdout=subprocess.PIPE,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-    assert child.stdout is not None
-    line = child.stdout.readline().decode().strip()
-    if not line.startswith("connected"):
-        child.wait()
-        fail(f"tok connect did not connect; see {log_path}")
-    click.echo(f"{line} (pid {child.pid}, log {log_path})")
-
-
-# --------------------------------------------------------------------------- status
-
-
-@main.command()
-@click.option(
-    "--node",
-    "node_url",
-    default="http://127.0.0.1:8080",
-    show_default=True,
-    envvar="ATENET_NODE",
-    help="The node's HTTP address (`atenet run --http-port`).",
-)
-@json_option
-def status(node_url: str, as_json: bool) -> None:
-    """A node's live counters: networks, ports, peers, and packets dropped by reason.
-
-    A host whose packets the node drops gets no answer at all (no oracle), so this is where to
-    look when `tok connect` says no node answered: `revoked_key`, `unknown_key`, `auth`,
-    `replay`, `unknown_network` say why.
-    """
-    import urllib.error
-    import urllib.request
-
-    url = node_url.rstrip("/") + "/api/status"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            data = json.load(resp)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        fail(f"cannot read {url}: {exc}; is `atenet run` running with that --http-port?")
-        return
-    if as_json:
-        print_json(data)
-        return
-    click.echo(f"node {data['node']} at {data['endpoint']}, {data['datagrams']} datagrams in")
-    if data["drops"]:
-        click.echo("  dropped before any network: " + _drops(data["drops"]))
-    for net in data["networks"]:
-        click.echo(
-            f"network {net['name']} ({net['id'][:12]}) {net['cidr']} "
-            f"member={'yes' if net['member'] else 'no'} peers={','.join(net['peers']) or '-'}"
-        )
-        click.echo(f"  to peers {net['frames_to_peers']}  from peers {net['frames_from_peers']}")
-        if net["drops"]:
-            click.echo("  dropped: " + _drops(net["drops"]))
-        for p in net["ports"]:
-            click.echo(
-                f"  port {p['name']}: in {p['frames_in']} out {p['frames_out']} drops {p['drops']}"
-            )
-
-
-def _drops(drops: dict[str, int]) -> str:
-    return ", ".join(f"{reason} {count}" for reason, count in sorted(drops.items()))
+_add_client_commands()
 
 
 # --------------------------------------------------------------------------- monitor
@@ -718,7 +571,20 @@ def _drops(drops: dict[str, int]) -> str:
 
 @main.command()
 @click.argument("network_name", metavar="[NETWORK]", required=False)
-@click.option("--token", "token_text", metavar="TOKEN", help="Monitor with this access token.")
+@click.option(
+    "--token",
+    "token_text",
+    metavar="TOKEN",
+    envvar="ATENET_TOKEN",
+    help="Monitor with this access token (env: ATENET_TOKEN). On the command line every local "
+    "user can read it: prefer --token-file.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    metavar="PATH",
+    help="Read the access token from PATH ('-': stdin).",
+)
 @click.option(
     "--pcap",
     type=click.Path(dir_okay=False, allow_dash=True),
@@ -737,6 +603,7 @@ def _drops(drops: dict[str, int]) -> str:
 def monitor(
     network_name: str | None,
     token_text: str | None,
+    token_file: str | None,
     pcap: str | None,
     count: int | None,
     wait: float,
@@ -747,9 +614,26 @@ def monitor(
 
     Joins as a passive port over UDP (no TAP, no root; it never sends a frame). As the owner,
     a key labelled "monitor" is exported once and kept in tok's config dir; others pass
-    --token. Ctrl-C stops.
+    --token-file (or ATENET_TOKEN). Ctrl-C stops.
     """
+    from atenet.cli.tok_client import ARGV_WARNING, in_argv, read_token_file
     from atenet.client.monitor import monitor_token, run_command
+
+    ctx = click.get_current_context()
+    if token_file is not None:
+        if in_argv(ctx):
+            raise click.UsageError("give the token once: --token or --token-file, not both")
+        try:
+            token_text = read_token_file(token_file)
+        except AtenetError as exc:
+            fail(str(exc))
+    elif token_text and in_argv(ctx):
+        # Only a real token is worth the warning: a typo gets its one-line error alone.
+        try:
+            AccessToken.decode(token_text)
+        except AtenetError as exc:
+            fail(str(exc))
+        click.echo(ARGV_WARNING, err=True)
 
     async def owner_token() -> AccessToken:
         async with owner_session(store_url) as owner:

@@ -101,8 +101,8 @@ async def hosts(network_name: str, store_url: str | None, as_json: bool) -> None
         return
     if not found:
         click.echo(
-            f"no hosts on {chain.state.name}: connect one with `tok connect TOKEN` (nodes list "
-            "their hosts in heartbeats, so a new one shows up within an interval)"
+            f"no hosts on {chain.state.name}: connect one with `tok connect --token-file FILE` "
+            "(nodes list their hosts in heartbeats, so a new one shows up within an interval)"
         )
         return
     rows = [("NAME", "LABEL", "IPV4", "IPV6", "MAC", "NODE", "LAST SEEN")]

@@ -9,6 +9,13 @@ With offloads (the default; ``tok connect --no-offload`` turns them off) the TAP
 virtio-net header: the kernel hands over TCP super-frames of up to :data:`GSO_MAX_SIZE` bytes
 with checksums left partial, and takes them back the same way, so one read, one seal and one
 datagram carry what would otherwise be ~45 frames. See docs/protocol.md, "Offloaded packets".
+
+While connected it says what happens to the link (docs/connect.md): a warning when the node stops
+answering, the other endpoints of the token tried in turn, and after ``give_up`` seconds without
+any answer an error (:class:`ConnectionLost`, exit code 4) instead of a silent TAP that leads
+nowhere; ``give_up=None`` (``--persist``) retries forever. Each change is also an event for
+``--json``, and a state file in the runtime dir (:mod:`atenet.client.runtime`) tells
+`tok status`, `tok ping` and `tok disconnect` about this connection.
 """
 
 from __future__ import annotations
@@ -19,11 +26,23 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
 
 from atenet.addressing import host_identity, ipv4_for, ipv6_for, stable_mac
-from atenet.client.core import HELLO_TIMEOUT, ClientCore, no_answer
+from atenet.client import runtime
+from atenet.client.core import (
+    HELLO_TIMEOUT,
+    ClientCore,
+    LinkEvent,
+    Liveness,
+    endpoint_text,
+    no_answer,
+)
+from atenet.errors import AtenetError
 from atenet.offload import VNET_HDR_LEN
 from atenet.overlay.fragment import MAX_SUPERFRAME
 from atenet.overlay.seal import TYPE_SUPERFRAME
@@ -33,6 +52,37 @@ from atenet.transport.udp import UdpSocket
 from atenet.wire.arp import gratuitous_arp
 
 log = logging.getLogger(__name__)
+
+GIVE_UP = 30.0
+"""Default seconds without an answer from any endpoint after which a connected host exits."""
+
+EXIT_NO_ANSWER = 3
+"""Exit code: no node answered when connecting (``--wait``)."""
+
+EXIT_LOST = 4
+"""Exit code: connected, then no node answered for the give-up time (``--give-up``)."""
+
+STATE_EVERY = 5.0
+"""Seconds between refreshes of the state file while nothing else changes."""
+
+PERSIST_REMINDER = 60.0
+"""With --persist, seconds between the "still retrying" log lines while no node answers."""
+
+EventSink = Callable[[str, dict[str, Any]], None]
+"""Called with an event's kind (connected, node_lost, failover, reconnected) and its fields."""
+
+
+class NoAnswer(AtenetError):
+    """No node answered the hellos within ``--wait`` seconds."""
+
+    exit_code = EXIT_NO_ANSWER
+
+
+class ConnectionLost(AtenetError):
+    """Connected, then no endpoint answered for the give-up time."""
+
+    exit_code = EXIT_LOST
+
 
 KEEPALIVE = 15.0
 """Seconds between gratuitous ARPs: they keep this host's port alive on the node (60 s idle)."""
@@ -63,6 +113,8 @@ class Connected:
     ipv4: str
     ipv6: str
     mtu: int
+    network_id: str = ""
+    key_id: int = 0
 
 
 def host_key(dev: str) -> bytes:
@@ -79,18 +131,39 @@ def host_key(dev: str) -> bytes:
 class Connection:
     """A running `tok connect`."""
 
-    def __init__(self, token: AccessToken, dev: str = "atenet0", *, offload: bool = True) -> None:
-        """``offload``: open the TAP with a virtio-net header (TSO and checksum offload)."""
+    def __init__(
+        self,
+        token: AccessToken,
+        dev: str = "atenet0",
+        *,
+        offload: bool = True,
+        give_up: float | None = GIVE_UP,
+        on_event: EventSink | None = None,
+        state_dir: Path | None = None,
+    ) -> None:
+        """``offload``: open the TAP with a virtio-net header (TSO and checksum offload).
+        ``give_up``: seconds without any answer before :class:`ConnectionLost` (None: never).
+        ``on_event``: told of every link event. ``state_dir``: where to keep ``DEV.json``
+        (None: no state file)."""
         self.token = token
         self.dev = dev
         self.offload = offload
+        self.give_up = give_up
+        self.on_event = on_event
         self.core = ClientCore(token, time.time_ns(), offload=offload)
+        self.liveness = Liveness(self.core, give_up)
         self.sock: socket.socket | None = None
         self.tap: TapDevice | None = None
         self.info: Connected | None = None
         self.mac = stable_mac(token.network_id, host_key(dev))
         self._stop = asyncio.Event()
         self.udp: UdpSocket | None = None
+        self.state_dir = state_dir
+        self.state_file: Path | None = None
+        self.started = time.time()
+        self.connected_at = 0.0
+        self._state_written = 0.0
+        self._rtt_written = 0.0
 
     @property
     def send_errors(self) -> int:
@@ -132,16 +205,35 @@ class Connection:
             for frame in tap.read_batch(READ_BATCH):
                 send(seal(frame))
 
-    async def handshake(self, wait: float) -> dict[str, object]:
-        """Say hello to the token's nodes in turn until one welcomes us, for ``wait`` seconds."""
+    async def _wait_stop(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):  # cancellation-safe, unlike wait_for on 3.11
+                await self._stop.wait()
+
+    async def handshake(self, wait: float) -> dict[str, object] | None:
+        """Say hello to the token's nodes in turn until one welcomes us, for ``wait`` seconds
+        (forever, saying so once, with no give-up time). None when stopped meanwhile."""
         deadline = time.monotonic() + wait
+        warned = False
         while self.core.config is None:
+            if self._stop.is_set():
+                return None
             for packet in self.core.tick(time.time()):
                 self._send(packet)
-            if time.monotonic() > deadline:
-                raise no_answer(self.core)
-            await asyncio.sleep(0.05)
+            if time.monotonic() > deadline and not warned:
+                if self.give_up is not None:
+                    raise NoAnswer(str(no_answer(self.core, f"no node answered for {wait:g} s")))
+                log.warning(
+                    "no node answered for %g s (tried %s); retrying until one answers (--persist)",
+                    wait,
+                    self._endpoints(),
+                )
+                warned = True
+            await self._wait_stop(0.05)
         return self.core.config
+
+    def _endpoints(self) -> str:
+        return ", ".join(endpoint_text(e) for e in self.core.endpoints)
 
     async def run(self, wait: float = 10.0, on_connected: object = None) -> None:
         loop = asyncio.get_running_loop()
@@ -151,7 +243,9 @@ class Connection:
         loop.add_reader(sock.fileno(), self._on_udp)
         try:
             config = await self.handshake(max(wait, HELLO_TIMEOUT))
-            mtu = int(config.get("mtu") or 1380)
+            if config is None:
+                return
+            mtu = int(config.get("mtu") or 1380)  # type: ignore[call-overload]
             cidr, cidr6 = str(config["cidr"]), str(config["cidr6"])
             ip4 = ipv4_for(self.token.network_id, self.mac, cidr)
             ip6 = ipv6_for(self.token.network_id, self.mac, cidr6)
@@ -167,26 +261,36 @@ class Connection:
                 txqlen=TAP_QUEUE,
             )
             loop.add_reader(self.tap.fileno(), self._on_tap)
-            host, port = self.core.node
             self.info = Connected(
                 str(config.get("name", "")),
-                f"{host}:{port}",
+                endpoint_text(self.core.node),
                 self.tap.name,
                 self.mac.hex(":"),
                 str(ip4),
                 str(ip6),
                 mtu,
+                self.token.network_id.hex(),
+                self.token.key_id,
             )
+            self.connected_at = time.time()
+            if self.state_dir is not None:
+                self.state_file = runtime.state_path(self.tap.name, self.state_dir)
+                self._write_state(self.connected_at)
             if on_connected is not None:
                 on_connected(self.info)  # type: ignore[operator]
+            self._emit("connected", asdict(self.info))
             await self._keepalive(ip4.ip)
         finally:
             await self.close()
 
+    def _emit(self, kind: str, fields: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, fields)
+
     async def _keepalive(self, ip4: IPv4Address) -> None:
-        """Gratuitous ARP every 15 s (stays subscribed), control pings, fail-over."""
+        """Gratuitous ARP every 15 s (stays subscribed), control pings, fail-over, liveness."""
         last_arp = 0.0
-        node = self.core.node
+        last_reminder = 0.0
         while not self._stop.is_set():
             now = time.time()
             if now - last_arp >= KEEPALIVE:
@@ -194,19 +298,103 @@ class Connection:
                 last_arp = now
             for packet in self.core.tick(now):
                 self._send(packet)
-            if self.core.node != node:
-                log.warning("node %s:%d stopped answering; trying %s:%d", *node, *self.core.node)
-                node = self.core.node
-                last_arp = 0.0
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.5):  # cancellation-safe, unlike wait_for on 3.11
-                    await self._stop.wait()
+            events = self.liveness.check(now)
+            for event in events:
+                self._on_link_event(event, now)
+                if event.kind == "reconnected":
+                    last_arp = 0.0  # tell the new node (and the LAN) where we are, now
+                elif event.kind == "node_lost":
+                    last_reminder = now
+            persisting = not self.liveness.answering and self.give_up is None
+            if persisting and now - last_reminder >= PERSIST_REMINDER:
+                last_reminder = now
+                log.warning(
+                    "still no answer from any node for %.0f s (tried %s); retrying (--persist)",
+                    now - self.core.last_heard,
+                    self._endpoints(),
+                )
+            if (
+                events
+                or self.core.rtt_at != self._rtt_written
+                or now - self._state_written >= STATE_EVERY
+            ):
+                self._write_state(now)
+            await self._wait_stop(0.5)
+
+    def _on_link_event(self, event: LinkEvent, now: float) -> None:
+        """Log an event (one line on stderr), hand it to ``on_event``; raise on ``gave_up``."""
+        f = event.fields
+        if event.kind == "gave_up":
+            name = self.info.network if self.info is not None else ""
+            what = f"lost network {name}" if name else "lost the network"
+            silent = f"{what}: no node answered for {f['silent']:.0f} s"
+            raise ConnectionLost(str(no_answer(self.core, silent)))
+        if event.kind == "node_lost":
+            again = f["next"] == f["node"]
+            trying = "trying it again" if again else f"trying {f['next']}"
+            if self.give_up is None:
+                then = "and retrying every endpoint until one answers (--persist)"
+            else:
+                then = (
+                    f"giving up after {self.give_up:g} s without an answer (--give-up SECONDS, "
+                    "or --persist to retry forever)"
+                )
+            log.warning(
+                "node %s stopped answering (no answer for %.0f s); %s, %s",
+                f["node"],
+                f["silent"],
+                trying,
+                then,
+            )
+            f = {**f, "give_up": self.give_up}
+        elif event.kind == "failover":
+            log.info("trying node %s", f["to"])
+        elif event.kind == "reconnected":
+            log.warning("node %s answers: reconnected after %.0f s", f["node"], f["after"])
+            if self.info is not None:
+                self.info.node = f["node"]
+        self._emit(event.kind, f)
+
+    def state(self, now: float) -> dict[str, Any]:
+        """What the state file holds (docs/connect.md, "Files")."""
+        core = self.core
+        info = asdict(self.info) if self.info is not None else {}
+        return {
+            **info,
+            "pid": os.getpid(),
+            "netns": runtime.netns_id(),
+            "node": endpoint_text(core.node),
+            "endpoints": [endpoint_text(e) for e in core.endpoints],
+            "state": "answering" if self.liveness.answering else "lost",
+            "last_answer": round(core.last_heard, 3) if core.last_heard else None,
+            "rtt_ms": round(core.rtt * 1000, 3) if core.rtt is not None else None,
+            "rtt_at": round(core.rtt_at, 3) if core.rtt_at else None,
+            "give_up": self.give_up,
+            "failovers": core.failovers,
+            "started": round(self.started, 3),
+            "connected": round(self.connected_at, 3),
+            "updated": round(now, 3),
+        }
+
+    def _write_state(self, now: float) -> None:
+        self._state_written = now
+        self._rtt_written = self.core.rtt_at
+        if self.state_file is None:
+            return
+        try:
+            runtime.write_state(self.state_file, self.state(now))
+        except OSError as exc:  # a full /run must not take the link down
+            log.debug("cannot write %s: %s", self.state_file, exc)
 
     def stop(self) -> None:
         self._stop.set()
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.state_file is not None:
+            with contextlib.suppress(OSError):
+                runtime.remove_state(self.state_file, os.getpid())
+            self.state_file = None
         if self.sock is not None:
             with contextlib.suppress(Exception):
                 if self.core.config is not None:

@@ -26,6 +26,7 @@ import json
 import os
 import socket
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from atenet.errors import AtenetError
@@ -111,6 +112,12 @@ class ClientCore:
         """Sent in hellos and pings so the node can name this port (`tok hosts`)."""
         self.segmented = 0
         """Offloaded packets this client had to segment (the node does not take them)."""
+        self.dead_after = DEAD_AFTER
+        """Seconds of silence after which the node is abandoned for the next endpoint."""
+        self.ping_sent: float | None = None  # the ping whose pong has not come back yet
+        self.rtt: float | None = None
+        """Seconds from the last answered ping to its pong: the client-to-node hop."""
+        self.rtt_at = 0.0
 
     @property
     def node(self) -> Addr:
@@ -142,7 +149,9 @@ class ClientCore:
 
     def control(self, op: str, now: float) -> bytes:
         self.last_sent_control = now
-        if op == "hello":
+        if op == "ping":
+            self.ping_sent = now
+        elif op == "hello":
             self.last_hello = now
             if self.asked_at is None:
                 self.asked_at = now
@@ -208,6 +217,10 @@ class ClientCore:
                 self.config = message
                 if isinstance(message.get("instance"), str):
                     self.instance = message["instance"]
+                if op == "pong" and self.ping_sent is not None:
+                    self.rtt = max(0.0, now - self.ping_sent)
+                    self.rtt_at = now
+                    self.ping_sent = None
             elif op == "challenge" and isinstance(message.get("instance"), str):
                 # The node has no port for us (first contact, or it restarted): say hello again,
                 # naming its instance, at the next tick.
@@ -228,9 +241,10 @@ class ClientCore:
             if self.asked_at is None or now - self.last_hello >= HELLO_RETRY:
                 return [self.control("hello", now)]
             return []
-        if now - self.last_heard > DEAD_AFTER:
+        if now - self.last_heard > self.dead_after:
             self.next_endpoint()
             self.config = None
+            self.ping_sent = None
             return [self.control("hello", now)]
         if now - self.last_sent_control >= PING_INTERVAL:
             return [self.control("ping", now)]
@@ -242,6 +256,94 @@ class ClientCore:
         self.asked_at = None
         self.instance = None  # another node: its instance comes with its challenge
         self.outbox = []
+
+
+def endpoint_text(addr: Addr) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True)
+class LinkEvent:
+    """Something about the link to the network a user (or a script) should hear of.
+
+    ``kind`` is ``node_lost`` (the node in use stopped answering), ``failover`` (another of the
+    token's endpoints is tried), ``reconnected`` (a node answers again) or ``gave_up`` (no
+    answer from any endpoint for the give-up time); ``fields`` are JSON-ready details.
+    """
+
+    kind: str
+    fields: dict[str, Any]
+
+
+class Liveness:
+    """Turns the core's silent fail-over into events, and decides when to give up.
+
+    The core abandons a node after ``dead_after`` seconds of silence and says hello to the next
+    endpoint, forever; nothing told the user, so a host whose key was revoked or whose only node
+    died kept its TAP up and said nothing (issue 8). Call :meth:`check` after every
+    :meth:`ClientCore.tick`; the shell logs or prints the events and exits on ``gave_up``.
+    ``give_up=None`` (``--persist``) never gives up. With a give-up time, a node is abandoned
+    after half of it (at most :data:`DEAD_AFTER`), so the other endpoints get the other half.
+    """
+
+    def __init__(self, core: ClientCore, give_up: float | None) -> None:
+        self.core = core
+        self.give_up = give_up
+        self.node = core.node
+        self.lost_since: float | None = None
+        """Time of the last answer before the current loss; None while the node answers."""
+        self.tried: set[Addr] = set()
+        if give_up is not None:
+            core.dead_after = min(DEAD_AFTER, give_up / 2)
+
+    @property
+    def answering(self) -> bool:
+        return self.lost_since is None
+
+    def check(self, now: float) -> list[LinkEvent]:
+        core = self.core
+        events: list[LinkEvent] = []
+        if self.lost_since is None:
+            if core.config is not None:
+                self.node = core.node
+                return events
+            self.lost_since = core.last_heard
+            self.tried = {self.node}
+            events.append(
+                LinkEvent(
+                    "node_lost",
+                    {
+                        "node": endpoint_text(self.node),
+                        "silent": round(now - core.last_heard, 1),
+                        "next": endpoint_text(core.node),
+                    },
+                )
+            )
+        if core.config is not None:
+            events.append(
+                LinkEvent(
+                    "reconnected",
+                    {"node": endpoint_text(core.node), "after": round(now - self.lost_since, 1)},
+                )
+            )
+            self.lost_since = None
+            self.node = core.node
+            return events
+        if core.node != self.node:
+            if core.node not in self.tried:
+                self.tried.add(core.node)
+                events.append(
+                    LinkEvent(
+                        "failover",
+                        {"from": endpoint_text(self.node), "to": endpoint_text(core.node)},
+                    )
+                )
+            self.node = core.node
+        silent = now - core.last_heard
+        if self.give_up is not None and silent > self.give_up:
+            events.append(LinkEvent("gave_up", {"silent": round(silent, 1)}))
+        return events
 
 
 def no_answer(core: ClientCore, what: str = "no node answered") -> AtenetError:

@@ -382,7 +382,7 @@ async def monitor_token(owner: Owner, chain: Chain, endpoints: list[str]) -> Acc
     if not endpoints:
         raise AtenetError(
             f"no node serves network {chain.state.name!r} and none is published in the store: "
-            "start one with `atenet run` (or monitor with --token TOKEN)"
+            "start one with `atenet run` (or monitor with --token-file FILE)"
         )
     path = monitor_token_path(chain.network_id)
     old: AccessToken | None = None
@@ -549,10 +549,13 @@ async def run_command(
             token = await owner_token()
         except (NotAllowed, NotFound) as exc:
             raise type(exc)(
-                f"{exc}; to monitor a network you do not own, pass --token TOKEN"
+                f"{exc}; to monitor a network you do not own, pass --token-file FILE "
+                "(or set ATENET_TOKEN)"
             ) from None
     else:
-        raise AtenetError("give the NETWORK to monitor (yours), or --token TOKEN")
+        raise AtenetError(
+            "give the NETWORK to monitor (yours), or --token-file FILE (or ATENET_TOKEN)"
+        )
 
     pcap_file: IO[bytes] | None = None
     writer: PcapWriter | None = None
