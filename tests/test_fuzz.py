@@ -395,12 +395,13 @@ def test_nodes_record_from_a_damaged_store(hello_fx: ft.HelloFixture) -> None:
     starting node and `tok key export`; ``"endpoints": 5`` or ``[5]`` raised TypeError /
     AttributeError out of `tok key export`."""
     target = ft.meta_nodes_target(hello_fx)
+    now = str(time.time()).encode()
     fuzz(
         target,
         b'{"n":{"endpoints":' + b"[" * 5000,
-        b'{"n":{"endpoints":5}}',
-        b'{"n":{"endpoints":[5, null, ["a"]]}}',
-        b'{"n":{"endpoints":["no-port"]}}',
+        b'{"n":{"endpoints":5,"time":' + now + b"}}",
+        b'{"n":{"endpoints":[5, null, ["a"]],"time":' + now + b"}}",
+        b'{"n":{"endpoints":["no-port"],"time":' + now + b"}}",
         b"[]",
     )
     assert {"AtenetError", "endpoints=2"} <= target.reasons

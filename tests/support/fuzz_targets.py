@@ -783,10 +783,11 @@ def meta_nodes_target(fx: HelloFixture) -> Target:
     from atenet.cli.tok import _check_endpoint, default_endpoints
 
     store, chain, daemon = fx.daemon.store, fx.chain, fx.daemon
+    now = time.time()  # entries older than NODE_RECORD_MAX_AGE are ignored
     seed = json.dumps(
         {
-            "n1": {"endpoints": ["127.0.0.1:4799"], "time": 1.0},
-            "n2": {"endpoints": ["[::1]:4799"], "time": 2.0},
+            "n1": {"endpoints": ["127.0.0.1:4799"], "time": now},
+            "n2": {"endpoints": ["[::1]:4799"], "time": now - 1},
         }
     ).encode()
 
