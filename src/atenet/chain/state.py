@@ -240,7 +240,7 @@ class NetworkState:
             payload = json.loads(e.body)
             rules.check_genesis(payload)
             owner = unb64(payload["owner"]["sign"])
-        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # Recursion: nesting
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # deep nesting
             raise self._fail(e.seq, f"genesis does not parse: {exc}") from None
         if owner != e.author:
             raise self._fail(e.seq, "genesis not signed by the owner it names")
