@@ -65,7 +65,7 @@ class Deployment:
     def decode(cls, raw: bytes, where: str) -> Deployment:
         try:
             return cls.from_json(json.loads(raw))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # deep nesting
             raise AtenetError(f"deployment record in {where} is damaged: {exc}") from None
 
 
@@ -189,7 +189,7 @@ def fresh_nodes(raw: bytes | None, now: float) -> dict[str, dict[str, Any]]:
     :data:`NODE_RECORD_MAX_AGE` (a damaged record reads as empty: nodes rewrite it)."""
     try:
         records = json.loads(raw) if raw else {}
-    except ValueError:
+    except (ValueError, RecursionError):  # deep nesting raises RecursionError
         return {}
     if not isinstance(records, dict):
         return {}

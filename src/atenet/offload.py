@@ -99,6 +99,11 @@ TCP_CWR = 0x80
 
 _GSO_TYPES = frozenset({GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4})
 
+MAX_GSO_SEGMENTS = 65535 // 48
+"""Segments one super-frame may stand for: 64 KiB at Linux's smallest TCP MSS (48, the floor of
+``tcp_min_snd_mss``); USO sends at most 128. Without it, one 62 KB packet with ``gso_size`` 1 made
+the node cut 62,000 frames (3.4 MB, ~350 ms of CPU) for every port without offloads."""
+
 
 class OffloadError(AtenetError):
     """A packet's offload header or headers do not describe a frame we can rebuild.
@@ -190,6 +195,12 @@ def check(packet: bytes | bytearray | memoryview) -> None:
     if gso_type != GSO_NONE and (gso_size == 0 or not flags & F_NEEDS_CSUM):
         # Linux never emits GSO without a partial checksum: csum_start is how we find L4.
         raise OffloadError("gso_header")
+    if gso_type != GSO_NONE:
+        # Segmenting repeats the headers once per segment: bound the count, and the repeated
+        # headers to twice the packet, so no packet is amplified by more than a few times.
+        segments = -(-(frame_len - csum_start) // gso_size)
+        if segments > MAX_GSO_SEGMENTS or segments * csum_start > 2 * frame_len:
+            raise OffloadError("gso_size")
 
 
 def to_frames(packet: bytes | bytearray | memoryview) -> list[bytes]:

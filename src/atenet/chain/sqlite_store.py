@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
+import shutil
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +32,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from atenet.chain.store import ChainStore
-from atenet.errors import AppendConflict, StoreUnavailable
+from atenet.errors import AppendConflict, AtenetError, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -88,6 +91,9 @@ class SqliteStore(ChainStore):
                 self._conn = await asyncio.get_running_loop().run_in_executor(executor, self._open)
             except (OSError, sqlite3.Error) as err:
                 executor.shutdown(wait=False)
+                unwritable = _unwritable(self.url, self.path, err)
+                if unwritable is not None:
+                    raise unwritable from None
                 reason = getattr(err, "strerror", None) or str(err)
                 raise StoreUnavailable(self.url, f"cannot open {self.path}: {reason}") from None
             self._executor = executor
@@ -132,7 +138,9 @@ class SqliteStore(ChainStore):
         try:
             return await asyncio.get_running_loop().run_in_executor(executor, fn, conn, *args)
         except sqlite3.Error as err:
-            raise StoreUnavailable(self.url, str(err)) from None
+            raise _unwritable(self.url, self.path, err) or StoreUnavailable(
+                self.url, str(err)
+            ) from None
 
     # -- chains ------------------------------------------------------------------------------
 
@@ -240,6 +248,66 @@ class SqliteStore(ChainStore):
                 return True
 
         return await self._run(q)
+
+
+class StoreNotWritable(StoreUnavailable):
+    """The store's file cannot be written: its disk is full or it is read-only.
+
+    A :class:`StoreUnavailable` (callers that retry keep doing so: space may be freed), but with
+    a message that says what is wrong and what to do, instead of SQLite's "disk I/O error" or
+    "unable to open database file" behind "unreachable".
+    """
+
+    def __init__(self, url: str, reason: str, message: str) -> None:
+        AtenetError.__init__(self, message)
+        self.url = url
+        self.reason = reason
+
+
+def _unwritable(url: str, path: Path, err: BaseException) -> StoreNotWritable | None:
+    """A clear error when ``err`` came from a full disk or a read-only store, else None.
+
+    SQLite reports a full disk as "database or disk is full", or as a "disk I/O error" when
+    the WAL index cannot be created; and a read-only file or directory as "attempt to write a
+    readonly database" or "unable to open database file". The file system is asked directly
+    rather than trusting those strings.
+    """
+    text = str(err).lower()
+    directory = path.parent if path.parent.exists() else Path("/")
+    errno_ = getattr(err, "errno", None)
+    if errno_ == errno.ENOSPC or "full" in text or "disk i/o" in text:
+        with contextlib.suppress(OSError):
+            if shutil.disk_usage(directory).free < FULL_BELOW:
+                return StoreNotWritable(
+                    url, "disk full",
+                    f"chain store {path}: the disk is full ({directory} has no space left): "
+                    "free some space there, then run this again",
+                )  # fmt: skip
+        if "full" in text or errno_ == errno.ENOSPC:
+            return StoreNotWritable(
+                url, "disk full",
+                f"chain store {path}: the disk is full: free some space in {directory}, "
+                "then run this again",
+            )  # fmt: skip
+    readonly_fs = False
+    with contextlib.suppress(OSError):
+        readonly_fs = bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    if (
+        errno_ in (errno.EROFS, errno.EACCES, errno.EPERM)
+        or "readonly" in text
+        or ("unable to open" in text and (readonly_fs or not os.access(directory, os.W_OK)))
+    ):
+        where = "is on a read-only file system" if readonly_fs else "is not writable"
+        return StoreNotWritable(
+            url, "read-only",
+            f"chain store {path} {where}: make it writable (remount read-write, or fix its "
+            "owner and mode, directory included), or use another store with --store",
+        )  # fmt: skip
+    return None
+
+
+#: Free bytes under which a "disk I/O error" from SQLite is taken to mean a full disk.
+FULL_BELOW = 1 << 20
 
 
 # -- blocking helpers, run on the store's thread ---------------------------------------------

@@ -240,7 +240,7 @@ class NetworkState:
             payload = json.loads(e.body)
             rules.check_genesis(payload)
             owner = unb64(payload["owner"]["sign"])
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # deep nesting
             raise self._fail(e.seq, f"genesis does not parse: {exc}") from None
         if owner != e.author:
             raise self._fail(e.seq, "genesis not signed by the owner it names")
@@ -262,7 +262,7 @@ class NetworkState:
             raise self._fail(
                 seq, "payload does not decrypt (altered, or another chain's)"
             ) from None
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: deep nesting
             raise self._fail(seq, f"payload is not JSON: {exc}") from None
         if not isinstance(payload, dict):
             raise self._fail(seq, "payload is not an object")

@@ -206,7 +206,7 @@ class ClientCore:
         if ptype == TYPE_CONTROL:
             try:
                 message = json.loads(payload)
-            except ValueError:
+            except (ValueError, RecursionError):  # deep nesting raises RecursionError
                 self.drops["bad_control"] += 1
                 return None
             if not isinstance(message, dict):

@@ -481,7 +481,12 @@ class NodeDaemon:
         diagnostics = await chain.load_latest()
         now = time.time()
         for node_id, record in diagnostics.items():
-            interval = float(record.get("interval", self.heartbeat))
+            try:
+                interval = float(record.get("interval", self.heartbeat))
+            except (TypeError, ValueError):
+                continue  # another node's malformed record must not stop this loop
+            if not 0.0 < interval < 86400.0:  # also refuses nan and inf (alive forever)
+                continue
             # A peer is alive while its heartbeat is younger than three of its own intervals.
             runtime.alive_until[node_id] = record["time_ms"] / 1000 + 3 * interval + 1
             if node_id == self.node_id and now < runtime.alive_until[node_id]:
