@@ -83,6 +83,12 @@ assert _HEADER.size == HEADER_LEN and _PREFIX.size == _NONCE_AT
 
 _INTO_FROM = 8192  # payload size from which encrypt_into beats encrypt + concatenation
 
+NEW_SENDER_RATE = 60.0
+"""New sender ids (client sessions, or node processes) one key may start per second at one
+receiver, on average; see :class:`Opener`."""
+NEW_SENDER_BURST = 200.0
+"""How many new sender ids a key may start at once (a node restarting with many clients)."""
+
 INFO_AES = b"atenet/v1 packet aes-256-gcm"
 INFO_AUTH = b"atenet/v1 packet sha-256 auth"
 INFO_NODE = b"atenet/v1 node-to-node secret"
@@ -290,9 +296,27 @@ class Opener:
     floor is ever forgotten (every packet of that sender is then refused as ``stale`` anyway,
     so forgetting opens no replay); when every window is fresher, a new sender is refused
     (``senders_full``) until some go quiet for the skew.
+
+    New senders are also metered: a token bucket of ``new_sender_rate`` per second (depth
+    ``new_sender_burst``) is checked before decryption for a sender with no window and charged
+    when its packet authenticates. One sender id is one client session, so honest keys use a
+    handful; a key holder minting a sender id per packet (each would cost an AES open, a new
+    window and an answer) is cut to the rate for a header parse each (``new_sender_rate``), and
+    the table cannot fill within the skew (60/s x 30 s < 4096), so ``senders_full`` stays rare.
     """
 
-    __slots__ = ("_windows", "freshness", "key", "max_senders", "min_counter", "window_size")
+    __slots__ = (
+        "_bucket_at",
+        "_tokens",
+        "_windows",
+        "freshness",
+        "key",
+        "max_senders",
+        "min_counter",
+        "new_sender_burst",
+        "new_sender_rate",
+        "window_size",
+    )
 
     def __init__(
         self,
@@ -300,12 +324,18 @@ class Opener:
         max_senders: int = 4096,
         window_size: int = DEFAULT_SIZE,
         freshness: Freshness | None = None,
+        new_sender_rate: float = NEW_SENDER_RATE,
+        new_sender_burst: float = NEW_SENDER_BURST,
     ) -> None:
         self.key = key
         self.max_senders = max_senders
         self.window_size = window_size
         self.freshness = freshness if freshness is not None else Freshness()
         self.min_counter = 0
+        self.new_sender_rate = new_sender_rate
+        self.new_sender_burst = new_sender_burst
+        self._tokens = new_sender_burst
+        self._bucket_at = self.freshness.now
         self._windows: dict[int, ReplayWindow] = {}
 
     def open(self, packet: bytes | memoryview, sender_id: int, counter: int) -> bytes:
@@ -324,6 +354,8 @@ class Opener:
                 raise SealError("stale")
             if counter > fresh.ceiling:
                 raise SealError("future")
+            if self._tokens < 1.0 and not self._refill():
+                raise SealError("new_sender_rate")
         elif not window.check(counter):
             raise SealError("replay")
         payload = _decrypt(self.key.aead, _NONCE.pack(sender_id, counter), memoryview(packet))
@@ -331,11 +363,21 @@ class Opener:
             window = self._windows.get(sender_id)  # another copy may have made it meanwhile
             if window is None:
                 self._new_window(sender_id).start(counter)
+                self._tokens -= 1.0
                 return payload
         if not window.update(counter):
             # Two copies of one packet both passed check() before either was marked.
             raise SealError("replay")
         return payload
+
+    def _refill(self) -> bool:
+        """Top the new-sender bucket up for the time passed; True when a token is there."""
+        now = self.freshness.now
+        elapsed = now - self._bucket_at
+        self._bucket_at = now
+        if elapsed > 0:
+            self._tokens = min(self.new_sender_burst, self._tokens + elapsed * self.new_sender_rate)
+        return self._tokens >= 1.0
 
     def _new_window(self, sender_id: int) -> ReplayWindow:
         windows = self._windows
