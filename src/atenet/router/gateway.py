@@ -334,10 +334,10 @@ class Gateway:
         return self._icmpv6_frame(message, dst_mac, target, dst_ip, ND_HOP_LIMIT)
 
     def _rs(self, packet: Ipv6Repr, icmp: Icmpv6Repr, src: bytes, now: float) -> list[bytes]:
-        if packet.hop_limit != ND_HOP_LIMIT or icmp.code != 0 or len(icmp.payload) < 4:
+        if packet.hop_limit != ND_HOP_LIMIT or icmp.code != 0:
             self.drops["nd_invalid"] += 1
             return []
-        options = nd_options(icmp.payload[4:])
+        options = nd_options(icmp.payload)  # RS: reserved word in ``rest``, then options
         source_mac = options.get(_OPT_SOURCE_LLADDR)
         assert self.schedule is not None
         if packet.src == _UNSPECIFIED6:
