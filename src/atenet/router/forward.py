@@ -58,6 +58,7 @@ __all__ = [
     "icmpv6_dest_unreachable",
     "icmpv6_packet_too_big",
     "icmpv6_time_exceeded",
+    "is_unicast_v4",
     "may_send_error_v4",
     "may_send_error_v6",
 ]
@@ -162,7 +163,8 @@ def decrement_hop_limit(packet: bytes | bytearray) -> bytes:
 # --- when an error may be sent ---------------------------------------------------------------
 
 
-def _is_unicast_v4(address: IPv4Address) -> bool:
+def is_unicast_v4(address: IPv4Address) -> bool:
+    """True for an address that names one host: not 0.0.0.0, multicast, loopback, class E."""
     return not (
         address.is_unspecified
         or address.is_multicast
@@ -188,7 +190,7 @@ def may_send_error_v4(
     dst = packet.dst
     if dst.is_multicast or dst == _V4_LIMITED or dst in directed_broadcasts:
         return False
-    if not _is_unicast_v4(packet.src):
+    if not is_unicast_v4(packet.src):
         return False
     if packet.fragment_offset:
         return False

@@ -33,6 +33,7 @@ from atenet.router.forward import (
     icmp_time_exceeded,
     icmpv6_dest_unreachable,
     icmpv6_time_exceeded,
+    is_unicast_v4,
     may_send_error_v4,
     may_send_error_v6,
 )
@@ -238,7 +239,12 @@ class Gateway:
         if icmp.type != ICMP_ECHO_REQUEST or icmp.code != 0:
             self.drops["icmp_unhandled"] += 1
             return []
-        if link_multicast or packet.src.is_unspecified or packet.src not in self.network4:
+        # Not to a broadcast (no smurf amplifier), and only to a source that is one host. Any
+        # unicast source is fine: pings routed from other networks will arrive here too.
+        if link_multicast:
+            self.drops["echo_broadcast"] += 1
+            return []
+        if not is_unicast_v4(packet.src) or packet.src in self._broadcasts4:
             self.drops["echo_bad_source"] += 1
             return []
         self.handled["echo4"] += 1
