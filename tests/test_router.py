@@ -266,6 +266,39 @@ def test_ping6_to_the_gateway_is_answered(gw: Gateway) -> None:
         assert reply[ICMPv6EchoReply].data == b"abc" * 10
 
 
+def test_unicast_neighbour_solicitation_for_reachability_is_answered(gw: Gateway) -> None:
+    # NUD: the host re-checks its cached router with a unicast NS, no source link-layer option.
+    frame = bytes(
+        Ether(dst=GW_MAC, src=CLIENT_MAC)
+        / IPv6(src=CLIENT_IP6, dst=str(gw.ipv6), hlim=255)
+        / ICMPv6ND_NS(tgt=str(gw.ipv6))
+    )
+    (answer,) = gw.frame(frame, 0.0)
+    na = assert_checksums_valid(answer)
+    assert na.dst == CLIENT_MAC and na[ICMPv6ND_NA].S == 1
+
+
+def test_ping_from_another_network_is_answered_but_not_a_broadcast_ping(gw: Gateway) -> None:
+    def ping(src: str, eth_dst: str = GW_MAC) -> list[bytes]:
+        frame = Ether(dst=eth_dst, src=CLIENT_MAC) / IP(src=src, dst="10.77.5.1") / ICMP(id=1)
+        return gw.frame(bytes(frame), 0.0)
+
+    (answer,) = ping("10.99.0.7")  # a routed source (routing arrives later)
+    assert Ether(answer)[IP].dst == "10.99.0.7"
+    assert ping(CLIENT_IP, eth_dst="ff:ff:ff:ff:ff:ff") == []
+    assert ping("10.77.5.255") == [] and ping("0.0.0.0") == [] and ping("224.0.0.1") == []
+    assert gw.drops["echo_broadcast"] == 1 and gw.drops["echo_bad_source"] == 3
+
+
+def test_gateway_never_answers_as_anyone_else(gw: Gateway) -> None:
+    # A spoofed frame from the gateway's own MAC (a loop, or a client faking it) is refused.
+    frame = Ether(dst="ff:ff:ff:ff:ff:ff", src=GW_MAC) / ARP(
+        hwsrc=GW_MAC, psrc=CLIENT_IP, pdst="10.77.5.1"
+    )
+    assert gw.frame(bytes(frame), 0.0) == []
+    assert gw.drops["bad_source_mac"] == 1
+
+
 # --- router advertisements ---------------------------------------------------------------------
 
 
@@ -297,6 +330,24 @@ def test_router_solicitation_gets_an_advertisement(gw: Gateway) -> None:
     (answer,) = gw.frame(rs(), 0.0)
     ra = check_ra(gw, answer)
     assert ra.dst == CLIENT_MAC and ra[IPv6].dst == CLIENT_LL
+
+
+def test_router_solicitations_are_answered_at_a_bounded_rate(gw: Gateway) -> None:
+    answers = sum(len(gw.frame(rs(), 1.0)) for _ in range(30))
+    assert answers == 10 and gw.drops["rs_rate_limited"] == 20
+    later = [len(gw.frame(rs(), 1.2)) for _ in range(3)]
+    assert later == [1, 1, 0]  # 10/s: two tokens back after 0.2 s
+
+
+def test_solicitation_from_unspecified_with_a_link_layer_option_is_invalid(gw: Gateway) -> None:
+    frame = (
+        Ether(dst="33:33:00:00:00:02", src=CLIENT_MAC)
+        / IPv6(src="::", dst="ff02::2", hlim=255)
+        / ICMPv6ND_RS()
+        / ICMPv6NDOptSrcLLAddr(lladdr=CLIENT_MAC)
+    )
+    assert gw.frame(bytes(frame), 0.0) == []
+    assert gw.drops["nd_invalid"] == 1
 
 
 def test_default_route_is_advertised_only_when_asked() -> None:

@@ -183,7 +183,7 @@ class Gateway:
                 return self._ipv4(frame[14:], src, link_multicast, now)
             if etype == ETHERTYPE_IPV6:
                 return self._ipv6(frame[14:], src, link_multicast, now)
-        except DecodeError:
+        except (DecodeError, ValueError):  # ValueError: a field no builder can re-encode
             self.drops["malformed"] += 1
             return []
         if link_multicast:
