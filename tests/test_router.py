@@ -335,8 +335,8 @@ def test_router_solicitation_gets_an_advertisement(gw: Gateway) -> None:
 def test_router_solicitations_are_answered_at_a_bounded_rate(gw: Gateway) -> None:
     answers = sum(len(gw.frame(rs(), 1.0)) for _ in range(30))
     assert answers == 10 and gw.drops["rs_rate_limited"] == 20
-    later = [len(gw.frame(rs(), 1.2)) for _ in range(3)]
-    assert later == [1, 1, 0]  # 10/s: two tokens back after 0.2 s
+    later = [len(gw.frame(rs(), 1.25)) for _ in range(3)]
+    assert later == [1, 1, 0]  # 10/s: 2.5 tokens back after 0.25 s
 
 
 def test_solicitation_from_unspecified_with_a_link_layer_option_is_invalid(gw: Gateway) -> None:
