@@ -5,3 +5,7 @@ router advertisements (:mod:`atenet.router.ra`); :mod:`atenet.router.forward` ho
 primitives (TTL decrement, ICMP errors, their rate limit) that routing between networks and NAT
 build on. ``docs/router.md`` describes the behaviour.
 """
+
+from atenet.router.gateway import Gateway
+
+__all__ = ["Gateway"]
