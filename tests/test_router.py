@@ -162,7 +162,13 @@ def test_gratuitous_arp_is_never_answered(gw: Gateway) -> None:
     # A client announcing the gateway's address (a conflict) and one announcing its own.
     assert gw.frame(arp_who_has("10.77.5.1", sender="10.77.5.1"), 0.0) == []
     assert gw.frame(arp_who_has(CLIENT_IP, sender=CLIENT_IP), 0.0) == []
-    assert gw.drops["arp_conflict"] == 1
+    assert gw.frame(arp_who_has(CLIENT_IP, sender="10.77.5.1", op=2), 0.0) == []
+    assert gw.drops["arp_conflict"] == 2
+
+
+def test_arp_reply_to_the_gateway_is_not_a_conflict(gw: Gateway) -> None:
+    assert gw.frame(arp_who_has("10.77.5.1", sender=CLIENT_IP, op=2), 0.0) == []
+    assert not gw.drops and gw.ignored == 1
 
 
 def test_arp_probe_for_the_gateway_address_is_defended(gw: Gateway) -> None:

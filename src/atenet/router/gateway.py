@@ -196,15 +196,18 @@ class Gateway:
 
     def _arp(self, body: bytes, src: bytes) -> list[bytes]:
         arp = ArpRepr.parse(body)
+        if arp.sender_ip == self.ipv4:
+            # A request, announcement or reply from someone claiming our address: a conflict,
+            # never answered (answering a gratuitous ARP would just repeat the fight).
+            self.drops["arp_conflict"] += 1
+            return []
         if arp.target_ip != self.ipv4:
             self.ignored += 1
             return []
         if arp.operation != ARP_REQUEST:
-            # A reply or announcement claiming our address: someone else uses it.
-            self.drops["arp_conflict"] += 1
-            return []
-        if arp.sender_ip == arp.target_ip:
-            self.drops["arp_conflict"] += 1  # gratuitous ARP for our address: never answered
+            # A reply to the gateway: the routing's neighbour cache will read these; for now
+            # the gateway never asks, so there is nothing to learn.
+            self.ignored += 1
             return []
         if arp.sender_mac != src:
             self.drops["arp_mac_mismatch"] += 1
