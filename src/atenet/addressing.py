@@ -27,6 +27,8 @@ from pathlib import Path
 from atenet.errors import AtenetError
 
 __all__ = [
+    "gateway_link_local",
+    "gateway_mac",
     "gateway_v4",
     "gateway_v6",
     "host_identity",
@@ -40,6 +42,7 @@ __all__ = [
 _MAC_TAG = b"atenet/v1 mac"
 _IPV4_TAG = b"atenet/v1 ipv4"
 _IPV6_TAG = b"atenet/v1 ipv6"
+_GATEWAY_MAC_TAG = b"atenet/v1 gateway mac"
 
 MACHINE_ID_PATHS = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
 """Where systemd and D-Bus keep the per-installation random id, in the order tried."""
@@ -72,10 +75,42 @@ def stable_mac(network_id: bytes, host_key: bytes) -> bytes:
     = SHA-256(b"atenet/v1 mac" + network_id + host_key)[:6] with bit 0x02 of the first octet
     set (locally administered, so it cannot clash with a vendor's address) and bit 0x01
     cleared (unicast).
+
+    If that happens to equal the network's :func:`gateway_mac` (a 2**-46 chance), the hash is
+    taken again over ``host_key + b"\\x00"``: a client must never share the gateway's MAC.
     """
-    mac = bytearray(_digest(_MAC_TAG, network_id, host_key)[:6])
+    mac = _local_unicast(_digest(_MAC_TAG, network_id, host_key))
+    if mac == gateway_mac(network_id):
+        mac = _local_unicast(_digest(_MAC_TAG, network_id, host_key + b"\x00"))
+    return mac
+
+
+def _local_unicast(digest: bytes) -> bytes:
+    mac = bytearray(digest[:6])
     mac[0] = (mac[0] | 0x02) & 0xFE
     return bytes(mac)
+
+
+def gateway_mac(network_id: bytes) -> bytes:
+    """The MAC of the network's gateway (the ethereal interface): the same on every node.
+
+    = SHA-256(b"atenet/v1 gateway mac" + network_id)[:6], locally administered unicast like
+    :func:`stable_mac`. Every node computes it alone, so a client that moves to another node
+    keeps a valid ARP / neighbour entry for its router.
+    """
+    return _local_unicast(_digest(_GATEWAY_MAC_TAG, network_id))
+
+
+def gateway_link_local(network_id: bytes) -> IPv6Address:
+    """The gateway's IPv6 link-local address: fe80::/64 + the modified EUI-64 of its MAC.
+
+    RFC 4291 appendix A: insert ff:fe in the middle of the MAC and flip the universal/local
+    bit. Router advertisements must come from a link-local address (RFC 4861 §4.2), and
+    clients install this one as their IPv6 default router.
+    """
+    mac = gateway_mac(network_id)
+    eui = bytes((mac[0] ^ 0x02, mac[1], mac[2], 0xFF, 0xFE, mac[3], mac[4], mac[5]))
+    return IPv6Address(b"\xfe\x80" + bytes(6) + eui)
 
 
 def _network_v4(cidr: str) -> IPv4Network:

@@ -43,6 +43,7 @@ __all__ = [
     "NeighborSolicit",
     "icmpv6_echo_reply",
     "icmpv6_echo_request",
+    "nd_options",
     "neighbor_advertisement",
     "neighbor_solicitation",
 ]
@@ -145,6 +146,11 @@ def _nd_options(buf: bytes) -> dict[int, bytes]:
         options.setdefault(kind, bytes(buf[offset + 2 : end]))
         offset = end
     return options
+
+
+def nd_options(buf: bytes) -> dict[int, bytes]:
+    """Public form of the ND option walk, for messages this module has no view of (RS, RA)."""
+    return _nd_options(buf)
 
 
 def _lladdr_option(kind: int, mac: bytes) -> bytes:

@@ -1,0 +1,425 @@
+"""The ethereal interface: one network's gateway on one node, as a sans-I/O core.
+
+The node gives it every frame that arrives from a **local** port (never one from a peer node:
+that is what keeps N nodes from giving N answers and keeps its output from looping) and sends
+what it returns to the local ports. It holds the gateway's addresses — the first host of the
+IPv4 CIDR, ``…::1`` of the /64 and a link-local address — behind one MAC derived from the
+network id, identical on every node (``docs/router.md``).
+
+What it does today: answers ARP, neighbour solicitations and pings for its own addresses,
+answers router solicitations and sends periodic router advertisements (:meth:`poll`), and
+answers packets it would have to route with the ICMP error a router owes (time exceeded when
+the TTL runs out, destination unreachable since it has no routes yet). Routing to other
+networks and DHCP plug in later beside it; the primitives they need are in
+:mod:`atenet.router.forward`.
+
+Everything it cannot use is dropped and counted in :attr:`Gateway.drops` by reason — it never
+raises on input, never answers a malformed packet.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+
+from atenet import addressing
+from atenet.errors import DecodeError
+from atenet.router.forward import (
+    ERROR_BURST,
+    ERROR_RATE,
+    TokenBucket,
+    icmp_dest_unreachable,
+    icmp_time_exceeded,
+    icmpv6_dest_unreachable,
+    icmpv6_time_exceeded,
+    is_unicast_v4,
+    may_send_error_v4,
+    may_send_error_v6,
+)
+from atenet.router.ra import RaConfig, RaSchedule, router_advert
+from atenet.wire.arp import ARP_REQUEST, ArpRepr, arp_reply
+from atenet.wire.ethernet import (
+    ETHERTYPE_ARP,
+    ETHERTYPE_IPV4,
+    ETHERTYPE_IPV6,
+    ETHERTYPE_VLAN,
+    ethernet_frame,
+    is_unicast_mac,
+)
+from atenet.wire.icmp import ICMP_ECHO_REQUEST, IcmpRepr, icmp_echo_reply
+from atenet.wire.icmpv6 import (
+    ICMPV6_ECHO_REQUEST,
+    ICMPV6_NEIGHBOR_SOLICIT,
+    ICMPV6_ROUTER_SOLICIT,
+    ICMPV6_TIME_EXCEEDED,
+    ND_HOP_LIMIT,
+    Icmpv6Repr,
+    NeighborAdvert,
+    NeighborSolicit,
+    icmpv6_echo_reply,
+    nd_options,
+)
+from atenet.wire.ipv4 import PROTO_ICMP, Ipv4Repr
+from atenet.wire.ipv6 import (
+    ALL_NODES,
+    NEXT_HEADER_ICMPV6,
+    Ipv6Repr,
+    multicast_mac_v6,
+)
+
+__all__ = ["DEFAULT_DNS6", "Gateway"]
+
+DEFAULT_DNS6 = (IPv6Address("2001:4860:4860::8888"),)
+_ALL_NODES_MAC = multicast_mac_v6(ALL_NODES)
+_UNSPECIFIED6 = IPv6Address("::")
+_OPT_SOURCE_LLADDR = 1
+_RS_ANSWER_RATE = 10.0
+_RS_ANSWER_BURST = 10
+
+
+class Gateway:
+    """The gateway of network ``network_id`` on this node.
+
+    ``frame(frame, now)`` takes one Ethernet frame from a local port and returns the frames to
+    send to the local ports; ``poll_at()`` says when ``poll(now)`` has periodic output (router
+    advertisements). ``cidr6`` may be ``None`` for an IPv4-only network. ``default_route``
+    makes the router advertisements offer this gateway as the IPv6 default router (router
+    lifetime > 0); without it hosts only learn the prefix, which is right until the network
+    has internet access. ``rng`` draws the RA intervals (seed it in tests).
+    """
+
+    def __init__(
+        self,
+        network_id: bytes,
+        cidr: str,
+        cidr6: str | None,
+        mtu: int,
+        *,
+        dns6: tuple[IPv6Address, ...] = DEFAULT_DNS6,
+        default_route: bool = False,
+        ra_max_interval: float = 600.0,
+        ra_min_interval: float | None = None,
+        error_rate: float = ERROR_RATE,
+        error_burst: int = ERROR_BURST,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.network_id = network_id
+        self.mac = addressing.gateway_mac(network_id)
+        gw4 = addressing.gateway_v4(cidr)
+        self.ipv4: IPv4Address = gw4.ip
+        self.network4: IPv4Network = gw4.network
+        self.mtu = mtu
+        self.ipv6: IPv6Address | None = None
+        self.network6: IPv6Network | None = None
+        self.link_local = addressing.gateway_link_local(network_id)
+        self.schedule: RaSchedule | None = None
+        if cidr6 is not None:
+            gw6 = addressing.gateway_v6(cidr6)
+            self.ipv6, self.network6 = gw6.ip, gw6.network
+            min_interval = (
+                ra_min_interval if ra_min_interval is not None else 0.33 * ra_max_interval
+            )
+            config = RaConfig(
+                self.network6,
+                mtu,
+                self.mac,
+                dns6,
+                default_route,
+                ra_max_interval,
+                max(3.0, min_interval),
+            )
+            self.schedule = RaSchedule(config, rng or random.Random())
+        self._own6 = frozenset(a for a in (self.ipv6, self.link_local) if a is not None)
+        self._broadcasts4 = (self.network4.broadcast_address, self.network4.network_address)
+        self.errors = TokenBucket(error_rate, error_burst)
+        """Budget of ICMP errors; its ``refused`` count is also ``drops['icmp_rate_limited']``."""
+        self._rs_answers = TokenBucket(_RS_ANSWER_RATE, _RS_ANSWER_BURST)
+        self.handled: Counter[str] = Counter()
+        """Frames answered, by kind (``arp``, ``echo4``, ``ns``, ``rs``, ``echo6``, …)."""
+        self.drops: Counter[str] = Counter()
+        """Frames meant for the gateway that it refused, by reason."""
+        self.ignored = 0
+        """Frames not addressed to the gateway (the other local traffic it sees)."""
+
+    # --- periodic output ----------------------------------------------------------------------
+
+    def poll_at(self) -> float | None:
+        """When :meth:`poll` has something to send (``None``: never, an IPv4-only network)."""
+        return None if self.schedule is None else self.schedule.next_at
+
+    def poll(self, now: float) -> list[bytes]:
+        """Frames due at ``now``: an unsolicited router advertisement to all nodes."""
+        if self.schedule is None or not self.schedule.due(now):
+            return []
+        self.schedule.sent_at(now)
+        self.handled["ra_multicast"] += 1
+        return [self._ra_frame(_ALL_NODES_MAC, ALL_NODES)]
+
+    # --- input --------------------------------------------------------------------------------
+
+    def frame(self, frame: bytes, now: float) -> list[bytes]:
+        """Answer one frame from a local port; returns the frames to send to local ports."""
+        if len(frame) < 14:
+            self.drops["short_frame"] += 1
+            return []
+        dst = frame[0:6]
+        if dst != self.mac and not dst[0] & 1:
+            self.ignored += 1  # unicast to someone else: the common case, decided on 6 bytes
+            return []
+        src = frame[6:12]
+        etype = (frame[12] << 8) | frame[13]
+        if etype == ETHERTYPE_VLAN:
+            self.drops["vlan_tagged"] += 1
+            return []
+        if not is_unicast_mac(src) or src == self.mac:
+            self.drops["bad_source_mac"] += 1
+            return []
+        link_multicast = dst != self.mac
+        try:
+            if etype == ETHERTYPE_ARP:
+                return self._arp(frame[14:], src)
+            if etype == ETHERTYPE_IPV4:
+                return self._ipv4(frame[14:], src, link_multicast, now)
+            if etype == ETHERTYPE_IPV6:
+                return self._ipv6(frame[14:], src, link_multicast, now)
+        except (DecodeError, ValueError):  # ValueError: a field no builder can re-encode
+            self.drops["malformed"] += 1
+            return []
+        if link_multicast:
+            self.ignored += 1
+        else:
+            self.drops["ethertype"] += 1
+        return []
+
+    # --- ARP ----------------------------------------------------------------------------------
+
+    def _arp(self, body: bytes, src: bytes) -> list[bytes]:
+        arp = ArpRepr.parse(body)
+        if arp.sender_ip == self.ipv4:
+            # A request, announcement or reply from someone claiming our address: a conflict,
+            # never answered (answering a gratuitous ARP would just repeat the fight).
+            self.drops["arp_conflict"] += 1
+            return []
+        if arp.target_ip != self.ipv4:
+            self.ignored += 1
+            return []
+        if arp.operation != ARP_REQUEST:
+            # A reply to the gateway: the routing's neighbour cache will read these; for now
+            # the gateway never asks, so there is nothing to learn.
+            self.ignored += 1
+            return []
+        if arp.sender_mac != src:
+            self.drops["arp_mac_mismatch"] += 1
+            return []
+        sender_ip = arp.sender_ip
+        if not sender_ip.is_unspecified and sender_ip not in self.network4:
+            self.drops["arp_foreign_sender"] += 1
+            return []
+        # A probe (sender 0.0.0.0, RFC 5227) for our address is answered too: that defends it.
+        self.handled["arp"] += 1
+        return [arp_reply(self.mac, self.ipv4, src, sender_ip)]
+
+    # --- IPv4 ---------------------------------------------------------------------------------
+
+    def _ipv4(self, raw: bytes, src: bytes, link_multicast: bool, now: float) -> list[bytes]:
+        packet = Ipv4Repr.parse(raw)
+        if packet.dst == self.ipv4:
+            return self._to_gateway4(packet, src, link_multicast)
+        if link_multicast:
+            self.ignored += 1  # broadcast / multicast traffic of the LAN, not ours to route
+            return []
+        return self._route4(raw, packet, src, now)
+
+    def _to_gateway4(self, packet: Ipv4Repr, src: bytes, link_multicast: bool) -> list[bytes]:
+        if packet.protocol != PROTO_ICMP:
+            self.drops["ipv4_unhandled"] += 1  # DHCP (UDP) is served by its own module
+            return []
+        if packet.more_fragments or packet.fragment_offset:
+            self.drops["fragment"] += 1
+            return []
+        icmp = IcmpRepr.parse(packet.payload)
+        if icmp.type != ICMP_ECHO_REQUEST or icmp.code != 0:
+            self.drops["icmp_unhandled"] += 1
+            return []
+        # Not to a broadcast (no smurf amplifier), and only to a source that is one host. Any
+        # unicast source is fine: pings routed from other networks will arrive here too.
+        if link_multicast:
+            self.drops["echo_broadcast"] += 1
+            return []
+        if not is_unicast_v4(packet.src) or packet.src in self._broadcasts4:
+            self.drops["echo_bad_source"] += 1
+            return []
+        self.handled["echo4"] += 1
+        return [
+            icmp_echo_reply(
+                self.mac, src, self.ipv4, packet.src, icmp.ident, icmp.seq, icmp.payload
+            )
+        ]
+
+    def _route4(self, raw: bytes, packet: Ipv4Repr, src: bytes, now: float) -> list[bytes]:
+        """A packet sent to the gateway's MAC for another address: what a router owes it.
+
+        No routes exist yet, so every such packet ends here: TTL exhausted → time exceeded,
+        otherwise → network unreachable. Packets for the LAN itself are dropped (the sender
+        should have used ARP; a router has nothing to add).
+        """
+        if packet.dst in self.network4:
+            self.drops["ipv4_to_own_network"] += 1
+            return []
+        if not may_send_error_v4(packet, False, self._broadcasts4):
+            self.drops["no_route_silent"] += 1
+            return []
+        if packet.ttl <= 1:
+            reason, error = "ttl_exceeded", icmp_time_exceeded(raw, self.ipv4)
+        else:
+            reason, error = "no_route", icmp_dest_unreachable(raw, self.ipv4)
+        self.drops[reason] += 1
+        if not self.errors.take(now):
+            self.drops["icmp_rate_limited"] += 1
+            return []
+        self.handled["icmp_error4"] += 1
+        return [ethernet_frame(src, self.mac, ETHERTYPE_IPV4, error)]
+
+    # --- IPv6 ---------------------------------------------------------------------------------
+
+    def _ipv6(self, raw: bytes, src: bytes, link_multicast: bool, now: float) -> list[bytes]:
+        if self.network6 is None:
+            self.ignored += 1
+            return []
+        packet = Ipv6Repr.parse(raw)
+        proto, upper = packet.upper_layer()
+        dst = packet.dst
+        if dst in self._own6 or dst.is_multicast:
+            if proto != NEXT_HEADER_ICMPV6:
+                if dst.is_multicast:
+                    self.ignored += 1
+                else:
+                    self.drops["ipv6_unhandled"] += 1
+                return []
+            icmp = Icmpv6Repr.parse(upper, packet.src, dst)
+            if icmp.type == ICMPV6_NEIGHBOR_SOLICIT:
+                return self._ns(packet, icmp, src)
+            if icmp.type == ICMPV6_ROUTER_SOLICIT:
+                return self._rs(packet, icmp, src, now)
+            if icmp.type == ICMPV6_ECHO_REQUEST and dst in self._own6:
+                return self._echo6(packet, icmp, src, link_multicast)
+            if dst.is_multicast:
+                self.ignored += 1
+            else:
+                self.drops["icmpv6_unhandled"] += 1
+            return []
+        if link_multicast:
+            self.ignored += 1
+            return []
+        return self._route6(raw, packet, src, now)
+
+    def _ns(self, packet: Ipv6Repr, icmp: Icmpv6Repr, src: bytes) -> list[bytes]:
+        ns = NeighborSolicit.from_icmp(icmp)
+        if ns.target not in self._own6:
+            self.ignored += 1  # someone else's address, DAD probes of clients included
+            return []
+        if packet.hop_limit != ND_HOP_LIMIT:
+            self.drops["nd_hop_limit"] += 1
+            return []
+        if packet.src == _UNSPECIFIED6:
+            if ns.source_mac is not None or not packet.dst.is_multicast:
+                self.drops["nd_invalid"] += 1
+                return []
+            # Someone probes (DAD) for OUR address: defend it to all nodes (RFC 4861 §7.2.4).
+            self.handled["ns_dad_defended"] += 1
+            return [self._na(ns.target, _ALL_NODES_MAC, ALL_NODES, solicited=False)]
+        if packet.src.is_multicast:
+            self.drops["nd_invalid"] += 1
+            return []
+        reply_mac = ns.source_mac or src
+        self.handled["ns"] += 1
+        return [self._na(ns.target, reply_mac, packet.src, solicited=True)]
+
+    def _na(
+        self, target: IPv6Address, dst_mac: bytes, dst_ip: IPv6Address, *, solicited: bool
+    ) -> bytes:
+        message = NeighborAdvert(target, self.mac, True, solicited, True).to_icmp()
+        return self._icmpv6_frame(message, dst_mac, target, dst_ip, ND_HOP_LIMIT)
+
+    def _rs(self, packet: Ipv6Repr, icmp: Icmpv6Repr, src: bytes, now: float) -> list[bytes]:
+        if packet.hop_limit != ND_HOP_LIMIT or icmp.code != 0:
+            self.drops["nd_invalid"] += 1
+            return []
+        options = nd_options(icmp.payload)  # RS: reserved word in ``rest``, then options
+        source_mac = options.get(_OPT_SOURCE_LLADDR)
+        assert self.schedule is not None
+        if packet.src == _UNSPECIFIED6:
+            if source_mac is not None:
+                self.drops["nd_invalid"] += 1  # RFC 4861 §6.1.1
+                return []
+            # No address to answer to: bring the next multicast advertisement forward.
+            self.handled["rs_multicast"] += 1
+            self.schedule.solicit(now)
+            return []
+        if source_mac is not None and len(source_mac) != 6:
+            self.drops["nd_invalid"] += 1
+            return []
+        if not self._rs_answers.take(now):
+            self.drops["rs_rate_limited"] += 1
+            return []
+        self.handled["rs"] += 1
+        return [self._ra_frame(source_mac or src, packet.src)]
+
+    def _ra_frame(self, dst_mac: bytes, dst_ip: IPv6Address) -> bytes:
+        assert self.schedule is not None
+        message = router_advert(self.schedule.config)
+        return self._icmpv6_frame(message, dst_mac, self.link_local, dst_ip, ND_HOP_LIMIT)
+
+    def _echo6(
+        self, packet: Ipv6Repr, icmp: Icmpv6Repr, src: bytes, link_multicast: bool
+    ) -> list[bytes]:
+        if link_multicast or icmp.code != 0:
+            self.drops["icmpv6_unhandled"] += 1
+            return []
+        if packet.src.is_unspecified or packet.src.is_multicast:
+            self.drops["echo_bad_source"] += 1
+            return []
+        self.handled["echo6"] += 1
+        return [
+            icmpv6_echo_reply(
+                self.mac, src, packet.dst, packet.src, icmp.ident, icmp.seq, icmp.payload
+            )
+        ]
+
+    def _route6(self, raw: bytes, packet: Ipv6Repr, src: bytes, now: float) -> list[bytes]:
+        """As :meth:`_route4` for IPv6: hop limit exhausted → time exceeded, else no route."""
+        assert self.network6 is not None
+        if packet.dst in self.network6 or packet.dst.is_link_local:
+            self.drops["ipv6_to_own_network"] += 1
+            return []
+        expired = packet.hop_limit <= 1
+        kind = ICMPV6_TIME_EXCEEDED if expired else 1
+        if not may_send_error_v6(packet, False, kind):
+            self.drops["no_route_silent"] += 1
+            return []
+        source = self.link_local if packet.src.is_link_local else self.ipv6
+        assert source is not None
+        if expired:
+            reason, error = "hop_limit_exceeded", icmpv6_time_exceeded(raw, source)
+        else:
+            reason, error = "no_route", icmpv6_dest_unreachable(raw, source)
+        self.drops[reason] += 1
+        if not self.errors.take(now):
+            self.drops["icmp_rate_limited"] += 1
+            return []
+        self.handled["icmp_error6"] += 1
+        return [ethernet_frame(src, self.mac, ETHERTYPE_IPV6, error)]
+
+    def _icmpv6_frame(
+        self,
+        message: Icmpv6Repr,
+        dst_mac: bytes,
+        src_ip: IPv6Address,
+        dst_ip: IPv6Address,
+        hop_limit: int,
+    ) -> bytes:
+        packet = Ipv6Repr(
+            src_ip, dst_ip, NEXT_HEADER_ICMPV6, message.emit(src_ip, dst_ip), hop_limit
+        ).emit()
+        return ethernet_frame(dst_mac, self.mac, ETHERTYPE_IPV6, packet)
