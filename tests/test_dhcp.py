@@ -8,8 +8,15 @@ next sequence number and fed back through apply_bindings, as the node's shell wi
 
 from __future__ import annotations
 
+import json
 import random
+import select
+import shutil
+import signal
+import threading
+import time
 from ipaddress import IPv4Address
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +27,12 @@ from scapy.all import BOOTP, DHCP, IP, UDP, Ether, raw  # type: ignore[attr-defi
 from atenet.addressing import ipv4_for
 from atenet.errors import DecodeError
 from atenet.router.dhcp import Bind, DhcpServer, Lease, Send
+from atenet.transport.tap import TapDevice, configure_link
 from atenet.wire import dhcp as d
+from atenet.wire.arp import ARP_REQUEST, ArpRepr, arp_reply
+from atenet.wire.ethernet import ETHERTYPE_ARP, EthernetRepr
+from tests.conftest import needs_root
+from tests.support.netns import Lab
 
 NET_ID = bytes(range(16))
 CIDR = "10.77.3.0/24"
@@ -521,3 +533,118 @@ def test_random_order_replay_is_deterministic() -> None:
         b.apply_bindings(chain.records[i : i + 7], T0)
     b.apply_bindings(chain.records, T0)  # repeats are skipped
     assert a.leases() == b.leases()
+
+
+# --- a real client: busybox udhcpc on a TAP in a namespace (root) ----------------------------
+
+UDHCPC_SCRIPT = """#!/bin/sh
+# udhcpc calls this on each event; configure like a distribution script and log what we got.
+case "$1" in
+  deconfig) ip -4 addr flush dev "$interface"; ip link set "$interface" up ;;
+  bound|renew)
+    ip -4 addr flush dev "$interface"
+    ip addr add "$ip/$mask" broadcast "$broadcast" dev "$interface"
+    ip route replace default via "$router" dev "$interface"
+    echo "$1 ip=$ip mask=$mask router=$router dns=$dns mtu=$mtu lease=$lease" >> "$LOG" ;;
+esac
+"""
+
+
+class TapServer:
+    """The node's part, in a thread: frames from the TAP into DhcpServer, replies back out.
+
+    It also answers ARP for the gateway address (router/gateway.py's job once wired), because a
+    renewing client sends its REQUEST by unicast to the server and must resolve it first.
+    """
+
+    def __init__(self, tap: TapDevice, srv: DhcpServer) -> None:
+        self.tap, self.srv, self.chain = tap, srv, Chain()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self.tap], [], [], 0.05)
+            if not ready:
+                continue
+            for frame in self.tap.read_batch():
+                eth = EthernetRepr.parse(frame)
+                if eth.ethertype == ETHERTYPE_ARP:
+                    arp = ArpRepr.parse(eth.payload)
+                    if arp.operation == ARP_REQUEST and arp.target_ip == self.srv.gateway_ip:
+                        self.tap.write(
+                            arp_reply(GW_MAC, self.srv.gateway_ip, arp.sender_mac, arp.sender_ip)
+                        )
+                    continue
+                pending = self.srv.frame(frame, time.time(), port="tap")
+                while pending:
+                    action = pending.pop(0)
+                    if isinstance(action, Send):
+                        self.tap.write(action.frame)
+                    else:
+                        rec = self.chain.append(action)
+                        pending.extend(self.srv.apply_bindings([rec], time.time()))
+
+    def __enter__(self) -> TapServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+@needs_root
+def test_busybox_udhcpc_gets_the_hashed_address_and_renews_without_a_bind(
+    lab: Lab, tmp_path: Path
+) -> None:
+    if shutil.which("busybox") is None:
+        pytest.skip("busybox is not installed (scripts/setup.sh installs it)")
+    client_mac = bytes.fromhex("02cc00000042")
+    host = lab.add_host("dhcp")
+
+    def open_tap() -> TapDevice:
+        tap = TapDevice.open("dhcp0", mtu=MTU, mac=client_mac)
+        configure_link(tap.name)
+        return tap
+
+    tap = host.call(open_tap)
+    script = tmp_path / "udhcpc.sh"
+    script.write_text(UDHCPC_SCRIPT)
+    script.chmod(0o755)
+    log = tmp_path / "events.log"
+    srv = server(lease_time=4)  # T1 = 2 s: a renewal within the test's few seconds
+    proc = None
+    try:
+        with TapServer(tap, srv) as node:
+            proc = host.popen(
+                ["env", f"LOG={log}", "busybox", "udhcpc", "-f", "-i", "dhcp0", "-s", str(script),
+                 "-t", "5", "-T", "1", "-x", "hostname:labhost"],
+            )  # fmt: skip
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                if log.exists() and log.read_text().count("\n") >= 2:  # bound + a renewal
+                    break
+                time.sleep(0.1)
+            events = log.read_text().splitlines() if log.exists() else []
+            hashed = ipv4_for(NET_ID, client_mac, CIDR)
+            assert events and events[0].startswith(f"bound ip={hashed.ip} mask=24"), events
+            assert f"router={GW_IP} dns=8.8.8.8 mtu={MTU}" in events[0]
+            assert any(e.startswith("renew") for e in events), events
+            (addr,) = json.loads(
+                host.run(["ip", "-j", "-4", "addr", "show", "dev", "dhcp0"]).stdout
+            )
+            assert [(a["local"], a["prefixlen"]) for a in addr["addr_info"]] == [
+                (str(hashed.ip), 24)
+            ]
+            route = host.run(["ip", "route", "show", "default"]).stdout
+            assert f"via {GW_IP} dev dhcp0" in route
+            # One binding in the chain, however many renewals the server ACKed.
+            assert len(node.chain.records) == 1
+            assert node.chain.records[0].host == "labhost"
+            assert srv.counters["acks"] >= 2 and srv.counters["binds"] == 1
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=5)
+        tap.close()
