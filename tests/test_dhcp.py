@@ -395,13 +395,53 @@ def test_bind_rate_limit_per_port_stops_a_mac_spraying_client() -> None:
     assert any(isinstance(a, Bind) for a in out)
 
 
-def test_offers_table_is_bounded_and_counted() -> None:
-    srv = server(cidr="10.79.0.0/16", gateway_ip="10.79.0.1", max_offers=50)
-    for i in range(80):
-        srv.frame(client_frame(mac(i), "discover"), T0)
-    assert len(srv.offers) == 50 and srv.counters["offers_full"] == 30
+def test_offers_are_bounded_per_port_and_in_total_by_evicting_the_oldest() -> None:
+    srv, chain = server(max_offers=50), Chain()
+    for i in range(80):  # one port spraying DISCOVERs from random MACs
+        assert len(srv.frame(client_frame(mac(i), "discover"), T0, port="spoofer")) == 1
+    assert len(srv.offers) == 16 and srv.counters["offers_evicted"] == 64
+    assert set(srv.offers) == {mac(i) for i in range(64, 80)}  # the newest stay
+    # It reserved 16 addresses at most: the pool is still open to everyone else.
+    reserved = {str(IPv4Address(o.ip)) for o in srv.offers.values()}
+    ack = dora(srv, chain, mac(500))
+    assert options(ack)["message-type"] == 5 and ack[BOOTP].yiaddr not in reserved
+    for i in range(80):  # 80 ports, one MAC each: the total bound evicts the oldest
+        srv.frame(client_frame(mac(1000 + i), "discover"), T0, port=i)
+    assert len(srv.offers) == 50
+    # A client whose offer was evicted is still served: its REQUEST binds the free address.
+    evicted = mac(1000)
+    assert evicted not in srv.offers
+    ip = str(ipv4_for(NET_ID, evicted, CIDR).ip)
+    (bind,) = srv.frame(client_frame(evicted, "request", requested=ip, server_id=str(GW_IP)), T0)
+    assert isinstance(bind, Bind) and str(bind.ip) == ip
     srv.frame(client_frame(mac(999), "discover"), T0 + 61)  # old offers expired
     assert len(srv.offers) == 1
+
+
+def test_request_not_for_us_is_ignored() -> None:
+    srv = server()
+    m = mac(1)
+    frame = raw(
+        Ether(src=m.hex(":"), dst="02:00:00:00:00:99")  # unicast to another DHCP server
+        / IP(src="10.77.3.9", dst="10.77.3.200")
+        / UDP(sport=68, dport=67)
+        / BOOTP(op=1, chaddr=m, ciaddr="10.77.3.9")
+        / DHCP(options=[("message-type", "request"), "end"])
+    )
+    assert srv.frame(frame, T0) == [] and srv.counters["ignored"] == 1
+
+
+def test_init_reboot_for_a_free_address_that_is_not_its_binding_is_naked() -> None:
+    srv, chain = server(), Chain()
+    m = mac(11)
+    ip = IPv4Address(dora(srv, chain, m)[BOOTP].yiaddr)
+    free = str(ip + 50 if ip + 50 in srv.network else ip - 50)
+    (nak,) = srv.frame(client_frame(m, "request", requested=free), T0 + 1)
+    assert options(reply(nak))["message-type"] == 6
+    assert len(chain.records) == 1
+    # A client the chain has never seen may claim a free address (we are authoritative).
+    (bind,) = srv.frame(client_frame(mac(12), "request", requested=free), T0 + 2)
+    assert isinstance(bind, Bind) and str(bind.ip) == free
 
 
 def test_request_for_another_servers_offer_is_ignored() -> None:

@@ -56,6 +56,7 @@ COMMIT_TIMEOUT = 10.0
 DECLINE_TIME = 600.0
 RECLAIM_GRACE = 60.0
 MAX_OFFERS = 1024
+MAX_OFFERS_PER_PORT = 16
 MAX_PENDING = 256
 MAX_DECLINED = 256
 MAX_BUCKETS = 4096
@@ -189,6 +190,7 @@ class _Offer:
     ip: int
     expires: float
     reclaims: int | None
+    port: object
 
 
 @dataclass(slots=True)
@@ -224,6 +226,7 @@ class DhcpServer:
         decline_time: float = DECLINE_TIME,
         reclaim_grace: float = RECLAIM_GRACE,
         max_offers: int = MAX_OFFERS,
+        max_offers_per_port: int = MAX_OFFERS_PER_PORT,
         max_pending: int = MAX_PENDING,
         max_declined: int = MAX_DECLINED,
         max_buckets: int = MAX_BUCKETS,
@@ -251,6 +254,7 @@ class DhcpServer:
         self.decline_time = decline_time
         self.reclaim_grace = reclaim_grace
         self.max_offers = max_offers
+        self.max_offers_per_port = max_offers_per_port
         self.max_pending = max_pending
         self.max_declined = max_declined
         self._lo = int(self.network.network_address) + 1
@@ -281,7 +285,7 @@ class DhcpServer:
                 "binds",
                 "bind_rate_limited",
                 "pool_exhausted",
-                "offers_full",
+                "offers_evicted",
                 "pending_full",
                 "declined_full",
                 "bindings_applied",
@@ -308,6 +312,8 @@ class DhcpServer:
         if (
             msg is None
             or cf is None
+            or cf.dst_mac not in (BROADCAST_MAC, self.gateway_mac)  # for another server
+            or cf.dst_ip not in (_BCAST, self.gateway_ip)
             or msg.giaddr != _ZERO  # no relays on a virtual LAN
             or msg.chaddr != cf.src_mac  # bindings are keyed by the sender's own MAC
             or not is_unicast_mac(msg.chaddr)
@@ -318,7 +324,7 @@ class DhcpServer:
         self._expire(now)
         kind = msg.message_type
         if kind == d.DHCPDISCOVER:
-            return self._discover(cf, now)
+            return self._discover(cf, now, port)
         if kind == d.DHCPREQUEST:
             return self._request(cf, now, port)
         if kind == d.DHCPDECLINE:
@@ -330,7 +336,24 @@ class DhcpServer:
         self.counters["ignored"] += 1
         return []
 
-    def _discover(self, cf: d.ClientFrame, now: float) -> list[Action]:
+    def _make_room_for_offer(self, mac: bytes, port: object) -> None:
+        """Evict the oldest offer of this port, or of everyone, when a bound is reached.
+
+        An offer only reserves an address: a client whose offer was evicted still gets its
+        REQUEST served if the address is free. So evicting beats refusing: a port spraying
+        DISCOVERs from random MACs holds at most ``max_offers_per_port`` addresses and cannot
+        lock other clients out of the pool or the table.
+        """
+        self.offers.pop(mac, None)  # re-inserted at the end: insertion order is age order
+        mine = [m for m, o in self.offers.items() if o.port == port]
+        if len(mine) >= self.max_offers_per_port:
+            del self.offers[mine[0]]
+            self.counters["offers_evicted"] += 1
+        elif len(self.offers) >= self.max_offers:
+            del self.offers[next(iter(self.offers))]
+            self.counters["offers_evicted"] += 1
+
+    def _discover(self, cf: d.ClientFrame, now: float, port: object) -> list[Action]:
         self.counters["discovers"] += 1
         mac = cf.message.chaddr
         pick = self._choose(mac, now)
@@ -338,10 +361,8 @@ class DhcpServer:
             self.counters["pool_exhausted"] += 1
             return []
         ip, reclaims = pick
-        if mac not in self.offers and len(self.offers) >= self.max_offers:
-            self.counters["offers_full"] += 1
-            return []
-        self.offers[mac] = _Offer(ip, now + self.offer_timeout, reclaims)
+        self._make_room_for_offer(mac, port)
+        self.offers[mac] = _Offer(ip, now + self.offer_timeout, reclaims, port)
         self.counters["offers"] += 1
         return [self._reply(cf, d.DHCPOFFER, IPv4Address(ip), self.lease_time)]
 
@@ -359,14 +380,22 @@ class DhcpServer:
             if requested is None:
                 self.counters["malformed"] += 1
                 return []
-            target = requested
-        elif requested is not None and msg.ciaddr == _ZERO:  # INIT-REBOOT
+            offer = self.offers.get(mac)
+            if offer is not None and offer.ip != int(requested):
+                return [self._nak(cf, "not the offered address")]
+            return self._commit(cf, int(requested), now, port)
+        if requested is not None and msg.ciaddr == _ZERO:  # INIT-REBOOT
             target = requested
         elif msg.ciaddr != _ZERO:  # RENEWING (unicast) or REBINDING (broadcast)
             target = msg.ciaddr
         else:
             self.counters["malformed"] += 1
             return []
+        # RFC 2131 §4.3.2: a client verifying an address that is not its binding is wrong
+        # (it moved, or its binding went elsewhere): NAK, and it starts over with DISCOVER.
+        lease = self.by_mac.get(mac)
+        if lease is not None and lease.ip != target and not self._declined(int(lease.ip), now):
+            return [self._nak(cf, "not your address")]
         return self._commit(cf, int(target), now, port)
 
     def _commit(self, cf: d.ClientFrame, ip: int, now: float, port: object) -> list[Action]:
