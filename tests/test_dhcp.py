@@ -341,6 +341,11 @@ def test_two_nodes_binding_one_address_resolve_to_the_first_event() -> None:
     assert a.leases() == b.leases()  # both nodes agree: m1 holds the address
     assert [lease.mac for lease in a.leases()] == [m1]
     assert a.counters["bindings_lost"] == b.counters["bindings_lost"] == 1
+    # A retransmitted REQUEST for the lost address is NAKed on either node.
+    again = client_frame(m2, "request", requested=str(target), server_id=str(GW_IP))
+    for node in (a, b):
+        (nak,) = node.frame(again, T0 + 1)
+        assert options(reply(nak))["message-type"] == 6
     # The loser starts over and gets the next address, on either node.
     ack2 = dora(b, chain, m2, now=T0 + 2)
     assert ack2[BOOTP].yiaddr == str(target + 1)
