@@ -288,6 +288,33 @@ def test_decline_moves_the_client_to_the_next_address() -> None:
     assert srv._choose(mac(99), T0 + 20) != (int(IPv4Address(first)), None)
 
 
+def test_decline_is_accepted_only_for_a_given_address_and_a_few_per_port() -> None:
+    srv = server()
+    m = mac(70)
+    # An address nobody gave this client cannot be declined.
+    assert srv.frame(client_frame(m, "decline", requested="10.77.3.77"), T0, port="p") == []
+    assert srv.declined == {}
+    declined = []
+    for i in range(10):  # a port collecting offers from many MACs and declining each
+        (offer,) = srv.frame(client_frame(mac(80 + i), "discover"), T0, port="p")
+        ip = reply(offer)[BOOTP].yiaddr
+        srv.frame(client_frame(mac(80 + i), "decline", requested=ip), T0, port="p")
+        declined.append(ip)
+    assert len(srv.declined) == 4  # the per-port burst
+
+
+def test_client_back_after_its_binding_expired_is_rebound_through_the_chain() -> None:
+    srv, chain = server(hold=3600), Chain()
+    m = mac(71)
+    ip = dora(srv, chain, m)[BOOTP].yiaddr
+    later = T0 + 7200  # the chain binding expired; nobody needed the address
+    renew = client_frame(m, "request", requested=ip)
+    (bind,) = srv.frame(renew, later)  # INIT-REBOOT: no ACK before the chain has it again
+    assert isinstance(bind, Bind) and str(bind.ip) == ip and bind.reclaims is None
+    (ack,) = srv.apply_bindings([chain.append(bind)], later)
+    assert options(reply(ack))["message-type"] == 5
+
+
 def test_release_writes_an_expired_binding_and_the_address_comes_back() -> None:
     srv, chain = server(), Chain()
     m = mac(8)

@@ -63,6 +63,7 @@ MAX_BUCKETS = 4096
 PORT_RATE, PORT_BURST = 1 / 30, 8.0
 MAC_RATE, MAC_BURST = 1 / 60, 4.0
 SERVER_RATE, SERVER_BURST = 2.0, 64.0
+DECLINE_RATE, DECLINE_BURST = 1 / 60, 4.0
 MAX_HOST_LEN = 64
 
 _ZERO = IPv4Address(0)
@@ -236,6 +237,8 @@ class DhcpServer:
         mac_burst: float = MAC_BURST,
         server_rate: float = SERVER_RATE,
         server_burst: float = SERVER_BURST,
+        decline_rate: float = DECLINE_RATE,
+        decline_burst: float = DECLINE_BURST,
     ) -> None:
         self.network_id = network_id
         self.network = IPv4Network(cidr)
@@ -270,6 +273,7 @@ class DhcpServer:
         self._port_buckets = _Buckets(port_rate, port_burst, max_buckets)
         self._mac_buckets = _Buckets(mac_rate, mac_burst, max_buckets)
         self._server_bucket = _Buckets(server_rate, server_burst, 1)
+        self._decline_buckets = _Buckets(decline_rate, decline_burst, max_buckets)
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "malformed",
@@ -328,7 +332,7 @@ class DhcpServer:
         if kind == d.DHCPREQUEST:
             return self._request(cf, now, port)
         if kind == d.DHCPDECLINE:
-            return self._decline(cf, now)
+            return self._decline(cf, now, port)
         if kind == d.DHCPRELEASE:
             return self._release(cf, now, port)
         if kind == d.DHCPINFORM:
@@ -452,12 +456,20 @@ class DhcpServer:
         self.pending[mac] = _Pending(ip, now + self.commit_timeout, reply_to, bind)
         return True
 
-    def _decline(self, cf: d.ClientFrame, now: float) -> list[Action]:
+    def _decline(self, cf: d.ClientFrame, now: float, port: object) -> list[Action]:
         self.counters["declines"] += 1
         ip = cf.message.ip_option(d.OPT_REQUESTED_IP)
         mac = cf.message.chaddr
         if ip is None or not self._in_pool(int(ip)):
             return []
+        # Only an address this client was given may be declined, and only a few per port:
+        # otherwise one port could hold the whole pool back from everyone.
+        given = {o.ip for o in (self.offers.get(mac),) if o is not None}
+        given.update(int(x.ip) for x in (self.by_mac.get(mac),) if x is not None)
+        if int(ip) not in given or not self._decline_buckets.peek(port, now):
+            self.counters["ignored"] += 1
+            return []
+        self._decline_buckets.take(port, now)
         self.offers.pop(mac, None)
         if int(ip) not in self.declined and len(self.declined) >= self.max_declined:
             self.counters["declined_full"] += 1
