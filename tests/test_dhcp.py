@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import random
 import select
+import shlex
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from ipaddress import IPv4Address
@@ -32,7 +34,7 @@ from atenet.wire import dhcp as d
 from atenet.wire.arp import ARP_REQUEST, ArpRepr, arp_reply
 from atenet.wire.ethernet import ETHERTYPE_ARP, EthernetRepr
 from tests.conftest import needs_root
-from tests.support.netns import Lab
+from tests.support.netns import Host, Lab
 
 NET_ID = bytes(range(16))
 CIDR = "10.77.3.0/24"
@@ -623,39 +625,43 @@ esac
 
 
 class TapServer:
-    """The node's part, in a thread: frames from the TAP into DhcpServer, replies back out.
+    """The nodes' part, in one thread: frames from each TAP into its node's DhcpServer, replies
+    back out, every Bind appended to one shared chain and applied on every node in order.
 
     It also answers ARP for the gateway address (router/gateway.py's job once wired), because a
     renewing client sends its REQUEST by unicast to the server and must resolve it first.
     """
 
-    def __init__(self, tap: TapDevice, srv: DhcpServer) -> None:
-        self.tap, self.srv, self.chain = tap, srv, Chain()
+    def __init__(self, *pairs: tuple[TapDevice, DhcpServer]) -> None:
+        self.pairs = pairs
+        self.chain = Chain()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            ready, _, _ = select.select([self.tap], [], [], 0.05)
-            if not ready:
+    def _handle(self, tap: TapDevice, srv: DhcpServer, frame: bytes) -> None:
+        eth = EthernetRepr.parse(frame)
+        if eth.ethertype == ETHERTYPE_ARP:
+            arp = ArpRepr.parse(eth.payload)
+            if arp.operation == ARP_REQUEST and arp.target_ip == srv.gateway_ip:
+                tap.write(arp_reply(GW_MAC, srv.gateway_ip, arp.sender_mac, arp.sender_ip))
+            return
+        for action in srv.frame(frame, time.time(), port=tap.name):
+            if isinstance(action, Send):
+                tap.write(action.frame)
                 continue
-            for frame in self.tap.read_batch():
-                eth = EthernetRepr.parse(frame)
-                if eth.ethertype == ETHERTYPE_ARP:
-                    arp = ArpRepr.parse(eth.payload)
-                    if arp.operation == ARP_REQUEST and arp.target_ip == self.srv.gateway_ip:
-                        self.tap.write(
-                            arp_reply(GW_MAC, self.srv.gateway_ip, arp.sender_mac, arp.sender_ip)
-                        )
-                    continue
-                pending = self.srv.frame(frame, time.time(), port="tap")
-                while pending:
-                    action = pending.pop(0)
-                    if isinstance(action, Send):
-                        self.tap.write(action.frame)
-                    else:
-                        rec = self.chain.append(action)
-                        pending.extend(self.srv.apply_bindings([rec], time.time()))
+            rec = self.chain.append(action)
+            for other_tap, other in self.pairs:
+                for settled in other.apply_bindings([rec], time.time()):
+                    assert isinstance(settled, Send)
+                    other_tap.write(settled.frame)
+
+    def _run(self) -> None:
+        taps = {tap: srv for tap, srv in self.pairs}
+        while not self._stop.is_set():
+            ready, _, _ = select.select(list(taps), [], [], 0.05)
+            for tap in ready:
+                for frame in tap.read_batch():
+                    self._handle(tap, taps[tap], frame)
 
     def __enter__(self) -> TapServer:
         self._thread.start()
@@ -666,6 +672,34 @@ class TapServer:
         self._thread.join(timeout=5)
 
 
+def open_tap(host: Host, name: str, client_mac: bytes) -> TapDevice:
+    def body() -> TapDevice:
+        tap = TapDevice.open(name, mtu=MTU, mac=client_mac)
+        configure_link(tap.name)
+        return tap
+
+    return host.call(body)
+
+
+def wait_for_lines(path: Path, n: int, timeout: float = 20) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().count("\n") >= n:
+            break
+        time.sleep(0.1)
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def stop(proc: subprocess.Popen[Any] | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
 @needs_root
 def test_busybox_udhcpc_gets_the_hashed_address_and_renews_without_a_bind(
     lab: Lab, tmp_path: Path
@@ -674,13 +708,7 @@ def test_busybox_udhcpc_gets_the_hashed_address_and_renews_without_a_bind(
         pytest.skip("busybox is not installed (scripts/setup.sh installs it)")
     client_mac = bytes.fromhex("02cc00000042")
     host = lab.add_host("dhcp")
-
-    def open_tap() -> TapDevice:
-        tap = TapDevice.open("dhcp0", mtu=MTU, mac=client_mac)
-        configure_link(tap.name)
-        return tap
-
-    tap = host.call(open_tap)
+    tap = open_tap(host, "dhcp0", client_mac)
     script = tmp_path / "udhcpc.sh"
     script.write_text(UDHCPC_SCRIPT)
     script.chmod(0o755)
@@ -688,17 +716,12 @@ def test_busybox_udhcpc_gets_the_hashed_address_and_renews_without_a_bind(
     srv = server(lease_time=4)  # T1 = 2 s: a renewal within the test's few seconds
     proc = None
     try:
-        with TapServer(tap, srv) as node:
+        with TapServer((tap, srv)) as node:
             proc = host.popen(
                 ["env", f"LOG={log}", "busybox", "udhcpc", "-f", "-i", "dhcp0", "-s", str(script),
                  "-t", "5", "-T", "1", "-x", "hostname:labhost"],
             )  # fmt: skip
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                if log.exists() and log.read_text().count("\n") >= 2:  # bound + a renewal
-                    break
-                time.sleep(0.1)
-            events = log.read_text().splitlines() if log.exists() else []
+            events = wait_for_lines(log, 2)  # bound + a renewal
             hashed = ipv4_for(NET_ID, client_mac, CIDR)
             assert events and events[0].startswith(f"bound ip={hashed.ip} mask=24"), events
             assert f"router={GW_IP} dns=8.8.8.8 mtu={MTU}" in events[0]
@@ -716,7 +739,81 @@ def test_busybox_udhcpc_gets_the_hashed_address_and_renews_without_a_bind(
             assert node.chain.records[0].host == "labhost"
             assert srv.counters["acks"] >= 2 and srv.counters["binds"] == 1
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=5)
+        stop(proc)
         tap.close()
+
+
+DHCLIENT_SCRIPT = """#!/bin/sh
+# dhclient-script stand-in: configure the TAP and log, never touching /etc/resolv.conf.
+case "$reason" in
+  BOUND|RENEW|REBIND|REBOOT)
+    ip -4 addr flush dev "$interface"
+    ip addr add "$new_ip_address/$new_subnet_mask" dev "$interface"
+    ip route replace default via "$new_routers" dev "$interface"
+    echo "$reason ip=$new_ip_address mask=$new_subnet_mask router=$new_routers" \
+      "dns=$new_domain_name_servers mtu=$new_interface_mtu" >> "$LOG" ;;
+esac
+"""
+
+
+@needs_root
+def test_udhcpc_and_dhclient_on_two_nodes_with_colliding_hashes_get_different_addresses(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """Two hosts whose hashed addresses collide, each behind its own node's server, one chain.
+
+    busybox udhcpc binds first through node a; ISC dhclient then asks node b, which has applied
+    node a's binding from the chain and offers the next address.
+    """
+    if shutil.which("busybox") is None or shutil.which("dhclient") is None:
+        pytest.skip("busybox and isc-dhcp-client are needed (scripts/setup.sh installs them)")
+    mac_a = bytes.fromhex("02cc00000001")
+    target = ipv4_for(NET_ID, mac_a, CIDR).ip
+    mac_b = next(
+        m
+        for m in (bytes.fromhex("02cc01") + i.to_bytes(3, "big") for i in range(100_000))
+        if ipv4_for(NET_ID, m, CIDR).ip == target
+    )
+    host_a, host_b = lab.add_host("ua"), lab.add_host("ub")
+    tap_a = open_tap(host_a, "dhcpa", mac_a)
+    tap_b = open_tap(host_b, "dhcpb", mac_b)
+    srv_a, srv_b = server(node_id="node-a"), server(node_id="node-b")
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    # dhclient runs its script with a clean environment: the log path goes into the text.
+    dhclient_script = DHCLIENT_SCRIPT.replace('"$LOG"', shlex.quote(str(log_b)))
+    for name, text in (("udhcpc.sh", UDHCPC_SCRIPT), ("dhclient.sh", dhclient_script)):
+        (tmp_path / name).write_text(text)
+        (tmp_path / name).chmod(0o755)
+    procs: list[subprocess.Popen[Any]] = []
+    try:
+        with TapServer((tap_a, srv_a), (tap_b, srv_b)) as nodes:
+            udhcpc = ["env", f"LOG={log_a}", "busybox", "udhcpc", "-f", "-i", "dhcpa",
+                      "-s", str(tmp_path / "udhcpc.sh"), "-t", "5", "-T", "1"]  # fmt: skip
+            procs.append(host_a.popen(udhcpc))
+            events_a = wait_for_lines(log_a, 1)
+            assert events_a and events_a[0].startswith(f"bound ip={target} "), events_a
+            dhclient = ["env", f"LOG={log_b}", "dhclient", "-4", "-d", "-v",
+                        "-sf", str(tmp_path / "dhclient.sh"), "-lf", str(tmp_path / "b.leases"),
+                        "-pf", str(tmp_path / "b.pid"), "dhcpb"]  # fmt: skip
+            with open(tmp_path / "b.err", "w") as err:  # the child keeps its own copy
+                procs.append(host_b.popen(dhclient, stderr=err))
+            events_b = wait_for_lines(log_b, 1, timeout=30)
+            assert events_b, (tmp_path / "b.err").read_text().splitlines()[-5:]
+            assert events_b[0] == (
+                f"BOUND ip={target + 1} mask=255.255.255.0 router={GW_IP} dns=8.8.8.8 mtu={MTU}"
+            )
+            (addr,) = json.loads(
+                host_b.run(["ip", "-j", "-4", "addr", "show", "dev", "dhcpb"]).stdout
+            )
+            assert [a["local"] for a in addr["addr_info"]] == [str(target + 1)]
+            records = nodes.chain.records
+            assert [(r.mac, r.ip, r.node) for r in records] == [
+                (mac_a, target, "node-a"),
+                (mac_b, target + 1, "node-b"),
+            ]
+            assert srv_a.leases() == srv_b.leases()
+    finally:
+        for proc in procs:
+            stop(proc)
+        tap_a.close()
+        tap_b.close()
