@@ -39,9 +39,9 @@ from scapy.layers.inet6 import (
 from scapy.utils6 import in6_getnsma, in6_getnsmac, in6_mactoifaceid
 
 from atenet import addressing
+from atenet.ratelimit import TokenBucket
 from atenet.router.forward import (
     ICMP_FRAG_NEEDED,
-    TokenBucket,
     decrement_hop_limit,
     decrement_ttl,
     icmp_dest_unreachable,

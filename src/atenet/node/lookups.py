@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 
+from atenet.ratelimit import TokenBucket
+
 NEGATIVE_CAPACITY = 10_000
 """Ids remembered as unknown (about 1.5 MB at most)."""
 
@@ -75,8 +77,7 @@ class UnknownNetworks:
         self.summary_interval = summary_interval
         self._negative: OrderedDict[bytes, float] = OrderedDict()
         self._running: set[bytes] = set()
-        self._tokens = float(burst)
-        self._refilled: float | None = None
+        self._bucket = TokenBucket(rate, burst)
         self.store_down_until = 0.0
         self.drops: Counter[str] = Counter()
         self.lookups = 0
@@ -109,13 +110,9 @@ class UnknownNetworks:
         if len(self._running) >= self.max_in_flight:
             self.drops["lookups_in_flight"] += 1
             return False
-        if self._refilled is not None:
-            self._tokens = min(self.burst, self._tokens + (now - self._refilled) * self.rate)
-        self._refilled = now
-        if self._tokens < 1.0:
+        if not self._bucket.take(now):
             self.drops["lookup_rate"] += 1
             return False
-        self._tokens -= 1.0
         self._running.add(network_id)
         self.lookups += 1
         return True

@@ -15,13 +15,13 @@ so the later inter-network routing and NAT can reuse them as they are:
   sent to a broadcast or multicast address, about a packet whose source is not one unicast
   host, nor about a non-first fragment — each of these would let one packet trigger many
   answers or an error storm;
-* :class:`TokenBucket` caps how many errors leave per second (RFC 1812 §4.3.2.8, RFC 4443
-  §2.4 (f)), so a flood of expiring packets cannot be turned into a flood of ICMP.
+* :class:`~atenet.ratelimit.TokenBucket` caps how many errors leave per second (RFC 1812
+  §4.3.2.8, RFC 4443 §2.4 (f)), so a flood of expiring packets cannot be turned into a flood of
+  ICMP.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 
 from atenet.errors import DecodeError
@@ -50,7 +50,6 @@ __all__ = [
     "ICMP_FRAG_NEEDED",
     "ICMP_HOST_UNREACHABLE",
     "ICMP_NET_UNREACHABLE",
-    "TokenBucket",
     "decrement_hop_limit",
     "decrement_ttl",
     "icmp_dest_unreachable",
@@ -83,37 +82,6 @@ _ICMP_ERROR_TYPES_V4 = frozenset((3, 4, 5, 11, 12))
 """Destination unreachable, source quench, redirect, time exceeded, parameter problem."""
 
 _V4_LIMITED = IPv4Address("255.255.255.255")
-
-
-@dataclass(slots=True)
-class TokenBucket:
-    """``rate`` tokens per second, at most ``burst`` saved; :meth:`take` spends one.
-
-    Time is the caller's ``now`` (seconds, monotonic); a clock that goes backwards adds
-    nothing. ``refused`` counts the takes that found the bucket empty.
-    """
-
-    rate: float = ERROR_RATE
-    burst: int = ERROR_BURST
-    tokens: float = field(default=-1.0)
-    last: float | None = None
-    refused: int = 0
-
-    def __post_init__(self) -> None:
-        if self.tokens < 0:
-            self.tokens = float(self.burst)
-
-    def take(self, now: float) -> bool:
-        """Spend one token if there is one; False (and count it) when the budget is spent."""
-        if self.last is not None and now > self.last:
-            self.tokens = min(float(self.burst), self.tokens + (now - self.last) * self.rate)
-        if self.last is None or now > self.last:
-            self.last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        self.refused += 1
-        return False
 
 
 # --- TTL and hop limit ------------------------------------------------------------------------

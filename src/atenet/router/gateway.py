@@ -25,10 +25,10 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from atenet import addressing
 from atenet.errors import DecodeError
+from atenet.ratelimit import TokenBucket
 from atenet.router.forward import (
     ERROR_BURST,
     ERROR_RATE,
-    TokenBucket,
     icmp_dest_unreachable,
     icmp_time_exceeded,
     icmpv6_dest_unreachable,
