@@ -58,6 +58,7 @@ from atenet.wire.icmpv6 import (
     NeighborAdvert,
     NeighborSolicit,
     icmpv6_echo_reply,
+    icmpv6_frame,
     nd_options,
 )
 from atenet.wire.ipv4 import PROTO_ICMP, Ipv4Repr
@@ -340,7 +341,7 @@ class Gateway:
         self, target: IPv6Address, dst_mac: bytes, dst_ip: IPv6Address, *, solicited: bool
     ) -> bytes:
         message = NeighborAdvert(target, self.mac, True, solicited, True).to_icmp()
-        return self._icmpv6_frame(message, dst_mac, target, dst_ip, ND_HOP_LIMIT)
+        return icmpv6_frame(message, self.mac, dst_mac, target, dst_ip, ND_HOP_LIMIT)
 
     def _rs(self, packet: Ipv6Repr, icmp: Icmpv6Repr, src: bytes, now: float) -> list[bytes]:
         if packet.hop_limit != ND_HOP_LIMIT or icmp.code != 0:
@@ -369,7 +370,7 @@ class Gateway:
     def _ra_frame(self, dst_mac: bytes, dst_ip: IPv6Address) -> bytes:
         assert self.schedule is not None
         message = router_advert(self.schedule.config)
-        return self._icmpv6_frame(message, dst_mac, self.link_local, dst_ip, ND_HOP_LIMIT)
+        return icmpv6_frame(message, self.mac, dst_mac, self.link_local, dst_ip, ND_HOP_LIMIT)
 
     def _echo6(
         self, packet: Ipv6Repr, icmp: Icmpv6Repr, src: bytes, link_multicast: bool
@@ -410,16 +411,3 @@ class Gateway:
             return []
         self.handled["icmp_error6"] += 1
         return [ethernet_frame(src, self.mac, ETHERTYPE_IPV6, error)]
-
-    def _icmpv6_frame(
-        self,
-        message: Icmpv6Repr,
-        dst_mac: bytes,
-        src_ip: IPv6Address,
-        dst_ip: IPv6Address,
-        hop_limit: int,
-    ) -> bytes:
-        packet = Ipv6Repr(
-            src_ip, dst_ip, NEXT_HEADER_ICMPV6, message.emit(src_ip, dst_ip), hop_limit
-        ).emit()
-        return ethernet_frame(dst_mac, self.mac, ETHERTYPE_IPV6, packet)

@@ -43,6 +43,7 @@ __all__ = [
     "NeighborSolicit",
     "icmpv6_echo_reply",
     "icmpv6_echo_request",
+    "icmpv6_frame",
     "nd_options",
     "neighbor_advertisement",
     "neighbor_solicitation",
@@ -242,7 +243,7 @@ class NeighborAdvert:
 # --- whole frames ----------------------------------------------------------------------------
 
 
-def _frame(
+def icmpv6_frame(
     message: Icmpv6Repr,
     src_mac: bytes,
     dst_mac: bytes,
@@ -250,6 +251,7 @@ def _frame(
     dst_ip: IPv6Address,
     hop_limit: int,
 ) -> bytes:
+    """``message`` in an IPv6 packet (checksum over the pseudo-header) in an Ethernet frame."""
     packet = Ipv6Repr(
         src_ip, dst_ip, NEXT_HEADER_ICMPV6, message.emit(src_ip, dst_ip), hop_limit
     ).emit()
@@ -268,7 +270,7 @@ def icmpv6_echo_request(
 ) -> bytes:
     """A whole Ethernet frame carrying an ICMPv6 ping."""
     message = Icmpv6Repr.echo_request(ident, seq, payload)
-    return _frame(message, src_mac, dst_mac, src_ip, dst_ip, hop_limit)
+    return icmpv6_frame(message, src_mac, dst_mac, src_ip, dst_ip, hop_limit)
 
 
 def icmpv6_echo_reply(
@@ -283,7 +285,7 @@ def icmpv6_echo_reply(
 ) -> bytes:
     """A whole Ethernet frame answering an ICMPv6 ping: same ``ident``, ``seq``, ``payload``."""
     message = Icmpv6Repr.echo_reply(ident, seq, payload)
-    return _frame(message, src_mac, dst_mac, src_ip, dst_ip, hop_limit)
+    return icmpv6_frame(message, src_mac, dst_mac, src_ip, dst_ip, hop_limit)
 
 
 def neighbor_solicitation(
@@ -308,7 +310,7 @@ def neighbor_solicitation(
         dst_mac = multicast_mac_v6(dst_ip)
     source_mac = None if src_ip == _UNSPECIFIED else src_mac
     message = NeighborSolicit(target_ip, source_mac).to_icmp()
-    return _frame(message, src_mac, dst_mac, src_ip, dst_ip, ND_HOP_LIMIT)
+    return icmpv6_frame(message, src_mac, dst_mac, src_ip, dst_ip, ND_HOP_LIMIT)
 
 
 def neighbor_advertisement(
@@ -335,4 +337,4 @@ def neighbor_advertisement(
             raise ValueError(f"unicast destination {dst_ip} needs its dst_mac")
         dst_mac = multicast_mac_v6(dst_ip)
     message = NeighborAdvert(target_ip, src_mac, router, solicited, override).to_icmp()
-    return _frame(message, src_mac, dst_mac, target_ip, dst_ip, ND_HOP_LIMIT)
+    return icmpv6_frame(message, src_mac, dst_mac, target_ip, dst_ip, ND_HOP_LIMIT)
