@@ -28,7 +28,7 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
-from atenet.errors import DecodeError
+from atenet.errors import ChainInvalid, DecodeError
 
 MAGIC = b"ATEV"
 VERSION = 1
@@ -151,3 +151,17 @@ def decode(raw: bytes) -> Event:
     body = raw[pos : pos + body_len]
     signature = raw[pos + body_len :]
     return Event(kind, network_id, seq, prev, time_ms, author, cert, body, signature, raw)
+
+
+def decode_stored(network_id: bytes, seq: int, raw: bytes) -> Event:
+    """The event a store holds at position ``seq`` of ``network_id``'s chain: it must decode and
+    say it is event ``seq``; otherwise the chain is refused (ChainInvalid naming the seq)."""
+    try:
+        event = decode(raw)
+    except DecodeError as exc:
+        raise ChainInvalid(network_id, seq, f"does not decode: {exc}") from None
+    if event.seq != seq:
+        raise ChainInvalid(
+            network_id, seq, f"stored at position {seq} but says it is event {event.seq}"
+        )
+    return event

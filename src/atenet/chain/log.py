@@ -55,15 +55,7 @@ class Chain:
         self.state = NetworkState(network_id, list(readers))
 
     def _decode(self, seq: int, blob: bytes) -> Event:
-        try:
-            event = ev.decode(blob)
-        except DecodeError as exc:
-            raise ChainInvalid(self.network_id, seq, f"does not decode: {exc}") from None
-        if event.seq != seq:
-            raise ChainInvalid(
-                self.network_id, seq, f"stored at position {seq} but says it is event {event.seq}"
-            )
-        return event
+        return ev.decode_stored(self.network_id, seq, blob)
 
     async def load(self) -> NetworkState:
         """Replay every event not yet applied; verify each. Returns the state."""

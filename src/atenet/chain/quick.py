@@ -19,7 +19,7 @@ from pathlib import Path
 from atenet.chain import event as ev
 from atenet.chain.keys import Identity
 from atenet.chain.state import NetworkState
-from atenet.errors import ChainInvalid, DecodeError, StoreUnavailable
+from atenet.errors import DecodeError, StoreUnavailable
 
 #: As sqlite_store.BUSY_TIMEOUT_MS (not imported from there: that module imports asyncio).
 BUSY_TIMEOUT_S = 10.0
@@ -48,17 +48,7 @@ def owned_states(path: Path, url: str, owner: Identity) -> list[NetworkState]:
                 "SELECT seq, blob FROM events WHERE network = ? ORDER BY seq", (network_id,)
             )
             for seq, raw in rows:
-                try:
-                    event = ev.decode(raw)
-                except DecodeError as exc:
-                    raise ChainInvalid(state.network_id, seq, f"does not decode: {exc}") from None
-                if event.seq != seq:
-                    raise ChainInvalid(
-                        state.network_id,
-                        seq,
-                        f"stored at position {seq} but says it is event {event.seq}",
-                    )
-                state.apply(event)
+                state.apply(ev.decode_stored(state.network_id, seq, raw))
             if not state.deleted:
                 states.append(state)
     except sqlite3.Error as err:
