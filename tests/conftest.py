@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.chains import world  # noqa: F401
 from tests.support.nats_cluster import (  # noqa: F401
     fresh_nats_cluster,
     fresh_nats_server,

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 
 from atenet.addressing import ipv4_for, ipv6_for, stable_mac
 from atenet.chain.event import Kind
 from atenet.chain.keys import b64, short_id
-from atenet.chain.sqlite_store import SqliteStore
 from atenet.cli.tok_hosts import collect_hosts
 from atenet.client.core import ClientCore
 from atenet.node.core import NodeCore
@@ -24,7 +22,6 @@ from atenet.overlay.seal import TYPE_CONTROL, Opener, PacketKey, Sealer, parse_h
 from atenet.overlay.token import AccessToken
 from atenet.switch.core import Port, Switch
 from atenet.wire.ethernet import ethernet_frame
-from tests.support.chains import make_world
 from tests.test_node_core import Wire, handshake
 
 CIDR, CIDR6 = "10.9.8.0/24", "fd00:1:2:3::/64"  # make_world's network
@@ -108,16 +105,6 @@ def test_frames_to_peers_counts_only_floods_that_reached_a_peer() -> None:
 
 
 # --------------------------------------------------------------------------- the node core
-
-
-@pytest.fixture
-async def world(tmp_path: Path):
-    store = SqliteStore(f"sqlite://{tmp_path / 'c.sqlite'}")
-    await store.connect()
-    try:
-        yield await make_world(store)
-    finally:
-        await store.close()
 
 
 async def key(w, key_id: int, label: str) -> AccessToken:

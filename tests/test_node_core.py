@@ -6,18 +6,14 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from pathlib import Path
-
-import pytest
 
 from atenet.chain.event import Kind
 from atenet.chain.keys import b64, short_id
-from atenet.chain.sqlite_store import SqliteStore
 from atenet.client.core import ClientCore
 from atenet.node.core import UDP_IDLE, NodeCore
 from atenet.overlay.token import AccessToken
 from atenet.wire.ethernet import ethernet_frame
-from tests.support.chains import make_world, new_node
+from tests.support.chains import new_node
 
 
 class Wire:
@@ -41,16 +37,6 @@ class Wire:
                 frame = self.clients[dst].datagram(packet, now)
                 if frame is not None:
                     self.frames[dst].append(frame)
-
-
-@pytest.fixture
-async def world(tmp_path: Path):
-    store = SqliteStore(f"sqlite://{tmp_path / 'c.sqlite'}")
-    await store.connect()
-    try:
-        yield await make_world(store)
-    finally:
-        await store.close()
 
 
 async def add_key(w, key_id: int) -> AccessToken:

@@ -6,28 +6,13 @@ delivery. Real chains in a real SQLite store; only the UDP is simulated."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import pytest
-
-from atenet.chain.sqlite_store import SqliteStore
 from atenet.client.core import ClientCore
 from atenet.node.core import NodeCore, PortLimits
 from atenet.overlay.seal import TYPE_CONTROL, PacketKey, open_packet, parse_header
-from tests.support.chains import make_world
 from tests.test_node_core import Wire, add_key, build, frame, handshake
 
 T0 = 1_700_000_000.0  # a realistic clock: counters are ns since the epoch
-
-
-@pytest.fixture
-async def world(tmp_path: Path):
-    store = SqliteStore(f"sqlite://{tmp_path / 'c.sqlite'}")
-    await store.connect()
-    try:
-        yield await make_world(store)
-    finally:
-        await store.close()
 
 
 class Tap:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from atenet.chain.event import Kind
@@ -99,4 +100,17 @@ async def serving_node(
         yield daemon, world, secrets
     finally:
         await daemon.stop()
+        await store.close()
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    """A :class:`World` in a fresh SQLite store under ``tmp_path``, closed afterwards."""
+    from atenet.chain.sqlite_store import SqliteStore
+
+    store = SqliteStore(f"sqlite://{tmp_path / 'c.sqlite'}")
+    await store.connect()
+    try:
+        yield await make_world(store)
+    finally:
         await store.close()
