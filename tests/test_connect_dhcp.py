@@ -1,0 +1,203 @@
+"""`tok connect --address dhcp|static|none`: the option parsing, the routes a host installs,
+and (as root) a real `atenet run` node and real `tok connect` hosts in namespaces: the default
+gets its address from the node's gateway by DHCP, one lease event in the chain, pings the
+gateway; `--static` gets the hashed address; `--address none` no IPv4.
+
+The DHCP client itself is driven frame by frame against the server in tests/test_dhcp_client.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atenet.addressing import ipv4_for
+from atenet.client.connect import routes_for
+from atenet.client.dhcp import ClientLease
+from tests.conftest import VENV_BIN, needs_root
+from tests.support.overlay import Client, Overlay
+
+# --------------------------------------------------------------------------- the options
+
+
+def tok(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [VENV_BIN / "tok", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if k != "ATENET_TOKEN"}
+    return e | {"ATENET_HOME": str(tmp_path / "home")}
+
+
+def test_static_contradicting_address_and_a_bad_mode_are_usage_errors(env: dict[str, str]) -> None:
+    out = tok("connect", "--static", "--address", "dhcp", "--token-file", "-", env=env)
+    assert out.returncode == 2 and "--static and --address dhcp contradict" in out.stderr
+    out = tok("connect", "--address", "bootp", "--token-file", "-", env=env)
+    assert out.returncode == 2 and "'bootp' is not one of 'dhcp', 'static', 'none'" in out.stderr
+    out = tok("connect", "--dhcp-wait", "0.1", "--token-file", "-", env=env)
+    assert out.returncode == 2 and "--dhcp-wait" in out.stderr
+    # --static with --address static is fine: it goes on to read the (missing) token.
+    out = tok("connect", "--static", "--address", "static", env=env)
+    assert out.returncode == 2 and "no token" in out.stderr
+
+
+def test_help_names_the_address_modes(env: dict[str, str]) -> None:
+    out = tok("connect", "--help", env=env)
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())
+    assert "--address [dhcp|static|none]" in text and "default: dhcp" in text
+    assert "--static Short for --address static." in text and "--dhcp-wait SECONDS" in text
+
+
+# --------------------------------------------------------------------------- routes
+
+
+def lease(routes: list[tuple[str, str]] = ()) -> ClientLease:  # type: ignore[assignment]
+    gw = IPv4Address("10.1.0.1")
+    return ClientLease(
+        address=IPv4Address("10.1.0.7"), prefixlen=24, server=gw, server_mac=b"\x02" * 6,
+        bound_at=0.0, lease_time=3600, t1=1800, t2=3150, router=gw,
+        routes=tuple((IPv4Network(n), IPv4Address(v)) for n, v in routes),
+    )  # fmt: skip
+
+
+def test_routes_go_to_routed_networks_via_the_gateway_and_never_default() -> None:
+    config: dict[str, Any] = {
+        "cidr": "10.1.0.0/24",
+        "cidr6": "fd01::/64",
+        "gateway": "10.1.0.1",
+        "gateway6": "fd01::1",
+        "routes": ["10.2.0.0/24", "fd02::/64", "10.1.0.0/25", "not a cidr", "0.0.0.0/0"],
+    }
+    got = routes_for(
+        config,
+        IPv4Interface("10.1.0.7/24"),
+        lease(
+            [
+                ("0.0.0.0/0", "10.1.0.1"),  # a default route: never
+                ("10.3.0.0/16", "10.1.0.1"),
+                ("10.2.0.0/24", "10.1.0.1"),  # also in the welcome: once
+                ("10.4.0.0/24", "192.0.2.1"),  # its gateway is not on the link
+            ]
+        ),
+    )
+    assert got == [
+        ("10.3.0.0/16", "10.1.0.1"),
+        ("10.2.0.0/24", "10.1.0.1"),
+        ("fd02::/64", "fd01::1"),
+    ]
+    # Static: the welcome's routes via the welcome's gateway; no IPv4 address, no IPv4 routes.
+    assert routes_for(config, IPv4Interface("10.1.0.9/24"), None)[0] == ("10.2.0.0/24", "10.1.0.1")
+    assert routes_for(config, None, None) == [("fd02::/64", "fd01::1")]
+    assert routes_for({"cidr": "10.1.0.0/24"}, IPv4Interface("10.1.0.9/24"), None) == []
+
+
+# --------------------------------------------------------------------------- on real kernels
+
+CIDR = "10.77.0.0/24"  # tests/support/overlay.py's network
+
+
+@pytest.fixture(scope="module")
+def net() -> Iterator[Overlay]:
+    from tests.support.netns import Lab
+
+    with Lab() as lab, tempfile.TemporaryDirectory(prefix="atn-dhcp-") as tmp:
+        overlay = Overlay(lab, Path(tmp))
+        overlay.add_node("n1")
+        yield overlay
+
+
+def status(net: Overlay, client: Client) -> dict[str, Any]:
+    env = net.env | {"ATENET_HOME": str(net.root / client.name)}
+    out = client.host.run([VENV_BIN / "tok", "status", "--json"], env=env, timeout=60)
+    (conn,) = json.loads(out.stdout)["connections"]
+    return conn
+
+
+def addresses4(client: Client) -> list[str]:
+    out = client.host.run(["ip", "-4", "-j", "addr", "show", "dev", "atenet0"], timeout=30)
+    links = json.loads(out.stdout)  # [] when the device has no IPv4 address at all
+    return [f"{a['local']}/{a['prefixlen']}" for link in links for a in link["addr_info"]]
+
+
+def lease_events(net: Overlay, mac: str) -> list[dict[str, Any]]:
+    log = json.loads(net.tok("log", net.network, "--json"))
+    return [e for e in log if e["kind"] == "lease" and e["summary"].startswith(mac)]
+
+
+def network_id(net: Overlay) -> bytes:
+    return bytes.fromhex(json.loads(net.tok("network", "show", net.network, "--json"))["id"])
+
+
+@needs_root
+def test_a_host_gets_its_address_by_dhcp_pings_the_gateway_and_releases_it(net: Overlay) -> None:
+    client = net.add_client("h1", ["n1"])
+    try:
+        hashed = ipv4_for(
+            network_id(net), bytes.fromhex(client.mac.replace(":", "")), "10.77.0.0/24"
+        )
+        # The first free address the server offers is the hashed one: DHCP and static agree.
+        assert client.ipv4 == str(hashed)
+        assert addresses4(client) == [client.ipv4]
+        conn = status(net, client)
+        assert conn["address_source"] == "dhcp" and conn["ipv4"] == client.ipv4
+        lease = conn["lease"]
+        assert lease["server"] == lease["router"] == "10.77.0.1"
+        assert 3000 < lease["expires"] - time.time() <= 3600
+        (event,) = lease_events(net, client.mac)  # one binding in the chain
+        assert event["summary"].split()[2] == client.ip4
+        assert client.host.ping("10.77.0.1", count=2, timeout=5)
+        # Only the network's own route on atenet0; no default route through it.
+        routes = client.host.run(["ip", "-4", "-j", "route", "show", "dev", "atenet0"], timeout=30)
+        assert [r["dst"] for r in json.loads(routes.stdout)] == ["10.77.0.0/24"]
+    finally:
+        assert client.proc is not None
+        net.lab.stop_process(client.proc, grace=10)
+    # A clean stop gives the lease back: a second event, the binding ending now.
+    deadline = time.monotonic() + 10
+    while len(lease_events(net, client.mac)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(lease_events(net, client.mac)) == 2
+    assert client.proc.returncode == 0
+
+
+@needs_root
+def test_static_gives_the_hashed_address_and_writes_no_lease(net: Overlay) -> None:
+    client = net.add_client("h2", ["n1"], args=("--static",))
+    try:
+        hashed = ipv4_for(
+            network_id(net), bytes.fromhex(client.mac.replace(":", "")), "10.77.0.0/24"
+        )
+        assert client.ipv4 == str(hashed) and addresses4(client) == [str(hashed)]
+        conn = status(net, client)
+        assert conn["address_source"] == "static" and conn["lease"] is None
+        assert lease_events(net, client.mac) == []
+        assert client.host.ping("10.77.0.1", count=1, timeout=5)
+    finally:
+        assert client.proc is not None
+        net.lab.stop_process(client.proc, grace=10)
+
+
+@needs_root
+def test_address_none_leaves_ipv4_to_the_host(net: Overlay) -> None:
+    client = net.add_client("h3", ["n1"], args=("--address", "none"))
+    try:
+        assert client.ipv4 == "-" and addresses4(client) == []
+        conn = status(net, client)
+        assert conn["address_source"] == "none" and conn["ipv4"] == ""
+        assert lease_events(net, client.mac) == []
+    finally:
+        assert client.proc is not None
+        net.lab.stop_process(client.proc, grace=10)
