@@ -352,7 +352,7 @@ def _daemonize(
     click.echo(
         f"connected to {event['network'] or event['network_id']} via node {event['node']}: "
         f"{event['dev']} {event['ipv4'] or '-'} {event['ipv6']} mac {event['mac']} "
-        f"mtu {event['mtu']} ({address_text(event)}; pid {child.pid}, log {where}; stop with "
+        f"mtu {event['mtu']} ({address_text(event)}) (pid {child.pid}, log {where}; stop with "
         f"`tok disconnect {event['dev']}`)"
     )
 
