@@ -8,6 +8,7 @@ The DHCP client itself is driven frame by frame against the server in tests/test
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -156,6 +157,11 @@ def test_a_host_gets_its_address_by_dhcp_pings_the_gateway_and_releases_it(net: 
         lease = conn["lease"]
         assert lease["server"] == lease["router"] == "10.77.0.1"
         assert 3000 < lease["expires"] - time.time() <= 3600
+        env = net.env | {"ATENET_HOME": str(net.root / client.name)}
+        text = client.host.run([VENV_BIN / "tok", "status"], env=env, check=False, timeout=60)
+        assert (
+            f"{client.ipv4} " in text.stdout and "(dhcp from 10.77.0.1, lease until " in text.stdout
+        )
         (event,) = lease_events(net, client.mac)  # one binding in the chain
         assert event["summary"].split()[2] == client.ip4
         assert client.host.ping("10.77.0.1", count=2, timeout=5)
@@ -201,3 +207,38 @@ def test_address_none_leaves_ipv4_to_the_host(net: Overlay) -> None:
     finally:
         assert client.proc is not None
         net.lab.stop_process(client.proc, grace=10)
+
+
+@contextlib.contextmanager
+def on_network(net: Overlay, name: str) -> Iterator[None]:
+    """Hosts added meanwhile join network ``name`` (the overlay's helpers use its one network)."""
+    saved, net.network = net.network, name
+    try:
+        yield
+    finally:
+        net.network = saved
+
+
+@needs_root
+def test_no_offer_falls_back_to_the_hashed_address_saying_why_in_one_line(net: Overlay) -> None:
+    # A /30 has one address for hosts: the first host takes it by DHCP, the second gets no
+    # offer (the pool is full) and falls back to its hashed address after --dhcp-wait.
+    net.tok("network", "create", "tiny", "--cidr", "10.78.0.0/30", "--cidr6", "fd78:1:2:3::/64")
+    with on_network(net, "tiny"):
+        first = net.add_client("t1", ["n1"])
+        second = net.add_client("t2", ["n1"], args=("--dhcp-wait", "2"))
+    try:
+        assert first.ipv4 == "10.78.0.2/30" and status(net, first)["address_source"] == "dhcp"
+        conn = status(net, second)
+        assert conn["address_source"] == "static" and conn["lease"] is None
+        assert conn["address_note"] == "no DHCP offer in 2 s"
+        assert addresses4(second) == [conn["ipv4"]]
+        assert second.log is not None
+        text = second.log.read_text()
+        (warning,) = [x for x in text.splitlines() if "WARNING" in x]  # one line says why
+        assert "no DHCP offer from the gateway 10.78.0.1 in 2 s: using the hashed" in warning
+        assert "(static: no DHCP offer in 2 s)" in text  # and the connected line
+    finally:
+        for client in (first, second):
+            assert client.proc is not None
+            net.lab.stop_process(client.proc, grace=10)
