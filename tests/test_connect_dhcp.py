@@ -242,3 +242,69 @@ def test_no_offer_falls_back_to_the_hashed_address_saying_why_in_one_line(net: O
         for client in (first, second):
             assert client.proc is not None
             net.lab.stop_process(client.proc, grace=10)
+
+
+RECONFIGURE = r"""
+import asyncio, json, os, subprocess, sys
+from ipaddress import IPv4Address, IPv4Network
+from atenet.client.connect import Connection
+from atenet.client.dhcp import ClientLease, Event
+from atenet.overlay.token import AccessToken
+from atenet.transport.tap import TapDevice, configure_link
+
+def lease(addr, routes=()):
+    gw = IPv4Address("10.1.0.1")
+    return ClientLease(IPv4Address(addr), 24, gw, b"\x02" * 6, 0.0, 3600, 1800, 3150, gw,
+                       routes=tuple((IPv4Network(n), gw) for n in routes))
+
+def snapshot():
+    out = {}
+    for what in ("addr", "route"):
+        cmd = ["ip", "-4", "-j", what, "show", "dev", "dh0"]
+        items = json.loads(subprocess.run(cmd, capture_output=True, text=True).stdout or "[]")
+        if what == "addr":
+            out[what] = [f"{a['local']}/{a['prefixlen']}" for i in items for a in i["addr_info"]]
+        else:
+            out[what] = sorted(f"{r['dst']} via {r.get('gateway', '-')}" for r in items)
+    return out
+
+async def main():
+    token = AccessToken(os.urandom(16), 1, os.urandom(32), ("127.0.0.1:9",))
+    conn = Connection(token, "dh0")
+    conn.tap = TapDevice.open("dh0", mtu=1400, mac=conn.mac)
+    await asyncio.to_thread(configure_link, "dh0", conn.mac, 1400)
+    conn._config = {"cidr": "10.1.0.0/24", "gateway": "10.1.0.1", "routes": ["10.2.0.0/24"]}
+    first = lease("10.1.0.7", ["10.3.0.0/16", "0.0.0.0/0"])
+    steps = [
+        Event("bound", first),
+        Event("bound", lease("10.1.0.9"), previous=first),
+        Event("lost", lease("10.1.0.9"), "expired"),
+    ]
+    result = []
+    for event in steps:
+        conn._dhcp_events = [event]
+        await conn._on_dhcp_events()
+        result.append(snapshot())
+    print(json.dumps(result))
+    conn.tap.close()
+
+asyncio.run(main())
+"""
+
+
+@needs_root
+def test_a_new_address_replaces_the_old_and_a_lost_lease_takes_it_and_its_routes_away(
+    net: Overlay,
+) -> None:
+    host = net.lab.add_host("reconf")
+    out = host.run([VENV_BIN / "python", "-c", RECONFIGURE], timeout=60)  # in its namespace
+    bound, moved, lost = json.loads(out.stdout)
+    assert bound == {
+        "addr": ["10.1.0.7/24"],
+        "route": ["10.1.0.0/24 via -", "10.2.0.0/24 via 10.1.0.1", "10.3.0.0/16 via 10.1.0.1"],
+    }  # never the default route option 121 offered
+    assert moved == {
+        "addr": ["10.1.0.9/24"],
+        "route": ["10.1.0.0/24 via -", "10.2.0.0/24 via 10.1.0.1"],
+    }
+    assert lost == {"addr": [], "route": []}
