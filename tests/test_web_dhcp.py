@@ -65,9 +65,7 @@ class Page:
         )
         self.events: list[dict[str, Any]] = []
         self.last: dict[str, Any] = {}
-        self.cmd(
-            "open", network_id=NET_ID.hex(), host_key=host_key.hex(), host=host, **open_args
-        )
+        self.cmd("open", network_id=NET_ID.hex(), host_key=host_key.hex(), host=host, **open_args)
         self.mac = addressing.stable_mac(NET_ID, host_key)
 
     def cmd(self, op: str, **args: Any) -> dict[str, Any]:
