@@ -604,14 +604,16 @@ export function parseDhcpReplyFrame(frame) {
   const packet = frame.subarray(14);
   if (packet[0] >> 4 !== 4 || packet[9] !== PROTO_UDP) return null;
   const headerLen = (packet[0] & 0x0f) * 4;
-  const total = readU16(packet, 2);
-  if (headerLen < 20 || total < headerLen + 8 || total > packet.length) return { malformed: true };
+  if (headerLen < 20 || packet.length < headerLen + 8) return null; // the host drops it
   if ((readU16(packet, 6) & 0x3fff) !== 0) return null; // a fragment: not reassembled
-  const udp = packet.subarray(headerLen, total);
+  const udp = packet.subarray(headerLen);
   if (readU16(udp, 0) !== DHCP_SERVER_PORT || readU16(udp, 2) !== DHCP_CLIENT_PORT) return null;
+  // From here on it claims to be a DHCP reply: whatever is wrong is counted as malformed.
+  const total = readU16(packet, 2);
+  if (total < headerLen + 8 || total > packet.length) return { malformed: true };
   if (inetChecksum(packet.subarray(0, headerLen)) !== 0) return { malformed: true };
   const length = readU16(udp, 4);
-  if (length < 8 || length > udp.length) return { malformed: true };
+  if (length < 8 || length > total - headerLen) return { malformed: true };
   const src = packet.subarray(12, 16);
   const dst = packet.subarray(16, 20);
   if (readU16(udp, 6) !== 0) {
