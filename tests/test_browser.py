@@ -270,6 +270,13 @@ def test_browser_gets_its_ipv4_by_dhcp_from_the_node_and_pings_the_gateway(
 
             # The leased address is a working address on the LAN.
             assert h1.host.ping(ip4, count=2, timeout=5), f"h1 got no answer from {ip4}"
+
+            # A reload asks again (no RELEASE on unload) and gets the same binding back from
+            # the table: the same address, and no new lease event in the chain.
+            page.reload(wait_until="load")
+            again = page.evaluate("() => window.atenet.ready")
+            assert (again["ip4"], again["source"]) == (ip4, "dhcp"), again
+            assert chain_leases(overlay)[ip4]["seq"] == binding["seq"]
         finally:
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "browser-dhcp.png"), full_page=True)
