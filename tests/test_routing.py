@@ -529,7 +529,7 @@ def test_a_route_replaced_takes_the_new_forward() -> None:
 # --- fuzz: the router's inputs never raise, junk is counted and never answered -----------------
 
 FUZZ = settings(
-    max_examples=300,
+    max_examples=800,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
