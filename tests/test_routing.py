@@ -341,6 +341,7 @@ def test_queue_bounds_per_destination_and_in_total_are_counted() -> None:
     a.gw.frame(ping(dst=IPv4Address("10.2.0.30")), 0.0)
     a.gw.frame(ping(dst=IPv4Address("10.2.0.31")), 0.0)
     assert b.nb.queued == 3 and b.nb.drops["queue_full"] == 1
+    assert b.nb.status()["queued"] == 3 and b.nb.status()["resolving"] == 2
     assert len(resolve_v4(b, HB_MAC, HB, 0.1)) == 2  # the two that fit come out
 
 
