@@ -342,8 +342,8 @@ class Gateway:
             self.ignored += 1
             return []
         if arp.operation != ARP_REQUEST:
-            # A reply to the gateway: the routing's neighbour cache will read these; for now
-            # the gateway never asks, so there is nothing to learn.
+            # A reply to the gateway: an answer to the neighbour cache's request, which reads
+            # it there (router/neighbours.py); nothing for the gateway itself to say.
             self.ignored += 1
             return []
         if arp.sender_mac != src:
