@@ -308,3 +308,36 @@ def test_a_new_address_replaces_the_old_and_a_lost_lease_takes_it_and_its_routes
         "route": ["10.1.0.0/24 via -", "10.2.0.0/24 via 10.1.0.1"],
     }
     assert lost == {"addr": [], "route": []}
+
+
+def atenet0_routes(client: Client, family: str) -> list[str]:
+    out = client.host.run(["ip", family, "-j", "route", "show", "dev", "atenet0"], timeout=30)
+    return sorted(f"{r['dst']} via {r.get('gateway', '-')}" for r in json.loads(out.stdout))
+
+
+@needs_root
+def test_a_route_added_while_connected_is_installed_via_the_gateway_and_nothing_more(
+    net: Overlay,
+) -> None:
+    client = net.add_client("r1", ["n1"])
+    try:
+        assert atenet0_routes(client, "-4") == ["10.77.0.0/24 via -"]
+        net.tok("network", "create", "far", "--cidr", "10.79.0.0/24", "--cidr6", "fd79:1:2:3::/64")
+        net.tok("route", "add", net.network, "far")
+        # The node loads the other network, its pongs (every 5 s) name it: installed then.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if "10.79.0.0/24 via 10.77.0.1" in atenet0_routes(client, "-4"):
+                break
+            time.sleep(0.5)
+        assert atenet0_routes(client, "-4") == ["10.77.0.0/24 via -", "10.79.0.0/24 via 10.77.0.1"]
+        six = atenet0_routes(client, "-6")
+        assert "fd79:1:2:3::/64 via fd77:1:2:3::1" in six
+        assert not [r for r in six if r.startswith("default")]
+        assert status(net, client)["routes"] == [
+            "10.79.0.0/24 via 10.77.0.1",
+            "fd79:1:2:3::/64 via fd77:1:2:3::1",
+        ]
+    finally:
+        assert client.proc is not None
+        net.lab.stop_process(client.proc, grace=10)

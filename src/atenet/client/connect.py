@@ -83,6 +83,9 @@ and 3 s): ``--dhcp-wait``."""
 MAX_ROUTES = 64
 """Most routes to routed networks installed on the TAP (option 121 and the welcome's)."""
 
+ROUTE_KEYS = ("routes", "gateway", "gateway6")
+"""The welcome's fields the routes depend on (followed on every pong)."""
+
 EventSink = Callable[[str, dict[str, Any]], None]
 """Called with an event's kind (connected, node_lost, failover, reconnected) and its fields."""
 
@@ -445,6 +448,21 @@ class Connection:
                 log.debug("DHCP: %s", event.reason)
         return changed
 
+    async def _follow_routes(self) -> bool:
+        """Every pong repeats the welcome: when the routed networks (or the gateway) changed
+        — a route added or removed, or its other network loaded by the node only after we
+        connected — install the new set. True: the routes changed."""
+        config = self.core.config
+        if config is None:
+            return False
+        fresh = {k: config.get(k) for k in ROUTE_KEYS}
+        if fresh == {k: self._config.get(k) for k in ROUTE_KEYS}:
+            return False
+        self._config.update(fresh)
+        before = self.routes
+        await self._set_routes(self.lease)
+        return self.routes != before
+
     async def _set_ipv4(self, iface: IPv4Interface | None) -> None:
         """Make ``iface`` the TAP's only IPv4 address (None: no IPv4), and its routes with it."""
         if iface == self.ip4 or self.tap is None:
@@ -497,6 +515,8 @@ class Connection:
                 self._dhcp_run(self.dhcp.tick(now))
             if self._dhcp_events and await self._on_dhcp_events():
                 last_arp = 0.0  # a new address: tell the LAN at once
+                self._write_state(now)
+            if await self._follow_routes():
                 self._write_state(now)
             if now - last_arp >= KEEPALIVE:
                 # Without an IPv4 address (none, or a lost lease) the announcement says 0.0.0.0,
