@@ -305,15 +305,19 @@ def test_release_on_stop_writes_an_expired_binding() -> None:
 
 
 def ack(
-    cl: DhcpClient, yiaddr: str, *, server_id: IPv4Address | None = GW_IP, **opts: bytes
+    cl: DhcpClient, yiaddr: str, *, server_id: IPv4Address | None = GW_IP, **opts: bytes | None
 ) -> bytes:
-    """A hand-made ACK for ``cl``'s current xid; ``opts``: option code (as ``o121``) → value."""
+    """A hand-made ACK for ``cl``'s current xid; ``opts``: option code (as ``o121``) → value
+    (None: leave the option out)."""
     options = {d.OPT_MESSAGE_TYPE: bytes((d.DHCPACK,)), d.OPT_LEASE_TIME: d.opt_u32(600)}
     if server_id is not None:
         options[d.OPT_SERVER_ID] = server_id.packed
     options[d.OPT_SUBNET_MASK] = IPv4Address("255.255.255.0").packed
     for key, value in opts.items():
-        options[int(key[1:])] = value
+        if value is None:
+            options.pop(int(key[1:]), None)
+        else:
+            options[int(key[1:])] = value
     msg = d.DhcpMessage(
         op=d.BOOTREPLY, xid=cl.xid, chaddr=cl.mac, yiaddr=IPv4Address(yiaddr), options=options
     )
@@ -423,3 +427,26 @@ def test_fuzz_option_121_never_raises_anything_but_decode_error(value: bytes) ->
     except DecodeError:
         return
     assert d.opt_classless_routes(routes) == value
+
+
+def test_an_address_or_mask_outside_the_announced_network_is_refused() -> None:
+    # The node announced 10.77.3.0/24; a reply that would put another network (or, with a
+    # mask of 0.0.0.0, everything) behind the TAP is dropped and counted.
+    cl = requesting()
+    cl.network = IPv4Network(CIDR)
+    for frame in (
+        ack(cl, "10.99.0.5"),
+        ack(cl, "10.77.3.9", o1=IPv4Address("0.0.0.0").packed),
+        ack(cl, "10.77.3.9", o1=IPv4Address("255.255.0.0").packed),
+    ):
+        assert cl.frame(frame, T0) == [] and cl.state == REQUESTING
+    assert cl.counters["outside"] == 3
+    (event,) = cl.frame(ack(cl, "10.77.3.9", o1=None), T0)  # no mask: the network's
+    assert event.lease is not None and str(event.lease.interface) == "10.77.3.9/24"
+    fresh = DhcpClient(MAC, network=IPv4Network(CIDR), rng=random.Random(7))
+    (discover,) = fresh.start(T0)
+    assert isinstance(discover, Send)
+    other = DhcpServer(NET_ID, "10.88.0.0/24", "10.88.0.1", GW_MAC, MTU, node_id="x")
+    (offer,) = other.frame(discover.frame, T0, port="tap")
+    assert fresh.frame(offer.frame, T0) == [] and fresh.state == SELECTING
+    assert fresh.counters["outside"] == 1

@@ -349,7 +349,7 @@ class Connection:
             await self._set_routes(None)
             return "none"
         if self.address == "dhcp" and config.get("dhcp") == 1:
-            lease = await self._acquire(static4.network.prefixlen)
+            lease = await self._acquire(static4.network)
             if self._stop.is_set():
                 return None
             if lease is not None:
@@ -375,11 +375,11 @@ class Connection:
         await self._set_routes(None)
         return "static"
 
-    async def _acquire(self, prefixlen: int) -> ClientLease | None:
+    async def _acquire(self, network: IPv4Network) -> ClientLease | None:
         """Run the DHCP client until it is bound; None when no offer came in ``dhcp_wait`` s
         (an offer that came keeps us waiting for its ACK: the server commits the binding to the
         chain first, and a client that starts over falls back once its time is up)."""
-        client = DhcpClient(self.mac, host=self.core.host, prefixlen=prefixlen)
+        client = DhcpClient(self.mac, host=self.core.host, network=network)
         self.dhcp = client
         start = time.time()
         self._dhcp_run(client.start(start))

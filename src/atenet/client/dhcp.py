@@ -201,13 +201,16 @@ class DhcpClient:
 
     Call :meth:`start`, then :meth:`frame` with every DHCP reply frame (:func:`is_dhcp_reply_
     frame` picks them cheaply) and :meth:`tick` at least every :attr:`deadline`; send every
-    :class:`Send`, act on every :class:`Event`. ``prefixlen`` is used when an ACK has no subnet
-    mask (option 1); ``rng`` makes xids and jitter reproducible in tests.
+    :class:`Send`, act on every :class:`Event`. ``network`` is the network's CIDR as the node
+    announced it: an OFFER or ACK for an address outside it, or with another mask, is dropped
+    (counted ``outside``), so no server can make the host route more than the network through
+    the TAP (a mask of 0.0.0.0 would be a default route). Without it, an ACK without a subnet
+    mask (option 1) means /24. ``rng`` makes xids and jitter reproducible in tests.
     """
 
     mac: bytes
     host: str = ""
-    prefixlen: int = 24
+    network: IPv4Network | None = None
     tries: int = TRIES
     first_timeout: float = FIRST_TIMEOUT
     max_timeout: float = MAX_TIMEOUT
@@ -234,6 +237,7 @@ class DhcpClient:
                 "bad_routes",
                 "routes_dropped",
                 "restarts",
+                "outside",
             ),
             0,
         )
@@ -341,6 +345,9 @@ class DhcpClient:
         if server is None or not _usable(addr):
             self.counters["malformed"] += 1
             return []
+        if self.network is not None and addr not in self.network:
+            self.counters["outside"] += 1
+            return []
         self.counters["offers"] += 1
         self._offer = _Offer(addr, server)
         self._server_mac = reply.src_mac
@@ -355,6 +362,9 @@ class DhcpClient:
         lease = self._lease(reply, server, now)
         if lease is None:
             self.counters["malformed"] += 1
+            return []
+        if self.network is not None and lease.interface.network != self.network:
+            self.counters["outside"] += 1
             return []
         self.counters["acks"] += 1
         self.lease = lease
@@ -384,7 +394,7 @@ class DhcpClient:
         if server is None or not _usable(msg.yiaddr) or raw_time is None or len(raw_time) != 4:
             return None
         lease_time = max(MIN_LEASE, float(int.from_bytes(raw_time, "big")))
-        prefixlen = self.prefixlen
+        prefixlen = self.network.prefixlen if self.network is not None else 24
         mask = opts.get(d.OPT_SUBNET_MASK)
         if mask is not None:
             try:
