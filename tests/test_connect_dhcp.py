@@ -154,6 +154,8 @@ def test_a_host_gets_its_address_by_dhcp_pings_the_gateway_and_releases_it(net: 
         assert addresses4(client) == [client.ipv4]
         conn = status(net, client)
         assert conn["address_source"] == "dhcp" and conn["ipv4"] == client.ipv4
+        counters = conn["dhcp"]  # the client runs on (renewals), its counters with it
+        assert (counters["offers"], counters["acks"], counters["malformed"]) == (1, 1, 0)
         lease = conn["lease"]
         assert lease["server"] == lease["router"] == "10.77.0.1"
         assert 3000 < lease["expires"] - time.time() <= 3600

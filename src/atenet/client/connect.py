@@ -599,6 +599,7 @@ class Connection:
             "rtt_at": round(core.rtt_at, 3) if core.rtt_at else None,
             "give_up": self.give_up,
             "routes": [f"{dst} via {via}" for dst, via in self.routes],
+            "dhcp": dict(self.dhcp.counters) if self.dhcp is not None else None,
             "failovers": core.failovers,
             "started": round(self.started, 3),
             "connected": round(self.connected_at, 3),
