@@ -203,6 +203,7 @@ def test_address_none_leaves_ipv4_to_the_host(net: Overlay) -> None:
     client = net.add_client("h3", ["n1"], args=("--address", "none"))
     try:
         assert client.ipv4 == "-" and addresses4(client) == []
+        assert client.log is not None and "(no IPv4: --address none)" in client.log.read_text()
         conn = status(net, client)
         assert conn["address_source"] == "none" and conn["ipv4"] == ""
         assert lease_events(net, client.mac) == []

@@ -375,7 +375,7 @@ def _last_error(path: Path, offset: int) -> str:
 def address_text(info: dict[str, Any], now: float | None = None) -> str:
     """Where the IPv4 address came from, for the `connected` line and `tok status`:
     ``dhcp from 10.1.0.1, lease until 14:02:11``, ``static``, ``static: no DHCP offer in 7 s``,
-    ``no IPv4 (--address none)``."""
+    ``no IPv4: --address none``."""
     source = info.get("address_source") or "static"
     lease = info.get("lease")
     if source == "dhcp" and isinstance(lease, dict):
@@ -384,7 +384,7 @@ def address_text(info: dict[str, Any], now: float | None = None) -> str:
     if source == "dhcp":
         return "dhcp: no lease now, asking the gateway"
     if source == "none":
-        return "no IPv4 (--address none)"
+        return "no IPv4: --address none"
     note = info.get("address_note")
     return f"static: {note}" if note else "static"
 
