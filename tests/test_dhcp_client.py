@@ -450,3 +450,74 @@ def test_an_address_or_mask_outside_the_announced_network_is_refused() -> None:
     (offer,) = other.frame(discover.frame, T0, port="tap")
     assert fresh.frame(offer.frame, T0) == [] and fresh.state == SELECTING
     assert fresh.counters["outside"] == 1
+
+
+# --- against the node core (node/core.py: switch, gateway, DHCP server, a real chain) ---------
+
+
+async def test_bound_through_one_node_renewed_through_another_after_failover(world: Any) -> None:
+    """The client against the wired node core: its frames go in as a local port's, the
+    bindings are appended to a real SQLite chain as the daemon does. After failing over to
+    another node, the renewal at T1 is answered there from the replayed chain: no new event."""
+    import time
+
+    from atenet.chain.event import Kind
+    from atenet.node.core import NodeCore
+    from atenet.switch.core import Port
+
+    now = time.time()
+
+    class Tap(Port):
+        """The host's port on a node: what the node delivers goes to the DHCP client."""
+
+        def __init__(self, name: str) -> None:
+            super().__init__(name, "test", now)
+            self.got: list[bytes] = []
+
+        def deliver(self, frame: bytes) -> None:
+            self.got.append(frame)
+
+    def node(name: str) -> tuple[Any, Tap]:
+        core = NodeCore(name, lambda packet, addr: None, time.time_ns(), clock=lambda: now)
+        runtime = core.add_network(world.chain.network_id)
+        runtime.apply_state(world.chain.state, now)
+        port = Tap(name)
+        runtime.add_port("host", port)
+        return runtime, port
+
+    async def exchange(runtime: Any, port: Tap, actions: list[Any], t: float) -> list[Event]:
+        events: list[Event] = []
+        while actions:
+            action = actions.pop(0)
+            if isinstance(action, Event):
+                events.append(action)
+                continue
+            runtime.switch.from_local(port, action.frame)
+            while runtime.binds:  # what the daemon does with a lease: append, hand back state
+                await world.chain.append(Kind.LEASE, runtime.binds.popleft(), world.node_a)
+                runtime.apply_state(world.chain.state, now)
+            got, port.got = port.got, []
+            for frame in got:
+                actions.extend(cl.frame(frame, t))
+        return events
+
+    cidr = IPv4Network(world.chain.state.settings.cidr)
+    cl = DhcpClient(MAC, host="laptop", network=cidr, rng=random.Random(3), jitter=0.0)
+    a, port_a = node("node-a")
+    (event,) = await exchange(a, port_a, cl.start(now), now)
+    assert event.kind == "bound" and event.lease is not None
+    lease = event.lease
+    assert lease.interface == ipv4_for(world.chain.network_id, MAC, str(cidr))
+    assert lease.server == lease.router == IPv4Address(str(cidr.network_address + 1))
+    seq = world.chain.state.seq
+    assert world.chain.state.leases[str(lease.address)]["host"] == "laptop"
+    # Fail over: another node, its state replayed from the chain; T1 comes.
+    fresh = world.reader()
+    await fresh.load()
+    b, port_b = node("node-b")
+    b.apply_state(fresh.state, now)
+    (event,) = await exchange(b, port_b, cl.tick(lease.renew_at), lease.renew_at)
+    assert event.kind == "renewed" and event.lease is not None
+    assert event.lease.address == lease.address and cl.state == BOUND
+    assert world.chain.state.seq == seq  # the renewal wrote nothing
+    assert cl.counters["malformed"] == cl.counters["foreign"] == 0
