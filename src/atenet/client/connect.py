@@ -391,6 +391,13 @@ class Connection:
             events, self._dhcp_events = self._dhcp_events, []
             for event in events:
                 if event.kind == "bound" and event.lease is not None:
+                    log.info(
+                        "DHCP: %s from %s in %.2f s (lease %.0f s)",
+                        event.lease.interface,
+                        event.lease.server,
+                        now - start,
+                        event.lease.lease_time,
+                    )
                     return event.lease
             if client.state == SELECTING and now - start >= self.dhcp_wait:
                 break
