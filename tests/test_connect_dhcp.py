@@ -25,7 +25,7 @@ from atenet.addressing import ipv4_for
 from atenet.client.connect import routes_for
 from atenet.client.dhcp import ClientLease
 from tests.conftest import VENV_BIN, needs_root
-from tests.support.overlay import Client, Overlay
+from tests.support.overlay import BIN, Client, Overlay, wait_for_text
 
 # --------------------------------------------------------------------------- the options
 
@@ -143,7 +143,7 @@ def network_id(net: Overlay) -> bytes:
 
 
 @needs_root
-def test_a_host_gets_its_address_by_dhcp_pings_the_gateway_and_releases_it(net: Overlay) -> None:
+def test_a_host_gets_its_address_by_dhcp_pings_the_gateway_and_keeps_it(net: Overlay) -> None:
     client = net.add_client("h1", ["n1"])
     try:
         hashed = ipv4_for(
@@ -173,12 +173,40 @@ def test_a_host_gets_its_address_by_dhcp_pings_the_gateway_and_releases_it(net: 
     finally:
         assert client.proc is not None
         net.lab.stop_process(client.proc, grace=10)
-    # A clean stop gives the lease back: a second event, the binding ending now.
+    assert client.proc.returncode == 0
+    # The binding outlives the connection: reconnecting (the same MAC) gets the address back
+    # from the table, quickly and without a chain event, however often.
+    for _ in range(3):
+        line, took = reconnect(net, client)
+        assert f" {client.ipv4} " in line and "(dhcp from 10.77.0.1" in line
+        assert took < 15
+    assert len(lease_events(net, client.mac)) == 1
+    # --release gives it back on stop: one more event, the binding ending then.
+    reconnect(net, client, "--release")
     deadline = time.monotonic() + 10
     while len(lease_events(net, client.mac)) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert len(lease_events(net, client.mac)) == 2
-    assert client.proc.returncode == 0
+
+
+def reconnect(net: Overlay, client: Client, *args: str) -> tuple[str, float]:
+    """`tok connect` again on ``client``'s host (so with its MAC), then a clean stop; the
+    connected line and how long it took to come."""
+    log = net.root / f"{client.name}-again.log"
+    log.write_bytes(b"")
+    env = net.env | {"ATENET_TOKEN": client.token, "ATENET_HOME": str(net.root / client.name)}
+    start = time.monotonic()
+    with log.open("ab") as out:
+        proc = client.host.popen(
+            [BIN / "tok", "connect", "--wait", "20", *args], env=env, stdout=out, stderr=out
+        )
+    try:
+        line = wait_for_text(proc, log, "connected to", 60)
+        took = time.monotonic() - start
+    finally:
+        net.lab.stop_process(proc, grace=10)
+    assert proc.returncode == 0, log.read_text()
+    return line, took
 
 
 @needs_root
@@ -239,7 +267,7 @@ def test_no_offer_falls_back_to_the_hashed_address_saying_why_in_one_line(net: O
         assert second.log is not None
         text = second.log.read_text()
         (warning,) = [x for x in text.splitlines() if "WARNING" in x]  # one line says why
-        assert "no DHCP offer from the gateway 10.78.0.1 in 2 s: using the hashed" in warning
+        assert "no DHCP offer in 2 s from the gateway 10.78.0.1: using the hashed" in warning
         assert "(static: no DHCP offer in 2 s)" in text  # and the connected line
     finally:
         for client in (first, second):

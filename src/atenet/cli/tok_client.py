@@ -147,6 +147,12 @@ def read_token_file(path: str) -> str:
     metavar="SECONDS",
     help="With DHCP: use the hashed address when no offer came in this long.",
 )
+@click.option(
+    "--release",
+    is_flag=True,
+    help="With DHCP: give the lease back on a clean stop (one chain event). Without it the "
+    "address stays this host's (24 h) and reconnecting writes nothing.",
+)
 @click.option("--daemon", is_flag=True, help="Go to the background once connected.")
 @click.option(
     "--log-file",
@@ -170,6 +176,7 @@ def connect(
     address: str,
     static: bool,
     dhcp_wait: float,
+    release: bool,
     daemon: bool,
     log_file: str | None,
     as_json: bool,
@@ -219,6 +226,7 @@ def connect(
     limit = None if persist else give_up
     if daemon:
         extra = ["--address", address, "--dhcp-wait", str(dhcp_wait)]
+        extra += ["--release"] if release else []
         _daemonize(text, dev, wait, limit, log_file, no_offload, as_json, verbose, extra)
         return
     from dataclasses import asdict
@@ -256,6 +264,7 @@ def connect(
         state_dir=state_dir,
         address=address,
         dhcp_wait=dhcp_wait,
+        release=release,
     )
 
     async def body() -> None:

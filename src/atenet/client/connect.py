@@ -80,6 +80,10 @@ DHCP_WAIT = 7.0
 """Seconds without a DHCP OFFER before falling back to the hashed address (DISCOVERs at 0, 1
 and 3 s): ``--dhcp-wait``."""
 
+ACK_WAIT = 10.0
+"""Seconds past ``--dhcp-wait`` to wait for the ACK once an offer came (the gateway writes the
+binding to the chain first; the server forgets a request it could not commit in 10 s)."""
+
 MAX_ROUTES = 64
 """Most routes to routed networks installed on the TAP (option 121 and the welcome's)."""
 
@@ -166,12 +170,14 @@ class Connection:
         state_dir: Path | None = None,
         address: str = "dhcp",
         dhcp_wait: float = DHCP_WAIT,
+        release: bool = False,
     ) -> None:
         """``offload``: open the TAP with a virtio-net header (TSO and checksum offload).
         ``give_up``: seconds without any answer before :class:`ConnectionLost` (None: never).
         ``on_event``: told of every link event. ``state_dir``: where to keep ``DEV.json``
         (None: no state file). ``address``: one of :data:`ADDRESS_MODES`. ``dhcp_wait``:
-        seconds without a DHCP offer before the hashed address is used instead."""
+        seconds without a DHCP offer before the hashed address is used instead. ``release``:
+        give the lease back on a clean stop (one more chain event; see docs/connect.md)."""
         if address not in ADDRESS_MODES:
             raise AtenetError(f"--address must be one of {', '.join(ADDRESS_MODES)}")
         self.token = token
@@ -195,6 +201,7 @@ class Connection:
         self._rtt_written = 0.0
         self.address = address
         self.dhcp_wait = dhcp_wait
+        self.release = release
         self.dhcp: DhcpClient | None = None
         """The DHCP client while it runs (None: not using DHCP, or it gave up)."""
         self.lease: ClientLease | None = None
@@ -355,12 +362,11 @@ class Connection:
             if lease is not None:
                 await self._apply_lease(lease)
                 return "dhcp"
-            self.address_note = f"no DHCP offer in {self.dhcp_wait:g} s"
             log.warning(
-                "no DHCP offer from the gateway %s in %g s: using the hashed static address %s "
-                "(--dhcp-wait SECONDS to wait longer, --static to skip DHCP)",
+                "%s from the gateway %s: using the hashed static address %s (--dhcp-wait "
+                "SECONDS to wait longer, --static to skip DHCP)",
+                self.address_note,
                 config.get("gateway") or "?",
-                self.dhcp_wait,
                 static4,
             )
         elif self.address == "dhcp":
@@ -376,9 +382,10 @@ class Connection:
         return "static"
 
     async def _acquire(self, network: IPv4Network) -> ClientLease | None:
-        """Run the DHCP client until it is bound; None when no offer came in ``dhcp_wait`` s
-        (an offer that came keeps us waiting for its ACK: the server commits the binding to the
-        chain first, and a client that starts over falls back once its time is up)."""
+        """Run the DHCP client until it is bound; None (and :attr:`address_note` says why)
+        when no offer came in ``dhcp_wait`` s, or an offer came but no ACK within
+        :data:`ACK_WAIT` s more (the gateway may refuse to commit a binding: its per-host
+        rate limit)."""
         client = DhcpClient(self.mac, host=self.core.host, network=network)
         self.dhcp = client
         start = time.time()
@@ -399,7 +406,17 @@ class Connection:
                         event.lease.lease_time,
                     )
                     return event.lease
-            if client.state == SELECTING and now - start >= self.dhcp_wait:
+            waited = now - start
+            if client.state == SELECTING and waited >= self.dhcp_wait:
+                offered = client.counters["offers"]
+                self.address_note = (
+                    f"no DHCP offer in {self.dhcp_wait:g} s"
+                    if not offered
+                    else f"no DHCP ACK in {waited:.0f} s"
+                )
+                break
+            if waited >= self.dhcp_wait + ACK_WAIT:
+                self.address_note = f"DHCP offer, but no ACK in {waited:.0f} s"
                 break
             await self._wait_stop(0.05)
         client.stop()
@@ -634,9 +651,9 @@ class Connection:
             self.state_file = None
         if self.sock is not None:
             with contextlib.suppress(Exception):
-                if self.dhcp is not None:  # give the lease back (RFC 2131 §4.4.6)
+                if self.dhcp is not None and self.release:  # give it back (RFC 2131 §4.4.6)
                     self._dhcp_run(self.dhcp.release(time.time()))
-                    self.dhcp = None
+                self.dhcp = None
                 if self.core.config is not None:
                     self._send(self.core.control("bye", time.time()))
             loop.remove_reader(self.sock.fileno())
