@@ -320,7 +320,7 @@ class NetworkRuntime:
         last = table.recent[-1][0] if table.recent else 0
         dhcp.seed([Lease.from_payload(r["seq"], r) for r in table.by_ip.values()], last)
         self.gateway, self.dhcp = gateway, dhcp
-        self.neighbours = Neighbours(gateway)
+        self.neighbours = Neighbours(gateway, unreachable=self._unreachable)
         self.switch.gateway_mac = gateway.mac
         self.switch.gateway = self._to_gateway
 
@@ -354,6 +354,21 @@ class NetworkRuntime:
         if self.gateway is not None:
             for out in self.gateway.frame(frame, now):
                 self.switch.from_gateway(out, port)
+        if self.neighbours is not None and frame[12:14] in (b"\x08\x06", b"\x86\xdd"):
+            self.inject(self.neighbours.learn(frame, now))  # a local host answering our ARP
+
+    def inject(self, frames: list[bytes]) -> None:
+        """Frames the neighbour cache lets go (routed packets, its requests, ICMP errors): into
+        the switch through a route port, so they flood to the member nodes too; through the
+        gateway to the local ports when no route leads here."""
+        if not frames:
+            return
+        port = next((p for p in self.switch.ports.values() if p.kind == ROUTE_KIND), None)
+        for frame in frames:
+            if port is not None:
+                self.switch.from_local(port, frame)
+            else:
+                self.switch.from_gateway(frame)
 
     def _dhcp_out(self, actions: list[Any], port: Port | None) -> None:
         for action in actions:
@@ -365,6 +380,22 @@ class NetworkRuntime:
                 self.emit("lease", self.network_id)
             else:
                 self.switch.from_gateway(action.frame, port)
+
+    def _unreachable(self, packet: bytes, now: float) -> None:
+        """An ICMP error for the sender of a packet routed here that found no host: back into
+        the sender's network, whose hosts are on this node (routing happens at the sender's
+        node), through the route port it came by."""
+        try:
+            dst = ipaddress.ip_address(packet[16:20] if packet[0] >> 4 == 4 else packet[24:40])
+        except ValueError:
+            return
+        for port in self.switch.ports.values():
+            if isinstance(port, RoutePort) and port.source.gateway is not None:
+                source = port.source
+                if dst in source.gateway.network4 or dst in (source.gateway.network6 or ()):
+                    if source.neighbours is not None:
+                        source.inject(source.neighbours.send(packet, dst, now))
+                    return
 
     def poll_gateway(self, now: float) -> None:
         """Periodic router advertisements, while the network has local ports to hear them;
@@ -379,10 +410,7 @@ class NetworkRuntime:
                 self.switch.from_gateway(frame)
         neighbours = self.neighbours
         if neighbours is not None and (at := neighbours.poll_at()) is not None and now >= at:
-            frames = neighbours.poll(now)
-            port = next((p for p in self.switch.ports.values() if p.kind == ROUTE_KIND), None)
-            for frame in frames if port is not None else ():
-                self.switch.from_local(port, frame)  # type: ignore[arg-type]
+            self.inject(neighbours.poll(now))
 
     @property
     def is_member(self) -> bool:
