@@ -142,6 +142,21 @@ def test_ping_and_tcp_between_hosts_of_two_routed_networks(
     assert f"mtu = {MTU_B}" in out.stdout + out.stderr or "too big" in out.stdout, out
     assert f"{int(big) + 8} bytes from {b1.ip6}" in out.stdout, out.stdout
 
+    # The two gateways are one router with a leg in each network: B's gateway addresses answer.
+    for gateway in (GW_B, GW6_B):
+        out = a1.host.run(["ping", "-n", "-c", "1", "-W", "2", gateway]).stdout
+        assert f"bytes from {gateway}" in out, out
+    # A host of B that is not there: after the ARP / ND tries inside B (3 × 1 s), the sender
+    # hears "host unreachable" from B's gateway instead of waiting for a timeout.
+    # (Both at once: each takes 3 s.)
+    missing = {"10.78.0.254": GW_B, "fd78:1:2:3::fe": GW6_B}
+    once = ["ping", "-n", "-c", "1", "-W", "6"]
+    pings = {a: a1.host.popen([*once, a], stdout=subprocess.PIPE, text=True) for a in missing}
+    for addr, proc in pings.items():
+        out, _ = proc.communicate(timeout=15)
+        assert f"From {missing[addr]} icmp_seq=1 Destination " in out, out
+        assert "unreachable" in out.lower(), out
+
     across = rtt(a1.host, b1.ip4)
     print(f"\nRTT A1 -> B1 across networks (ms): {across}")
 
