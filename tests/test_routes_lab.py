@@ -160,6 +160,14 @@ def test_ping_and_tcp_between_hosts_of_two_routed_networks(
     across = rtt(a1.host, b1.ip4)
     print(f"\nRTT A1 -> B1 across networks (ms): {across}")
 
+    # A host that just connected is routed from its first packet (the node links A's routes on
+    # n2 when A gets a host there, not at its next once-a-second tick, which used to answer
+    # the first packets "network unreachable": a TCP connect would fail at once).
+    a2 = net.add_client("a2", ["n2"])
+    route_via(a2.host, (CIDR_B, CIDR6_B), (GW_A, GW6_A))
+    out = a2.host.run(["ping", "-n", "-c", "1", "-W", "3", b1.ip4], check=False).stdout
+    assert f"bytes from {b1.ip4}" in out and "Unreachable" not in out, out
+
     # A TCP transfer of a few MB from A1 to B1, sha256 checked on both ends.
     server = b1.host.popen(
         [sys.executable, "-c", SERVER, b1.ip4], stdout=subprocess.PIPE, text=True
@@ -222,7 +230,7 @@ def test_network_a_itself_is_untouched_and_rtt_within_it(
     """After the revocation A still works across its two nodes: the route was only a port of
     B. Its RTT (A1 on n1 → A2 on n2, one overlay hop) is the yardstick for the routed one."""
     net, a1, _b1 = routed
-    a2 = net.add_client("a2", ["n2"])
+    a2 = net.clients.get("a2") or net.add_client("a2", ["n2"])
     ping_until(a1.host, a2.ip4, 10)
     within = rtt(a1.host, a2.ip4)
     print(f"\nRTT A1 -> A2 within network A, across nodes (ms): {within}")
