@@ -227,6 +227,8 @@ class NetworkRuntime:
         """The gateway's neighbour cache, for packets routed into this network."""
         self.route_ports: dict[bytes, RoutePort] = {}
         """This network's routes in use, by target network id (node/routes.py)."""
+        self.network_of: Callable[[bytes], NetworkRuntime | None] = lambda _id: None
+        """The node's other networks by id (set by :class:`NodeCore`)."""
         self._router_config: tuple[Any, ...] | None = None
         self.binds: deque[dict[str, Any]] = deque()
         """Lease event payloads the shell appends to the chain ("lease" event), oldest first."""
@@ -717,8 +719,22 @@ class NetworkRuntime:
         }
 
     def routed_cidrs(self) -> list[str]:
-        """CIDRs of the networks this one routes to now (node/routes.py), for clients."""
-        return [str(n) for port in self.route_ports.values() for n in port.networks]
+        """CIDRs of the networks this one has routes to, as far as this node knows them (a
+        target not loaded yet is left out; the route is linked once it is), for clients."""
+        return [str(n) for n in self.routed_networks()]
+
+    def routed_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        state = self.state
+        if state is None or self.gateway is None:
+            return []
+        out: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for route in state.routes.values():
+            target = self.network_of(bytes.fromhex(route.to))
+            if target is not None and target.gateway is not None:
+                out.append(target.gateway.network4)
+                if target.gateway.network6 is not None and self.gateway.network6 is not None:
+                    out.append(target.gateway.network6)
+        return out
 
 
 class NodeCore:
@@ -780,6 +796,7 @@ class NodeCore:
         )  # fmt: skip
         runtime.clock = self.clock
         runtime.sync_routes = lambda now: sync_routes(self, now)
+        runtime.network_of = self.networks.get
         self.networks[network_id] = runtime
         return runtime
 
