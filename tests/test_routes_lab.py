@@ -14,6 +14,7 @@ the record (`pytest -s`); bounds are generous, the machine is shared.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -27,7 +28,7 @@ import pytest
 
 from tests.conftest import needs_root
 from tests.support.netns import Host, Lab
-from tests.support.overlay import Client, Overlay
+from tests.support.overlay import BIN, Client, Overlay
 
 pytestmark = [needs_root]
 
@@ -65,6 +66,14 @@ print(hashlib.sha256(data).hexdigest(), answer.decode(), time.monotonic() - t0)
 """
 
 
+@functools.cache
+def static() -> tuple[str, ...]:
+    """`--static` (the hashed address, no DHCP) once `tok connect` has DHCP by default: this
+    test is about routing, the DHCP lab tests are elsewhere."""
+    out = subprocess.run([BIN / "tok", "connect", "--help"], capture_output=True, text=True)
+    return ("--static",) if "--static" in out.stdout else ()
+
+
 @pytest.fixture(scope="module")
 def routed() -> Iterator[tuple[Overlay, Client, Client]]:
     """Nodes n1, n2; networks A (the Overlay's) and B routed both ways; A1 on n1, B1 on n2."""
@@ -77,8 +86,8 @@ def routed() -> Iterator[tuple[Overlay, Client, Client]]:
         # Both directions (a second `route add` is a no-op once `route add A B` adds both).
         for src, dst in (("A", "B"), ("B", "A")):
             net.tok("route", "add", src, dst, "--json")
-        a1 = net.add_client("a1", ["n1"])
-        b1 = net.add_client("b1", ["n2"], network="B")
+        a1 = net.add_client("a1", ["n1"], static())
+        b1 = net.add_client("b1", ["n2"], static(), network="B")
         for client, cidrs, gateways in (
             (a1, (CIDR_B, CIDR6_B), (GW_A, GW6_A)),
             (b1, (CIDR_A, CIDR6_A), (GW_B, GW6_B)),
@@ -163,7 +172,7 @@ def test_ping_and_tcp_between_hosts_of_two_routed_networks(
     # A host that just connected is routed from its first packet (the node links A's routes on
     # n2 when A gets a host there, not at its next once-a-second tick, which used to answer
     # the first packets "network unreachable": a TCP connect would fail at once).
-    a2 = net.add_client("a2", ["n2"])
+    a2 = net.add_client("a2", ["n2"], static())
     route_via(a2.host, (CIDR_B, CIDR6_B), (GW_A, GW6_A))
     out = a2.host.run(["ping", "-n", "-c", "1", "-W", "3", b1.ip4], check=False).stdout
     assert f"bytes from {b1.ip4}" in out and "Unreachable" not in out, out
@@ -230,7 +239,7 @@ def test_network_a_itself_is_untouched_and_rtt_within_it(
     """After the revocation A still works across its two nodes: the route was only a port of
     B. Its RTT (A1 on n1 → A2 on n2, one overlay hop) is the yardstick for the routed one."""
     net, a1, _b1 = routed
-    a2 = net.clients.get("a2") or net.add_client("a2", ["n2"])
+    a2 = net.clients.get("a2") or net.add_client("a2", ["n2"], static())
     ping_until(a1.host, a2.ip4, 10)
     within = rtt(a1.host, a2.ip4)
     print(f"\nRTT A1 -> A2 within network A, across nodes (ms): {within}")
