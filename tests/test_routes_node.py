@@ -21,6 +21,7 @@ from atenet.node.core import NetworkRuntime, NodeCore
 from atenet.switch.core import Port
 from tests.support.chains import World
 from tests.test_node_core import Wire
+from tests.test_switch_offload import super_packet
 
 
 class Host(Port):
@@ -189,3 +190,20 @@ async def test_a_new_host_reaches_the_routed_network_with_its_first_packet(
         wire.run(now)
         got = [(p[IP].src, p[ICMP].type) for p in host.got if ICMP in p]
         assert got == [(target.ip, 0)], got  # the echo reply, no "unreachable"
+
+
+async def test_a_route_port_leaves_the_other_networks_offloaded_packets_whole(
+    world: World,
+) -> None:
+    """A node that routes into B is a member of B and so receives B's floods. Its route port
+    only reads the frames to B's gateway MAC (ARP / ND answers), so B's TSO super-frames pass
+    it as they are: routing into B must not make the node cut all of B's bulk traffic into
+    segments (a Python loop per packet) for a port that throws them away."""
+    wire, (node1, node2), (_net_a, net_b), (_a1, b1), _key, now = await two_routed_networks(world)
+    b_on_1 = node1.networks[net_b.network_id]
+    b_on_2 = node2.networks[net_b.network_id]
+    assert [p.kind for p in b_on_1.switch.ports.values()] == ["route"]
+    b_on_2.switch.packet_from_local(b1, super_packet())
+    wire.run(now)
+    assert b_on_1.switch.frames_from_peers == 1  # it got there
+    assert b_on_1.switch.segmented == 0 and b_on_1.switch.bad_packets == 0
