@@ -41,7 +41,7 @@ MTU_A, MTU_B = 1400, 1280  # A's is the default; B's smaller one makes A's gatew
 
 SERVER = """
 import hashlib, socket, sys
-srv = socket.socket()
+srv = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 srv.bind((sys.argv[1], 5001)); srv.listen(1); srv.settimeout(30)
 print("listening", flush=True)
@@ -123,6 +123,22 @@ def rtt(host: Host, addr: str) -> dict[str, float]:
     return dict(zip(("min", "avg", "max"), map(float, match.groups()), strict=True))
 
 
+def transfer(net: Overlay, src: Client, dst: Client, addr: str) -> float:
+    """Send SIZE random bytes from ``src`` to ``dst`` listening on ``addr``; both ends hash
+    them and the hashes must match. Returns the seconds from connect to the receiver's hash."""
+    server = dst.host.popen([sys.executable, "-c", SERVER, addr], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
+        out = src.host.run([sys.executable, "-c", CLIENT, addr, str(SIZE)], timeout=60).stdout
+        sent_digest, received, received_digest, seconds = out.split()
+        assert int(received) == SIZE and received_digest == sent_digest
+        server_out, _ = server.communicate(timeout=10)
+        assert server_out.split() == [str(SIZE), sent_digest]
+    finally:
+        net.lab.stop_process(server)
+    return float(seconds)
+
+
 def test_ping_and_tcp_between_hosts_of_two_routed_networks(
     routed: tuple[Overlay, Client, Client],
 ) -> None:
@@ -177,21 +193,11 @@ def test_ping_and_tcp_between_hosts_of_two_routed_networks(
     out = a2.host.run(["ping", "-n", "-c", "1", "-W", "3", b1.ip4], check=False).stdout
     assert f"bytes from {b1.ip4}" in out and "Unreachable" not in out, out
 
-    # A TCP transfer of a few MB from A1 to B1, sha256 checked on both ends.
-    server = b1.host.popen(
-        [sys.executable, "-c", SERVER, b1.ip4], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
-        out = a1.host.run([sys.executable, "-c", CLIENT, b1.ip4, str(SIZE)], timeout=60).stdout
-        sent_digest, received, received_digest, seconds = out.split()
-        assert int(received) == SIZE and received_digest == sent_digest
-        server_out, _ = server.communicate(timeout=10)
-        assert server_out.split() == [str(SIZE), sent_digest]
-    finally:
-        net.lab.stop_process(server)
-    print(f"TCP A1 -> B1: {SIZE >> 20} MiB in {float(seconds):.2f} s = "
-          f"{SIZE * 8 / float(seconds) / 1e6:.0f} Mbit/s")  # fmt: skip
+    # A TCP transfer of a few MB from A1 to B1 over each family, sha256 checked on both ends.
+    for addr in (b1.ip4, b1.ip6):
+        seconds = transfer(net, a1, b1, addr)
+        print(f"TCP A1 -> B1 ({addr}): {SIZE >> 20} MiB in {seconds:.2f} s = "
+              f"{SIZE * 8 / seconds / 1e6:.0f} Mbit/s")  # fmt: skip
 
     status = net.nodes["n1"].network("A")
     print("n1 gateway of A:", json.dumps(status.get("gateway", {}), sort_keys=True))
@@ -208,7 +214,7 @@ def test_revoking_the_route_key_stops_the_traffic(routed: tuple[Overlay, Client,
     log = net.root / "revoke-ping.log"
     with log.open("w") as out:
         pinger = a1.host.popen(
-            ["ping", "-n", "-D", "-O", "-c", "60", "-i", "0.05", "-W", "1", b1.ip4],
+            ["ping", "-n", "-D", "-O", "-c", "40", "-i", "0.05", "-W", "1", b1.ip4],
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
