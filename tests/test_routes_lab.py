@@ -154,6 +154,11 @@ def test_ping_and_tcp_between_hosts_of_two_routed_networks(
     out = a1.host.run(["ping", "-n", "-c", "1", "-W", "2", b1.ip6]).stdout
     assert "ttl=63" in out, out  # iputils prints the hop limit as ttl= too
 
+    # TTL / hop limit 1: the router says so (what traceroute reads).
+    for addr, gateway in ((b1.ip4, GW_A), (b1.ip6, GW6_A)):
+        out = a1.host.run(["ping", "-n", "-c", "1", "-W", "2", "-t", "1", addr], check=False)
+        assert f"From {gateway} icmp_seq=1 Time" in out.stdout, out.stdout  # … exceeded
+
     # Larger than B's MTU: fragmented by A's gateway, or refused with "fragmentation needed"
     # (IPv4 with DF) / "packet too big" (IPv6), which the sender's kernel takes as the path MTU.
     big = str(MTU_B + 20)  # + 28 of headers: over B's MTU, within A's
