@@ -218,6 +218,9 @@ class NetworkRuntime:
         self.key_ports: Counter[int] = Counter()
         self.clock: Callable[[], float] = time.time
         """The time the gateway and DHCP server see (Unix time; simulations set their own)."""
+        self.sync_routes: Callable[[float], None] = lambda now: None
+        """The node's :func:`~atenet.node.routes.sync_routes` (set by :class:`NodeCore`): called
+        when routes may need linking now rather than at the next once-a-second tick."""
         self.gateway: Gateway | None = None
         self.dhcp: DhcpServer | None = None
         self.neighbours: Neighbours | None = None
@@ -265,6 +268,7 @@ class NetworkRuntime:
                 port.close()
                 closed.append(port)
         self.refresh_peers(now)
+        self.sync_routes(now)  # a route added or removed, or the target of one just loaded
         return closed
 
     def refresh_peers(self, now: float) -> None:
@@ -445,6 +449,10 @@ class NetworkRuntime:
             port.label = access_key.label if access_key is not None else ""
         was_idle = len(self.switch) == 0
         self.switch.add(key, port)
+        if port.kind != ROUTE_KIND and self.state is not None and self.state.routes:
+            # Its routes are linked now, not at the next tick: the first packet of a host that
+            # just connected (a TCP SYN) would get "network unreachable" and fail at once.
+            self.sync_routes(port.last_seen)
         if was_idle:
             self._active_since = max(self._active_since, int(port.last_seen * _NS))
             opener = self.openers.get(NODE_KEY_ID)
@@ -787,6 +795,7 @@ class NodeCore:
             address_ports=self.address_ports,
         )  # fmt: skip
         runtime.clock = self.clock
+        runtime.sync_routes = lambda now: sync_routes(self, now)
         runtime.network_of = self.networks.get
         self.networks[network_id] = runtime
         return runtime
