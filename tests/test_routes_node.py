@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import os
 import time
+from ipaddress import IPv4Network
 
-from scapy.all import ARP, ICMP, IP, Ether, raw  # type: ignore[attr-defined]
+from scapy.all import ARP, BOOTP, DHCP, ICMP, IP, UDP, Ether, raw  # type: ignore[attr-defined]
 
 from atenet.chain.event import Kind
 from atenet.chain.keys import b64, short_id
 from atenet.chain.log import Chain, create_network
 from atenet.node.core import NetworkRuntime, NodeCore
 from atenet.switch.core import Port
+from atenet.wire.dhcp import parse_classless_routes
 from tests.support.chains import World
 from tests.test_node_core import Wire
 from tests.test_switch_offload import super_packet
@@ -207,3 +209,32 @@ async def test_a_route_port_leaves_the_other_networks_offloaded_packets_whole(
     wire.run(now)
     assert b_on_1.switch.frames_from_peers == 1  # it got there
     assert b_on_1.switch.segmented == 0 and b_on_1.switch.bad_packets == 0
+
+
+async def test_dhcp_offers_the_routed_networks_as_classless_routes_to_clients_that_ask(
+    world: World,
+) -> None:
+    _wire, (node1, _node2), (net_a, _net_b), (a1, _b1), _key, _now = await two_routed_networks(
+        world
+    )
+    a_on_1 = node1.networks[net_a.network_id]
+
+    def discover(params: list[int]) -> dict[str, object]:
+        a1.got.clear()
+        a1.send(Ether(src=a1.mac_text, dst="ff:ff:ff:ff:ff:ff")
+                / IP(src="0.0.0.0", dst="255.255.255.255") / UDP(sport=68, dport=67)
+                / BOOTP(chaddr=bytes.fromhex(a1.mac_text.replace(":", "")), xid=5)
+                / DHCP(options=[("message-type", "discover"), ("param_req_list", params),
+                                "end"]))  # fmt: skip
+        (offer,) = [p for p in a1.got if DHCP in p]
+        return {o[0]: o[1] for o in offer[DHCP].options if isinstance(o, tuple)}
+
+    asked = discover([1, 3, 6, 121])
+    routes = (
+        parse_classless_routes(asked["classless_static_routes"])
+        if isinstance(asked.get("classless_static_routes"), bytes)
+        else asked.get("classless_static_routes")
+    )
+    assert a_on_1.dhcp.classless_routes == (IPv4Network("10.9.9.0/24"),)
+    assert routes is not None and "10.9.9.0/24" in str(routes) and "10.9.8.1" in str(routes)
+    assert "classless_static_routes" not in discover([1, 3, 6])  # RFC 3442: only when asked

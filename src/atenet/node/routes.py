@@ -118,6 +118,10 @@ def sync_routes(core: NodeCore, now: float) -> None:
     changed). Networks not loaded yet are asked for with a "load" event."""
     wanted: dict[tuple[bytes, bytes], int] = {}
     for source_id, runtime in core.networks.items():
+        if runtime.dhcp is not None:  # DHCP option 121 tells clients what the gateway reaches
+            runtime.dhcp.classless_routes = tuple(
+                n for n in runtime.routed_networks() if isinstance(n, IPv4Network)
+            )
         for target_id, key_id in wanted_routes(runtime).items():
             wanted[(source_id, target_id)] = key_id
     for source_id, runtime in core.networks.items():
