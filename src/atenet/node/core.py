@@ -425,14 +425,19 @@ class NetworkRuntime:
     # ------------------------------------------------------------------ ports
 
     def addresses(self, mac: bytes) -> tuple[str, str]:
-        """``mac``'s IPv4 and IPv6 in this network by the hashed scheme ("" when unknown).
+        """``mac``'s IPv4 (its DHCP binding, else the hashed address) and IPv6 (hashed) in
+        this network ("" when unknown).
 
         Cached per MAC (status is read every second for every port; the cache is bounded)."""
         found = self._addresses.get(mac)
         if found is not None:
             return found
         s = self.state.settings if self.state is not None else None
-        ipv4 = _derived(ipv4_for, self.network_id, mac, s.cidr) if s else ""
+        lease = self.dhcp.by_mac.get(mac) if self.dhcp is not None else None
+        if lease is not None:  # bound by DHCP: the lease, which may differ after a collision
+            ipv4 = str(lease.ip)
+        else:
+            ipv4 = _derived(ipv4_for, self.network_id, mac, s.cidr) if s else ""
         ipv6 = _derived(ipv6_for, self.network_id, mac, s.cidr6) if s else ""
         if len(self._addresses) >= ADDRESS_CACHE:
             self._addresses.clear()
