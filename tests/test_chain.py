@@ -19,6 +19,7 @@ from atenet.chain.event import Kind
 from atenet.chain.keys import b64, short_id
 from atenet.chain.log import Chain, Signer
 from atenet.chain.sqlite_store import SqliteStore
+from atenet.chain.state import NetworkState
 from atenet.errors import ChainInvalid, DecodeError, NotAllowed
 from tests.support.chains import World, copy_chain, make_world
 
@@ -191,14 +192,16 @@ async def test_concurrent_appenders_in_one_process_never_fork(store):
     for c in writers:
         await c.load()
 
-    async def write(c: Chain, node: Signer, n: int) -> None:
+    async def write(k: int, c: Chain, node: Signer, n: int) -> None:
         for i in range(n):
-            await c.append(Kind.LEASE, {"mac": f"{id(c)}-{i}", "ip": "10.9.8.7"}, node)
+            host = 2 + k * n + i  # a distinct address and MAC per event: every one binds
+            lease = {"mac": f"02:00:00:00:00:{host:02x}", "ip": f"10.9.8.{host}", "expires": 1e10}
+            await c.append(Kind.LEASE, lease, node)
 
-    await asyncio.gather(*(write(c, w.node_a, 25) for c in writers))
+    await asyncio.gather(*(write(k, c, w.node_a, 25) for k, c in enumerate(writers)))
     state = await w.reader().load()
     assert state.seq == 2 + 100
-    assert len(state.leases) == 100
+    assert sorted(state.leases) == sorted(f"10.9.8.{h}" for h in range(2, 102))
 
 
 async def test_latest_records_are_bounded_and_verified(store):
@@ -347,7 +350,9 @@ async def main():
     print("ready", flush=True)
     sys.stdin.readline()
     for i in range(int(sys.argv[5])):
-        await chain.append(9, {"mac": f"{sys.argv[4]}-{i}", "ip": "x"}, Signer(ident.sign))
+        lease = {"mac": f"02:00:00:{sys.argv[4]}:{i >> 8:02x}:{i & 255:02x}", "ip": "10.9.8.7",
+                 "host": f"{sys.argv[4]}-{i}", "expires": 1e10}
+        await chain.append(9, lease, Signer(ident.sign))
     await store.close()
 
 asyncio.run(main())
@@ -373,7 +378,7 @@ async def test_two_processes_append_500_each_to_one_sqlite_chain(store, tmp_path
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
-        for name in ("a", "b")
+        for name in ("0a", "0b")
     ]
     try:
         for p in procs:
@@ -389,5 +394,9 @@ async def test_two_processes_append_500_each_to_one_sqlite_chain(store, tmp_path
                 p.kill()
     state = await w.reader().load()  # verifies every hash link and signature
     assert state.seq == 1002
-    assert len(state.leases) == 1000
-    assert {f"{n}-{i}" for n in "ab" for i in range(500)} == set(state.leases)
+    replay = NetworkState(w.chain.network_id, [w.authority.box])
+    hosts = set()
+    async for _seq, blob in store.read(w.chain.network_id, 1):
+        payload = replay.apply(ev.decode(blob))
+        hosts.add(payload.get("host"))
+    assert {f"{n}-{i}" for n in ("0a", "0b") for i in range(500)} <= hosts

@@ -71,7 +71,8 @@ def _summarize(kind: int, payload: dict[str, Any]) -> str:
     if kind in (Kind.MEMBER_JOIN, Kind.MEMBER_LEAVE):
         return f"node {payload.get('node_id')} {' '.join(payload.get('endpoints', []))}".strip()
     if kind == Kind.LEASE:
-        return f"{payload.get('mac')} -> {payload.get('ip')}"
+        host = payload.get("host")
+        return f"{payload.get('mac')} -> {payload.get('ip')}" + (f" ({host})" if host else "")
     return ""
 
 

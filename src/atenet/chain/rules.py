@@ -183,9 +183,40 @@ def _member_join(p: dict[str, Any]) -> None:
             raise BodyError("an endpoint is not a host:port text")
 
 
+#: A lease's host name (DHCP option 12) and node id: at most this many characters.
+LEASE_TEXT_MAX = 64
+
+
 def _lease(p: dict[str, Any]) -> None:
-    _text(p, "mac", 64)
-    _text(p, "ip", 64, required=False)
+    """A DHCP binding a node wrote (router/dhcp.py ``Bind.payload``)."""
+    mac = p.get("mac")
+    parts = mac.replace("-", ":").split(":") if isinstance(mac, str) else []
+    if len(parts) != 6 or not all(len(x) == 2 and _is_hex(x) for x in parts):
+        raise BodyError(f"mac {str(mac)[:40]} is not a MAC address")
+    ip = p.get("ip")
+    try:
+        ipaddress.IPv4Address(ip)  # type: ignore[arg-type]
+    except ValueError:
+        raise BodyError(f"ip {str(ip)[:40]} is not an IPv4 address") from None
+    for field in ("host", "node"):
+        _text(p, field, LEASE_TEXT_MAX, required=False)
+        if not str(p.get(field, "")).isprintable():
+            raise BodyError(f"{field} is not printable text")
+    expires = p.get("expires")
+    is_number = isinstance(expires, int | float) and not isinstance(expires, bool)
+    if not (is_number and math.isfinite(expires) and expires >= 0):  # type: ignore[arg-type]
+        raise BodyError(f"expires {str(expires)[:40]} is not a Unix time")
+    reclaims = p.get("reclaims")
+    if reclaims is not None and not (_is_int(reclaims) and reclaims >= 1):
+        raise BodyError(f"reclaims {str(reclaims)[:40]} is not an event number")
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        int(text, 16)
+    except ValueError:
+        return False
+    return True
 
 
 def check_body(kind: int, p: dict[str, Any]) -> None:

@@ -43,6 +43,7 @@ from atenet.chain.keys import (
     unwrap,
     verify_signature,
 )
+from atenet.chain.leases import LeaseTable, Pool
 from atenet.errors import ChainInvalid, NotAllowed
 
 OWNER_KINDS = frozenset(
@@ -147,10 +148,17 @@ class NetworkState:
     keys: dict[int, AccessKey] = field(default_factory=dict)
     members: dict[str, Member] = field(default_factory=dict)
     routes: dict[str, Route] = field(default_factory=dict)
-    leases: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: DHCP bindings folded from the lease events (chain/leases.py), keyed by IPv4 text.
+    lease_table: LeaseTable = field(default_factory=LeaseTable, repr=False)
     diagnostics: dict[str, dict[str, Any]] = field(default_factory=dict)
     deleted: bool = False
     _aead: AESGCM | None = field(default=None, repr=False)
+
+    @property
+    def leases(self) -> dict[str, dict[str, Any]]:
+        """The DHCP bindings that won, by IPv4 text: the lease payload plus ``seq`` and
+        ``time`` (see :mod:`atenet.chain.leases`)."""
+        return self.lease_table.by_ip
 
     # ---------------------------------------------------------------- checking
 
@@ -347,7 +355,7 @@ class NetworkState:
         elif kind == Kind.MEMBER_LEAVE:
             self.members.pop(p["node_id"], None)
         elif kind == Kind.LEASE:
-            self.leases[str(p["mac"])] = p
+            self.lease_table.apply(e.seq, when, p, Pool.of(self.settings.cidr))
         elif kind == Kind.DELETED:
             self.deleted = True
         elif kind == Kind.DIAG:
@@ -418,7 +426,7 @@ class NetworkState:
                 }
                 for r in self.routes.values()
             ],
-            "leases": list(self.leases.values()),
+            "leases": self.lease_table.values(),
             "diagnostics": self.diagnostics,
         }
 

@@ -35,6 +35,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from atenet.addressing import ipv4_for
+from atenet.chain.leases import wins
 from atenet.errors import DecodeError
 from atenet.wire import dhcp as d
 from atenet.wire.ethernet import BROADCAST_MAC, format_mac, is_unicast_mac, parse_mac
@@ -499,6 +500,16 @@ class DhcpServer:
 
     # ------------------------------------------------------------------ chain in
 
+    def seed(self, records: list[Lease], last_seq: int) -> None:
+        """Start from a table already folded by the same rule (the chain state's, see
+        :mod:`atenet.chain.leases`) as of event ``last_seq``, instead of replaying every lease
+        event: a node loading a network with a long history keeps only the winners."""
+        for rec in records:
+            if self._in_pool(int(rec.ip)):
+                self.by_mac[rec.mac] = rec
+                self.by_ip[int(rec.ip)] = rec
+        self.last_seq = max(self.last_seq, last_seq)
+
     def apply_bindings(self, records: list[Lease], now: float) -> list[Action]:
         """Fold lease events, in chain order, into the table; answer the REQUESTs they settle.
 
@@ -521,7 +532,12 @@ class DhcpServer:
                 won = False
             else:
                 holder = self.by_ip.get(ip)
-                won = holder is None or holder.mac == rec.mac or holder.seq == rec.reclaims
+                won = wins(
+                    None if holder is None else holder.mac,
+                    -1 if holder is None else holder.seq,
+                    rec.mac,
+                    rec.reclaims,
+                )
                 if won:
                     if holder is not None and holder.mac != rec.mac:
                         self.by_mac.pop(holder.mac, None)
