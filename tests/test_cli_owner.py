@@ -413,3 +413,72 @@ def test_network_list_and_set_work_the_same_on_a_nats_store(tmp_path: Path, nats
     listed = json.loads(run(home, *store, "network", "list", "--json").stdout)
     assert [(n["name"], n["cidr"], n["mtu"]) for n in listed] == [("office", "10.20.30.0/24", 1300)]
     assert "office" in run(home, *store, "network", "list").stdout
+
+
+# --------------------------------------------------------------------------- leases
+
+
+def append_leases(home: Path, network: str, leases: list[dict]) -> str:
+    """Append ``leases`` as lease events signed by ``home``'s node (its certified key), the way
+    a node's DHCP server records a binding, and read as the node does (authority key)."""
+    network_id = json.loads(run(home, "network", "show", network, "--json").stdout)["id"]
+    code = f"""
+import asyncio
+from atenet.chain.event import Kind
+from atenet.chain.log import Chain, Signer
+from atenet.chain.sqlite_store import SqliteStore
+from atenet.deployment import load_authority, load_node_key
+
+async def main():
+    store = SqliteStore("sqlite://{home / "data" / "chains.sqlite"}")
+    await store.connect()
+    try:
+        node = load_node_key()
+        chain = Chain(store, bytes.fromhex({network_id!r}), [load_authority().box])
+        await chain.load()
+        for payload in {leases!r}:
+            await chain.append(Kind.LEASE, {{"node": node.node_id, **payload}},
+                               Signer(node.sign, node.cert))
+    finally:
+        await store.close()
+    print(node.node_id)
+
+asyncio.run(main())
+"""
+    env = os.environ | {"ATENET_HOME": str(home)}
+    env.pop("ATENET_STORE", None)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, check=True, timeout=60, capture_output=True,
+        text=True,
+    )  # fmt: skip
+    return out.stdout.strip()
+
+
+def test_lease_list_shows_the_bindings_that_won(home: Path) -> None:
+    assert run(home, "lease", "list", "office").stdout.startswith("no leases on office")
+    assert json.loads(run(home, "lease", "list", "office", "--json").stdout) == []
+    later = time.time() + 86400
+    m1, m2, m3 = "02:00:00:00:00:01", "02:00:00:00:00:02", "02:00:00:00:00:03"
+    node_id = append_leases(home, "office", [
+        {"mac": m1, "ip": "10.20.30.40", "host": "laptop", "expires": later},
+        {"mac": m2, "ip": "10.20.30.40", "host": "", "expires": later},  # lost: m1 holds it
+        {"mac": m2, "ip": "10.20.30.9", "host": "", "expires": later},
+        {"mac": m3, "ip": "10.20.30.200", "host": "printer", "expires": time.time() - 5},
+    ])  # fmt: skip
+    leases = json.loads(run(home, "lease", "list", "office", "--json").stdout)
+    assert [(x["ip"], x["mac"], x["host"], x["expired"]) for x in leases] == [
+        ("10.20.30.9", m2, "", False),
+        ("10.20.30.40", m1, "laptop", False),
+        ("10.20.30.200", m3, "printer", True),
+    ]  # fmt: skip
+    assert [x["seq"] for x in leases] == [5, 3, 6]  # the four lease events are seq 3 to 6
+    assert all(x["bound_at"] == pytest.approx(time.time(), abs=60) for x in leases)
+    assert leases[1]["expires"] == pytest.approx(later, abs=0.01)
+    assert {x["node"] for x in leases} == {node_id}
+
+    text = run(home, "lease", "list", "office").stdout.splitlines()
+    assert text[0].split() == ["IP", "MAC", "HOST", "NODE", "BOUND", "EXPIRES"]
+    assert text[1].split()[:3] == ["10.20.30.9", m2, "-"]
+    assert text[2].split()[:3] == ["10.20.30.40", m1, "laptop"]
+    assert text[3].endswith("(expired)") and "(expired)" not in text[2]
+    fails(home, "lease", "list", "nowhere", message="unknown network 'nowhere'")

@@ -718,5 +718,9 @@ from atenet.cli.tok_hosts import hosts  # noqa: E402  (its own module: `tok host
 
 main.add_command(hosts)
 
+from atenet.cli.tok_lease import lease  # noqa: E402  (its own module: `tok lease`)
+
+main.add_command(lease)
+
 if __name__ == "__main__":
     main()
