@@ -59,6 +59,7 @@ from atenet.wire import (
     NeighborAdvert,
     NeighborSolicit,
     UdpRepr,
+    arp_reply,
     arp_request,
     icmp_echo_request,
     icmpv6_echo_request,
@@ -823,6 +824,158 @@ def deployment_target() -> Target:
     return Target("deployment.decode", [seed], feed, (AtenetError,))
 
 
+def router_targets() -> list[Target]:
+    """The router's inputs: a gateway with routes (Gateway.frame), the other network's
+    neighbour cache (Neighbours.learn, with addresses being resolved) and the DHCP server
+    (DhcpServer.frame), each fed any frame a host can send. Junk must count as ``malformed``
+    and get no answer, no forwarded packet and no released one; whatever does come out must
+    be well-formed and come from the gateway; the cache stays within its bounds."""
+    from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+
+    from atenet.router.dhcp import DhcpServer, Send
+    from atenet.router.gateway import Gateway
+    from atenet.router.neighbours import Neighbours
+    from atenet.wire import dhcp as d
+
+    host_mac, peer_mac = b"\x02\xaa\x00\x00\x00\x01", b"\x02\xbb\x00\x00\x00\x01"
+    host, peer = IPv4Address("10.1.0.10"), IPv4Address("10.2.0.20")
+    host6, peer6 = IPv6Address("fd00:1::10"), IPv6Address("fd00:2::20")
+    a = Gateway(b"\x01" * 16, "10.1.0.0/24", "fd00:1::/64", 1400, rng=random.Random(1))
+    b = Gateway(b"\x02" * 16, "10.2.0.0/24", "fd00:2::/64", 1400, rng=random.Random(2))
+    assert a.ipv6 is not None and b.ipv6 is not None
+    forwarded: list[bytes] = []
+    a.add_route(IPv4Network("10.2.0.0/24"), lambda p, dst, now: forwarded.append(p), 1280)
+    a.add_route(IPv6Network("fd00:2::/64"), lambda p, dst, now: forwarded.append(p), 1280)
+    clock = [NOW]
+
+    def udp4(size: int, df: bool) -> bytes:
+        body = UdpRepr(4000, 4000, bytes(size)).emit(host, peer)
+        ip = Ipv4Repr(host, peer, 17, body, dont_fragment=df, ident=5).emit()
+        return ethernet_frame(a.mac, host_mac, 0x0800, ip)
+
+    gateway_seeds = [
+        icmp_echo_request(host_mac, a.mac, host, peer, 7, 1, b"hello"),
+        icmp_echo_request(host_mac, a.mac, host, peer, 7, 1, b"hello", ttl=1),
+        icmp_echo_request(host_mac, a.mac, host, IPv4Address("10.9.0.1"), 7, 1),
+        icmp_echo_request(host_mac, a.mac, host, a.ipv4, 7, 1),
+        icmpv6_echo_request(host_mac, a.mac, host6, peer6, 7, 1, b"hello"),
+        icmpv6_echo_request(host_mac, a.mac, host6, peer6, 7, 1, bytes(1300)),
+        udp4(1400 - 28, df=True),
+        udp4(1400 - 28, df=False),
+        arp_request(host_mac, host, a.ipv4),
+        neighbor_solicitation(host_mac, host6, a.ipv6),
+    ]
+
+    def gateway(data: bytes) -> str:
+        forwarded.clear()
+        before = (a.drops["malformed"], sum(a.drops.values()), a.ignored)
+        clock[0] += 0.01
+        out = a.frame(data, clock[0])
+        if a.drops["malformed"] > before[0]:
+            if out or forwarded:
+                raise Crash("gateway answered or forwarded a malformed frame")
+            return "malformed"
+        if len(out) > 1 or any(frame[6:12] != a.mac for frame in out):
+            raise Crash(f"gateway sent {len(out)} frames, or not from its own MAC")
+        for packet in forwarded:
+            if len(packet) > 1280:
+                raise Crash(f"forwarded {len(packet)} bytes over the route's MTU 1280")
+            if packet[0] >> 4 == 4:
+                Ipv4Repr.parse(packet)  # checksum patched right, or DecodeError: a Crash
+            else:
+                Ipv6Repr.parse(packet)
+        if forwarded:
+            return "routed"
+        if out:
+            return "answered"
+        return "ignored" if a.ignored > before[2] else "dropped"
+
+    cache = [Neighbours(b, max_entries=8, max_pending=8)]
+    queued4 = Ipv4Repr(host, peer, 1, b"queued", ttl=63).emit()
+    queued6 = Ipv6Repr(host6, peer6, 59, b"queued", 63).emit()
+    learn_seeds = [
+        arp_reply(peer_mac, peer, b.mac, b.ipv4),
+        arp_request(peer_mac, peer, b.ipv4),
+        arp_request(peer_mac, peer, IPv4Address("10.2.0.30")),
+        neighbor_advertisement(peer_mac, peer6, b.mac, b.ipv6),
+        neighbor_advertisement(peer_mac, peer6),
+        neighbor_solicitation(peer_mac, peer6, b.ipv6),
+        icmp_echo_request(peer_mac, b.mac, peer, host, 7, 1),
+    ]
+
+    def learn(data: bytes) -> str:
+        nb = cache[0]
+        if nb.lookup(peer) is not None or nb.lookup(peer6) is not None:
+            nb = cache[0] = Neighbours(b, max_entries=8, max_pending=8)
+        clock[0] += 0.05
+        nb.send(queued4, peer, clock[0])
+        nb.send(queued6, peer6, clock[0])
+        before = (nb.drops["malformed"], nb.counters["ignored"])
+        out = nb.learn(data, clock[0])
+        if nb.drops["malformed"] > before[0]:
+            if out:
+                raise Crash("neighbour cache released packets on a malformed frame")
+            return "malformed"
+        for frame in out:
+            if frame[6:12] != b.mac or frame[14:] not in (queued4, queued6):
+                raise Crash("neighbour cache released something it never queued")
+        if len(nb) > 8 or nb.queued > 8:
+            raise Crash(f"neighbour cache over its bounds: {len(nb)} entries, {nb.queued} queued")
+        if out:
+            return "released"
+        return "ignored" if nb.counters["ignored"] > before[1] else "learned"
+
+    server = DhcpServer(b"\x01" * 16, "10.1.0.0/24", a.ipv4, a.mac, 1400, node_id="fuzz")
+
+    def client(kind: int, **options: bytes) -> bytes:
+        opts = {d.OPT_MESSAGE_TYPE: bytes([kind])}
+        opts.update({int(k[1:]): v for k, v in options.items()})
+        message = d.DhcpMessage(d.BOOTREQUEST, 0x1234, host_mac, options=opts).emit()
+        return d.dhcp_frame(
+            message,
+            src_mac=host_mac,
+            dst_mac=b"\xff" * 6,
+            src_ip=IPv4Address(0),
+            dst_ip=IPv4Address("255.255.255.255"),
+            src_port=d.CLIENT_PORT,
+            dst_port=d.SERVER_PORT,
+        )
+
+    requested = IPv4Address("10.1.0.9").packed
+    dhcp_seeds = [
+        client(d.DHCPDISCOVER, o12=b"fuzz"),
+        client(d.DHCPREQUEST, o50=requested, o54=a.ipv4.packed),
+        client(d.DHCPDECLINE, o50=requested),
+        client(d.DHCPRELEASE),
+        client(d.DHCPINFORM),
+    ]
+
+    def dhcp(data: bytes) -> str:
+        before = server.counters["malformed"]
+        clock[0] += 0.01
+        actions = server.frame(data, clock[0], port="fuzz")
+        if server.counters["malformed"] > before:
+            if actions:
+                raise Crash("DHCP server answered a malformed frame")
+            return "malformed"
+        sends = [action for action in actions if isinstance(action, Send)]
+        for send in sends:
+            eth = EthernetRepr.parse(send.frame)
+            ip = Ipv4Repr.parse(eth.payload)
+            UdpRepr.parse(ip.payload, ip.src, ip.dst)
+            if eth.src != a.mac:
+                raise Crash("DHCP reply not from the gateway's MAC")
+        if sends:
+            return "answered"
+        return "bind" if actions else "ignored"
+
+    return [
+        Target("router.Gateway.frame", gateway_seeds, gateway),
+        Target("router.Neighbours.learn", learn_seeds, learn),
+        Target("router.DhcpServer.frame", dhcp_seeds, dhcp),
+    ]
+
+
 def byte_targets() -> list[Target]:
     """Targets that need no network."""
     return [
@@ -832,6 +985,7 @@ def byte_targets() -> list[Target]:
         token_target(),
         *wire_targets(),
         deployment_target(),
+        *router_targets(),
     ]
 
 

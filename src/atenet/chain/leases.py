@@ -13,11 +13,16 @@ The table is bounded by the pool: every MAC in it holds one address of the pool.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-__all__ = ["LeaseTable", "wins"]
+__all__ = ["RECENT", "LeaseTable", "Pool", "wins"]
+
+RECENT = 1024
+"""Lease events a state keeps in order (winners and losers) for a node's DHCP server to settle
+the requests waiting on them; one further behind starts again from the table."""
 
 
 def wins(holder_mac: bytes | None, holder_seq: int, mac: bytes, reclaims: int | None) -> bool:
@@ -56,9 +61,16 @@ class LeaseTable:
         self.by_ip: dict[str, dict[str, Any]] = {}
         self._ip_of: dict[bytes, str] = {}
         self.ignored = 0
+        self.recent: deque[tuple[int, dict[str, Any]]] = deque(maxlen=RECENT)
+        """The latest lease events, in order, won or not: (seq, payload)."""
+        self.forgotten = 0
+        """Seq of the newest event that fell out of :attr:`recent` (0: none has)."""
 
     def apply(self, seq: int, when: float, payload: dict[str, Any], pool: Pool | None) -> bool:
         """Fold one event (already shape-checked by chain/rules.py); True when it bound."""
+        if len(self.recent) == RECENT:
+            self.forgotten = self.recent[0][0]
+        self.recent.append((seq, payload))
         mac = bytes.fromhex(str(payload["mac"]).replace(":", "").replace("-", ""))
         ip_text = str(payload["ip"])
         ip = int(IPv4Address(ip_text))

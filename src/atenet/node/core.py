@@ -20,14 +20,15 @@ import ipaddress
 import json
 import os
 import socket
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from atenet.addressing import ipv4_for, ipv6_for
 from atenet.chain.state import NetworkState
-from atenet.errors import AtenetError
+from atenet.errors import AtenetError, DecodeError
 from atenet.node.schema import CONTROL, SchemaError, parse
 from atenet.offload import OffloadError, check
 from atenet.overlay.replay import Freshness
@@ -43,6 +44,8 @@ from atenet.overlay.seal import (
     derive_node_secret,
     parse_header,
 )
+from atenet.router.dhcp import Bind, DhcpServer, Lease
+from atenet.router.gateway import DEFAULT_DNS6, Gateway
 from atenet.switch.core import Port, Switch
 
 UDP_IDLE = 60.0
@@ -72,6 +75,20 @@ PORT_BURST = 3_000.0
 """The bucket's depth: 0.1 s at the default rate."""
 
 _NS = 1_000_000_000
+
+MAX_BINDS = 256
+"""Lease events waiting to be appended to the chain, per network (the DHCP server's own rate
+limits keep this far below; a store outage longer than that loses only the newest bindings,
+whose clients get no ACK and retry)."""
+
+
+def _is_dhcp_request(frame: bytes) -> bool:
+    """IPv4 UDP to port 67, read from fixed offsets (no parse: the gateway sees every local
+    broadcast, and ARP and the rest take the other path)."""
+    if len(frame) < 42 or frame[12:14] != b"\x08\x00" or frame[23] != 17:
+        return False
+    at = 14 + (frame[14] & 0x0F) * 4
+    return frame[at + 2 : at + 4] == b"\x00\x43"
 
 
 @dataclass(frozen=True)
@@ -197,6 +214,13 @@ class NetworkRuntime:
         self.limits = limits if limits is not None else PortLimits()
         self.address_ports: Counter[str] = address_ports if address_ports is not None else Counter()
         self.key_ports: Counter[int] = Counter()
+        self.clock: Callable[[], float] = time.time
+        """The time the gateway and DHCP server see (Unix time; simulations set their own)."""
+        self.gateway: Gateway | None = None
+        self.dhcp: DhcpServer | None = None
+        self._router_config: tuple[Any, ...] | None = None
+        self.binds: deque[dict[str, Any]] = deque()
+        """Lease event payloads the shell appends to the chain ("lease" event), oldest first."""
 
     # ------------------------------------------------------------------ chain state
 
@@ -222,6 +246,7 @@ class NetworkRuntime:
                 self.openers[key_id] = Opener(packet_key, freshness=self.freshness)
                 self.sealers[key_id] = Sealer(self.network_id, packet_key, self.sender_id, start)
         self.revoked = {k for k in state.keys if k not in usable}
+        self._configure_router(state, now)
         closed = []
         for key, port in list(self.switch.ports.items()):
             if port.key_id is not None and port.key_id not in usable:
@@ -252,6 +277,97 @@ class NetworkRuntime:
                     self.drops["bad_peer_endpoint"] += 1
         self.peers = tuple(peers)
         self.peer_ids = tuple(ids)
+
+    # ------------------------------------------------------------------ gateway
+
+    def _configure_router(self, state: NetworkState, now: float) -> None:
+        s = state.settings
+        config = (s.cidr, s.cidr6, s.mtu, tuple(s.dns), s.internet)
+        if config != self._router_config:
+            self._router_config = config
+            self._build_router(state)
+        self._sync_leases(state, now)
+
+    def _build_router(self, state: NetworkState) -> None:
+        """The network's gateway and DHCP server, rebuilt when its settings change."""
+        s = state.settings
+        self.gateway = self.dhcp = None
+        self.switch.gateway = None
+        self.switch.gateway_mac = b"\xff" * 6
+        if not s.cidr:
+            return
+        dns4 = tuple(a for a in s.dns if ":" not in a)
+        dns6 = tuple(ipaddress.IPv6Address(a) for a in s.dns if ":" in a) or DEFAULT_DNS6
+        try:
+            gateway = Gateway(
+                self.network_id, s.cidr, s.cidr6 or None, s.mtu, dns6=dns6,
+                default_route=s.internet,
+            )  # fmt: skip
+            dhcp = DhcpServer(
+                self.network_id, s.cidr, gateway.ipv4, gateway.mac, s.mtu, dns4,
+                node_id=self.node_id,
+            )  # fmt: skip
+        except (AtenetError, ValueError):
+            self.drops["gateway_config"] += 1  # e.g. a /31: no room for a gateway
+            return
+        table = state.lease_table
+        last = table.recent[-1][0] if table.recent else 0
+        dhcp.seed([Lease.from_payload(r["seq"], r) for r in table.by_ip.values()], last)
+        self.gateway, self.dhcp = gateway, dhcp
+        self.switch.gateway_mac = gateway.mac
+        self.switch.gateway = self._to_gateway
+
+    def _sync_leases(self, state: NetworkState, now: float) -> None:
+        """Hand the DHCP server the lease events it has not seen, in chain order: they settle
+        the REQUESTs waiting for their binding (ACK or NAK)."""
+        dhcp = self.dhcp
+        table = state.lease_table
+        if dhcp is None or not table.recent or table.recent[-1][0] <= dhcp.last_seq:
+            return
+        if dhcp.last_seq < table.forgotten:  # too far behind: start again from the table
+            self.drops["lease_resync"] += 1
+            self._build_router(state)
+            return
+        records = []
+        for seq, payload in table.recent:
+            if seq > dhcp.last_seq:
+                try:
+                    records.append(Lease.from_payload(seq, payload))
+                except DecodeError:
+                    self.drops["bad_lease_event"] += 1
+        self._dhcp_out(dhcp.apply_bindings(records, now), None)
+
+    def _to_gateway(self, port: Port, frame: bytes) -> None:
+        """A frame from a local port for the gateway (the switch only hands those over)."""
+        now = self.clock()
+        if _is_dhcp_request(frame):
+            if self.dhcp is not None:
+                self._dhcp_out(self.dhcp.frame(frame, now, port), port)
+            return
+        if self.gateway is not None:
+            for out in self.gateway.frame(frame, now):
+                self.switch.from_gateway(out, port)
+
+    def _dhcp_out(self, actions: list[Any], port: Port | None) -> None:
+        for action in actions:
+            if isinstance(action, Bind):
+                if len(self.binds) >= MAX_BINDS:
+                    self.drops["lease_queue_full"] += 1
+                    continue
+                self.binds.append(action.payload())
+                self.emit("lease", self.network_id)
+            else:
+                self.switch.from_gateway(action.frame, port)
+
+    def poll_gateway(self, now: float) -> None:
+        """Periodic router advertisements, while the network has local ports to hear them."""
+        gateway = self.gateway
+        if gateway is None or not len(self.switch):
+            return
+        at = gateway.poll_at()
+        if at is not None and now >= at:
+            for frame in gateway.poll(now):
+                self.switch.from_gateway(frame)
 
     @property
     def is_member(self) -> bool:
@@ -510,6 +626,10 @@ class NetworkRuntime:
             "cidr6": s.cidr6 if s else "",
             "mtu": s.mtu if s else 0,
             "offload": 1,  # this node takes offloaded packets (TYPE_SUPERFRAME)
+            "gateway": str(self.gateway.ipv4) if self.gateway is not None else "",
+            "gateway6": str(self.gateway.ipv6 or "") if self.gateway is not None else "",
+            "dhcp": 1 if self.dhcp is not None else 0,
+            "routes": self.routed_cidrs(),
             "instance": self.instance,  # what the client's hellos and pings name
         }
 
@@ -527,7 +647,27 @@ class NetworkRuntime:
             "segmented": self.switch.segmented,
             "ports": [p.counters() for p in self.switch.ports.values()],
             "drops": dict(self.drops),
+            "gateway": self._gateway_status(),
+            "dhcp": dict(self.dhcp.counters) if self.dhcp is not None else {},
         }
+
+    def _gateway_status(self) -> dict[str, Any]:
+        gateway = self.gateway
+        if gateway is None:
+            return {}
+        return {
+            "ipv4": str(gateway.ipv4),
+            "ipv6": str(gateway.ipv6 or ""),
+            "mac": gateway.mac.hex(":"),
+            "handled": dict(gateway.handled),
+            "drops": dict(gateway.drops),
+            "ignored": gateway.ignored,
+            "leases_waiting": len(self.binds),
+        }
+
+    def routed_cidrs(self) -> list[str]:
+        """CIDRs of the networks this one routes to (filled in by the routing, below)."""
+        return []
 
 
 class NodeCore:
@@ -541,8 +681,12 @@ class NodeCore:
         *,
         instance: str | None = None,
         limits: PortLimits | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        """``counter_start``: the clock in ns when this process started (``time.time_ns()``);
+        """``clock``: the Unix time the gateways and DHCP servers read (frames from WebSocket
+        ports reach them without passing through :meth:`datagram`).
+
+        ``counter_start``: the clock in ns when this process started (``time.time_ns()``);
         it starts the sealers' counters and is the floor below which a sender with no replay
         window is refused (anything older was captured before this process existed).
         ``instance``: random per process, named in clients' hellos (default: 8 random bytes)."""
@@ -551,6 +695,7 @@ class NodeCore:
         self.counter_start = counter_start
         self.instance = instance if instance is not None else os.urandom(8).hex()
         self.limits = limits if limits is not None else PortLimits()
+        self.clock = clock
         self.freshness = Freshness(counter_start)
         self.address_ports: Counter[str] = Counter()
         self.networks: dict[bytes, NetworkRuntime] = {}
@@ -560,7 +705,7 @@ class NodeCore:
         self._asked: set[bytes] = set()
 
     def _emit(self, what: str, network_id: bytes) -> None:
-        if what == "stale" and (what, network_id) in self._events:
+        if what in ("stale", "lease") and (what, network_id) in self._events:
             return  # once per batch: every peer packet of a flood would say it again
         self._events.append((what, network_id))
 
@@ -570,7 +715,8 @@ class NodeCore:
         return bool(self._events)
 
     def take_events(self) -> list[tuple[str, bytes]]:
-        """Things the shell must do: ("load" | "active" | "idle" | "stale", network id)."""
+        """Things the shell must do: ("load" | "active" | "idle" | "stale" | "lease", network
+        id); "lease": append the network's :attr:`NetworkRuntime.binds` to its chain."""
         events, self._events = self._events, []
         self._asked.clear()
         return events
@@ -581,6 +727,7 @@ class NodeCore:
             freshness=self.freshness, instance=self.instance, limits=self.limits,
             address_ports=self.address_ports,
         )  # fmt: skip
+        runtime.clock = self.clock
         self.networks[network_id] = runtime
         return runtime
 
@@ -614,6 +761,7 @@ class NodeCore:
             runtime.expire(now)
             runtime.refresh_peers(now)
             runtime.advance(now)
+            runtime.poll_gateway(now)
 
     def status(self) -> dict[str, Any]:
         return {

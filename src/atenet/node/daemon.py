@@ -89,6 +89,7 @@ class NodeDaemon:
         self.host = hashlib.sha256(b"atenet/v1 node host|" + host_identity()).hexdigest()[:16]
         self._grace_timers: set[bytes] = set()
         self._stale_pending: set[bytes] = set()
+        self._appending_leases: set[bytes] = set()
         self.chains: dict[bytes, Chain] = {}
         self.sock: socket.socket | None = None
         self.udp: UdpSocket | None = None
@@ -266,6 +267,9 @@ class NodeDaemon:
                 self._maybe_load(network_id)
             elif what in ("active", "idle", "stale"):
                 self._membership_event(what, network_id)
+            elif what == "lease" and network_id not in self._appending_leases:
+                self._appending_leases.add(network_id)
+                self._spawn(self._append_leases(network_id))
 
     def _maybe_load(self, network_id: bytes) -> None:
         if network_id in self._loading or self._stopping or self._clone_serves(network_id):
@@ -428,6 +432,32 @@ class NodeDaemon:
                     log.warning("membership of %s waits for the store: %s", network_id.hex(), exc)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
+
+    async def _append_leases(self, network_id: bytes) -> None:
+        """Append the bindings the network's DHCP server made, oldest first, one event each;
+        then the state settles the REQUESTs waiting on them (ACK, or NAK for a lost race).
+        A store outage is waited out: the bindings stay queued (bounded, see MAX_BINDS)."""
+        delay = 0.2
+        try:
+            while not self._stopping:
+                runtime = self.core.networks.get(network_id)
+                chain = self.chains.get(network_id)
+                if runtime is None or chain is None or not runtime.binds:
+                    return
+                try:
+                    await chain.append(Kind.LEASE, runtime.binds[0], self.signer)
+                except StoreUnavailable as exc:
+                    log.warning("DHCP binding waits for the store: %s", exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                except (AtenetError, ValueError) as exc:  # refused by the chain's own checks
+                    log.error("DHCP binding %s not recorded: %s", runtime.binds[0], exc)
+                runtime.binds.popleft()
+                delay = 0.2
+                runtime.apply_state(chain.state, time.time())
+        finally:
+            self._appending_leases.discard(network_id)
 
     async def _leave(self, network_id: bytes) -> None:
         chain = self.chains[network_id]

@@ -95,6 +95,7 @@ class NodeCollector(Collector):
         yield to_peers
         yield from_peers
         yield from per_port.values()
+        yield from _gateway_families(networks)
 
         lookups = s.get("lookups")
         if lookups is not None:
@@ -149,6 +150,37 @@ class NodeCollector(Collector):
             for reason, count in ws["drops"].items():
                 refused.add_metric([reason], count)
             yield refused
+
+
+def _gateway_families(networks: list[dict[str, Any]]) -> Iterator[Metric]:
+    """The gateways' and DHCP servers' counters (docs/router.md), per network."""
+    labels = ["network", "network_id", "what"]
+    handled = _counter(
+        "atenet_gateway_handled", "Frames the gateway answered or routed, by kind.", labels
+    )
+    refused = _counter(
+        "atenet_gateway_drops", "Frames for the gateway it refused, by reason.", labels
+    )
+    dhcp = _counter("atenet_dhcp", "DHCP server events (offers, acks, binds, ...).", labels)
+    waiting = GaugeMetricFamily(
+        "atenet_dhcp_bindings_waiting",
+        "DHCP bindings waiting to be appended to the chain.",
+        labels=["network", "network_id"],
+    )
+    for net in networks:
+        gateway = net.get("gateway") or {}
+        base = [net["name"], net["id"]]
+        for family, counts in ((handled, gateway.get("handled", {})),
+                               (refused, gateway.get("drops", {})),
+                               (dhcp, net.get("dhcp", {}))):  # fmt: skip
+            for what, count in sorted(counts.items()):
+                family.add_metric([*base, what], count)
+        if gateway:
+            waiting.add_metric(base, gateway.get("leases_waiting", 0))
+    yield handled
+    yield refused
+    yield dhcp
+    yield waiting
 
 
 def registry(status: Callable[[], dict[str, Any]]) -> CollectorRegistry:

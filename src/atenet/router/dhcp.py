@@ -678,7 +678,8 @@ class DhcpServer:
             opts[d.OPT_T2] = d.opt_u32(secs * 7 // 8)
         opts[d.OPT_SUBNET_MASK] = self._mask.packed
         opts[d.OPT_ROUTER] = self.gateway_ip.packed
-        opts[d.OPT_DNS] = d.opt_addresses(*self.dns)
+        if self.dns:  # a network whose owner set only IPv6 servers announces those by RA
+            opts[d.OPT_DNS] = d.opt_addresses(*self.dns)
         opts[d.OPT_MTU] = self.mtu.to_bytes(2, "big")
         opts[d.OPT_BROADCAST] = self._broadcast.packed
         host = request.options.get(d.OPT_HOST_NAME)

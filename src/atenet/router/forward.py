@@ -8,6 +8,8 @@ so the later inter-network routing and NAT can reuse them as they are:
   header length, and a packet whose checksum was already wrong stays wrong (a router must not
   launder a corrupt header into a valid one);
 * :func:`decrement_hop_limit` does the same for IPv6, which has no header checksum;
+* :func:`fragment_v4` cuts an IPv4 packet without DF for a smaller next-hop MTU (RFC 791),
+  the one case where an IPv4 router must not just drop a too-big packet;
 * the ``icmp_*`` / ``icmpv6_*`` builders make the error messages a router must send, quoting
   the offending packet the way the RFCs ask;
 * :func:`may_send_error_v4` / :func:`may_send_error_v6` are the "never send an error about…"
@@ -25,6 +27,7 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv6Address
 
 from atenet.errors import DecodeError
+from atenet.wire.checksum import checksum
 from atenet.wire.icmp import ICMP_DEST_UNREACHABLE, ICMP_TIME_EXCEEDED, IcmpRepr
 from atenet.wire.icmpv6 import (
     ICMPV6_DEST_UNREACHABLE,
@@ -52,6 +55,7 @@ __all__ = [
     "ICMP_NET_UNREACHABLE",
     "decrement_hop_limit",
     "decrement_ttl",
+    "fragment_v4",
     "icmp_dest_unreachable",
     "icmp_time_exceeded",
     "icmpv6_dest_unreachable",
@@ -126,6 +130,70 @@ def decrement_hop_limit(packet: bytes | bytearray) -> bytes:
     out = bytearray(packet)
     out[7] = hop_limit - 1
     return bytes(out)
+
+
+def _copied_options(options: bytes) -> bytes:
+    """The options with the "copied" flag (RFC 791: security, source routes), for the
+    fragments after the first, padded to a multiple of 4. A malformed option list stops the
+    walk: what came before it is kept, the rest is not repeated."""
+    out = bytearray()
+    at = 0
+    while at < len(options):
+        kind = options[at]
+        if kind == 0:  # end of option list
+            break
+        if kind == 1:  # no-operation, never copied
+            at += 1
+            continue
+        if at + 1 >= len(options) or options[at + 1] < 2 or at + options[at + 1] > len(options):
+            break
+        length = options[at + 1]
+        if kind & 0x80:
+            out += options[at : at + length]
+        at += length
+    out += bytes(-len(out) % 4)
+    return bytes(out)
+
+
+def fragment_v4(packet: bytes | bytearray, mtu: int) -> list[bytes]:
+    """Cut ``packet`` (IPv4, DF clear, header already valid) into fragments of at most ``mtu``
+    bytes, each with a fresh header checksum (RFC 791 §3.2, RFC 1812 §5.2.6).
+
+    The first fragment keeps every option, the others only the copied ones; offsets and MF
+    continue those of ``packet`` when it is itself a fragment, so fragmenting a fragment gives
+    pieces the receiver reassembles like any others. A packet that fits is returned as it is.
+    """
+    header_len = (packet[0] & 0x0F) * 4
+    total = (packet[2] << 8) | packet[3]
+    if total <= mtu:
+        return [bytes(packet[:total])]
+    payload = bytes(packet[header_len:total])
+    flags = (packet[6] << 8) | packet[7]
+    if flags & 0x4000:
+        raise ValueError("packet has DF set: answer fragmentation-needed instead")
+    base_offset, more = flags & 0x1FFF, flags & 0x2000
+    if base_offset * 8 + len(payload) > 0xFFFF:
+        raise ValueError("fragment runs past the 65535-byte datagram limit")
+    first = bytes(packet[:header_len])
+    later = bytes(packet[:20]) + _copied_options(bytes(packet[20:header_len]))
+    out: list[bytes] = []
+    done = 0
+    while done < len(payload):
+        header = bytearray(first if not out else later)
+        room = (mtu - len(header)) // 8 * 8
+        if room <= 0:
+            raise ValueError(f"MTU {mtu} leaves no room for data after a {len(header)}-byte header")
+        piece = payload[done : done + room]
+        last = done + len(piece) >= len(payload)
+        header[0] = 0x40 | (len(header) >> 2)
+        header[2:4] = (len(header) + len(piece)).to_bytes(2, "big")
+        word = (0 if last and not more else 0x2000) | (base_offset + done // 8)
+        header[6:8] = word.to_bytes(2, "big")
+        header[10:12] = b"\x00\x00"
+        header[10:12] = checksum(header).to_bytes(2, "big")
+        out.append(bytes(header) + piece)
+        done += len(piece)
+    return out
 
 
 # --- when an error may be sent ---------------------------------------------------------------

@@ -8,9 +8,12 @@ network id, identical on every node (``docs/router.md``).
 
 What it does today: answers ARP, neighbour solicitations and pings for its own addresses,
 answers router solicitations and sends periodic router advertisements (:meth:`poll`), and
-answers packets it would have to route with the ICMP error a router owes (time exceeded when
-the TTL runs out, destination unreachable since it has no routes yet). Routing to other
-networks and DHCP plug in later beside it; the primitives they need are in
+routes packets for other networks through its route table (:meth:`Gateway.add_route`: longest
+prefix wins, TTL / hop limit decremented, too-big packets fragmented or refused with the ICMP
+error, handed to the route's ``forward`` callable — the other network's
+:class:`~atenet.router.neighbours.Neighbours` resolves the MAC), and answers the rest with the
+ICMP error a router owes (time exceeded when the TTL runs out, destination unreachable without
+a route). DHCP sits beside it (:mod:`atenet.router.dhcp`); the primitives are in
 :mod:`atenet.router.forward`.
 
 Everything it cannot use is dropped and counted in :attr:`Gateway.drops` by reason — it never
@@ -21,6 +24,8 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from atenet import addressing
@@ -29,9 +34,15 @@ from atenet.ratelimit import TokenBucket
 from atenet.router.forward import (
     ERROR_BURST,
     ERROR_RATE,
+    ICMP_FRAG_NEEDED,
+    ICMPV6_MIN_MTU,
+    decrement_hop_limit,
+    decrement_ttl,
+    fragment_v4,
     icmp_dest_unreachable,
     icmp_time_exceeded,
     icmpv6_dest_unreachable,
+    icmpv6_packet_too_big,
     icmpv6_time_exceeded,
     is_unicast_v4,
     may_send_error_v4,
@@ -50,7 +61,9 @@ from atenet.wire.ethernet import (
 from atenet.wire.icmp import ICMP_ECHO_REQUEST, IcmpRepr, icmp_echo_reply
 from atenet.wire.icmpv6 import (
     ICMPV6_ECHO_REQUEST,
+    ICMPV6_NEIGHBOR_ADVERT,
     ICMPV6_NEIGHBOR_SOLICIT,
+    ICMPV6_PACKET_TOO_BIG,
     ICMPV6_ROUTER_SOLICIT,
     ICMPV6_TIME_EXCEEDED,
     ND_HOP_LIMIT,
@@ -61,15 +74,19 @@ from atenet.wire.icmpv6 import (
     icmpv6_frame,
     nd_options,
 )
-from atenet.wire.ipv4 import PROTO_ICMP, Ipv4Repr
+from atenet.wire.ipv4 import IPV4_HEADER_LEN, PROTO_ICMP, Ipv4Repr
 from atenet.wire.ipv6 import (
     ALL_NODES,
+    IPV6_HEADER_LEN,
     NEXT_HEADER_ICMPV6,
     Ipv6Repr,
     multicast_mac_v6,
 )
 
-__all__ = ["DEFAULT_DNS6", "Gateway"]
+__all__ = ["DEFAULT_DNS6", "Forward", "Gateway", "Route"]
+
+Forward = Callable[[bytes, "IPv4Address | IPv6Address", float], None]
+"""Where a routed packet goes: ``forward(packet, dst, now)`` with the TTL already lowered."""
 
 DEFAULT_DNS6 = (IPv6Address("2001:4860:4860::8888"),)
 _ALL_NODES_MAC = multicast_mac_v6(ALL_NODES)
@@ -77,6 +94,39 @@ _UNSPECIFIED6 = IPv6Address("::")
 _OPT_SOURCE_LLADDR = 1
 _RS_ANSWER_RATE = 10.0
 _RS_ANSWER_BURST = 10
+_MIN_MTU4 = 68
+"""The smallest MTU an IPv4 link may have (RFC 791): what every fragment must fit."""
+
+_NEVER_ROUTED = (
+    IPv4Network("0.0.0.0/8"),
+    IPv4Network("127.0.0.0/8"),
+    IPv4Network("169.254.0.0/16"),
+    IPv4Network("224.0.0.0/3"),  # multicast, class E and the limited broadcast
+    IPv6Network("::/127"),  # unspecified and loopback
+    IPv6Network("fe80::/10"),
+    IPv6Network("ff00::/8"),
+)
+"""Ranges a route may not cover: they are never forwarded between links (RFC 1812 §5.3.7,
+RFC 4291 §2.5.6), so a route through them could only ever be a mistake."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One entry of a gateway's route table: packets for ``network`` go to ``forward``.
+
+    ``mtu`` is the other side's MTU (``None``: the same as ours or larger, nothing to check).
+    ``prefix``/``mask`` are the network as integers, so the per-packet lookup is two integer
+    operations per route instead of an ``ipaddress`` containment test.
+    """
+
+    network: IPv4Network | IPv6Network
+    forward: Forward
+    mtu: int | None
+    prefix: int
+    mask: int
+    broadcasts: tuple[IPv4Address, ...]
+    """The network and broadcast addresses of an IPv4 route (empty for /31, /32 and IPv6):
+    directed broadcasts are never forwarded (RFC 2644)."""
 
 
 class Gateway:
@@ -142,6 +192,77 @@ class Gateway:
         """Frames meant for the gateway that it refused, by reason."""
         self.ignored = 0
         """Frames not addressed to the gateway (the other local traffic it sees)."""
+        self._routes4: list[Route] = []
+        self._routes6: list[Route] = []
+
+    # --- route table --------------------------------------------------------------------------
+
+    def add_route(
+        self,
+        network: IPv4Network | IPv6Network,
+        forward: Forward,
+        mtu: int | None = None,
+    ) -> None:
+        """Route packets sent to the gateway for addresses in ``network`` to ``forward``.
+
+        ``mtu`` is the MTU of the network on the other side: a packet over it is fragmented
+        (IPv4 without DF) or refused with fragmentation-needed / packet-too-big carrying it.
+        Adding a network again replaces its route; overlapping routes are allowed and the
+        longest prefix wins. Raises :class:`ValueError` for a route that overlaps the gateway's
+        own network (those addresses are on the link: routing them away would black-hole the
+        LAN) or a range that is never routed (loopback, link-local, multicast, ``0/8``), and
+        :class:`TypeError` for anything but an ``IPv4Network`` / ``IPv6Network``. An IPv6 route
+        of a gateway without IPv6 is accepted and never used: its hosts have no address to
+        send from.
+        """
+        if isinstance(network, IPv4Network):
+            own: IPv4Network | IPv6Network | None = self.network4
+            table, floor = self._routes4, _MIN_MTU4
+        elif isinstance(network, IPv6Network):
+            own, table, floor = self.network6, self._routes6, ICMPV6_MIN_MTU
+        else:
+            raise TypeError(f"a route needs an IPv4Network or IPv6Network, not {network!r}")
+        if own is not None and network.overlaps(own):
+            raise ValueError(f"route to {network} overlaps this gateway's own network {own}")
+        for reserved in _NEVER_ROUTED:
+            if reserved.version == network.version and network.overlaps(reserved):
+                raise ValueError(f"route to {network} covers {reserved}, which is never routed")
+        if mtu is not None and mtu < floor:
+            raise ValueError(f"MTU {mtu} of the route to {network} is below the minimum {floor}")
+        broadcasts: tuple[IPv4Address, ...] = ()
+        if isinstance(network, IPv4Network) and network.prefixlen <= 30:
+            broadcasts = (network.network_address, network.broadcast_address)
+        route = Route(
+            network,
+            forward,
+            mtu,
+            int(network.network_address),
+            int(network.netmask),
+            broadcasts,
+        )
+        table[:] = [r for r in table if r.network != network] + [route]
+        table.sort(key=lambda r: r.network.prefixlen, reverse=True)
+
+    def remove_route(self, network: IPv4Network | IPv6Network) -> bool:
+        """Forget the route to exactly ``network``; True if there was one."""
+        for table in (self._routes4, self._routes6):
+            for i, route in enumerate(table):
+                if route.network == network:
+                    del table[i]
+                    return True
+        return False
+
+    def routes(self) -> list[Route]:
+        """The route table, IPv4 then IPv6, longest prefix first within each."""
+        return [*self._routes4, *self._routes6]
+
+    @staticmethod
+    def _lookup(table: list[Route], address: IPv4Address | IPv6Address) -> Route | None:
+        value = int(address)
+        for route in table:  # longest prefix first: the first match wins
+            if value & route.mask == route.prefix:
+                return route
+        return None
 
     # --- periodic output ----------------------------------------------------------------------
 
@@ -261,13 +382,16 @@ class Gateway:
     def _route4(self, raw: bytes, packet: Ipv4Repr, src: bytes, now: float) -> list[bytes]:
         """A packet sent to the gateway's MAC for another address: what a router owes it.
 
-        No routes exist yet, so every such packet ends here: TTL exhausted → time exceeded,
-        otherwise → network unreachable. Packets for the LAN itself are dropped (the sender
-        should have used ARP; a router has nothing to add).
+        A destination in a route's network is forwarded (:meth:`_forward4`). Without a route:
+        TTL exhausted → time exceeded, otherwise → network unreachable. Packets for the LAN
+        itself are dropped (the sender should have used ARP; a router has nothing to add).
         """
         if packet.dst in self.network4:
             self.drops["ipv4_to_own_network"] += 1
             return []
+        route = self._lookup(self._routes4, packet.dst) if self._routes4 else None
+        if route is not None:
+            return self._forward4(raw, packet, src, route, now)
         if not may_send_error_v4(packet, False, self._broadcasts4):
             self.drops["no_route_silent"] += 1
             return []
@@ -281,6 +405,61 @@ class Gateway:
             return []
         self.handled["icmp_error4"] += 1
         return [ethernet_frame(src, self.mac, ETHERTYPE_IPV4, error)]
+
+    def _forward4(
+        self, raw: bytes, packet: Ipv4Repr, src: bytes, route: Route, now: float
+    ) -> list[bytes]:
+        """Hand ``packet`` to ``route`` with its TTL lowered, or answer why not.
+
+        Only packets from this network's own hosts are routed: the return route covers only
+        this CIDR, and a forged source would make the other network's hosts answer (or
+        attack) someone who never asked.
+        """
+        if packet.src not in self.network4 or packet.src in self._broadcasts4:
+            self.drops["foreign_source"] += 1
+            return []
+        if packet.dst in route.broadcasts:
+            self.drops["directed_broadcast"] += 1
+            return []
+        if packet.ttl <= 1:
+            return self._error4(
+                packet, src, now, "ttl_exceeded", lambda: icmp_time_exceeded(raw, self.ipv4)
+            )
+        total = IPV4_HEADER_LEN + len(packet.options) + len(packet.payload)
+        body = raw[:total]  # without the Ethernet padding of a short frame
+        if route.mtu is not None and total > route.mtu:
+            if packet.dont_fragment:
+                mtu = route.mtu
+                return self._error4(
+                    packet,
+                    src,
+                    now,
+                    "frag_needed",
+                    lambda: icmp_dest_unreachable(raw, self.ipv4, ICMP_FRAG_NEEDED, mtu),
+                )
+            pieces = fragment_v4(decrement_ttl(body), route.mtu)
+            self.handled["fragmented4"] += 1
+        else:
+            pieces = [decrement_ttl(body)]
+        for piece in pieces:
+            route.forward(piece, packet.dst, now)
+        self.handled["routed4"] += 1
+        return []
+
+    def _error4(
+        self, packet: Ipv4Repr, src: bytes, now: float, reason: str, error: Callable[[], bytes]
+    ) -> list[bytes]:
+        """Send ``error`` about a packet we would have routed, if RFC 1812 and the budget
+        allow; ``reason`` counts the packet either way."""
+        self.drops[reason] += 1
+        if not may_send_error_v4(packet, False, self._broadcasts4):
+            self.drops["error_suppressed"] += 1
+            return []
+        if not self.errors.take(now):
+            self.drops["icmp_rate_limited"] += 1
+            return []
+        self.handled["icmp_error4"] += 1
+        return [ethernet_frame(src, self.mac, ETHERTYPE_IPV4, error())]
 
     # --- IPv6 ---------------------------------------------------------------------------------
 
@@ -305,6 +484,11 @@ class Gateway:
                 return self._rs(packet, icmp, src, now)
             if icmp.type == ICMPV6_ECHO_REQUEST and dst in self._own6:
                 return self._echo6(packet, icmp, src, link_multicast)
+            if icmp.type == ICMPV6_NEIGHBOR_ADVERT:
+                # An answer to the neighbour cache's solicitation (router/neighbours.py reads
+                # it): nothing for the gateway to say, and not a fault of the sender.
+                self.ignored += 1
+                return []
             if dst.is_multicast:
                 self.ignored += 1
             else:
@@ -389,11 +573,15 @@ class Gateway:
         ]
 
     def _route6(self, raw: bytes, packet: Ipv6Repr, src: bytes, now: float) -> list[bytes]:
-        """As :meth:`_route4` for IPv6: hop limit exhausted → time exceeded, else no route."""
+        """As :meth:`_route4` for IPv6: a route's destination is forwarded
+        (:meth:`_forward6`); else hop limit exhausted → time exceeded, otherwise no route."""
         assert self.network6 is not None
         if packet.dst in self.network6 or packet.dst.is_link_local:
             self.drops["ipv6_to_own_network"] += 1
             return []
+        route = self._lookup(self._routes6, packet.dst) if self._routes6 else None
+        if route is not None:
+            return self._forward6(raw, packet, src, route, now)
         expired = packet.hop_limit <= 1
         kind = ICMPV6_TIME_EXCEEDED if expired else 1
         if not may_send_error_v6(packet, False, kind):
@@ -411,3 +599,58 @@ class Gateway:
             return []
         self.handled["icmp_error6"] += 1
         return [ethernet_frame(src, self.mac, ETHERTYPE_IPV6, error)]
+
+    def _forward6(
+        self, raw: bytes, packet: Ipv6Repr, src: bytes, route: Route, now: float
+    ) -> list[bytes]:
+        """As :meth:`_forward4`; IPv6 routers never fragment, a packet over the other side's
+        MTU gets packet-too-big (RFC 8200 §5). A link-local source is never forwarded
+        (RFC 4291 §2.5.6) and counts as ``foreign_source`` like any address off this /64."""
+        assert self.network6 is not None and self.ipv6 is not None
+        if packet.src not in self.network6:
+            self.drops["foreign_source"] += 1
+            return []
+        body = raw[: IPV6_HEADER_LEN + len(packet.payload)]  # without Ethernet padding
+        source = self.ipv6
+        if packet.hop_limit <= 1:
+            return self._error6(
+                packet,
+                src,
+                now,
+                "hop_limit_exceeded",
+                ICMPV6_TIME_EXCEEDED,
+                lambda: icmpv6_time_exceeded(body, source),
+            )
+        if route.mtu is not None and len(body) > route.mtu:
+            mtu = route.mtu
+            return self._error6(
+                packet,
+                src,
+                now,
+                "packet_too_big",
+                ICMPV6_PACKET_TOO_BIG,
+                lambda: icmpv6_packet_too_big(body, source, mtu),
+            )
+        route.forward(decrement_hop_limit(body), packet.dst, now)
+        self.handled["routed6"] += 1
+        return []
+
+    def _error6(
+        self,
+        packet: Ipv6Repr,
+        src: bytes,
+        now: float,
+        reason: str,
+        kind: int,
+        error: Callable[[], bytes],
+    ) -> list[bytes]:
+        """As :meth:`_error4` with RFC 4443's rules."""
+        self.drops[reason] += 1
+        if not may_send_error_v6(packet, False, kind):
+            self.drops["error_suppressed"] += 1
+            return []
+        if not self.errors.take(now):
+            self.drops["icmp_rate_limited"] += 1
+            return []
+        self.handled["icmp_error6"] += 1
+        return [ethernet_frame(src, self.mac, ETHERTYPE_IPV6, error())]

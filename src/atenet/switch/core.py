@@ -28,6 +28,15 @@ slice); the MAC is copied only when it changes. The port's IPv4/IPv6 are derived
 by the hashed scheme (:mod:`atenet.addressing`) when :meth:`Port.counters` is asked, through the
 ``addresses`` function the switch's owner gives (it knows the network id and CIDRs).
 
+The gateway (the ethereal interface, :mod:`atenet.router`): when the owner sets
+:attr:`Switch.gateway`, frames from *local* ports addressed to the gateway's MAC, or to a
+broadcast/multicast MAC, are also handed to it — never frames from peers, so N nodes never give
+N answers. A unicast frame to the gateway's MAC goes to the gateway only: the gateway MAC is the
+same on every node and its owner is always local, so flooding it would only make other nodes
+drop it. ARP (and IPv6 neighbour advertisements) to the gateway's MAC are the exception: they
+answer the gateway's own requests when it routes into this network, which any node may have
+sent, so they flood as before and :attr:`Switch.gateway_learn` sees those from peers too.
+
 ``frames_to_peers`` counts frames (and offloaded packets) that reached at least one peer node:
 once per flood, however many peers got it — so with no live peer it stays put. ``to_peers``
 returns how many peers it sent to.
@@ -145,6 +154,20 @@ def _no_peers(_frame: bytes) -> int:
     return 0
 
 
+def _gateway_answer(frame: bytes, at: int) -> bool:
+    """Whether a unicast frame to the gateway MAC (at offset ``at``) is an ARP packet or an
+    ICMPv6 neighbour advertisement: those flood on, see the module doc."""
+    etype = frame[at + 12 : at + 14]
+    if etype == b"\x08\x06":
+        return True
+    # IPv6 (0x86dd), next header ICMPv6 (58) with no extension header, type 136 (NA).
+    return (
+        etype == b"\x86\xdd"
+        and frame[at + 20 : at + 21] == b"\x3a"
+        and (frame[at + 54 : at + 55] == b"\x88")
+    )
+
+
 class Switch:
     """Floods frames between the local ports of one network and its peer nodes."""
 
@@ -154,6 +177,9 @@ class Switch:
         "bad_packets",
         "frames_from_peers",
         "frames_to_peers",
+        "gateway",
+        "gateway_learn",
+        "gateway_mac",
         "ports",
         "segmented",
         "to_peers",
@@ -182,6 +208,11 @@ class Switch:
         """Offloaded packets turned into standard frames (once per flood that needed it)."""
         self.bad_packets = 0
         """Offloaded packets dropped because their headers could not be segmented."""
+        self.gateway: Callable[[Port, bytes], None] | None = None
+        """Takes frames from local ports for the gateway (see the module doc)."""
+        self.gateway_learn: Callable[[bytes], None] | None = None
+        """Takes ARP/neighbour advertisements to the gateway MAC that came from peers."""
+        self.gateway_mac = b"\xff" * 6  # no unicast frame matches until a gateway is set
 
     def add(self, key: object, port: Port) -> None:
         port.addresses = self.addresses
@@ -202,6 +233,11 @@ class Switch:
         src.bytes_in += len(frame)
         if not frame.startswith(src.mac, 6):
             src.learn(frame, 6)
+        gateway = self.gateway
+        if gateway is not None and (frame[0] & 1 or frame.startswith(self.gateway_mac)):
+            gateway(src, frame)
+            if not frame[0] & 1 and not _gateway_answer(frame, 0):
+                return  # for the gateway alone (see the module doc)
         for port in self._ports:
             if port is not src:
                 port.deliver(frame)
@@ -211,6 +247,9 @@ class Switch:
     def from_peer(self, frame: bytes) -> None:
         """A frame another node flooded: to local ports only (the loop rule)."""
         self.frames_from_peers += 1
+        learn = self.gateway_learn
+        if learn is not None and frame.startswith(self.gateway_mac):
+            learn(frame)
         for port in self._ports:
             port.deliver(frame)
 
@@ -220,8 +259,28 @@ class Switch:
         src.bytes_in += len(packet) - VNET_HDR_LEN
         if not packet.startswith(src.mac, VNET_HDR_LEN + 6):
             src.learn(packet, VNET_HDR_LEN + 6)
+        gateway = self.gateway
+        if gateway is not None and (
+            packet[VNET_HDR_LEN] & 1 or packet.startswith(self.gateway_mac, VNET_HDR_LEN)
+        ):
+            # The gateway reads standard frames: a TSO super-frame routed through it is cut
+            # into MTU-sized segments and a partial checksum completed first.
+            for frame in self._segment(packet) or ():
+                gateway(src, frame)
+            if not packet[VNET_HDR_LEN] & 1 and not _gateway_answer(packet, VNET_HDR_LEN):
+                return
         if self._flood_packet(packet, src) and self.to_peers_packet(packet):
             self.frames_to_peers += 1
+
+    def from_gateway(self, frame: bytes, to: Port | None = None) -> None:
+        """A frame the gateway sends: to port ``to`` when the frame is addressed to its MAC (the
+        port it answers), else to every local port. Never to peers: each node's gateway
+        answers its own local ports."""
+        if to is not None and frame.startswith(to.mac):
+            to.deliver(frame)
+            return
+        for port in self._ports:
+            port.deliver(frame)
 
     def packet_from_peer(self, packet: bytes) -> None:
         """An offloaded packet another node flooded: to local ports only (the loop rule)."""
