@@ -10,6 +10,8 @@ page is saved to ``test-artifacts/browser.png``.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -23,7 +25,7 @@ from atenet.overlay.token import AccessToken
 from tests.conftest import ROOT, needs_root
 from tests.support.browser import chromium, skip_without_chromium
 from tests.support.netns import Lab
-from tests.support.overlay import HTTP_PORT, Client, Node, Overlay
+from tests.support.overlay import BIN, HTTP_PORT, Client, Node, Overlay
 
 if TYPE_CHECKING:
     from playwright.sync_api import ConsoleMessage, Page, Response
@@ -194,3 +196,88 @@ def test_two_tabs_are_two_hosts_and_a_revoked_token_is_refused_plainly(
             ARTIFACTS.mkdir(exist_ok=True)
             for name, page in pages.items():
                 page.screenshot(path=str(ARTIFACTS / f"browser-tabs-{name}.png"), full_page=True)
+
+
+def chain_leases(overlay: Overlay) -> dict[str, dict[str, Any]]:
+    """The network's folded DHCP bindings, read from the chain in the store as its owner."""
+    script = (
+        "import asyncio, json, sys\n"
+        "from atenet.cli.tok import owner_session\n"
+        "async def main():\n"
+        "    async with owner_session(None) as owner:\n"
+        "        chain = await owner.find(sys.argv[1])\n"
+        "        print(json.dumps(chain.state.leases))\n"
+        "asyncio.run(main())\n"
+    )
+    proc = subprocess.run(
+        [BIN / "python", "-c", script, overlay.network],
+        env=overlay.env | {"ATENET_HOME": str(overlay.owner_home)},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_browser_gets_its_ipv4_by_dhcp_from_the_node_and_pings_the_gateway(
+    net: tuple[Overlay, Node, Client], tmp_path: Path
+) -> None:
+    """The node's welcome says its gateway serves DHCP: the page asks (DISCOVER … ACK through
+    the node's DhcpServer, the binding appended to the chain as a lease event), shows where
+    its address came from, and pings the gateway; h1's kernel reaches the leased address."""
+    overlay, n1, h1 = net
+    _, token = overlay.export_key("dhcp-page", ["n1"])
+    gateway = str(CIDR.network_address + 1)
+    with chromium(tmp_path, ns=n1.host.ns) as context:
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        try:
+            page.goto(f"http://127.0.0.1:{HTTP_PORT}/?name=dhcp-tab#{token}", wait_until="load")
+            joined: dict[str, Any] = page.evaluate("() => window.atenet.ready")
+            ip4, mac = joined["ip4"], joined["mac"]
+            assert joined["source"] == "dhcp" and joined["gateway"] == gateway, joined
+            # The server offers the hashed address first: DHCP and the static scheme agree.
+            network_id = AccessToken.decode(token).network_id
+            raw_mac = bytes.fromhex(mac.replace(":", ""))
+            assert ip4 == str(ipv4_for(network_id, raw_mac, str(CIDR)).ip), joined
+            lease = page.evaluate("window.atenet.lease")
+            assert lease["server"] == gateway and lease["secs"] > 0 and lease["mtu"], lease
+            assert page.locator("#self-ip4").inner_text() == f"{ip4}/{CIDR.prefixlen}"
+            assert page.locator("#self-ip4-source").inner_text().startswith("DHCP, lease")
+            assert page.locator("#self-gw").inner_text() == gateway
+            assert "by DHCP" in page.locator("#log").inner_text()
+
+            # The binding is one lease event in the network's chain, with the page's name.
+            binding = chain_leases(overlay)[ip4]
+            assert binding["mac"] == mac and binding["host"] == "dhcp-tab", binding
+            assert binding["node"] == joined["node"], binding
+            counters = n1.network(overlay.network)["dhcp"]
+            assert counters["acks"] >= 1 and counters["bindings_applied"] >= 1, counters
+
+            # The gateway answers the page's ping (ARP for it, then echo): the card's button
+            # and the console API.
+            page.click("#ping-gw")
+            page.wait_for_function(
+                f"document.querySelector('#ping-out').textContent.includes("
+                f"'{gateway}: 4 sent, 4 received, 0% loss')",
+                timeout=15_000,
+            )
+            rtts = page.evaluate("([a, n]) => window.atenet.ping(a, n)", [gateway, 2])
+            assert len(rtts) == 2 and all(r is not None and 0 < r < 2000 for r in rtts), rtts
+            handled = n1.network(overlay.network)["gateway"]["handled"]
+            assert handled.get("echo4", 0) >= 6, handled
+
+            # The leased address is a working address on the LAN.
+            assert h1.host.ping(ip4, count=2, timeout=5), f"h1 got no answer from {ip4}"
+
+            # A reload asks again (no RELEASE on unload) and gets the same binding back from
+            # the table: the same address, and no new lease event in the chain.
+            page.reload(wait_until="load")
+            again = page.evaluate("() => window.atenet.ready")
+            assert (again["ip4"], again["source"]) == (ip4, "dhcp"), again
+            assert chain_leases(overlay)[ip4]["seq"] == binding["seq"]
+        finally:
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "browser-dhcp.png"), full_page=True)
+    assert errors == []

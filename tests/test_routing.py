@@ -341,6 +341,7 @@ def test_queue_bounds_per_destination_and_in_total_are_counted() -> None:
     a.gw.frame(ping(dst=IPv4Address("10.2.0.30")), 0.0)
     a.gw.frame(ping(dst=IPv4Address("10.2.0.31")), 0.0)
     assert b.nb.queued == 3 and b.nb.drops["queue_full"] == 1
+    assert b.nb.status()["queued"] == 3 and b.nb.status()["resolving"] == 2
     assert len(resolve_v4(b, HB_MAC, HB, 0.1)) == 2  # the two that fit come out
 
 
@@ -517,6 +518,34 @@ def test_only_the_networks_own_hosts_are_routed() -> None:
     assert a.gw.drops == {"foreign_source": 2, "directed_broadcast": 1}
 
 
+def test_the_other_gateways_address_answers_pings_as_one_router() -> None:
+    a, b = pair()
+    [reply] = a.gw.frame(ping(dst=b.gw.ipv4), 0.0)
+    pkt = checked(reply)
+    assert (pkt.dst, pkt.src) == (HA_MAC.hex(":"), a.gw.mac.hex(":"))
+    assert (pkt[IP].src, pkt[IP].dst, pkt[ICMP].type) == ("10.2.0.1", str(HA), 0)
+    assert bytes(pkt[ICMP].payload) == PAYLOAD
+    assert b.gw.ipv6 is not None
+    ping_b6 = icmpv6_echo_request(HA_MAC, a.gw.mac, HA6, b.gw.ipv6, 7, 1, PAYLOAD)
+    [reply6] = a.gw.frame(ping_b6, 0.0)
+    pkt = checked(reply6)
+    assert (pkt[IPv6].src, pkt[IPv6].dst) == ("fd00:2::1", str(HA6))
+    assert pkt[ICMPv6EchoReply].id == 7
+    assert b.wire == [] and a.gw.handled["echo4"] == a.gw.handled["echo6"] == 1
+
+
+def test_a_route_names_its_gateway_inside_its_network() -> None:
+    a = make_lan(1)
+    with pytest.raises(ValueError):
+        a.gw.add_route(
+            IPv4Network("10.2.0.0/24"), lambda p, d, n: None, address=IPv4Address("10.3.0.1")
+        )
+    a.gw.add_route(
+        IPv4Network("10.2.0.0/24"), lambda p, d, n: None, address=IPv4Address("10.2.0.254")
+    )
+    assert a.gw.routes()[0].address == IPv4Address("10.2.0.254")
+
+
 def test_a_route_replaced_takes_the_new_forward() -> None:
     a = make_lan(1)
     got: list[str] = []
@@ -529,7 +558,7 @@ def test_a_route_replaced_takes_the_new_forward() -> None:
 # --- fuzz: the router's inputs never raise, junk is counted and never answered -----------------
 
 FUZZ = settings(
-    max_examples=300,
+    max_examples=800,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

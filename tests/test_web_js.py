@@ -334,6 +334,7 @@ class MockNode:
         self.frames: asyncio.Queue[bytes] = asyncio.Queue()
         self.ws = None
         self.hellos: list[dict] = []
+        self.welcome_extra: dict = {}  # e.g. {"gateway": …, "dhcp": 1}
 
     def app(self):  # -> aiohttp.web.Application
         from aiohttp import web
@@ -376,6 +377,7 @@ class MockNode:
                 "cidr": MOCK_CIDR,
                 "cidr6": MOCK_CIDR6,
                 "mtu": 1400,
+                **self.welcome_extra,
             }
         )
         self.ws = ws
@@ -593,6 +595,56 @@ async def test_page_joins_pings_and_answers_in_chromium(tmp_path: Path) -> None:
                 await bad.wait_for_function("document.body.dataset.state === 'error'")
                 assert text in await bad.inner_text("#banner")
             assert len(mock.hellos) == hellos
+            assert not errors, errors
+            await browser.close()
+    finally:
+        await runner.cleanup()
+
+
+@needs_browser
+async def test_page_falls_back_to_its_hashed_address_when_no_dhcp_server_answers() -> None:
+    """The welcome says the node serves DHCP but nothing answers: after ~7 s (3 DISCOVERs) the
+    page uses its hashed address, says so, and still works as a host (it pings the peer)."""
+    from aiohttp import web
+
+    from atenet.wire import dhcp as wire_dhcp
+
+    mock = MockNode()
+    mock.welcome_extra = {"gateway": "10.77.1.1", "dhcp": 1}
+    runner = web.AppRunner(mock.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    good = AccessToken(NETWORK_A, KEY_ID, SECRET, (f"127.0.0.1:{port}",)).encode()
+    try:
+        async with _playwright.async_playwright() as pw:
+            browser = await pw.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
+            )
+            page = await browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(f"http://127.0.0.1:{port}/#{good}")
+            await page.wait_for_function("document.body.dataset.state === 'connected'")
+            assert await page.evaluate("window.atenet.ip4") is None  # nothing until DHCP or 7 s
+            info = await page.evaluate("window.atenet.ready")
+            host_key = await page.evaluate(
+                "localStorage['atenet-host-key'] + sessionStorage['atenet-tab-id']"
+            )
+            mac = addressing.stable_mac(NETWORK_A, bytes.fromhex(host_key))
+            assert info["source"] == "fallback" and info["gateway"] == "10.77.1.1", info
+            assert info["ip4"] == str(addressing.ipv4_for(NETWORK_A, mac, MOCK_CIDR).ip)
+            assert "no DHCP answer" in await page.inner_text("#self-ip4-source")
+            assert "no DHCP answer: using the hashed address" in await page.inner_text("#log")
+            discovers = []
+            while not mock.frames.empty():
+                cf = wire_dhcp.parse_dhcp_frame(mock.frames.get_nowait())
+                if cf is not None and cf.message.message_type == wire_dhcp.DHCPDISCOVER:
+                    discovers.append(cf.message)
+            assert len(discovers) >= 3 and all(m.chaddr == mac for m in discovers), discovers
+            rtts = await page.evaluate(f"window.atenet.ping('{PEER_IP4}', 2)")
+            assert all(isinstance(r, (int, float)) for r in rtts), rtts
             assert not errors, errors
             await browser.close()
     finally:

@@ -31,7 +31,10 @@ def node(tmp_path: Path) -> Iterator[LoopbackNode]:
 async def status_of(ws: aiohttp.ClientWebSocketResponse, want: str) -> dict:
     """The next status push whose own port has ``want`` non-empty."""
     for _ in range(10):
-        msg = json.loads((await ws.receive(5)).data)
+        raw = await ws.receive(5)
+        if raw.type == aiohttp.WSMsgType.BINARY:  # a frame, e.g. the gateway's advertisement
+            continue
+        msg = json.loads(raw.data)
         if msg["op"] == "status":
             mine = next(p for p in msg["ports"] if p["name"] == msg["port"])
             if mine[want]:

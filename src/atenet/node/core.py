@@ -29,6 +29,7 @@ from typing import Any
 from atenet.addressing import ipv4_for, ipv6_for
 from atenet.chain.state import NetworkState
 from atenet.errors import AtenetError, DecodeError
+from atenet.node.routes import ROUTE_KIND, RoutePort, sync_routes
 from atenet.node.schema import CONTROL, SchemaError, parse
 from atenet.offload import OffloadError, check
 from atenet.overlay.replay import Freshness
@@ -46,6 +47,7 @@ from atenet.overlay.seal import (
 )
 from atenet.router.dhcp import Bind, DhcpServer, Lease
 from atenet.router.gateway import DEFAULT_DNS6, Gateway
+from atenet.router.neighbours import Neighbours
 from atenet.switch.core import Port, Switch
 
 UDP_IDLE = 60.0
@@ -218,6 +220,10 @@ class NetworkRuntime:
         """The time the gateway and DHCP server see (Unix time; simulations set their own)."""
         self.gateway: Gateway | None = None
         self.dhcp: DhcpServer | None = None
+        self.neighbours: Neighbours | None = None
+        """The gateway's neighbour cache, for packets routed into this network."""
+        self.route_ports: dict[bytes, RoutePort] = {}
+        """This network's routes in use, by target network id (node/routes.py)."""
         self._router_config: tuple[Any, ...] | None = None
         self.binds: deque[dict[str, Any]] = deque()
         """Lease event payloads the shell appends to the chain ("lease" event), oldest first."""
@@ -291,7 +297,7 @@ class NetworkRuntime:
     def _build_router(self, state: NetworkState) -> None:
         """The network's gateway and DHCP server, rebuilt when its settings change."""
         s = state.settings
-        self.gateway = self.dhcp = None
+        self.gateway = self.dhcp = self.neighbours = None
         self.switch.gateway = None
         self.switch.gateway_mac = b"\xff" * 6
         if not s.cidr:
@@ -314,6 +320,7 @@ class NetworkRuntime:
         last = table.recent[-1][0] if table.recent else 0
         dhcp.seed([Lease.from_payload(r["seq"], r) for r in table.by_ip.values()], last)
         self.gateway, self.dhcp = gateway, dhcp
+        self.neighbours = Neighbours(gateway, unreachable=self._unreachable)
         self.switch.gateway_mac = gateway.mac
         self.switch.gateway = self._to_gateway
 
@@ -347,6 +354,21 @@ class NetworkRuntime:
         if self.gateway is not None:
             for out in self.gateway.frame(frame, now):
                 self.switch.from_gateway(out, port)
+        if self.neighbours is not None and frame[12:14] in (b"\x08\x06", b"\x86\xdd"):
+            self.inject(self.neighbours.learn(frame, now))  # a local host answering our ARP
+
+    def inject(self, frames: list[bytes]) -> None:
+        """Frames the neighbour cache lets go (routed packets, its requests, ICMP errors): into
+        the switch through a route port, so they flood to the member nodes too; through the
+        gateway to the local ports when no route leads here."""
+        if not frames:
+            return
+        port = next((p for p in self.switch.ports.values() if p.kind == ROUTE_KIND), None)
+        for frame in frames:
+            if port is not None:
+                self.switch.from_local(port, frame)
+            else:
+                self.switch.from_gateway(frame)
 
     def _dhcp_out(self, actions: list[Any], port: Port | None) -> None:
         for action in actions:
@@ -359,15 +381,36 @@ class NetworkRuntime:
             else:
                 self.switch.from_gateway(action.frame, port)
 
+    def _unreachable(self, packet: bytes, now: float) -> None:
+        """An ICMP error for the sender of a packet routed here that found no host: back into
+        the sender's network, whose hosts are on this node (routing happens at the sender's
+        node), through the route port it came by."""
+        try:
+            dst = ipaddress.ip_address(packet[16:20] if packet[0] >> 4 == 4 else packet[24:40])
+        except ValueError:
+            return
+        for port in self.switch.ports.values():
+            if isinstance(port, RoutePort) and port.source.gateway is not None:
+                source = port.source
+                if dst in source.gateway.network4 or dst in (source.gateway.network6 or ()):
+                    if source.neighbours is not None:
+                        source.inject(source.neighbours.send(packet, dst, now))
+                    return
+
     def poll_gateway(self, now: float) -> None:
-        """Periodic router advertisements, while the network has local ports to hear them."""
+        """Periodic router advertisements, while the network has local ports to hear them;
+        the neighbour cache's repeated requests, through a route port into this network."""
         gateway = self.gateway
-        if gateway is None or not len(self.switch):
+        if gateway is None:
             return
         at = gateway.poll_at()
         if at is not None and now >= at:
-            for frame in gateway.poll(now):
+            frames = gateway.poll(now)  # the schedule runs on with no one to hear it, too
+            for frame in frames if len(self.switch) else ():
                 self.switch.from_gateway(frame)
+        neighbours = self.neighbours
+        if neighbours is not None and (at := neighbours.poll_at()) is not None and now >= at:
+            self.inject(neighbours.poll(now))
 
     @property
     def is_member(self) -> bool:
@@ -666,8 +709,8 @@ class NetworkRuntime:
         }
 
     def routed_cidrs(self) -> list[str]:
-        """CIDRs of the networks this one routes to (filled in by the routing, below)."""
-        return []
+        """CIDRs of the networks this one routes to now (node/routes.py), for clients."""
+        return [str(n) for port in self.route_ports.values() for n in port.networks]
 
 
 class NodeCore:
@@ -736,6 +779,7 @@ class NodeCore:
         if runtime is not None:
             for key in list(runtime.clients):
                 runtime.remove_client(key)
+            sync_routes(self, self.clock())  # routes into or out of it go with it
 
     def datagram(self, data: bytes, addr: Addr, now: float) -> None:
         self.datagrams += 1
@@ -762,6 +806,13 @@ class NodeCore:
             runtime.refresh_peers(now)
             runtime.advance(now)
             runtime.poll_gateway(now)
+        sync_routes(self, now)
+
+    def request_load(self, network_id: bytes) -> None:
+        """Ask the shell to load a network (a route leads to it)."""
+        if network_id not in self._asked:
+            self._asked.add(network_id)
+            self._events.append(("load", network_id))
 
     def status(self) -> dict[str, Any]:
         return {

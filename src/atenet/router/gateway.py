@@ -127,6 +127,8 @@ class Route:
     broadcasts: tuple[IPv4Address, ...]
     """The network and broadcast addresses of an IPv4 route (empty for /31, /32 and IPv6):
     directed broadcasts are never forwarded (RFC 2644)."""
+    address: IPv4Address | IPv6Address | None
+    """The other network's gateway address: answered here, as one router's other interface."""
 
 
 class Gateway:
@@ -202,18 +204,26 @@ class Gateway:
         network: IPv4Network | IPv6Network,
         forward: Forward,
         mtu: int | None = None,
+        *,
+        address: IPv4Address | IPv6Address | None = None,
     ) -> None:
         """Route packets sent to the gateway for addresses in ``network`` to ``forward``.
 
         ``mtu`` is the MTU of the network on the other side: a packet over it is fragmented
         (IPv4 without DF) or refused with fragmentation-needed / packet-too-big carrying it.
         Adding a network again replaces its route; overlapping routes are allowed and the
-        longest prefix wins. Raises :class:`ValueError` for a route that overlaps the gateway's
-        own network (those addresses are on the link: routing them away would black-hole the
-        LAN) or a range that is never routed (loopback, link-local, multicast, ``0/8``), and
-        :class:`TypeError` for anything but an ``IPv4Network`` / ``IPv6Network``. An IPv6 route
-        of a gateway without IPv6 is accepted and never used: its hosts have no address to
-        send from.
+        longest prefix wins.
+
+        Pings to the other network's gateway address (its first host, where
+        :mod:`atenet.addressing` puts every gateway; ``address`` names another) are answered
+        here, the way a router answers on any of its interfaces' addresses: the two gateways
+        are one router with a leg in each network.
+
+        Raises :class:`ValueError` for a route that overlaps the gateway's own network (those
+        addresses are on the link: routing them away would black-hole the LAN) or a range that
+        is never routed (loopback, link-local, multicast, ``0/8``), and :class:`TypeError` for
+        anything but an ``IPv4Network`` / ``IPv6Network``. An IPv6 route of a gateway without
+        IPv6 is accepted and never used: its hosts have no address to send from.
         """
         if isinstance(network, IPv4Network):
             own: IPv4Network | IPv6Network | None = self.network4
@@ -232,6 +242,10 @@ class Gateway:
         broadcasts: tuple[IPv4Address, ...] = ()
         if isinstance(network, IPv4Network) and network.prefixlen <= 30:
             broadcasts = (network.network_address, network.broadcast_address)
+        if address is None and (network.version == 6 or network.prefixlen <= 30):
+            address = network.network_address + 1
+        if address is not None and (address.version != network.version or address not in network):
+            raise ValueError(f"gateway address {address} is not in {network}")
         route = Route(
             network,
             forward,
@@ -239,6 +253,7 @@ class Gateway:
             int(network.network_address),
             int(network.netmask),
             broadcasts,
+            address,
         )
         table[:] = [r for r in table if r.network != network] + [route]
         table.sort(key=lambda r: r.network.prefixlen, reverse=True)
@@ -327,8 +342,8 @@ class Gateway:
             self.ignored += 1
             return []
         if arp.operation != ARP_REQUEST:
-            # A reply to the gateway: the routing's neighbour cache will read these; for now
-            # the gateway never asks, so there is nothing to learn.
+            # A reply to the gateway: an answer to the neighbour cache's request, which reads
+            # it there (router/neighbours.py); nothing for the gateway itself to say.
             self.ignored += 1
             return []
         if arp.sender_mac != src:
@@ -353,7 +368,14 @@ class Gateway:
             return []
         return self._route4(raw, packet, src, now)
 
-    def _to_gateway4(self, packet: Ipv4Repr, src: bytes, link_multicast: bool) -> list[bytes]:
+    def _to_gateway4(
+        self,
+        packet: Ipv4Repr,
+        src: bytes,
+        link_multicast: bool,
+        address: IPv4Address | None = None,
+    ) -> list[bytes]:
+        """A packet for the gateway: ping answered (from ``address``, default its own)."""
         if packet.protocol != PROTO_ICMP:
             self.drops["ipv4_unhandled"] += 1  # DHCP (UDP) is served by its own module
             return []
@@ -375,7 +397,7 @@ class Gateway:
         self.handled["echo4"] += 1
         return [
             icmp_echo_reply(
-                self.mac, src, self.ipv4, packet.src, icmp.ident, icmp.seq, icmp.payload
+                self.mac, src, address or self.ipv4, packet.src, icmp.ident, icmp.seq, icmp.payload
             )
         ]
 
@@ -418,6 +440,9 @@ class Gateway:
         if packet.src not in self.network4 or packet.src in self._broadcasts4:
             self.drops["foreign_source"] += 1
             return []
+        if packet.dst == route.address:
+            assert isinstance(route.address, IPv4Address)
+            return self._to_gateway4(packet, src, False, route.address)
         if packet.dst in route.broadcasts:
             self.drops["directed_broadcast"] += 1
             return []
@@ -609,6 +634,14 @@ class Gateway:
         assert self.network6 is not None and self.ipv6 is not None
         if packet.src not in self.network6:
             self.drops["foreign_source"] += 1
+            return []
+        if packet.dst == route.address:
+            proto, upper = packet.upper_layer()
+            if proto == NEXT_HEADER_ICMPV6:
+                icmp = Icmpv6Repr.parse(upper, packet.src, packet.dst)
+                if icmp.type == ICMPV6_ECHO_REQUEST:
+                    return self._echo6(packet, icmp, src, False)  # from the address pinged
+            self.drops["ipv6_unhandled"] += 1
             return []
         body = raw[: IPV6_HEADER_LEN + len(packet.payload)]  # without Ethernet padding
         source = self.ipv6

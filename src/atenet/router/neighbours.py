@@ -192,6 +192,16 @@ class Neighbours:
         """Addresses being resolved."""
         return len(self._pending)
 
+    def status(self) -> dict[str, object]:
+        """Sizes and counters, JSON-ready (for ``/api/status`` and the metrics)."""
+        return {
+            "entries": len(self._entries),
+            "resolving": len(self._pending),
+            "queued": self._queued,
+            "counters": dict(self.counters),
+            "drops": dict(self.drops),
+        }
+
     def lookup(self, address: Address) -> bytes | None:
         """The cached MAC of ``address`` (fresh or stale), without touching the LRU order."""
         entry = self._entries.get(address)

@@ -35,7 +35,7 @@ N answers. A unicast frame to the gateway's MAC goes to the gateway only: the ga
 same on every node and its owner is always local, so flooding it would only make other nodes
 drop it. ARP (and IPv6 neighbour advertisements) to the gateway's MAC are the exception: they
 answer the gateway's own requests when it routes into this network, which any node may have
-sent, so they flood as before and :attr:`Switch.gateway_learn` sees those from peers too.
+sent, so they flood as before (to every node's route ports, see :mod:`atenet.node.routes`).
 
 ``frames_to_peers`` counts frames (and offloaded packets) that reached at least one peer node:
 once per flood, however many peers got it — so with no live peer it stays put. ``to_peers``
@@ -178,7 +178,6 @@ class Switch:
         "frames_from_peers",
         "frames_to_peers",
         "gateway",
-        "gateway_learn",
         "gateway_mac",
         "ports",
         "segmented",
@@ -210,8 +209,6 @@ class Switch:
         """Offloaded packets dropped because their headers could not be segmented."""
         self.gateway: Callable[[Port, bytes], None] | None = None
         """Takes frames from local ports for the gateway (see the module doc)."""
-        self.gateway_learn: Callable[[bytes], None] | None = None
-        """Takes ARP/neighbour advertisements to the gateway MAC that came from peers."""
         self.gateway_mac = b"\xff" * 6  # no unicast frame matches until a gateway is set
 
     def add(self, key: object, port: Port) -> None:
@@ -247,9 +244,6 @@ class Switch:
     def from_peer(self, frame: bytes) -> None:
         """A frame another node flooded: to local ports only (the loop rule)."""
         self.frames_from_peers += 1
-        learn = self.gateway_learn
-        if learn is not None and frame.startswith(self.gateway_mac):
-            learn(frame)
         for port in self._ports:
             port.deliver(frame)
 

@@ -1,8 +1,9 @@
 // The page: reads the token from the URL fragment, joins the network through net.js, and
 // draws what it learns (addresses, members, ports, traffic chart, ping tool).
 //
-// For tests it exposes window.atenet = {ready, ip4, ip6, mac, host, ping(addr, count)} and sets
-// document.body.dataset.state to "connecting" | "connected" | "refused" | "error".
+// For tests it exposes window.atenet = {ready, ip4, ip6, mac, host, source, gateway, lease, dhcp,
+// ping(addr, count)} and sets document.body.dataset.state to "connecting" | "connected" |
+// "refused" | "error".
 
 import { chartScale, si } from "./chart.js";
 import {
@@ -42,6 +43,10 @@ const api = {
   ip6: null,
   mac: null,
   host: null,
+  source: null, // where the IPv4 address came from: "dhcp" | "fallback" | "static" | "none"
+  gateway: null,
+  lease: null, // {secs, t1, t2, dns, mtu, server} while the address is leased
+  dhcp: () => (session?.dhcp ? { state: session.dhcp.state, ...session.dhcp.stats } : null),
   ping: (address, count = 4) => runPing(String(address), Number(count) || 4),
 };
 api.ready.catch(() => {}); // a refusal is shown on the page; no unhandled-rejection noise
@@ -152,6 +157,11 @@ function pageHostName(tabId) {
   return cleanHostName(asked || `browser-${tabId.slice(0, 6)}`);
 }
 
+// ?static in the page's address: the hashed address, no DHCP (as `tok connect --static`).
+function staticOnly() {
+  return new URLSearchParams(location.search).has("static");
+}
+
 // --- formatting --------------------------------------------------------------------------------
 
 function count(n) {
@@ -216,7 +226,9 @@ async function connect(token, key) {
     hostKey: key,
     hostName: api.host,
     now: () => Date.now() + clockOffset,
+    dhcp: staticOnly() ? "off" : "auto",
     onWelcome: (msg, newHost) => joined(msg, newHost),
+    onAddress: (address) => addressed(address),
     onStatus: (msg) => status(msg),
     onClose: (info) => closed(info, token, key),
     onEvent: (kind, text) => log(kind === "conflict" ? `address conflict: ${text}` : text, true),
@@ -230,27 +242,78 @@ function joined(msg, newHost) {
   host = newHost;
   everConnected = true;
   retries = 0;
-  api.ip4 = formatIp4(host.ip4);
   api.ip6 = host.ip6 ? formatIp6(host.ip6) : null;
   api.mac = formatMac(host.mac);
   setState("connected", "connected");
   banner(null);
-  const prefix = msg.cidr.split("/")[1];
   $("net-name").textContent = msg.name || "(unnamed network)";
   $("net-cidr").textContent = [msg.cidr, msg.cidr6].filter(Boolean).join("  ·  ");
   document.title = `atenet · ${msg.name || msg.cidr}`;
-  $("self-ip4").textContent = `${api.ip4}/${prefix}`;
   $("self-ip6").textContent = api.ip6 ? `${api.ip6}/64` : "—";
   $("self-mac").textContent = api.mac;
   $("self-host").textContent = api.host || "—";
   $("self-node").textContent = msg.node ?? "—";
-  if (!$("ping-addr").value) {
-    const gw = host.net4.slice();
-    gw[3] += 1;
-    $("ping-addr").placeholder = `e.g. ${formatIp4(gw)}`;
+  if (!host.ip4) {
+    $("self-ip4").textContent = "— (asking DHCP…)";
+    $("self-ip4-source").textContent = "DHCP: waiting for the gateway";
   }
-  log(`joined ${msg.name || "the network"} as ${api.ip4} (${api.mac}) via node ${msg.node ?? "?"}`);
-  resolveReady({ ip4: api.ip4, ip6: api.ip6, mac: api.mac, name: msg.name, cidr: msg.cidr, node: msg.node });
+  log(`joined ${msg.name || "the network"} (${api.mac}) via node ${msg.node ?? "?"}`);
+}
+
+function duration(secs) {
+  if (secs >= 0xffffffff) return "forever";
+  if (secs >= 3600) return `${Number((secs / 3600).toFixed(1))} h`;
+  if (secs >= 120) return `${Math.round(secs / 60)} min`;
+  return `${secs} s`;
+}
+
+const SOURCE_TEXT = {
+  dhcp: "DHCP",
+  fallback: "static (no DHCP answer: the hashed address)",
+  static: "static (hashed address)",
+  none: "none: the DHCP lease ended, asking again",
+};
+
+// The IPv4 address is set, changed, renewed or lost (Session.onAddress).
+function addressed(address) {
+  const { source, lease } = address;
+  const before = api.ip4;
+  api.ip4 = address.ip4 ? formatIp4(address.ip4) : null;
+  api.source = source;
+  api.gateway = address.gateway ? formatIp4(address.gateway) : null;
+  api.lease = lease
+    ? { secs: lease.leaseSecs, t1: lease.t1Secs, t2: lease.t2Secs, dns: lease.dns.map(formatIp4), mtu: lease.mtu, server: formatIp4(lease.server) }
+    : null;
+  $("self-ip4").textContent = api.ip4 ? `${api.ip4}/${address.prefix}` : "— (asking DHCP…)";
+  let from = SOURCE_TEXT[source] ?? source;
+  if (lease) from += `, lease ${duration(lease.leaseSecs)} from ${api.lease.server}`;
+  $("self-ip4-source").textContent = from;
+  $("self-gw").textContent = api.gateway ?? "—";
+  if (api.gateway && !$("ping-addr").value) $("ping-addr").placeholder = `e.g. ${api.gateway} (the gateway)`;
+  $("ping-gw").disabled = !api.gateway || !api.ip4;
+  if (source === "dhcp" && lease?.renewed && before === api.ip4) {
+    log(`DHCP lease of ${api.ip4} renewed (${duration(lease.leaseSecs)})`);
+  } else if (source === "dhcp") {
+    log(`IPv4 ${api.ip4} by DHCP (lease ${duration(lease.leaseSecs)}), gateway ${api.gateway ?? "none"}`);
+  } else if (source === "fallback") {
+    log(`no DHCP answer: using the hashed address ${api.ip4}; still asking`, true);
+  } else if (source === "static") {
+    log(`IPv4 ${api.ip4} (hashed address${staticOnly() ? ", ?static" : ""})`);
+  } else {
+    log(`the DHCP lease of ${before ?? "the address"} ended: no IPv4 address until a server answers`, true);
+  }
+  if (api.ip4) {
+    resolveReady({
+      ip4: api.ip4,
+      ip6: api.ip6,
+      mac: api.mac,
+      name: welcome?.name,
+      cidr: welcome?.cidr,
+      node: welcome?.node,
+      source,
+      gateway: api.gateway,
+    });
+  }
 }
 
 // The status cards say why they are empty instead of "waiting for status…" forever.
@@ -581,6 +644,11 @@ async function runPing(address, n) {
 function wirePingForm() {
   const form = $("ping-form");
   const button = $("ping-go");
+  $("ping-gw").addEventListener("click", () => {
+    if (!api.gateway) return;
+    $("ping-addr").value = api.gateway;
+    form.requestSubmit();
+  });
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const address = $("ping-addr").value.trim();

@@ -454,6 +454,178 @@ function ndOption(options, kind) {
   return null;
 }
 
+// --- DHCPv4 messages (src/atenet/wire/dhcp.py) -------------------------------------------------
+
+const PROTO_UDP = 17;
+export const DHCP_SERVER_PORT = 67;
+export const DHCP_CLIENT_PORT = 68;
+const DHCP_MAGIC = new Uint8Array([99, 130, 83, 99]);
+const DHCP_FIXED_LEN = 236; // op … file: the BOOTP header before the magic cookie
+const DHCP_MAX_OPTIONS = 64; // as the server: a real peer sends about ten
+export const DHCP = Object.freeze({ DISCOVER: 1, OFFER: 2, REQUEST: 3, DECLINE: 4, ACK: 5, NAK: 6, RELEASE: 7, INFORM: 8 });
+export const DHCP_OPT = Object.freeze({
+  MASK: 1,
+  ROUTER: 3,
+  DNS: 6,
+  HOST_NAME: 12,
+  MTU: 26,
+  BROADCAST: 28,
+  REQUESTED_IP: 50,
+  LEASE_TIME: 51,
+  OVERLOAD: 52,
+  MESSAGE_TYPE: 53,
+  SERVER_ID: 54,
+  PARAMS: 55,
+  MESSAGE: 56,
+  T1: 58,
+  T2: 59,
+  CLASSLESS_ROUTES: 121,
+});
+/** What the page asks for (option 55): mask, router, DNS, MTU, broadcast, times, routes. */
+const DHCP_PARAMS = new Uint8Array([1, 3, 6, 26, 28, 51, 54, 58, 59, 121]);
+const ZERO_IP4 = new Uint8Array(4);
+const BROADCAST_IP4 = new Uint8Array([255, 255, 255, 255]);
+
+/** A UDP datagram over IPv4 with its checksum (RFC 768: a computed 0 is sent as 0xffff). */
+export function udpDatagram(srcIp, dstIp, srcPort, dstPort, payload) {
+  const udp = concatBytes(u16(srcPort), u16(dstPort), u16(8 + payload.length), u16(0), payload);
+  let pseudo = PROTO_UDP + udp.length;
+  for (const addr of [srcIp, dstIp]) pseudo += readU16(addr, 0) + readU16(addr, 2);
+  udp.set(u16(inetChecksum(udp, pseudo) || 0xffff), 6);
+  return udp;
+}
+
+/**
+ * A DHCP message: the BOOTP header, the magic cookie, `options` ([code, bytes] pairs, option
+ * 53 first as clients and servers expect), the end option, padded to the BOOTP minimum of 300.
+ */
+export function dhcpMessage({ op = 1, xid, chaddr, secs = 0, flags = 0, ciaddr = ZERO_IP4, yiaddr = ZERO_IP4, siaddr = ZERO_IP4, giaddr = ZERO_IP4, options = [] }) {
+  const out = new Uint8Array(Math.max(300, DHCP_FIXED_LEN + 4 + options.reduce((n, [, v]) => n + 2 + v.length, 0) + 1));
+  out.set([op, 1, 6, 0], 0);
+  out.set(u32(xid), 4);
+  out.set(u16(secs), 8);
+  out.set(u16(flags), 10);
+  out.set(ciaddr, 12);
+  out.set(yiaddr, 16);
+  out.set(siaddr, 20);
+  out.set(giaddr, 24);
+  out.set(chaddr, 28);
+  out.set(DHCP_MAGIC, DHCP_FIXED_LEN);
+  let pos = DHCP_FIXED_LEN + 4;
+  for (const [code, value] of options) {
+    if (value.length > 255) throw new Error(`DHCP option ${code} is longer than 255 bytes`);
+    out[pos] = code;
+    out[pos + 1] = value.length;
+    out.set(value, pos + 2);
+    pos += 2 + value.length;
+  }
+  out[pos] = 255;
+  return out;
+}
+
+/**
+ * Parse a DHCP message with the rules of atenet.wire.dhcp's parser: null for anything
+ * malformed (short, not Ethernet 1/6, no magic cookie, an option past the end, too many
+ * options, option overload, no end option). Never throws.
+ */
+export function parseDhcpMessage(buf) {
+  if (buf.length < DHCP_FIXED_LEN + 4 || buf.length > 1500) return null;
+  const op = buf[0];
+  if ((op !== 1 && op !== 2) || buf[1] !== 1 || buf[2] !== 6) return null;
+  if (!bytesEqual(buf.subarray(DHCP_FIXED_LEN, DHCP_FIXED_LEN + 4), DHCP_MAGIC)) return null;
+  const options = new Map();
+  let pos = DHCP_FIXED_LEN + 4;
+  let count = 0;
+  for (;;) {
+    if (pos >= buf.length) return null;
+    const code = buf[pos];
+    if (code === 0) {
+      pos++;
+      continue;
+    }
+    if (code === 255) break;
+    if (pos + 1 >= buf.length || pos + 2 + buf[pos + 1] > buf.length) return null;
+    if (++count > DHCP_MAX_OPTIONS || code === DHCP_OPT.OVERLOAD) return null;
+    const value = buf.slice(pos + 2, pos + 2 + buf[pos + 1]);
+    const before = options.get(code);
+    options.set(code, before ? concatBytes(before, value) : value); // RFC 3396 long options
+    pos += 2 + buf[pos + 1];
+  }
+  const type = options.get(DHCP_OPT.MESSAGE_TYPE);
+  return {
+    op,
+    xid: readU32(buf, 4),
+    secs: readU16(buf, 8),
+    flags: readU16(buf, 10),
+    ciaddr: buf.slice(12, 16),
+    yiaddr: buf.slice(16, 20),
+    siaddr: buf.slice(20, 24),
+    giaddr: buf.slice(24, 28),
+    chaddr: buf.slice(28, 34),
+    type: type && type.length === 1 ? type[0] : null,
+    options,
+  };
+}
+
+/** An option holding exactly one IPv4 address (or a list's first), else null. */
+function dhcpIpOption(options, code, list = false) {
+  const value = options.get(code);
+  if (!value || value.length < 4 || (list ? value.length % 4 : value.length !== 4)) return null;
+  return value.slice(0, 4);
+}
+
+function dhcpU32Option(options, code) {
+  const value = options.get(code);
+  return value && value.length === 4 ? readU32(value, 0) : null;
+}
+
+/** The prefix length of a contiguous netmask (4 bytes), or null for a non-contiguous one. */
+function maskPrefix(mask) {
+  const value = readU32(mask, 0);
+  let prefix = 0;
+  while (prefix < 32 && value & (0x80000000 >>> prefix)) prefix++;
+  return value === (prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0) ? prefix : null;
+}
+
+/** A DHCP client frame: UDP 68 → 67 inside IPv4 inside Ethernet. */
+export function dhcpClientFrame(srcMac, dstMac, srcIp, dstIp, message) {
+  const udp = udpDatagram(srcIp, dstIp, DHCP_CLIENT_PORT, DHCP_SERVER_PORT, message);
+  return ethernetFrame(dstMac, srcMac, ETHERTYPE_IPV4, ipv4Packet(srcIp, dstIp, PROTO_UDP, udp));
+}
+
+/**
+ * Take a frame apart down to a DHCP message sent to the client port (UDP 67 → 68).
+ * Returns null when the frame is not that at all, {malformed: true} when it claims to be and
+ * is broken (IPv4 or UDP checksum, truncated, bad DHCP message), else the parsed message with
+ * `srcMac`, `srcIp` and `dstIp`. Never throws.
+ */
+export function parseDhcpReplyFrame(frame) {
+  if (frame.length < 14 + 20 + 8 || readU16(frame, 12) !== ETHERTYPE_IPV4) return null;
+  const packet = frame.subarray(14);
+  if (packet[0] >> 4 !== 4 || packet[9] !== PROTO_UDP) return null;
+  const headerLen = (packet[0] & 0x0f) * 4;
+  if (headerLen < 20 || packet.length < headerLen + 8) return null; // the host drops it
+  if ((readU16(packet, 6) & 0x3fff) !== 0) return null; // a fragment: not reassembled
+  const udp = packet.subarray(headerLen);
+  if (readU16(udp, 0) !== DHCP_SERVER_PORT || readU16(udp, 2) !== DHCP_CLIENT_PORT) return null;
+  // From here on it claims to be a DHCP reply: whatever is wrong is counted as malformed.
+  const total = readU16(packet, 2);
+  if (total < headerLen + 8 || total > packet.length) return { malformed: true };
+  if (inetChecksum(packet.subarray(0, headerLen)) !== 0) return { malformed: true };
+  const length = readU16(udp, 4);
+  if (length < 8 || length > total - headerLen) return { malformed: true };
+  const src = packet.subarray(12, 16);
+  const dst = packet.subarray(16, 20);
+  if (readU16(udp, 6) !== 0) {
+    let pseudo = PROTO_UDP + length;
+    for (const addr of [src, dst]) pseudo += readU16(addr, 0) + readU16(addr, 2);
+    if (inetChecksum(udp.subarray(0, length), pseudo) !== 0) return { malformed: true };
+  }
+  const message = parseDhcpMessage(udp.subarray(8, length));
+  if (!message || message.op !== 2) return { malformed: true };
+  return { ...message, srcMac: frame.slice(6, 12), srcIp: src.slice(), dstIp: dst.slice() };
+}
+
 // --- the host ----------------------------------------------------------------------------------
 
 const ARP_TRIES = 3;
@@ -465,13 +637,21 @@ const RESOLVE_INTERVAL_MS = 1000;
  * Feed it every received frame with `receive(frame)`; it calls `send(frame)` to transmit.
  * It answers ARP and neighbour solicitations for its addresses and echo requests, learns
  * neighbours from ARP/ND, and pings (`ping`). Nothing here touches the DOM or a socket.
+ *
+ * `ip4` may be null (no IPv4 yet: DHCP has not answered); then it answers nothing over IPv4
+ * and `setIp4` gives it one later. `gateway4` is the IPv4 next hop off the subnet (default:
+ * the first host of the subnet). `dhcp`, when set, is a Dhcp4Client that sees every IPv4
+ * frame first and keeps the DHCP replies.
  */
 export class Host {
-  constructor({ mac, ip4, prefix4 = 24, ip6 = null, send, now, timers, onEvent } = {}) {
+  constructor({ mac, ip4 = null, prefix4 = 24, gateway4 = null, ip6 = null, send, now, timers, onEvent } = {}) {
     this.mac = mac;
-    this.ip4 = ip4;
+    this.ip4 = null;
     this.prefix4 = prefix4;
-    this.net4 = u32((readU32(ip4, 0) & (prefix4 ? (0xffffffff << (32 - prefix4)) >>> 0 : 0)) >>> 0);
+    this.net4 = null;
+    this.gateway4 = null;
+    this.setIp4(ip4, prefix4, gateway4);
+    this.dhcp = null;
     this.ip6 = ip6;
     this.send = send;
     this.now = now ?? (() => globalThis.performance.now());
@@ -487,6 +667,15 @@ export class Host {
     this.stats = { framesIn: 0, framesOut: 0, bytesIn: 0, bytesOut: 0, ignored: 0, answered: 0 };
   }
 
+  /** Use `ip4` (null: none) inside a /`prefix4`, with `gateway4` (null: the subnet's first host). */
+  setIp4(ip4, prefix4 = this.prefix4, gateway4 = null) {
+    this.ip4 = ip4 ? ip4.slice() : null;
+    this.prefix4 = prefix4;
+    const mask = prefix4 ? (0xffffffff << (32 - prefix4)) >>> 0 : 0;
+    this.net4 = ip4 ? u32((readU32(ip4, 0) & mask) >>> 0) : null;
+    this.gateway4 = gateway4 ? gateway4.slice() : this.net4 ? u32(readU32(this.net4, 0) + 1) : null;
+  }
+
   transmit(frame) {
     this.stats.framesOut++;
     this.stats.bytesOut += frame.length;
@@ -495,7 +684,7 @@ export class Host {
 
   /** Announce our addresses: a gratuitous ARP and an unsolicited neighbour advertisement. */
   announce() {
-    this.transmit(gratuitousArp(this.mac, this.ip4));
+    if (this.ip4) this.transmit(gratuitousArp(this.mac, this.ip4));
     if (this.ip6) this.transmit(neighborAdvertisement(this.mac, this.ip6));
   }
 
@@ -511,6 +700,7 @@ export class Host {
     const type = readU16(frame, 12);
     const payload = frame.subarray(14);
     if (type === ETHERTYPE_ARP) return this.receiveArp(payload);
+    if (type === ETHERTYPE_IPV4 && this.dhcp && this.dhcp.receive(frame)) return undefined;
     if (type === ETHERTYPE_IPV4) return this.receiveIpv4(src, payload);
     if (type === ETHERTYPE_IPV6 && this.ip6) return this.receiveIpv6(src, payload);
     return this.ignore();
@@ -538,12 +728,12 @@ export class Host {
     const senderIp = arp.subarray(14, 18);
     const targetIp = arp.subarray(24, 28);
     if (bytesEqual(senderMac, this.mac)) return undefined; // our own broadcast, flooded back
-    if (bytesEqual(senderIp, this.ip4)) {
+    if (this.ip4 && bytesEqual(senderIp, this.ip4)) {
       this.onEvent("conflict", `${formatMac(senderMac)} also claims ${formatIp4(this.ip4)}`);
       return undefined;
     }
     if (readU32(senderIp, 0) !== 0) this.learn(formatIp4(senderIp), senderMac);
-    if (op === 1 && bytesEqual(targetIp, this.ip4)) {
+    if (op === 1 && this.ip4 && bytesEqual(targetIp, this.ip4)) {
       this.stats.answered++;
       this.transmit(arpReply(this.mac, this.ip4, senderMac, senderIp));
     }
@@ -557,7 +747,7 @@ export class Host {
     if (headerLen < 20 || total < headerLen || total > packet.length) return this.ignore();
     if (inetChecksum(packet.subarray(0, headerLen)) !== 0) return this.ignore();
     const dst = packet.subarray(16, 20);
-    if (!bytesEqual(dst, this.ip4)) return this.ignore();
+    if (!this.ip4 || !bytesEqual(dst, this.ip4)) return this.ignore();
     const src = packet.subarray(12, 16);
     const fragmented = (readU16(packet, 6) & 0x3fff) !== 0;
     const protocol = packet[9];
@@ -646,11 +836,11 @@ export class Host {
     entry.resolve(this.now() - entry.sentAt);
   }
 
-  /** The next hop for `ip`: itself inside our subnet, else the gateway (.1 / ::1). */
+  /** The next hop for `ip`: itself inside our subnet, else the gateway (gateway4 / ::1). */
   nextHop(ip) {
     if (ip.length === 4) {
       if (inSubnet4(ip, this.net4, this.prefix4)) return ip;
-      return u32(readU32(this.net4, 0) + 1);
+      return this.gateway4;
     }
     if (bytesEqual(ip.subarray(0, 8), this.ip6.subarray(0, 8)) || (ip[0] === 0xfe && (ip[1] & 0xc0) === 0x80)) return ip;
     const gateway = this.ip6.slice();
@@ -698,6 +888,7 @@ export class Host {
     const ip = parseIp4(address) ?? (this.ip6 ? parseIp6(address) : null);
     if (!ip) throw new Error(`not an address: ${address}`);
     const family = ip.length === 4 ? 4 : 6;
+    if (family === 4 && !this.ip4) throw new Error("this page has no IPv4 address yet (waiting for DHCP)");
     const text = family === 4 ? formatIp4(ip) : formatIp6(ip);
     const own = family === 4 ? this.ip4 : this.ip6;
     if (bytesEqual(ip, own)) throw new Error(`${text} is this page's own address`);
@@ -743,18 +934,388 @@ export class Host {
   }
 }
 
+// --- the DHCPv4 client -------------------------------------------------------------------------
+
+/** First retransmission delay; doubled per try up to DHCP_MAX_RETRY_MS, jittered (RFC 2131 §4.1). */
+export const DHCP_FIRST_RETRY_MS = 1000;
+export const DHCP_MAX_RETRY_MS = 64000;
+/** Without an answer by then (3 DISCOVERs: at 0, ~1 and ~3 s), the host falls back to its hashed address. */
+export const DHCP_FALLBACK_MS = 7000;
+/** REQUESTs sent for one offer before starting over with DISCOVER. */
+export const DHCP_REQUEST_TRIES = 4;
+/** RFC 2131 §4.4.5: renewing/rebinding retransmit at half the time left, at least 60 s apart. */
+export const DHCP_MIN_RENEW_RETRY_MS = 60000;
+const MAX_TIMER_MS = 0x7fffffff; // setTimeout's limit (~24.8 days); longer waits are chained
+
+/**
+ * A DHCPv4 client (RFC 2131) for the page's host, sans-I/O like `Host`: frames in through
+ * `receive(frame)`, frames out through `transmit`, time from the injected clock and timers.
+ *
+ * INIT → DISCOVER (retransmitted at ~1, 2, 4 … 64 s) → OFFER → REQUEST → ACK: bound. At T1 it
+ * renews with a REQUEST unicast to the server, at T2 it rebinds by broadcast, at expiry it
+ * drops the address (`onLost`) and starts over; a NAK does the same. When no server has
+ * answered `fallbackMs` after starting, `onFallback` lets the page use its hashed address while
+ * the client keeps asking (a late answer moves the page to the leased address).
+ *
+ * Only replies with our transaction id and our MAC as chaddr are taken. Everything it cannot
+ * use is counted in `stats` (`malformed`, `ignored`); `receive` never throws. The client
+ * never sends RELEASE: the binding is keyed by the tab's stable MAC, so a reloaded tab gets the
+ * same address back, and a release per reload would be one chain event per reload.
+ */
+export class Dhcp4Client {
+  constructor({ mac, hostName = "", cidr = null, transmit, now, timers, random, onBound, onLost, onFallback, fallbackMs = DHCP_FALLBACK_MS } = {}) {
+    this.mac = mac;
+    this.hostName = utf8Prefix(cleanHostName(hostName), 63);
+    this.subnet = cidr ? parseCidr4(cidr) : null;
+    this.transmit = transmit;
+    this.now = now ?? (() => globalThis.performance.now());
+    this.timers = timers ?? { setTimeout: globalThis.setTimeout.bind(globalThis), clearTimeout: globalThis.clearTimeout.bind(globalThis) };
+    this.random = random ?? Math.random;
+    this.onBound = onBound ?? (() => {});
+    this.onLost = onLost ?? (() => {});
+    this.onFallback = onFallback ?? (() => {});
+    this.fallbackMs = fallbackMs;
+    this.state = "stopped"; // init | selecting | requesting | bound | renewing | rebinding
+    this.xid = 0;
+    this.offer = null; // {ip, server} while requesting
+    this.lease = null; // see parseLease, plus serverMac and boundAt (ms, this.now())
+    this.tries = 0;
+    this.startedAt = 0;
+    this.timer = null; // retransmission (one at a time)
+    this.leaseTimers = []; // T1, T2, expiry
+    this.fallbackTimer = null;
+    this.fellBack = false;
+    this.naksInRow = 0;
+    this.stats = {
+      sent: 0,
+      received: 0,
+      malformed: 0,
+      ignored: 0,
+      offers: 0,
+      acks: 0,
+      naks: 0,
+      renewals: 0,
+      rebinds: 0,
+      expiries: 0,
+      fallbacks: 0,
+      restarts: 0,
+    };
+  }
+
+  /** Start asking (INIT). */
+  start() {
+    if (this.state === "stopped") this.init(0);
+  }
+
+  /** Stop every timer and send nothing more (the socket closed). */
+  stop() {
+    this.cancel(this.timer);
+    this.cancel(this.fallbackTimer);
+    this.leaseTimers.forEach((t) => this.cancel(t));
+    this.timer = this.fallbackTimer = null;
+    this.leaseTimers = [];
+    this.state = "stopped";
+  }
+
+  /**
+   * One received frame: true when it was a DHCP message to the client port (used or counted),
+   * false when it is not DHCP at all (the host handles it).
+   */
+  receive(frame) {
+    let reply;
+    try {
+      reply = parseDhcpReplyFrame(frame);
+    } catch {
+      reply = { malformed: true };
+    }
+    if (reply === null) return false;
+    this.stats.received++;
+    if (reply.malformed) {
+      this.stats.malformed++;
+      return true;
+    }
+    try {
+      this.handle(reply);
+    } catch {
+      this.stats.malformed++; // a reply that broke an assumption: dropped, never thrown
+    }
+    return true;
+  }
+
+  // --- timers ---
+
+  after(ms, fn) {
+    const handle = { id: null };
+    const arm = (left) => {
+      const step = Math.min(Math.max(0, left), MAX_TIMER_MS);
+      handle.id = this.timers.setTimeout(() => (left > step ? arm(left - step) : fn()), step);
+    };
+    arm(ms);
+    return handle;
+  }
+
+  cancel(handle) {
+    if (handle) this.timers.clearTimeout(handle.id);
+  }
+
+  /** Delay before try n+1 after try n: 1, 2, 4 … 64 s, ± a quarter (at most 1 s) of jitter. */
+  backoff(tries) {
+    const base = Math.min(DHCP_FIRST_RETRY_MS * 2 ** (tries - 1), DHCP_MAX_RETRY_MS);
+    const jitter = Math.min(1000, base / 4);
+    return base + (this.random() * 2 - 1) * jitter;
+  }
+
+  newXid() {
+    return Math.floor(this.random() * 0x100000000) >>> 0;
+  }
+
+  // --- states ---
+
+  init(delay) {
+    this.cancel(this.timer);
+    this.timer = null;
+    this.state = "init";
+    this.offer = null;
+    if (!this.lease && !this.fellBack && !this.fallbackTimer) {
+      this.fallbackTimer = this.after(this.fallbackMs, () => this.fallBack());
+    }
+    if (delay > 0) this.timer = this.after(delay, () => this.discover());
+    else this.discover();
+  }
+
+  fallBack() {
+    this.fallbackTimer = null;
+    if (this.lease || this.state === "stopped") return;
+    this.fellBack = true;
+    this.stats.fallbacks++;
+    this.onFallback();
+  }
+
+  discover() {
+    this.state = "selecting";
+    this.xid = this.newXid();
+    this.startedAt = this.now();
+    this.tries = 0;
+    this.sendDiscover();
+  }
+
+  sendDiscover() {
+    this.tries++;
+    this.send(DHCP.DISCOVER);
+    this.timer = this.after(this.backoff(this.tries), () => this.sendDiscover());
+  }
+
+  sendSelectingRequest() {
+    if (this.tries >= DHCP_REQUEST_TRIES) {
+      this.stats.restarts++;
+      this.init(0);
+      return;
+    }
+    this.tries++;
+    this.send(DHCP.REQUEST, { requested: this.offer.ip, server: this.offer.server });
+    this.timer = this.after(this.backoff(this.tries), () => this.sendSelectingRequest());
+  }
+
+  renew() {
+    this.cancel(this.timer);
+    this.state = "renewing";
+    this.xid = this.newXid();
+    this.startedAt = this.now();
+    this.stats.renewals++;
+    this.sendRenewal(false);
+  }
+
+  rebind() {
+    this.cancel(this.timer);
+    this.state = "rebinding";
+    this.xid = this.newXid();
+    this.stats.rebinds++;
+    this.sendRenewal(true);
+  }
+
+  /** RENEWING: unicast to the server; REBINDING: broadcast to any server. */
+  sendRenewal(broadcast) {
+    const lease = this.lease;
+    this.send(DHCP.REQUEST, { ciaddr: lease.ip, to: broadcast ? null : { mac: lease.serverMac, ip: lease.server } });
+    const deadline = lease.boundAt + 1000 * (broadcast ? lease.leaseSecs : lease.t2Secs);
+    const left = deadline - this.now();
+    const wait = Math.max(DHCP_MIN_RENEW_RETRY_MS, left / 2);
+    this.timer = wait < left ? this.after(wait, () => this.sendRenewal(broadcast)) : null;
+  }
+
+  expire() {
+    this.stats.expiries++;
+    this.drop();
+    this.init(0);
+  }
+
+  /** Forget the lease (expired or NAKed): the host must stop using the address. */
+  drop() {
+    const old = this.lease;
+    this.lease = null;
+    this.leaseTimers.forEach((t) => this.cancel(t));
+    this.leaseTimers = [];
+    if (old) this.onLost(old);
+  }
+
+  send(type, { ciaddr = null, requested = null, server = null, to = null } = {}) {
+    const options = [[DHCP_OPT.MESSAGE_TYPE, new Uint8Array([type])]];
+    if (requested) options.push([DHCP_OPT.REQUESTED_IP, requested]);
+    if (server) options.push([DHCP_OPT.SERVER_ID, server]);
+    if (this.hostName.length) options.push([DHCP_OPT.HOST_NAME, this.hostName]);
+    options.push([DHCP_OPT.PARAMS, DHCP_PARAMS]);
+    const secs = Math.min(0xffff, Math.max(0, Math.floor((this.now() - this.startedAt) / 1000)));
+    const message = dhcpMessage({ xid: this.xid, chaddr: this.mac, secs, ciaddr: ciaddr ?? ZERO_IP4, options });
+    const src = ciaddr ?? ZERO_IP4;
+    this.stats.sent++;
+    this.transmit(to ? dhcpClientFrame(this.mac, to.mac, src, to.ip, message) : dhcpClientFrame(this.mac, BROADCAST_MAC, src, BROADCAST_IP4, message));
+  }
+
+  // --- replies ---
+
+  handle(m) {
+    if (this.state === "stopped" || m.xid !== this.xid || !bytesEqual(m.chaddr, this.mac)) {
+      this.stats.ignored++; // another client's exchange (the switch floods broadcasts)
+      return;
+    }
+    const waiting = this.state === "requesting" || this.state === "renewing" || this.state === "rebinding";
+    if (m.type === DHCP.OFFER && this.state === "selecting") this.takeOffer(m);
+    else if (m.type === DHCP.ACK && waiting) this.takeAck(m);
+    else if (m.type === DHCP.NAK && waiting) this.takeNak(m);
+    else this.stats.ignored++; // a late duplicate, or a type we never asked for
+  }
+
+  /** An address the host may use: unicast, and inside the network's CIDR when known. */
+  usable(ip) {
+    if (ip[0] === 0 || ip[0] === 127 || ip[0] >= 224) return false;
+    if (!this.subnet) return true;
+    const { network, prefix } = this.subnet;
+    if (!inSubnet4(ip, network, prefix)) return false;
+    if (prefix >= 31) return true;
+    const host = readU32(ip, 0) & (0xffffffff >>> prefix);
+    return host !== 0 && host !== 0xffffffff >>> prefix;
+  }
+
+  takeOffer(m) {
+    const server = dhcpIpOption(m.options, DHCP_OPT.SERVER_ID);
+    if (!server || !this.usable(m.yiaddr)) {
+      this.stats.malformed++;
+      return;
+    }
+    this.stats.offers++;
+    this.cancel(this.timer);
+    this.offer = { ip: m.yiaddr, server };
+    this.state = "requesting";
+    this.tries = 0;
+    this.sendSelectingRequest();
+  }
+
+  takeAck(m) {
+    const expected = this.state === "requesting" ? this.offer.ip : this.lease.ip;
+    const lease = this.parseLease(m);
+    if (!lease || !bytesEqual(lease.ip, expected)) {
+      this.stats.malformed++;
+      return;
+    }
+    if (this.state === "requesting" && !bytesEqual(lease.server, this.offer.server)) {
+      this.stats.ignored++; // another server's ACK for the same transaction: not ours to take
+      return;
+    }
+    const renewed = this.lease !== null;
+    this.cancel(this.timer);
+    this.cancel(this.fallbackTimer);
+    this.timer = this.fallbackTimer = null;
+    this.leaseTimers.forEach((t) => this.cancel(t));
+    this.fellBack = false;
+    this.naksInRow = 0;
+    this.stats.acks++;
+    lease.serverMac = m.srcMac;
+    lease.boundAt = this.now();
+    this.lease = lease;
+    this.offer = null;
+    this.state = "bound";
+    this.leaseTimers = lease.infinite
+      ? []
+      : [
+          this.after(lease.t1Secs * 1000, () => this.renew()),
+          this.after(lease.t2Secs * 1000, () => this.rebind()),
+          this.after(lease.leaseSecs * 1000, () => this.expire()),
+        ];
+    this.onBound({ ...lease, renewed });
+  }
+
+  /** The lease an ACK gives, or null when it lacks a lease time, server id or usable address. */
+  parseLease(m) {
+    const o = m.options;
+    const leaseSecs = dhcpU32Option(o, DHCP_OPT.LEASE_TIME);
+    const server = dhcpIpOption(o, DHCP_OPT.SERVER_ID) ?? this.lease?.server ?? null;
+    if (!leaseSecs || !server || !this.usable(m.yiaddr)) return null;
+    let t2 = dhcpU32Option(o, DHCP_OPT.T2);
+    if (t2 === null || t2 >= leaseSecs) t2 = Math.floor((leaseSecs * 7) / 8);
+    let t1 = dhcpU32Option(o, DHCP_OPT.T1);
+    if (t1 === null || t1 > t2) t1 = Math.min(t2, Math.floor(leaseSecs / 2));
+    const mask = dhcpIpOption(o, DHCP_OPT.MASK);
+    const fromMask = mask ? maskPrefix(mask) : null;
+    const prefix = fromMask !== null && fromMask >= 1 && fromMask <= 30 ? fromMask : (this.subnet?.prefix ?? 24);
+    let router = dhcpIpOption(o, DHCP_OPT.ROUTER, true);
+    if (router && this.subnet && !inSubnet4(router, this.subnet.network, this.subnet.prefix)) router = null;
+    const dnsRaw = o.get(DHCP_OPT.DNS);
+    const dns = [];
+    if (dnsRaw && dnsRaw.length % 4 === 0) for (let i = 0; i < dnsRaw.length; i += 4) dns.push(dnsRaw.slice(i, i + 4));
+    const mtuRaw = o.get(DHCP_OPT.MTU);
+    const mtu = mtuRaw && mtuRaw.length === 2 && readU16(mtuRaw, 0) >= 68 ? readU16(mtuRaw, 0) : null;
+    return { ip: m.yiaddr, prefix, router, dns, mtu, server, leaseSecs, t1Secs: t1, t2Secs: t2, infinite: leaseSecs === 0xffffffff };
+  }
+
+  takeNak(m) {
+    const server = dhcpIpOption(m.options, DHCP_OPT.SERVER_ID);
+    const ours = this.state === "requesting" ? this.offer.server : this.lease.server;
+    if (server && !bytesEqual(server, ours)) {
+      this.stats.ignored++; // another server refusing: RFC 2131 lets the one we asked decide
+      return;
+    }
+    this.stats.naks++;
+    this.naksInRow++;
+    this.drop();
+    // Start over at once; a server that NAKs every time is asked at the DISCOVER pace.
+    const delay = this.naksInRow > 1 ? Math.min(DHCP_FIRST_RETRY_MS * 2 ** (this.naksInRow - 2), DHCP_MAX_RETRY_MS) : 0;
+    this.stats.restarts++;
+    this.init(delay);
+  }
+}
+
+/** The UTF-8 bytes of `text`, cut at a character boundary to at most `max` bytes. */
+function utf8Prefix(text, max) {
+  const encoder = new TextEncoder();
+  let out = encoder.encode(text);
+  const chars = Array.from(text);
+  while (out.length > max) {
+    chars.pop();
+    out = encoder.encode(chars.join(""));
+  }
+  return out;
+}
+
 // --- the WebSocket session ---------------------------------------------------------------------
 
 /**
  * One WebSocket session to the node: hello → welcome, then raw frames both ways plus status.
  *
- * Callbacks: onWelcome(welcome, host), onStatus(status), onClose({code, reason, refused,
- * welcomed}), onEvent(kind, text). `hostKey` is this tab's identity (app.js: tabHostKey of the
- * profile's key and the tab's id); the MAC and addresses are derived from it and the welcome's
- * CIDRs. `hostName` is sent in the hello: the node shows the port under that name.
+ * Callbacks: onWelcome(welcome, host), onAddress(address), onStatus(status), onClose({code,
+ * reason, refused, welcomed}), onEvent(kind, text). `hostKey` is this tab's identity (app.js:
+ * tabHostKey of the profile's key and the tab's id); the MAC and the hashed addresses are
+ * derived from it and the welcome's CIDRs. `hostName` is sent in the hello (the node shows
+ * the port under that name) and in DHCP requests (option 12).
+ *
+ * IPv4 comes by DHCP when the welcome says the node's gateway serves it (`"dhcp": 1`) and
+ * `dhcp` is not "off": the host has no IPv4 until the ACK, or until `fallbackMs` pass without
+ * an answer, when it takes its hashed address (and keeps asking). Otherwise the hashed address
+ * is used at once. onAddress gets {source: "dhcp" | "static" | "fallback" | "none", ip4,
+ * prefix, gateway, lease} each time the IPv4 address or its lease changes. `clock` and
+ * `timers` (the monotonic clock and setTimeout pair of Host and Dhcp4Client) are for tests.
  */
 export class Session {
-  constructor({ url, token, hostKey, hostName, WebSocketImpl, now, random, onWelcome, onStatus, onClose, onEvent } = {}) {
+  constructor({ url, token, hostKey, hostName, WebSocketImpl, now, random, onWelcome, onAddress, onStatus, onClose, onEvent, dhcp = "auto", fallbackMs = DHCP_FALLBACK_MS, clock, timers } = {}) {
     this.url = url;
     this.token = token;
     this.hostKey = hostKey;
@@ -763,10 +1324,17 @@ export class Session {
     this.wallClock = now ?? (() => Date.now());
     this.random = random ?? randomBytes;
     this.onWelcome = onWelcome ?? (() => {});
+    this.onAddress = onAddress ?? (() => {});
     this.onStatus = onStatus ?? (() => {});
     this.onClose = onClose ?? (() => {});
     this.onEvent = onEvent ?? (() => {});
+    this.dhcpMode = dhcp;
+    this.fallbackMs = fallbackMs;
+    this.clock = clock;
+    this.timers = timers;
     this.host = null;
+    this.dhcp = null;
+    this.address = null;
     this.welcome = null;
     this.ws = null;
     this.counters = { framesIn: 0, framesOut: 0, bytesIn: 0, bytesOut: 0 };
@@ -790,6 +1358,7 @@ export class Session {
     ws.onmessage = (event) => this.message(event.data);
     ws.onclose = (event) => {
       this.ws = null;
+      if (this.dhcp) this.dhcp.stop();
       this.onClose({
         code: event.code,
         reason: event.reason,
@@ -836,6 +1405,8 @@ export class Session {
       }
       this.host.announce();
       this.onWelcome(msg, this.host);
+      if (this.dhcp) this.dhcp.start();
+      else this.setAddress("static", this.staticIp4, null);
     } else if (msg.op === "status") {
       this.onStatus(msg);
     } else if (msg.op === "error") {
@@ -846,21 +1417,56 @@ export class Session {
   /** The welcome: derive the addresses and make the host (throws on unusable CIDRs). */
   start(msg) {
     const mac = stableMac(this.token.networkId, this.hostKey);
-    const ip4 = ipv4For(this.token.networkId, mac, msg.cidr);
+    this.staticIp4 = ipv4For(this.token.networkId, mac, msg.cidr);
+    const { network, prefix } = parseCidr4(msg.cidr);
+    this.prefix4 = prefix;
+    // The gateway: the welcome's, when it is an address inside the CIDR; else the first host.
+    const named = parseIp4(msg.gateway ?? "");
+    this.gateway4 = named && inSubnet4(named, network, prefix) ? named : u32(readU32(network, 0) + 1);
     let ip6 = null;
     try {
       if (msg.cidr6) ip6 = ipv6For(this.token.networkId, mac, msg.cidr6);
     } catch {
       ip6 = null; // IPv4 alone still works
     }
+    const useDhcp = this.dhcpMode !== "off" && Boolean(msg.dhcp);
     this.host = new Host({
       mac,
-      ip4,
-      prefix4: parseCidr4(msg.cidr).prefix,
+      ip4: useDhcp ? null : this.staticIp4,
+      prefix4: prefix,
+      gateway4: this.gateway4,
       ip6,
       send: (frame) => this.sendFrame(frame),
+      now: this.clock,
+      timers: this.timers,
       onEvent: this.onEvent,
     });
+    if (useDhcp) {
+      this.dhcp = new Dhcp4Client({
+        mac,
+        hostName: this.hostName,
+        cidr: msg.cidr,
+        transmit: (frame) => this.host.transmit(frame),
+        now: this.clock,
+        timers: this.timers,
+        fallbackMs: this.fallbackMs,
+        onBound: (lease) => this.setAddress("dhcp", lease.ip, lease),
+        onLost: () => this.setAddress("none", null, null),
+        onFallback: () => this.setAddress("fallback", this.staticIp4, null),
+      });
+      this.host.dhcp = this.dhcp;
+    }
     this.welcome = msg;
+  }
+
+  /** Give the host its IPv4 address (or none), announce it, and tell the page. */
+  setAddress(source, ip4, lease) {
+    const host = this.host;
+    const changed = !ip4 || !host.ip4 || !bytesEqual(ip4, host.ip4);
+    const prefix = lease ? lease.prefix : this.prefix4;
+    host.setIp4(ip4, prefix, lease?.router ?? this.gateway4);
+    if (ip4 && changed) host.transmit(gratuitousArp(host.mac, ip4));
+    this.address = { source, ip4: host.ip4, prefix, gateway: host.gateway4, lease, changed };
+    this.onAddress(this.address);
   }
 }
