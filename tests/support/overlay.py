@@ -167,13 +167,16 @@ class Overlay:
         args: tuple[str, ...] = (),
         hostname: str = "",
         network: str | None = None,
+        host: Host | None = None,
     ) -> Client:
-        """Start ``tok connect`` (plus ``args``, e.g. ``--no-offload``) in a new host, on
-        ``network`` (default: the overlay's).
+        """Start ``tok connect`` (plus ``args``, e.g. ``--no-offload``) on ``network`` (default:
+        the overlay's) in a new host, or in ``host`` (a host whose earlier `tok connect` ended:
+        the same namespace and device name give the same MAC, so it is the same client to the
+        network).
 
         ``hostname``: run it in its own UTS namespace with that host name (what it sends the
         node in its hello); by default it shares the machine's."""
-        host = self.lab.add_host(name)
+        host = host or self.lab.add_host(name)
         key_id, token = self.export_key(name, nodes, network)
         client = Client(name, host, key_id, token)
         client.log = self.root / f"{name}.log"
