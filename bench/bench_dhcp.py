@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 from atenet import addressing  # noqa: E402
 from atenet.chain.event import Kind, decode_stored  # noqa: E402
 from atenet.client.core import ClientCore  # noqa: E402
+from atenet.errors import DecodeError  # noqa: E402
 from atenet.overlay.token import AccessToken  # noqa: E402
 from atenet.wire import dhcp as d  # noqa: E402
 from atenet.wire.ethernet import BROADCAST_MAC  # noqa: E402
@@ -64,6 +65,10 @@ VENV_BIN = Path(sys.executable).parent
 CIDR = "10.88.0.0/16"
 ZERO = IPv4Address(0)
 BCAST = IPv4Address("255.255.255.255")
+COUNTERS = (
+    "discovers", "offers", "requests", "binds", "bind_rate_limited", "acks", "naks",
+    "offers_evicted", "pending_full", "bindings_applied",
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- frames
@@ -112,7 +117,7 @@ def server_reply(frame: bytes) -> d.DhcpMessage | None:
         return None
     try:
         msg = d.DhcpMessage.parse(frame[at + 8 :])
-    except Exception:  # noqa: BLE001 - a bench: anything unparsable is simply not a reply
+    except DecodeError:  # not a well-formed reply: simply not ours
         return None
     return msg if msg.op == d.BOOTREPLY else None
 
@@ -128,6 +133,7 @@ class Port:
         self.core = ClientCore(self.token, time.time_ns(), host="bench")
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         self.sock.setblocking(False)
         self.node = self.core.node
 
@@ -142,6 +148,7 @@ class Port:
         return self.core.config
 
     def send(self, frame: bytes) -> None:
+        self.core.sealer.advance(time.time_ns())  # counters follow the clock, as tok's do
         self.sock.sendto(self.core.seal_frame(frame), self.node)
 
     def frames(self, wait: float = 0.0) -> list[bytes]:
@@ -167,6 +174,13 @@ class Port:
             if frame is not None:
                 out.append(frame)
 
+    def idle(self, seconds: float) -> None:
+        """Wait, reading (and dropping) what arrives: a flooded port must keep up."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            self.keepalive()
+            self.frames(min(left, 0.2))
+
     def keepalive(self) -> None:
         for packet in self.core.tick(time.time()):
             self.sock.sendto(packet, self.node)
@@ -187,18 +201,31 @@ class Port:
         return None
 
 
-def exchange(port: Port, mac: bytes, gateway: IPv4Address, timeout: float = 3.0) -> dict:
-    """One full DORA; times in ms (None: no answer within ``timeout``)."""
+def ask(port: Port, frame: bytes, xid: int, kinds: tuple[int, ...], tries: int, every: float):
+    """Send ``frame`` until a reply of ``kinds`` comes (at most ``tries`` sends, ``every`` s
+    apart, as a client retransmits); returns (reply or None, sends)."""
+    for n in range(1, tries + 1):
+        port.send(frame)
+        reply = port.wait_reply(xid, kinds, every)
+        if reply is not None:
+            return reply, n
+    return None, tries
+
+
+def exchange(port: Port, mac: bytes, gateway: IPv4Address, tries: int = 1) -> dict:
+    """One full DORA; times in ms from the first send (None: no answer after ``tries`` sends
+    1 s apart, or 3 s for a single try)."""
     xid = random.getrandbits(32)
+    every = 3.0 if tries == 1 else 1.0
     t0 = time.perf_counter()
-    port.send(client_frame(mac, d.DHCPDISCOVER, xid))
-    offer = port.wait_reply(xid, (d.DHCPOFFER,), timeout)
+    discover = client_frame(mac, d.DHCPDISCOVER, xid)
+    offer, n1 = ask(port, discover, xid, (d.DHCPOFFER,), tries, every)
     t1 = time.perf_counter()
     if offer is None:
-        return {"offer_ms": None, "ack_ms": None, "result": "no offer"}
-    port.send(client_frame(mac, d.DHCPREQUEST, xid, requested=offer.yiaddr, server=gateway))
+        return {"offer_ms": None, "ack_ms": None, "result": "no offer", "sends": n1}
+    request = client_frame(mac, d.DHCPREQUEST, xid, requested=offer.yiaddr, server=gateway)
     t2 = time.perf_counter()
-    ack = port.wait_reply(xid, (d.DHCPACK, d.DHCPNAK), timeout)
+    ack, n2 = ask(port, request, xid, (d.DHCPACK, d.DHCPNAK), tries, every)
     t3 = time.perf_counter()
     result = "no ack" if ack is None else ("ack" if ack.message_type == d.DHCPACK else "nak")
     return {
@@ -206,7 +233,25 @@ def exchange(port: Port, mac: bytes, gateway: IPv4Address, timeout: float = 3.0)
         "ack_ms": (t3 - t2) * 1e3 if ack is not None else None,
         "result": result,
         "ip": str(offer.yiaddr),
+        "sends": n1 + n2,
     }
+
+
+def socket_drops(port: int) -> int:
+    """Datagrams the kernel dropped for the UDP socket bound to 127.0.0.1:``port`` (its
+    receive buffer was full): the last column of /proc/net/udp."""
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == f"0100007F:{port:04X}":
+            return int(fields[-1])
+    return 0
+
+
+def udp_receive_errors() -> int:
+    """The kernel's UDP receive-buffer drops (RcvbufErrors), machine-wide."""
+    lines = [ln.split() for ln in Path("/proc/net/snmp").read_text().splitlines()]
+    head, values = [ln for ln in lines if ln[0] == "Udp:"][:2]
+    return int(values[head.index("RcvbufErrors")])
 
 
 # --------------------------------------------------------------------------- the sprayers
@@ -417,8 +462,9 @@ def spray_phase(
     attacker = dep.token(f"spray-{ports}-{reconnect}")
     honest = Port(dep.token("honest-during-spray"))
     honest.connect()
+    honest_port = honest.sock.getsockname()[1]
     before = dep.lease_times()
-    cpu0, wall0 = cpu_seconds(pid), time.monotonic()
+    cpu0, wall0, rcvbuf0 = cpu_seconds(pid), time.monotonic(), udp_receive_errors()
     queue: multiprocessing.Queue[dict[str, Any]] = multiprocessing.Queue()
     proc = multiprocessing.Process(target=spray, args=(attacker, ports, seconds, reconnect, queue))
     start = time.time()
@@ -427,19 +473,22 @@ def spray_phase(
     rng = random.Random(2)
     time.sleep(1.0)  # the sprayer's sessions are up and spraying
     while proc.is_alive() and time.time() < start + seconds:
-        rows.append(exchange(honest, random_mac(rng), gateway))
-        time.sleep(max(0.0, 2.0 - (rows[-1]["ack_ms"] or 0) / 1e3))
+        rows.append(exchange(honest, random_mac(rng), gateway, tries=3))
+        honest.idle(max(0.0, 2.0 - (rows[-1]["ack_ms"] or 0) / 1e3))
     result = queue.get(timeout=seconds + 60)
     proc.join()
     end = time.time()
     time.sleep(2.0)  # let the node's lease queue drain
     cpu = cpu_seconds(pid) - cpu0
+    rcvbuf_errors = udp_receive_errors() - rcvbuf0
+    node_drops = socket_drops(dep.udp_port)
+    honest_drops = socket_drops(honest_port)
     wall = time.monotonic() - wall0
     status = dep.status()
     after = dep.lease_times()
-    new = [t for t in after[len(before) :]]
+    new = after[len(before) :]
     in_window = [t for t in new if start <= t <= end + 2.0]
-    first_s = [t for t in new if t <= start + 1.0]
+    first_s = [t for t in new if t <= new[0] + 1.0] if new else []
     honest.bye()
     dhcp = status["dhcp"]
     return {
@@ -453,18 +502,18 @@ def spray_phase(
         "lease_events_first_second": len(first_s),
         "lease_events_per_s": len(new) / seconds,
         "lease_events_per_s_after_first_s": (len(new) - len(first_s)) / max(seconds - 1.0, 1e-9),
-        "dhcp": {
-            k: dhcp.get(k, 0)
-            for k in ("discovers", "offers", "requests", "binds", "bind_rate_limited", "acks",
-                      "naks", "offers_evicted", "pending_full", "bindings_applied")
-        },  # fmt: skip
+        "dhcp": {k: dhcp.get(k, 0) for k in COUNTERS},
         "leases_waiting": status["gateway"].get("leases_waiting"),
         "node_drops": status["drops"],
         "node_cpu_pct": 100 * cpu / wall,
+        "udp_rcvbuf_errors": rcvbuf_errors,
+        "node_socket_drops": node_drops,
+        "honest_socket_drops": honest_drops,
         "honest": {
             "exchanges": len(rows),
             "acks": sum(r["result"] == "ack" for r in rows),
             "results": [r["result"] for r in rows],
+            "sends": [r["sends"] for r in rows],
             "ack_ms": summary([r["ack_ms"] for r in rows if r["ack_ms"] is not None]),
         },
     }
@@ -517,8 +566,10 @@ def report(results: list[dict[str, Any]], machine: dict[str, Any]) -> None:
         renew_events = h["lease_events_after_renewals"] - h["lease_events_before_renewals"]
         print(f"| {r['store']} | {ms(h['offer_ms'])} | {ms(h['ack_ms'])} | {ms(h['renewal_ms'])} "
               f"| {h['lease_events_for_exchanges']} / {renew_events} |")  # fmt: skip
-    print("\n| store | sprayer | REQUESTs/s sent | lease events (first 1 s) | events/s after "
-          "1 s | bind_rate_limited | node CPU % | honest ACKs / tries | honest ACK ms |")
+    print(
+        "\n| store | sprayer | REQUESTs/s sent | lease events (first 1 s) | events/s after "
+        "1 s | bind_rate_limited | node CPU % | honest ACKs / tries | honest ACK ms |"
+    )
     print("|---|---|--:|--:|--:|--:|--:|--:|---|")
     names = {"spray1": "1 port", "spray64": "64 ports, 1 key", "reconnect": "reconnecting"}
     for r in results:
