@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -237,7 +238,8 @@ def test_revoked_key_and_dead_node_end_the_connection_and_persist_keeps_retrying
         warnings = [ln for ln in lines if "stopped answering" in ln]
         assert len(warnings) == 1, lines
         assert "giving up after 15 s" in warnings[0] and "--persist" in warnings[0]
-        assert lines[-1].startswith("tok: error: lost network lan: no node answered for 15 s")
+        # 15 s of silence, measured by a busy machine's event loop: 15 or 16 s.
+        assert re.match(r"tok: error: lost network lan: no node answered for 1[56] s", lines[-1])
         assert [e["event"] for e in conn.events()] == ["connected", "node_lost", "exit"]
         assert conn.events()[-1] | {"time": 0} == {
             "event": "exit",

@@ -78,9 +78,9 @@ async def route(world: World, source: Chain, target: Chain) -> int:
     return key_id
 
 
-async def test_ping_between_hosts_of_two_routed_networks_on_two_nodes_and_revocation(
-    world: World,
-) -> None:
+async def two_routed_networks(world: World):  # type: ignore[no-untyped-def]
+    """Networks A (the world's) and B routed both ways, nodes 1 and 2 members of both; host
+    A1 on node 1, B1 on node 2. Returns (wire, nodes, networks, hosts, B's key for A → B)."""
     net_a = world.chain
     net_b = await second_network(world)
     key_ab = await route(world, net_a, net_b)
@@ -112,6 +112,15 @@ async def test_ping_between_hosts_of_two_routed_networks_on_two_nodes_and_revoca
     for core in cores:
         core.expire(now)  # links the routes: A → B on node 1, B → A on node 2
     assert a_on_1.routed_cidrs() == ["10.9.9.0/24", "fd00:1:2:4::/64"]
+    return wire, (node1, node2), (net_a, net_b), (a1, b1), key_ab, now
+
+
+async def test_ping_between_hosts_of_two_routed_networks_on_two_nodes_and_revocation(
+    world: World,
+) -> None:
+    wire, (node1, _node2), (net_a, net_b), (a1, b1), key_ab, now = await two_routed_networks(world)
+    a_on_1 = node1.networks[net_a.network_id]
+    b_on_2 = _node2.networks[net_b.network_id]
     gw_a = a_on_1.gateway.mac.hex(":")
 
     def ping(seq: int) -> None:
@@ -139,3 +148,20 @@ async def test_ping_between_hosts_of_two_routed_networks_on_two_nodes_and_revoca
     assert not [p for p in b1.got if ICMP in p and p[ICMP].seq == 3]
     (unreachable,) = [p for p in a1.got if ICMP in p]
     assert unreachable[ICMP].type == 3 and unreachable[IP].src == a_on_1.gateway.ipv4.exploded
+
+
+async def test_a_host_that_never_answers_arp_gets_the_sender_a_host_unreachable(
+    world: World,
+) -> None:
+    wire, (node1, node2), (net_a, _net_b), (a1, _b1), _key, now = await two_routed_networks(world)
+    gw_a = node1.networks[net_a.network_id].gateway
+    a1.send(Ether(dst=gw_a.mac.hex(":"), src=a1.mac_text) / IP(src=a1.ip, dst="10.9.9.99")
+            / ICMP(id=9, seq=1))  # fmt: skip
+    wire.run(now)
+    for later in (1.1, 2.2, 3.3, 4.4):  # the neighbour cache asks 3 times, 1 s apart
+        for core in (node1, node2):
+            core.expire(now + later)
+        wire.run(now + later)
+    errors = [p for p in a1.got if ICMP in p and p[ICMP].type == 3]
+    assert len(errors) == 1 and errors[0][ICMP].code == 1  # host unreachable
+    assert errors[0][IP].dst == a1.ip and errors[0].dst == a1.mac_text

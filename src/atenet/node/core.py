@@ -224,6 +224,8 @@ class NetworkRuntime:
         """The gateway's neighbour cache, for packets routed into this network."""
         self.route_ports: dict[bytes, RoutePort] = {}
         """This network's routes in use, by target network id (node/routes.py)."""
+        self.network_of: Callable[[bytes], NetworkRuntime | None] = lambda _id: None
+        """The node's other networks by id (set by :class:`NodeCore`)."""
         self._router_config: tuple[Any, ...] | None = None
         self.binds: deque[dict[str, Any]] = deque()
         """Lease event payloads the shell appends to the chain ("lease" event), oldest first."""
@@ -320,7 +322,7 @@ class NetworkRuntime:
         last = table.recent[-1][0] if table.recent else 0
         dhcp.seed([Lease.from_payload(r["seq"], r) for r in table.by_ip.values()], last)
         self.gateway, self.dhcp = gateway, dhcp
-        self.neighbours = Neighbours(gateway)
+        self.neighbours = Neighbours(gateway, unreachable=self._unreachable)
         self.switch.gateway_mac = gateway.mac
         self.switch.gateway = self._to_gateway
 
@@ -354,6 +356,21 @@ class NetworkRuntime:
         if self.gateway is not None:
             for out in self.gateway.frame(frame, now):
                 self.switch.from_gateway(out, port)
+        if self.neighbours is not None and frame[12:14] in (b"\x08\x06", b"\x86\xdd"):
+            self.inject(self.neighbours.learn(frame, now))  # a local host answering our ARP
+
+    def inject(self, frames: list[bytes]) -> None:
+        """Frames the neighbour cache lets go (routed packets, its requests, ICMP errors): into
+        the switch through a route port, so they flood to the member nodes too; through the
+        gateway to the local ports when no route leads here."""
+        if not frames:
+            return
+        port = next((p for p in self.switch.ports.values() if p.kind == ROUTE_KIND), None)
+        for frame in frames:
+            if port is not None:
+                self.switch.from_local(port, frame)
+            else:
+                self.switch.from_gateway(frame)
 
     def _dhcp_out(self, actions: list[Any], port: Port | None) -> None:
         for action in actions:
@@ -365,6 +382,22 @@ class NetworkRuntime:
                 self.emit("lease", self.network_id)
             else:
                 self.switch.from_gateway(action.frame, port)
+
+    def _unreachable(self, packet: bytes, now: float) -> None:
+        """An ICMP error for the sender of a packet routed here that found no host: back into
+        the sender's network, whose hosts are on this node (routing happens at the sender's
+        node), through the route port it came by."""
+        try:
+            dst = ipaddress.ip_address(packet[16:20] if packet[0] >> 4 == 4 else packet[24:40])
+        except ValueError:
+            return
+        for port in self.switch.ports.values():
+            if isinstance(port, RoutePort) and port.source.gateway is not None:
+                source = port.source
+                if dst in source.gateway.network4 or dst in (source.gateway.network6 or ()):
+                    if source.neighbours is not None:
+                        source.inject(source.neighbours.send(packet, dst, now))
+                    return
 
     def poll_gateway(self, now: float) -> None:
         """Periodic router advertisements, while the network has local ports to hear them;
@@ -379,10 +412,7 @@ class NetworkRuntime:
                 self.switch.from_gateway(frame)
         neighbours = self.neighbours
         if neighbours is not None and (at := neighbours.poll_at()) is not None and now >= at:
-            frames = neighbours.poll(now)
-            port = next((p for p in self.switch.ports.values() if p.kind == ROUTE_KIND), None)
-            for frame in frames if port is not None else ():
-                self.switch.from_local(port, frame)  # type: ignore[arg-type]
+            self.inject(neighbours.poll(now))
 
     @property
     def is_member(self) -> bool:
@@ -681,8 +711,22 @@ class NetworkRuntime:
         }
 
     def routed_cidrs(self) -> list[str]:
-        """CIDRs of the networks this one routes to now (node/routes.py), for clients."""
-        return [str(n) for port in self.route_ports.values() for n in port.networks]
+        """CIDRs of the networks this one has routes to, as far as this node knows them (a
+        target not loaded yet is left out; the route is linked once it is), for clients."""
+        return [str(n) for n in self.routed_networks()]
+
+    def routed_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        state = self.state
+        if state is None or self.gateway is None:
+            return []
+        out: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for route in state.routes.values():
+            target = self.network_of(bytes.fromhex(route.to))
+            if target is not None and target.gateway is not None:
+                out.append(target.gateway.network4)
+                if target.gateway.network6 is not None and self.gateway.network6 is not None:
+                    out.append(target.gateway.network6)
+        return out
 
 
 class NodeCore:
@@ -743,6 +787,7 @@ class NodeCore:
             address_ports=self.address_ports,
         )  # fmt: skip
         runtime.clock = self.clock
+        runtime.network_of = self.networks.get
         self.networks[network_id] = runtime
         return runtime
 
