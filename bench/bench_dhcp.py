@@ -547,11 +547,53 @@ def spray_phase(
     }
 
 
+def append_phase(store_url: str, count: int = 200) -> dict[str, Any]:
+    """The store's own pace: ``count`` lease events appended back to back with a certified
+    node key (``Chain.append``: catch up, sign, verify, store), on a network of their own. What
+    the chain could take if nothing rate-limited the DHCP servers."""
+    from tests.support.chains import make_world
+
+    from atenet.chain.store import open_store
+
+    async def run() -> list[float]:
+        store = open_store(store_url)
+        await store.connect()
+        try:
+            world = await make_world(store, "append-bench")
+            times = []
+            for i in range(count):
+                payload = {
+                    "mac": f"02:ab:00:00:{i >> 8:02x}:{i & 0xFF:02x}",
+                    "ip": f"10.9.8.{2 + i}",
+                    "host": "",
+                    "node": "bench",
+                    "expires": round(time.time() + 86400, 3),
+                }
+                t0 = time.perf_counter()
+                await world.chain.append(Kind.LEASE, payload, world.node_a)
+                times.append((time.perf_counter() - t0) * 1e3)
+            return times
+        finally:
+            await store.close()
+
+    start = time.perf_counter()
+    times = asyncio.run(run())
+    return {
+        "appends": count,
+        "append_ms": summary(times),
+        "events_per_s": count / sum(t / 1e3 for t in times),
+        "wall_s": time.perf_counter() - start,
+    }
+
+
 def run_store(store_url: str, home: Path, seconds: float, phases: list[str]) -> dict[str, Any]:
     dep = Deployment(home, store_url)
     out: dict[str, Any] = {"store": store_url.split(":", 1)[0]}
+    if "append" in phases:
+        out["append"] = append_phase(store_url)
+        print(f"[{out['store']}] append: {json.dumps(out['append'])}", file=sys.stderr)
     gateway = addressing.gateway_v4(CIDR).ip
-    for phase in phases:
+    for phase in [p for p in phases if p != "append"]:
         with dep.node() as pid:
             if phase == "honest":
                 out["honest"] = honest_phase(dep, gateway)
@@ -584,11 +626,18 @@ def ms(s: dict[str, Any]) -> str:
 
 def report(results: list[dict[str, Any]], machine: dict[str, Any]) -> None:
     print(f"load average at start {machine['loadavg_start']}, at end {machine['loadavg_end']}")
+    print("\n| store | one lease event appended (Chain.append) ms | back to back, events/s |")
+    print("|---|---|--:|")
+    for r in results:
+        a = r.get("append")
+        if a:
+            print(f"| {r['store']} | {ms(a['append_ms'])} | {a['events_per_s']:,.0f} |")
     print("\n| store | DISCOVER → OFFER ms (baseline) | REQUEST → ACK ms (commit, then ACK) "
           "| renewal REQUEST → ACK ms | lease events for 30 binds / 100 renewals |")  # fmt: skip
     print("|---|---|---|---|---|")
     for r in results:
         h = r.get("honest")
+
         if not h:
             continue
         renew_events = h["lease_events_after_renewals"] - h["lease_events_before_renewals"]
@@ -623,7 +672,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--store", choices=("sqlite", "nats", "both"), default="sqlite")
     parser.add_argument("--seconds", type=float, default=15.0, help="length of each spray")
-    parser.add_argument("--phases", default="honest,spray1,spray64,reconnect")
+    parser.add_argument("--phases", default="append,honest,spray1,spray64,reconnect")
     parser.add_argument("--json", type=Path, help="write every figure here")
     args = parser.parse_args()
     phases = args.phases.split(",")
