@@ -523,6 +523,7 @@ def spray_phase(
         "requests_per_s": result["requests_sent"] / seconds,
         "lease_events": len(new),
         "lease_events_in_window": len(in_window),
+        "lease_event_offsets_s": [round(t - start, 3) for t in new],
         "lease_events_first_second": len(first_s),
         "lease_events_per_s": len(new) / seconds,
         # Each honest binding is one event (a new MAC; an ACK may be lost): the rest are the
