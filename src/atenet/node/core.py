@@ -355,7 +355,9 @@ class NetworkRuntime:
         now = self.clock()
         if _is_dhcp_request(frame):
             if self.dhcp is not None:
-                self._dhcp_out(self.dhcp.frame(frame, now, port), port)
+                # Bind limits per access key: a key's sessions and reconnects share one bucket.
+                limit_key = port if port.key_id is None else ("key", port.key_id)
+                self._dhcp_out(self.dhcp.frame(frame, now, limit_key), port)
             return
         if self.gateway is not None:
             for out in self.gateway.frame(frame, now):
