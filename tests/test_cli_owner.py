@@ -482,3 +482,14 @@ def test_lease_list_shows_the_bindings_that_won(home: Path) -> None:
     assert text[2].split()[:3] == ["10.20.30.40", m1, "laptop"]
     assert text[3].endswith("(expired)") and "(expired)" not in text[2]
     fails(home, "lease", "list", "nowhere", message="unknown network 'nowhere'")
+
+
+def test_route_add_after_its_key_was_revoked_replaces_the_dead_route(home: Path) -> None:
+    run(home, "network", "create", "lab")
+    run(home, "route", "add", "office", "lab")
+    run(home, "key", "revoke", "lab", "1")  # the key office -> lab travels with
+    again = json.loads(run(home, "route", "add", "office", "lab", "--json").stdout)
+    assert [(r["name"], r["added"]) for r in again["routes"]] == [("lab", True), ("office", False)]
+    assert [k["state"] for k in keys_of(home, "lab")] == ["revoked", "active"]
+    (route,) = json.loads(run(home, "route", "list", "office", "--json").stdout)
+    assert route["key_id"] == 2

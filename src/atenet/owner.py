@@ -301,7 +301,13 @@ class Owner:
         await chain.catch_up()
         existing = chain.state.routes.get(target.network_id.hex())
         if existing is not None:
-            return existing, False
+            await target.catch_up()
+            key = target.state.keys.get(existing.key_id)
+            if key is not None and key.usable(time.time()):
+                return existing, False
+            # Its key was revoked or expired: the route is dead. Replace it with a fresh key
+            # rather than report a route that carries nothing.
+            await chain.append(Kind.ROUTE_REMOVE, {"to": existing.to}, self.signer)
         if owned is None:
             owned = {c.network_id.hex(): c for c in await self.chains()}
         check_route(chain, target, owned)
