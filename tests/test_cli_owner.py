@@ -93,21 +93,139 @@ def test_key_revoke_json(home: Path) -> None:
 # --------------------------------------------------------------------------- routes
 
 
-def test_route_add_is_idempotent_and_route_remove_revokes_its_key(home: Path) -> None:
+def routes_of(home: Path, network: str) -> list[str]:
+    return [r["name"] for r in json.loads(run(home, "route", "list", network, "--json").stdout)]
+
+
+def test_route_add_routes_both_ways_once_and_route_remove_revokes_both_keys(home: Path) -> None:
     run(home, "network", "create", "lab")
     first = json.loads(run(home, "route", "add", "office", "lab", "--json").stdout)
     second = run(home, "route", "add", "office", "lab")
-    assert "exists" in second.stdout
-    third = json.loads(run(home, "route", "add", "office", "lab", "--json").stdout)
-    assert first["added"] is True and third["added"] is False
-    assert third["key_id"] == first["key_id"] and first["name"] == "lab"
-    assert len(json.loads(run(home, "route", "list", "office", "--json").stdout)) == 1
-    assert [k["state"] for k in keys_of(home, "lab")] == ["active"]  # one key, not three
+    assert second.stdout.splitlines() == [
+        "route office -> lab exists (key 1): nothing added",
+        "route lab -> office exists (key 1): nothing added",
+    ]
+    third = json.loads(run(home, "route", "add", "lab", "office", "--json").stdout)
+    assert first["added"] is True and first["both_ways"] is True
+    assert [(r["name"], r["added"], r["created_key"]) for r in first["routes"]] == [
+        ("lab", True, True), ("office", True, True),
+    ]  # fmt: skip
+    assert third["added"] is False and [r["added"] for r in third["routes"]] == [False, False]
+    assert (routes_of(home, "office"), routes_of(home, "lab")) == (["lab"], ["office"])
+    # One key each way, however often the route is added.
+    assert [k["state"] for k in keys_of(home, "lab")] == ["active"]
+    assert [k["state"] for k in keys_of(home, "office")] == ["active"]
 
     removed = json.loads(run(home, "route", "remove", "office", "lab", "--json").stdout)
-    assert removed["removed"] is True and removed["revoked_key"] == first["key_id"]
+    assert [(r["name"], r["removed"], r["revoked_key"]) for r in removed["routes"]] == [
+        ("lab", True, 1), ("office", True, 1),
+    ]  # fmt: skip
     assert [k["state"] for k in keys_of(home, "lab")] == ["revoked"]
-    assert json.loads(run(home, "route", "list", "office", "--json").stdout) == []
+    assert [k["state"] for k in keys_of(home, "office")] == ["revoked"]
+    assert (routes_of(home, "office"), routes_of(home, "lab")) == ([], [])
+    fails(home, "route", "remove", "office", "lab", message="no route between 'office' and 'lab'")
+
+
+def test_route_add_completes_a_one_way_route_and_remove_one_way_keeps_the_other(
+    home: Path,
+) -> None:
+    run(home, "network", "create", "lab")
+    out = run(home, "route", "add", "office", "lab", "--one-way")
+    assert out.stdout == "route office -> lab added (key 1)\n"
+    assert (routes_of(home, "office"), routes_of(home, "lab")) == (["lab"], [])
+    both = run(home, "route", "add", "lab", "office").stdout.splitlines()
+    assert both == [
+        "route lab -> office added (key 1)",
+        "route office -> lab exists (key 1): nothing added",
+    ]
+    assert len(keys_of(home, "lab")) == 1  # the existing direction exported nothing new
+    out = run(home, "route", "remove", "lab", "office", "--one-way")
+    assert out.stdout == "route lab -> office removed, key 1 of office revoked\n"
+    assert (routes_of(home, "office"), routes_of(home, "lab")) == (["lab"], [])
+    # From the side that has no route left, `remove` still finds and removes the way back.
+    out = run(home, "route", "remove", "lab", "office")
+    assert out.stdout == "route office -> lab removed, key 1 of lab revoked\n"
+    assert routes_of(home, "office") == []
+
+
+def seed_network(home: Path, name: str, cidr: str, cidr6: str) -> None:
+    """A network of ``home``'s owner made without `tok`'s overlap check, as an older tok or
+    another tool could have written it: the chain rules themselves do not forbid overlaps."""
+    code = f"""
+import asyncio
+from atenet.chain.log import create_network
+from atenet.chain.sqlite_store import SqliteStore
+from atenet.cli.tok import resolve_deployment
+from atenet.deployment import load_or_create_owner
+
+async def main():
+    store = SqliteStore("sqlite://{home / "data" / "chains.sqlite"}")
+    await store.connect()
+    try:
+        await create_network(store, load_or_create_owner(), await resolve_deployment(store),
+                             name={name!r}, cidr={cidr!r}, cidr6={cidr6!r}, mtu=1400)
+    finally:
+        await store.close()
+
+asyncio.run(main())
+"""
+    env = os.environ | {"ATENET_HOME": str(home)}
+    env.pop("ATENET_STORE", None)
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+
+
+def chain_lengths(home: Path) -> list[int]:
+    return [n["seq"] for n in json.loads(run(home, "network", "list", "--json").stdout)]
+
+
+@pytest.mark.parametrize(
+    ("cidr", "cidr6", "message"),
+    [
+        ("10.20.30.128/25", "fd99::/64", "its 10.20.30.128/25 overlaps 10.20.30.0/24 of 'office'"),
+        ("10.77.0.0/24", "OFFICE6", "overlaps OFFICE6 of 'office'"),
+    ],
+)
+@pytest.mark.parametrize("way", [(), ("--one-way",)])
+def test_route_add_refuses_overlapping_networks_and_writes_nothing(
+    home: Path, cidr: str, cidr6: str, message: str, way: tuple[str, ...]
+) -> None:
+    office6 = json.loads(run(home, "network", "show", "office", "--json").stdout)["cidr6"]
+    seed_network(home, "legacy", cidr, cidr6.replace("OFFICE6", office6))
+    before = chain_lengths(home)
+    fails(home, "route", "add", "office", "legacy", *way,
+          message=message.replace("OFFICE6", office6))  # fmt: skip
+    fails(home, "route", "add", "legacy", "office", *way, message="overlaps")
+    assert chain_lengths(home) == before  # no route, no key exported
+    token = run(home, "key", "export", "legacy", "--node", "192.0.2.1:4799").stdout.strip()
+    fails(home, "route", "add", "office", "--to", token, message="overlaps")
+
+
+def test_route_add_refuses_a_network_overlapping_one_already_routed_to(home: Path) -> None:
+    run(home, "network", "create", "lab", "--cidr", "10.40.0.0/24")
+    run(home, "route", "add", "office", "lab")
+    seed_network(home, "shadow", "10.40.0.128/25", "fd99::/64")
+    before = chain_lengths(home)
+    message = "its 10.40.0.128/25 overlaps 10.40.0.0/24 of 'lab', which 'office' routes to"
+    fails(home, "route", "add", "office", "shadow", message=message)
+    # Both ways are checked first: shadow -> office alone is fine, office -> shadow is not.
+    fails(home, "route", "add", "shadow", "office", message=message)
+    assert chain_lengths(home) == before
+    run(home, "route", "add", "shadow", "office", "--one-way")
+    assert routes_of(home, "shadow") == ["office"]
+
+
+def test_route_add_to_another_owners_network_is_one_way(home: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    store = ("--store", f"sqlite://{home / 'data' / 'chains.sqlite'}")
+    run(other, *store, "network", "create", "far")
+    token = run(other, *store, "key", "export", "far", "--node", "192.0.2.1:4799").stdout.strip()
+    out = run(home, "route", "add", "office", "--to", token).stdout.splitlines()
+    assert out[0].startswith("route office -> ") and out[0].endswith("added (key 1)")
+    assert out[1].startswith("one way only: that network is not yours")
+    assert (
+        json.loads(run(home, "route", "add", "office", "--to", token, "--json").stdout)["both_ways"]
+        is False
+    )
 
 
 def test_route_remove_leaves_a_key_given_by_token_alone(home: Path) -> None:
@@ -295,3 +413,72 @@ def test_network_list_and_set_work_the_same_on_a_nats_store(tmp_path: Path, nats
     listed = json.loads(run(home, *store, "network", "list", "--json").stdout)
     assert [(n["name"], n["cidr"], n["mtu"]) for n in listed] == [("office", "10.20.30.0/24", 1300)]
     assert "office" in run(home, *store, "network", "list").stdout
+
+
+# --------------------------------------------------------------------------- leases
+
+
+def append_leases(home: Path, network: str, leases: list[dict]) -> str:
+    """Append ``leases`` as lease events signed by ``home``'s node (its certified key), the way
+    a node's DHCP server records a binding, and read as the node does (authority key)."""
+    network_id = json.loads(run(home, "network", "show", network, "--json").stdout)["id"]
+    code = f"""
+import asyncio
+from atenet.chain.event import Kind
+from atenet.chain.log import Chain, Signer
+from atenet.chain.sqlite_store import SqliteStore
+from atenet.deployment import load_authority, load_node_key
+
+async def main():
+    store = SqliteStore("sqlite://{home / "data" / "chains.sqlite"}")
+    await store.connect()
+    try:
+        node = load_node_key()
+        chain = Chain(store, bytes.fromhex({network_id!r}), [load_authority().box])
+        await chain.load()
+        for payload in {leases!r}:
+            await chain.append(Kind.LEASE, {{"node": node.node_id, **payload}},
+                               Signer(node.sign, node.cert))
+    finally:
+        await store.close()
+    print(node.node_id)
+
+asyncio.run(main())
+"""
+    env = os.environ | {"ATENET_HOME": str(home)}
+    env.pop("ATENET_STORE", None)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, check=True, timeout=60, capture_output=True,
+        text=True,
+    )  # fmt: skip
+    return out.stdout.strip()
+
+
+def test_lease_list_shows_the_bindings_that_won(home: Path) -> None:
+    assert run(home, "lease", "list", "office").stdout.startswith("no leases on office")
+    assert json.loads(run(home, "lease", "list", "office", "--json").stdout) == []
+    later = time.time() + 86400
+    m1, m2, m3 = "02:00:00:00:00:01", "02:00:00:00:00:02", "02:00:00:00:00:03"
+    node_id = append_leases(home, "office", [
+        {"mac": m1, "ip": "10.20.30.40", "host": "laptop", "expires": later},
+        {"mac": m2, "ip": "10.20.30.40", "host": "", "expires": later},  # lost: m1 holds it
+        {"mac": m2, "ip": "10.20.30.9", "host": "", "expires": later},
+        {"mac": m3, "ip": "10.20.30.200", "host": "printer", "expires": time.time() - 5},
+    ])  # fmt: skip
+    leases = json.loads(run(home, "lease", "list", "office", "--json").stdout)
+    assert [(x["ip"], x["mac"], x["host"], x["expired"]) for x in leases] == [
+        ("10.20.30.9", m2, "", False),
+        ("10.20.30.40", m1, "laptop", False),
+        ("10.20.30.200", m3, "printer", True),
+    ]  # fmt: skip
+    assert [x["seq"] for x in leases] == [5, 3, 6]  # the four lease events are seq 3 to 6
+    assert all(x["bound_at"] == pytest.approx(time.time(), abs=60) for x in leases)
+    assert leases[1]["expires"] == pytest.approx(later, abs=0.01)
+    assert {x["node"] for x in leases} == {node_id}
+
+    text = run(home, "lease", "list", "office").stdout.splitlines()
+    assert text[0].split() == ["IP", "MAC", "HOST", "NODE", "BOUND", "EXPIRES"]
+    assert text[1].split()[:3] == ["10.20.30.9", m2, "-"]
+    assert text[2].split()[:3] == ["10.20.30.40", m1, "laptop"]
+    assert text[3].endswith("(expired)") and "(expired)" not in text[2]
+    fails(home, "lease", "list", "nowhere", message="unknown network 'nowhere'")

@@ -13,7 +13,6 @@ import random
 import select
 import shlex
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -34,6 +33,12 @@ from atenet.wire import dhcp as d
 from atenet.wire.arp import ARP_REQUEST, ArpRepr, arp_reply
 from atenet.wire.ethernet import ETHERTYPE_ARP, EthernetRepr
 from tests.conftest import needs_root
+from tests.support.dhcp_clients import (
+    DHCLIENT_SCRIPT,
+    UDHCPC_SCRIPT,
+    stop,
+    wait_for_lines,
+)
 from tests.support.netns import Host, Lab
 
 NET_ID = bytes(range(16))
@@ -611,18 +616,6 @@ def test_random_order_replay_is_deterministic() -> None:
 
 # --- a real client: busybox udhcpc on a TAP in a namespace (root) ----------------------------
 
-UDHCPC_SCRIPT = """#!/bin/sh
-# udhcpc calls this on each event; configure like a distribution script and log what we got.
-case "$1" in
-  deconfig) ip -4 addr flush dev "$interface"; ip link set "$interface" up ;;
-  bound|renew)
-    ip -4 addr flush dev "$interface"
-    ip addr add "$ip/$mask" broadcast "$broadcast" dev "$interface"
-    ip route replace default via "$router" dev "$interface"
-    echo "$1 ip=$ip mask=$mask router=$router dns=$dns mtu=$mtu lease=$lease" >> "$LOG" ;;
-esac
-"""
-
 
 class TapServer:
     """The nodes' part, in one thread: frames from each TAP into its node's DhcpServer, replies
@@ -681,25 +674,6 @@ def open_tap(host: Host, name: str, client_mac: bytes) -> TapDevice:
     return host.call(body)
 
 
-def wait_for_lines(path: Path, n: int, timeout: float = 20) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text().count("\n") >= n:
-            break
-        time.sleep(0.1)
-    return path.read_text().splitlines() if path.exists() else []
-
-
-def stop(proc: subprocess.Popen[Any] | None) -> None:
-    if proc is not None and proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
-
 @needs_root
 def test_busybox_udhcpc_gets_the_hashed_address_and_renews_without_a_bind(
     lab: Lab, tmp_path: Path
@@ -741,19 +715,6 @@ def test_busybox_udhcpc_gets_the_hashed_address_and_renews_without_a_bind(
     finally:
         stop(proc)
         tap.close()
-
-
-DHCLIENT_SCRIPT = """#!/bin/sh
-# dhclient-script stand-in: configure the TAP and log, never touching /etc/resolv.conf.
-case "$reason" in
-  BOUND|RENEW|REBIND|REBOOT)
-    ip -4 addr flush dev "$interface"
-    ip addr add "$new_ip_address/$new_subnet_mask" dev "$interface"
-    ip route replace default via "$new_routers" dev "$interface"
-    echo "$reason ip=$new_ip_address mask=$new_subnet_mask router=$new_routers" \
-      "dns=$new_domain_name_servers mtu=$new_interface_mtu" >> "$LOG" ;;
-esac
-"""
 
 
 @needs_root

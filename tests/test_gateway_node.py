@@ -152,3 +152,16 @@ async def test_bindings_survive_a_restart_and_two_nodes_agree(world: World) -> N
         assert Ether(ack)[DHCP].options[0] == ("message-type", 5)
         assert Ether(ack)[BOOTP].yiaddr == ip and not other.binds
     assert str(IPv4Address(ip)) in fresh.state.leases
+
+
+async def test_a_ports_address_in_status_is_its_dhcp_binding_when_it_has_one(world: World) -> None:
+    _core, runtime, _ = node(world)
+    mac = bytes.fromhex("02aa00000004")
+    lease = {"mac": mac.hex(":"), "ip": "10.9.8.200", "host": "", "node": "n", "expires": 2e9}
+    await world.chain.append(Kind.LEASE, lease, world.node_a)  # e.g. after a collision
+    runtime.apply_state(world.chain.state, NOW)
+    a = Capture("a")
+    runtime.add_port("a", a)
+    runtime.switch.from_local(a, client_frame(mac, "discover"))
+    assert a.counters()["ipv4"] == "10.9.8.200"
+    assert runtime.addresses(bytes.fromhex("02aa00000005"))[0] != "10.9.8.200"  # hashed

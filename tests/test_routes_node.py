@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import os
 import time
+from ipaddress import IPv4Network
 
-from scapy.all import ARP, ICMP, IP, Ether, raw  # type: ignore[attr-defined]
+from scapy.all import ARP, BOOTP, DHCP, ICMP, IP, UDP, Ether, raw  # type: ignore[attr-defined]
 
 from atenet.chain.event import Kind
 from atenet.chain.keys import b64, short_id
 from atenet.chain.log import Chain, create_network
 from atenet.node.core import NetworkRuntime, NodeCore
 from atenet.switch.core import Port
+from atenet.wire.dhcp import parse_classless_routes
 from tests.support.chains import World
 from tests.test_node_core import Wire
+from tests.test_switch_offload import super_packet
 
 
 class Host(Port):
@@ -165,3 +168,73 @@ async def test_a_host_that_never_answers_arp_gets_the_sender_a_host_unreachable(
     errors = [p for p in a1.got if ICMP in p and p[ICMP].type == 3]
     assert len(errors) == 1 and errors[0][ICMP].code == 1  # host unreachable
     assert errors[0][IP].dst == a1.ip and errors[0].dst == a1.mac_text
+
+
+async def test_a_new_host_reaches_the_routed_network_with_its_first_packet(
+    world: World,
+) -> None:
+    """Routes are linked when a network gets a host on a node, not at the next once-a-second
+    tick: else the first packets of a host that just connected (a TCP SYN right after `tok
+    connect`) get "network unreachable", which fails the connection at once. Here A2 is the
+    first host of A on node 2 and B3 the first host of B on node 1 (each network was there
+    only as a route port), and no tick runs."""
+    wire, (node1, node2), (net_a, net_b), (a1, b1), _key, now = await two_routed_networks(world)
+    a_on_2 = node2.networks[net_a.network_id]
+    b_on_1 = node1.networks[net_b.network_id]
+    a2 = Host("a2", "02:aa:00:00:00:02", "10.9.8.11", a_on_2, now)
+    b3 = Host("b3", "02:bb:00:00:00:03", "10.9.9.30", b_on_1, now)
+    a_on_2.add_port("a2", a2)
+    b_on_1.add_port("b3", b3)
+    for host, runtime, target in ((a2, a_on_2, b1), (b3, b_on_1, a1)):
+        gateway = runtime.gateway.mac.hex(":")
+        host.send(Ether(dst=gateway, src=host.mac_text) / IP(src=host.ip, dst=target.ip)
+                  / ICMP(id=7, seq=1))  # fmt: skip
+        wire.run(now)
+        got = [(p[IP].src, p[ICMP].type) for p in host.got if ICMP in p]
+        assert got == [(target.ip, 0)], got  # the echo reply, no "unreachable"
+
+
+async def test_a_route_port_leaves_the_other_networks_offloaded_packets_whole(
+    world: World,
+) -> None:
+    """A node that routes into B is a member of B and so receives B's floods. Its route port
+    only reads the frames to B's gateway MAC (ARP / ND answers), so B's TSO super-frames pass
+    it as they are: routing into B must not make the node cut all of B's bulk traffic into
+    segments (a Python loop per packet) for a port that throws them away."""
+    wire, (node1, node2), (_net_a, net_b), (_a1, b1), _key, now = await two_routed_networks(world)
+    b_on_1 = node1.networks[net_b.network_id]
+    b_on_2 = node2.networks[net_b.network_id]
+    assert [p.kind for p in b_on_1.switch.ports.values()] == ["route"]
+    b_on_2.switch.packet_from_local(b1, super_packet())
+    wire.run(now)
+    assert b_on_1.switch.frames_from_peers == 1  # it got there
+    assert b_on_1.switch.segmented == 0 and b_on_1.switch.bad_packets == 0
+
+
+async def test_dhcp_offers_the_routed_networks_as_classless_routes_to_clients_that_ask(
+    world: World,
+) -> None:
+    _wire, (node1, _node2), (net_a, _net_b), (a1, _b1), _key, _now = await two_routed_networks(
+        world
+    )
+    a_on_1 = node1.networks[net_a.network_id]
+
+    def discover(params: list[int]) -> dict[str, object]:
+        a1.got.clear()
+        a1.send(Ether(src=a1.mac_text, dst="ff:ff:ff:ff:ff:ff")
+                / IP(src="0.0.0.0", dst="255.255.255.255") / UDP(sport=68, dport=67)
+                / BOOTP(chaddr=bytes.fromhex(a1.mac_text.replace(":", "")), xid=5)
+                / DHCP(options=[("message-type", "discover"), ("param_req_list", params),
+                                "end"]))  # fmt: skip
+        (offer,) = [p for p in a1.got if DHCP in p]
+        return {o[0]: o[1] for o in offer[DHCP].options if isinstance(o, tuple)}
+
+    asked = discover([1, 3, 6, 121])
+    routes = (
+        parse_classless_routes(asked["classless_static_routes"])
+        if isinstance(asked.get("classless_static_routes"), bytes)
+        else asked.get("classless_static_routes")
+    )
+    assert a_on_1.dhcp.classless_routes == (IPv4Network("10.9.9.0/24"),)
+    assert routes is not None and "10.9.9.0/24" in str(routes) and "10.9.8.1" in str(routes)
+    assert "classless_static_routes" not in discover([1, 3, 6])  # RFC 3442: only when asked

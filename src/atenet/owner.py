@@ -90,6 +90,10 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+class RouteOverlap(AtenetError):
+    """A route whose networks' CIDRs overlap (`tok route add` refuses it, exit 1)."""
+
+
 class Owner:
     """An owner's view of one store."""
 
@@ -257,13 +261,22 @@ class Owner:
         self, chain: Chain, token: AccessToken, name: str = "", *, created_key: bool = False
     ) -> tuple[Route, bool]:
         """Route ``chain`` to the token's network; (route, True) when added, or the existing
-        route and False when one to that network is already there (adding is idempotent)."""
+        route and False when one to that network is already there (adding is idempotent).
+
+        When the token's network is one of ours its CIDRs are known and overlaps are refused
+        (:meth:`check_route`); another owner's chain is sealed to that owner and the node
+        authority, so its CIDRs cannot be checked here."""
         if token.network_id == chain.network_id:
             raise AtenetError("a route must lead to another network, not to the same one")
         await chain.catch_up()
         existing = chain.state.routes.get(token.network_hex)
         if existing is not None:
             return existing, False
+        if not created_key:  # add_route_to checked before it exported the key
+            owned = {c.network_id.hex(): c for c in await self.chains()}
+            target = owned.get(token.network_hex)
+            if target is not None:
+                check_route(chain, target, owned)
         await chain.append(
             Kind.ROUTE_ADD,
             {
@@ -277,32 +290,61 @@ class Owner:
         )
         return chain.state.routes[token.network_hex], True
 
-    async def add_route_to(self, chain: Chain, target: Chain) -> tuple[Route, bool]:
+    async def add_route_to(
+        self, chain: Chain, target: Chain, owned: dict[str, Chain] | None = None
+    ) -> tuple[Route, bool]:
         """Route ``chain`` to another network of this owner, exporting a key of ``target`` for
-        the route only when no route to it exists yet (so adding twice makes one key)."""
+        the route only when no route to it exists yet (so adding twice makes one key).
+        Overlapping CIDRs are refused before anything is written (:func:`check_route`)."""
         if target.network_id == chain.network_id:
             raise AtenetError("a route must lead to another network, not to the same one")
         await chain.catch_up()
         existing = chain.state.routes.get(target.network_id.hex())
         if existing is not None:
             return existing, False
+        if owned is None:
+            owned = {c.network_id.hex(): c for c in await self.chains()}
+        check_route(chain, target, owned)
         token = await self.export_key(target, f"route from {chain.state.name}", [])
         return await self.add_route(chain, token, target.state.name, created_key=True)
+
+    async def add_routes_between(self, a: Chain, b: Chain) -> list[tuple[Chain, Route, bool]]:
+        """Routes ``a`` -> ``b`` and ``b`` -> ``a`` (both ours): routes are directional and a
+        reply must route back, so the owner of both gets both by default. Each direction is
+        idempotent on its own (an existing one is returned with False and no new key); both are
+        checked for overlaps before either is written, so a refused pair writes nothing."""
+        if a.network_id == b.network_id:
+            raise AtenetError("a route must lead to another network, not to the same one")
+        await a.catch_up()
+        await b.catch_up()
+        owned = {c.network_id.hex(): c for c in await self.chains()}
+        for src, dst in ((a, b), (b, a)):
+            if dst.network_id.hex() not in src.state.routes:
+                check_route(src, dst, owned)
+        return [
+            (a, *await self.add_route_to(a, b, owned)),
+            (b, *await self.add_route_to(b, a, owned)),
+        ]
+
+    def _match_route(self, chain: Chain, other: str) -> list[Route]:
+        other_l = other.lower()
+        return [
+            r for r in chain.state.routes.values() if r.name == other or r.to.startswith(other_l)
+        ]
 
     async def remove_route(self, chain: Chain, other: str) -> tuple[Route, int | None]:
         """Remove the route to ``other`` (name or id prefix); when the route's key was exported
         for it (``tok route add A B``), revoke that key too. Returns the route and the revoked
         key id (None when the key was given by token and is not ours to revoke)."""
-        other_l = other.lower()
-        matches = [
-            r for r in chain.state.routes.values() if r.name == other or r.to.startswith(other_l)
-        ]
+        matches = self._match_route(chain, other)
         if len(matches) != 1:
             known = ", ".join(r.name or r.to[:12] for r in chain.state.routes.values()) or "none"
             raise NotFound(
                 f"no single route to {other!r} in {chain.state.name!r} (routes: {known})"
             )
-        route = matches[0]
+        return await self._drop_route(chain, matches[0])
+
+    async def _drop_route(self, chain: Chain, route: Route) -> tuple[Route, int | None]:
         await chain.append(Kind.ROUTE_REMOVE, {"to": route.to}, self.signer)
         if not route.created_key:
             return route, None
@@ -316,6 +358,42 @@ class Owner:
             return route, None
         await target.append(Kind.KEY_REVOKE, {"key_id": route.key_id}, self.signer)
         return route, route.key_id
+
+    async def remove_routes_between(
+        self, chain: Chain, other: str
+    ) -> list[tuple[Chain, Route, int | None]]:
+        """Remove ``chain``'s route to ``other`` (name or id prefix) and, when ``other`` is ours,
+        its route back to ``chain``; revoke each key `route add` exported. Removes whichever
+        of the two exists; NotFound when neither does."""
+        await chain.catch_up()
+        matches = self._match_route(chain, other)
+        if len(matches) > 1:
+            names = ", ".join(r.name or r.to[:12] for r in matches)
+            raise NotFound(f"several routes of {chain.state.name!r} match {other!r}: {names}")
+        owned = {c.network_id.hex(): c for c in await self.chains()}
+        target: Chain | None
+        if matches:
+            target = owned.get(matches[0].to)
+        else:  # no route there: OTHER may still be ours and route back
+            try:
+                target = await self.find(other)
+            except AtenetError:
+                target = None
+        back = None
+        if target is not None and target.network_id != chain.network_id:
+            back = target.state.routes.get(chain.network_id.hex())
+        if not matches and back is None:
+            known = ", ".join(r.name or r.to[:12] for r in chain.state.routes.values()) or "none"
+            raise NotFound(
+                f"no route between {chain.state.name!r} and {other!r} in either direction "
+                f"(routes of {chain.state.name!r}: {known})"
+            )
+        done = []
+        if matches:
+            done.append((chain, *await self._drop_route(chain, matches[0])))
+        if target is not None and back is not None:
+            done.append((target, *await self._drop_route(target, back)))
+        return done
 
     async def log(self, network_id: bytes) -> list[LogLine]:
         """Replay the chain from the start, verifying each event; raise at the first bad one."""
@@ -416,6 +494,37 @@ def _refuse_overlap(net: Net, field: str, taken: list[tuple[str, Any]]) -> None:
             raise AtenetError(
                 f"{net} overlaps your network {name!r} ({other_net}): pick another CIDR"
             )
+
+
+def _nets(name: str, settings: Any) -> list[tuple[str, Net]]:
+    nets: list[tuple[str, Net]] = []
+    for text in (settings.cidr, settings.cidr6):
+        try:
+            nets.append((name, ipaddress.ip_network(text, strict=False)))
+        except ValueError:
+            continue  # no IPv6 prefix, say
+    return nets
+
+
+def check_route(chain: Chain, target: Chain, owned: dict[str, Chain]) -> None:
+    """Refuse a route ``chain`` -> ``target`` when an IPv4 or IPv6 CIDR of ``target`` overlaps
+    one of ``chain``'s own or of another network ``chain`` already routes to: the gateway picks
+    the network a packet goes to by its destination address, so an address in two of them
+    would be ambiguous. Routed networks that are not ours (``owned``: ours by id hex) have
+    chains we cannot read, so they are not checked."""
+    mine = _nets(chain.state.name, chain.state.settings)
+    for route in chain.state.routes.values():
+        routed = owned.get(route.to)
+        if routed is not None and route.to != target.network_id.hex():
+            mine += _nets(routed.state.name, routed.state.settings)
+    for _, net in _nets(target.state.name, target.state.settings):
+        for name, other in mine:
+            if other.version == net.version and net.overlaps(other):  # type: ignore[arg-type]
+                via = "" if name == chain.state.name else f", which {chain.state.name!r} routes to"
+                raise RouteOverlap(
+                    f"cannot route {chain.state.name!r} to {target.state.name!r}: its {net} "
+                    f"overlaps {other} of {name!r}{via} (an address in both would be ambiguous)"
+                )
 
 
 def _random_free(pick: Any, field: str, taken: list[tuple[str, Any]]) -> Net:

@@ -976,6 +976,73 @@ def router_targets() -> list[Target]:
     ]
 
 
+def dhcp_client_target() -> Target:
+    """The DHCP client of `tok connect` (client/dhcp.py), waiting for its ACK, fed any frame the
+    node can hand it. Junk counts as ``malformed`` or ``foreign`` and sends nothing; whatever
+    binds must be a usable unicast address with a sane prefix and times."""
+    from ipaddress import IPv4Address, IPv4Network
+
+    from atenet.client.dhcp import REQUESTING, DhcpClient, Event, Send
+    from atenet.wire import dhcp as d
+
+    mac, gw_mac, gw = (
+        b"\x02\x00\x00\x00\x00\x07",
+        b"\x02\xfe\x00\x00\x00\x01",
+        IPv4Address("10.1.0.1"),
+    )
+
+    def fresh() -> DhcpClient:
+        return DhcpClient(mac, rng=random.Random(1), jitter=0.0)
+
+    probe = fresh()  # the same rng every time: the same xid
+    probe.start(NOW)
+    xid = probe.xid
+
+    def reply(kind: int, yiaddr: str = "10.1.0.9", **options: bytes) -> bytes:
+        opts = {d.OPT_MESSAGE_TYPE: bytes([kind]), d.OPT_SERVER_ID: gw.packed}
+        opts.update({int(k[1:]): v for k, v in options.items()})
+        message = d.DhcpMessage(d.BOOTREPLY, xid, mac, yiaddr=IPv4Address(yiaddr), options=opts)
+        return d.dhcp_frame(
+            message.emit(), src_mac=gw_mac, dst_mac=mac, src_ip=gw, dst_ip=IPv4Address(yiaddr)
+        )
+
+    offer = reply(d.DHCPOFFER)
+    routes = d.opt_classless_routes([(IPv4Network("10.2.0.0/24"), gw)])
+    seeds = [
+        reply(d.DHCPACK, o1=bytes([255, 255, 255, 0]), o51=d.opt_u32(3600), o3=gw.packed,
+              o6=bytes([8, 8, 8, 8]), o26=(1400).to_bytes(2, "big"), o121=routes),
+        reply(d.DHCPACK, o51=d.opt_u32(60), o58=d.opt_u32(30), o59=d.opt_u32(50)),
+        reply(d.DHCPNAK, "0.0.0.0", o56=b"address was bound elsewhere"),
+        offer,
+    ]  # fmt: skip
+
+    def feed(data: bytes) -> str:
+        client = fresh()
+        client.start(NOW)
+        client.frame(offer, NOW)
+        assert client.state == REQUESTING
+        before = client.counters["malformed"] + client.counters["foreign"]
+        actions = client.frame(data, NOW + 0.5)
+        if client.counters["malformed"] + client.counters["foreign"] > before:
+            if actions:
+                raise Crash("the DHCP client acted on a malformed or foreign frame")
+            return "dropped"
+        events = [a for a in actions if isinstance(a, Event)]
+        lease = client.lease
+        if lease is not None:
+            addr = lease.address
+            if addr.is_multicast or addr.is_loopback or addr.is_unspecified:
+                raise Crash(f"the DHCP client bound {addr}")
+            if not (0 <= lease.prefixlen <= 32 and 0 < lease.t1 <= lease.t2 <= lease.lease_time):
+                raise Crash(f"the DHCP client took a lease with bad times or prefix: {lease}")
+            return "bound"
+        if any(isinstance(a, Send) for a in actions):
+            return "restarted" if not events else "lost"
+        return "ignored"
+
+    return Target("client.DhcpClient.frame", seeds, feed)
+
+
 def byte_targets() -> list[Target]:
     """Targets that need no network."""
     return [
@@ -986,6 +1053,7 @@ def byte_targets() -> list[Target]:
         *wire_targets(),
         deployment_target(),
         *router_targets(),
+        dhcp_client_target(),
     ]
 
 

@@ -150,21 +150,34 @@ class Overlay:
             )  # fmt: skip
         wait_for_text(node.proc, node.log, "serving on udp", 20)
 
-    def export_key(self, label: str, nodes: list[str]) -> tuple[int, str]:
+    def export_key(
+        self, label: str, nodes: list[str], network: str | None = None
+    ) -> tuple[int, str]:
+        """A new access key of ``network`` (default: the overlay's) naming ``nodes``."""
+        network = network or self.network
         node_args = [a for n in nodes for a in ("--node", self.nodes[n].endpoint)]
-        token = self.tok("key", "export", self.network, "--label", label, *node_args).strip()
-        keys = json.loads(self.tok("key", "list", self.network, "--json"))
+        token = self.tok("key", "export", network, "--label", label, *node_args).strip()
+        keys = json.loads(self.tok("key", "list", network, "--json"))
         return max(k["key_id"] for k in keys), token
 
     def add_client(
-        self, name: str, nodes: list[str], args: tuple[str, ...] = (), hostname: str = ""
+        self,
+        name: str,
+        nodes: list[str],
+        args: tuple[str, ...] = (),
+        hostname: str = "",
+        network: str | None = None,
+        host: Host | None = None,
     ) -> Client:
-        """Start ``tok connect`` (plus ``args``, e.g. ``--no-offload``) in a new host.
+        """Start ``tok connect`` (plus ``args``, e.g. ``--no-offload``) on ``network`` (default:
+        the overlay's) in a new host, or in ``host`` (a host whose earlier `tok connect` ended:
+        the same namespace and device name give the same MAC, so it is the same client to the
+        network).
 
         ``hostname``: run it in its own UTS namespace with that host name (what it sends the
         node in its hello); by default it shares the machine's."""
-        host = self.lab.add_host(name)
-        key_id, token = self.export_key(name, nodes)
+        host = host or self.lab.add_host(name)
+        key_id, token = self.export_key(name, nodes, network)
         client = Client(name, host, key_id, token)
         client.log = self.root / f"{name}.log"
         uts = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', hostname]

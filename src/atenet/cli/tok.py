@@ -475,6 +475,11 @@ def _route_json(network: Chain, r: Any) -> dict[str, Any]:
 @click.argument("network_name", metavar="NETWORK")
 @click.argument("other", required=False, metavar="[OTHER_NETWORK]")
 @click.option("--to", "token_text", metavar="TOKEN", help="The other network's access token.")
+@click.option(
+    "--one-way",
+    is_flag=True,
+    help="Only NETWORK -> OTHER_NETWORK (by default, when you own both, both directions).",
+)
 @store_option
 @json_option
 @run_async
@@ -482,32 +487,61 @@ async def route_add(
     network_name: str,
     other: str | None,
     token_text: str | None,
+    one_way: bool,
     store_url: str | None,
     as_json: bool,
 ) -> None:
-    """Route NETWORK to another network: by its access token (--to TOKEN), or, when you own
-    both, by name (a key for the route is exported from OTHER_NETWORK for you, and revoked by
-    `tok route remove`).
+    """Route NETWORK to another network you own, by name, in both directions (replies need the
+    way back): a key of each network is exported for the route into the other, and revoked by
+    `tok route remove`. --one-way adds NETWORK -> OTHER_NETWORK only. With --to TOKEN (another
+    owner's network) only NETWORK -> that network can be added; its owner adds the way back.
 
-    Idempotent: when NETWORK already has a route to that network, nothing is added (no second
-    key either); it says so and exits 0 (--json: "added": false and the existing route)."""
+    Overlapping CIDRs are refused (exit 1): neither network may overlap the other, nor another
+    network either one already routes to.
+
+    Idempotent: a direction that already exists is not added again (no second key either); it
+    says so and exits 0 (--json: "added": false for it)."""
     if (other is None) == (token_text is None):
         raise click.UsageError("give either OTHER_NETWORK or --to TOKEN")
     async with owner_session(store_url) as owner:
         chain = await owner.find(network_name)
+        foreign = False
         if token_text is not None:
-            r, added = await owner.add_route(chain, AccessToken.decode(token_text))
+            token = AccessToken.decode(token_text)
+            r, added = await owner.add_route(chain, token)
+            results = [(chain, r, added)]
+            owned = {c.network_id.hex() for c in await owner.chains()}
+            foreign = token.network_hex not in owned
+        elif one_way:
+            assert other is not None
+            results = [(chain, *await owner.add_route_to(chain, await owner.find(other)))]
         else:
             assert other is not None
-            r, added = await owner.add_route_to(chain, await owner.find(other))
+            results = await owner.add_routes_between(chain, await owner.find(other))
         if as_json:
-            print_json({**_route_json(chain, r), "added": added})
-        elif added:
-            click.echo(f"route {chain.state.name} -> {r.name or r.to} added (key {r.key_id})")
-        else:
+            routes = [{**_route_json(c, r), "added": added} for c, r, added in results]
+            print_json(
+                {
+                    **routes[0],
+                    "added": any(added for _c, _r, added in results),
+                    "both_ways": len(routes) == 2,
+                    "routes": routes,
+                }
+            )
+            return
+        for c, r, added in results:
+            if added:
+                click.echo(f"route {c.state.name} -> {r.name or r.to} added (key {r.key_id})")
+            else:
+                click.echo(
+                    f"route {c.state.name} -> {r.name or r.to} exists (key {r.key_id}): "
+                    "nothing added"
+                )
+        if foreign:
             click.echo(
-                f"route {chain.state.name} -> {r.name or r.to} exists (key {r.key_id}): "
-                "nothing added"
+                "one way only: that network is not yours; its owner adds the route back "
+                "(`tok route add THEIR_NETWORK --to TOKEN` with a key of "
+                f"{chain.state.name})"
             )
 
 
@@ -536,20 +570,33 @@ async def route_list(network_name: str, store_url: str | None, as_json: bool) ->
 @route.command("remove")
 @click.argument("network_name", metavar="NETWORK")
 @click.argument("other", metavar="OTHER_NETWORK")
+@click.option("--one-way", is_flag=True, help="Only NETWORK -> OTHER_NETWORK, not the route back.")
 @store_option
 @json_option
 @run_async
-async def route_remove(network_name: str, other: str, store_url: str | None, as_json: bool) -> None:
-    """Remove NETWORK's route to OTHER_NETWORK (name or id prefix). A key that `tok route add`
-    exported for the route is revoked with it; a key given with --to TOKEN is left alone."""
+async def route_remove(
+    network_name: str, other: str, one_way: bool, store_url: str | None, as_json: bool
+) -> None:
+    """Remove the routes between NETWORK and OTHER_NETWORK (name or id prefix), both
+    directions (--one-way: NETWORK -> OTHER_NETWORK only). A key that `tok route add`
+    exported for a route is revoked with it; a key given with --to TOKEN is left alone."""
     async with owner_session(store_url) as owner:
         chain = await owner.find(network_name)
-        r, revoked = await owner.remove_route(chain, other)
+        if one_way:
+            results = [(chain, *await owner.remove_route(chain, other))]
+        else:
+            results = await owner.remove_routes_between(chain, other)
         if as_json:
-            print_json({**_route_json(chain, r), "removed": True, "revoked_key": revoked})
+            routes = [
+                {**_route_json(c, r), "removed": True, "revoked_key": revoked}
+                for c, r, revoked in results
+            ]
+            print_json({**routes[0], "routes": routes})
             return
-        extra = f", key {revoked} of {r.name or r.to} revoked" if revoked is not None else ""
-        click.echo(f"route {chain.state.name} -> {r.name or r.to} removed{extra}")
+        for c, r, revoked in results:
+            target = r.name or r.to
+            extra = f", key {revoked} of {target} revoked" if revoked is not None else ""
+            click.echo(f"route {c.state.name} -> {target} removed{extra}")
 
 
 # --------------------------------------------------------------------------- host side
@@ -670,6 +717,10 @@ async def log_cmd(network_name: str, store_url: str | None, as_json: bool) -> No
 from atenet.cli.tok_hosts import hosts  # noqa: E402  (its own module: `tok hosts`)
 
 main.add_command(hosts)
+
+from atenet.cli.tok_lease import lease  # noqa: E402  (its own module: `tok lease`)
+
+main.add_command(lease)
 
 if __name__ == "__main__":
     main()

@@ -130,6 +130,29 @@ def read_token_file(path: str) -> str:
     is_flag=True,
     help="Open the TAP without TSO/checksum offload (one frame per packet, as older versions).",
 )
+@click.option(
+    "--address",
+    type=click.Choice(["dhcp", "static", "none"]),
+    default="dhcp",
+    show_default=True,
+    help="IPv4 address: from the network's gateway by DHCP (the hashed address when no "
+    "gateway answers), the hashed static address, or none (for a DHCP client of your own).",
+)
+@click.option("--static", is_flag=True, help="Short for --address static.")
+@click.option(
+    "--dhcp-wait",
+    type=click.FloatRange(min=1),
+    default=7.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="With DHCP: use the hashed address when no offer came in this long.",
+)
+@click.option(
+    "--release",
+    is_flag=True,
+    help="With DHCP: give the lease back on a clean stop (one chain event). Without it the "
+    "address stays this host's (24 h) and reconnecting writes nothing.",
+)
 @click.option("--daemon", is_flag=True, help="Go to the background once connected.")
 @click.option(
     "--log-file",
@@ -150,6 +173,10 @@ def connect(
     give_up: float,
     persist: bool,
     no_offload: bool,
+    address: str,
+    static: bool,
+    dhcp_wait: float,
+    release: bool,
     daemon: bool,
     log_file: str | None,
     as_json: bool,
@@ -163,8 +190,11 @@ def connect(
       sudo tok connect --token-file ~/office.token
       tok key export office | sudo tok connect --token-file -
 
-    Creates a TAP device (needs root), gives it this host's stable MAC and the IPv4/IPv6
-    addresses derived from it, and carries its frames, encrypted, to a node named in the token.
+    Creates a TAP device (needs root), gives it this host's stable MAC, an IPv4 address from
+    the network's gateway by DHCP (--static: the one derived from the MAC, also used when no
+    gateway answers) and the IPv6 address derived from the MAC, and carries its frames,
+    encrypted, to a node named in the token. Routes go only to the network and to networks it
+    is routed to, through the gateway; never a default route.
     When the node stops answering it says so on stderr, tries the token's other nodes, and
     exits (code 4) after --give-up seconds without any answer, unless --persist. Runs in the
     foreground until Ctrl-C (or `tok disconnect`); the TAP device is removed on exit.
@@ -173,6 +203,12 @@ def connect(
     (--give-up). See docs/connect.md.
     """
     setup_logging(verbose)
+    if static:
+        if ctx.get_parameter_source("address") == ParameterSource.COMMANDLINE and address != (
+            "static"
+        ):
+            raise click.UsageError(f"--static and --address {address} contradict each other")
+        address = "static"
     try:
         text = read_token(ctx, token_text, token_file)
     except AtenetError as exc:
@@ -189,8 +225,12 @@ def connect(
         click.echo(ARGV_WARNING, err=True)
     limit = None if persist else give_up
     if daemon:
-        _daemonize(text, dev, wait, limit, log_file, no_offload, as_json, verbose)
+        extra = ["--address", address, "--dhcp-wait", str(dhcp_wait)]
+        extra += ["--release"] if release else []
+        _daemonize(text, dev, wait, limit, log_file, no_offload, as_json, verbose, extra)
         return
+    from dataclasses import asdict
+
     from atenet.client.connect import Connected, Connection
 
     def emit(kind: str, fields: dict[str, Any]) -> None:
@@ -206,7 +246,8 @@ def connect(
         if not as_json:
             click.echo(
                 f"connected to {info.network or token.network_hex} via node {info.node}: "
-                f"{info.dev} {info.ipv4} {info.ipv6} mac {info.mac} mtu {info.mtu}",
+                f"{info.dev} {info.ipv4 or '-'} {info.ipv6} mac {info.mac} mtu {info.mtu} "
+                f"({address_text(asdict(info))})",
             )
 
     try:
@@ -215,7 +256,15 @@ def connect(
         fail(str(exc))
         return
     conn = Connection(
-        token, dev, offload=not no_offload, give_up=limit, on_event=emit, state_dir=state_dir
+        token,
+        dev,
+        offload=not no_offload,
+        give_up=limit,
+        on_event=emit,
+        state_dir=state_dir,
+        address=address,
+        dhcp_wait=dhcp_wait,
+        release=release,
     )
 
     async def body() -> None:
@@ -259,6 +308,7 @@ def _daemonize(
     no_offload: bool,
     as_json: bool,
     verbose: int,
+    extra: list[str],
 ) -> None:
     """Start `tok connect` again in its own session; return once it has connected.
 
@@ -279,7 +329,7 @@ def _daemonize(
     argv = [sys.executable, "-m", "atenet.cli.tok", "connect", "--dev", dev, "--wait", str(wait)]
     argv += ["--persist"] if give_up is None else ["--give-up", str(give_up)]
     argv += ["--json", "--detached"] + (["--no-offload"] if no_offload else [])
-    argv += ["-v"] * verbose
+    argv += ["-v"] * verbose + extra
     env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM" or journal}
     env["ATENET_TOKEN"] = token_text
     try:
@@ -310,8 +360,9 @@ def _daemonize(
         return
     click.echo(
         f"connected to {event['network'] or event['network_id']} via node {event['node']}: "
-        f"{event['dev']} {event['ipv4']} {event['ipv6']} mac {event['mac']} mtu {event['mtu']} "
-        f"(pid {child.pid}, log {where}; stop with `tok disconnect {event['dev']}`)"
+        f"{event['dev']} {event['ipv4'] or '-'} {event['ipv6']} mac {event['mac']} "
+        f"mtu {event['mtu']} ({address_text(event)}) (pid {child.pid}, log {where}; stop with "
+        f"`tok disconnect {event['dev']}`)"
     )
 
 
@@ -328,6 +379,23 @@ def _last_error(path: Path, offset: int) -> str:
         if sep and " " not in prog.strip().removeprefix("python -m "):
             return message
     return ""
+
+
+def address_text(info: dict[str, Any], now: float | None = None) -> str:
+    """Where the IPv4 address came from, for the `connected` line and `tok status`:
+    ``dhcp from 10.1.0.1, lease until 14:02:11``, ``static``, ``static: no DHCP offer in 7 s``,
+    ``no IPv4: --address none``."""
+    source = info.get("address_source") or "static"
+    lease = info.get("lease")
+    if source == "dhcp" and isinstance(lease, dict):
+        until = time.strftime("%H:%M:%S", time.localtime(float(lease.get("expires") or 0)))
+        return f"dhcp from {lease.get('server')}, lease until {until}"
+    if source == "dhcp":
+        return "dhcp: no lease now, asking the gateway"
+    if source == "none":
+        return "no IPv4: --address none"
+    note = info.get("address_note")
+    return f"static: {note}" if note else "static"
 
 
 # --------------------------------------------------------------------------- disconnect
@@ -424,7 +492,7 @@ def _print_connection(c: dict[str, Any]) -> None:
     net = c.get("network") or "?"
     click.echo(
         f"{c.get('dev')}: network {net} ({str(c.get('network_id', ''))[:12]}) "
-        f"{c.get('ipv4')} {c.get('ipv6')} mac {c.get('mac')}"
+        f"{c.get('ipv4') or '-'} {c.get('ipv6')} mac {c.get('mac')} ({address_text(c)})"
     )
     rtt = f", rtt {c['rtt_ms']:.2f} ms" if c.get("rtt_ms") is not None else ""
     if c["answering"]:

@@ -28,7 +28,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +42,18 @@ from atenet.client.core import (
     endpoint_text,
     no_answer,
 )
+from atenet.client.dhcp import SELECTING, ClientLease, DhcpClient
+from atenet.client.dhcp import Event as DhcpEvent
+from atenet.client.dhcp import Send as DhcpSend
 from atenet.errors import AtenetError
 from atenet.offload import VNET_HDR_LEN
 from atenet.overlay.fragment import MAX_SUPERFRAME
 from atenet.overlay.seal import TYPE_SUPERFRAME
 from atenet.overlay.token import AccessToken
-from atenet.transport.tap import TapDevice, configure_link
+from atenet.transport.tap import TapDevice, configure_link, update_addresses
 from atenet.transport.udp import UdpSocket
 from atenet.wire.arp import gratuitous_arp
+from atenet.wire.dhcp import is_dhcp_reply_frame
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,24 @@ STATE_EVERY = 5.0
 
 PERSIST_REMINDER = 60.0
 """With --persist, seconds between the "still retrying" log lines while no node answers."""
+
+ADDRESS_MODES = ("dhcp", "static", "none")
+"""How `tok connect` gets its IPv4 address (``--address``): from the gateway by DHCP (falling
+back to the hashed address), the hashed address, or none (for an external DHCP client)."""
+
+DHCP_WAIT = 7.0
+"""Seconds without a DHCP OFFER before falling back to the hashed address (DISCOVERs at 0, 1
+and 3 s): ``--dhcp-wait``."""
+
+ACK_WAIT = 10.0
+"""Seconds past ``--dhcp-wait`` to wait for the ACK once an offer came (the gateway writes the
+binding to the chain first; the server forgets a request it could not commit in 10 s)."""
+
+MAX_ROUTES = 64
+"""Most routes to routed networks installed on the TAP (option 121 and the welcome's)."""
+
+ROUTE_KEYS = ("routes", "gateway", "gateway6")
+"""The welcome's fields the routes depend on (followed on every pong)."""
 
 EventSink = Callable[[str, dict[str, Any]], None]
 """Called with an event's kind (connected, node_lost, failover, reconnected) and its fields."""
@@ -115,6 +137,12 @@ class Connected:
     mtu: int
     network_id: str = ""
     key_id: int = 0
+    address_source: str = "static"
+    """Where ``ipv4`` came from: ``dhcp``, ``static`` (hashed) or ``none``."""
+    lease: dict[str, Any] | None = None
+    """With DHCP: the lease (:meth:`ClientLease.fields`: server, router, expiry, routes)."""
+    address_note: str = ""
+    """Why the address is not what ``--address`` asked for (the fallback's reason)."""
 
 
 def host_key(dev: str) -> bytes:
@@ -140,11 +168,18 @@ class Connection:
         give_up: float | None = GIVE_UP,
         on_event: EventSink | None = None,
         state_dir: Path | None = None,
+        address: str = "dhcp",
+        dhcp_wait: float = DHCP_WAIT,
+        release: bool = False,
     ) -> None:
         """``offload``: open the TAP with a virtio-net header (TSO and checksum offload).
         ``give_up``: seconds without any answer before :class:`ConnectionLost` (None: never).
         ``on_event``: told of every link event. ``state_dir``: where to keep ``DEV.json``
-        (None: no state file)."""
+        (None: no state file). ``address``: one of :data:`ADDRESS_MODES`. ``dhcp_wait``:
+        seconds without a DHCP offer before the hashed address is used instead. ``release``:
+        give the lease back on a clean stop (one more chain event; see docs/connect.md)."""
+        if address not in ADDRESS_MODES:
+            raise AtenetError(f"--address must be one of {', '.join(ADDRESS_MODES)}")
         self.token = token
         self.dev = dev
         self.offload = offload
@@ -164,6 +199,20 @@ class Connection:
         self.connected_at = 0.0
         self._state_written = 0.0
         self._rtt_written = 0.0
+        self.address = address
+        self.dhcp_wait = dhcp_wait
+        self.release = release
+        self.dhcp: DhcpClient | None = None
+        """The DHCP client while it runs (None: not using DHCP, or it gave up)."""
+        self.lease: ClientLease | None = None
+        self._dhcp_events: list[DhcpEvent] = []
+        self.ip4: IPv4Interface | None = None
+        """The IPv4 address configured on the TAP (None: none)."""
+        self.routes: list[tuple[str, str]] = []
+        """Routes to routed networks installed on the TAP: (destination, gateway)."""
+        self.address_note = ""
+        """Why the address is what it is, when that is not what was asked (the fallback)."""
+        self._config: dict[str, Any] = {}
 
     @property
     def send_errors(self) -> int:
@@ -185,6 +234,8 @@ class Connection:
             if got is not None and tap is not None:
                 if got[0] == TYPE_SUPERFRAME:  # only sent to us because we said offload
                     tap.write_packet(got[1])
+                elif self.dhcp is not None and is_dhcp_reply_frame(got[1]):
+                    self._dhcp_run(self.dhcp.frame(bytes(got[1]), now))  # not the kernel's
                 else:
                     tap.write(got[1])
 
@@ -247,7 +298,8 @@ class Connection:
                 return
             mtu = int(config.get("mtu") or 1380)  # type: ignore[call-overload]
             cidr, cidr6 = str(config["cidr"]), str(config["cidr6"])
-            ip4 = ipv4_for(self.token.network_id, self.mac, cidr)
+            self._config = dict(config)
+            static4 = ipv4_for(self.token.network_id, self.mac, cidr)
             ip6 = ipv6_for(self.token.network_id, self.mac, cidr6)
             self.tap = TapDevice.open(self.dev, mtu=mtu, mac=self.mac, vnet_hdr=self.offload)
             await asyncio.to_thread(
@@ -255,22 +307,28 @@ class Connection:
                 self.tap.name,
                 self.mac,
                 mtu,
-                [str(ip4)],
+                [],
                 [str(ip6)],
                 gso_max_size=GSO_MAX_SIZE if self.offload else None,
                 txqlen=TAP_QUEUE,
             )
             loop.add_reader(self.tap.fileno(), self._on_tap)
+            source = await self._first_address(static4)
+            if source is None:  # stopped meanwhile
+                return
             self.info = Connected(
                 str(config.get("name", "")),
                 endpoint_text(self.core.node),
                 self.tap.name,
                 self.mac.hex(":"),
-                str(ip4),
+                str(self.ip4) if self.ip4 is not None else "",
                 str(ip6),
                 mtu,
                 self.token.network_id.hex(),
                 self.token.key_id,
+                source,
+                self.lease.fields() if self.lease is not None else None,
+                self.address_note,
             )
             self.connected_at = time.time()
             if self.state_dir is not None:
@@ -279,21 +337,215 @@ class Connection:
             if on_connected is not None:
                 on_connected(self.info)  # type: ignore[operator]
             self._emit("connected", asdict(self.info))
-            await self._keepalive(ip4.ip)
+            await self._keepalive()
         finally:
             await self.close()
+
+    # ------------------------------------------------------------------ IPv4 by DHCP
+
+    async def _first_address(self, static4: IPv4Interface) -> str | None:
+        """Configure the TAP's IPv4 as ``--address`` says; returns where it came from
+        (None: stopped meanwhile).
+
+        DHCP runs only when the node's welcome says its gateway answers (``"dhcp": 1``): an
+        older node, or a network without a gateway, would only make us wait. Without an offer
+        within ``dhcp_wait`` seconds the hashed address is used, and one line says why.
+        """
+        config = self._config
+        if self.address == "none":
+            await self._set_routes(None)
+            return "none"
+        if self.address == "dhcp" and config.get("dhcp") == 1:
+            lease = await self._acquire(static4.network)
+            if self._stop.is_set():
+                return None
+            if lease is not None:
+                await self._apply_lease(lease)
+                return "dhcp"
+            log.warning(
+                "%s from the gateway %s: using the hashed static address %s (--dhcp-wait "
+                "SECONDS to wait longer, --static to skip DHCP)",
+                self.address_note,
+                config.get("gateway") or "?",
+                static4,
+            )
+        elif self.address == "dhcp":
+            self.address_note = "the node offers no DHCP"
+            log.info(
+                "node %s offers no DHCP (an older node, or a network without a gateway): using "
+                "the hashed static address %s",
+                endpoint_text(self.core.node),
+                static4,
+            )
+        await self._set_ipv4(static4)
+        await self._set_routes(None)
+        return "static"
+
+    async def _acquire(self, network: IPv4Network) -> ClientLease | None:
+        """Run the DHCP client until it is bound; None (and :attr:`address_note` says why)
+        when no offer came in ``dhcp_wait`` s, or an offer came but no ACK within
+        :data:`ACK_WAIT` s more (the gateway may refuse to commit a binding: its per-host
+        rate limit)."""
+        client = DhcpClient(self.mac, host=self.core.host, network=network)
+        self.dhcp = client
+        start = time.time()
+        self._dhcp_run(client.start(start))
+        while not self._stop.is_set():
+            now = time.time()
+            self._dhcp_run(client.tick(now))
+            for packet in self.core.tick(now):
+                self._send(packet)
+            events, self._dhcp_events = self._dhcp_events, []
+            for event in events:
+                if event.kind == "bound" and event.lease is not None:
+                    log.info(
+                        "DHCP: %s from %s in %.2f s (lease %.0f s)",
+                        event.lease.interface,
+                        event.lease.server,
+                        now - start,
+                        event.lease.lease_time,
+                    )
+                    return event.lease
+            waited = now - start
+            if client.state == SELECTING and waited >= self.dhcp_wait:
+                offered = client.counters["offers"]
+                self.address_note = (
+                    f"no DHCP offer in {self.dhcp_wait:g} s"
+                    if not offered
+                    else f"no DHCP ACK in {waited:.0f} s"
+                )
+                break
+            if waited >= self.dhcp_wait + ACK_WAIT:
+                self.address_note = f"DHCP offer, but no ACK in {waited:.0f} s"
+                break
+            await self._wait_stop(0.05)
+        client.stop()
+        self.dhcp = None
+        return None
+
+    def _dhcp_run(self, actions: list[DhcpSend | DhcpEvent]) -> None:
+        """Send the client's frames (sealed as if from the TAP); keep its events for the loop."""
+        for action in actions:
+            if isinstance(action, DhcpSend):
+                self._send(self.core.seal_frame(action.frame))
+            else:
+                self._dhcp_events.append(action)
+
+    async def _apply_lease(self, lease: ClientLease) -> None:
+        self.lease = lease
+        await self._set_ipv4(lease.interface)
+        await self._set_routes(lease)
+
+    async def _on_dhcp_events(self) -> bool:
+        """Act on what the DHCP client said since the last call; True: the address changed."""
+        events, self._dhcp_events = self._dhcp_events, []
+        changed = False
+        for event in events:
+            lease = event.lease
+            if event.kind in ("bound", "renewed") and lease is not None:
+                changed |= event.kind == "bound"
+                if event.kind == "bound":
+                    was = f" (was {self.ip4})" if self.ip4 is not None else ""
+                    log.warning("DHCP: address %s from %s%s", lease.interface, lease.server, was)
+                await self._apply_lease(lease)
+                if self.info is not None:
+                    self.info.ipv4 = str(lease.interface)
+                    self.info.lease = lease.fields()
+                self._emit("dhcp", {"state": event.kind, **lease.fields()})
+            elif event.kind == "lost":
+                changed = True
+                old = self.ip4
+                self.lease = None
+                await self._set_ipv4(None)
+                await self._set_routes(None)
+                if self.info is not None:
+                    self.info.ipv4 = ""
+                    self.info.lease = None
+                if event.reason != "released":
+                    log.warning(
+                        "DHCP: lease of %s lost (%s): no IPv4 address until the gateway answers",
+                        old,
+                        event.reason,
+                    )
+                self._emit("dhcp", {"state": "lost", "ipv4": str(old or ""), "why": event.reason})
+            elif event.kind == "no_answer":
+                log.debug("DHCP: %s", event.reason)
+        return changed
+
+    async def _follow_routes(self) -> bool:
+        """Every pong repeats the welcome: when the routed networks (or the gateway) changed
+        — a route added or removed, or its other network loaded by the node only after we
+        connected — install the new set. True: the routes changed."""
+        config = self.core.config
+        if config is None:
+            return False
+        fresh = {k: config.get(k) for k in ROUTE_KEYS}
+        if fresh == {k: self._config.get(k) for k in ROUTE_KEYS}:
+            return False
+        self._config.update(fresh)
+        before = self.routes
+        await self._set_routes(self.lease)
+        return self.routes != before
+
+    async def _set_ipv4(self, iface: IPv4Interface | None) -> None:
+        """Make ``iface`` the TAP's only IPv4 address (None: no IPv4), and its routes with it."""
+        if iface == self.ip4 or self.tap is None:
+            return
+        old = self.ip4
+        v4 = [r for r in self.routes if "." in r[0]]  # they go with the address they need
+        try:
+            await asyncio.to_thread(
+                update_addresses,
+                self.tap.name,
+                remove=[str(old)] if old is not None else [],
+                add=[str(iface)] if iface is not None else [],
+                routes_remove=v4,
+            )
+        except AtenetError as exc:
+            log.warning("cannot set %s's IPv4 address to %s: %s", self.tap.name, iface, exc)
+            return
+        self.ip4 = iface
+        self.routes = [r for r in self.routes if r not in v4]
+
+    async def _set_routes(self, lease: ClientLease | None) -> None:
+        """Install routes to the routed networks, and only those (never a default route)."""
+        if self.tap is None:
+            return
+        want = routes_for(self._config, self.ip4, lease)
+        if want == self.routes:
+            return
+        old = [r for r in self.routes if r not in want]
+        try:
+            await asyncio.to_thread(
+                update_addresses, self.tap.name, routes_remove=old, routes_add=want
+            )
+        except AtenetError as exc:
+            log.warning("cannot install the routes %s on %s: %s", want, self.tap.name, exc)
+            return
+        self.routes = want
 
     def _emit(self, kind: str, fields: dict[str, Any]) -> None:
         if self.on_event is not None:
             self.on_event(kind, fields)
 
-    async def _keepalive(self, ip4: IPv4Address) -> None:
-        """Gratuitous ARP every 15 s (stays subscribed), control pings, fail-over, liveness."""
+    async def _keepalive(self) -> None:
+        """Gratuitous ARP every 15 s (stays subscribed), control pings, fail-over, liveness,
+        DHCP renewals."""
         last_arp = 0.0
         last_reminder = 0.0
         while not self._stop.is_set():
             now = time.time()
+            if self.dhcp is not None:
+                self._dhcp_run(self.dhcp.tick(now))
+            if self._dhcp_events and await self._on_dhcp_events():
+                last_arp = 0.0  # a new address: tell the LAN at once
+                self._write_state(now)
+            if await self._follow_routes():
+                self._write_state(now)
             if now - last_arp >= KEEPALIVE:
+                # Without an IPv4 address (none, or a lost lease) the announcement says 0.0.0.0,
+                # which no neighbour takes as a claim; the node's switch still learns our MAC.
+                ip4 = self.ip4.ip if self.ip4 is not None else IPv4Address(0)
                 self._send(self.core.seal_frame(gratuitous_arp(self.mac, ip4)))
                 last_arp = now
             for packet in self.core.tick(now):
@@ -370,6 +622,8 @@ class Connection:
             "rtt_ms": round(core.rtt * 1000, 3) if core.rtt is not None else None,
             "rtt_at": round(core.rtt_at, 3) if core.rtt_at else None,
             "give_up": self.give_up,
+            "routes": [f"{dst} via {via}" for dst, via in self.routes],
+            "dhcp": dict(self.dhcp.counters) if self.dhcp is not None else None,
             "failovers": core.failovers,
             "started": round(self.started, 3),
             "connected": round(self.connected_at, 3),
@@ -397,6 +651,9 @@ class Connection:
             self.state_file = None
         if self.sock is not None:
             with contextlib.suppress(Exception):
+                if self.dhcp is not None and self.release:  # give it back (RFC 2131 §4.4.6)
+                    self._dhcp_run(self.dhcp.release(time.time()))
+                self.dhcp = None
                 if self.core.config is not None:
                     self._send(self.core.control("bye", time.time()))
             loop.remove_reader(self.sock.fileno())
@@ -406,3 +663,51 @@ class Connection:
             loop.remove_reader(self.tap.fileno())
             self.tap.close()  # a non-persistent TAP device disappears with its fd
             self.tap = None
+
+
+def routes_for(
+    config: dict[str, Any], ip4: IPv4Interface | None, lease: ClientLease | None
+) -> list[tuple[str, str]]:
+    """The routes a host installs: to each routed network, via the gateway — the welcome's
+    ``routes`` and, with DHCP, option 121's — and nothing else: no default route (the internet
+    is not reached through atenet), nothing for the network's own CIDR (the address's prefix
+    covers it), nothing whose gateway is not on the link. IPv4 routes need an IPv4 address;
+    IPv6 routes go via the welcome's ``gateway6``. At most :data:`MAX_ROUTES`."""
+    via4: IPv4Address | None = None
+    if lease is not None:
+        via4 = lease.router or lease.server
+    elif config.get("gateway"):
+        with contextlib.suppress(ValueError):
+            via4 = IPv4Address(str(config["gateway"]))
+    via6 = str(config.get("gateway6") or "")
+    candidates: list[tuple[IPv4Network | IPv6Network, str]] = []
+    if lease is not None:
+        candidates += [(net, str(via)) for net, via in lease.routes]
+    welcome = config.get("routes")
+    for text in welcome if isinstance(welcome, list) else []:
+        try:
+            net = ip_network(str(text))
+        except ValueError:
+            continue
+        via = str(via4) if net.version == 4 and via4 is not None else via6
+        candidates.append((net, via))
+    own6: IPv6Network | None = None
+    with contextlib.suppress(ValueError):
+        own6 = IPv6Network(str(config.get("cidr6") or ""))
+    out: list[tuple[str, str]] = []
+    for net, via in candidates:
+        if net.prefixlen == 0 or not via:
+            continue
+        if net.version == 4:
+            if ip4 is None or net.overlaps(ip4.network) or IPv4Address(via) not in ip4.network:
+                continue
+        else:
+            if own6 is None or net.overlaps(own6) or ":" not in via:
+                continue
+            with contextlib.suppress(ValueError):
+                if ip_network(via).network_address not in own6:
+                    continue
+        route = (str(net), via)
+        if route not in out:
+            out.append(route)
+    return out[:MAX_ROUTES]

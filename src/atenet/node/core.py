@@ -218,6 +218,9 @@ class NetworkRuntime:
         self.key_ports: Counter[int] = Counter()
         self.clock: Callable[[], float] = time.time
         """The time the gateway and DHCP server see (Unix time; simulations set their own)."""
+        self.sync_routes: Callable[[float], None] = lambda now: None
+        """The node's :func:`~atenet.node.routes.sync_routes` (set by :class:`NodeCore`): called
+        when routes may need linking now rather than at the next once-a-second tick."""
         self.gateway: Gateway | None = None
         self.dhcp: DhcpServer | None = None
         self.neighbours: Neighbours | None = None
@@ -265,6 +268,7 @@ class NetworkRuntime:
                 port.close()
                 closed.append(port)
         self.refresh_peers(now)
+        self.sync_routes(now)  # a route added or removed, or the target of one just loaded
         return closed
 
     def refresh_peers(self, now: float) -> None:
@@ -423,14 +427,19 @@ class NetworkRuntime:
     # ------------------------------------------------------------------ ports
 
     def addresses(self, mac: bytes) -> tuple[str, str]:
-        """``mac``'s IPv4 and IPv6 in this network by the hashed scheme ("" when unknown).
+        """``mac``'s IPv4 (its DHCP binding, else the hashed address) and IPv6 (hashed) in
+        this network ("" when unknown).
 
         Cached per MAC (status is read every second for every port; the cache is bounded)."""
         found = self._addresses.get(mac)
         if found is not None:
             return found
         s = self.state.settings if self.state is not None else None
-        ipv4 = _derived(ipv4_for, self.network_id, mac, s.cidr) if s else ""
+        lease = self.dhcp.by_mac.get(mac) if self.dhcp is not None else None
+        if lease is not None:  # bound by DHCP: the lease, which may differ after a collision
+            ipv4 = str(lease.ip)
+        else:
+            ipv4 = _derived(ipv4_for, self.network_id, mac, s.cidr) if s else ""
         ipv6 = _derived(ipv6_for, self.network_id, mac, s.cidr6) if s else ""
         if len(self._addresses) >= ADDRESS_CACHE:
             self._addresses.clear()
@@ -447,6 +456,10 @@ class NetworkRuntime:
             port.label = access_key.label if access_key is not None else ""
         was_idle = len(self.switch) == 0
         self.switch.add(key, port)
+        if port.kind != ROUTE_KIND and self.state is not None and self.state.routes:
+            # Its routes are linked now, not at the next tick: the first packet of a host that
+            # just connected (a TCP SYN) would get "network unreachable" and fail at once.
+            self.sync_routes(port.last_seen)
         if was_idle:
             self._active_since = max(self._active_since, int(port.last_seen * _NS))
             opener = self.openers.get(NODE_KEY_ID)
@@ -789,6 +802,7 @@ class NodeCore:
             address_ports=self.address_ports,
         )  # fmt: skip
         runtime.clock = self.clock
+        runtime.sync_routes = lambda now: sync_routes(self, now)
         runtime.network_of = self.networks.get
         self.networks[network_id] = runtime
         return runtime

@@ -31,6 +31,7 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import TYPE_CHECKING
 
+from atenet.offload import VNET_HDR_LEN, OffloadError, to_frames
 from atenet.switch.core import Port
 
 if TYPE_CHECKING:
@@ -56,6 +57,10 @@ class RoutePort(Port):
         self.source_gateway = source.gateway
         self.target_gateway = target.gateway
         """The gateways linked: a settings change rebuilds them, and the link with them."""
+        self.offload = True
+        """B's offloaded packets are handed over whole (:meth:`deliver_packet`): the port reads
+        only the few small frames to the gateway MAC, so it must not make B's switch cut every
+        TSO super-frame of B's traffic on this node into segments."""
 
     def deliver(self, frame: bytes) -> None:
         """Every frame of B: those for the gateway MAC teach B's neighbour cache."""
@@ -65,6 +70,17 @@ class RoutePort(Port):
             self.frames_out += 1
             for out in neighbours.learn(frame, target.clock()):
                 target.switch.from_local(self, out)
+
+    def deliver_packet(self, packet: bytes) -> None:
+        """An offloaded packet of B: only one to the gateway MAC (never a super-frame in
+        practice: ARP / ND answers) is turned into frames and read; the rest is not ours."""
+        if packet.startswith(self.target.switch.gateway_mac, VNET_HDR_LEN):
+            try:
+                frames = to_frames(packet)
+            except OffloadError:
+                return  # malformed: not an answer anyone can read
+            for frame in frames:
+                self.deliver(frame)
 
     def forward(self, packet: bytes, dst: IPv4Address | IPv6Address, now: float) -> None:
         """A packet A's gateway routed to B (TTL already decremented): into B's switch."""
@@ -102,6 +118,10 @@ def sync_routes(core: NodeCore, now: float) -> None:
     changed). Networks not loaded yet are asked for with a "load" event."""
     wanted: dict[tuple[bytes, bytes], int] = {}
     for source_id, runtime in core.networks.items():
+        if runtime.dhcp is not None:  # DHCP option 121 tells clients what the gateway reaches
+            runtime.dhcp.classless_routes = tuple(
+                n for n in runtime.routed_networks() if isinstance(n, IPv4Network)
+            )
         for target_id, key_id in wanted_routes(runtime).items():
             wanted[(source_id, target_id)] = key_id
     for source_id, runtime in core.networks.items():

@@ -266,6 +266,9 @@ class DhcpServer:
         self._hi = int(self.network.broadcast_address) - 1
         self._mask = self.network.netmask
         self._broadcast = self.network.broadcast_address
+        self.classless_routes: tuple[IPv4Network, ...] = ()
+        """Networks reached through the gateway (routes to other networks), sent as option 121
+        to clients that ask for it; set by the node as routes come and go."""
         self.by_mac: dict[bytes, Lease] = {}
         self.by_ip: dict[int, Lease] = {}
         self.last_seq = 0
@@ -682,6 +685,12 @@ class DhcpServer:
             opts[d.OPT_DNS] = d.opt_addresses(*self.dns)
         opts[d.OPT_MTU] = self.mtu.to_bytes(2, "big")
         opts[d.OPT_BROADCAST] = self._broadcast.packed
+        if self.classless_routes and d.OPT_CLASSLESS_ROUTES in request.options.get(
+            d.OPT_PARAM_REQUEST, b""
+        ):  # RFC 3442: only to a client that asked; it then ignores option 3 (no default route)
+            opts[d.OPT_CLASSLESS_ROUTES] = d.opt_classless_routes(
+                [(network, self.gateway_ip) for network in self.classless_routes]
+            )
         host = request.options.get(d.OPT_HOST_NAME)
         if host:
             opts[d.OPT_HOST_NAME] = host[:255]

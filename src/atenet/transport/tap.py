@@ -469,6 +469,70 @@ def configure_link(
         raise tap_error(OSError(err.code, os.strerror(err.code)), name) from None
 
 
+def update_addresses(
+    name: str,
+    *,
+    add: Iterable[str] = (),
+    remove: Iterable[str] = (),
+    routes_add: Iterable[tuple[str, str]] = (),
+    routes_remove: Iterable[tuple[str, str]] = (),
+) -> None:
+    """Change addresses and gateway routes of interface ``name`` after :func:`configure_link`:
+    what a DHCP lease that comes, changes or goes needs.
+
+    Addresses are CIDR strings (v4 or v6), routes ``(destination CIDR, gateway address)``
+    pairs through ``name``. Removals come first (routes, then addresses) and an address or
+    route that is already gone is not an error; additions replace what is there. Blocking
+    (netlink round trips): from asyncio, run it in a worker thread.
+    """
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    def family(text: str) -> int:
+        return socket.AF_INET6 if ":" in text else socket.AF_INET
+
+    gone = (errno.ESRCH, errno.EADDRNOTAVAIL, errno.ENOENT, errno.ENODEV)
+    try:
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=name)
+            if not found:
+                raise TapError(f"no network device {name!r}: open the TAP device first")
+            index = found[0]
+            for dst, via in routes_remove:
+                try:
+                    ipr.route("del", dst=dst, gateway=via, oif=index, family=family(dst))
+                except NetlinkError as err:
+                    if err.code not in gone:
+                        raise
+            for text in remove:
+                iface = ipaddress.ip_interface(text)
+                try:
+                    ipr.addr(
+                        "del",
+                        index=index,
+                        address=str(iface.ip),
+                        prefixlen=iface.network.prefixlen,
+                        family=family(text),
+                    )
+                except NetlinkError as err:
+                    if err.code not in gone:
+                        raise
+            for text in add:
+                iface = ipaddress.ip_interface(text)
+                ipr.addr(
+                    "replace",
+                    index=index,
+                    address=str(iface.ip),
+                    prefixlen=iface.network.prefixlen,
+                    family=family(text),
+                    **({"flags": IFA_F_NODAD} if iface.version == 6 else {}),
+                )
+            for dst, via in routes_add:
+                ipr.route("replace", dst=dst, gateway=via, oif=index, family=family(dst))
+    except NetlinkError as err:
+        raise tap_error(OSError(err.code, os.strerror(err.code)), name) from None
+
+
 def attach_reader(
     loop: asyncio.AbstractEventLoop,
     tap: TapDevice,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 from atenet.errors import DecodeError
 from atenet.wire.ethernet import ETHERTYPE_IPV4, EthernetRepr, ethernet_frame
@@ -43,10 +43,15 @@ __all__ = [
     "SERVER_PORT",
     "ClientFrame",
     "DhcpMessage",
+    "ReplyFrame",
     "dhcp_frame",
+    "is_dhcp_reply_frame",
     "opt_addresses",
+    "opt_classless_routes",
     "opt_u32",
+    "parse_classless_routes",
     "parse_dhcp_frame",
+    "parse_dhcp_reply",
 ]
 
 BOOTREQUEST = 1
@@ -81,6 +86,8 @@ OPT_MESSAGE = 56
 OPT_T1 = 58
 OPT_T2 = 59
 OPT_CLIENT_ID = 61
+OPT_PARAM_REQUEST = 55
+OPT_CLASSLESS_ROUTES = 121
 OPT_END = 255
 
 FIXED_LEN = 236
@@ -241,6 +248,42 @@ def opt_addresses(*addresses: IPv4Address) -> bytes:
     return b"".join(a.packed for a in addresses)
 
 
+def opt_classless_routes(routes: list[tuple[IPv4Network, IPv4Address]]) -> bytes:
+    """Option 121 (RFC 3442): each route as prefix length, the significant octets of the
+    destination, then the router."""
+    out = bytearray()
+    for net, router in routes:
+        octets = (net.prefixlen + 7) // 8
+        out.append(net.prefixlen)
+        out += net.network_address.packed[:octets]
+        out += router.packed
+    return bytes(out)
+
+
+def parse_classless_routes(value: bytes) -> list[tuple[IPv4Network, IPv4Address]]:
+    """Decode option 121; raises :class:`DecodeError` when malformed (a prefix length over 32,
+    a route cut short, or destination bits set beyond the prefix length: RFC 3442 says such
+    an option is not to be half-used, so the whole option is refused)."""
+    routes: list[tuple[IPv4Network, IPv4Address]] = []
+    pos = 0
+    while pos < len(value):
+        width = value[pos]
+        if width > 32:
+            raise DecodeError(f"option 121: prefix length {width} is over 32")
+        octets = (width + 7) // 8
+        if pos + 1 + octets + 4 > len(value):
+            raise DecodeError("option 121: a route runs past the end of the option")
+        dest = value[pos + 1 : pos + 1 + octets].ljust(4, b"\x00")
+        try:
+            net = IPv4Network((dest, width))
+        except ValueError:
+            raise DecodeError("option 121: destination has bits set past its prefix") from None
+        router = IPv4Address(value[pos + 1 + octets : pos + 5 + octets])
+        routes.append((net, router))
+        pos += 5 + octets
+    return routes
+
+
 # --- frames ------------------------------------------------------------------------------------
 
 
@@ -292,3 +335,48 @@ def dhcp_frame(
     udp = UdpRepr(src_port, dst_port, payload).emit(src_ip, dst_ip)
     ip = Ipv4Repr(src_ip, dst_ip, PROTO_UDP, udp, ttl=ttl).emit()
     return ethernet_frame(dst_mac, src_mac, ETHERTYPE_IPV4, ip)
+
+
+@dataclass(slots=True)
+class ReplyFrame:
+    """A DHCP message from a server with the addresses it came in: what a client needs (the
+    server's MAC, to unicast its renewals to)."""
+
+    src_mac: bytes
+    dst_mac: bytes
+    src_ip: IPv4Address
+    dst_ip: IPv4Address
+    message: DhcpMessage
+
+
+def is_dhcp_reply_frame(frame: bytes) -> bool:
+    """Cheap test, per frame on a client's receive path: IPv4 (untagged), UDP, 67 → 68.
+
+    Looks at fixed offsets only (ethertype, protocol, IHL, ports); a true answer is then
+    checked properly by :func:`parse_dhcp_reply`.
+    """
+    if len(frame) < 42 or frame[12:14] != b"\x08\x00" or frame[23] != 17:
+        return False
+    ihl = (frame[14] & 0x0F) * 4
+    return frame[14 + ihl : 18 + ihl] == b"\x00\x43\x00\x44"
+
+
+def parse_dhcp_reply(frame: bytes) -> ReplyFrame | None:
+    """Take a server's frame apart: Ethernet → IPv4 → UDP 67 → 68 → DHCP (a BOOTREPLY).
+
+    Returns ``None`` for a frame that is not DHCP-to-a-client and raises :class:`DecodeError`
+    for one that claims to be and is malformed (bad checksum, bad message, a BOOTREQUEST).
+    """
+    eth = EthernetRepr.parse(frame)
+    if eth.ethertype != ETHERTYPE_IPV4 or eth.vlan_tci is not None:
+        return None
+    ip = Ipv4Repr.parse(eth.payload)
+    if ip.protocol != PROTO_UDP or ip.more_fragments or ip.fragment_offset:
+        return None
+    if len(ip.payload) < 4 or ip.payload[0:4] != b"\x00\x43\x00\x44":  # 67 -> 68
+        return None
+    udp = UdpRepr.parse(ip.payload, ip.src, ip.dst)
+    message = DhcpMessage.parse(udp.payload)
+    if message.op != BOOTREPLY:
+        raise DecodeError("a DHCP request (op 1) sent to the client port")
+    return ReplyFrame(eth.src, eth.dst, ip.src, ip.dst, message)
