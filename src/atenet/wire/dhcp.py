@@ -305,19 +305,33 @@ def parse_dhcp_frame(frame: bytes) -> ClientFrame | None:
     protocol or port, a fragment) and raises :class:`DecodeError` for one that claims to be
     and is malformed (bad IPv4 or UDP checksum, bad DHCP message, a BOOTREPLY).
     """
+    parts = _dhcp_in_udp(frame, b"\x00\x44\x00\x43", BOOTREQUEST)  # 68 -> 67
+    return None if parts is None else ClientFrame(*parts)
+
+
+def _dhcp_in_udp(
+    frame: bytes, ports: bytes, op: int
+) -> tuple[bytes, bytes, IPv4Address, IPv4Address, DhcpMessage] | None:
+    """Ethernet → IPv4 → UDP with ``ports`` (source and destination, 4 bytes) → a DHCP
+    message with ``op``: (src MAC, dst MAC, src IP, dst IP, message), None when the frame is
+    not that kind of UDP, DecodeError when it is and is malformed or has the other op."""
     eth = EthernetRepr.parse(frame)
     if eth.ethertype != ETHERTYPE_IPV4 or eth.vlan_tci is not None:
         return None
     ip = Ipv4Repr.parse(eth.payload)
     if ip.protocol != PROTO_UDP or ip.more_fragments or ip.fragment_offset:
         return None
-    if len(ip.payload) < 4 or ip.payload[0:4] != b"\x00\x44\x00\x43":  # 68 -> 67
+    if len(ip.payload) < 4 or ip.payload[0:4] != ports:
         return None
     udp = UdpRepr.parse(ip.payload, ip.src, ip.dst)
     message = DhcpMessage.parse(udp.payload)
-    if message.op != BOOTREQUEST:
-        raise DecodeError("a DHCP reply (op 2) sent to the server port")
-    return ClientFrame(eth.src, eth.dst, ip.src, ip.dst, message)
+    if message.op != op:
+        raise DecodeError(
+            "a DHCP reply (op 2) sent to the server port"
+            if op == BOOTREQUEST
+            else "a DHCP request (op 1) sent to the client port"
+        )
+    return eth.src, eth.dst, ip.src, ip.dst, message
 
 
 def dhcp_frame(
@@ -367,16 +381,5 @@ def parse_dhcp_reply(frame: bytes) -> ReplyFrame | None:
     Returns ``None`` for a frame that is not DHCP-to-a-client and raises :class:`DecodeError`
     for one that claims to be and is malformed (bad checksum, bad message, a BOOTREQUEST).
     """
-    eth = EthernetRepr.parse(frame)
-    if eth.ethertype != ETHERTYPE_IPV4 or eth.vlan_tci is not None:
-        return None
-    ip = Ipv4Repr.parse(eth.payload)
-    if ip.protocol != PROTO_UDP or ip.more_fragments or ip.fragment_offset:
-        return None
-    if len(ip.payload) < 4 or ip.payload[0:4] != b"\x00\x43\x00\x44":  # 67 -> 68
-        return None
-    udp = UdpRepr.parse(ip.payload, ip.src, ip.dst)
-    message = DhcpMessage.parse(udp.payload)
-    if message.op != BOOTREPLY:
-        raise DecodeError("a DHCP request (op 1) sent to the client port")
-    return ReplyFrame(eth.src, eth.dst, ip.src, ip.dst, message)
+    parts = _dhcp_in_udp(frame, b"\x00\x43\x00\x44", BOOTREPLY)  # 67 -> 68
+    return None if parts is None else ReplyFrame(*parts)
