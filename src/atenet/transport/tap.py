@@ -431,10 +431,7 @@ def configure_link(
     _disable_dad(name)
     try:
         with IPRoute() as ipr:
-            found = ipr.link_lookup(ifname=name)
-            if not found:
-                raise TapError(f"no network device {name!r}: open the TAP device first")
-            index = found[0]
+            index = _link_index(ipr, name)
             link: dict[str, object] = {}
             if mac is not None:
                 link["address"] = mac.hex(":")
@@ -494,10 +491,7 @@ def update_addresses(
     gone = (errno.ESRCH, errno.EADDRNOTAVAIL, errno.ENOENT, errno.ENODEV)
     try:
         with IPRoute() as ipr:
-            found = ipr.link_lookup(ifname=name)
-            if not found:
-                raise TapError(f"no network device {name!r}: open the TAP device first")
-            index = found[0]
+            index = _link_index(ipr, name)
             for dst, via in routes_remove:
                 try:
                     ipr.route("del", dst=dst, gateway=via, oif=index, family=family(dst))
@@ -560,3 +554,11 @@ def attach_reader(
         loop.remove_reader(fd)
 
     return detach
+
+
+def _link_index(ipr: Any, name: str) -> int:
+    """The interface index of device ``name`` through an open ``IPRoute``."""
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        raise TapError(f"no network device {name!r}: open the TAP device first")
+    return int(found[0])
