@@ -375,9 +375,14 @@ class Switch:
         to local ports only (the loop rule) — the one its destination was learned behind, or
         all of them when the destination is unknown here."""
         self.frames_from_peers += 1
+        fdb = self.fdb
         if peer is not None:
-            self._learn_peer(frame, 6, peer)
-        dst = self.fdb.get(frame[:6])
+            mac = frame[6:12]
+            if fdb.get(mac) == peer:  # known behind this peer: refresh (inlined: per frame)
+                self.fdb_seen[mac] = self.now
+            else:
+                self._learn_peer(frame, 6, peer)
+        dst = fdb.get(frame[:6])
         if dst is None:
             for port in self._ports:
                 port.deliver(frame)
