@@ -141,6 +141,8 @@ def main() -> None:
         assert len(to_b) == n, f"node A sent {len(to_b)} datagrams to node B for {n} frames"
         wire.queue.clear()
         results.setdefault("from peer", []).append(timed(nodes[1], to_b, peer_addr, now))
+        delivered = sum(1 for _p, _src, dst in wire.queue if dst == clients[1][0])
+        assert delivered == n, f"node B delivered {delivered} of {n} frames"
         now += n * 1e-4 + 1
         wire.queue.clear()
 

@@ -82,7 +82,7 @@ class NodeCollector(Collector):
             labels=labels,
         )
         fdb_events = _counter(
-            "atenet_fdb", "Learning table events (unicast, moves, full, ...), by kind.",
+            "atenet_fdb", "Learning table events (moves, full, aged, ...), by kind.",
             ["network", "network_id", "what"],
         )  # fmt: skip
         per_port = {

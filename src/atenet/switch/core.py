@@ -243,7 +243,6 @@ class Switch:
         "to_peer_packet",
         "to_peers",
         "to_peers_packet",
-        "unicast",
     )
 
     def __init__(
@@ -293,8 +292,6 @@ class Switch:
         self.fdb_port_max = fdb_port_max
         self.peer_learned: dict[Peer, int] = {}
         """MACs in the table per peer node."""
-        self.unicast = 0
-        """Frames sent to one known destination instead of flooded."""
         self.fdb_moves = 0
         """MACs that moved to another port or node (the entry replaced at once)."""
         self.fdb_port_full = 0
@@ -358,7 +355,6 @@ class Switch:
             if self.to_peers(frame):
                 self.frames_to_peers += 1
             return
-        self.unicast += 1
         if dst.__class__ is int:
             if self.to_peer(frame, dst):  # type: ignore[arg-type]
                 self.frames_to_peers += 1
@@ -387,7 +383,6 @@ class Switch:
             for port in self._ports:
                 port.deliver(frame)
             return
-        self.unicast += 1
         if dst.__class__ is not int:
             dst.deliver(frame)  # type: ignore[union-attr]
         # else: a host behind another node (flooded by a sender that did not know it yet)
@@ -424,7 +419,6 @@ class Switch:
             if self._flood_packet(packet, src, self._ports) and self.to_peers_packet(packet):
                 self.frames_to_peers += 1
             return
-        self.unicast += 1
         if dst.__class__ is int:
             if not self._flood_packet(packet, src, self._mirrors):
                 return
@@ -455,7 +449,6 @@ class Switch:
         if dst is None:
             self._flood_packet(packet, None, self._ports)
             return
-        self.unicast += 1
         ports = self._mirrors if dst.__class__ is int else (dst, *self._mirrors)
         self._flood_packet(packet, None, ports)  # type: ignore[arg-type]
 
@@ -607,7 +600,6 @@ class Switch:
             "max": self.fdb_max,
             "port_max": self.fdb_port_max,
             "age": int(self.fdb_age),
-            "unicast": self.unicast,
             "moves": self.fdb_moves,
             "port_full": self.fdb_port_full,
             "full": self.fdb_full,
