@@ -444,3 +444,36 @@ def test_the_monitor_asks_for_a_mirror_port_in_its_hello() -> None:
     plain = ClientCore(token, 1).control("hello", 1000.0)
     _net, _ptype, _key, sender, counter = parse_header(plain)
     assert b"mirror" not in Opener(PacketKey(token.secret, 5)).open(plain, sender, counter)
+
+
+async def test_a_monitor_on_another_node_sees_unicast_between_hosts_elsewhere(
+    world, monkeypatch
+) -> None:
+    monkeypatch.setattr("tests.test_node_core.Wire", CountingWire)
+    wire, nodes, clients = await build(world, 3, 2)
+    net = world.chain.network_id
+    (a_addr, a), (a2_addr, a2), (b_addr, b) = clients[0], clients[1], clients[2]
+    (m_addr, m), (c2_addr, _c2) = clients[4], clients[5]
+    m.mirror = True  # the monitor, on node C
+    wire.sender(m_addr)(m.control("ping", 1000.0), m.node)
+    wire.run(1000.0)
+    assert nodes[2].networks[net].switch.has_mirror  # what node C's heartbeat says
+    for node in nodes[:2]:  # what nodes A and B read in C's heartbeat
+        runtime = node.networks[net]
+        runtime.mirror_nodes.add(nodes[2].node_id)
+        runtime.refresh_peers(1000.0)
+    for addr, client, src in ((a_addr, a, 1), (a2_addr, a2, 3), (b_addr, b, 2)):
+        wire.sender(addr)(client.seal_frame(eth(BCAST, mac(src))), client.node)
+    wire.run(1000.0)
+    wire.frames.clear()
+    wire.count.clear()
+    to_b, to_a2 = eth(mac(2), mac(1), b"to b" * 12), eth(mac(3), mac(1), b"to a2" * 10)
+    wire.sender(a_addr)(a.seal_frame(to_b), a.node)  # A's host to B's host (another node)
+    wire.sender(a_addr)(a.seal_frame(to_a2), a.node)  # and to a host on its own node
+    wire.run(1000.0)
+    assert wire.frames[b_addr] == [to_b] and wire.frames[a2_addr] == [to_a2]
+    assert wire.frames[m_addr] == [to_b, to_a2]  # the monitor saw both
+    assert c2_addr not in wire.frames  # node C's other host got neither
+    node_a, node_b, node_c = (("10.0.0.1", 4799), ("10.0.0.2", 4799), ("10.0.0.3", 4799))
+    assert (wire.count[(node_a, node_b)], wire.count[(node_a, node_c)]) == (1, 2)
+    assert wire.count[(node_b, node_c)] == 0  # B got it from a peer: never passed on

@@ -204,6 +204,7 @@ class NetworkRuntime:
             self._to_peers, self._to_peers_packet, self.addresses,
             to_peer=self._to_peer, to_peer_packet=self._to_peer_packet,
         )  # fmt: skip
+        self.switch.to_mirror_peers = self._to_mirror_peers
         self._addresses: dict[bytes, tuple[str, str]] = {}
         self.openers: dict[int, Opener] = {}
         self.sealers: dict[int, Sealer] = {}
@@ -213,6 +214,10 @@ class NetworkRuntime:
         self.peer_ids: tuple[str, ...] = ()
         self.peer_senders: dict[int, Addr] = {}
         """Live peers by sender id: where a frame for a MAC learned behind one is sealed to."""
+        self.mirror_nodes: set[str] = set()
+        """Peers whose heartbeat says they have a mirror port (`tok monitor`), set by the
+        shell: unicast from local ports is also sent to them (docs/learning.md)."""
+        self.mirror_peers: tuple[tuple[int, Addr], ...] = ()
         self.alive_until: dict[str, float] = {}  # node id -> end of its heartbeat's validity
         self.drops: Counter[str] = Counter()
         self._node_sealer: Sealer | None = None
@@ -295,6 +300,10 @@ class NetworkRuntime:
         self.peers = tuple(peers)
         self.peer_ids = tuple(ids)
         self.peer_senders = {sender_id_for(n): a for n, a in zip(ids, peers, strict=True)}
+        self.mirror_peers = tuple(
+            (sender_id_for(n), a) for n, a in zip(ids, peers, strict=True) if n in self.mirror_nodes
+        )
+        self.switch.set_mirror_peers(bool(self.mirror_peers))
 
     # ------------------------------------------------------------------ gateway
 
@@ -535,6 +544,19 @@ class NetworkRuntime:
 
     def _to_peer_packet(self, packet: bytes, peer: int) -> int:
         return self._to_peer(packet, peer, TYPE_SUPERFRAME)
+
+    def _to_mirror_peers(self, data: bytes, peer: int | None, offloaded: bool) -> None:
+        """A frame that went to one port or peer, sealed once more for the peers with a mirror
+        port but ``peer`` (which has it already)."""
+        sealer = self._node_sealer
+        if sealer is None:
+            return
+        sealed = None
+        for sender, addr in self.mirror_peers:
+            if sender != peer:
+                if sealed is None:
+                    sealed = sealer.seal(data, TYPE_SUPERFRAME if offloaded else TYPE_FRAME)
+                self.send(sealed, addr)
 
     def packet(
         self,

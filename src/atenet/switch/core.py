@@ -197,6 +197,10 @@ def _no_peers(_frame: bytes) -> int:
     return 0
 
 
+def _no_mirror_peers(_data: bytes, _peer: Peer | None, _offloaded: bool) -> None:
+    return None
+
+
 def _gateway_answer(frame: bytes, at: int) -> bool:
     """Whether a unicast frame to the gateway MAC (at offset ``at``) is an ARP packet or an
     ICMPv6 neighbour advertisement: those flood on, see the module doc."""
@@ -216,6 +220,7 @@ class Switch:
     where each MAC lives (see the module doc)."""
 
     __slots__ = (
+        "_mirroring",
         "_mirrors",
         "_next_sweep",
         "_ports",
@@ -235,10 +240,12 @@ class Switch:
         "frames_to_peers",
         "gateway",
         "gateway_mac",
+        "mirror_peers",
         "now",
         "peer_learned",
         "ports",
         "segmented",
+        "to_mirror_peers",
         "to_peer",
         "to_peer_packet",
         "to_peers",
@@ -266,6 +273,12 @@ class Switch:
         self.ports: dict[object, Port] = {}
         self._ports: tuple[Port, ...] = ()
         self._mirrors: tuple[Port, ...] = ()
+        self._mirroring = False  # local mirror ports or mirror peers: one check per frame
+        self.mirror_peers = False
+        """Some peer node has a mirror port (:meth:`set_mirror_peers`)."""
+        self.to_mirror_peers: Callable[[bytes, Peer | None, bool], object] = _no_mirror_peers
+        """``(data, peer, offloaded)``: send a frame sent to one port or peer also to the peer
+        nodes that have a mirror port, but ``peer`` (it got the frame already)."""
         self.to_peers = to_peers
         self.to_peers_packet = to_peers_packet or self._segment_to_peers
         self.to_peer = to_peer or (lambda frame, _peer: self.to_peers(frame))
@@ -322,9 +335,22 @@ class Switch:
             port.mirror = mirror
             self._rebuild()
 
+    def set_mirror_peers(self, any_peer: bool) -> None:
+        """Whether some live peer node has a mirror port: unicast from local ports is then
+        also sent to those nodes (through :attr:`to_mirror_peers`), so a monitor on any node
+        sees the whole network."""
+        self.mirror_peers = any_peer
+        self._mirroring = bool(self._mirrors) or any_peer
+
+    @property
+    def has_mirror(self) -> bool:
+        """A local port is a mirror (the node says so in its heartbeat)."""
+        return bool(self._mirrors)
+
     def _rebuild(self) -> None:
         self._ports = tuple(self.ports.values())
         self._mirrors = tuple(p for p in self._ports if p.mirror)
+        self._mirroring = bool(self._mirrors) or self.mirror_peers
 
     def __len__(self) -> int:
         return len(self._ports)
@@ -358,13 +384,13 @@ class Switch:
         if dst.__class__ is int:
             if self.to_peer(frame, dst):  # type: ignore[arg-type]
                 self.frames_to_peers += 1
-            if self._mirrors:
-                self._mirror(frame, src, None)
+            if self._mirroring:
+                self._mirror_local(frame, src, dst)  # type: ignore[arg-type]
             return
         if dst is not src:  # a host behind the sender's own port: not sent back (no hairpin)
             dst.deliver(frame)  # type: ignore[union-attr]
-        if self._mirrors:
-            self._mirror(frame, src, dst)  # type: ignore[arg-type]
+        if self._mirroring:
+            self._mirror_local(frame, src, dst)  # type: ignore[arg-type]
 
     def from_peer(self, frame: bytes, peer: Peer | None = None) -> None:
         """A frame another node sent (``peer``: its sender id, to learn the source behind it):
@@ -393,6 +419,14 @@ class Switch:
         for port in self._mirrors:
             if port is not src and port is not dst:
                 port.deliver(frame)
+
+    def _mirror_local(self, frame: bytes, src: Port, dst: Port | Peer) -> None:
+        """A frame from a local port that went to one port or peer: to the mirror ports, and
+        to the peer nodes with one (frames from peers never: the loop rule)."""
+        self._mirror(frame, src, dst)
+        if self.mirror_peers:
+            peer = dst if dst.__class__ is int else None
+            self.to_mirror_peers(frame, peer, False)  # type: ignore[arg-type]
 
     def packet_from_local(self, src: Port, packet: bytes) -> None:
         """An offloaded packet a local client sent: as :meth:`from_local`, see the module doc."""
@@ -424,9 +458,12 @@ class Switch:
                 return
             if self.to_peer_packet(packet, dst):  # type: ignore[arg-type]
                 self.frames_to_peers += 1
+            if self.mirror_peers:
+                self.to_mirror_peers(packet, dst, True)  # type: ignore[arg-type]
             return
         ports = self._mirrors if dst is src else (dst, *self._mirrors)  # type: ignore[assignment]
-        self._flood_packet(packet, src, ports)
+        if self._flood_packet(packet, src, ports) and self.mirror_peers:
+            self.to_mirror_peers(packet, None, True)
 
     def from_gateway(self, frame: bytes, to: Port | None = None) -> None:
         """A frame the gateway sends: to port ``to`` when the frame is addressed to its MAC (the
