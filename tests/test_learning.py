@@ -272,6 +272,12 @@ def test_the_gateway_mac_is_never_learned_from_a_port_or_a_peer() -> None:
     sw.from_local(a, eth(BCAST, GW))  # a port claiming the gateway's MAC
     sw.from_peer(eth(BCAST, GW), PEER_B)  # a routed frame another node's route port sent
     assert sw.lookup(GW) is None and sw.fdb_refused == 1
+    route = Recorder("route")
+    route.gateway_source = True  # type: ignore[misc]  # a route port: routed frames, by design
+    sw.add("route", route)
+    sw.from_local(route, eth(mac(3), GW))
+    assert sw.lookup(GW) is None and sw.fdb_refused == 1
+    sw.remove("route")
     net.clear()
     got.clear()
     f = eth(GW, mac(3), etype=0x0800)

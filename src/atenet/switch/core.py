@@ -116,6 +116,10 @@ class Port:
         "offload",
     )
 
+    gateway_source = False
+    """True for ports that send from the gateway's MAC by design (a route port's routed frames):
+    not counted as ``refused`` (the MAC is still never learned)."""
+
     def __init__(self, name: str, kind: str, now: float = 0.0, key_id: int | None = None) -> None:
         self.name = name
         self.kind = kind
@@ -543,7 +547,8 @@ class Switch:
         if len(mac) < 6 or mac[0] & 1 or mac == NO_MAC:
             return  # multicast sources are bogus (no NIC sends them); never learned
         if mac == self.gateway_mac:
-            self.fdb_refused += 1
+            if not src.gateway_source:
+                self.fdb_refused += 1
             return
         owner = fdb.get(mac)
         if owner is not src:
