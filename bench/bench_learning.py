@@ -18,6 +18,10 @@ Cases (the stream's frames, after both hosts have spoken once):
 - ``switch local`` / ``switch from peer``: the switch alone (ports that drop what they get), so
   the learning's own cost is visible apart from sealing and the machine's noise.
 
+``--old-switch PATH`` (e.g. ``/work/main/src/atenet/switch/core.py`` before learning) instead
+loads that file as a second module and times both switches alone in the same process, rounds
+interleaved — on a shared machine the only comparison steadier than the cost itself.
+
 With 1-2 ports per node flooding and learning deliver the same copies, so the difference is the
 learning itself (lookups, refresh); with more ports learning saves a seal per extra port.
 """
@@ -26,11 +30,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -101,12 +107,64 @@ def switch_only(n: int, rounds: int) -> dict[str, list[float]]:
     return out
 
 
+def ab_switch(old_path: str, n: int, rounds: int) -> dict[str, tuple[float, float]]:
+    """ns per frame (old, new) of the switch alone, interleaved in one process."""
+    spec = importlib.util.spec_from_file_location("old_switch", old_path)
+    assert spec is not None and spec.loader is not None
+    old = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(old)
+    new = sys.modules[Switch.__module__]
+
+    def setup(mod: Any) -> tuple[Any, Any, tuple[object, ...]]:
+        class Sink(mod.Port):  # type: ignore[name-defined,misc]
+            def deliver(self, frame: bytes) -> None:
+                self.frames_out += 1
+
+        switch = mod.Switch(lambda _frame: 1)
+        a, b = Sink("a", "bench"), Sink("b", "bench")
+        switch.add("a", a)
+        switch.add("b", b)
+        switch.from_local(b, frame(b"\xff" * 6, MAC_B))
+        from_peer = frame(MAC_B, MAC_X)
+        try:
+            switch.from_peer(from_peer, 7)
+            return switch, a, (from_peer, 7)
+        except TypeError:
+            return switch, a, (from_peer,)
+
+    switches = {"old": setup(old), "new": setup(new)}
+    to_b, unknown = frame(MAC_B, MAC_A), frame(MAC_X, MAC_A)
+    times: dict[tuple[str, str], list[float]] = {}
+    for _ in range(rounds):
+        for which, (switch, a, peer_args) in switches.items():
+            for case, run, args in (
+                ("local", switch.from_local, (a, to_b)),
+                ("unknown", switch.from_local, (a, unknown)),
+                ("from peer", switch.from_peer, peer_args),
+            ):
+                start = time.perf_counter()
+                for _ in range(n):
+                    run(*args)
+                times.setdefault((case, which), []).append((time.perf_counter() - start) / n)
+    cases = ("local", "unknown", "from peer")
+    return {c: (min(times[(c, "old")]) * 1e9, min(times[(c, "new")]) * 1e9) for c in cases}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--old-switch", metavar="PATH", help="switch/core.py to compare with")
     args = parser.parse_args()
+    if args.old_switch:
+        ab = ab_switch(args.old_switch, 2000, args.rounds * 4)
+        if args.json:
+            print(json.dumps({"switch_ns_old_new": ab}))
+        for case, (old_ns, new_ns) in ab.items():
+            print(f"switch {case:10} old {old_ns:5.0f} ns  new {new_ns:5.0f} ns  "
+                  f"{new_ns - old_ns:+5.0f} ns")  # fmt: skip
+        return
     n = args.frames
     results: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-learning-") as tmp:
@@ -134,6 +192,9 @@ def main() -> None:
     (a_addr, a), _b = clients
     peer_addr = ("10.0.0.1", 4799)
     for _ in range(args.rounds):
+        for node in nodes:  # what the node's once-a-second tick does: counters follow the clock
+            for runtime in node.networks.values():
+                runtime.advance(now)
         packets = [a.seal_frame(frame(MAC_B, MAC_A)) for _ in range(n)]
         wire.queue.clear()
         results.setdefault("to peer", []).append(timed(nodes[0], packets, a_addr, now))
