@@ -15,7 +15,9 @@ Forwarding (a learning switch, docs/learning.md):
   local port and to the peers; from a peer to local ports only, never back out to peers — the
   loop rule: with full-mesh flooding, each frame crosses the overlay exactly once;
 * a port flagged :attr:`Port.mirror` (`tok monitor`) gets every frame the switch handles,
-  whatever the table says, so a monitor still sees the whole network.
+  whatever the table says; and while a peer node has such a port (:meth:`Switch.set_mirror_peers`,
+  from its heartbeat), unicast from local ports is also sent to it (``to_mirror_peers``), so a
+  monitor on any node still sees the whole network.
 
 Offloaded packets (a virtio-net header + a frame that may be a TCP super-frame or carry a
 partial checksum, see :mod:`atenet.offload`) are switched whole: ports that said they take them
