@@ -1,17 +1,21 @@
 """The learning switch with real kernels: three `atenet run` nodes, one `tok connect` host on
 each. After the first exchange (ARP / neighbour discovery, flooded), unicast between two hosts
-reaches only the node and port of its destination: the third node's counters prove it."""
+reaches only the node and port of its destination: the third node's counters prove it. A
+`tok monitor` on the third node still sees that unicast (a mirror port, named in its node's
+heartbeat)."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import tempfile
 import time
 from pathlib import Path
 
 from tests.conftest import needs_root
 from tests.support.netns import Lab
-from tests.support.overlay import Node, Overlay
+from tests.support.overlay import BIN, Node, Overlay, wait_for_text
 
 pytestmark = [needs_root]
 
@@ -53,3 +57,33 @@ def test_unicast_between_two_hosts_reaches_only_their_nodes() -> None:
         assert delta["n3"][2] < 2 * PINGS // 10, delta
         learned = n1.network(overlay.network)
         assert learned["fdb"] >= 2 and learned["fdb_counters"]["entries"] == learned["fdb"]
+
+        # A monitor on n3 (a token naming only n3): its node's heartbeat says "mirror", and
+        # n1 and n2 then also send it the unicast between their hosts.
+        _key, token = overlay.export_key("mon", ["n3"])
+        token_file = Path(tmp) / "mon.token"
+        token_file.write_text(token)
+        mon = lab.add_host("mon")
+        err, out_path = Path(tmp) / "mon.err", Path(tmp) / "mon.out"
+        with err.open("ab") as stderr, out_path.open("ab") as stdout:
+            proc = mon.popen(
+                [BIN / "tok", "monitor", "--token-file", str(token_file)],
+                env=overlay.env | {"ATENET_HOME": str(Path(tmp) / "mon")},
+                stdout=stdout, stderr=stderr,
+            )  # fmt: skip
+        try:
+            wait_for_text(proc, err, "monitoring", 30)
+            want = (
+                f"IPv4 {a.ip4} -> {b.ip4} ICMP echo request",  # sent by n1's host
+                f"IPv4 {b.ip4} -> {a.ip4} ICMP echo reply",  # sent by n2's host
+            )
+            deadline = time.monotonic() + 30  # heartbeats every second in the overlay
+            while not all(w in out_path.read_text() for w in want):
+                assert time.monotonic() < deadline, out_path.read_text()[-2000:]
+                a.host.ping(b.ip4, count=1, timeout=1)
+                time.sleep(0.2)
+            mirror = [p for p in n3.network(overlay.network)["ports"] if p.get("mirror")]
+            assert len(mirror) == 1 and mirror[0]["frames_in"] == 0
+        finally:
+            os.kill(proc.pid, signal.SIGINT)
+            assert proc.wait(timeout=10) == 0
