@@ -574,13 +574,17 @@ def _print_node(data: dict[str, Any]) -> None:
             f"network {net['name']} ({net['id'][:12]}) {net['cidr']} "
             f"member={'yes' if net['member'] else 'no'} peers={','.join(net['peers']) or '-'}"
         )
-        click.echo(f"  to peers {net['frames_to_peers']}  from peers {net['frames_from_peers']}")
+        click.echo(
+            f"  to peers {net['frames_to_peers']}  from peers {net['frames_from_peers']}"
+            f"  MACs learned {net.get('fdb', 0)}"
+        )
         if net["drops"]:
             click.echo("  dropped: " + _drops(net["drops"]))
         for p in net["ports"]:
             click.echo(
                 f"  port {_port_name(p)}: in {p['frames_in']} out {p['frames_out']} "
-                f"drops {p['drops']}"
+                f"drops {p['drops']} MACs {p.get('learned', 0)}"
+                + (" mirror" if p.get("mirror") else "")
             )
 
 

@@ -76,8 +76,11 @@ class ClientCore:
         *,
         offload: bool = False,
         host: str | None = None,
+        mirror: bool = False,
     ) -> None:
         """``offload``: the TAP has a virtio-net header, so offloaded packets can be taken.
+        ``mirror``: ask for every frame of the network (`tok monitor`), not only those the
+        learning switch sends this port.
         ``host``: the name the node shows for this host (default: the system's host name)."""
         if not token.endpoints:
             raise AtenetError(
@@ -108,6 +111,7 @@ class ClientCore:
         self.drops: Counter[str] = Counter()
         self.failovers = 0
         self.offload = offload
+        self.mirror = mirror
         self.host = hello_host(socket.gethostname() if host is None else host)
         """Sent in hellos and pings so the node can name this port (`tok hosts`)."""
         self.segmented = 0
@@ -158,6 +162,8 @@ class ClientCore:
         message: dict[str, Any] = {"op": op}
         if self.offload and op in ("hello", "ping"):
             message["offload"] = 1
+        if self.mirror and op in ("hello", "ping"):
+            message["mirror"] = 1
         if self.host and op in ("hello", "ping"):
             message["host"] = self.host
         if self.instance is not None and op in ("hello", "ping"):

@@ -1,7 +1,8 @@
 """`tok monitor`: watch a network's frames as a passive port, as text lines or a pcap file.
 
-The MVP switch floods every frame to every port, so one more UDP client port sees all of a
-network's traffic. The monitor joins exactly like `tok connect` does (:class:`ClientCore`:
+The switch learns where MACs live and sends unicast frames to their one port, so the monitor
+says ``"mirror": 1`` in its hello and pings: the node then hands its port every frame the switch
+handles (docs/learning.md). It joins exactly like `tok connect` does (:class:`ClientCore`:
 hello/welcome, pings, fail-over) but has no TAP device and never seals a frame: it only sends
 control packets, so it cannot disturb the network it watches and needs no root.
 
@@ -420,7 +421,7 @@ class Monitor:
         self.token = token
         self.sink = sink
         self.count = count
-        self.core = ClientCore(token, time.time_ns())
+        self.core = ClientCore(token, time.time_ns(), mirror=True)
         self.udp: UdpSocket | None = None
         self.frames = 0
         self.error: BaseException | None = None

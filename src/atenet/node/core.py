@@ -200,7 +200,11 @@ class NetworkRuntime:
         self.counter_start = counter_start
         self.emit = emit
         self.state: NetworkState | None = None
-        self.switch = Switch(self._to_peers, self._to_peers_packet, self.addresses)
+        self.switch = Switch(
+            self._to_peers, self._to_peers_packet, self.addresses,
+            to_peer=self._to_peer, to_peer_packet=self._to_peer_packet,
+        )  # fmt: skip
+        self.switch.to_mirror_peers = self._to_mirror_peers
         self._addresses: dict[bytes, tuple[str, str]] = {}
         self.openers: dict[int, Opener] = {}
         self.sealers: dict[int, Sealer] = {}
@@ -208,6 +212,12 @@ class NetworkRuntime:
         self.clients: dict[tuple[int, int], UdpClientPort] = {}
         self.peers: tuple[Addr, ...] = ()
         self.peer_ids: tuple[str, ...] = ()
+        self.peer_senders: dict[int, Addr] = {}
+        """Live peers by sender id: where a frame for a MAC learned behind one is sealed to."""
+        self.mirror_nodes: set[str] = set()
+        """Peers whose heartbeat says they have a mirror port (`tok monitor`), set by the
+        shell: unicast from local ports is also sent to them (docs/learning.md)."""
+        self.mirror_peers: tuple[tuple[int, Addr], ...] = ()
         self.alive_until: dict[str, float] = {}  # node id -> end of its heartbeat's validity
         self.drops: Counter[str] = Counter()
         self._node_sealer: Sealer | None = None
@@ -289,6 +299,11 @@ class NetworkRuntime:
                     self.drops["bad_peer_endpoint"] += 1
         self.peers = tuple(peers)
         self.peer_ids = tuple(ids)
+        self.peer_senders = {sender_id_for(n): a for n, a in zip(ids, peers, strict=True)}
+        self.mirror_peers = tuple(
+            (sender_id_for(n), a) for n, a in zip(ids, peers, strict=True) if n in self.mirror_nodes
+        )
+        self.switch.set_mirror_peers(bool(self.mirror_peers))
 
     # ------------------------------------------------------------------ gateway
 
@@ -497,6 +512,7 @@ class NetworkRuntime:
             sealer.advance(now_ns)
 
     def expire(self, now: float) -> list[Port]:
+        self.switch.age(now)  # MAC table aging, and the time WebSocket frames are learned at
         stale = [k for k, p in self.clients.items() if now - p.last_seen > UDP_IDLE]
         return [p for p in (self.remove_client(k) for k in stale) if p is not None]
 
@@ -517,6 +533,31 @@ class NetworkRuntime:
         """Offloaded packets travel between nodes as they are: every node takes them."""
         return self._to_peers(packet, TYPE_SUPERFRAME)
 
+    def _to_peer(self, frame: bytes, peer: int, ptype: int = TYPE_FRAME) -> int:
+        """Seal for the one peer (by sender id) the switch learned the destination behind; a
+        peer no longer live (or never known) gets the frame by flood instead, as if unknown."""
+        addr = self.peer_senders.get(peer)
+        if addr is None or self._node_sealer is None:
+            return self._to_peers(frame, ptype)
+        self.send(self._node_sealer.seal(frame, ptype), addr)
+        return 1
+
+    def _to_peer_packet(self, packet: bytes, peer: int) -> int:
+        return self._to_peer(packet, peer, TYPE_SUPERFRAME)
+
+    def _to_mirror_peers(self, data: bytes, peer: int | None, offloaded: bool) -> None:
+        """A frame that went to one port or peer, sealed once more for the peers with a mirror
+        port but ``peer`` (which has it already)."""
+        sealer = self._node_sealer
+        if sealer is None:
+            return
+        sealed = None
+        for sender, addr in self.mirror_peers:
+            if sender != peer:
+                if sealed is None:
+                    sealed = sealer.seal(data, TYPE_SUPERFRAME if offloaded else TYPE_FRAME)
+                self.send(sealed, addr)
+
     def packet(
         self,
         data: bytes,
@@ -527,6 +568,7 @@ class NetworkRuntime:
         counter: int,
         now: float,
     ) -> None:
+        self.switch.now = now  # the time MAC learning stamps entries with
         opener = self.openers.get(key_id)
         if opener is None:
             self.drops["revoked_key" if key_id in self.revoked else "unknown_key"] += 1
@@ -537,7 +579,7 @@ class NetworkRuntime:
             except SealError as err:
                 self.drops[err.reason] += 1
                 return
-            self._from_peer(payload, ptype)
+            self._from_peer(payload, ptype, sender_id)
             return
         key = (key_id, sender_id)
         port = self.clients.get(key)
@@ -581,7 +623,9 @@ class NetworkRuntime:
         else:
             self.drops["type"] += 1
 
-    def _from_peer(self, frame: bytes, ptype: int) -> None:
+    def _from_peer(self, frame: bytes, ptype: int, sender_id: int | None = None) -> None:
+        """A frame or offloaded packet a peer node sent; ``sender_id`` names the node, so the
+        switch learns the frame's source MAC behind it."""
         if ptype == TYPE_FRAME:
             if len(frame) < ETH_MIN:
                 self.drops["runt"] += 1
@@ -595,9 +639,9 @@ class NetworkRuntime:
                 self.emit("stale", self.network_id)
             return
         if ptype == TYPE_FRAME:
-            self.switch.from_peer(frame)
+            self.switch.from_peer(frame, sender_id)
         elif self._valid_packet(frame):
-            self.switch.packet_from_peer(frame)
+            self.switch.packet_from_peer(frame, sender_id)
 
     def _valid_packet(self, packet: bytes) -> bool:
         """Refuse (and count) an offload header no kernel would have written."""
@@ -669,6 +713,7 @@ class NetworkRuntime:
             # Repeated on every ping, so a port re-created after expiry learns it again.
             port.offload = message.get("offload") == 1
             port.host = message.get("host", "")
+            self.switch.set_mirror(port, message.get("mirror") == 1)  # `tok monitor`
             port.control(self.welcome("welcome" if op == "hello" else "pong"))
         elif op == "bye":
             self.remove_client(key)
@@ -705,10 +750,21 @@ class NetworkRuntime:
             "frames_to_peers": self.switch.frames_to_peers,
             "frames_from_peers": self.switch.frames_from_peers,
             "segmented": self.switch.segmented,
+            "fdb": len(self.switch.fdb),
+            "fdb_counters": self.switch.fdb_status(),
+            "fdb_peers": self._fdb_peers(),
             "ports": [p.counters() for p in self.switch.ports.values()],
             "drops": dict(self.drops),
             "gateway": self._gateway_status(),
             "dhcp": dict(self.dhcp.counters) if self.dhcp is not None else {},
+        }
+
+    def _fdb_peers(self) -> dict[str, int]:
+        """MACs learned behind each peer node, by node id (sender id in hex if not live)."""
+        names = {sender_id_for(n): n for n in self.peer_ids}
+        return {
+            names.get(peer, f"{peer:08x}"): count
+            for peer, count in self.switch.peer_learned.items()
         }
 
     def _gateway_status(self) -> dict[str, Any]:

@@ -502,6 +502,7 @@ class NodeDaemon:
                 "frames_to_peers": status["frames_to_peers"],
                 "frames_from_peers": status["frames_from_peers"],
                 "drops": status["drops"],
+                "mirror": 1 if runtime.switch.has_mirror else 0,  # peers send it all unicast
                 **heartbeat_ports(runtime.switch.ports.values()),  # for `tok hosts`
             },
             self.signer,
@@ -519,6 +520,10 @@ class NodeDaemon:
                 continue
             # A peer is alive while its heartbeat is younger than three of its own intervals.
             runtime.alive_until[node_id] = record["time_ms"] / 1000 + 3 * interval + 1
+            if record.get("mirror") == 1:  # it has a `tok monitor` port (docs/learning.md)
+                runtime.mirror_nodes.add(node_id)
+            else:
+                runtime.mirror_nodes.discard(node_id)
             if node_id == self.node_id and now < runtime.alive_until[node_id]:
                 self._check_clone(chain, record, runtime.alive_until[node_id])
         runtime.refresh_peers(now)

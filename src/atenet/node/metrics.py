@@ -76,6 +76,15 @@ class NodeCollector(Collector):
         from_peers = _counter(
             "atenet_frames_from_peers", "Frames received from peer nodes.", labels
         )
+        fdb = GaugeMetricFamily(
+            "atenet_fdb_entries",
+            "MACs in the network's learning table (docs/learning.md).",
+            labels=labels,
+        )
+        fdb_events = _counter(
+            "atenet_fdb", "Learning table events (moves, full, aged, ...), by kind.",
+            ["network", "network_id", "what"],
+        )  # fmt: skip
         per_port = {
             field: _counter(f"atenet_port_{field}", doc, ["network", "network_id", "port", "kind"])
             for field, doc in PORT_FIELDS.items()
@@ -86,6 +95,10 @@ class NodeCollector(Collector):
             member.add_metric(net_labels, 1 if net.get("member") else 0)
             to_peers.add_metric(net_labels, net.get("frames_to_peers", 0))
             from_peers.add_metric(net_labels, net.get("frames_from_peers", 0))
+            fdb.add_metric(net_labels, net.get("fdb", 0))
+            for what, count in net.get("fdb_counters", {}).items():
+                if what not in ("entries", "max", "port_max", "age"):
+                    fdb_events.add_metric([*net_labels, what], count)
             for port in net.get("ports", []):
                 port_labels = [*net_labels, str(port.get("name", "")), str(port.get("kind", ""))]
                 for field, family in per_port.items():
@@ -94,6 +107,8 @@ class NodeCollector(Collector):
         yield member
         yield to_peers
         yield from_peers
+        yield fdb
+        yield fdb_events
         yield from per_port.values()
         yield from _gateway_families(networks)
 

@@ -44,6 +44,7 @@ class RoutePort(Port):
     """Network A's route into network B, as a port of B's switch (see the module doc)."""
 
     __slots__ = ("networks", "source", "source_gateway", "target", "target_gateway")
+    gateway_source = True  # routed frames come from B's gateway MAC (docs/learning.md)
 
     def __init__(
         self, source: NetworkRuntime, target: NetworkRuntime, key_id: int, now: float

@@ -171,6 +171,8 @@ WS_MESSAGE: Spec = {
 CONTROL: Spec = {
     "op": Field(str, choices=frozenset({"hello", "ping", "bye"})),
     "offload": Field(int, required=False, min=0, max=1),
+    # 1: a mirror port (`tok monitor`): it gets every frame, whatever the switch learned.
+    "mirror": Field(int, required=False, min=0, max=1),
     "host": HOST_NAME,
     # The node instance the client was told in a challenge or welcome (node/core.py).
     "instance": Field(str, required=False, max_len=64, pattern=r"[0-9a-f]*"),

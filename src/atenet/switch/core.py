@@ -5,11 +5,19 @@ The switch decides where a frame goes; it never touches a socket. Local ports ar
 nodes are reached through one ``to_peers(frame)`` callable that seals the frame once and sends the
 same bytes to every member node.
 
-Forwarding (MVP: flood everything):
+Forwarding (a learning switch, docs/learning.md):
 
-* a frame from a local port goes to every *other* local port and to the peers;
-* a frame from a peer goes to local ports only, never back out to peers — the loop rule: with
-  full-mesh flooding, each frame crosses the overlay exactly once.
+* every frame teaches the switch where its source MAC lives: behind a local port (frames local
+  ports send) or behind a peer node (frames peers send, named by the node's sender id) — the
+  forwarding database (:attr:`Switch.fdb`), aged, bounded per port and per network;
+* a unicast frame to a MAC in the table goes to that one port, or sealed to that one node;
+* unknown unicast, broadcast and multicast flood as before: from a local port to every *other*
+  local port and to the peers; from a peer to local ports only, never back out to peers — the
+  loop rule: with full-mesh flooding, each frame crosses the overlay exactly once;
+* a port flagged :attr:`Port.mirror` (`tok monitor`) gets every frame the switch handles,
+  whatever the table says; and while a peer node has such a port (:meth:`Switch.set_mirror_peers`,
+  from its heartbeat), unicast from local ports is also sent to it (``to_mirror_peers``), so a
+  monitor on any node still sees the whole network.
 
 Offloaded packets (a virtio-net header + a frame that may be a TCP super-frame or carry a
 partial checksum, see :mod:`atenet.offload`) are switched whole: ports that said they take them
@@ -18,8 +26,18 @@ frames it stands for, made once per flood however many such ports there are. A p
 standard frames unless it says otherwise, so a new kind of port (WebSocket, a userspace stack)
 is correct without knowing offloads exist.
 
-The hot path allocates nothing per frame: ports are kept in a tuple rebuilt only when the set of
-ports changes, counters are plain ints on the port objects.
+The hot path allocates nothing per frame beyond the 6-byte slice of the destination MAC: ports
+are kept in a tuple rebuilt only when the set of ports changes, counters are plain ints on the
+port objects. Learning is one dict lookup on the destination per frame; the source side costs a
+6-byte compare against the MAC the port last taught the table (:attr:`Port.fdb_mac`) and one
+attribute store of the time, the table itself is only written when a MAC is new or moved. The
+switch has no clock: its owner sets :attr:`Switch.now` (per datagram batch, and on its
+once-a-second tick) and calls :meth:`Switch.age`.
+
+Bounds: a port teaches at most :data:`FDB_PORT_MAX` MACs and the table holds at most
+:data:`FDB_MAX`; past either, new MACs are simply not learned (their frames still flood, and a
+counter says so) — a port spraying random source MACs can never evict another port's entries.
+The gateway's MAC is never learned (it is every node's own, see below).
 
 Names (docs/hosts.md): every port carries what identifies the host behind it — the access key's
 label and the host name its client sent (set by the node), and the source MAC of its frames,
@@ -51,6 +69,18 @@ from atenet.offload import VNET_HDR_LEN, OffloadError, to_frames
 NO_MAC = bytes(6)
 """A port's MAC before its first frame (shown as "")."""
 
+FDB_AGE = 300.0
+"""Seconds a learned MAC stays in the table after its last frame (Linux bridges and OVS: 300)."""
+
+FDB_PORT_MAX = 64
+"""MACs one local port may teach the table (a host, or a small bridge or VM host behind it)."""
+
+FDB_MAX = 8192
+"""MACs one network's table holds on one node (OVS's default ``mac-table-size``)."""
+
+Peer = int
+"""A peer node in the table: its sender id (the clear header of its sealed datagrams)."""
+
 Addresses = Callable[[bytes], tuple[str, str]]
 """MAC -> (IPv4, IPv6) text by the hashed scheme, ``""`` where unknown."""
 
@@ -72,6 +102,8 @@ class Port:
         "bytes_in",
         "bytes_out",
         "drops",
+        "fdb_at",
+        "fdb_mac",
         "frames_in",
         "frames_out",
         "host",
@@ -79,10 +111,16 @@ class Port:
         "kind",
         "label",
         "last_seen",
+        "learned",
         "mac",
+        "mirror",
         "name",
         "offload",
     )
+
+    gateway_source = False
+    """True for ports that send from the gateway's MAC by design (a route port's routed frames):
+    not counted as ``refused`` (the MAC is still never learned)."""
 
     def __init__(self, name: str, kind: str, now: float = 0.0, key_id: int | None = None) -> None:
         self.name = name
@@ -105,6 +143,15 @@ class Port:
         """Source MAC of the port's latest frame (:meth:`Switch.from_local` learns it)."""
         self.addresses: Addresses = _no_addresses
         """Derives the port's IPs from its MAC; :meth:`Switch.add` sets the network's own."""
+        self.learned: set[bytes] = set()
+        """MACs the table holds for this port (bounded by :attr:`Switch.fdb_port_max`)."""
+        self.fdb_mac = NO_MAC
+        """The MAC of this port's latest learned frame: a frame from it only refreshes
+        :attr:`fdb_at` (the hot path); NO_MAC when that MAC is not in the table for this port."""
+        self.fdb_at = now
+        """When this port last sent a frame from :attr:`fdb_mac` (its table entry's age)."""
+        self.mirror = False
+        """Gets every frame the switch handles (`tok monitor`); set by :meth:`Switch.set_mirror`."""
 
     def learn(self, frame: bytes, at: int) -> None:
         """Remember the source MAC at ``frame[at:at + 6]`` (called only when it changed).
@@ -147,11 +194,17 @@ class Port:
             "mac": format_mac(self.mac),
             "ipv4": ipv4,
             "ipv6": ipv6,
+            "learned": len(self.learned),
+            "mirror": self.mirror,
         }
 
 
 def _no_peers(_frame: bytes) -> int:
     return 0
+
+
+def _no_mirror_peers(_data: bytes, _peer: Peer | None, _offloaded: bool) -> None:
+    return None
 
 
 def _gateway_answer(frame: bytes, at: int) -> bool:
@@ -169,18 +222,38 @@ def _gateway_answer(frame: bytes, at: int) -> bool:
 
 
 class Switch:
-    """Floods frames between the local ports of one network and its peer nodes."""
+    """Switches frames between the local ports of one network and its peer nodes, learning
+    where each MAC lives (see the module doc)."""
 
     __slots__ = (
+        "_mirroring",
+        "_mirrors",
+        "_next_sweep",
         "_ports",
         "addresses",
         "bad_packets",
+        "fdb",
+        "fdb_age",
+        "fdb_aged",
+        "fdb_full",
+        "fdb_max",
+        "fdb_moves",
+        "fdb_port_full",
+        "fdb_port_max",
+        "fdb_refused",
+        "fdb_seen",
         "frames_from_peers",
         "frames_to_peers",
         "gateway",
         "gateway_mac",
+        "mirror_peers",
+        "now",
+        "peer_learned",
         "ports",
         "segmented",
+        "to_mirror_peers",
+        "to_peer",
+        "to_peer_packet",
         "to_peers",
         "to_peers_packet",
     )
@@ -190,15 +263,32 @@ class Switch:
         to_peers: Callable[[bytes], int | None] = _no_peers,
         to_peers_packet: Callable[[bytes], int | None] | None = None,
         addresses: Addresses = _no_addresses,
+        *,
+        to_peer: Callable[[bytes, Peer], int | None] | None = None,
+        to_peer_packet: Callable[[bytes, Peer], int | None] | None = None,
+        fdb_age: float = FDB_AGE,
+        fdb_max: int = FDB_MAX,
+        fdb_port_max: int = FDB_PORT_MAX,
     ) -> None:
         """``to_peers(frame)`` floods a standard frame to the peers; ``to_peers_packet(packet)``
         an offloaded packet. Without the latter, peers get standard frames. Both return how
         many peers they sent to (``frames_to_peers`` counts floods that reached one).
+        ``to_peer(frame, peer)`` / ``to_peer_packet(packet, peer)`` send to the one peer a MAC
+        was learned behind (without them: flooded to all, which is always correct).
         ``addresses`` derives a port's IPs from its MAC (see the module doc)."""
         self.ports: dict[object, Port] = {}
         self._ports: tuple[Port, ...] = ()
+        self._mirrors: tuple[Port, ...] = ()
+        self._mirroring = False  # local mirror ports or mirror peers: one check per frame
+        self.mirror_peers = False
+        """Some peer node has a mirror port (:meth:`set_mirror_peers`)."""
+        self.to_mirror_peers: Callable[[bytes, Peer | None, bool], object] = _no_mirror_peers
+        """``(data, peer, offloaded)``: send a frame sent to one port or peer also to the peer
+        nodes that have a mirror port, but ``peer`` (it got the frame already)."""
         self.to_peers = to_peers
         self.to_peers_packet = to_peers_packet or self._segment_to_peers
+        self.to_peer = to_peer or (lambda frame, _peer: self.to_peers(frame))
+        self.to_peer_packet = to_peer_packet or self._segment_to_peer
         self.addresses = addresses
         self.frames_to_peers = 0
         """Frames and offloaded packets sent to at least one peer (once per flood)."""
@@ -210,49 +300,148 @@ class Switch:
         self.gateway: Callable[[Port, bytes], None] | None = None
         """Takes frames from local ports for the gateway (see the module doc)."""
         self.gateway_mac = b"\xff" * 6  # no unicast frame matches until a gateway is set
+        self.now = 0.0
+        """The time learning stamps entries with; the owner sets it (the switch has no clock)."""
+        self.fdb: dict[bytes, Port | Peer] = {}
+        """MAC -> the local port or peer node (sender id) its frames came from."""
+        self.fdb_seen: dict[bytes, float] = {}
+        """MAC -> when it was learned or last refreshed (a port's current MAC: see fdb_at)."""
+        self.fdb_age = fdb_age
+        self.fdb_max = fdb_max
+        self.fdb_port_max = fdb_port_max
+        self.peer_learned: dict[Peer, int] = {}
+        """MACs in the table per peer node."""
+        self.fdb_moves = 0
+        """MACs that moved to another port or node (the entry replaced at once)."""
+        self.fdb_port_full = 0
+        """Frames whose new source MAC was not learned: the port holds fdb_port_max MACs."""
+        self.fdb_full = 0
+        """Frames whose new source MAC was not learned: the table holds fdb_max MACs."""
+        self.fdb_refused = 0
+        """Frames from a local port claiming the gateway's MAC (never learned)."""
+        self.fdb_aged = 0
+        """Entries removed because their MAC was silent for fdb_age seconds."""
+        self._next_sweep = 0.0
 
     def add(self, key: object, port: Port) -> None:
         port.addresses = self.addresses
         self.ports[key] = port
-        self._ports = tuple(self.ports.values())
+        self._rebuild()
 
     def remove(self, key: object) -> Port | None:
         port = self.ports.pop(key, None)
-        self._ports = tuple(self.ports.values())
+        self._rebuild()
+        if port is not None:
+            self._forget_port(port)
         return port
+
+    def set_mirror(self, port: Port, mirror: bool) -> None:
+        """Flag ``port`` as a mirror (it then gets every frame, see the module doc)."""
+        if port.mirror != mirror:
+            port.mirror = mirror
+            self._rebuild()
+
+    def set_mirror_peers(self, any_peer: bool) -> None:
+        """Whether some live peer node has a mirror port: unicast from local ports is then
+        also sent to those nodes (through :attr:`to_mirror_peers`), so a monitor on any node
+        sees the whole network."""
+        self.mirror_peers = any_peer
+        self._mirroring = bool(self._mirrors) or any_peer
+
+    @property
+    def has_mirror(self) -> bool:
+        """A local port is a mirror (the node says so in its heartbeat)."""
+        return bool(self._mirrors)
+
+    def _rebuild(self) -> None:
+        self._ports = tuple(self.ports.values())
+        self._mirrors = tuple(p for p in self._ports if p.mirror)
+        self._mirroring = bool(self._mirrors) or self.mirror_peers
 
     def __len__(self) -> int:
         return len(self._ports)
 
+    # ------------------------------------------------------------------ frames
+
     def from_local(self, src: Port, frame: bytes) -> None:
-        """A frame a local client sent: to all other local ports, and once to the peers."""
+        """A frame a local client sent: to the port or peer its destination was learned
+        behind, else to all other local ports and once to the peers."""
         src.frames_in += 1
         src.bytes_in += len(frame)
-        if not frame.startswith(src.mac, 6):
-            src.learn(frame, 6)
+        if frame.startswith(src.fdb_mac, 6):
+            src.fdb_at = self.now
+        else:
+            self._learn_port(src, frame, 6)
         gateway = self.gateway
         if gateway is not None and (frame[0] & 1 or frame.startswith(self.gateway_mac)):
             gateway(src, frame)
             if not frame[0] & 1 and not _gateway_answer(frame, 0):
+                if self._mirrors:
+                    self._mirror(frame, src, None)
                 return  # for the gateway alone (see the module doc)
-        for port in self._ports:
-            if port is not src:
-                port.deliver(frame)
-        if self.to_peers(frame):
-            self.frames_to_peers += 1
+        dst = self.fdb.get(frame[:6])
+        if dst is None:
+            for port in self._ports:
+                if port is not src:
+                    port.deliver(frame)
+            if self.to_peers(frame):
+                self.frames_to_peers += 1
+            return
+        if dst.__class__ is int:
+            if self.to_peer(frame, dst):  # type: ignore[arg-type]
+                self.frames_to_peers += 1
+            if self._mirroring:
+                self._mirror_local(frame, src, dst)  # type: ignore[arg-type]
+            return
+        if dst is not src:  # a host behind the sender's own port: not sent back (no hairpin)
+            dst.deliver(frame)  # type: ignore[union-attr]
+        if self._mirroring:
+            self._mirror_local(frame, src, dst)  # type: ignore[arg-type]
 
-    def from_peer(self, frame: bytes) -> None:
-        """A frame another node flooded: to local ports only (the loop rule)."""
+    def from_peer(self, frame: bytes, peer: Peer | None = None) -> None:
+        """A frame another node sent (``peer``: its sender id, to learn the source behind it):
+        to local ports only (the loop rule) — the one its destination was learned behind, or
+        all of them when the destination is unknown here."""
         self.frames_from_peers += 1
-        for port in self._ports:
-            port.deliver(frame)
+        fdb = self.fdb
+        if peer is not None:
+            mac = frame[6:12]
+            if fdb.get(mac) == peer:  # known behind this peer: refresh (inlined: per frame)
+                self.fdb_seen[mac] = self.now
+            else:
+                self._learn_peer(frame, 6, peer)
+        dst = fdb.get(frame[:6])
+        if dst is None:
+            for port in self._ports:
+                port.deliver(frame)
+            return
+        if dst.__class__ is not int:
+            dst.deliver(frame)  # type: ignore[union-attr]
+        # else: a host behind another node (flooded by a sender that did not know it yet)
+        if self._mirrors:
+            self._mirror(frame, None, dst)  # type: ignore[arg-type]
+
+    def _mirror(self, frame: bytes, src: Port | None, dst: Port | Peer | None) -> None:
+        for port in self._mirrors:
+            if port is not src and port is not dst:
+                port.deliver(frame)
+
+    def _mirror_local(self, frame: bytes, src: Port, dst: Port | Peer) -> None:
+        """A frame from a local port that went to one port or peer: to the mirror ports, and
+        to the peer nodes with one (frames from peers never: the loop rule)."""
+        self._mirror(frame, src, dst)
+        if self.mirror_peers:
+            peer = dst if dst.__class__ is int else None
+            self.to_mirror_peers(frame, peer, False)  # type: ignore[arg-type]
 
     def packet_from_local(self, src: Port, packet: bytes) -> None:
         """An offloaded packet a local client sent: as :meth:`from_local`, see the module doc."""
         src.frames_in += 1
         src.bytes_in += len(packet) - VNET_HDR_LEN
-        if not packet.startswith(src.mac, VNET_HDR_LEN + 6):
-            src.learn(packet, VNET_HDR_LEN + 6)
+        if packet.startswith(src.fdb_mac, VNET_HDR_LEN + 6):
+            src.fdb_at = self.now
+        else:
+            self._learn_port(src, packet, VNET_HDR_LEN + 6)
         gateway = self.gateway
         if gateway is not None and (
             packet[VNET_HDR_LEN] & 1 or packet.startswith(self.gateway_mac, VNET_HDR_LEN)
@@ -262,9 +451,25 @@ class Switch:
             for frame in self._segment(packet) or ():
                 gateway(src, frame)
             if not packet[VNET_HDR_LEN] & 1 and not _gateway_answer(packet, VNET_HDR_LEN):
+                if self._mirrors:
+                    self._flood_packet(packet, src, self._mirrors)
                 return
-        if self._flood_packet(packet, src) and self.to_peers_packet(packet):
-            self.frames_to_peers += 1
+        dst = self.fdb.get(packet[VNET_HDR_LEN : VNET_HDR_LEN + 6])
+        if dst is None:
+            if self._flood_packet(packet, src, self._ports) and self.to_peers_packet(packet):
+                self.frames_to_peers += 1
+            return
+        if dst.__class__ is int:
+            if not self._flood_packet(packet, src, self._mirrors):
+                return
+            if self.to_peer_packet(packet, dst):  # type: ignore[arg-type]
+                self.frames_to_peers += 1
+            if self.mirror_peers:
+                self.to_mirror_peers(packet, dst, True)  # type: ignore[arg-type]
+            return
+        ports = self._mirrors if dst is src else (dst, *self._mirrors)  # type: ignore[assignment]
+        if self._flood_packet(packet, src, ports) and self.mirror_peers:
+            self.to_mirror_peers(packet, None, True)
 
     def from_gateway(self, frame: bytes, to: Port | None = None) -> None:
         """A frame the gateway sends: to port ``to`` when the frame is addressed to its MAC (the
@@ -272,19 +477,28 @@ class Switch:
         answers its own local ports."""
         if to is not None and frame.startswith(to.mac):
             to.deliver(frame)
+            if self._mirrors:
+                self._mirror(frame, to, None)
             return
         for port in self._ports:
             port.deliver(frame)
 
-    def packet_from_peer(self, packet: bytes) -> None:
-        """An offloaded packet another node flooded: to local ports only (the loop rule)."""
+    def packet_from_peer(self, packet: bytes, peer: Peer | None = None) -> None:
+        """An offloaded packet another node sent: as :meth:`from_peer` (the loop rule)."""
         self.frames_from_peers += 1
-        self._flood_packet(packet, None)
+        if peer is not None:
+            self._learn_peer(packet, VNET_HDR_LEN + 6, peer)
+        dst = self.fdb.get(packet[VNET_HDR_LEN : VNET_HDR_LEN + 6])
+        if dst is None:
+            self._flood_packet(packet, None, self._ports)
+            return
+        ports = self._mirrors if dst.__class__ is int else (dst, *self._mirrors)
+        self._flood_packet(packet, None, ports)  # type: ignore[arg-type]
 
-    def _flood_packet(self, packet: bytes, src: Port | None) -> bool:
-        """Deliver ``packet`` to every local port but ``src``; False if it was malformed."""
+    def _flood_packet(self, packet: bytes, src: Port | None, ports: tuple[Port, ...]) -> bool:
+        """Deliver ``packet`` to each of ``ports`` but ``src``; False if it was malformed."""
         frames: list[bytes] | None = None
-        for port in self._ports:
+        for port in ports:
             if port is src:
                 continue
             if port.offload:
@@ -304,6 +518,12 @@ class Switch:
             sent = max(sent, self.to_peers(frame) or 0)
         return sent
 
+    def _segment_to_peer(self, packet: bytes, peer: Peer) -> int:
+        sent = 0
+        for frame in self._segment(packet) or ():
+            sent = max(sent, self.to_peer(frame, peer) or 0)
+        return sent
+
     def _segment(self, packet: bytes) -> list[bytes] | None:
         try:
             frames = to_frames(packet)
@@ -312,6 +532,128 @@ class Switch:
             return None
         self.segmented += 1
         return frames
+
+    # ------------------------------------------------------------------ learning
+
+    def _learn_port(self, src: Port, frame: bytes, at: int) -> None:
+        """The slow path of learning from a local port: its frame's source MAC (at ``at``) is
+        not the one it last taught the table. Learn it, move it here, or refuse it."""
+        if not frame.startswith(src.mac, at):
+            src.learn(frame, at)
+        fdb = self.fdb
+        old = src.fdb_mac
+        if old != NO_MAC and fdb.get(old) is src:
+            self.fdb_seen[old] = src.fdb_at  # keep the age the hot path kept on the port
+        src.fdb_mac = NO_MAC
+        mac = frame[at : at + 6]
+        if len(mac) < 6 or mac[0] & 1 or mac == NO_MAC:
+            return  # multicast sources are bogus (no NIC sends them); never learned
+        if mac == self.gateway_mac:
+            if not src.gateway_source:
+                self.fdb_refused += 1
+            return
+        owner = fdb.get(mac)
+        if owner is not src:
+            if len(src.learned) >= self.fdb_port_max:
+                self.fdb_port_full += 1
+                return
+            if owner is None:
+                if len(fdb) >= self.fdb_max:
+                    self.fdb_full += 1
+                    return
+            else:
+                self._unlink(mac, owner)
+                self.fdb_moves += 1
+            fdb[mac] = src
+            src.learned.add(mac)
+        now = self.now
+        self.fdb_seen[mac] = now
+        src.fdb_mac = mac
+        src.fdb_at = now
+
+    def _learn_peer(self, frame: bytes, at: int, peer: Peer) -> None:
+        """Learn the source MAC of a frame from peer node ``peer`` (refreshed when known)."""
+        mac = frame[at : at + 6]
+        owner = self.fdb.get(mac)
+        if owner == peer:
+            self.fdb_seen[mac] = self.now
+            return
+        if len(mac) < 6 or mac[0] & 1 or mac == NO_MAC or mac == self.gateway_mac:
+            return  # every node has the gateway MAC: it lives here, never behind a peer
+        if owner is None:
+            if len(self.fdb) >= self.fdb_max:
+                self.fdb_full += 1
+                return
+        else:
+            self._unlink(mac, owner)
+            self.fdb_moves += 1
+        self.fdb[mac] = peer
+        self.fdb_seen[mac] = self.now
+        self.peer_learned[peer] = self.peer_learned.get(peer, 0) + 1
+
+    def _unlink(self, mac: bytes, owner: Port | Peer) -> None:
+        """Take ``mac`` from its owner's own bookkeeping (the caller replaces or deletes the
+        table entry)."""
+        if owner.__class__ is int:
+            left = self.peer_learned.get(owner, 0) - 1  # type: ignore[call-overload]
+            if left > 0:
+                self.peer_learned[owner] = left  # type: ignore[index]
+            else:
+                self.peer_learned.pop(owner, None)  # type: ignore[call-overload]
+            return
+        owner.learned.discard(mac)  # type: ignore[union-attr]
+        if owner.fdb_mac == mac:  # type: ignore[union-attr]
+            owner.fdb_mac = NO_MAC  # type: ignore[union-attr]
+
+    def _forget_port(self, port: Port) -> None:
+        fdb, seen = self.fdb, self.fdb_seen
+        for mac in port.learned:
+            if fdb.get(mac) is port:
+                del fdb[mac]
+                seen.pop(mac, None)
+        port.learned = set()
+        port.fdb_mac = NO_MAC
+
+    def age(self, now: float) -> int:
+        """Set the time and drop entries silent for more than ``fdb_age`` seconds; returns how
+        many went. The table is swept at most every tenth of ``fdb_age`` (an entry lives
+        between one and 1.1 times it), so the owner may call this on every tick."""
+        self.now = now
+        if now < self._next_sweep:
+            return 0
+        self._next_sweep = now + self.fdb_age / 10
+        oldest = now - self.fdb_age
+        seen = self.fdb_seen
+        stale = []
+        for mac, owner in self.fdb.items():
+            at = seen.get(mac, 0.0)
+            if owner.__class__ is not int and owner.fdb_mac == mac:  # type: ignore[union-attr]
+                at = max(at, owner.fdb_at)  # type: ignore[union-attr]
+            if at < oldest:
+                stale.append(mac)
+        for mac in stale:
+            self._unlink(mac, self.fdb.pop(mac))
+            seen.pop(mac, None)
+        self.fdb_aged += len(stale)
+        return len(stale)
+
+    def fdb_status(self) -> dict[str, int]:
+        """The table's size, bounds and counters (for status and /metrics)."""
+        return {
+            "entries": len(self.fdb),
+            "max": self.fdb_max,
+            "port_max": self.fdb_port_max,
+            "age": int(self.fdb_age),
+            "moves": self.fdb_moves,
+            "port_full": self.fdb_port_full,
+            "full": self.fdb_full,
+            "refused": self.fdb_refused,
+            "aged": self.fdb_aged,
+        }
+
+    def lookup(self, mac: bytes) -> Port | Peer | None:
+        """Where ``mac`` was learned: a local port, a peer's sender id, or None (flooded)."""
+        return self.fdb.get(mac)
 
     def expire(self, now: float, idle: float, kind: str) -> list[Port]:
         """Remove ports of ``kind`` silent for more than ``idle`` seconds; return them."""
