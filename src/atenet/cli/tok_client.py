@@ -813,4 +813,60 @@ def _c_locale() -> dict[str, str]:
     return {**os.environ, "LC_ALL": "C"}
 
 
-COMMANDS = (connect, disconnect, status, ping)
+@click.command()
+@click.argument("network", required=False)
+@click.option(
+    "--node",
+    "node_url",
+    default="http://127.0.0.1:8080",
+    show_default=True,
+    envvar="ATENET_NODE",
+    help="The node's HTTP address (`atenet run --http-port`).",
+)
+@json_option
+def fdb(network: str | None, node_url: str, as_json: bool) -> None:
+    """Where each host of NETWORK is, as a node's learning switch sees it: MAC → local port or
+    peer node, and IP → MAC from ARP / neighbour discovery snooping (all networks the node
+    serves when NETWORK is omitted; a name or an id prefix).
+
+    Operator data: ask the node on its own host (loopback), or from a host holding its
+    operator token (docs/learning.md)."""
+    import urllib.error
+    import urllib.request
+
+    from atenet.cli.common import operator_headers
+
+    url = node_url.rstrip("/") + "/api/fdb"
+    request = urllib.request.Request(url, headers=operator_headers(url))
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            data = json.load(resp)
+    except urllib.error.HTTPError as exc:
+        fail(f"{url} refused: HTTP {exc.code} (operator data: ask on the node's host)")
+        return
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        fail(f"cannot read {url}: {exc}; is `atenet run` running with that --http-port?")
+        return
+    nets = data["networks"]
+    if network is not None:
+        want = network.lower()
+        nets = [n for n in nets if n["name"] == network or n["id"].startswith(want)]
+        if not nets:
+            served = ", ".join(n["name"] or n["id"][:12] for n in data["networks"]) or "none"
+            fail(f"node {data['node']} does not serve {network!r} (it serves: {served})")
+            return
+    if as_json:
+        print_json(nets)
+        return
+    for net in nets:
+        click.echo(f"network {net['name']} ({net['id'][:12]}) on node {data['node']}")
+        click.echo(f"  {len(net['macs'])} MACs")
+        for m in net["macs"]:
+            where = f"port {m['port']}" if "port" in m else f"node {m['node']}"
+            click.echo(f"    {m['mac']}  {where}")
+        click.echo(f"  {len(net['ips'])} addresses")
+        for e in net["ips"]:
+            click.echo(f"    {e['ip']:<40} {e['mac']}  {e['where']}  {e['age']:g} s ago")
+
+
+COMMANDS = (connect, disconnect, status, ping, fdb)

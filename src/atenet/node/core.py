@@ -49,6 +49,7 @@ from atenet.router.dhcp import Bind, DhcpServer, Lease
 from atenet.router.gateway import DEFAULT_DNS6, Gateway
 from atenet.router.neighbours import Neighbours
 from atenet.switch.core import Port, Switch
+from atenet.switch.snoop import IpTable
 
 UDP_IDLE = 60.0
 """A UDP client port lives this long after its last packet (tok keeps it alive every 15 s)."""
@@ -231,6 +232,9 @@ class NetworkRuntime:
         self.sync_routes: Callable[[float], None] = lambda now: None
         """The node's :func:`~atenet.node.routes.sync_routes` (set by :class:`NodeCore`): called
         when routes may need linking now rather than at the next once-a-second tick."""
+        self.ip_table = IpTable()
+        """IP → MAC from ARP/ND snooping (switch/snoop.py), for `tok fdb`."""
+        self.switch.snoop = self._snoop
         self.gateway: Gateway | None = None
         self.dhcp: DhcpServer | None = None
         self.neighbours: Neighbours | None = None
@@ -513,6 +517,7 @@ class NetworkRuntime:
 
     def expire(self, now: float) -> list[Port]:
         self.switch.age(now)  # MAC table aging, and the time WebSocket frames are learned at
+        self.ip_table.age(now)
         stale = [k for k, p in self.clients.items() if now - p.last_seen > UDP_IDLE]
         return [p for p in (self.remove_client(k) for k in stale) if p is not None]
 
@@ -751,12 +756,39 @@ class NetworkRuntime:
             "frames_from_peers": self.switch.frames_from_peers,
             "segmented": self.switch.segmented,
             "fdb": len(self.switch.fdb),
+            "ip_table": len(self.ip_table),
+            "ip_table_counters": dict(self.ip_table.counters),
             "fdb_counters": self.switch.fdb_status(),
             "fdb_peers": self._fdb_peers(),
             "ports": [p.counters() for p in self.switch.ports.values()],
             "drops": dict(self.drops),
             "gateway": self._gateway_status(),
             "dhcp": dict(self.dhcp.counters) if self.dhcp is not None else {},
+        }
+
+    def _snoop(self, frame: bytes, where: Port | int) -> None:
+        if isinstance(where, Port):
+            name = where.name
+        else:
+            names = {sender_id_for(n): n for n in self.peer_ids}
+            name = f"node {names.get(where, f'{where:08x}')}"
+        self.ip_table.observe(frame, name, self.clock())  # rare frames: read the clock
+
+    def fdb_view(self, now: float) -> dict[str, Any]:
+        """The MAC table (MAC → port or node) and the snooped IP → MAC table, for `tok fdb`."""
+        names = {sender_id_for(n): n for n in self.peer_ids}
+        macs = []
+        for mac, where in sorted(self.switch.fdb.items()):
+            if isinstance(where, int):
+                macs.append({"mac": mac.hex(":"), "node": names.get(where, f"{where:08x}")})
+            else:
+                macs.append({"mac": mac.hex(":"), "port": where.name})
+        s = self.state.settings if self.state is not None else None
+        return {
+            "id": self.network_id.hex(),
+            "name": s.name if s else "",
+            "macs": macs,
+            "ips": self.ip_table.view(now),
         }
 
     def _fdb_peers(self) -> dict[str, int]:

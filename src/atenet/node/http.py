@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,15 @@ def make_app(
             return refused()
         return web.json_response(operator_status(daemon, ports, guard))
 
+    async def fdb(request: web.Request) -> web.Response:
+        """The MAC and snooped IP tables of every network (`tok fdb`; operators only: they
+        say which host is where)."""
+        if not auth.allowed(request):
+            return refused()
+        now = time.time()
+        views = [r.fdb_view(now) for r in daemon.core.networks.values()]
+        return web.json_response({"node": daemon.node_id, "networks": views})
+
     async def metrics(request: web.Request) -> web.Response:
         if not auth.allowed(request):
             return refused()
@@ -102,6 +112,7 @@ def make_app(
         return web.FileResponse(path, headers={"Content-Type": kind, "Cache-Control": "no-cache"})
 
     app.router.add_get("/api/status", status)
+    app.router.add_get("/api/fdb", fdb)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", asset)
     app.router.add_get(r"/{name:[A-Za-z0-9_-]+\.[a-z]+}", asset)

@@ -65,6 +65,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from atenet.offload import VNET_HDR_LEN, OffloadError, to_frames
+from atenet.switch.snoop import is_neighbour_frame
 
 NO_MAC = bytes(6)
 """A port's MAC before its first frame (shown as "")."""
@@ -251,6 +252,7 @@ class Switch:
         "peer_learned",
         "ports",
         "segmented",
+        "snoop",
         "to_mirror_peers",
         "to_peer",
         "to_peer_packet",
@@ -300,6 +302,9 @@ class Switch:
         self.gateway: Callable[[Port, bytes], None] | None = None
         """Takes frames from local ports for the gateway (see the module doc)."""
         self.gateway_mac = b"\xff" * 6  # no unicast frame matches until a gateway is set
+        self.snoop: Callable[[bytes, Port | Peer], None] | None = None
+        """Takes ARP and neighbour discovery frames (from local ports and peers) for the
+        network's IP → MAC table (:mod:`atenet.switch.snoop`)."""
         self.now = 0.0
         """The time learning stamps entries with; the owner sets it (the switch has no clock)."""
         self.fdb: dict[bytes, Port | Peer] = {}
@@ -372,6 +377,8 @@ class Switch:
             src.fdb_at = self.now
         else:
             self._learn_port(src, frame, 6)
+        if self.snoop is not None and is_neighbour_frame(frame):
+            self.snoop(frame, src)
         gateway = self.gateway
         if gateway is not None and (frame[0] & 1 or frame.startswith(self.gateway_mac)):
             gateway(src, frame)
@@ -403,6 +410,8 @@ class Switch:
         to local ports only (the loop rule) — the one its destination was learned behind, or
         all of them when the destination is unknown here."""
         self.frames_from_peers += 1
+        if self.snoop is not None and peer is not None and is_neighbour_frame(frame):
+            self.snoop(frame, peer)
         fdb = self.fdb
         if peer is not None:
             mac = frame[6:12]
@@ -442,6 +451,8 @@ class Switch:
             src.fdb_at = self.now
         else:
             self._learn_port(src, packet, VNET_HDR_LEN + 6)
+        if self.snoop is not None and is_neighbour_frame(packet, VNET_HDR_LEN):
+            self.snoop(packet[VNET_HDR_LEN:], src)
         gateway = self.gateway
         if gateway is not None and (
             packet[VNET_HDR_LEN] & 1 or packet.startswith(self.gateway_mac, VNET_HDR_LEN)
@@ -488,6 +499,8 @@ class Switch:
         self.frames_from_peers += 1
         if peer is not None:
             self._learn_peer(packet, VNET_HDR_LEN + 6, peer)
+            if self.snoop is not None and is_neighbour_frame(packet, VNET_HDR_LEN):
+                self.snoop(packet[VNET_HDR_LEN:], peer)
         dst = self.fdb.get(packet[VNET_HDR_LEN : VNET_HDR_LEN + 6])
         if dst is None:
             self._flood_packet(packet, None, self._ports)
