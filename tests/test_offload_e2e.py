@@ -205,7 +205,7 @@ class TestMixedNetwork:
     def test_plain_host_and_raw_client_get_only_standard_checksummed_frames(
         self, net: Overlay
     ) -> None:
-        fast, far, plain = net.clients["fast"], net.clients["far"], net.clients["plain"]
+        fast, plain = net.clients["fast"], net.clients["plain"]
         _, token = net.export_key("raw", ["n1"])
         url = f"ws://127.0.0.1:{HTTP_PORT}/net/{token}"
         rx_before = tap_rx_bytes(plain)
@@ -233,13 +233,14 @@ class TestMixedNetwork:
                         frames.append(msg.data)
             return frames
 
-        # The raw client listens while an offloaded host sends a TCP stream to the far node:
-        # flooding gives the raw client and the plain host every frame of it.
-        rx = far.host.popen(["python3", "-c", RECEIVER, far.ip4, "5301"], stdout=-1, text=True)
+        # The raw client listens while the offloaded host sends a TCP stream to the plain host
+        # on the same node: its port takes no offloads, so the node segments every super-frame.
+        # The learning switch sends the stream to the plain host's port alone.
+        rx = plain.host.popen(["python3", "-c", RECEIVER, plain.ip4, "5301"], stdout=-1, text=True)
         try:
             assert rx.stdout is not None and rx.stdout.readline().strip() == "ready"
             sender = fast.host.popen(
-                ["python3", "-c", SENDER, far.ip4, "5301", str(24 << 20)], stdout=-1, text=True
+                ["python3", "-c", SENDER, plain.ip4, "5301", str(24 << 20)], stdout=-1, text=True
             )
             frames = net.nodes["n1"].host.call(asyncio.run, listen())
             sent, _ = sender.communicate(timeout=60)
@@ -252,9 +253,9 @@ class TestMixedNetwork:
         assert any(Ether(f)[ARP].psrc == fast.ip4 and Ether(f).dst == "02:aa:00:00:00:01"
                    for f in replies), "no ARP reply for the raw client"  # fmt: skip
         tcp_frames = [f for f in frames if Ether(f).haslayer(TCP)]
-        assert len(tcp_frames) > 1000, len(tcp_frames)
+        assert len(tcp_frames) < 50, len(tcp_frames)  # at most the flood before it was learned
         assert max(len(f) for f in frames) <= 14 + MTU
-        for frame in tcp_frames[:: max(1, len(tcp_frames) // 300)]:
+        for frame in tcp_frames:
             assert_checksums_valid(frame)
         # The node segmented for them, and the plain host's TAP took the copies without error.
         assert net.nodes["n1"].network("lan")["segmented"] > seg_before
