@@ -50,6 +50,7 @@ from atenet.router.gateway import DEFAULT_DNS6, Gateway
 from atenet.router.neighbours import Neighbours
 from atenet.switch.core import Port, Switch
 from atenet.switch.snoop import IpTable
+from atenet.wire.dhcp import is_dhcp_request_frame
 
 UDP_IDLE = 60.0
 """A UDP client port lives this long after its last packet (tok keeps it alive every 15 s)."""
@@ -83,15 +84,6 @@ MAX_BINDS = 256
 """Lease events waiting to be appended to the chain, per network (the DHCP server's own rate
 limits keep this far below; a store outage longer than that loses only the newest bindings,
 whose clients get no ACK and retry)."""
-
-
-def _is_dhcp_request(frame: bytes) -> bool:
-    """IPv4 UDP to port 67, read from fixed offsets (no parse: the gateway sees every local
-    broadcast, and ARP and the rest take the other path)."""
-    if len(frame) < 42 or frame[12:14] != b"\x08\x00" or frame[23] != 17:
-        return False
-    at = 14 + (frame[14] & 0x0F) * 4
-    return frame[at + 2 : at + 4] == b"\x00\x43"
 
 
 @dataclass(frozen=True)
@@ -372,7 +364,7 @@ class NetworkRuntime:
     def _to_gateway(self, port: Port, frame: bytes) -> None:
         """A frame from a local port for the gateway (the switch only hands those over)."""
         now = self.clock()
-        if _is_dhcp_request(frame):
+        if is_dhcp_request_frame(frame):
             if self.dhcp is not None:
                 # Bind limits per access key: a key's sessions and reconnects share one bucket.
                 limit_key = port if port.key_id is None else ("key", port.key_id)

@@ -369,10 +369,20 @@ def is_dhcp_reply_frame(frame: bytes) -> bool:
     Looks at fixed offsets only (ethertype, protocol, IHL, ports); a true answer is then
     checked properly by :func:`parse_dhcp_reply`.
     """
+    return _udp_ports_are(frame, b"\x00\x43\x00\x44")
+
+
+def is_dhcp_request_frame(frame: bytes) -> bool:
+    """The server side's twin: IPv4 (untagged), UDP, 68 → 67, at fixed offsets (the gateway
+    sees every local broadcast; :func:`parse_dhcp_frame` checks a true answer properly)."""
+    return _udp_ports_are(frame, b"\x00\x44\x00\x43")
+
+
+def _udp_ports_are(frame: bytes, ports: bytes) -> bool:
     if len(frame) < 42 or frame[12:14] != b"\x08\x00" or frame[23] != 17:
         return False
     ihl = (frame[14] & 0x0F) * 4
-    return frame[14 + ihl : 18 + ihl] == b"\x00\x43\x00\x44"
+    return frame[14 + ihl : 18 + ihl] == ports
 
 
 def parse_dhcp_reply(frame: bytes) -> ReplyFrame | None:
