@@ -32,11 +32,8 @@ from atenet.router.dhcp import Bind, DhcpServer, Lease
 from atenet.router.dhcp import Send as ServerSend
 from atenet.wire import dhcp as d
 from atenet.wire.ethernet import BROADCAST_MAC
+from tests.test_dhcp import CIDR, GW_IP, GW_MAC, NET_ID
 
-NET_ID = bytes(range(16))
-CIDR = "10.77.3.0/24"
-GW_IP = IPv4Address("10.77.3.1")
-GW_MAC = bytes.fromhex("02feedc0ffee")
 MAC = bytes.fromhex("02aa00000001")
 OTHER = bytes.fromhex("02aa00000002")
 MTU = 1400

@@ -13,9 +13,10 @@ from collections import Counter
 from atenet.client.core import ClientCore
 from atenet.node.metrics import exposition, registry
 from atenet.offload import NO_OFFLOAD
-from atenet.switch.core import FDB_AGE, NO_MAC, Port, Switch
+from atenet.switch.core import FDB_AGE, NO_MAC, Switch
 from atenet.wire.ethernet import ethernet_frame
 from tests.test_node_core import Wire, build
+from tests.test_switch_offload import Recorder
 
 BCAST = b"\xff" * 6
 GW = bytes.fromhex("02aa00000001")
@@ -28,20 +29,6 @@ def mac(n: int) -> bytes:
 
 def eth(dst: bytes, src: bytes, payload: bytes = b"x" * 46, etype: int = 0x88B5) -> bytes:
     return ethernet_frame(dst, src, etype, payload)
-
-
-class Recorder(Port):
-    def __init__(self, name: str, offload: bool = False) -> None:
-        super().__init__(name, "test")
-        self.offload = offload
-        self.frames: list[bytes] = []
-        self.packets: list[bytes] = []
-
-    def deliver(self, frame: bytes) -> None:
-        self.frames.append(frame)
-
-    def deliver_packet(self, packet: bytes) -> None:
-        self.packets.append(packet)
 
 
 class Net:
