@@ -53,6 +53,11 @@ class Pool:
         return self.lo <= ip <= self.hi and ip != self.gateway
 
 
+def _mac(record: dict[str, Any]) -> bytes:
+    """A lease payload's MAC (text checked by chain/rules.py) as bytes."""
+    return bytes.fromhex(str(record["mac"]).replace(":", "").replace("-", ""))
+
+
 class LeaseTable:
     """The folded bindings: by address and by MAC, each a lease event's payload plus its
     ``seq`` and ``time`` (what ``tok lease list`` and a node starting up read)."""
@@ -71,14 +76,14 @@ class LeaseTable:
         if len(self.recent) == RECENT:
             self.forgotten = self.recent[0][0]
         self.recent.append((seq, payload))
-        mac = bytes.fromhex(str(payload["mac"]).replace(":", "").replace("-", ""))
+        mac = _mac(payload)
         ip_text = str(payload["ip"])
         ip = int(IPv4Address(ip_text))
         if pool is None or ip not in pool or mac[0] & 1:
             self.ignored += 1
             return False
         holder = self.by_ip.get(ip_text)
-        holder_mac = None if holder is None else self._mac(holder)
+        holder_mac = None if holder is None else _mac(holder)
         holder_seq = -1 if holder is None else holder["seq"]
         if not wins(holder_mac, holder_seq, mac, payload.get("reclaims")):
             self.ignored += 1
@@ -91,10 +96,6 @@ class LeaseTable:
         self.by_ip[ip_text] = {**payload, "seq": seq, "time": when}
         self._ip_of[mac] = ip_text
         return True
-
-    @staticmethod
-    def _mac(record: dict[str, Any]) -> bytes:
-        return bytes.fromhex(str(record["mac"]).replace(":", "").replace("-", ""))
 
     def values(self) -> list[dict[str, Any]]:
         """The bindings ordered by address."""

@@ -516,8 +516,7 @@ def _node_status(url: str) -> tuple[dict[str, Any] | None, str]:
         return None, f"cannot read {url}: {exc}"
 
 
-@click.command()
-@click.option(
+node_url_option = click.option(
     "--node",
     "node_url",
     default="http://127.0.0.1:8080",
@@ -525,6 +524,10 @@ def _node_status(url: str) -> tuple[dict[str, Any] | None, str]:
     envvar="ATENET_NODE",
     help="The local node's HTTP address (`atenet run --http-port`).",
 )
+
+
+@click.command()
+@node_url_option
 @json_option
 @click.pass_context
 def status(ctx: click.Context, node_url: str, as_json: bool) -> None:
@@ -815,14 +818,7 @@ def _c_locale() -> dict[str, str]:
 
 @click.command()
 @click.argument("network", required=False)
-@click.option(
-    "--node",
-    "node_url",
-    default="http://127.0.0.1:8080",
-    show_default=True,
-    envvar="ATENET_NODE",
-    help="The node's HTTP address (`atenet run --http-port`).",
-)
+@node_url_option
 @json_option
 def fdb(network: str | None, node_url: str, as_json: bool) -> None:
     """Where each host of NETWORK is, as a node's learning switch sees it: MAC → local port or
