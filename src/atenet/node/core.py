@@ -206,6 +206,8 @@ class NetworkRuntime:
         self.peers: tuple[Addr, ...] = ()
         self.peer_ids: tuple[str, ...] = ()
         self.peer_senders: dict[int, Addr] = {}
+        self.peer_names: dict[int, str] = {}
+        """Live peers' node ids by sender id (for status, `tok fdb` and snooping)."""
         """Live peers by sender id: where a frame for a MAC learned behind one is sealed to."""
         self.mirror_nodes: set[str] = set()
         """Peers whose heartbeat says they have a mirror port (`tok monitor`), set by the
@@ -296,6 +298,7 @@ class NetworkRuntime:
         self.peers = tuple(peers)
         self.peer_ids = tuple(ids)
         self.peer_senders = {sender_id_for(n): a for n, a in zip(ids, peers, strict=True)}
+        self.peer_names = {sender_id_for(n): n for n in ids}
         self.mirror_peers = tuple(
             (sender_id_for(n), a) for n, a in zip(ids, peers, strict=True) if n in self.mirror_nodes
         )
@@ -762,13 +765,12 @@ class NetworkRuntime:
         if isinstance(where, Port):
             name = where.name
         else:
-            names = {sender_id_for(n): n for n in self.peer_ids}
-            name = f"node {names.get(where, f'{where:08x}')}"
+            name = f"node {self.peer_names.get(where, f'{where:08x}')}"
         self.ip_table.observe(frame, name, self.clock())  # rare frames: read the clock
 
     def fdb_view(self, now: float) -> dict[str, Any]:
         """The MAC table (MAC → port or node) and the snooped IP → MAC table, for `tok fdb`."""
-        names = {sender_id_for(n): n for n in self.peer_ids}
+        names = self.peer_names
         macs = []
         for mac, where in sorted(self.switch.fdb.items()):
             if isinstance(where, int):
@@ -785,7 +787,7 @@ class NetworkRuntime:
 
     def _fdb_peers(self) -> dict[str, int]:
         """MACs learned behind each peer node, by node id (sender id in hex if not live)."""
-        names = {sender_id_for(n): n for n in self.peer_ids}
+        names = self.peer_names
         return {
             names.get(peer, f"{peer:08x}"): count
             for peer, count in self.switch.peer_learned.items()
