@@ -15,9 +15,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from atenet.node.websocket import CLOSE_FORBIDDEN, hello_mac
-from atenet.overlay.seal import PacketKey
+from atenet.node.websocket import CLOSE_FORBIDDEN
 from atenet.overlay.token import AccessToken
+from atenet.overlay.token import hello as token_hello
 from atenet.wire.ethernet import ethernet_frame
 from tests.support.loopback_node import LoopbackNode
 
@@ -73,14 +73,7 @@ async def test_raw_relay_ports_exchange_frames_and_bad_tokens_get_403(node: Loop
 
 
 def hello(token: AccessToken, nonce: str | None = None, when: int | None = None) -> dict:
-    nonce = nonce or os.urandom(16).hex()
-    when = when or int(time.time() * 1000)
-    auth = PacketKey(token.secret, token.key_id).auth_key
-    network = token.network_id.hex()
-    return {
-        "op": "hello", "network": network, "key_id": token.key_id, "time": when,
-        "nonce": nonce, "mac": hello_mac(auth, network, token.key_id, when, nonce),
-    }  # fmt: skip
+    return token_hello(token, when=when, nonce=nonce)
 
 
 async def test_page_hello_is_verified_and_answered_with_settings(node: LoopbackNode) -> None:

@@ -670,7 +670,7 @@ class HelloFixture:
 
     def hello(self, signed_by: int = 1, **fields: Any) -> dict[str, Any]:
         """A valid hello for key ``signed_by``, with ``fields`` then replaced as given."""
-        from atenet.node.websocket import hello_mac
+        from atenet.overlay.token import hello_mac
 
         key_id = signed_by
         when = int(time.time() * 1000)

@@ -37,7 +37,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from atenet.node.schema import WS_HELLO, WS_MESSAGE, SchemaError, parse
 from atenet.overlay.seal import PacketKey
-from atenet.overlay.token import AccessToken
+from atenet.overlay.token import AccessToken, hello_mac
 from atenet.switch.core import Port
 
 if TYPE_CHECKING:
@@ -65,7 +65,6 @@ CLOSE_FORBIDDEN = 4403
 CLOSE_BAD_MESSAGE = WSCloseCode.POLICY_VIOLATION
 """WebSocket close code (1008) for a message that does not match its spec."""
 
-HELLO_CONTEXT = "atenet/v1 ws hello|"
 PRIVATE_PORT_KEYS = frozenset({"addr", "address", "endpoint", "remote", "peer", "underlay"})
 """Port counter keys that could carry a client's underlay address: never sent to a page."""
 
@@ -123,12 +122,6 @@ class WebSocketPort(Port):
     def close(self) -> None:
         """Revoked: the connection's handler closes the socket with code 4403."""
         self.revoked.set()
-
-
-def hello_mac(auth_key: bytes, network_hex: str, key_id: int, when: int, nonce: str) -> str:
-    """The HMAC a /ws hello carries: proves the client holds the access key."""
-    message = f"{HELLO_CONTEXT}{network_hex}|{key_id}|{when}|{nonce}".encode()
-    return hmac.new(auth_key, message, hashlib.sha256).hexdigest()
 
 
 class WebSocketPorts:

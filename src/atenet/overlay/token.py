@@ -15,8 +15,13 @@ stored in clear by tok. Layout before base64url (no padding), behind the prefix 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
+import os
 import struct
+import time
 from dataclasses import dataclass
+from typing import Any
 
 from atenet.errors import AtenetError
 
@@ -80,3 +85,34 @@ class AccessToken:
     @property
     def network_hex(self) -> str:
         return self.network_id.hex()
+
+
+HELLO_CONTEXT = "atenet/v1 ws hello|"
+
+
+def hello_mac(auth_key: bytes, network_hex: str, key_id: int, when: int, nonce: str) -> str:
+    """The HMAC a WebSocket hello (``/ws``, ``/mio``) carries: proves the client holds the
+    access key without sending its secret."""
+    message = f"{HELLO_CONTEXT}{network_hex}|{key_id}|{when}|{nonce}".encode()
+    return hmac.new(auth_key, message, hashlib.sha256).hexdigest()
+
+
+def hello(
+    token: AccessToken, *, when: int | None = None, nonce: str | None = None
+) -> dict[str, Any]:
+    """The first message of a ``/ws`` or ``/mio`` session for ``token`` (docs/websocket.md):
+    time in ms and a fresh nonce, so the node can refuse a replayed hello."""
+    from atenet.overlay.seal import PacketKey  # the key schedule lives with the sealing code
+
+    nonce = nonce or os.urandom(16).hex()
+    when = int(time.time() * 1000) if when is None else when
+    auth = PacketKey(token.secret, token.key_id).auth_key
+    network = token.network_id.hex()
+    return {
+        "op": "hello",
+        "network": network,
+        "key_id": token.key_id,
+        "time": when,
+        "nonce": nonce,
+        "mac": hello_mac(auth, network, token.key_id, when, nonce),
+    }
