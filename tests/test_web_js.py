@@ -26,10 +26,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from atenet import addressing, wire
+from atenet.mio import bus
 from atenet.overlay.seal import INFO_AUTH, PacketKey
 from atenet.overlay.token import AccessToken
 from atenet.wire.icmp import ICMP_ECHO_REPLY
 from atenet.wire.icmpv6 import ICMPV6_ECHO_REPLY, ICMPV6_NEIGHBOR_ADVERT
+from tests.test_mio_bus import SAMPLES as MIO_SAMPLES
 
 ROOT = Path(__file__).resolve().parent.parent
 JS_TESTS = sorted((ROOT / "tests" / "js").glob("*.test.mjs"))
@@ -268,6 +270,7 @@ def test_js_unit_tests_and_python_cross_checks(tmp_path: Path) -> None:
         "token": _token_vector(),
         "frames": _frame_vectors(),
         "requests": {name: frame.hex() for name, frame in requests.items()},
+        "mio": [message.encode().hex() for message in MIO_SAMPLES],
     }
     vectors_path = tmp_path / "vectors.json"
     vectors_path.write_text(json.dumps(vectors))
@@ -288,6 +291,24 @@ def test_js_unit_tests_and_python_cross_checks(tmp_path: Path) -> None:
     assert re.search(r"^# fail 0$", output, re.MULTILINE), output
     replies = json.loads((tmp_path / "replies.json").read_text())
     _check_replies(replies, requests)
+    _check_mio(json.loads((tmp_path / "mio.json").read_text()))
+
+
+def _check_mio(built: list[str]) -> None:
+    """The bus messages web/mio.js built decode in Python to what the page meant."""
+    got = [bus.decode(bytes.fromhex(h)) for h in built]
+    v4, v6 = IPv4Address("10.1.0.7"), IPv6Address("fd00::7")
+    assert got[:8] == [
+        bus.Connect(1, bus.Endpoint(v4, 80)),
+        bus.Connect(2, bus.Endpoint(v6, 443), 5000, 3000),
+        bus.Data(1, b"GET / HTTP/1.0\r\n\r\n"),
+        bus.Credit(1, 65536),
+        bus.Shutdown(1),
+        bus.Close(1, abort=True),
+        bus.Ping(5, IPv4Address("10.1.0.1"), 56, 1000),
+        bus.Resolve(6, "printer.lan"),
+    ]
+    assert got[8] == bus.Error(9, 111, "é" * 256)  # cut to 512 bytes on a character boundary
 
 
 def test_page_needs_nothing_from_the_internet() -> None:
