@@ -48,7 +48,9 @@ from atenet.overlay.seal import (
 from atenet.router.dhcp import Bind, DhcpServer, Lease
 from atenet.router.gateway import DEFAULT_DNS6, Gateway
 from atenet.router.neighbours import Neighbours
+from atenet.router.querier import Querier
 from atenet.switch.core import Port, Switch
+from atenet.switch.mcast import Multicast
 from atenet.switch.snoop import IpTable
 from atenet.wire.dhcp import is_dhcp_request_frame
 
@@ -233,6 +235,8 @@ class NetworkRuntime:
         self.dhcp: DhcpServer | None = None
         self.neighbours: Neighbours | None = None
         """The gateway's neighbour cache, for packets routed into this network."""
+        self.querier: Querier | None = None
+        """IGMP/MLD general queries from the gateway while snooping is on (built on first poll)."""
         self.route_ports: dict[bytes, RoutePort] = {}
         """This network's routes in use, by target network id (node/routes.py)."""
         self.network_of: Callable[[bytes], NetworkRuntime | None] = lambda _id: None
@@ -312,12 +316,15 @@ class NetworkRuntime:
         if config != self._router_config:
             self._router_config = config
             self._build_router(state)
+        if s.snooping != (self.switch.mcast is not None):
+            self.switch.mcast = Multicast() if s.snooping else None  # off: multicast floods
+            self.querier = None
         self._sync_leases(state, now)
 
     def _build_router(self, state: NetworkState) -> None:
         """The network's gateway and DHCP server, rebuilt when its settings change."""
         s = state.settings
-        self.gateway = self.dhcp = self.neighbours = None
+        self.gateway = self.dhcp = self.neighbours = self.querier = None
         self.switch.gateway = None
         self.switch.gateway_mac = b"\xff" * 6
         if not s.cidr:
@@ -433,6 +440,13 @@ class NetworkRuntime:
         neighbours = self.neighbours
         if neighbours is not None and (at := neighbours.poll_at()) is not None and now >= at:
             self.inject(neighbours.poll(now))
+        if self.switch.mcast is not None:
+            querier = self.querier
+            if querier is None:
+                querier = self.querier = Querier(gateway.mac, gateway.ipv4, gateway.link_local, now)
+            if now >= querier.next_at:
+                for frame in querier.poll(now) if len(self.switch) else ():
+                    self.switch.from_gateway(frame)
 
     @property
     def is_member(self) -> bool:
