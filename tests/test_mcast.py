@@ -7,6 +7,8 @@ tests/test_learning.py.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,6 +27,7 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import Ether
 
 from atenet.chain.event import Kind
+from atenet.node.metrics import exposition, registry
 from atenet.offload import NO_OFFLOAD
 from atenet.router.querier import FIRST_QUERY, QUERY_INTERVAL, Querier, igmp_query, mld_query
 from atenet.switch.mcast import MEMBER_TIMEOUT, Multicast
@@ -449,3 +452,23 @@ async def test_a_node_queries_its_ports_and_follows_the_snooping_setting(world: 
 
 ALL_SYSTEMS_MAC = bytes.fromhex("01005e000001")
 ALL_NODES_MAC = bytes.fromhex("333300000001")
+
+
+async def test_groups_show_in_status_fdb_view_and_metrics(world: World) -> None:
+    core, runtime, _sent = node(world)
+    a = Capture("a")
+    runtime.add_port("a", a)
+    runtime.switch.now = NOW
+    runtime.switch.from_local(a, igmp3_report(mac(1)))
+    runtime.switch.from_local(a, mld2_report(mac(1)))
+    status = runtime.status()["mcast"]
+    assert status["snooping"] is True and status["groups"] == 2
+    assert status["counters"]["joins"] == 2
+    view = runtime.fdb_view(NOW + 1)
+    assert [(g["group"], [m["member"] for m in g["members"]]) for g in view["groups"]] == [
+        (GROUP4, ["port a"]),
+        (GROUP6, ["port a"]),
+    ]
+    metrics = exposition(registry(core.status)).decode()
+    assert re.search(r'atenet_mcast_groups\{network="office",[^}]*\} 2\.0', metrics), metrics
+    assert re.search(r'atenet_mcast_total\{[^}]*what="joins"\} 2\.0', metrics)

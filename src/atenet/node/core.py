@@ -769,6 +769,7 @@ class NetworkRuntime:
             "ip_table_counters": dict(self.ip_table.counters),
             "fdb_counters": self.switch.fdb_status(),
             "fdb_peers": self._fdb_peers(),
+            "mcast": self._mcast_status(),
             "ports": [p.counters() for p in self.switch.ports.values()],
             "drops": dict(self.drops),
             "gateway": self._gateway_status(),
@@ -797,6 +798,25 @@ class NetworkRuntime:
             "name": s.name if s else "",
             "macs": macs,
             "ips": self.ip_table.view(now),
+            "groups": self.switch.mcast.view(now, self._member_name) if self.switch.mcast else [],
+            "snooping": self.switch.mcast is not None,
+        }
+
+    def _member_name(self, member: Port | int) -> str:
+        if isinstance(member, Port):
+            return f"port {member.name}"
+        return f"node {self.peer_names.get(member, f'{member:08x}')}"
+
+    def _mcast_status(self) -> dict[str, Any]:
+        """IGMP/MLD snooping: on or off, the groups with members here, and its counters."""
+        mcast = self.switch.mcast
+        if mcast is None:
+            return {"snooping": False}
+        return {
+            "snooping": True,
+            "groups": len(mcast.groups),
+            "counters": dict(mcast.counters),
+            "queries": self.querier.sent if self.querier is not None else 0,
         }
 
     def _fdb_peers(self) -> dict[str, int]:
