@@ -49,7 +49,7 @@ from atenet.router.dhcp import Bind, DhcpServer, Lease
 from atenet.router.gateway import DEFAULT_DNS6, Gateway
 from atenet.router.neighbours import Neighbours
 from atenet.router.querier import Querier
-from atenet.switch.core import Port, Switch
+from atenet.switch.core import STORM_RATE, Port, Switch
 from atenet.switch.mcast import Multicast
 from atenet.switch.snoop import IpTable
 from atenet.wire.dhcp import is_dhcp_request_frame
@@ -96,6 +96,8 @@ class PortLimits:
     per_address: int = MAX_PORTS_PER_ADDRESS
     rate: float = PORT_RATE
     burst: float = PORT_BURST
+    storm: float = STORM_RATE
+    """Frames per second a local port may flood (switch storm control; 0: no limit)."""
 
 
 Addr = tuple[str, int]
@@ -230,6 +232,7 @@ class NetworkRuntime:
         self.freshness = freshness if freshness is not None else Freshness(counter_start)
         self.instance = instance
         self.limits = limits if limits is not None else PortLimits()
+        self.switch.set_storm_rate(self.limits.storm)
         self.address_ports: Counter[str] = address_ports if address_ports is not None else Counter()
         self.key_ports: Counter[int] = Counter()
         self.clock: Callable[[], float] = time.time

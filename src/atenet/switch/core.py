@@ -80,6 +80,12 @@ FDB_PORT_MAX = 64
 FDB_MAX = 8192
 """MACs one network's table holds on one node (OVS's default ``mac-table-size``)."""
 
+STORM_RATE = 1000.0
+"""Frames per second one local port may flood (broadcast, unknown unicast, unregistered
+multicast) — storm control, as hardware switches have: a host needs a handful (ARP, ND, DHCP,
+mDNS); one that sprays floods would otherwise make the node deliver each frame to every port.
+The burst is twice this. 0 turns it off."""
+
 Peer = int
 """A peer node in the table: its sender id (the clear header of its sealed datagrams)."""
 
@@ -106,6 +112,9 @@ class Port:
         "drops",
         "fdb_at",
         "fdb_mac",
+        "flood_at",
+        "flood_tokens",
+        "flooded_over",
         "frames_in",
         "frames_out",
         "host",
@@ -154,6 +163,10 @@ class Port:
         """When this port last sent a frame from :attr:`fdb_mac` (its table entry's age)."""
         self.mirror = False
         """Gets every frame the switch handles (`tok monitor`); set by :meth:`Switch.set_mirror`."""
+        self.flood_tokens = -1.0  # storm control's bucket; filled on the port's first flood
+        self.flood_at = now
+        self.flooded_over = 0
+        """Frames this port tried to flood past the storm limit (dropped)."""
 
     def learn(self, frame: bytes, at: int) -> None:
         """Remember the source MAC at ``frame[at:at + 6]`` (called only when it changed).
@@ -198,6 +211,7 @@ class Port:
             "ipv6": ipv6,
             "learned": len(self.learned),
             "mirror": self.mirror,
+            "storm_drops": self.flooded_over,
         }
 
 
@@ -255,6 +269,9 @@ class Switch:
         "ports",
         "segmented",
         "snoop",
+        "storm_burst",
+        "storm_drops",
+        "storm_rate",
         "to_mirror_peers",
         "to_peer",
         "to_peer_packet",
@@ -273,6 +290,7 @@ class Switch:
         fdb_age: float = FDB_AGE,
         fdb_max: int = FDB_MAX,
         fdb_port_max: int = FDB_PORT_MAX,
+        storm_rate: float = STORM_RATE,
     ) -> None:
         """``to_peers(frame)`` floods a standard frame to the peers; ``to_peers_packet(packet)``
         an offloaded packet. Without the latter, peers get standard frames. Both return how
@@ -331,6 +349,39 @@ class Switch:
         self.fdb_aged = 0
         """Entries removed because their MAC was silent for fdb_age seconds."""
         self._next_sweep = 0.0
+        self.storm_rate = storm_rate
+        """Floods per second per local port (:data:`STORM_RATE`); 0: no limit."""
+        self.storm_burst = 2 * storm_rate
+        self.storm_drops = 0
+        """Frames local ports tried to flood past the storm limit (dropped, also per port)."""
+
+    def set_storm_rate(self, rate: float) -> None:
+        self.storm_rate = rate
+        self.storm_burst = 2 * rate
+
+    def _storm(self, src: Port) -> bool:
+        """Storm control: True (and counted) when ``src`` is over its flood budget. A token
+        bucket per port, refilled by :attr:`now` (the caller's batch time)."""
+        rate = self.storm_rate
+        if not rate or src.gateway_source:
+            return False
+        now = self.now
+        tokens = src.flood_tokens
+        if tokens < 0:  # first flood: a full bucket
+            tokens = self.storm_burst
+        else:
+            tokens += (now - src.flood_at) * rate
+            if tokens > self.storm_burst:
+                tokens = self.storm_burst
+        src.flood_at = now
+        if tokens < 1.0:
+            src.flood_tokens = tokens
+            src.flooded_over += 1
+            src.drops += 1
+            self.storm_drops += 1
+            return True
+        src.flood_tokens = tokens - 1.0
+        return False
 
     def add(self, key: object, port: Port) -> None:
         port.addresses = self.addresses
@@ -397,6 +448,8 @@ class Switch:
                 if members is not None:
                     self._to_members(frame, src, members, False)
                     return
+            if self._storm(src):
+                return
             for port in self._ports:
                 if port is not src:
                     port.deliver(frame)
@@ -521,6 +574,8 @@ class Switch:
                 if members is not None:
                     self._to_members(packet, src, members, True)
                     return
+            if self._storm(src):
+                return
             if self._flood_packet(packet, src, self._ports) and self.to_peers_packet(packet):
                 self.frames_to_peers += 1
             return
@@ -725,6 +780,7 @@ class Switch:
             "full": self.fdb_full,
             "refused": self.fdb_refused,
             "aged": self.fdb_aged,
+            "storm_drops": self.storm_drops,
         }
 
     def lookup(self, mac: bytes) -> Port | Peer | None:
