@@ -185,6 +185,7 @@ class Owner:
         chain: Chain,
         *,
         name: str | None = None,
+        fdb: dict[str, int] | None = None,
         mtu: int | None = None,
         dns: list[str] | None = None,
         internet: bool | None = None,
@@ -214,6 +215,11 @@ class Owner:
                 change["dns"] = servers
         if internet is not None and internet != s.internet:
             change["internet"] = internet
+        for field, value in (fdb or {}).items():  # the learning switch's table (rules.FDB_*)
+            if problem := rules.fdb_problem(field, value):
+                raise AtenetError(problem)
+            if value != getattr(s, field):
+                change[field] = value
         if change:
             await chain.append(Kind.SETTINGS, change, self.signer)
         return change

@@ -128,6 +128,12 @@ class Settings:
     dns: tuple[str, ...] = rules.DEFAULT_DNS
     #: Whether the gateway NATs to the internet: stored now, acted on by the gateway later.
     internet: bool = False
+    #: The learning switch's table on every node (docs/learning.md): entry age in seconds,
+    #: MACs per local port, per peer node and in all, per network per node.
+    fdb_age: int = rules.FDB_DEFAULTS["fdb_age"]
+    fdb_port_macs: int = rules.FDB_DEFAULTS["fdb_port_macs"]
+    fdb_peer_macs: int = rules.FDB_DEFAULTS["fdb_peer_macs"]
+    fdb_macs: int = rules.FDB_DEFAULTS["fdb_macs"]
 
 
 @dataclass
@@ -322,6 +328,7 @@ class NetworkState:
                 mtu=int(p.get("mtu", s.mtu)),
                 dns=tuple(p.get("dns", s.dns)),
                 internet=bool(p.get("internet", s.internet)),
+                **{f: int(p.get(f, getattr(s, f))) for f in rules.FDB_DEFAULTS},
             )
         elif kind == Kind.KEY_ADD:
             kid = int(p["key_id"])
@@ -408,6 +415,7 @@ class NetworkState:
             "mtu": self.settings.mtu,
             "dns": list(self.settings.dns),
             "internet": self.settings.internet,
+            **{f: getattr(self.settings, f) for f in rules.FDB_DEFAULTS},
             "owner": short_id(self.owner),
             "created": self.created,
             "seq": self.seq,

@@ -266,6 +266,7 @@ class NetworkRuntime:
                 self.sealers[key_id] = Sealer(self.network_id, packet_key, self.sender_id, start)
         self.revoked = {k for k in state.keys if k not in usable}
         self._configure_router(state, now)
+        self._configure_fdb(state)
         closed = []
         for key, port in list(self.switch.ports.items()):
             if port.key_id is not None and port.key_id not in usable:
@@ -304,6 +305,13 @@ class NetworkRuntime:
         )
         self.switch.set_mirror_peers(bool(self.mirror_peers))
 
+    def _configure_fdb(self, state: NetworkState) -> None:
+        """The learning switch's bounds and age from the chain (`tok network set --fdb-*`),
+        live: the table is kept (docs/learning.md). The snooped IP table ages alike."""
+        s = state.settings
+        self.switch.configure(s.fdb_age, s.fdb_macs, s.fdb_port_macs, s.fdb_peer_macs)
+        self.ip_table.age_limit = float(s.fdb_age)
+
     # ------------------------------------------------------------------ gateway
 
     def _configure_router(self, state: NetworkState, now: float) -> None:
@@ -340,7 +348,7 @@ class NetworkRuntime:
         last = table.recent[-1][0] if table.recent else 0
         dhcp.seed([Lease.from_payload(r["seq"], r) for r in table.by_ip.values()], last)
         self.gateway, self.dhcp = gateway, dhcp
-        self.neighbours = Neighbours(gateway, unreachable=self._unreachable)
+        self.neighbours = Neighbours(gateway, unreachable=self._unreachable, snooped=self._snooped)
         self.switch.gateway_mac = gateway.mac
         self.switch.gateway = self._to_gateway
 
@@ -767,6 +775,15 @@ class NetworkRuntime:
         else:
             name = f"node {self.peer_names.get(where, f'{where:08x}')}"
         self.ip_table.observe(frame, name, self.clock())  # rare frames: read the clock
+
+    def _snooped(
+        self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    ) -> tuple[bytes, float] | None:
+        """The snooped table's MAC for ``ip`` and its age, for the gateway's neighbour cache
+        (it trusts only fresh claims): a routed packet to a host that spoke ARP/ND lately
+        leaves without a broadcast request."""
+        entry = self.ip_table.entries.get(ip)
+        return None if entry is None else (entry.mac, max(0.0, self.clock() - entry.seen))
 
     def fdb_view(self, now: float) -> dict[str, Any]:
         """The MAC table (MAC → port or node) and the snooped IP → MAC table, for `tok fdb`."""

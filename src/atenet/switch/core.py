@@ -79,6 +79,11 @@ FDB_PORT_MAX = 64
 FDB_MAX = 8192
 """MACs one network's table holds on one node (OVS's default ``mac-table-size``)."""
 
+FDB_PEER_MAX = 4096
+"""MACs one peer node may teach the table: half of :data:`FDB_MAX`, so one node spraying (or
+relaying a spray) can never fill the table the local ports and other nodes learn into. (Linux
+bridges cap per port with ``max_learned``, off by default; OVS only per table.)"""
+
 Peer = int
 """A peer node in the table: its sender id (the clear header of its sealed datagrams)."""
 
@@ -239,10 +244,13 @@ class Switch:
         "fdb_full",
         "fdb_max",
         "fdb_moves",
+        "fdb_peer_full",
+        "fdb_peer_max",
         "fdb_port_full",
         "fdb_port_max",
         "fdb_refused",
         "fdb_seen",
+        "fdb_theft",
         "frames_from_peers",
         "frames_to_peers",
         "gateway",
@@ -271,6 +279,7 @@ class Switch:
         fdb_age: float = FDB_AGE,
         fdb_max: int = FDB_MAX,
         fdb_port_max: int = FDB_PORT_MAX,
+        fdb_peer_max: int = FDB_PEER_MAX,
     ) -> None:
         """``to_peers(frame)`` floods a standard frame to the peers; ``to_peers_packet(packet)``
         an offloaded packet. Without the latter, peers get standard frames. Both return how
@@ -314,6 +323,7 @@ class Switch:
         self.fdb_age = fdb_age
         self.fdb_max = fdb_max
         self.fdb_port_max = fdb_port_max
+        self.fdb_peer_max = fdb_peer_max
         self.peer_learned: dict[Peer, int] = {}
         """MACs in the table per peer node."""
         self.fdb_moves = 0
@@ -326,6 +336,11 @@ class Switch:
         """Frames from a local port claiming the gateway's MAC (never learned)."""
         self.fdb_aged = 0
         """Entries removed because their MAC was silent for fdb_age seconds."""
+        self.fdb_peer_full = 0
+        """Frames whose new source MAC was not learned: the peer holds fdb_peer_max MACs."""
+        self.fdb_theft = 0
+        """Frames whose source MAC another local port claims (:meth:`_claimed`): dropped from
+        a local port, forwarded but not learned from a peer."""
         self._next_sweep = 0.0
 
     def add(self, key: object, port: Port) -> None:
@@ -375,8 +390,8 @@ class Switch:
         src.bytes_in += len(frame)
         if frame.startswith(src.fdb_mac, 6):
             src.fdb_at = self.now
-        else:
-            self._learn_port(src, frame, 6)
+        elif not self._learn_port(src, frame, 6):
+            return  # another port's MAC (mac_theft): not switched, not snooped
         if self.snoop is not None and is_neighbour_frame(frame):
             self.snoop(frame, src)
         gateway = self.gateway
@@ -449,8 +464,8 @@ class Switch:
         src.bytes_in += len(packet) - VNET_HDR_LEN
         if packet.startswith(src.fdb_mac, VNET_HDR_LEN + 6):
             src.fdb_at = self.now
-        else:
-            self._learn_port(src, packet, VNET_HDR_LEN + 6)
+        elif not self._learn_port(src, packet, VNET_HDR_LEN + 6):
+            return  # another port's MAC (mac_theft)
         if self.snoop is not None and is_neighbour_frame(packet, VNET_HDR_LEN):
             self.snoop(packet[VNET_HDR_LEN:], src)
         gateway = self.gateway
@@ -548,32 +563,36 @@ class Switch:
 
     # ------------------------------------------------------------------ learning
 
-    def _learn_port(self, src: Port, frame: bytes, at: int) -> None:
+    def _learn_port(self, src: Port, frame: bytes, at: int) -> bool:
         """The slow path of learning from a local port: its frame's source MAC (at ``at``) is
-        not the one it last taught the table. Learn it, move it here, or refuse it."""
+        not the one it last taught the table. Learn it, move it here, or refuse it; False when
+        the MAC is another port's claim (:meth:`_claimed`): the caller drops the frame."""
+        fdb = self.fdb
+        mac = frame[at : at + 6]
+        owner = fdb.get(mac)
+        if owner is not None and owner is not src and self._claimed(owner, src):
+            self.fdb_theft += 1
+            return False
         if not frame.startswith(src.mac, at):
             src.learn(frame, at)
-        fdb = self.fdb
         old = src.fdb_mac
         if old != NO_MAC and fdb.get(old) is src:
             self.fdb_seen[old] = src.fdb_at  # keep the age the hot path kept on the port
         src.fdb_mac = NO_MAC
-        mac = frame[at : at + 6]
         if len(mac) < 6 or mac[0] & 1 or mac == NO_MAC:
-            return  # multicast sources are bogus (no NIC sends them); never learned
+            return True  # multicast sources are bogus (no NIC sends them); never learned
         if mac == self.gateway_mac:
             if not src.gateway_source:
                 self.fdb_refused += 1
-            return
-        owner = fdb.get(mac)
+            return True
         if owner is not src:
             if len(src.learned) >= self.fdb_port_max:
                 self.fdb_port_full += 1
-                return
+                return True
             if owner is None:
                 if len(fdb) >= self.fdb_max:
                     self.fdb_full += 1
-                    return
+                    return True
             else:
                 self._unlink(mac, owner)
                 self.fdb_moves += 1
@@ -583,6 +602,19 @@ class Switch:
         self.fdb_seen[mac] = now
         src.fdb_mac = mac
         src.fdb_at = now
+        return True
+
+    @staticmethod
+    def _claimed(owner: Port | Peer, src: Port | None) -> bool:
+        """Whether ``owner``'s entry is a claim that ``src`` (a local port, None for a peer)
+        may not take over: the owner is a local port opened with an access key, and ``src`` is
+        a peer node (the local origin wins: the node checked the owner's key, no node can
+        check the host behind a peer) or a port opened with another key (the same key may
+        move it: a client that reconnects before its old port has gone)."""
+        if owner.__class__ is int:
+            return False
+        key = owner.key_id  # type: ignore[union-attr]
+        return key is not None and (src is None or src.key_id != key)
 
     def _learn_peer(self, frame: bytes, at: int, peer: Peer) -> None:
         """Learn the source MAC of a frame from peer node ``peer`` (refreshed when known)."""
@@ -597,7 +629,13 @@ class Switch:
             if len(self.fdb) >= self.fdb_max:
                 self.fdb_full += 1
                 return
-        else:
+        elif self._claimed(owner, None):
+            self.fdb_theft += 1  # a local port's MAC: forwarded (loop rule), never learned
+            return
+        if self.peer_learned.get(peer, 0) >= self.fdb_peer_max:
+            self.fdb_peer_full += 1
+            return
+        if owner is not None:
             self._unlink(mac, owner)
             self.fdb_moves += 1
         self.fdb[mac] = peer
@@ -650,6 +688,17 @@ class Switch:
         self.fdb_aged += len(stale)
         return len(stale)
 
+    def configure(self, age: float, max_entries: int, port_max: int, peer_max: int) -> None:
+        """New table settings, live (``tok network set``): nothing learned is lost. A lower
+        bound evicts nothing, it only stops learning until entries age out or ports go; a
+        new age applies to every entry at the next sweep, which comes within a tenth of it."""
+        if age != self.fdb_age:
+            self.fdb_age = age
+            self._next_sweep = min(self._next_sweep, self.now + age / 10)
+        self.fdb_max = max_entries
+        self.fdb_port_max = port_max
+        self.fdb_peer_max = peer_max
+
     def fdb_status(self) -> dict[str, int]:
         """The table's size, bounds and counters (for status and /metrics)."""
         return {
@@ -662,6 +711,9 @@ class Switch:
             "full": self.fdb_full,
             "refused": self.fdb_refused,
             "aged": self.fdb_aged,
+            "peer_max": self.fdb_peer_max,
+            "peer_full": self.fdb_peer_full,
+            "mac_theft": self.fdb_theft,
         }
 
     def lookup(self, mac: bytes) -> Port | Peer | None:
