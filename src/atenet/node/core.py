@@ -266,7 +266,7 @@ class NetworkRuntime:
                 self.sealers[key_id] = Sealer(self.network_id, packet_key, self.sender_id, start)
         self.revoked = {k for k in state.keys if k not in usable}
         self._configure_router(state, now)
-        self._configure_fdb(state)
+        self._configure_fdb(state, now)
         closed = []
         for key, port in list(self.switch.ports.items()):
             if port.key_id is not None and port.key_id not in usable:
@@ -305,9 +305,15 @@ class NetworkRuntime:
         )
         self.switch.set_mirror_peers(bool(self.mirror_peers))
 
-    def _configure_fdb(self, state: NetworkState) -> None:
+    def _configure_fdb(self, state: NetworkState, now: float) -> None:
         """The learning switch's bounds and age from the chain (`tok network set --fdb-*`),
-        live: the table is kept (docs/learning.md). The snooped IP table ages alike."""
+        live: the table is kept (docs/learning.md). The snooped IP table ages alike.
+
+        Also gives a new switch its first time: WebSocket frames are learned at the time of
+        the last tick, and a network loaded for a page that connects before its first tick
+        would stamp the page's MAC with 0 — aged out at that tick."""
+        if not self.switch.now:
+            self.switch.now = now
         s = state.settings
         self.switch.configure(s.fdb_age, s.fdb_macs, s.fdb_port_macs, s.fdb_peer_macs)
         self.ip_table.age_limit = float(s.fdb_age)
