@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -288,6 +289,12 @@ async def test_tok_network_set_fdb_reaches_the_node_live_and_status_shows_it(
         text = await asyncio.to_thread(tok, node, "status", "--node", node.http)
         assert "MAC table 1/1000 (port 1, peer 500, age 120 s)" in text.stdout
         assert "port_full 1" in text.stdout and "mac_theft 0" in text.stdout
+        async with http.get(f"{node.http}/metrics") as resp:
+            metrics = await resp.text()
+        for what, value in (("port_full", 1), ("mac_theft", 0), ("peer_full", 0)):
+            assert re.search(rf'atenet_fdb_total{{[^}}]*what="{what}"}} {value}\.0', metrics)
+        for what, value in (("port_max", 1), ("peer_max", 500), ("max", 1000), ("age", 120)):
+            assert re.search(rf'atenet_fdb_limit{{[^}}]*what="{what}"}} {value}\.0', metrics)
 
 
 def test_tok_network_set_refuses_bad_fdb_values_with_one_line(node: LoopbackNode) -> None:
