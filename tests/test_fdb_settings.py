@@ -295,6 +295,15 @@ async def test_tok_network_set_fdb_reaches_the_node_live_and_status_shows_it(
             assert re.search(rf'atenet_fdb_total{{[^}}]*what="{what}"}} {value}\.0', metrics)
         for what, value in (("port_max", 1), ("peer_max", 500), ("max", 1000), ("age", 120)):
             assert re.search(rf'atenet_fdb_limit{{[^}}]*what="{what}"}} {value}\.0', metrics)
+        # The page's status message: the table's size and what each port taught it.
+        deadline = time.monotonic() + 15  # skip status messages queued before the frame
+        page: dict[str, Any] = {}
+        while page.get("fdb") != 1:
+            assert time.monotonic() < deadline, page
+            msg = await ws.receive(5)
+            if msg.type == aiohttp.WSMsgType.TEXT:  # (binary: frames, e.g. the gateway's RAs)
+                page = json.loads(msg.data)
+        assert page["op"] == "status" and [p["learned"] for p in page["ports"]] == [1]
 
 
 def test_tok_network_set_refuses_bad_fdb_values_with_one_line(node: LoopbackNode) -> None:
