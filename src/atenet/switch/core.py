@@ -37,7 +37,14 @@ once-a-second tick) and calls :meth:`Switch.age`.
 Bounds: a port teaches at most :data:`FDB_PORT_MAX` MACs and the table holds at most
 :data:`FDB_MAX`; past either, new MACs are simply not learned (their frames still flood, and a
 counter says so) — a port spraying random source MACs can never evict another port's entries.
-The gateway's MAC is never learned (it is every node's own, see below).
+The gateway's MAC is never learned (it is every node's own, see below). A peer node teaches at
+most :data:`FDB_PEER_MAX`. All four (age and bounds) are per-network settings
+(:meth:`Switch.configure`, applied live).
+
+MAC theft: a MAC learned behind a local port opened with an access key is that port's claim
+(:meth:`Switch._claimed`): a frame from a port with another key sending from it is dropped, one
+from a peer is forwarded but not learned (the local origin was checked, the peer's host cannot
+be); both count ``fdb_theft`` (``mac_theft``). The same key may move it (a client reconnecting).
 
 Names (docs/hosts.md): every port carries what identifies the host behind it — the access key's
 label and the host name its client sent (set by the node), and the source MAC of its frames,
