@@ -19,12 +19,24 @@ from typing import Any
 
 import aiohttp
 import pytest
-from scapy.all import ARP, ICMP, IP, Ether  # type: ignore[attr-defined]
+from scapy.all import (  # type: ignore[attr-defined]
+    ARP,
+    ICMP,
+    IP,
+    Ether,
+    ICMPv6ND_NA,
+    ICMPv6ND_NS,
+    ICMPv6NDOptDstLLAddr,
+    ICMPv6NDOptSrcLLAddr,
+    IPv6,
+    raw,
+)
 
 from atenet.chain.event import Kind
 from atenet.chain.rules import BodyError, check_body
 from atenet.overlay.token import AccessToken
 from atenet.switch.core import FDB_PEER_MAX, Switch
+from atenet.switch.proxy import NeighbourProxy
 from atenet.switch.snoop import IpTable
 from tests.support.chains import World
 from tests.support.loopback_node import VENV_BIN, LoopbackNode
@@ -319,3 +331,85 @@ def test_tok_network_set_refuses_bad_fdb_values_with_one_line(node: LoopbackNode
     assert usage.returncode == 2 and "--fdb-*" in usage.stderr
     shown = json.loads(tok(node, "network", "show", "lan", "--json").stdout)
     assert (shown["fdb_age"], shown["fdb_macs"]) == (300, 8192)  # nothing changed
+    assert shown["proxy_arp"] is False
+    assert "proxy    ARP/ND off" in tok(node, "network", "show", "lan").stdout
+    on = tok(node, "network", "set", "lan", "--proxy-arp", "on", "--json")
+    assert on.returncode == 0 and json.loads(on.stdout)["changed"] == {"proxy_arp": True}
+    assert "proxy    ARP/ND on" in tok(node, "network", "show", "lan").stdout
+
+
+# --------------------------------------------------------------------------- proxy ARP / ND
+
+
+async def test_proxy_arp_answers_for_a_host_on_another_node_and_nothing_crosses(
+    world: World,
+) -> None:
+    wire, (node1, node2), (net_a, _net_b), (a1, _b1), _key, now = await two_routed_networks(world)
+    a_on_1 = node1.networks[net_a.network_id]
+    a_on_2 = node2.networks[net_a.network_id]
+    a2 = Recording("a2", "02:aa:00:00:00:02", "10.9.8.11", a_on_2, now)
+    a_on_2.add_port("a2", a2)
+    a3 = Recording("a3", "02:aa:00:00:00:03", "10.9.8.12", a_on_1, now)  # a1's node
+    a_on_1.add_port("a3", a3)
+    for host in (a2, a3):  # each announces itself: node 1 snoops a2's claim from the flood
+        host.send(Ether(src=host.mac_text, dst="ff:ff:ff:ff:ff:ff")
+                  / ARP(op=1, hwsrc=host.mac_text, psrc=host.ip, pdst=host.ip))  # fmt: skip
+    wire.run(now)
+    node2_addr = ("10.0.0.2", 4799)
+
+    def ask(target: str, psrc: str = a1.ip) -> tuple[list[Ether], int]:
+        a1.got.clear()
+        a1.send(Ether(src=a1.mac_text, dst="ff:ff:ff:ff:ff:ff")
+                / ARP(op=1, hwsrc=a1.mac_text, psrc=psrc, pdst=target))  # fmt: skip
+        crossing = sum(1 for _, _, dst in wire.queue if dst == node2_addr)
+        wire.run(now)
+        return [p for p in a1.got if ARP in p and p[ARP].op == 2], crossing
+
+    replies, crossing = ask(a2.ip)  # off by default: the request floods to node 2, a2 answers
+    assert crossing == 1 and [p[ARP].hwsrc for p in replies] == [a2.mac_text]
+    assert a_on_1.switch.proxy is None
+    await net_a.append(Kind.SETTINGS, {"proxy_arp": True}, world.owner_signer)
+    a_on_1.apply_state(net_a.state, now)
+    replies, crossing = ask(a2.ip)
+    assert crossing == 0  # answered on node 1: nothing went to node 2
+    (reply,) = replies
+    assert (reply[ARP].hwsrc, reply[ARP].psrc, reply.src) == (a2.mac_text, a2.ip, a2.mac_text)
+    assert (reply[ARP].pdst, reply.dst) == (a1.ip, a1.mac_text)
+    assert a_on_1.ip_table.counters["proxied"] == 1
+    a3.frames.clear()
+    replies, crossing = ask(a3.ip)  # a host on this node answers itself
+    assert crossing == 1 and [p[ARP].hwsrc for p in replies] == [a3.mac_text]
+    _replies, crossing = ask(a2.ip, psrc="0.0.0.0")  # a probe (duplicate address detection)
+    assert crossing == 1
+    assert a_on_1.ip_table.counters["proxied"] == 1
+
+
+def test_proxy_nd_answers_a_solicitation_with_the_hosts_advertisement() -> None:
+    table = IpTable()
+    sw = Switch()
+    flooded: list[bytes] = []
+    sw.to_peers = lambda frame: flooded.append(frame) or 1  # type: ignore[assignment]
+    asker = Recorder("asker")
+    sw.add("asker", asker)
+    remote = "02:00:00:00:00:09"
+    sw.from_peer(raw(Ether(src=remote, dst="ff:ff:ff:ff:ff:ff") / (b"x" * 46)), PEER_B)
+    table.observe(arp(remote, "10.0.0.9"), "node b", 100.0)  # (an IPv4 claim, ignored here)
+    na = raw(Ether(src=remote, dst="33:33:00:00:00:01") / IPv6(src="fd00::9", dst="ff02::1")
+             / ICMPv6ND_NA(tgt="fd00::9", R=0, S=0, O=1)
+             / ICMPv6NDOptDstLLAddr(lladdr=remote))  # fmt: skip
+    table.observe(na, "node b", 100.0)
+    sw.proxy = NeighbourProxy(table, sw, lambda: 110.0)
+    ns = (Ether(src="02:00:00:00:00:01", dst="33:33:ff:00:00:09")
+          / IPv6(src="fd00::1", dst="ff02::1:ff00:9") / ICMPv6ND_NS(tgt="fd00::9")
+          / ICMPv6NDOptSrcLLAddr(lladdr="02:00:00:00:00:01"))  # fmt: skip
+    flooded.clear()
+    asker.frames.clear()
+    sw.from_local(asker, raw(ns))
+    assert flooded == []
+    (answer,) = [Ether(f) for f in asker.frames]
+    assert answer[ICMPv6ND_NA].tgt == "fd00::9" and answer.src == remote
+    assert answer[IPv6].dst == "fd00::1" and answer.dst == "02:00:00:00:00:01"
+    sw.proxy = NeighbourProxy(table, sw, lambda: 100.0 + 61)  # the claim is too old now
+    asker.frames.clear()
+    sw.from_local(asker, raw(ns))
+    assert len(flooded) == 1 and asker.frames == []

@@ -186,6 +186,7 @@ class Owner:
         *,
         name: str | None = None,
         fdb: dict[str, int] | None = None,
+        proxy_arp: bool | None = None,
         mtu: int | None = None,
         dns: list[str] | None = None,
         internet: bool | None = None,
@@ -220,6 +221,8 @@ class Owner:
                 raise AtenetError(problem)
             if value != getattr(s, field):
                 change[field] = value
+        if proxy_arp is not None and proxy_arp != s.proxy_arp:
+            change["proxy_arp"] = proxy_arp
         if change:
             await chain.append(Kind.SETTINGS, change, self.signer)
         return change

@@ -169,6 +169,8 @@ def _settings(p: dict[str, Any]) -> None:
     for field in FDB_RANGES:
         if field in p and (problem := fdb_problem(field, p[field])):
             raise BodyError(problem)
+    if "proxy_arp" in p and not isinstance(p["proxy_arp"], bool):
+        raise BodyError("proxy_arp is not true or false")
 
 
 def _key_add(p: dict[str, Any]) -> None:

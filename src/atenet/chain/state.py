@@ -134,6 +134,8 @@ class Settings:
     fdb_port_macs: int = rules.FDB_DEFAULTS["fdb_port_macs"]
     fdb_peer_macs: int = rules.FDB_DEFAULTS["fdb_peer_macs"]
     fdb_macs: int = rules.FDB_DEFAULTS["fdb_macs"]
+    #: The gateway answers ARP / NS for hosts on other nodes from the snooped table.
+    proxy_arp: bool = False
 
 
 @dataclass
@@ -329,6 +331,7 @@ class NetworkState:
                 dns=tuple(p.get("dns", s.dns)),
                 internet=bool(p.get("internet", s.internet)),
                 **{f: int(p.get(f, getattr(s, f))) for f in rules.FDB_DEFAULTS},
+                proxy_arp=bool(p.get("proxy_arp", s.proxy_arp)),
             )
         elif kind == Kind.KEY_ADD:
             kid = int(p["key_id"])
@@ -416,6 +419,7 @@ class NetworkState:
             "dns": list(self.settings.dns),
             "internet": self.settings.internet,
             **{f: getattr(self.settings, f) for f in rules.FDB_DEFAULTS},
+            "proxy_arp": self.settings.proxy_arp,
             "owner": short_id(self.owner),
             "created": self.created,
             "seq": self.seq,

@@ -230,6 +230,7 @@ async def network_show(name: str, store_url: str | None, as_json: bool) -> None:
             f"fdb      age {s.fdb_age} s, MACs {s.fdb_macs:,}, per port {s.fdb_port_macs:,}, "
             f"per peer node {s.fdb_peer_macs:,}"
         )
+        click.echo(f"proxy    ARP/ND {'on' if s.proxy_arp else 'off'}")
         click.echo(f"events   {summary['seq']}")
         active = sum(k["state"] == "active" for k in summary["keys"])
         click.echo(f"keys     {len(summary['keys'])} ({active} active)")
@@ -280,6 +281,12 @@ async def network_show(name: str, store_url: str | None, as_json: bool) -> None:
     help="MACs a node learns behind one other node (default 4096). Lowering a bound evicts "
     "nothing: learning stops until entries age out.",
 )
+@click.option(
+    "--proxy-arp",
+    type=click.Choice(["on", "off"]),
+    help="Each node's gateway answers ARP and neighbour solicitations from its ports for "
+    "hosts on other nodes it heard lately, so those requests do not cross nodes (default off).",
+)
 @store_option
 @json_option
 @run_async
@@ -291,6 +298,7 @@ async def network_set(
     internet: str | None,
     store_url: str | None,
     as_json: bool,
+    proxy_arp: str | None,
     **fdb_options: int | None,
 ) -> None:
     """Change NAME's settings live: nodes follow the chain and hand the new values to every
@@ -298,9 +306,11 @@ async def network_set(
     The --fdb-* bounds of the learning switch apply at once on every node, keeping what it
     learned (docs/learning.md)."""
     fdb = {k: v for k, v in fdb_options.items() if v is not None}
-    if new_name is None and mtu is None and not dns and internet is None and not fdb:
+    unchanged = new_name is None and mtu is None and not dns and internet is None
+    if unchanged and not fdb and proxy_arp is None:
         raise click.UsageError(
-            "nothing to change: give --name, --mtu, --dns, --internet or an --fdb-* option"
+            "nothing to change: give --name, --mtu, --dns, --internet, --proxy-arp or an "
+            "--fdb-* option"
         )
     async with owner_session(store_url) as owner:
         chain = await owner.find(name)
@@ -308,6 +318,7 @@ async def network_set(
             chain,
             name=new_name,
             fdb=fdb,
+            proxy_arp=None if proxy_arp is None else proxy_arp == "on",
             mtu=mtu,
             dns=list(dns) if dns else None,
             internet=None if internet is None else internet == "on",

@@ -49,6 +49,7 @@ from atenet.router.dhcp import Bind, DhcpServer, Lease
 from atenet.router.gateway import DEFAULT_DNS6, Gateway
 from atenet.router.neighbours import Neighbours
 from atenet.switch.core import Port, Switch
+from atenet.switch.proxy import NeighbourProxy
 from atenet.switch.snoop import IpTable
 from atenet.wire.dhcp import is_dhcp_request_frame
 
@@ -317,6 +318,11 @@ class NetworkRuntime:
         s = state.settings
         self.switch.configure(s.fdb_age, s.fdb_macs, s.fdb_port_macs, s.fdb_peer_macs)
         self.ip_table.age_limit = float(s.fdb_age)
+        self.switch.proxy = (
+            NeighbourProxy(self.ip_table, self.switch, lambda: self.clock())
+            if s.proxy_arp
+            else None
+        )
 
     # ------------------------------------------------------------------ gateway
 

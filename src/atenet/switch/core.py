@@ -266,6 +266,7 @@ class Switch:
         "now",
         "peer_learned",
         "ports",
+        "proxy",
         "segmented",
         "snoop",
         "to_mirror_peers",
@@ -321,6 +322,9 @@ class Switch:
         self.snoop: Callable[[bytes, Port | Peer], None] | None = None
         """Takes ARP and neighbour discovery frames (from local ports and peers) for the
         network's IP → MAC table (:mod:`atenet.switch.snoop`)."""
+        self.proxy: Callable[[Port, bytes], bool] | None = None
+        """Proxy ARP / ND (a setting, off by default): offered each ARP / neighbour discovery
+        frame a local port floods; True when it answered, and the frame is then not flooded."""
         self.now = 0.0
         """The time learning stamps entries with; the owner sets it (the switch has no clock)."""
         self.fdb: dict[bytes, Port | Peer] = {}
@@ -410,6 +414,8 @@ class Switch:
                 return  # for the gateway alone (see the module doc)
         dst = self.fdb.get(frame[:6])
         if dst is None:
+            if self.proxy is not None and self._proxied(src, frame, 0):
+                return
             for port in self._ports:
                 if port is not src:
                     port.deliver(frame)
@@ -452,6 +458,18 @@ class Switch:
         if self._mirrors:
             self._mirror(frame, None, dst)  # type: ignore[arg-type]
 
+    def _proxied(self, src: Port, data: bytes, at: int) -> bool:
+        """Whether :attr:`proxy` answered this flooded frame (ARP / ND only, at offset ``at``);
+        mirror ports still get the request."""
+        if not (data[at] & 1 and is_neighbour_frame(data, at)):
+            return False
+        frame = data[at:] if at else data
+        if not self.proxy(src, frame):  # type: ignore[misc]
+            return False
+        if self._mirrors:
+            self._mirror(frame, src, None)
+        return True
+
     def _mirror(self, frame: bytes, src: Port | None, dst: Port | Peer | None) -> None:
         for port in self._mirrors:
             if port is not src and port is not dst:
@@ -489,6 +507,8 @@ class Switch:
                 return
         dst = self.fdb.get(packet[VNET_HDR_LEN : VNET_HDR_LEN + 6])
         if dst is None:
+            if self.proxy is not None and self._proxied(src, packet, VNET_HDR_LEN):
+                return
             if self._flood_packet(packet, src, self._ports) and self.to_peers_packet(packet):
                 self.frames_to_peers += 1
             return
