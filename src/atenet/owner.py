@@ -190,6 +190,7 @@ class Owner:
         mtu: int | None = None,
         dns: list[str] | None = None,
         internet: bool | None = None,
+        snooping: bool | None = None,
     ) -> dict[str, Any]:
         """Append a settings event with only the fields that change; return them ({} = none).
 
@@ -223,6 +224,8 @@ class Owner:
                 change[field] = value
         if proxy_arp is not None and proxy_arp != s.proxy_arp:
             change["proxy_arp"] = proxy_arp
+        if snooping is not None and snooping != s.snooping:
+            change["snooping"] = snooping
         if change:
             await chain.append(Kind.SETTINGS, change, self.signer)
         return change

@@ -171,6 +171,8 @@ def _settings(p: dict[str, Any]) -> None:
             raise BodyError(problem)
     if "proxy_arp" in p and not isinstance(p["proxy_arp"], bool):
         raise BodyError("proxy_arp is not true or false")
+    if "snooping" in p and not isinstance(p["snooping"], bool):
+        raise BodyError("snooping is not true or false")
 
 
 def _key_add(p: dict[str, Any]) -> None:

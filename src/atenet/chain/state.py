@@ -136,6 +136,8 @@ class Settings:
     fdb_macs: int = rules.FDB_DEFAULTS["fdb_macs"]
     #: The gateway answers ARP / NS for hosts on other nodes from the snooped table.
     proxy_arp: bool = False
+    #: IGMP/MLD snooping (switch/mcast.py): multicast only to joined ports; off floods it all.
+    snooping: bool = True
 
 
 @dataclass
@@ -332,6 +334,7 @@ class NetworkState:
                 internet=bool(p.get("internet", s.internet)),
                 **{f: int(p.get(f, getattr(s, f))) for f in rules.FDB_DEFAULTS},
                 proxy_arp=bool(p.get("proxy_arp", s.proxy_arp)),
+                snooping=bool(p.get("snooping", s.snooping)),
             )
         elif kind == Kind.KEY_ADD:
             kid = int(p["key_id"])
@@ -420,6 +423,7 @@ class NetworkState:
             "internet": self.settings.internet,
             **{f: getattr(self.settings, f) for f in rules.FDB_DEFAULTS},
             "proxy_arp": self.settings.proxy_arp,
+            "snooping": self.settings.snooping,
             "owner": short_id(self.owner),
             "created": self.created,
             "seq": self.seq,

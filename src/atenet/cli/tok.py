@@ -231,6 +231,7 @@ async def network_show(name: str, store_url: str | None, as_json: bool) -> None:
             f"per peer node {s.fdb_peer_macs:,}"
         )
         click.echo(f"proxy    ARP/ND {'on' if s.proxy_arp else 'off'}")
+        click.echo(f"snooping {'on' if s.snooping else 'off'}")
         click.echo(f"events   {summary['seq']}")
         active = sum(k["state"] == "active" for k in summary["keys"])
         click.echo(f"keys     {len(summary['keys'])} ({active} active)")
@@ -287,6 +288,12 @@ async def network_show(name: str, store_url: str | None, as_json: bool) -> None:
     help="Each node's gateway answers ARP and neighbour solicitations from its ports for "
     "hosts on other nodes it heard lately, so those requests do not cross nodes (default off).",
 )
+@click.option(
+    "--snooping",
+    type=click.Choice(["on", "off"]),
+    help="IGMP/MLD snooping (default on): multicast goes only to the hosts that joined its "
+    "group. Off floods every multicast frame to every host.",
+)
 @store_option
 @json_option
 @run_async
@@ -296,6 +303,7 @@ async def network_set(
     mtu: int | None,
     dns: tuple[str, ...],
     internet: str | None,
+    snooping: str | None,
     store_url: str | None,
     as_json: bool,
     proxy_arp: str | None,
@@ -307,10 +315,10 @@ async def network_set(
     learned (docs/learning.md)."""
     fdb = {k: v for k, v in fdb_options.items() if v is not None}
     unchanged = new_name is None and mtu is None and not dns and internet is None
-    if unchanged and not fdb and proxy_arp is None:
+    if unchanged and snooping is None and not fdb and proxy_arp is None:
         raise click.UsageError(
-            "nothing to change: give --name, --mtu, --dns, --internet, --proxy-arp or an "
-            "--fdb-* option"
+            "nothing to change: give --name, --mtu, --dns, --internet, --snooping, --proxy-arp "
+            "or an --fdb-* option"
         )
     async with owner_session(store_url) as owner:
         chain = await owner.find(name)
@@ -322,6 +330,7 @@ async def network_set(
             mtu=mtu,
             dns=list(dns) if dns else None,
             internet=None if internet is None else internet == "on",
+            snooping=None if snooping is None else snooping == "on",
         )
         if as_json:
             print_json({"network": chain.network_id.hex(), "changed": change})

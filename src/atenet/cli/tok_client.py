@@ -573,6 +573,14 @@ def status(ctx: click.Context, node_url: str, as_json: bool) -> None:
     _print_node(data)
 
 
+def _groups_text(mcast: dict[str, Any]) -> str:
+    if not mcast:
+        return ""
+    if not mcast.get("snooping"):
+        return "  multicast snooping off"
+    return f"  multicast groups {mcast.get('groups', 0)}"
+
+
 def _print_node(data: dict[str, Any]) -> None:
     click.echo(f"node {data['node']} at {data['endpoint']}, {data['datagrams']} datagrams in")
     if data["drops"]:
@@ -584,7 +592,7 @@ def _print_node(data: dict[str, Any]) -> None:
         )
         click.echo(
             f"  to peers {net['frames_to_peers']}  from peers {net['frames_from_peers']}"
-            f"  MACs learned {net.get('fdb', 0)}"
+            f"  MACs learned {net.get('fdb', 0)}" + _groups_text(net.get("mcast", {}))
         )
         if counters := net.get("fdb_counters"):
             click.echo(
@@ -835,8 +843,8 @@ def _c_locale() -> dict[str, str]:
 @json_option
 def fdb(network: str | None, node_url: str, as_json: bool) -> None:
     """Where each host of NETWORK is, as a node's learning switch sees it: MAC → local port or
-    peer node, and IP → MAC from ARP / neighbour discovery snooping (all networks the node
-    serves when NETWORK is omitted; a name or an id prefix).
+    peer node, IP → MAC from ARP / neighbour discovery snooping, and the multicast groups hosts
+    joined (all networks the node serves when NETWORK is omitted; a name or an id prefix).
 
     Operator data: ask the node on its own host (loopback), or from a host holding its
     operator token (docs/learning.md)."""
@@ -876,6 +884,13 @@ def fdb(network: str | None, node_url: str, as_json: bool) -> None:
         click.echo(f"  {len(net['ips'])} addresses")
         for e in net["ips"]:
             click.echo(f"    {e['ip']:<40} {e['mac']}  {e['where']}  {e['age']:g} s ago")
+        if not net.get("snooping", True):
+            click.echo("  multicast snooping off: every multicast frame floods")
+            continue
+        click.echo(f"  {len(net.get('groups', []))} multicast groups")
+        for g in net.get("groups", []):
+            members = ", ".join(m["member"] for m in g["members"])
+            click.echo(f"    {g['group']:<40} {members}")
 
 
 COMMANDS = (connect, disconnect, status, ping, fdb)

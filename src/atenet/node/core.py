@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from atenet.addressing import ipv4_for, ipv6_for
-from atenet.chain.state import NetworkState
+from atenet.chain.state import AccessKey, NetworkState
 from atenet.errors import AtenetError, DecodeError
 from atenet.node.routes import ROUTE_KIND, RoutePort, sync_routes
 from atenet.node.schema import CONTROL, SchemaError, parse
@@ -48,7 +48,9 @@ from atenet.overlay.seal import (
 from atenet.router.dhcp import Bind, DhcpServer, Lease
 from atenet.router.gateway import DEFAULT_DNS6, Gateway
 from atenet.router.neighbours import Neighbours
+from atenet.router.querier import Querier
 from atenet.switch.core import Port, Switch
+from atenet.switch.mcast import Multicast
 from atenet.switch.proxy import NeighbourProxy
 from atenet.switch.snoop import IpTable
 from atenet.wire.dhcp import is_dhcp_request_frame
@@ -203,6 +205,15 @@ class NetworkRuntime:
         self.openers: dict[int, Opener] = {}
         self.sealers: dict[int, Sealer] = {}
         self.revoked: set[int] = set()
+        self.usable: dict[int, AccessKey] = {}
+        """Access keys usable at the last :meth:`apply_state`: the only ones whose material
+        :meth:`_derive` builds, so junk naming other key ids costs no derivation."""
+        self.key_seen: dict[int, float] = {}
+        """When a derived key last had a port, a derivation or a port-less packet: material idle
+        longer than UDP_IDLE (> the replay PAST_SKEW, so nothing sealed before the drop opens
+        after it) is dropped by :meth:`expire`."""
+        self.derivations = 0
+        """Access keys derived (lazily, on first use, again after an idle drop)."""
         self.clients: dict[tuple[int, int], UdpClientPort] = {}
         self.peers: tuple[Addr, ...] = ()
         self.peer_ids: tuple[str, ...] = ()
@@ -234,6 +245,8 @@ class NetworkRuntime:
         self.dhcp: DhcpServer | None = None
         self.neighbours: Neighbours | None = None
         """The gateway's neighbour cache, for packets routed into this network."""
+        self.querier: Querier | None = None
+        """IGMP/MLD general queries from the gateway while snooping is on (built on first poll)."""
         self.route_ports: dict[bytes, RoutePort] = {}
         """This network's routes in use, by target network id (node/routes.py)."""
         self.network_of: Callable[[bytes], NetworkRuntime | None] = lambda _id: None
@@ -258,13 +271,10 @@ class NetworkRuntime:
             self._node_sealer = Sealer(self.network_id, node_key, self.sender_id, start)
         usable = {k.key_id: k for k in state.keys.values() if k.usable(now)}
         for key_id in [k for k in self.openers if k != NODE_KEY_ID and k not in usable]:
-            del self.openers[key_id]
-            self.sealers.pop(key_id, None)
-        for key_id, key in usable.items():
-            if key_id not in self.openers:
-                packet_key = PacketKey(key.secret, key_id)
-                self.openers[key_id] = Opener(packet_key, freshness=self.freshness)
-                self.sealers[key_id] = Sealer(self.network_id, packet_key, self.sender_id, start)
+            self._drop_key(key_id)
+        # Key material is derived in packet() when a key is first named, not here: a node holds
+        # it for its own hosts, not for every access key of the network.
+        self.usable = usable
         self.revoked = {k for k in state.keys if k not in usable}
         self._configure_router(state, now)
         self._configure_fdb(state, now)
@@ -332,12 +342,15 @@ class NetworkRuntime:
         if config != self._router_config:
             self._router_config = config
             self._build_router(state)
+        if s.snooping != (self.switch.mcast is not None):
+            self.switch.mcast = Multicast() if s.snooping else None  # off: multicast floods
+            self.querier = None
         self._sync_leases(state, now)
 
     def _build_router(self, state: NetworkState) -> None:
         """The network's gateway and DHCP server, rebuilt when its settings change."""
         s = state.settings
-        self.gateway = self.dhcp = self.neighbours = None
+        self.gateway = self.dhcp = self.neighbours = self.querier = None
         self.switch.gateway = None
         self.switch.gateway_mac = b"\xff" * 6
         if not s.cidr:
@@ -453,6 +466,13 @@ class NetworkRuntime:
         neighbours = self.neighbours
         if neighbours is not None and (at := neighbours.poll_at()) is not None and now >= at:
             self.inject(neighbours.poll(now))
+        if self.switch.mcast is not None:
+            querier = self.querier
+            if querier is None:
+                querier = self.querier = Querier(gateway.mac, gateway.ipv4, gateway.link_local, now)
+            if now >= querier.next_at:
+                for frame in querier.poll(now) if len(self.switch) else ():
+                    self.switch.from_gateway(frame)
 
     @property
     def is_member(self) -> bool:
@@ -520,6 +540,9 @@ class NetworkRuntime:
                 table[item] = left  # type: ignore[index]
             else:
                 table.pop(item, None)  # type: ignore[arg-type]
+        key_id = port.key_id
+        if key_id is not None and key_id in self.sealers:
+            self.key_seen[key_id] = max(self.key_seen.get(key_id, 0.0), port.last_seen)
 
     def advance(self, now: float) -> None:
         """Move every sealer's counter up to the clock (called about once a second), so a
@@ -534,7 +557,35 @@ class NetworkRuntime:
         self.switch.age(now)  # MAC table aging, and the time WebSocket frames are learned at
         self.ip_table.age(now)
         stale = [k for k, p in self.clients.items() if now - p.last_seen > UDP_IDLE]
-        return [p for p in (self.remove_client(k) for k in stale) if p is not None]
+        closed = [p for p in (self.remove_client(k) for k in stale) if p is not None]
+        key_ports, key_seen = self.key_ports, self.key_seen
+        for key_id in [k for k in self.sealers if k not in key_ports]:
+            if now - key_seen.get(key_id, now) > UDP_IDLE:
+                self._drop_key(key_id)
+        return closed
+
+    def _derive(self, key_id: int, now: float) -> Opener | None:
+        """Build a usable access key's packet key, opener and sealer on its first packet.
+
+        Only key ids in the chain and usable are derived (the chain bounds them); once derived a
+        key stays until it has had no port for UDP_IDLE, so junk naming a real key id costs at
+        most one derivation per key per UDP_IDLE."""
+        key = self.usable.get(key_id)
+        if key is None or not key.usable(now):
+            return None
+        start = max(self.counter_start, int(now * _NS))  # counters track the clock
+        packet_key = PacketKey(key.secret, key_id)
+        opener = Opener(packet_key, freshness=self.freshness)
+        self.openers[key_id] = opener
+        self.sealers[key_id] = Sealer(self.network_id, packet_key, self.sender_id, start)
+        self.key_seen[key_id] = now
+        self.derivations += 1
+        return opener
+
+    def _drop_key(self, key_id: int) -> None:
+        self.openers.pop(key_id, None)
+        self.sealers.pop(key_id, None)
+        self.key_seen.pop(key_id, None)
 
     # ------------------------------------------------------------------ packets
 
@@ -591,8 +642,10 @@ class NetworkRuntime:
         self.switch.now = now  # the time MAC learning stamps entries with
         opener = self.openers.get(key_id)
         if opener is None:
-            self.drops["revoked_key" if key_id in self.revoked else "unknown_key"] += 1
-            return
+            opener = self._derive(key_id, now)
+            if opener is None:
+                self.drops["revoked_key" if key_id in self.revoked else "unknown_key"] += 1
+                return
         if key_id == NODE_KEY_ID:
             try:
                 payload = opener.open(data, sender_id, counter)
@@ -620,6 +673,7 @@ class NetworkRuntime:
             self.drops[err.reason] += 1
             return
         if port is None:
+            self.key_seen[key_id] = now
             # Only a control message bound to this node instance opens a port (below).
             if ptype == TYPE_CONTROL:
                 self._control_new(addr, key_id, sender_id, key, payload, now)
@@ -775,8 +829,11 @@ class NetworkRuntime:
             "ip_table_counters": dict(self.ip_table.counters),
             "fdb_counters": self.switch.fdb_status(),
             "fdb_peers": self._fdb_peers(),
+            "mcast": self._mcast_status(),
             "ports": [p.counters() for p in self.switch.ports.values()],
             "drops": dict(self.drops),
+            "keys_derived": len(self.sealers),
+            "key_derivations": self.derivations,
             "gateway": self._gateway_status(),
             "dhcp": dict(self.dhcp.counters) if self.dhcp is not None else {},
         }
@@ -812,6 +869,25 @@ class NetworkRuntime:
             "name": s.name if s else "",
             "macs": macs,
             "ips": self.ip_table.view(now),
+            "groups": self.switch.mcast.view(now, self._member_name) if self.switch.mcast else [],
+            "snooping": self.switch.mcast is not None,
+        }
+
+    def _member_name(self, member: Port | int) -> str:
+        if isinstance(member, Port):
+            return f"port {member.name}"
+        return f"node {self.peer_names.get(member, f'{member:08x}')}"
+
+    def _mcast_status(self) -> dict[str, Any]:
+        """IGMP/MLD snooping: on or off, the groups with members here, and its counters."""
+        mcast = self.switch.mcast
+        if mcast is None:
+            return {"snooping": False}
+        return {
+            "snooping": True,
+            "groups": len(mcast.groups),
+            "counters": dict(mcast.counters),
+            "queries": self.querier.sent if self.querier is not None else 0,
         }
 
     def _fdb_peers(self) -> dict[str, int]:

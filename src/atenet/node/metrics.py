@@ -93,6 +93,15 @@ class NodeCollector(Collector):
             "The learning table's settings (max, port_max, peer_max MACs; age in seconds).",
             labels=["network", "network_id", "what"],
         )
+        groups = GaugeMetricFamily(
+            "atenet_mcast_groups",
+            "Multicast groups with members in the network (IGMP/MLD snooping, docs/learning.md).",
+            labels=labels,
+        )
+        mcast_events = _counter(
+            "atenet_mcast", "IGMP/MLD snooping events (reports, joins, leaves, expired, ...).",
+            ["network", "network_id", "what"],
+        )  # fmt: skip
         per_port = {
             field: _counter(f"atenet_port_{field}", doc, ["network", "network_id", "port", "kind"])
             for field, doc in PORT_FIELDS.items()
@@ -109,6 +118,11 @@ class NodeCollector(Collector):
                     fdb_limits.add_metric([*net_labels, what], count)
                 elif what != "entries":
                     fdb_events.add_metric([*net_labels, what], count)
+            mcast = net.get("mcast", {})
+            if mcast.get("snooping"):
+                groups.add_metric(net_labels, mcast.get("groups", 0))
+                for what, count in mcast.get("counters", {}).items():
+                    mcast_events.add_metric([*net_labels, what], count)
             for port in net.get("ports", []):
                 port_labels = [*net_labels, str(port.get("name", "")), str(port.get("kind", ""))]
                 for field, family in per_port.items():
@@ -120,6 +134,8 @@ class NodeCollector(Collector):
         yield fdb
         yield fdb_events
         yield fdb_limits
+        yield groups
+        yield mcast_events
         yield from per_port.values()
         yield from _gateway_families(networks)
 

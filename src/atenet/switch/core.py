@@ -72,6 +72,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from atenet.offload import VNET_HDR_LEN, OffloadError, to_frames
+from atenet.switch.mcast import Multicast
 from atenet.switch.snoop import is_neighbour_frame
 
 NO_MAC = bytes(6)
@@ -262,6 +263,7 @@ class Switch:
         "frames_to_peers",
         "gateway",
         "gateway_mac",
+        "mcast",
         "mirror_peers",
         "now",
         "peer_learned",
@@ -327,6 +329,8 @@ class Switch:
         frame a local port floods; True when it answered, and the frame is then not flooded."""
         self.now = 0.0
         """The time learning stamps entries with; the owner sets it (the switch has no clock)."""
+        self.mcast: Multicast | None = None
+        """IGMP/MLD snooping (:mod:`atenet.switch.mcast`); None floods all multicast."""
         self.fdb: dict[bytes, Port | Peer] = {}
         """MAC -> the local port or peer node (sender id) its frames came from."""
         self.fdb_seen: dict[bytes, float] = {}
@@ -416,6 +420,11 @@ class Switch:
         if dst is None:
             if self.proxy is not None and self._proxied(src, frame, 0):
                 return
+            if frame[0] & 1 and self.mcast is not None:
+                members = self.mcast.forward(frame, 0, src, self.now)
+                if members is not None:
+                    self._to_members(frame, src, members, False)
+                    return
             for port in self._ports:
                 if port is not src:
                     port.deliver(frame)
@@ -449,6 +458,11 @@ class Switch:
                 self._learn_peer(frame, 6, peer)
         dst = fdb.get(frame[:6])
         if dst is None:
+            if frame[0] & 1 and self.mcast is not None:
+                members = self.mcast.forward(frame, 0, peer, self.now)
+                if members is not None:
+                    self._to_members(frame, None, members, False)
+                    return
             for port in self._ports:
                 port.deliver(frame)
             return
@@ -469,6 +483,41 @@ class Switch:
         if self._mirrors:
             self._mirror(frame, src, None)
         return True
+
+    def _to_members(
+        self, data: bytes, src: Port | None, members: dict[Port | Peer, float], offloaded: bool
+    ) -> None:
+        """A frame (or offloaded packet) to a registered multicast group: to its live member
+        ports and mirror ports but ``src``; from a local port (``src`` set) also to its member
+        peer nodes — or to every peer while some peer has a mirror port, so a monitor there sees
+        it exactly once. From a peer: local ports only (the loop rule)."""
+        now = self.now
+        ports: list[Port] = []
+        peers: list[Peer] = []
+        for member, until in members.items():
+            if until > now and member is not src:
+                if member.__class__ is int:
+                    peers.append(member)  # type: ignore[arg-type]
+                else:
+                    ports.append(member)  # type: ignore[arg-type]
+        for port in self._mirrors:
+            if port is not src and port not in ports:
+                ports.append(port)
+        if offloaded:
+            if not self._flood_packet(data, src, tuple(ports)):
+                return
+        else:
+            for port in ports:
+                port.deliver(data)
+        if src is None or not (peers or self.mirror_peers):
+            return
+        if self.mirror_peers:
+            sent = (self.to_peers_packet if offloaded else self.to_peers)(data)
+        else:
+            one = self.to_peer_packet if offloaded else self.to_peer
+            sent = sum(one(data, peer) or 0 for peer in peers)
+        if sent:
+            self.frames_to_peers += 1
 
     def _mirror(self, frame: bytes, src: Port | None, dst: Port | Peer | None) -> None:
         for port in self._mirrors:
@@ -509,6 +558,11 @@ class Switch:
         if dst is None:
             if self.proxy is not None and self._proxied(src, packet, VNET_HDR_LEN):
                 return
+            if packet[VNET_HDR_LEN] & 1 and self.mcast is not None:
+                members = self.mcast.forward(packet, VNET_HDR_LEN, src, self.now)
+                if members is not None:
+                    self._to_members(packet, src, members, True)
+                    return
             if self._flood_packet(packet, src, self._ports) and self.to_peers_packet(packet):
                 self.frames_to_peers += 1
             return
@@ -545,6 +599,11 @@ class Switch:
                 self.snoop(packet[VNET_HDR_LEN:], peer)
         dst = self.fdb.get(packet[VNET_HDR_LEN : VNET_HDR_LEN + 6])
         if dst is None:
+            if packet[VNET_HDR_LEN] & 1 and self.mcast is not None:
+                members = self.mcast.forward(packet, VNET_HDR_LEN, peer, self.now)
+                if members is not None:
+                    self._to_members(packet, None, members, True)
+                    return
             self._flood_packet(packet, None, self._ports)
             return
         ports = self._mirrors if dst.__class__ is int else (dst, *self._mirrors)
@@ -691,6 +750,8 @@ class Switch:
                 seen.pop(mac, None)
         port.learned = set()
         port.fdb_mac = NO_MAC
+        if self.mcast is not None:
+            self.mcast.forget(port)
 
     def age(self, now: float) -> int:
         """Set the time and drop entries silent for more than ``fdb_age`` seconds; returns how
@@ -700,6 +761,8 @@ class Switch:
         if now < self._next_sweep:
             return 0
         self._next_sweep = now + self.fdb_age / 10
+        if self.mcast is not None:
+            self.mcast.expire(now)
         oldest = now - self.fdb_age
         seen = self.fdb_seen
         stale = []
