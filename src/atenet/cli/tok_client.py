@@ -509,8 +509,13 @@ def _node_status(url: str) -> tuple[dict[str, Any] | None, str]:
     import urllib.error
     import urllib.request
 
+    from atenet.cli.common import operator_headers
+
+    # The operator token when this host has it (as `tok fdb`): the node's operator-only
+    # fields (ports' addresses, the learning switch's counters) show then.
+    request = urllib.request.Request(url, headers=operator_headers(url))
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
+        with urllib.request.urlopen(request, timeout=5) as resp:
             return json.load(resp), ""
     except (urllib.error.URLError, OSError, ValueError) as exc:
         return None, f"cannot read {url}: {exc}"
@@ -589,6 +594,14 @@ def _print_node(data: dict[str, Any]) -> None:
             f"  to peers {net['frames_to_peers']}  from peers {net['frames_from_peers']}"
             f"  MACs learned {net.get('fdb', 0)}" + _groups_text(net.get("mcast", {}))
         )
+        if counters := net.get("fdb_counters"):
+            click.echo(
+                f"  MAC table {counters['entries']}/{counters['max']} (port {counters['port_max']},"
+                f" peer {counters.get('peer_max', '-')}, age {counters['age']} s)"
+                f"  moves {counters['moves']}  full {counters['full']}"
+                f"  port_full {counters['port_full']}  peer_full {counters.get('peer_full', 0)}"
+                f"  mac_theft {counters.get('mac_theft', 0)}"
+            )
         if net["drops"]:
             click.echo("  dropped: " + _drops(net["drops"]))
         for p in net["ports"]:

@@ -51,6 +51,7 @@ from atenet.router.neighbours import Neighbours
 from atenet.router.querier import Querier
 from atenet.switch.core import STORM_RATE, Port, Switch
 from atenet.switch.mcast import Multicast
+from atenet.switch.proxy import NeighbourProxy
 from atenet.switch.snoop import IpTable
 from atenet.wire.dhcp import is_dhcp_request_frame
 
@@ -279,6 +280,7 @@ class NetworkRuntime:
         self.usable = usable
         self.revoked = {k for k in state.keys if k not in usable}
         self._configure_router(state, now)
+        self._configure_fdb(state, now)
         closed = []
         for key, port in list(self.switch.ports.items()):
             if port.key_id is not None and port.key_id not in usable:
@@ -316,6 +318,24 @@ class NetworkRuntime:
             (sender_id_for(n), a) for n, a in zip(ids, peers, strict=True) if n in self.mirror_nodes
         )
         self.switch.set_mirror_peers(bool(self.mirror_peers))
+
+    def _configure_fdb(self, state: NetworkState, now: float) -> None:
+        """The learning switch's bounds and age from the chain (`tok network set --fdb-*`),
+        live: the table is kept (docs/learning.md). The snooped IP table ages alike.
+
+        Also gives a new switch its first time: WebSocket frames are learned at the time of
+        the last tick, and a network loaded for a page that connects before its first tick
+        would stamp the page's MAC with 0 — aged out at that tick."""
+        if not self.switch.now:
+            self.switch.now = now
+        s = state.settings
+        self.switch.configure(s.fdb_age, s.fdb_macs, s.fdb_port_macs, s.fdb_peer_macs)
+        self.ip_table.age_limit = float(s.fdb_age)
+        self.switch.proxy = (
+            NeighbourProxy(self.ip_table, self.switch, lambda: self.clock())
+            if s.proxy_arp
+            else None
+        )
 
     # ------------------------------------------------------------------ gateway
 
@@ -356,7 +376,7 @@ class NetworkRuntime:
         last = table.recent[-1][0] if table.recent else 0
         dhcp.seed([Lease.from_payload(r["seq"], r) for r in table.by_ip.values()], last)
         self.gateway, self.dhcp = gateway, dhcp
-        self.neighbours = Neighbours(gateway, unreachable=self._unreachable)
+        self.neighbours = Neighbours(gateway, unreachable=self._unreachable, snooped=self._snooped)
         self.switch.gateway_mac = gateway.mac
         self.switch.gateway = self._to_gateway
 
@@ -827,6 +847,15 @@ class NetworkRuntime:
         else:
             name = f"node {self.peer_names.get(where, f'{where:08x}')}"
         self.ip_table.observe(frame, name, self.clock())  # rare frames: read the clock
+
+    def _snooped(
+        self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    ) -> tuple[bytes, float] | None:
+        """The snooped table's MAC for ``ip`` and its age, for the gateway's neighbour cache
+        (it trusts only fresh claims): a routed packet to a host that spoke ARP/ND lately
+        leaves without a broadcast request."""
+        entry = self.ip_table.entries.get(ip)
+        return None if entry is None else (entry.mac, max(0.0, self.clock() - entry.seen))
 
     def fdb_view(self, now: float) -> dict[str, Any]:
         """The MAC table (MAC → port or node) and the snooped IP → MAC table, for `tok fdb`."""

@@ -18,6 +18,9 @@ from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+FDB_LIMITS = ("max", "port_max", "peer_max", "age")
+"""fdb_counters entries that are settings (a gauge), not events (docs/learning.md)."""
+
 PORT_FIELDS = {
     "frames_in": "Frames a local port sent into the switch.",
     "frames_out": "Frames the switch delivered to a local port.",
@@ -85,6 +88,11 @@ class NodeCollector(Collector):
             "atenet_fdb", "Learning table events (moves, full, aged, ...), by kind.",
             ["network", "network_id", "what"],
         )  # fmt: skip
+        fdb_limits = GaugeMetricFamily(
+            "atenet_fdb_limit",
+            "The learning table's settings (max, port_max, peer_max MACs; age in seconds).",
+            labels=["network", "network_id", "what"],
+        )
         groups = GaugeMetricFamily(
             "atenet_mcast_groups",
             "Multicast groups with members in the network (IGMP/MLD snooping, docs/learning.md).",
@@ -106,7 +114,9 @@ class NodeCollector(Collector):
             from_peers.add_metric(net_labels, net.get("frames_from_peers", 0))
             fdb.add_metric(net_labels, net.get("fdb", 0))
             for what, count in net.get("fdb_counters", {}).items():
-                if what not in ("entries", "max", "port_max", "age"):
+                if what in FDB_LIMITS:
+                    fdb_limits.add_metric([*net_labels, what], count)
+                elif what != "entries":
                     fdb_events.add_metric([*net_labels, what], count)
             mcast = net.get("mcast", {})
             if mcast.get("snooping"):
@@ -123,6 +133,7 @@ class NodeCollector(Collector):
         yield from_peers
         yield fdb
         yield fdb_events
+        yield fdb_limits
         yield groups
         yield mcast_events
         yield from per_port.values()

@@ -37,7 +37,14 @@ once-a-second tick) and calls :meth:`Switch.age`.
 Bounds: a port teaches at most :data:`FDB_PORT_MAX` MACs and the table holds at most
 :data:`FDB_MAX`; past either, new MACs are simply not learned (their frames still flood, and a
 counter says so) — a port spraying random source MACs can never evict another port's entries.
-The gateway's MAC is never learned (it is every node's own, see below).
+The gateway's MAC is never learned (it is every node's own, see below). A peer node teaches at
+most :data:`FDB_PEER_MAX`. All four (age and bounds) are per-network settings
+(:meth:`Switch.configure`, applied live).
+
+MAC theft: a MAC learned behind a local port opened with an access key is that port's claim
+(:meth:`Switch._claimed`): a frame from a port with another key sending from it is dropped, one
+from a peer is forwarded but not learned (the local origin was checked, the peer's host cannot
+be); both count ``fdb_theft`` (``mac_theft``). The same key may move it (a client reconnecting).
 
 Names (docs/hosts.md): every port carries what identifies the host behind it — the access key's
 label and the host name its client sent (set by the node), and the source MAC of its frames,
@@ -85,6 +92,11 @@ STORM_RATE = 1000.0
 multicast) — storm control, as hardware switches have: a host needs a handful (ARP, ND, DHCP,
 mDNS); one that sprays floods would otherwise make the node deliver each frame to every port.
 The burst is twice this. 0 turns it off."""
+
+FDB_PEER_MAX = 4096
+"""MACs one peer node may teach the table: half of :data:`FDB_MAX`, so one node spraying (or
+relaying a spray) can never fill the table the local ports and other nodes learn into. (Linux
+bridges cap per port with ``max_learned``, off by default; OVS only per table.)"""
 
 Peer = int
 """A peer node in the table: its sender id (the clear header of its sealed datagrams)."""
@@ -254,10 +266,13 @@ class Switch:
         "fdb_full",
         "fdb_max",
         "fdb_moves",
+        "fdb_peer_full",
+        "fdb_peer_max",
         "fdb_port_full",
         "fdb_port_max",
         "fdb_refused",
         "fdb_seen",
+        "fdb_theft",
         "frames_from_peers",
         "frames_to_peers",
         "gateway",
@@ -267,6 +282,7 @@ class Switch:
         "now",
         "peer_learned",
         "ports",
+        "proxy",
         "segmented",
         "snoop",
         "storm_burst",
@@ -291,6 +307,7 @@ class Switch:
         fdb_max: int = FDB_MAX,
         fdb_port_max: int = FDB_PORT_MAX,
         storm_rate: float = STORM_RATE,
+        fdb_peer_max: int = FDB_PEER_MAX,
     ) -> None:
         """``to_peers(frame)`` floods a standard frame to the peers; ``to_peers_packet(packet)``
         an offloaded packet. Without the latter, peers get standard frames. Both return how
@@ -325,6 +342,9 @@ class Switch:
         self.snoop: Callable[[bytes, Port | Peer], None] | None = None
         """Takes ARP and neighbour discovery frames (from local ports and peers) for the
         network's IP → MAC table (:mod:`atenet.switch.snoop`)."""
+        self.proxy: Callable[[Port, bytes], bool] | None = None
+        """Proxy ARP / ND (a setting, off by default): offered each ARP / neighbour discovery
+        frame a local port floods; True when it answered, and the frame is then not flooded."""
         self.now = 0.0
         """The time learning stamps entries with; the owner sets it (the switch has no clock)."""
         self.mcast: Multicast | None = None
@@ -336,6 +356,7 @@ class Switch:
         self.fdb_age = fdb_age
         self.fdb_max = fdb_max
         self.fdb_port_max = fdb_port_max
+        self.fdb_peer_max = fdb_peer_max
         self.peer_learned: dict[Peer, int] = {}
         """MACs in the table per peer node."""
         self.fdb_moves = 0
@@ -348,6 +369,11 @@ class Switch:
         """Frames from a local port claiming the gateway's MAC (never learned)."""
         self.fdb_aged = 0
         """Entries removed because their MAC was silent for fdb_age seconds."""
+        self.fdb_peer_full = 0
+        """Frames whose new source MAC was not learned: the peer holds fdb_peer_max MACs."""
+        self.fdb_theft = 0
+        """Frames whose source MAC another local port claims (:meth:`_claimed`): dropped from
+        a local port, forwarded but not learned from a peer."""
         self._next_sweep = 0.0
         self.storm_rate = storm_rate
         """Floods per second per local port (:data:`STORM_RATE`); 0: no limit."""
@@ -430,8 +456,8 @@ class Switch:
         src.bytes_in += len(frame)
         if frame.startswith(src.fdb_mac, 6):
             src.fdb_at = self.now
-        else:
-            self._learn_port(src, frame, 6)
+        elif not self._learn_port(src, frame, 6):
+            return  # another port's MAC (mac_theft): not switched, not snooped
         if self.snoop is not None and is_neighbour_frame(frame):
             self.snoop(frame, src)
         gateway = self.gateway
@@ -443,6 +469,8 @@ class Switch:
                 return  # for the gateway alone (see the module doc)
         dst = self.fdb.get(frame[:6])
         if dst is None:
+            if self.proxy is not None and self._proxied(src, frame, 0):
+                return
             if frame[0] & 1 and self.mcast is not None:
                 members = self.mcast.forward(frame, 0, src, self.now)
                 if members is not None:
@@ -496,6 +524,18 @@ class Switch:
         # else: a host behind another node (flooded by a sender that did not know it yet)
         if self._mirrors:
             self._mirror(frame, None, dst)  # type: ignore[arg-type]
+
+    def _proxied(self, src: Port, data: bytes, at: int) -> bool:
+        """Whether :attr:`proxy` answered this flooded frame (ARP / ND only, at offset ``at``);
+        mirror ports still get the request."""
+        if not (data[at] & 1 and is_neighbour_frame(data, at)):
+            return False
+        frame = data[at:] if at else data
+        if not self.proxy(src, frame):  # type: ignore[misc]
+            return False
+        if self._mirrors:
+            self._mirror(frame, src, None)
+        return True
 
     def _to_members(
         self, data: bytes, src: Port | None, members: dict[Port | Peer, float], offloaded: bool
@@ -551,8 +591,8 @@ class Switch:
         src.bytes_in += len(packet) - VNET_HDR_LEN
         if packet.startswith(src.fdb_mac, VNET_HDR_LEN + 6):
             src.fdb_at = self.now
-        else:
-            self._learn_port(src, packet, VNET_HDR_LEN + 6)
+        elif not self._learn_port(src, packet, VNET_HDR_LEN + 6):
+            return  # another port's MAC (mac_theft)
         if self.snoop is not None and is_neighbour_frame(packet, VNET_HDR_LEN):
             self.snoop(packet[VNET_HDR_LEN:], src)
         gateway = self.gateway
@@ -569,6 +609,8 @@ class Switch:
                 return
         dst = self.fdb.get(packet[VNET_HDR_LEN : VNET_HDR_LEN + 6])
         if dst is None:
+            if self.proxy is not None and self._proxied(src, packet, VNET_HDR_LEN):
+                return
             if packet[VNET_HDR_LEN] & 1 and self.mcast is not None:
                 members = self.mcast.forward(packet, VNET_HDR_LEN, src, self.now)
                 if members is not None:
@@ -662,32 +704,36 @@ class Switch:
 
     # ------------------------------------------------------------------ learning
 
-    def _learn_port(self, src: Port, frame: bytes, at: int) -> None:
+    def _learn_port(self, src: Port, frame: bytes, at: int) -> bool:
         """The slow path of learning from a local port: its frame's source MAC (at ``at``) is
-        not the one it last taught the table. Learn it, move it here, or refuse it."""
+        not the one it last taught the table. Learn it, move it here, or refuse it; False when
+        the MAC is another port's claim (:meth:`_claimed`): the caller drops the frame."""
+        fdb = self.fdb
+        mac = frame[at : at + 6]
+        owner = fdb.get(mac)
+        if owner is not None and owner is not src and self._claimed(owner, src):
+            self.fdb_theft += 1
+            return False
         if not frame.startswith(src.mac, at):
             src.learn(frame, at)
-        fdb = self.fdb
         old = src.fdb_mac
         if old != NO_MAC and fdb.get(old) is src:
             self.fdb_seen[old] = src.fdb_at  # keep the age the hot path kept on the port
         src.fdb_mac = NO_MAC
-        mac = frame[at : at + 6]
         if len(mac) < 6 or mac[0] & 1 or mac == NO_MAC:
-            return  # multicast sources are bogus (no NIC sends them); never learned
+            return True  # multicast sources are bogus (no NIC sends them); never learned
         if mac == self.gateway_mac:
             if not src.gateway_source:
                 self.fdb_refused += 1
-            return
-        owner = fdb.get(mac)
+            return True
         if owner is not src:
             if len(src.learned) >= self.fdb_port_max:
                 self.fdb_port_full += 1
-                return
+                return True
             if owner is None:
                 if len(fdb) >= self.fdb_max:
                     self.fdb_full += 1
-                    return
+                    return True
             else:
                 self._unlink(mac, owner)
                 self.fdb_moves += 1
@@ -697,6 +743,19 @@ class Switch:
         self.fdb_seen[mac] = now
         src.fdb_mac = mac
         src.fdb_at = now
+        return True
+
+    @staticmethod
+    def _claimed(owner: Port | Peer, src: Port | None) -> bool:
+        """Whether ``owner``'s entry is a claim that ``src`` (a local port, None for a peer)
+        may not take over: the owner is a local port opened with an access key, and ``src`` is
+        a peer node (the local origin wins: the node checked the owner's key, no node can
+        check the host behind a peer) or a port opened with another key (the same key may
+        move it: a client that reconnects before its old port has gone)."""
+        if owner.__class__ is int:
+            return False
+        key = owner.key_id  # type: ignore[union-attr]
+        return key is not None and (src is None or src.key_id != key)
 
     def _learn_peer(self, frame: bytes, at: int, peer: Peer) -> None:
         """Learn the source MAC of a frame from peer node ``peer`` (refreshed when known)."""
@@ -711,7 +770,13 @@ class Switch:
             if len(self.fdb) >= self.fdb_max:
                 self.fdb_full += 1
                 return
-        else:
+        elif self._claimed(owner, None):
+            self.fdb_theft += 1  # a local port's MAC: forwarded (loop rule), never learned
+            return
+        if self.peer_learned.get(peer, 0) >= self.fdb_peer_max:
+            self.fdb_peer_full += 1
+            return
+        if owner is not None:
             self._unlink(mac, owner)
             self.fdb_moves += 1
         self.fdb[mac] = peer
@@ -768,6 +833,17 @@ class Switch:
         self.fdb_aged += len(stale)
         return len(stale)
 
+    def configure(self, age: float, max_entries: int, port_max: int, peer_max: int) -> None:
+        """New table settings, live (``tok network set``): nothing learned is lost. A lower
+        bound evicts nothing, it only stops learning until entries age out or ports go; a
+        new age applies to every entry at the next sweep, which comes within a tenth of it."""
+        if age != self.fdb_age:
+            self.fdb_age = age
+            self._next_sweep = min(self._next_sweep, self.now + age / 10)
+        self.fdb_max = max_entries
+        self.fdb_port_max = port_max
+        self.fdb_peer_max = peer_max
+
     def fdb_status(self) -> dict[str, int]:
         """The table's size, bounds and counters (for status and /metrics)."""
         return {
@@ -781,6 +857,9 @@ class Switch:
             "refused": self.fdb_refused,
             "aged": self.fdb_aged,
             "storm_drops": self.storm_drops,
+            "peer_max": self.fdb_peer_max,
+            "peer_full": self.fdb_peer_full,
+            "mac_theft": self.fdb_theft,
         }
 
     def lookup(self, mac: bytes) -> Port | Peer | None:
