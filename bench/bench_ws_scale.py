@@ -67,7 +67,7 @@ async def role_idle(url: str, count: int) -> None:
     import aiohttp
 
     _raise_fd_limit()
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         sockets = []
 
         async def one(i: int) -> None:
@@ -94,7 +94,7 @@ async def role_pair(url: str, pings: int, seconds: float) -> None:
     import aiohttp
 
     a_mac, b_mac = mac(0xAA, 1), mac(0xBB, 2)
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         a = await http.ws_connect(url, max_msg_size=0)
         b = await http.ws_connect(url, max_msg_size=0)
         await a.send_bytes(frame(BCAST, a_mac))
@@ -165,7 +165,7 @@ async def role_stream(url: str, receivers: int, rate: int, seconds: float) -> No
     import aiohttp
 
     src = mac(0xCC, 0)
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         tx = await http.ws_connect(url, max_msg_size=0)
         rx = [await http.ws_connect(url, max_msg_size=0) for _ in range(receivers)]
         macs = [mac(0xDD, i) for i in range(receivers)]
@@ -200,7 +200,7 @@ async def role_spray(url: str, rate: int, seconds: float) -> None:
     """Broadcast frames from random source MACs, paced; prints how many."""
     import aiohttp
 
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         ws = await http.ws_connect(url, max_msg_size=0)
 
         async def drain() -> None:
