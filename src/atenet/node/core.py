@@ -212,8 +212,8 @@ class NetworkRuntime:
         :meth:`_derive` builds, so junk naming other key ids costs no derivation."""
         self.key_seen: dict[int, float] = {}
         """When a derived key last had a port, a derivation or a port-less packet: material idle
-        longer than UDP_IDLE (> the replay PAST_SKEW, so nothing sealed before the drop opens
-        after it) is dropped by :meth:`expire`."""
+        longer than UDP_IDLE whose opener accepted nothing at or above the freshness floor is
+        dropped by :meth:`expire` (see :meth:`_drop_idle_keys`)."""
         self.derivations = 0
         """Access keys derived (lazily, on first use, again after an idle drop)."""
         self.clients: dict[tuple[int, int], UdpClientPort] = {}
@@ -561,11 +561,26 @@ class NetworkRuntime:
         self.ip_table.age(now)
         stale = [k for k, p in self.clients.items() if now - p.last_seen > UDP_IDLE]
         closed = [p for p in (self.remove_client(k) for k in stale) if p is not None]
-        key_ports, key_seen = self.key_ports, self.key_seen
-        for key_id in [k for k in self.sealers if k not in key_ports]:
-            if now - key_seen.get(key_id, now) > UDP_IDLE:
-                self._drop_key(key_id)
+        self._drop_idle_keys(now)
         return closed
+
+    def _drop_idle_keys(self, now: float) -> None:
+        """Drop the material of access keys with no port, idle for UDP_IDLE.
+
+        Idle time alone is not enough: a client's counters may run up to AHEAD_SKEW ahead of
+        this node's clock, so a packet accepted a minute ago can still be above the freshness
+        floor, and a re-derived opener (no replay windows) would take its replay. A key is only
+        dropped once everything its opener accepted is below the floor, so a replay of any of
+        it is refused as ``stale`` after re-derivation, exactly as when a sender's window is
+        forgotten (:class:`~atenet.overlay.seal.Opener`)."""
+        key_ports, key_seen, openers = self.key_ports, self.key_seen, self.openers
+        floor = self.freshness.floor
+        for key_id in [k for k in self.sealers if k not in key_ports]:
+            if now - key_seen.get(key_id, now) <= UDP_IDLE:
+                continue
+            opener = openers.get(key_id)
+            if opener is None or opener.newest() < max(floor, opener.min_counter):
+                self._drop_key(key_id)
 
     def _derive(self, key_id: int, now: float) -> Opener | None:
         """Build a usable access key's packet key, opener and sealer on its first packet.
@@ -574,7 +589,7 @@ class NetworkRuntime:
         key stays until it has had no port for UDP_IDLE, so junk naming a real key id costs at
         most one derivation per key per UDP_IDLE."""
         key = self.usable.get(key_id)
-        if key is None or not key.usable(now):
+        if key is None or not key.usable(now):  # revoked keys are not in usable; expired ones
             return None
         start = max(self.counter_start, int(now * _NS))  # counters track the clock
         packet_key = PacketKey(key.secret, key_id)
@@ -647,7 +662,8 @@ class NetworkRuntime:
         if opener is None:
             opener = self._derive(key_id, now)
             if opener is None:
-                self.drops["revoked_key" if key_id in self.revoked else "unknown_key"] += 1
+                known = key_id in self.revoked or key_id in self.usable  # revoked or expired
+                self.drops["revoked_key" if known else "unknown_key"] += 1
                 return
         if key_id == NODE_KEY_ID:
             try:

@@ -396,6 +396,12 @@ class Opener:
         freshness floor like a new sender's."""
         self._windows.pop(sender_id, None)
 
+    def newest(self) -> int:
+        """The highest counter accepted from any sender (-1 when none): once it is below the
+        freshness floor, dropping this opener and building a new one opens no replay (every
+        packet it accepted is then refused as ``stale`` by a fresh opener)."""
+        return max((w.top for w in self._windows.values()), default=-1)
+
     def __len__(self) -> int:
         """How many senders have a replay window."""
         return len(self._windows)
