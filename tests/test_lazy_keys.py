@@ -47,7 +47,7 @@ async def test_a_node_derives_material_only_for_keys_that_sent_a_packet(world):
 
 async def test_memory_grows_with_used_keys_not_with_keys_in_the_chain(world):
     await many_keys(world)
-    wire, nodes, clients = await build(world, 1, 3, now=NOW)
+    _wire, nodes, clients = await build(world, 1, 3, now=NOW)
     state = nodes[0].networks[world.chain.network_id].state
     # A second node instance takes the same chain: what does holding it cost?
     sent: list[bytes] = []
@@ -99,7 +99,7 @@ async def test_a_replay_after_re_derivation_is_refused(world):
     wire, nodes, clients = await build(world, 1, 2, now=NOW)
     core = nodes[0]
     runtime = core.networks[world.chain.network_id]
-    (a_addr, _a), (b_addr, b) = clients
+    (_a_addr, _a), (b_addr, b) = clients
     ahead = ClientCore(
         b.token, int((NOW + AHEAD_SKEW - 5) * 1e9), sender_id=777
     )  # counters start ahead
@@ -144,7 +144,7 @@ async def test_revocation_closes_the_port_at_once_and_the_key_is_never_derived_a
 
 
 async def test_an_expired_key_is_never_derived(world):
-    wire, nodes, clients = await build(world, 1, 1, now=NOW)
+    _wire, nodes, _clients = await build(world, 1, 1, now=NOW)
     runtime = nodes[0].networks[world.chain.network_id]
     secret = os.urandom(32)
     payload = {"key_id": 50, "label": "", "secret": b64(secret), "expires": NOW + 10}
