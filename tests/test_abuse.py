@@ -51,6 +51,9 @@ HTTP_PORT = 8080
 PAIR_SECONDS = 2.0
 PAIR_RATE = 1000  # frames/s from alice to bob
 ATTACK_SECONDS = 4.0
+TAIL_SECONDS = 0.75
+"""How long bob keeps listening after alice's last frame (frames through a node under attack
+arrive within milliseconds; what is later than this counts as lost)."""
 MARK = b"ABUSE-PAIR"
 
 RSS_GROWTH_MAX = 64 * 1024 * 1024
@@ -185,7 +188,7 @@ def pair_delivery(abuse: Abuse, round_id: int) -> int:
         seen: set[int] = set()
         try:
             ready.wait()
-            end = time.monotonic() + PAIR_SECONDS + 1.5
+            end = time.monotonic() + PAIR_SECONDS + TAIL_SECONDS
             while time.monotonic() < end:
                 for packet in core.tick(time.time()):
                     sock.sendto(packet, core.node)
