@@ -65,6 +65,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from atenet.offload import VNET_HDR_LEN, OffloadError, to_frames
+from atenet.switch.mcast import REPORT, Groups
 from atenet.switch.snoop import is_neighbour_frame
 
 NO_MAC = bytes(6)
@@ -247,12 +248,14 @@ class Switch:
         "frames_to_peers",
         "gateway",
         "gateway_mac",
+        "mcast",
         "mirror_peers",
         "now",
         "peer_learned",
         "ports",
         "segmented",
         "snoop",
+        "to_group_peers",
         "to_mirror_peers",
         "to_peer",
         "to_peer_packet",
@@ -327,6 +330,11 @@ class Switch:
         self.fdb_aged = 0
         """Entries removed because their MAC was silent for fdb_age seconds."""
         self._next_sweep = 0.0
+        self.mcast: Groups | None = Groups()
+        """IGMP / MLD snooping (:mod:`atenet.switch.mcast`); None floods all multicast."""
+        self.to_group_peers: Callable[[bytes, list[Peer], bool], int] = self._to_each_peer
+        """``(data, peers, offloaded)``: send a frame to the peer nodes that joined its group
+        (and to those with a mirror port); returns how many got it. The node seals once."""
 
     def add(self, key: object, port: Port) -> None:
         port.addresses = self.addresses
@@ -338,6 +346,8 @@ class Switch:
         self._rebuild()
         if port is not None:
             self._forget_port(port)
+            if self.mcast is not None:
+                self.mcast.forget(port)
         return port
 
     def set_mirror(self, port: Port, mirror: bool) -> None:
@@ -388,6 +398,8 @@ class Switch:
                 return  # for the gateway alone (see the module doc)
         dst = self.fdb.get(frame[:6])
         if dst is None:
+            if frame[0] & 1 and self.mcast is not None and self._mcast_local(frame, src):
+                return
             for port in self._ports:
                 if port is not src:
                     port.deliver(frame)
@@ -421,6 +433,16 @@ class Switch:
                 self._learn_peer(frame, 6, peer)
         dst = fdb.get(frame[:6])
         if dst is None:
+            if frame[0] & 1 and self.mcast is not None:
+                members = (
+                    self.mcast.handle(frame, peer, self.now)
+                    if peer is not None
+                    else self.mcast.targets(frame, self.now)
+                )
+                if members is not None:
+                    for port in self._mcast_split(members)[0]:
+                        port.deliver(frame)
+                    return
             for port in self._ports:
                 port.deliver(frame)
             return
@@ -429,6 +451,51 @@ class Switch:
         # else: a host behind another node (flooded by a sender that did not know it yet)
         if self._mirrors:
             self._mirror(frame, None, dst)  # type: ignore[arg-type]
+
+    def _mcast_local(self, frame: bytes, src: Port) -> bool:
+        """A frame to a multicast MAC from a local port, through IGMP/MLD snooping: False when
+        it floods as before (see :mod:`atenet.switch.mcast`)."""
+        members = self.mcast.handle(frame, src, self.now)  # type: ignore[union-attr]
+        if members is None:
+            return False
+        ports, peers = self._mcast_split(members)
+        for port in ports:
+            if port is not src:
+                port.deliver(frame)
+        if members is REPORT:
+            sent = self.to_peers(frame)  # every node learns where the listeners are
+        elif peers or self.mirror_peers:
+            sent = self.to_group_peers(frame, peers, False)
+        else:
+            sent = 0
+        if sent:
+            self.frames_to_peers += 1
+        return True
+
+    def _mcast_split(
+        self, members: dict[Port | Peer, float]
+    ) -> tuple[tuple[Port, ...], list[Peer]]:
+        """The local ports and the peers a snooped multicast frame goes to: for a membership
+        report, mirror and router ports (peers: all, by the caller); for a registered group,
+        its members, mirror ports and the ports that get every multicast frame."""
+        extra = self.mcast.all_ports  # type: ignore[union-attr]
+        if members is REPORT:
+            return tuple(p for p in self._ports if p.mirror or p in extra), []
+        ports: dict[Port, None] = dict.fromkeys(self._mirrors)
+        peers: list[Peer] = []
+        for member in members:
+            if member.__class__ is int:
+                peers.append(member)  # type: ignore[arg-type]
+            else:
+                ports[member] = None  # type: ignore[index]
+        for port in extra:
+            ports[port] = None
+        return tuple(ports), peers
+
+    def _to_each_peer(self, data: bytes, peers: list[Peer], offloaded: bool) -> int:
+        """Without a node's :attr:`to_group_peers`: one :attr:`to_peer` call per peer."""
+        send = self.to_peer_packet if offloaded else self.to_peer
+        return sum(send(data, peer) or 0 for peer in peers)
 
     def _mirror(self, frame: bytes, src: Port | None, dst: Port | Peer | None) -> None:
         for port in self._mirrors:
@@ -467,6 +534,21 @@ class Switch:
                 return
         dst = self.fdb.get(packet[VNET_HDR_LEN : VNET_HDR_LEN + 6])
         if dst is None:
+            if packet[VNET_HDR_LEN] & 1 and self.mcast is not None:
+                members = self.mcast.handle(packet[VNET_HDR_LEN:], src, self.now)
+                if members is not None:
+                    ports, peers = self._mcast_split(members)
+                    if not self._flood_packet(packet, src, ports):
+                        return
+                    if members is REPORT:
+                        sent = self.to_peers_packet(packet)
+                    elif peers or self.mirror_peers:
+                        sent = self.to_group_peers(packet, peers, True)
+                    else:
+                        sent = 0
+                    if sent:
+                        self.frames_to_peers += 1
+                    return
             if self._flood_packet(packet, src, self._ports) and self.to_peers_packet(packet):
                 self.frames_to_peers += 1
             return
@@ -503,7 +585,17 @@ class Switch:
                 self.snoop(packet[VNET_HDR_LEN:], peer)
         dst = self.fdb.get(packet[VNET_HDR_LEN : VNET_HDR_LEN + 6])
         if dst is None:
-            self._flood_packet(packet, None, self._ports)
+            ports = self._ports
+            if packet[VNET_HDR_LEN] & 1 and self.mcast is not None:
+                frame = packet[VNET_HDR_LEN:]
+                members = (
+                    self.mcast.handle(frame, peer, self.now)
+                    if peer is not None
+                    else self.mcast.targets(frame, self.now)
+                )
+                if members is not None:
+                    ports = self._mcast_split(members)[0]
+            self._flood_packet(packet, None, ports)
             return
         ports = self._mirrors if dst.__class__ is int else (dst, *self._mirrors)
         self._flood_packet(packet, None, ports)  # type: ignore[arg-type]
@@ -632,6 +724,8 @@ class Switch:
         many went. The table is swept at most every tenth of ``fdb_age`` (an entry lives
         between one and 1.1 times it), so the owner may call this on every tick."""
         self.now = now
+        if self.mcast is not None:
+            self.mcast.age(now)
         if now < self._next_sweep:
             return 0
         self._next_sweep = now + self.fdb_age / 10
