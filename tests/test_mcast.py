@@ -288,3 +288,79 @@ def test_offloaded_group_frames_follow_the_table() -> None:
     net.clear()
     net.switch.packet_from_peer(NO_OFFLOAD + udp4(7), PEER_C)
     assert got(net) == [1, 0, 0] and net.sent == []
+
+
+def test_the_gateway_queries_as_a_multicast_router_with_right_checksums() -> None:
+    from scapy.layers.inet6 import ICMPv6MLQuery2
+
+    from atenet.router.gateway import QUERY_INTERVAL, QUERY_START, Gateway
+
+    gw = Gateway(bytes(range(16)), "10.7.0.0/24", "fd07::/64", 1400)
+    assert gw.poll_queries(100.0) == []  # the first call starts the schedule
+    assert gw.poll_queries(100.0 + QUERY_START - 0.1) == []
+    v4, v6 = gw.poll_queries(100.0 + QUERY_START)
+    assert gw.poll_queries(100.0 + QUERY_START + QUERY_INTERVAL - 1) == []
+    assert len(gw.poll_queries(100.0 + QUERY_START + QUERY_INTERVAL)) == 2
+
+    q4 = Ether(v4)
+    assert q4.dst == "01:00:5e:00:00:01" and q4[IP].dst == "224.0.0.1" and q4[IP].ttl == 1
+    assert q4[IP].src == "10.7.0.1" and q4[IP].options[0].option == 20  # Router Alert
+    assert isinstance(q4[IP].payload, IGMPv3mq) or bytes(q4[IP].payload)[0] == 0x11
+    assert len(bytes(q4[IP].payload)) == 12  # 12 bytes: an IGMPv3 query (v2 hosts read it)
+    redone = q4.copy()
+    del redone[IP].chksum
+    redone[IP].payload.chksum = None
+    assert bytes(redone) == v4  # both checksums are what scapy computes
+
+    q6 = Ether(v6)
+    assert q6.dst == "33:33:00:00:00:01" and q6[IPv6].dst == "ff02::1" and q6[IPv6].hlim == 1
+    assert q6[IPv6].src.startswith("fe80:") and q6[IPv6ExtHdrHopByHop].options[0].otype == 5
+    query = q6[ICMPv6MLQuery2]
+    assert query.mrd == 10_000 and query.mladdr == "::"
+    redone6 = q6.copy()
+    redone6[ICMPv6MLQuery2].cksum = None
+    assert bytes(redone6) == v6
+
+    # A switch that sees them (e.g. a query from a host) floods them and counts a query.
+    groups = Groups()
+    assert groups.handle(v4, 7, 0.0) is None and groups.handle(v6, 7, 0.0) is None
+    assert groups.counters["queries"] == 2 and groups.counters["malformed"] == 0
+
+
+async def test_across_nodes_a_group_is_sealed_only_to_the_node_that_joined(
+    world, monkeypatch
+) -> None:
+    import re
+
+    from atenet.node.metrics import exposition, registry
+    from tests.test_learning import CountingWire
+    from tests.test_node_core import build
+
+    monkeypatch.setattr("tests.test_node_core.Wire", CountingWire)
+    wire, nodes, clients = await build(world, 3, 1)
+    net = world.chain.network_id
+    (a_addr, a), (b_addr, _b), (c_addr, c) = clients
+    node_a, node_b, node_c = (("10.0.0.1", 4799), ("10.0.0.2", 4799), ("10.0.0.3", 4799))
+    wire.sender(c_addr)(c.seal_frame(v2_report(3)), c.node)  # c's host joins 239.1.2.3
+    wire.run(1000.0)
+    assert wire.count[(node_c, node_a)] == 1 and wire.count[(node_c, node_b)] == 1
+    assert a_addr not in wire.frames and b_addr not in wire.frames  # hosts hear no reports
+    wire.count.clear()
+    for _ in range(3):
+        wire.sender(a_addr)(a.seal_frame(udp4(1)), a.node)
+    wire.run(1000.5)
+    assert wire.count[(node_a, node_c)] == 3 and wire.count[(node_a, node_b)] == 0
+    assert wire.frames[c_addr] == [udp4(1)] * 3 and b_addr not in wire.frames
+    status = nodes[0].networks[net].status()
+    assert status["snooping"] is True
+    assert status["mcast_groups"] == [{"group": G4, "ports": [], "nodes": [nodes[2].node_id]}]
+    assert nodes[2].networks[net].fdb_view(1000.5)["groups"][0]["ports"] == [
+        p["name"] for p in nodes[2].networks[net].status()["ports"]
+    ]
+    metrics = exposition(registry(nodes[0].status)).decode()
+    assert re.search(
+        rf'atenet_mcast_groups{{network="[^"]*",network_id="{net.hex()}"}} 1\.0', metrics
+    )
+    assert re.search(
+        r'atenet_mcast_total{network="[^"]*",network_id="[0-9a-f]+",what="joins"} 1', metrics
+    )

@@ -49,6 +49,7 @@ from atenet.router.dhcp import Bind, DhcpServer, Lease
 from atenet.router.gateway import DEFAULT_DNS6, Gateway
 from atenet.router.neighbours import Neighbours
 from atenet.switch.core import Port, Switch
+from atenet.switch.mcast import Groups, format_group
 from atenet.switch.snoop import IpTable
 from atenet.wire.dhcp import is_dhcp_request_frame
 
@@ -198,6 +199,7 @@ class NetworkRuntime:
             to_peer=self._to_peer, to_peer_packet=self._to_peer_packet,
         )  # fmt: skip
         self.switch.to_mirror_peers = self._to_mirror_peers
+        self.switch.to_group_peers = self._to_group_peers
         self._addresses: dict[bytes, tuple[str, str]] = {}
         self.openers: dict[int, Opener] = {}
         self.sealers: dict[int, Sealer] = {}
@@ -266,6 +268,7 @@ class NetworkRuntime:
                 self.sealers[key_id] = Sealer(self.network_id, packet_key, self.sender_id, start)
         self.revoked = {k for k in state.keys if k not in usable}
         self._configure_router(state, now)
+        self._configure_snooping(state)
         closed = []
         for key, port in list(self.switch.ports.items()):
             if port.key_id is not None and port.key_id not in usable:
@@ -430,6 +433,8 @@ class NetworkRuntime:
             frames = gateway.poll(now)  # the schedule runs on with no one to hear it, too
             for frame in frames if len(self.switch) else ():
                 self.switch.from_gateway(frame)
+        for frame in gateway.poll_queries(now) if len(self.switch) else ():
+            self.switch.from_gateway(frame)  # IGMP/MLD general queries, to local ports only
         neighbours = self.neighbours
         if neighbours is not None and (at := neighbours.poll_at()) is not None and now >= at:
             self.inject(neighbours.poll(now))
@@ -544,6 +549,47 @@ class NetworkRuntime:
 
     def _to_peer_packet(self, packet: bytes, peer: int) -> int:
         return self._to_peer(packet, peer, TYPE_SUPERFRAME)
+
+    def _to_group_peers(self, data: bytes, peers: list[int], offloaded: bool) -> int:
+        """A frame to a multicast group: sealed once, sent to the live peers that joined it and
+        to those with a mirror port (IGMP/MLD snooping, docs/learning.md). A member no longer
+        live is skipped: its membership times out."""
+        sealer = self._node_sealer
+        if sealer is None:
+            return 0
+        senders = self.peer_senders
+        addrs = {senders[p] for p in peers if p in senders}
+        addrs.update(addr for _sender, addr in self.mirror_peers)
+        if not addrs:
+            return 0
+        sealed = sealer.seal(data, TYPE_SUPERFRAME if offloaded else TYPE_FRAME)
+        for addr in addrs:
+            self.send(sealed, addr)
+        return len(addrs)
+
+    def _configure_snooping(self, state: NetworkState) -> None:
+        """IGMP/MLD snooping on or off as the chain's settings say (live: a network set off
+        floods all multicast from the next frame; on again starts from an empty table)."""
+        on = getattr(state.settings, "snooping", True)
+        if on and self.switch.mcast is None:
+            self.switch.mcast = Groups()
+        elif not on:
+            self.switch.mcast = None
+        if self.gateway is not None:
+            self.gateway.querier = on
+
+    def mcast_view(self) -> list[dict[str, Any]]:
+        """Groups and their members (local port names, peer node ids), for status and fdb."""
+        mcast = self.switch.mcast
+        if mcast is None:
+            return []
+        names = self.peer_names
+        out = []
+        for group, members in sorted(mcast.groups.items(), key=lambda kv: (len(kv[0]), kv[0])):
+            ports = sorted(m.name for m in members if not isinstance(m, int))
+            nodes = sorted(names.get(m, f"{m:08x}") for m in members if isinstance(m, int))
+            out.append({"group": format_group(group), "ports": ports, "nodes": nodes})
+        return out
 
     def _to_mirror_peers(self, data: bytes, peer: int | None, offloaded: bool) -> None:
         """A frame that went to one port or peer, sealed once more for the peers with a mirror
@@ -755,6 +801,9 @@ class NetworkRuntime:
             "ip_table_counters": dict(self.ip_table.counters),
             "fdb_counters": self.switch.fdb_status(),
             "fdb_peers": self._fdb_peers(),
+            "snooping": self.switch.mcast is not None,
+            "mcast_groups": self.mcast_view(),
+            "mcast_counters": self.switch.mcast.status() if self.switch.mcast is not None else {},
             "ports": [p.counters() for p in self.switch.ports.values()],
             "drops": dict(self.drops),
             "gateway": self._gateway_status(),
@@ -783,6 +832,7 @@ class NetworkRuntime:
             "name": s.name if s else "",
             "macs": macs,
             "ips": self.ip_table.view(now),
+            "groups": self.mcast_view(),
         }
 
     def _fdb_peers(self) -> dict[str, int]:

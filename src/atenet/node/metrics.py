@@ -31,6 +31,28 @@ def _counter(name: str, doc: str, labels: list[str] | None = None) -> CounterMet
     return CounterMetricFamily(name, doc, labels=labels)
 
 
+def _mcast_families(networks: list[dict[str, Any]]) -> Iterator[Metric]:
+    """IGMP/MLD snooping (docs/learning.md): groups per network, and its events by kind."""
+    labels = ["network", "network_id"]
+    groups = GaugeMetricFamily(
+        "atenet_mcast_groups",
+        "Multicast groups with a known member (IGMP/MLD snooping).",
+        labels=labels,
+    )
+    events = _counter(
+        "atenet_mcast", "IGMP/MLD snooping events (joins, leaves, expired, full, ...), by kind.",
+        [*labels, "what"],
+    )  # fmt: skip
+    for net in networks:
+        counters = net.get("mcast_counters") or {}
+        groups.add_metric([net["name"], net["id"]], counters.get("groups", 0))
+        for what, count in counters.items():
+            if what not in ("groups", "max", "port_max", "timeout"):
+                events.add_metric([net["name"], net["id"], what], count)
+    yield groups
+    yield events
+
+
 class NodeCollector(Collector):
     """Yields the node's metric families from ``status()`` (the operator view of /api/status)
     each time the registry is collected."""
@@ -109,6 +131,7 @@ class NodeCollector(Collector):
         yield from_peers
         yield fdb
         yield fdb_events
+        yield from _mcast_families(networks)
         yield from per_port.values()
         yield from _gateway_families(networks)
 
