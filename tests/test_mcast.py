@@ -364,3 +364,47 @@ async def test_across_nodes_a_group_is_sealed_only_to_the_node_that_joined(
     assert re.search(
         r'atenet_mcast_total{network="[^"]*",network_id="[0-9a-f]+",what="joins"} 1', metrics
     )
+
+
+def test_tok_network_set_snooping_off_and_on(tmp_path) -> None:
+    import json
+
+    from tests.test_cli_owner import run
+
+    home = tmp_path / "home"
+    run(home, "init", prog="atenet")
+    run(home, "network", "create", "office", "--cidr", "10.20.30.0/24")
+    assert json.loads(run(home, "network", "show", "office", "--json").stdout)["snooping"] is True
+    out = run(home, "network", "set", "office", "--snooping", "off").stdout
+    assert out.strip() == "network office: snooping=False"
+    assert "snooping off" in run(home, "network", "show", "office").stdout
+    assert json.loads(run(home, "network", "show", "office", "--json").stdout)["snooping"] is False
+    bad = run(home, "network", "set", "office", "--snooping", "maybe", ok=False)
+    assert bad.returncode == 2 and "maybe" in bad.stderr
+
+
+async def test_a_node_follows_the_snooping_setting_live(world, monkeypatch) -> None:
+    import dataclasses
+
+    from tests.test_learning import CountingWire
+    from tests.test_node_core import build
+
+    monkeypatch.setattr("tests.test_node_core.Wire", CountingWire)
+    wire, nodes, clients = await build(world, 3, 1)
+    net = world.chain.network_id
+    (a_addr, a), (b_addr, _b), (c_addr, c) = clients
+    wire.sender(c_addr)(c.seal_frame(v2_report(3)), c.node)
+    wire.run(1000.0)
+    runtime = nodes[0].networks[net]
+    state = runtime.state
+    off = dataclasses.replace(state, settings=dataclasses.replace(state.settings, snooping=False))
+    for node in nodes:  # as every node does when the chain says so
+        node.networks[net].apply_state(off, 1000.0)
+    assert runtime.status()["snooping"] is False and runtime.gateway.querier is False
+    wire.count.clear()
+    wire.sender(a_addr)(a.seal_frame(udp4(1)), a.node)
+    wire.run(1000.5)
+    assert wire.count[(("10.0.0.1", 4799), ("10.0.0.2", 4799))] == 1  # flooded again
+    assert b_addr in wire.frames and c_addr in wire.frames
+    runtime.apply_state(state, 1001.0)  # on again: an empty table, unregistered groups flood
+    assert runtime.status()["snooping"] is True and runtime.status()["mcast_groups"] == []

@@ -188,6 +188,7 @@ class Owner:
         mtu: int | None = None,
         dns: list[str] | None = None,
         internet: bool | None = None,
+        snooping: bool | None = None,
     ) -> dict[str, Any]:
         """Append a settings event with only the fields that change; return them ({} = none).
 
@@ -214,6 +215,8 @@ class Owner:
                 change["dns"] = servers
         if internet is not None and internet != s.internet:
             change["internet"] = internet
+        if snooping is not None and snooping != s.snooping:
+            change["snooping"] = snooping
         if change:
             await chain.append(Kind.SETTINGS, change, self.signer)
         return change

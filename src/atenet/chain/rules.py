@@ -146,6 +146,8 @@ def _settings(p: dict[str, Any]) -> None:
         raise BodyError(problem)
     if "internet" in p and not isinstance(p["internet"], bool):
         raise BodyError("internet is not true or false")
+    if "snooping" in p and not isinstance(p["snooping"], bool):
+        raise BodyError("snooping is not true or false")
 
 
 def _key_add(p: dict[str, Any]) -> None:

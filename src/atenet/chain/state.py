@@ -128,6 +128,8 @@ class Settings:
     dns: tuple[str, ...] = rules.DEFAULT_DNS
     #: Whether the gateway NATs to the internet: stored now, acted on by the gateway later.
     internet: bool = False
+    #: IGMP/MLD snooping: multicast only to the ports and nodes that joined (docs/learning.md).
+    snooping: bool = True
 
 
 @dataclass
@@ -322,6 +324,7 @@ class NetworkState:
                 mtu=int(p.get("mtu", s.mtu)),
                 dns=tuple(p.get("dns", s.dns)),
                 internet=bool(p.get("internet", s.internet)),
+                snooping=bool(p.get("snooping", s.snooping)),
             )
         elif kind == Kind.KEY_ADD:
             kid = int(p["key_id"])
@@ -408,6 +411,7 @@ class NetworkState:
             "mtu": self.settings.mtu,
             "dns": list(self.settings.dns),
             "internet": self.settings.internet,
+            "snooping": self.settings.snooping,
             "owner": short_id(self.owner),
             "created": self.created,
             "seq": self.seq,

@@ -226,6 +226,7 @@ async def network_show(name: str, store_url: str | None, as_json: bool) -> None:
         click.echo(f"mtu      {s.mtu}")
         click.echo(f"dns      {' '.join(s.dns)}")
         click.echo(f"internet {'on' if s.internet else 'off'} (not acted on yet)")
+        click.echo(f"snooping {'on' if s.snooping else 'off'}")
         click.echo(f"events   {summary['seq']}")
         active = sum(k["state"] == "active" for k in summary["keys"])
         click.echo(f"keys     {len(summary['keys'])} ({active} active)")
@@ -251,6 +252,12 @@ async def network_show(name: str, store_url: str | None, as_json: bool) -> None:
     type=click.Choice(["on", "off"]),
     help="Let the gateway reach the internet. Stored only: no node acts on it yet.",
 )
+@click.option(
+    "--snooping",
+    type=click.Choice(["on", "off"]),
+    help="IGMP/MLD snooping: multicast only to the hosts that joined (on, the default), or "
+    "to every host (off). Nodes follow at once (docs/learning.md).",
+)
 @store_option
 @json_option
 @run_async
@@ -262,11 +269,14 @@ async def network_set(
     internet: str | None,
     store_url: str | None,
     as_json: bool,
+    snooping: str | None = None,
 ) -> None:
     """Change NAME's settings live: nodes follow the chain and hand the new values to every
     client that connects afterwards (connected clients keep theirs until they reconnect)."""
-    if new_name is None and mtu is None and not dns and internet is None:
-        raise click.UsageError("nothing to change: give --name, --mtu, --dns or --internet")
+    if new_name is None and mtu is None and not dns and internet is None and snooping is None:
+        raise click.UsageError(
+            "nothing to change: give --name, --mtu, --dns, --internet or --snooping"
+        )
     async with owner_session(store_url) as owner:
         chain = await owner.find(name)
         change = await owner.set_settings(
@@ -275,6 +285,7 @@ async def network_set(
             mtu=mtu,
             dns=list(dns) if dns else None,
             internet=None if internet is None else internet == "on",
+            snooping=None if snooping is None else snooping == "on",
         )
         if as_json:
             print_json({"network": chain.network_id.hex(), "changed": change})

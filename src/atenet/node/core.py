@@ -570,7 +570,7 @@ class NetworkRuntime:
     def _configure_snooping(self, state: NetworkState) -> None:
         """IGMP/MLD snooping on or off as the chain's settings say (live: a network set off
         floods all multicast from the next frame; on again starts from an empty table)."""
-        on = getattr(state.settings, "snooping", True)
+        on = state.settings.snooping
         if on and self.switch.mcast is None:
             self.switch.mcast = Groups()
         elif not on:
