@@ -580,6 +580,7 @@ def _print_node(data: dict[str, Any]) -> None:
         click.echo(
             f"  to peers {net['frames_to_peers']}  from peers {net['frames_from_peers']}"
             f"  MACs learned {net.get('fdb', 0)}"
+            f"  groups {len(net.get('mcast_groups', []))}"
         )
         if net["drops"]:
             click.echo("  dropped: " + _drops(net["drops"]))
@@ -822,7 +823,8 @@ def _c_locale() -> dict[str, str]:
 @json_option
 def fdb(network: str | None, node_url: str, as_json: bool) -> None:
     """Where each host of NETWORK is, as a node's learning switch sees it: MAC → local port or
-    peer node, and IP → MAC from ARP / neighbour discovery snooping (all networks the node
+    peer node, IP → MAC from ARP / neighbour discovery snooping, and multicast group → the
+    local ports and peer nodes that joined it (IGMP/MLD snooping) (all networks the node
     serves when NETWORK is omitted; a name or an id prefix).
 
     Operator data: ask the node on its own host (loopback), or from a host holding its
@@ -863,6 +865,15 @@ def fdb(network: str | None, node_url: str, as_json: bool) -> None:
         click.echo(f"  {len(net['ips'])} addresses")
         for e in net["ips"]:
             click.echo(f"    {e['ip']:<40} {e['mac']}  {e['where']}  {e['age']:g} s ago")
+        _print_groups(net.get("groups", []))
+
+
+def _print_groups(groups: list[dict[str, Any]]) -> None:
+    """Multicast groups → the local ports and peer nodes that joined (IGMP/MLD snooping)."""
+    click.echo(f"  {len(groups)} multicast groups")
+    for g in groups:
+        where = [f"port {p}" for p in g["ports"]] + [f"node {n}" for n in g["nodes"]]
+        click.echo(f"    {g['group']:<40} {', '.join(where)}")
 
 
 COMMANDS = (connect, disconnect, status, ping, fdb)
