@@ -14,6 +14,10 @@ Forwarding (a learning switch, docs/learning.md):
 * unknown unicast, broadcast and multicast flood as before: from a local port to every *other*
   local port and to the peers; from a peer to local ports only, never back out to peers — the
   loop rule: with full-mesh flooding, each frame crosses the overlay exactly once;
+* except multicast to a group some port or node joined (IGMP/MLD snooping,
+  :mod:`atenet.switch.mcast`, :attr:`Switch.mcast`): it goes to the members only, the peers
+  among them through ``to_group_peers`` (sealed once); asked only for frames whose
+  destination has the group bit, on the path unknown destinations take anyway;
 * a port flagged :attr:`Port.mirror` (`tok monitor`) gets every frame the switch handles,
   whatever the table says; and while a peer node has such a port (:meth:`Switch.set_mirror_peers`,
   from its heartbeat), unicast from local ports is also sent to it (``to_mirror_peers``), so a
