@@ -408,3 +408,28 @@ async def test_a_node_follows_the_snooping_setting_live(world, monkeypatch) -> N
     assert b_addr in wire.frames and c_addr in wire.frames
     runtime.apply_state(state, 1001.0)  # on again: an empty table, unregistered groups flood
     assert runtime.status()["snooping"] is True and runtime.status()["mcast_groups"] == []
+
+
+async def test_each_node_queries_its_own_local_ports_and_never_its_peers(
+    world, monkeypatch
+) -> None:
+    from tests.test_learning import CountingWire
+    from tests.test_node_core import build
+
+    monkeypatch.setattr("tests.test_node_core.Wire", CountingWire)
+    wire, nodes, clients = await build(world, 2, 1)
+    (a_addr, _a), (b_addr, _b) = clients
+    runtime = nodes[0].networks[world.chain.network_id]
+    assert runtime.gateway is not None
+    wire.count.clear()
+    wire.frames.clear()
+    nodes[0].expire(1001.0)  # the first tick with a local port starts the schedule
+    nodes[0].expire(1003.5)
+    wire.run(1003.5)
+    queries = [f for f in wire.frames[a_addr] if f[:6] in (b"\x01\x00\x5e\x00\x00\x01",)]
+    queries6 = [f for f in wire.frames[a_addr] if Ether(f).haslayer("ICMPv6MLQuery2")]
+    assert len(queries) == 1 and len(queries6) == 1
+    assert Ether(queries[0])[IP].dst == "224.0.0.1"
+    assert b_addr not in wire.frames
+    assert wire.count[(("10.0.0.1", 4799), ("10.0.0.2", 4799))] == 0
+    assert runtime.gateway.handled["query"] == 1
