@@ -470,3 +470,35 @@ async def test_a_monitor_on_another_node_sees_unicast_between_hosts_elsewhere(
     node_a, node_b, node_c = (("10.0.0.1", 4799), ("10.0.0.2", 4799), ("10.0.0.3", 4799))
     assert (wire.count[(node_a, node_b)], wire.count[(node_a, node_c)]) == (1, 2)
     assert wire.count[(node_b, node_c)] == 0  # B got it from a peer: never passed on
+
+
+def test_storm_control_bounds_what_one_port_floods_and_spares_the_others() -> None:
+    """A port spraying broadcasts from random MACs floods at most its budget (burst, then the
+    rate); the excess is dropped and counted, other ports' unicast is untouched."""
+    net = Net()
+    a, b, c = net.ports
+    sw = net.switch
+    sw.now = 100.0
+    sw.from_local(b, eth(BCAST, mac(2)))  # b and c say who they are
+    sw.from_local(c, eth(BCAST, mac(3)))
+    net.clear()
+    for i in range(3 * int(sw.storm_burst)):
+        sw.from_local(a, eth(BCAST, bytes([2, 9, 0, 0]) + i.to_bytes(2, "big")))
+    assert len(b.frames) == sw.storm_burst == 2 * sw.storm_rate
+    assert a.counters()["storm_drops"] == 2 * sw.storm_burst
+    assert sw.fdb_status()["storm_drops"] == 2 * sw.storm_burst
+    net.clear()
+    f = eth(mac(3), mac(2))  # unicast between the others still goes, unlimited
+    for _ in range(3000):
+        sw.from_local(b, f)
+    assert len(c.frames) == 3000
+    net.clear()
+    sw.now = 101.0  # one second later: one second's worth of floods again
+    for _ in range(2 * int(sw.storm_rate)):
+        sw.from_local(a, eth(BCAST, mac(1)))
+    assert len(b.frames) == sw.storm_rate
+    sw.set_storm_rate(0)  # off
+    net.clear()
+    for _ in range(5000):
+        sw.from_local(a, eth(BCAST, mac(1)))
+    assert len(b.frames) == 5000

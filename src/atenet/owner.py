@@ -185,6 +185,8 @@ class Owner:
         chain: Chain,
         *,
         name: str | None = None,
+        fdb: dict[str, int] | None = None,
+        proxy_arp: bool | None = None,
         mtu: int | None = None,
         dns: list[str] | None = None,
         internet: bool | None = None,
@@ -215,6 +217,13 @@ class Owner:
                 change["dns"] = servers
         if internet is not None and internet != s.internet:
             change["internet"] = internet
+        for field, value in (fdb or {}).items():  # the learning switch's table (rules.FDB_*)
+            if problem := rules.fdb_problem(field, value):
+                raise AtenetError(problem)
+            if value != getattr(s, field):
+                change[field] = value
+        if proxy_arp is not None and proxy_arp != s.proxy_arp:
+            change["proxy_arp"] = proxy_arp
         if snooping is not None and snooping != s.snooping:
             change["snooping"] = snooping
         if change:

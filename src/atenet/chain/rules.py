@@ -36,6 +36,26 @@ MAX_ENDPOINTS = 32
 MAX_ENDPOINT_LEN = 300
 MAX_TOKEN_LEN = 8192
 MAX_KEY_ID = 2**32 - 1  # the access token carries it as a u32
+#: The learning switch's settings (docs/learning.md): default and allowed range of each. The
+#: defaults are Linux's and OVS's (300 s, 8,192 MACs); 64 MACs a port is a host or a small
+#: bridge behind it; one peer node at most half the table. The ranges keep a table's memory
+#: bounded (an entry costs ~200 bytes: 1,048,576 is ~200 MiB at worst) and the age sane.
+FDB_DEFAULTS = {"fdb_age": 300, "fdb_port_macs": 64, "fdb_peer_macs": 4096, "fdb_macs": 8192}
+FDB_RANGES = {
+    "fdb_age": (10, 86_400),
+    "fdb_port_macs": (1, 65_536),
+    "fdb_peer_macs": (1, 1_048_576),
+    "fdb_macs": (1, 1_048_576),
+}
+
+
+def fdb_problem(field: str, value: object) -> str | None:
+    """Why ``value`` is not acceptable for the switch setting ``field``, or None."""
+    low, high = FDB_RANGES[field]
+    if not _is_int(value) or not low <= value <= high:  # type: ignore[operator]
+        unit = " seconds" if field == "fdb_age" else ""
+        return f"{field} {str(value)[:40]} is not an integer from {low:,} to {high:,}{unit}"
+    return None
 
 
 class BodyError(ValueError):
@@ -146,6 +166,11 @@ def _settings(p: dict[str, Any]) -> None:
         raise BodyError(problem)
     if "internet" in p and not isinstance(p["internet"], bool):
         raise BodyError("internet is not true or false")
+    for field in FDB_RANGES:
+        if field in p and (problem := fdb_problem(field, p[field])):
+            raise BodyError(problem)
+    if "proxy_arp" in p and not isinstance(p["proxy_arp"], bool):
+        raise BodyError("proxy_arp is not true or false")
     if "snooping" in p and not isinstance(p["snooping"], bool):
         raise BodyError("snooping is not true or false")
 

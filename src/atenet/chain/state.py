@@ -128,7 +128,15 @@ class Settings:
     dns: tuple[str, ...] = rules.DEFAULT_DNS
     #: Whether the gateway NATs to the internet: stored now, acted on by the gateway later.
     internet: bool = False
-    #: IGMP/MLD snooping: multicast only to the ports and nodes that joined (docs/learning.md).
+    #: The learning switch's table on every node (docs/learning.md): entry age in seconds,
+    #: MACs per local port, per peer node and in all, per network per node.
+    fdb_age: int = rules.FDB_DEFAULTS["fdb_age"]
+    fdb_port_macs: int = rules.FDB_DEFAULTS["fdb_port_macs"]
+    fdb_peer_macs: int = rules.FDB_DEFAULTS["fdb_peer_macs"]
+    fdb_macs: int = rules.FDB_DEFAULTS["fdb_macs"]
+    #: The gateway answers ARP / NS for hosts on other nodes from the snooped table.
+    proxy_arp: bool = False
+    #: IGMP/MLD snooping (switch/mcast.py): multicast only to joined ports; off floods it all.
     snooping: bool = True
 
 
@@ -324,6 +332,8 @@ class NetworkState:
                 mtu=int(p.get("mtu", s.mtu)),
                 dns=tuple(p.get("dns", s.dns)),
                 internet=bool(p.get("internet", s.internet)),
+                **{f: int(p.get(f, getattr(s, f))) for f in rules.FDB_DEFAULTS},
+                proxy_arp=bool(p.get("proxy_arp", s.proxy_arp)),
                 snooping=bool(p.get("snooping", s.snooping)),
             )
         elif kind == Kind.KEY_ADD:
@@ -411,6 +421,8 @@ class NetworkState:
             "mtu": self.settings.mtu,
             "dns": list(self.settings.dns),
             "internet": self.settings.internet,
+            **{f: getattr(self.settings, f) for f in rules.FDB_DEFAULTS},
+            "proxy_arp": self.settings.proxy_arp,
             "snooping": self.settings.snooping,
             "owner": short_id(self.owner),
             "created": self.created,

@@ -50,6 +50,7 @@ from atenet.node.http import serve_http, tls_context
 from atenet.overlay.token import AccessToken
 from atenet.owner import Owner
 from atenet.paths import config_dir, write_private
+from atenet.switch.core import STORM_RATE
 
 DEFAULT_NETWORK = "default"
 
@@ -388,6 +389,15 @@ async def up_token(owner: Owner, chain: Chain, endpoints: list[str]) -> tuple[st
     help="Packets per second one client session may send; the excess is dropped before "
     "decryption (counted as port_rate).",
 )
+@click.option(
+    "--storm-rate",
+    type=click.FloatRange(0, 1e9),
+    default=STORM_RATE,
+    show_default=True,
+    metavar="FPS",
+    help="Frames per second one port may flood (broadcast, unknown unicast, unregistered "
+    "multicast); the excess is dropped (storm_drops). 0: no limit.",
+)
 @http_options
 @run_async
 async def run(
@@ -401,6 +411,7 @@ async def run(
     max_ports_per_key: int,
     max_ports_per_address: int,
     port_rate: float,
+    storm_rate: float,
     http: HttpConfig,
 ) -> None:
     """Serve every network of this deployment: one UDP socket for clients and peers, networks
@@ -412,7 +423,9 @@ async def run(
         daemon = NodeDaemon(
             store, load_node_key(), load_authority(), listen=listen, udp_port=udp_port,
             advertise=advertise, heartbeat=heartbeat, member_grace=member_grace,
-            limits=PortLimits(max_ports_per_key, max_ports_per_address, port_rate, port_rate / 10),
+            limits=PortLimits(
+                max_ports_per_key, max_ports_per_address, port_rate, port_rate / 10, storm_rate
+            ),
             lock_dir=config_dir(),
         )  # fmt: skip
 

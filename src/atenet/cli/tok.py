@@ -226,6 +226,11 @@ async def network_show(name: str, store_url: str | None, as_json: bool) -> None:
         click.echo(f"mtu      {s.mtu}")
         click.echo(f"dns      {' '.join(s.dns)}")
         click.echo(f"internet {'on' if s.internet else 'off'} (not acted on yet)")
+        click.echo(
+            f"fdb      age {s.fdb_age} s, MACs {s.fdb_macs:,}, per port {s.fdb_port_macs:,}, "
+            f"per peer node {s.fdb_peer_macs:,}"
+        )
+        click.echo(f"proxy    ARP/ND {'on' if s.proxy_arp else 'off'}")
         click.echo(f"snooping {'on' if s.snooping else 'off'}")
         click.echo(f"events   {summary['seq']}")
         active = sum(k["state"] == "active" for k in summary["keys"])
@@ -253,10 +258,41 @@ async def network_show(name: str, store_url: str | None, as_json: bool) -> None:
     help="Let the gateway reach the internet. Stored only: no node acts on it yet.",
 )
 @click.option(
+    "--fdb-age",
+    type=int,
+    metavar="SECONDS",
+    help="Forget a learned MAC this long after its last frame (10-86400; default 300).",
+)
+@click.option(
+    "--fdb-macs",
+    type=int,
+    metavar="N",
+    help="MACs each node's switch learns for the network (default 8192).",
+)
+@click.option(
+    "--fdb-port-macs",
+    type=int,
+    metavar="N",
+    help="MACs one local port (a host) may teach a node's switch (default 64).",
+)
+@click.option(
+    "--fdb-peer-macs",
+    type=int,
+    metavar="N",
+    help="MACs a node learns behind one other node (default 4096). Lowering a bound evicts "
+    "nothing: learning stops until entries age out.",
+)
+@click.option(
+    "--proxy-arp",
+    type=click.Choice(["on", "off"]),
+    help="Each node's gateway answers ARP and neighbour solicitations from its ports for "
+    "hosts on other nodes it heard lately, so those requests do not cross nodes (default off).",
+)
+@click.option(
     "--snooping",
     type=click.Choice(["on", "off"]),
-    help="IGMP/MLD snooping: multicast only to the hosts that joined (on, the default), or "
-    "to every host (off). Nodes follow at once (docs/learning.md).",
+    help="IGMP/MLD snooping (default on): multicast goes only to the hosts that joined its "
+    "group. Off floods every multicast frame to every host.",
 )
 @store_option
 @json_option
@@ -267,21 +303,30 @@ async def network_set(
     mtu: int | None,
     dns: tuple[str, ...],
     internet: str | None,
+    snooping: str | None,
     store_url: str | None,
     as_json: bool,
-    snooping: str | None = None,
+    proxy_arp: str | None,
+    **fdb_options: int | None,
 ) -> None:
     """Change NAME's settings live: nodes follow the chain and hand the new values to every
-    client that connects afterwards (connected clients keep theirs until they reconnect)."""
-    if new_name is None and mtu is None and not dns and internet is None and snooping is None:
+    client that connects afterwards (connected clients keep theirs until they reconnect).
+    The --fdb-* bounds of the learning switch apply at once on every node, keeping what it
+    learned (docs/learning.md)."""
+    fdb = {k: v for k, v in fdb_options.items() if v is not None}
+    unchanged = new_name is None and mtu is None and not dns and internet is None
+    if unchanged and snooping is None and not fdb and proxy_arp is None:
         raise click.UsageError(
-            "nothing to change: give --name, --mtu, --dns, --internet or --snooping"
+            "nothing to change: give --name, --mtu, --dns, --internet, --snooping, --proxy-arp "
+            "or an --fdb-* option"
         )
     async with owner_session(store_url) as owner:
         chain = await owner.find(name)
         change = await owner.set_settings(
             chain,
             name=new_name,
+            fdb=fdb,
+            proxy_arp=None if proxy_arp is None else proxy_arp == "on",
             mtu=mtu,
             dns=list(dns) if dns else None,
             internet=None if internet is None else internet == "on",

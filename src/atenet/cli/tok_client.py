@@ -509,8 +509,13 @@ def _node_status(url: str) -> tuple[dict[str, Any] | None, str]:
     import urllib.error
     import urllib.request
 
+    from atenet.cli.common import operator_headers
+
+    # The operator token when this host has it (as `tok fdb`): the node's operator-only
+    # fields (ports' addresses, the learning switch's counters) show then.
+    request = urllib.request.Request(url, headers=operator_headers(url))
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
+        with urllib.request.urlopen(request, timeout=5) as resp:
             return json.load(resp), ""
     except (urllib.error.URLError, OSError, ValueError) as exc:
         return None, f"cannot read {url}: {exc}"
@@ -568,6 +573,14 @@ def status(ctx: click.Context, node_url: str, as_json: bool) -> None:
     _print_node(data)
 
 
+def _groups_text(mcast: dict[str, Any]) -> str:
+    if not mcast:
+        return ""
+    if not mcast.get("snooping"):
+        return "  multicast snooping off"
+    return f"  multicast groups {mcast.get('groups', 0)}"
+
+
 def _print_node(data: dict[str, Any]) -> None:
     click.echo(f"node {data['node']} at {data['endpoint']}, {data['datagrams']} datagrams in")
     if data["drops"]:
@@ -579,9 +592,16 @@ def _print_node(data: dict[str, Any]) -> None:
         )
         click.echo(
             f"  to peers {net['frames_to_peers']}  from peers {net['frames_from_peers']}"
-            f"  MACs learned {net.get('fdb', 0)}"
-            f"  groups {len(net.get('mcast_groups', []))}"
+            f"  MACs learned {net.get('fdb', 0)}" + _groups_text(net.get("mcast", {}))
         )
+        if counters := net.get("fdb_counters"):
+            click.echo(
+                f"  MAC table {counters['entries']}/{counters['max']} (port {counters['port_max']},"
+                f" peer {counters.get('peer_max', '-')}, age {counters['age']} s)"
+                f"  moves {counters['moves']}  full {counters['full']}"
+                f"  port_full {counters['port_full']}  peer_full {counters.get('peer_full', 0)}"
+                f"  mac_theft {counters.get('mac_theft', 0)}"
+            )
         if net["drops"]:
             click.echo("  dropped: " + _drops(net["drops"]))
         for p in net["ports"]:
@@ -823,9 +843,8 @@ def _c_locale() -> dict[str, str]:
 @json_option
 def fdb(network: str | None, node_url: str, as_json: bool) -> None:
     """Where each host of NETWORK is, as a node's learning switch sees it: MAC → local port or
-    peer node, IP → MAC from ARP / neighbour discovery snooping, and multicast group → the
-    local ports and peer nodes that joined it (IGMP/MLD snooping) (all networks the node
-    serves when NETWORK is omitted; a name or an id prefix).
+    peer node, IP → MAC from ARP / neighbour discovery snooping, and the multicast groups hosts
+    joined (all networks the node serves when NETWORK is omitted; a name or an id prefix).
 
     Operator data: ask the node on its own host (loopback), or from a host holding its
     operator token (docs/learning.md)."""
@@ -865,15 +884,13 @@ def fdb(network: str | None, node_url: str, as_json: bool) -> None:
         click.echo(f"  {len(net['ips'])} addresses")
         for e in net["ips"]:
             click.echo(f"    {e['ip']:<40} {e['mac']}  {e['where']}  {e['age']:g} s ago")
-        _print_groups(net.get("groups", []))
-
-
-def _print_groups(groups: list[dict[str, Any]]) -> None:
-    """Multicast groups → the local ports and peer nodes that joined (IGMP/MLD snooping)."""
-    click.echo(f"  {len(groups)} multicast groups")
-    for g in groups:
-        where = [f"port {p}" for p in g["ports"]] + [f"node {n}" for n in g["nodes"]]
-        click.echo(f"    {g['group']:<40} {', '.join(where)}")
+        if not net.get("snooping", True):
+            click.echo("  multicast snooping off: every multicast frame floods")
+            continue
+        click.echo(f"  {len(net.get('groups', []))} multicast groups")
+        for g in net.get("groups", []):
+            members = ", ".join(m["member"] for m in g["members"])
+            click.echo(f"    {g['group']:<40} {members}")
 
 
 COMMANDS = (connect, disconnect, status, ping, fdb)

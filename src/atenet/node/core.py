@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from atenet.addressing import ipv4_for, ipv6_for
-from atenet.chain.state import NetworkState
+from atenet.chain.state import AccessKey, NetworkState
 from atenet.errors import AtenetError, DecodeError
 from atenet.node.routes import ROUTE_KIND, RoutePort, sync_routes
 from atenet.node.schema import CONTROL, SchemaError, parse
@@ -48,8 +48,10 @@ from atenet.overlay.seal import (
 from atenet.router.dhcp import Bind, DhcpServer, Lease
 from atenet.router.gateway import DEFAULT_DNS6, Gateway
 from atenet.router.neighbours import Neighbours
-from atenet.switch.core import Port, Switch
-from atenet.switch.mcast import Groups, format_group
+from atenet.router.querier import Querier
+from atenet.switch.core import STORM_RATE, Port, Switch
+from atenet.switch.mcast import Multicast
+from atenet.switch.proxy import NeighbourProxy
 from atenet.switch.snoop import IpTable
 from atenet.wire.dhcp import is_dhcp_request_frame
 
@@ -95,6 +97,8 @@ class PortLimits:
     per_address: int = MAX_PORTS_PER_ADDRESS
     rate: float = PORT_RATE
     burst: float = PORT_BURST
+    storm: float = STORM_RATE
+    """Frames per second a local port may flood (switch storm control; 0: no limit)."""
 
 
 Addr = tuple[str, int]
@@ -199,11 +203,19 @@ class NetworkRuntime:
             to_peer=self._to_peer, to_peer_packet=self._to_peer_packet,
         )  # fmt: skip
         self.switch.to_mirror_peers = self._to_mirror_peers
-        self.switch.to_group_peers = self._to_group_peers
         self._addresses: dict[bytes, tuple[str, str]] = {}
         self.openers: dict[int, Opener] = {}
         self.sealers: dict[int, Sealer] = {}
         self.revoked: set[int] = set()
+        self.usable: dict[int, AccessKey] = {}
+        """Access keys usable at the last :meth:`apply_state`: the only ones whose material
+        :meth:`_derive` builds, so junk naming other key ids costs no derivation."""
+        self.key_seen: dict[int, float] = {}
+        """When a derived key last had a port, a derivation or a port-less packet: material idle
+        longer than UDP_IDLE (> the replay PAST_SKEW, so nothing sealed before the drop opens
+        after it) is dropped by :meth:`expire`."""
+        self.derivations = 0
+        """Access keys derived (lazily, on first use, again after an idle drop)."""
         self.clients: dict[tuple[int, int], UdpClientPort] = {}
         self.peers: tuple[Addr, ...] = ()
         self.peer_ids: tuple[str, ...] = ()
@@ -221,6 +233,7 @@ class NetworkRuntime:
         self.freshness = freshness if freshness is not None else Freshness(counter_start)
         self.instance = instance
         self.limits = limits if limits is not None else PortLimits()
+        self.switch.set_storm_rate(self.limits.storm)
         self.address_ports: Counter[str] = address_ports if address_ports is not None else Counter()
         self.key_ports: Counter[int] = Counter()
         self.clock: Callable[[], float] = time.time
@@ -235,6 +248,8 @@ class NetworkRuntime:
         self.dhcp: DhcpServer | None = None
         self.neighbours: Neighbours | None = None
         """The gateway's neighbour cache, for packets routed into this network."""
+        self.querier: Querier | None = None
+        """IGMP/MLD general queries from the gateway while snooping is on (built on first poll)."""
         self.route_ports: dict[bytes, RoutePort] = {}
         """This network's routes in use, by target network id (node/routes.py)."""
         self.network_of: Callable[[bytes], NetworkRuntime | None] = lambda _id: None
@@ -259,16 +274,13 @@ class NetworkRuntime:
             self._node_sealer = Sealer(self.network_id, node_key, self.sender_id, start)
         usable = {k.key_id: k for k in state.keys.values() if k.usable(now)}
         for key_id in [k for k in self.openers if k != NODE_KEY_ID and k not in usable]:
-            del self.openers[key_id]
-            self.sealers.pop(key_id, None)
-        for key_id, key in usable.items():
-            if key_id not in self.openers:
-                packet_key = PacketKey(key.secret, key_id)
-                self.openers[key_id] = Opener(packet_key, freshness=self.freshness)
-                self.sealers[key_id] = Sealer(self.network_id, packet_key, self.sender_id, start)
+            self._drop_key(key_id)
+        # Key material is derived in packet() when a key is first named, not here: a node holds
+        # it for its own hosts, not for every access key of the network.
+        self.usable = usable
         self.revoked = {k for k in state.keys if k not in usable}
         self._configure_router(state, now)
-        self._configure_snooping(state)
+        self._configure_fdb(state, now)
         closed = []
         for key, port in list(self.switch.ports.items()):
             if port.key_id is not None and port.key_id not in usable:
@@ -307,6 +319,24 @@ class NetworkRuntime:
         )
         self.switch.set_mirror_peers(bool(self.mirror_peers))
 
+    def _configure_fdb(self, state: NetworkState, now: float) -> None:
+        """The learning switch's bounds and age from the chain (`tok network set --fdb-*`),
+        live: the table is kept (docs/learning.md). The snooped IP table ages alike.
+
+        Also gives a new switch its first time: WebSocket frames are learned at the time of
+        the last tick, and a network loaded for a page that connects before its first tick
+        would stamp the page's MAC with 0 — aged out at that tick."""
+        if not self.switch.now:
+            self.switch.now = now
+        s = state.settings
+        self.switch.configure(s.fdb_age, s.fdb_macs, s.fdb_port_macs, s.fdb_peer_macs)
+        self.ip_table.age_limit = float(s.fdb_age)
+        self.switch.proxy = (
+            NeighbourProxy(self.ip_table, self.switch, lambda: self.clock())
+            if s.proxy_arp
+            else None
+        )
+
     # ------------------------------------------------------------------ gateway
 
     def _configure_router(self, state: NetworkState, now: float) -> None:
@@ -315,12 +345,15 @@ class NetworkRuntime:
         if config != self._router_config:
             self._router_config = config
             self._build_router(state)
+        if s.snooping != (self.switch.mcast is not None):
+            self.switch.mcast = Multicast() if s.snooping else None  # off: multicast floods
+            self.querier = None
         self._sync_leases(state, now)
 
     def _build_router(self, state: NetworkState) -> None:
         """The network's gateway and DHCP server, rebuilt when its settings change."""
         s = state.settings
-        self.gateway = self.dhcp = self.neighbours = None
+        self.gateway = self.dhcp = self.neighbours = self.querier = None
         self.switch.gateway = None
         self.switch.gateway_mac = b"\xff" * 6
         if not s.cidr:
@@ -343,7 +376,7 @@ class NetworkRuntime:
         last = table.recent[-1][0] if table.recent else 0
         dhcp.seed([Lease.from_payload(r["seq"], r) for r in table.by_ip.values()], last)
         self.gateway, self.dhcp = gateway, dhcp
-        self.neighbours = Neighbours(gateway, unreachable=self._unreachable)
+        self.neighbours = Neighbours(gateway, unreachable=self._unreachable, snooped=self._snooped)
         self.switch.gateway_mac = gateway.mac
         self.switch.gateway = self._to_gateway
 
@@ -433,11 +466,16 @@ class NetworkRuntime:
             frames = gateway.poll(now)  # the schedule runs on with no one to hear it, too
             for frame in frames if len(self.switch) else ():
                 self.switch.from_gateway(frame)
-        for frame in gateway.poll_queries(now) if len(self.switch) else ():
-            self.switch.from_gateway(frame)  # IGMP/MLD general queries, to local ports only
         neighbours = self.neighbours
         if neighbours is not None and (at := neighbours.poll_at()) is not None and now >= at:
             self.inject(neighbours.poll(now))
+        if self.switch.mcast is not None:
+            querier = self.querier
+            if querier is None:
+                querier = self.querier = Querier(gateway.mac, gateway.ipv4, gateway.link_local, now)
+            if now >= querier.next_at:
+                for frame in querier.poll(now) if len(self.switch) else ():
+                    self.switch.from_gateway(frame)
 
     @property
     def is_member(self) -> bool:
@@ -505,6 +543,9 @@ class NetworkRuntime:
                 table[item] = left  # type: ignore[index]
             else:
                 table.pop(item, None)  # type: ignore[arg-type]
+        key_id = port.key_id
+        if key_id is not None and key_id in self.sealers:
+            self.key_seen[key_id] = max(self.key_seen.get(key_id, 0.0), port.last_seen)
 
     def advance(self, now: float) -> None:
         """Move every sealer's counter up to the clock (called about once a second), so a
@@ -519,7 +560,35 @@ class NetworkRuntime:
         self.switch.age(now)  # MAC table aging, and the time WebSocket frames are learned at
         self.ip_table.age(now)
         stale = [k for k, p in self.clients.items() if now - p.last_seen > UDP_IDLE]
-        return [p for p in (self.remove_client(k) for k in stale) if p is not None]
+        closed = [p for p in (self.remove_client(k) for k in stale) if p is not None]
+        key_ports, key_seen = self.key_ports, self.key_seen
+        for key_id in [k for k in self.sealers if k not in key_ports]:
+            if now - key_seen.get(key_id, now) > UDP_IDLE:
+                self._drop_key(key_id)
+        return closed
+
+    def _derive(self, key_id: int, now: float) -> Opener | None:
+        """Build a usable access key's packet key, opener and sealer on its first packet.
+
+        Only key ids in the chain and usable are derived (the chain bounds them); once derived a
+        key stays until it has had no port for UDP_IDLE, so junk naming a real key id costs at
+        most one derivation per key per UDP_IDLE."""
+        key = self.usable.get(key_id)
+        if key is None or not key.usable(now):
+            return None
+        start = max(self.counter_start, int(now * _NS))  # counters track the clock
+        packet_key = PacketKey(key.secret, key_id)
+        opener = Opener(packet_key, freshness=self.freshness)
+        self.openers[key_id] = opener
+        self.sealers[key_id] = Sealer(self.network_id, packet_key, self.sender_id, start)
+        self.key_seen[key_id] = now
+        self.derivations += 1
+        return opener
+
+    def _drop_key(self, key_id: int) -> None:
+        self.openers.pop(key_id, None)
+        self.sealers.pop(key_id, None)
+        self.key_seen.pop(key_id, None)
 
     # ------------------------------------------------------------------ packets
 
@@ -550,47 +619,6 @@ class NetworkRuntime:
     def _to_peer_packet(self, packet: bytes, peer: int) -> int:
         return self._to_peer(packet, peer, TYPE_SUPERFRAME)
 
-    def _to_group_peers(self, data: bytes, peers: list[int], offloaded: bool) -> int:
-        """A frame to a multicast group: sealed once, sent to the live peers that joined it and
-        to those with a mirror port (IGMP/MLD snooping, docs/learning.md). A member no longer
-        live is skipped: its membership times out."""
-        sealer = self._node_sealer
-        if sealer is None:
-            return 0
-        senders = self.peer_senders
-        addrs = {senders[p] for p in peers if p in senders}
-        addrs.update(addr for _sender, addr in self.mirror_peers)
-        if not addrs:
-            return 0
-        sealed = sealer.seal(data, TYPE_SUPERFRAME if offloaded else TYPE_FRAME)
-        for addr in addrs:
-            self.send(sealed, addr)
-        return len(addrs)
-
-    def _configure_snooping(self, state: NetworkState) -> None:
-        """IGMP/MLD snooping on or off as the chain's settings say (live: a network set off
-        floods all multicast from the next frame; on again starts from an empty table)."""
-        on = state.settings.snooping
-        if on and self.switch.mcast is None:
-            self.switch.mcast = Groups()
-        elif not on:
-            self.switch.mcast = None
-        if self.gateway is not None:
-            self.gateway.querier = on
-
-    def mcast_view(self) -> list[dict[str, Any]]:
-        """Groups and their members (local port names, peer node ids), for status and fdb."""
-        mcast = self.switch.mcast
-        if mcast is None:
-            return []
-        names = self.peer_names
-        out = []
-        for group, members in sorted(mcast.groups.items(), key=lambda kv: (len(kv[0]), kv[0])):
-            ports = sorted(m.name for m in members if not isinstance(m, int))
-            nodes = sorted(names.get(m, f"{m:08x}") for m in members if isinstance(m, int))
-            out.append({"group": format_group(group), "ports": ports, "nodes": nodes})
-        return out
-
     def _to_mirror_peers(self, data: bytes, peer: int | None, offloaded: bool) -> None:
         """A frame that went to one port or peer, sealed once more for the peers with a mirror
         port but ``peer`` (which has it already)."""
@@ -617,8 +645,10 @@ class NetworkRuntime:
         self.switch.now = now  # the time MAC learning stamps entries with
         opener = self.openers.get(key_id)
         if opener is None:
-            self.drops["revoked_key" if key_id in self.revoked else "unknown_key"] += 1
-            return
+            opener = self._derive(key_id, now)
+            if opener is None:
+                self.drops["revoked_key" if key_id in self.revoked else "unknown_key"] += 1
+                return
         if key_id == NODE_KEY_ID:
             try:
                 payload = opener.open(data, sender_id, counter)
@@ -646,6 +676,7 @@ class NetworkRuntime:
             self.drops[err.reason] += 1
             return
         if port is None:
+            self.key_seen[key_id] = now
             # Only a control message bound to this node instance opens a port (below).
             if ptype == TYPE_CONTROL:
                 self._control_new(addr, key_id, sender_id, key, payload, now)
@@ -801,11 +832,11 @@ class NetworkRuntime:
             "ip_table_counters": dict(self.ip_table.counters),
             "fdb_counters": self.switch.fdb_status(),
             "fdb_peers": self._fdb_peers(),
-            "snooping": self.switch.mcast is not None,
-            "mcast_groups": self.mcast_view(),
-            "mcast_counters": self.switch.mcast.status() if self.switch.mcast is not None else {},
+            "mcast": self._mcast_status(),
             "ports": [p.counters() for p in self.switch.ports.values()],
             "drops": dict(self.drops),
+            "keys_derived": len(self.sealers),
+            "key_derivations": self.derivations,
             "gateway": self._gateway_status(),
             "dhcp": dict(self.dhcp.counters) if self.dhcp is not None else {},
         }
@@ -816,6 +847,15 @@ class NetworkRuntime:
         else:
             name = f"node {self.peer_names.get(where, f'{where:08x}')}"
         self.ip_table.observe(frame, name, self.clock())  # rare frames: read the clock
+
+    def _snooped(
+        self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    ) -> tuple[bytes, float] | None:
+        """The snooped table's MAC for ``ip`` and its age, for the gateway's neighbour cache
+        (it trusts only fresh claims): a routed packet to a host that spoke ARP/ND lately
+        leaves without a broadcast request."""
+        entry = self.ip_table.entries.get(ip)
+        return None if entry is None else (entry.mac, max(0.0, self.clock() - entry.seen))
 
     def fdb_view(self, now: float) -> dict[str, Any]:
         """The MAC table (MAC → port or node) and the snooped IP → MAC table, for `tok fdb`."""
@@ -832,7 +872,25 @@ class NetworkRuntime:
             "name": s.name if s else "",
             "macs": macs,
             "ips": self.ip_table.view(now),
-            "groups": self.mcast_view(),
+            "groups": self.switch.mcast.view(now, self._member_name) if self.switch.mcast else [],
+            "snooping": self.switch.mcast is not None,
+        }
+
+    def _member_name(self, member: Port | int) -> str:
+        if isinstance(member, Port):
+            return f"port {member.name}"
+        return f"node {self.peer_names.get(member, f'{member:08x}')}"
+
+    def _mcast_status(self) -> dict[str, Any]:
+        """IGMP/MLD snooping: on or off, the groups with members here, and its counters."""
+        mcast = self.switch.mcast
+        if mcast is None:
+            return {"snooping": False}
+        return {
+            "snooping": True,
+            "groups": len(mcast.groups),
+            "counters": dict(mcast.counters),
+            "queries": self.querier.sent if self.querier is not None else 0,
         }
 
     def _fdb_peers(self) -> dict[str, int]:

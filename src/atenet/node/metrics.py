@@ -18,6 +18,9 @@ from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+FDB_LIMITS = ("max", "port_max", "peer_max", "age")
+"""fdb_counters entries that are settings (a gauge), not events (docs/learning.md)."""
+
 PORT_FIELDS = {
     "frames_in": "Frames a local port sent into the switch.",
     "frames_out": "Frames the switch delivered to a local port.",
@@ -29,28 +32,6 @@ PORT_FIELDS = {
 
 def _counter(name: str, doc: str, labels: list[str] | None = None) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, labels=labels)
-
-
-def _mcast_families(networks: list[dict[str, Any]]) -> Iterator[Metric]:
-    """IGMP/MLD snooping (docs/learning.md): groups per network, and its events by kind."""
-    labels = ["network", "network_id"]
-    groups = GaugeMetricFamily(
-        "atenet_mcast_groups",
-        "Multicast groups with a known member (IGMP/MLD snooping).",
-        labels=labels,
-    )
-    events = _counter(
-        "atenet_mcast", "IGMP/MLD snooping events (joins, leaves, expired, full, ...), by kind.",
-        [*labels, "what"],
-    )  # fmt: skip
-    for net in networks:
-        counters = net.get("mcast_counters") or {}
-        groups.add_metric([net["name"], net["id"]], counters.get("groups", 0))
-        for what, count in counters.items():
-            if what not in ("groups", "max", "port_max", "timeout"):
-                events.add_metric([net["name"], net["id"], what], count)
-    yield groups
-    yield events
 
 
 class NodeCollector(Collector):
@@ -107,6 +88,20 @@ class NodeCollector(Collector):
             "atenet_fdb", "Learning table events (moves, full, aged, ...), by kind.",
             ["network", "network_id", "what"],
         )  # fmt: skip
+        fdb_limits = GaugeMetricFamily(
+            "atenet_fdb_limit",
+            "The learning table's settings (max, port_max, peer_max MACs; age in seconds).",
+            labels=["network", "network_id", "what"],
+        )
+        groups = GaugeMetricFamily(
+            "atenet_mcast_groups",
+            "Multicast groups with members in the network (IGMP/MLD snooping, docs/learning.md).",
+            labels=labels,
+        )
+        mcast_events = _counter(
+            "atenet_mcast", "IGMP/MLD snooping events (reports, joins, leaves, expired, ...).",
+            ["network", "network_id", "what"],
+        )  # fmt: skip
         per_port = {
             field: _counter(f"atenet_port_{field}", doc, ["network", "network_id", "port", "kind"])
             for field, doc in PORT_FIELDS.items()
@@ -119,8 +114,15 @@ class NodeCollector(Collector):
             from_peers.add_metric(net_labels, net.get("frames_from_peers", 0))
             fdb.add_metric(net_labels, net.get("fdb", 0))
             for what, count in net.get("fdb_counters", {}).items():
-                if what not in ("entries", "max", "port_max", "age"):
+                if what in FDB_LIMITS:
+                    fdb_limits.add_metric([*net_labels, what], count)
+                elif what != "entries":
                     fdb_events.add_metric([*net_labels, what], count)
+            mcast = net.get("mcast", {})
+            if mcast.get("snooping"):
+                groups.add_metric(net_labels, mcast.get("groups", 0))
+                for what, count in mcast.get("counters", {}).items():
+                    mcast_events.add_metric([*net_labels, what], count)
             for port in net.get("ports", []):
                 port_labels = [*net_labels, str(port.get("name", "")), str(port.get("kind", ""))]
                 for field, family in per_port.items():
@@ -131,7 +133,9 @@ class NodeCollector(Collector):
         yield from_peers
         yield fdb
         yield fdb_events
-        yield from _mcast_families(networks)
+        yield fdb_limits
+        yield groups
+        yield mcast_events
         yield from per_port.values()
         yield from _gateway_families(networks)
 

@@ -357,5 +357,6 @@ class WebSocketPorts:
             "op": "status",
             "port": self.public_name(port),
             "ports": ports,
+            "fdb": len(runtime.switch.fdb),  # the MAC table's size (docs/learning.md)
             "members": members,
         }

@@ -23,7 +23,6 @@ raises on input, never answers a malformed packet.
 from __future__ import annotations
 
 import random
-import struct
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,7 +50,6 @@ from atenet.router.forward import (
 )
 from atenet.router.ra import RaConfig, RaSchedule, router_advert
 from atenet.wire.arp import ARP_REQUEST, ArpRepr, arp_reply
-from atenet.wire.checksum import checksum, pseudo_header_v6
 from atenet.wire.ethernet import (
     ETHERTYPE_ARP,
     ETHERTYPE_IPV4,
@@ -92,11 +90,6 @@ Forward = Callable[[bytes, "IPv4Address | IPv6Address", float], None]
 
 DEFAULT_DNS6 = (IPv6Address("2001:4860:4860::8888"),)
 _ALL_NODES_MAC = multicast_mac_v6(ALL_NODES)
-_ALL_HOSTS4_MAC = bytes.fromhex("01005e000001")
-QUERY_INTERVAL = 125.0
-"""Seconds between general membership queries (RFC 3376 / 3810's default query interval)."""
-QUERY_START = 2.0
-"""Seconds from the gateway's first poll to its first query."""
 _UNSPECIFIED6 = IPv6Address("::")
 _OPT_SOURCE_LLADDR = 1
 _RS_ANSWER_RATE = 10.0
@@ -203,9 +196,6 @@ class Gateway:
         """Frames not addressed to the gateway (the other local traffic it sees)."""
         self._routes4: list[Route] = []
         self._routes6: list[Route] = []
-        self.querier = True
-        """Send general IGMP/MLD queries to the local ports (off with snooping)."""
-        self._query_at: float | None = None
 
     # --- route table --------------------------------------------------------------------------
 
@@ -302,63 +292,6 @@ class Gateway:
         self.schedule.sent_at(now)
         self.handled["ra_multicast"] += 1
         return [self._ra_frame(_ALL_NODES_MAC, ALL_NODES)]
-
-    def poll_queries(self, now: float) -> list[bytes]:
-        """The general membership queries when due (:meth:`queries`): the first
-        :data:`QUERY_START` s after the first call, then every :data:`QUERY_INTERVAL` s; none
-        while :attr:`querier` is off. The owner calls it on its tick."""
-        if not self.querier:
-            return []
-        if self._query_at is None:
-            self._query_at = now + QUERY_START
-            return []
-        if now < self._query_at:
-            return []
-        self._query_at = now + QUERY_INTERVAL
-        self.handled["query"] += 1
-        return self.queries()
-
-    def queries(self) -> list[bytes]:
-        """An IGMPv3 general query to 224.0.0.1 (IGMPv2 hosts read it as theirs) and an MLDv2
-        general query to ff02::1 from the link-local address: what a multicast router sends
-        every 125 s so hosts report their groups again (RFC 3376 §4.1, RFC 3810 §5.1), which
-        keeps IGMP/MLD snooping's memberships alive (docs/learning.md). Both carry Router
-        Alert, TTL / hop limit 1 and a 10 s maximum response time."""
-        igmp = bytearray(
-            struct.pack("!BBH4sBBH", 0x11, 100, 0, bytes(4), 2, int(QUERY_INTERVAL), 0)
-        )  # type, max resp 10.0 s, checksum, group 0, S=0 QRV=2, QQIC, no sources
-        igmp[2:4] = checksum(igmp).to_bytes(2, "big")
-        length = 24 + len(igmp)
-        header = bytearray(
-            struct.pack(
-                "!BBHHHBBH4s4s",
-                0x46,
-                0xC0,
-                length,
-                0,
-                0,
-                1,
-                2,
-                0,
-                self.ipv4.packed,
-                bytes([224, 0, 0, 1]),
-            )
-            + b"\x94\x04\x00\x00"  # Router Alert
-        )
-        header[10:12] = checksum(header).to_bytes(2, "big")
-        v4 = ethernet_frame(_ALL_HOSTS4_MAC, self.mac, ETHERTYPE_IPV4, bytes(header + igmp))
-        mld = bytearray(
-            struct.pack("!BBHHH16sBBH", 130, 0, 0, 10_000, 0, bytes(16), 2, 125, 0)
-        )  # type, code, checksum, max resp 10 000 ms, reserved, group ::, QRV 2, QQIC, 0
-        src, dst = self.link_local.packed, ALL_NODES.packed
-        pseudo = pseudo_header_v6(src, dst, NEXT_HEADER_ICMPV6, len(mld))
-        mld[2:4] = checksum(mld, pseudo).to_bytes(2, "big")
-        hop_by_hop = bytes([NEXT_HEADER_ICMPV6, 0, 5, 2, 0, 0, 1, 0])  # Router Alert MLD, PadN
-        ipv6 = (
-            struct.pack("!IHBB", 6 << 28, len(hop_by_hop) + len(mld), 0, 1) + src + dst
-        )  # version, payload length, next header hop-by-hop, hop limit 1
-        v6 = ethernet_frame(_ALL_NODES_MAC, self.mac, ETHERTYPE_IPV6, ipv6 + hop_by_hop + mld)
-        return [v4, v6]
 
     # --- input --------------------------------------------------------------------------------
 

@@ -28,6 +28,10 @@ answers. ``docs/router.md`` ("Routing between networks") has the rules; in short
   (or a request / solicitation *for* the gateway) creates an entry; any other ARP or ND message
   naming a sender only refreshes an entry that exists or an address being resolved. Hosts are
   trusted as on any LAN: whoever speaks for an address in ARP or ND is believed.
+* **Snooped addresses.** With a ``snooped`` lookup (the node's ARP/ND snooping table,
+  :mod:`atenet.switch.snoop`), an address with no entry is first looked up there: a claim
+  heard within ``reachable`` seconds becomes an entry at once (``snooped``) and the packet
+  leaves without a broadcast request; older claims are not trusted and the gateway asks.
 
 Nothing here raises on input: malformed frames count ``drops["malformed"]`` and are dropped.
 Time is the caller's ``now`` (monotonic seconds).
@@ -78,6 +82,10 @@ Address = IPv4Address | IPv6Address
 Unreachable = Callable[[bytes, float], None]
 """``unreachable(icmp_packet, now)``: an ICMP error (a whole IP packet from this gateway's
 address to the sender of a packet that could not be delivered), for the caller to route back."""
+
+Snooped = Callable[[Address], tuple[bytes, float] | None]
+"""``snooped(address)``: the MAC that last claimed ``address`` and how many seconds ago, or
+None (the switch's ARP/ND snooping table, :mod:`atenet.switch.snoop`)."""
 
 MAX_ENTRIES = 1024
 MAX_PENDING = 256
@@ -142,6 +150,7 @@ class Neighbours:
         request_rate: float = REQUEST_RATE,
         request_burst: int = REQUEST_BURST,
         unreachable: Unreachable | None = None,
+        snooped: Snooped | None = None,
     ) -> None:
         if min(max_entries, max_pending, pending_per_dst, max_probes) < 1:
             raise ValueError("neighbour cache bounds must be at least 1")
@@ -157,6 +166,7 @@ class Neighbours:
         self.retry = retry
         self.max_probes = max_probes
         self.unreachable = unreachable
+        self.snooped = snooped
         self._entries: OrderedDict[Address, _Entry] = OrderedDict()
         self._pending: dict[Address, _Pending] = {}  # insertion order = creation = deadline
         self._queued = 0
@@ -164,8 +174,8 @@ class Neighbours:
         self._requests = TokenBucket(request_rate, request_burst)
         self.counters: Counter[str] = Counter()
         """What happened, by kind: ``sent``, ``queued``, ``requests``, ``refresh_requests``,
-        ``resolved``, ``learned``, ``confirmed``, ``changed``, ``evicted``, ``expired``,
-        ``lost``, ``failed``, ``icmp_unreachable``, ``ignored``."""
+        ``resolved``, ``snooped``, ``learned``, ``confirmed``, ``changed``, ``evicted``,
+        ``expired``, ``lost``, ``failed``, ``icmp_unreachable``, ``ignored``."""
         self.drops: Counter[str] = Counter()
         """Packets and frames refused or lost, by reason (``malformed``, ``not_on_link``,
         ``queue_full``, ``queue_full_dst``, ``unresolved``, ``request_rate_limited``, …)."""
@@ -236,6 +246,13 @@ class Neighbours:
                 else:
                     return self._deliver(packet, dst, entry, now)
             else:
+                return self._deliver(packet, dst, entry, now)
+        if self.snooped is not None and dst not in self._pending:
+            found = self.snooped(dst)
+            if found is not None and 0 <= found[1] <= self.reachable and is_unicast_mac(found[0]):
+                entry = _Entry(found[0], now - found[1])
+                self._store(dst, entry)
+                self.counters["snooped"] += 1
                 return self._deliver(packet, dst, entry, now)
         return self._queue(packet, dst, now)
 

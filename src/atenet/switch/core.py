@@ -14,10 +14,6 @@ Forwarding (a learning switch, docs/learning.md):
 * unknown unicast, broadcast and multicast flood as before: from a local port to every *other*
   local port and to the peers; from a peer to local ports only, never back out to peers — the
   loop rule: with full-mesh flooding, each frame crosses the overlay exactly once;
-* except multicast to a group some port or node joined (IGMP/MLD snooping,
-  :mod:`atenet.switch.mcast`, :attr:`Switch.mcast`): it goes to the members only, the peers
-  among them through ``to_group_peers`` (sealed once); asked only for frames whose
-  destination has the group bit, on the path unknown destinations take anyway;
 * a port flagged :attr:`Port.mirror` (`tok monitor`) gets every frame the switch handles,
   whatever the table says; and while a peer node has such a port (:meth:`Switch.set_mirror_peers`,
   from its heartbeat), unicast from local ports is also sent to it (``to_mirror_peers``), so a
@@ -41,7 +37,14 @@ once-a-second tick) and calls :meth:`Switch.age`.
 Bounds: a port teaches at most :data:`FDB_PORT_MAX` MACs and the table holds at most
 :data:`FDB_MAX`; past either, new MACs are simply not learned (their frames still flood, and a
 counter says so) — a port spraying random source MACs can never evict another port's entries.
-The gateway's MAC is never learned (it is every node's own, see below).
+The gateway's MAC is never learned (it is every node's own, see below). A peer node teaches at
+most :data:`FDB_PEER_MAX`. All four (age and bounds) are per-network settings
+(:meth:`Switch.configure`, applied live).
+
+MAC theft: a MAC learned behind a local port opened with an access key is that port's claim
+(:meth:`Switch._claimed`): a frame from a port with another key sending from it is dropped, one
+from a peer is forwarded but not learned (the local origin was checked, the peer's host cannot
+be); both count ``fdb_theft`` (``mac_theft``). The same key may move it (a client reconnecting).
 
 Names (docs/hosts.md): every port carries what identifies the host behind it — the access key's
 label and the host name its client sent (set by the node), and the source MAC of its frames,
@@ -69,7 +72,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from atenet.offload import VNET_HDR_LEN, OffloadError, to_frames
-from atenet.switch.mcast import REPORT, Groups
+from atenet.switch.mcast import Multicast
 from atenet.switch.snoop import is_neighbour_frame
 
 NO_MAC = bytes(6)
@@ -83,6 +86,17 @@ FDB_PORT_MAX = 64
 
 FDB_MAX = 8192
 """MACs one network's table holds on one node (OVS's default ``mac-table-size``)."""
+
+STORM_RATE = 1000.0
+"""Frames per second one local port may flood (broadcast, unknown unicast, unregistered
+multicast) — storm control, as hardware switches have: a host needs a handful (ARP, ND, DHCP,
+mDNS); one that sprays floods would otherwise make the node deliver each frame to every port.
+The burst is twice this. 0 turns it off."""
+
+FDB_PEER_MAX = 4096
+"""MACs one peer node may teach the table: half of :data:`FDB_MAX`, so one node spraying (or
+relaying a spray) can never fill the table the local ports and other nodes learn into. (Linux
+bridges cap per port with ``max_learned``, off by default; OVS only per table.)"""
 
 Peer = int
 """A peer node in the table: its sender id (the clear header of its sealed datagrams)."""
@@ -110,6 +124,9 @@ class Port:
         "drops",
         "fdb_at",
         "fdb_mac",
+        "flood_at",
+        "flood_tokens",
+        "flooded_over",
         "frames_in",
         "frames_out",
         "host",
@@ -158,6 +175,10 @@ class Port:
         """When this port last sent a frame from :attr:`fdb_mac` (its table entry's age)."""
         self.mirror = False
         """Gets every frame the switch handles (`tok monitor`); set by :meth:`Switch.set_mirror`."""
+        self.flood_tokens = -1.0  # storm control's bucket; filled on the port's first flood
+        self.flood_at = now
+        self.flooded_over = 0
+        """Frames this port tried to flood past the storm limit (dropped)."""
 
     def learn(self, frame: bytes, at: int) -> None:
         """Remember the source MAC at ``frame[at:at + 6]`` (called only when it changed).
@@ -202,6 +223,7 @@ class Port:
             "ipv6": ipv6,
             "learned": len(self.learned),
             "mirror": self.mirror,
+            "storm_drops": self.flooded_over,
         }
 
 
@@ -244,10 +266,13 @@ class Switch:
         "fdb_full",
         "fdb_max",
         "fdb_moves",
+        "fdb_peer_full",
+        "fdb_peer_max",
         "fdb_port_full",
         "fdb_port_max",
         "fdb_refused",
         "fdb_seen",
+        "fdb_theft",
         "frames_from_peers",
         "frames_to_peers",
         "gateway",
@@ -257,9 +282,12 @@ class Switch:
         "now",
         "peer_learned",
         "ports",
+        "proxy",
         "segmented",
         "snoop",
-        "to_group_peers",
+        "storm_burst",
+        "storm_drops",
+        "storm_rate",
         "to_mirror_peers",
         "to_peer",
         "to_peer_packet",
@@ -278,6 +306,8 @@ class Switch:
         fdb_age: float = FDB_AGE,
         fdb_max: int = FDB_MAX,
         fdb_port_max: int = FDB_PORT_MAX,
+        storm_rate: float = STORM_RATE,
+        fdb_peer_max: int = FDB_PEER_MAX,
     ) -> None:
         """``to_peers(frame)`` floods a standard frame to the peers; ``to_peers_packet(packet)``
         an offloaded packet. Without the latter, peers get standard frames. Both return how
@@ -312,8 +342,13 @@ class Switch:
         self.snoop: Callable[[bytes, Port | Peer], None] | None = None
         """Takes ARP and neighbour discovery frames (from local ports and peers) for the
         network's IP → MAC table (:mod:`atenet.switch.snoop`)."""
+        self.proxy: Callable[[Port, bytes], bool] | None = None
+        """Proxy ARP / ND (a setting, off by default): offered each ARP / neighbour discovery
+        frame a local port floods; True when it answered, and the frame is then not flooded."""
         self.now = 0.0
         """The time learning stamps entries with; the owner sets it (the switch has no clock)."""
+        self.mcast: Multicast | None = None
+        """IGMP/MLD snooping (:mod:`atenet.switch.mcast`); None floods all multicast."""
         self.fdb: dict[bytes, Port | Peer] = {}
         """MAC -> the local port or peer node (sender id) its frames came from."""
         self.fdb_seen: dict[bytes, float] = {}
@@ -321,6 +356,7 @@ class Switch:
         self.fdb_age = fdb_age
         self.fdb_max = fdb_max
         self.fdb_port_max = fdb_port_max
+        self.fdb_peer_max = fdb_peer_max
         self.peer_learned: dict[Peer, int] = {}
         """MACs in the table per peer node."""
         self.fdb_moves = 0
@@ -333,12 +369,45 @@ class Switch:
         """Frames from a local port claiming the gateway's MAC (never learned)."""
         self.fdb_aged = 0
         """Entries removed because their MAC was silent for fdb_age seconds."""
+        self.fdb_peer_full = 0
+        """Frames whose new source MAC was not learned: the peer holds fdb_peer_max MACs."""
+        self.fdb_theft = 0
+        """Frames whose source MAC another local port claims (:meth:`_claimed`): dropped from
+        a local port, forwarded but not learned from a peer."""
         self._next_sweep = 0.0
-        self.mcast: Groups | None = Groups()
-        """IGMP / MLD snooping (:mod:`atenet.switch.mcast`); None floods all multicast."""
-        self.to_group_peers: Callable[[bytes, list[Peer], bool], int] = self._to_each_peer
-        """``(data, peers, offloaded)``: send a frame to the peer nodes that joined its group
-        (and to those with a mirror port); returns how many got it. The node seals once."""
+        self.storm_rate = storm_rate
+        """Floods per second per local port (:data:`STORM_RATE`); 0: no limit."""
+        self.storm_burst = 2 * storm_rate
+        self.storm_drops = 0
+        """Frames local ports tried to flood past the storm limit (dropped, also per port)."""
+
+    def set_storm_rate(self, rate: float) -> None:
+        self.storm_rate = rate
+        self.storm_burst = 2 * rate
+
+    def _storm(self, src: Port) -> bool:
+        """Storm control: True (and counted) when ``src`` is over its flood budget. A token
+        bucket per port, refilled by :attr:`now` (the caller's batch time)."""
+        rate = self.storm_rate
+        if not rate or src.gateway_source:
+            return False
+        now = self.now
+        tokens = src.flood_tokens
+        if tokens < 0:  # first flood: a full bucket
+            tokens = self.storm_burst
+        else:
+            tokens += (now - src.flood_at) * rate
+            if tokens > self.storm_burst:
+                tokens = self.storm_burst
+        src.flood_at = now
+        if tokens < 1.0:
+            src.flood_tokens = tokens
+            src.flooded_over += 1
+            src.drops += 1
+            self.storm_drops += 1
+            return True
+        src.flood_tokens = tokens - 1.0
+        return False
 
     def add(self, key: object, port: Port) -> None:
         port.addresses = self.addresses
@@ -350,8 +419,6 @@ class Switch:
         self._rebuild()
         if port is not None:
             self._forget_port(port)
-            if self.mcast is not None:
-                self.mcast.forget(port)
         return port
 
     def set_mirror(self, port: Port, mirror: bool) -> None:
@@ -389,8 +456,8 @@ class Switch:
         src.bytes_in += len(frame)
         if frame.startswith(src.fdb_mac, 6):
             src.fdb_at = self.now
-        else:
-            self._learn_port(src, frame, 6)
+        elif not self._learn_port(src, frame, 6):
+            return  # another port's MAC (mac_theft): not switched, not snooped
         if self.snoop is not None and is_neighbour_frame(frame):
             self.snoop(frame, src)
         gateway = self.gateway
@@ -402,7 +469,14 @@ class Switch:
                 return  # for the gateway alone (see the module doc)
         dst = self.fdb.get(frame[:6])
         if dst is None:
-            if frame[0] & 1 and self.mcast is not None and self._mcast_local(frame, src):
+            if self.proxy is not None and self._proxied(src, frame, 0):
+                return
+            if frame[0] & 1 and self.mcast is not None:
+                members = self.mcast.forward(frame, 0, src, self.now)
+                if members is not None:
+                    self._to_members(frame, src, members, False)
+                    return
+            if self._storm(src):
                 return
             for port in self._ports:
                 if port is not src:
@@ -438,14 +512,9 @@ class Switch:
         dst = fdb.get(frame[:6])
         if dst is None:
             if frame[0] & 1 and self.mcast is not None:
-                members = (
-                    self.mcast.handle(frame, peer, self.now)
-                    if peer is not None
-                    else self.mcast.targets(frame, self.now)
-                )
+                members = self.mcast.forward(frame, 0, peer, self.now)
                 if members is not None:
-                    for port in self._mcast_split(members)[0]:
-                        port.deliver(frame)
+                    self._to_members(frame, None, members, False)
                     return
             for port in self._ports:
                 port.deliver(frame)
@@ -456,50 +525,52 @@ class Switch:
         if self._mirrors:
             self._mirror(frame, None, dst)  # type: ignore[arg-type]
 
-    def _mcast_local(self, frame: bytes, src: Port) -> bool:
-        """A frame to a multicast MAC from a local port, through IGMP/MLD snooping: False when
-        it floods as before (see :mod:`atenet.switch.mcast`)."""
-        members = self.mcast.handle(frame, src, self.now)  # type: ignore[union-attr]
-        if members is None:
+    def _proxied(self, src: Port, data: bytes, at: int) -> bool:
+        """Whether :attr:`proxy` answered this flooded frame (ARP / ND only, at offset ``at``);
+        mirror ports still get the request."""
+        if not (data[at] & 1 and is_neighbour_frame(data, at)):
             return False
-        ports, peers = self._mcast_split(members)
-        for port in ports:
-            if port is not src:
-                port.deliver(frame)
-        if members is REPORT:
-            sent = self.to_peers(frame)  # every node learns where the listeners are
-        elif peers or self.mirror_peers:
-            sent = self.to_group_peers(frame, peers, False)
-        else:
-            sent = 0
-        if sent:
-            self.frames_to_peers += 1
+        frame = data[at:] if at else data
+        if not self.proxy(src, frame):  # type: ignore[misc]
+            return False
+        if self._mirrors:
+            self._mirror(frame, src, None)
         return True
 
-    def _mcast_split(
-        self, members: dict[Port | Peer, float]
-    ) -> tuple[tuple[Port, ...], list[Peer]]:
-        """The local ports and the peers a snooped multicast frame goes to: for a membership
-        report, mirror and router ports (peers: all, by the caller); for a registered group,
-        its members, mirror ports and the ports that get every multicast frame."""
-        extra = self.mcast.all_ports  # type: ignore[union-attr]
-        if members is REPORT:
-            return tuple(p for p in self._ports if p.mirror or p in extra), []
-        ports: dict[Port, None] = dict.fromkeys(self._mirrors)
+    def _to_members(
+        self, data: bytes, src: Port | None, members: dict[Port | Peer, float], offloaded: bool
+    ) -> None:
+        """A frame (or offloaded packet) to a registered multicast group: to its live member
+        ports and mirror ports but ``src``; from a local port (``src`` set) also to its member
+        peer nodes — or to every peer while some peer has a mirror port, so a monitor there sees
+        it exactly once. From a peer: local ports only (the loop rule)."""
+        now = self.now
+        ports: list[Port] = []
         peers: list[Peer] = []
-        for member in members:
-            if member.__class__ is int:
-                peers.append(member)  # type: ignore[arg-type]
-            else:
-                ports[member] = None  # type: ignore[index]
-        for port in extra:
-            ports[port] = None
-        return tuple(ports), peers
-
-    def _to_each_peer(self, data: bytes, peers: list[Peer], offloaded: bool) -> int:
-        """Without a node's :attr:`to_group_peers`: one :attr:`to_peer` call per peer."""
-        send = self.to_peer_packet if offloaded else self.to_peer
-        return sum(send(data, peer) or 0 for peer in peers)
+        for member, until in members.items():
+            if until > now and member is not src:
+                if member.__class__ is int:
+                    peers.append(member)  # type: ignore[arg-type]
+                else:
+                    ports.append(member)  # type: ignore[arg-type]
+        for port in self._mirrors:
+            if port is not src and port not in ports:
+                ports.append(port)
+        if offloaded:
+            if not self._flood_packet(data, src, tuple(ports)):
+                return
+        else:
+            for port in ports:
+                port.deliver(data)
+        if src is None or not (peers or self.mirror_peers):
+            return
+        if self.mirror_peers:
+            sent = (self.to_peers_packet if offloaded else self.to_peers)(data)
+        else:
+            one = self.to_peer_packet if offloaded else self.to_peer
+            sent = sum(one(data, peer) or 0 for peer in peers)
+        if sent:
+            self.frames_to_peers += 1
 
     def _mirror(self, frame: bytes, src: Port | None, dst: Port | Peer | None) -> None:
         for port in self._mirrors:
@@ -520,8 +591,8 @@ class Switch:
         src.bytes_in += len(packet) - VNET_HDR_LEN
         if packet.startswith(src.fdb_mac, VNET_HDR_LEN + 6):
             src.fdb_at = self.now
-        else:
-            self._learn_port(src, packet, VNET_HDR_LEN + 6)
+        elif not self._learn_port(src, packet, VNET_HDR_LEN + 6):
+            return  # another port's MAC (mac_theft)
         if self.snoop is not None and is_neighbour_frame(packet, VNET_HDR_LEN):
             self.snoop(packet[VNET_HDR_LEN:], src)
         gateway = self.gateway
@@ -538,21 +609,15 @@ class Switch:
                 return
         dst = self.fdb.get(packet[VNET_HDR_LEN : VNET_HDR_LEN + 6])
         if dst is None:
+            if self.proxy is not None and self._proxied(src, packet, VNET_HDR_LEN):
+                return
             if packet[VNET_HDR_LEN] & 1 and self.mcast is not None:
-                members = self.mcast.handle(packet[VNET_HDR_LEN:], src, self.now)
+                members = self.mcast.forward(packet, VNET_HDR_LEN, src, self.now)
                 if members is not None:
-                    ports, peers = self._mcast_split(members)
-                    if not self._flood_packet(packet, src, ports):
-                        return
-                    if members is REPORT:
-                        sent = self.to_peers_packet(packet)
-                    elif peers or self.mirror_peers:
-                        sent = self.to_group_peers(packet, peers, True)
-                    else:
-                        sent = 0
-                    if sent:
-                        self.frames_to_peers += 1
+                    self._to_members(packet, src, members, True)
                     return
+            if self._storm(src):
+                return
             if self._flood_packet(packet, src, self._ports) and self.to_peers_packet(packet):
                 self.frames_to_peers += 1
             return
@@ -589,17 +654,12 @@ class Switch:
                 self.snoop(packet[VNET_HDR_LEN:], peer)
         dst = self.fdb.get(packet[VNET_HDR_LEN : VNET_HDR_LEN + 6])
         if dst is None:
-            ports = self._ports
             if packet[VNET_HDR_LEN] & 1 and self.mcast is not None:
-                frame = packet[VNET_HDR_LEN:]
-                members = (
-                    self.mcast.handle(frame, peer, self.now)
-                    if peer is not None
-                    else self.mcast.targets(frame, self.now)
-                )
+                members = self.mcast.forward(packet, VNET_HDR_LEN, peer, self.now)
                 if members is not None:
-                    ports = self._mcast_split(members)[0]
-            self._flood_packet(packet, None, ports)
+                    self._to_members(packet, None, members, True)
+                    return
+            self._flood_packet(packet, None, self._ports)
             return
         ports = self._mirrors if dst.__class__ is int else (dst, *self._mirrors)
         self._flood_packet(packet, None, ports)  # type: ignore[arg-type]
@@ -644,32 +704,36 @@ class Switch:
 
     # ------------------------------------------------------------------ learning
 
-    def _learn_port(self, src: Port, frame: bytes, at: int) -> None:
+    def _learn_port(self, src: Port, frame: bytes, at: int) -> bool:
         """The slow path of learning from a local port: its frame's source MAC (at ``at``) is
-        not the one it last taught the table. Learn it, move it here, or refuse it."""
+        not the one it last taught the table. Learn it, move it here, or refuse it; False when
+        the MAC is another port's claim (:meth:`_claimed`): the caller drops the frame."""
+        fdb = self.fdb
+        mac = frame[at : at + 6]
+        owner = fdb.get(mac)
+        if owner is not None and owner is not src and self._claimed(owner, src):
+            self.fdb_theft += 1
+            return False
         if not frame.startswith(src.mac, at):
             src.learn(frame, at)
-        fdb = self.fdb
         old = src.fdb_mac
         if old != NO_MAC and fdb.get(old) is src:
             self.fdb_seen[old] = src.fdb_at  # keep the age the hot path kept on the port
         src.fdb_mac = NO_MAC
-        mac = frame[at : at + 6]
         if len(mac) < 6 or mac[0] & 1 or mac == NO_MAC:
-            return  # multicast sources are bogus (no NIC sends them); never learned
+            return True  # multicast sources are bogus (no NIC sends them); never learned
         if mac == self.gateway_mac:
             if not src.gateway_source:
                 self.fdb_refused += 1
-            return
-        owner = fdb.get(mac)
+            return True
         if owner is not src:
             if len(src.learned) >= self.fdb_port_max:
                 self.fdb_port_full += 1
-                return
+                return True
             if owner is None:
                 if len(fdb) >= self.fdb_max:
                     self.fdb_full += 1
-                    return
+                    return True
             else:
                 self._unlink(mac, owner)
                 self.fdb_moves += 1
@@ -679,6 +743,19 @@ class Switch:
         self.fdb_seen[mac] = now
         src.fdb_mac = mac
         src.fdb_at = now
+        return True
+
+    @staticmethod
+    def _claimed(owner: Port | Peer, src: Port | None) -> bool:
+        """Whether ``owner``'s entry is a claim that ``src`` (a local port, None for a peer)
+        may not take over: the owner is a local port opened with an access key, and ``src`` is
+        a peer node (the local origin wins: the node checked the owner's key, no node can
+        check the host behind a peer) or a port opened with another key (the same key may
+        move it: a client that reconnects before its old port has gone)."""
+        if owner.__class__ is int:
+            return False
+        key = owner.key_id  # type: ignore[union-attr]
+        return key is not None and (src is None or src.key_id != key)
 
     def _learn_peer(self, frame: bytes, at: int, peer: Peer) -> None:
         """Learn the source MAC of a frame from peer node ``peer`` (refreshed when known)."""
@@ -693,7 +770,13 @@ class Switch:
             if len(self.fdb) >= self.fdb_max:
                 self.fdb_full += 1
                 return
-        else:
+        elif self._claimed(owner, None):
+            self.fdb_theft += 1  # a local port's MAC: forwarded (loop rule), never learned
+            return
+        if self.peer_learned.get(peer, 0) >= self.fdb_peer_max:
+            self.fdb_peer_full += 1
+            return
+        if owner is not None:
             self._unlink(mac, owner)
             self.fdb_moves += 1
         self.fdb[mac] = peer
@@ -722,17 +805,19 @@ class Switch:
                 seen.pop(mac, None)
         port.learned = set()
         port.fdb_mac = NO_MAC
+        if self.mcast is not None:
+            self.mcast.forget(port)
 
     def age(self, now: float) -> int:
         """Set the time and drop entries silent for more than ``fdb_age`` seconds; returns how
         many went. The table is swept at most every tenth of ``fdb_age`` (an entry lives
         between one and 1.1 times it), so the owner may call this on every tick."""
         self.now = now
-        if self.mcast is not None:
-            self.mcast.age(now)
         if now < self._next_sweep:
             return 0
         self._next_sweep = now + self.fdb_age / 10
+        if self.mcast is not None:
+            self.mcast.expire(now)
         oldest = now - self.fdb_age
         seen = self.fdb_seen
         stale = []
@@ -748,6 +833,17 @@ class Switch:
         self.fdb_aged += len(stale)
         return len(stale)
 
+    def configure(self, age: float, max_entries: int, port_max: int, peer_max: int) -> None:
+        """New table settings, live (``tok network set``): nothing learned is lost. A lower
+        bound evicts nothing, it only stops learning until entries age out or ports go; a
+        new age applies to every entry at the next sweep, which comes within a tenth of it."""
+        if age != self.fdb_age:
+            self.fdb_age = age
+            self._next_sweep = min(self._next_sweep, self.now + age / 10)
+        self.fdb_max = max_entries
+        self.fdb_port_max = port_max
+        self.fdb_peer_max = peer_max
+
     def fdb_status(self) -> dict[str, int]:
         """The table's size, bounds and counters (for status and /metrics)."""
         return {
@@ -760,6 +856,10 @@ class Switch:
             "full": self.fdb_full,
             "refused": self.fdb_refused,
             "aged": self.fdb_aged,
+            "storm_drops": self.storm_drops,
+            "peer_max": self.fdb_peer_max,
+            "peer_full": self.fdb_peer_full,
+            "mac_theft": self.fdb_theft,
         }
 
     def lookup(self, mac: bytes) -> Port | Peer | None:

@@ -2,8 +2,10 @@
 
 The switch hands this table every ARP packet and every neighbour solicitation/advertisement it
 switches, from local ports and from peers alike (a cheap ethertype test on the hot path; the
-parse happens only for those frames). It only listens: nothing is ever answered on a host's
-behalf (no proxy ARP). What it knows is shown by ``tok fdb`` and the node's ``/api/fdb``.
+parse happens only for those frames). It only listens; answering on a host's behalf is the
+network's ``proxy_arp`` setting (:mod:`atenet.switch.proxy`, off by default), and the gateway
+reads it before asking by ARP/ND (:mod:`atenet.router.neighbours`). What it knows is shown
+by ``tok fdb`` and the node's ``/api/fdb``.
 
 What counts as a claim: an ARP packet's sender (IP, MAC) when the MAC is the frame's source
 and the IP is not 0.0.0.0 (probes say nothing); a solicitation's source address with its

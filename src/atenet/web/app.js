@@ -368,6 +368,8 @@ function status(msg) {
   const ports = Array.isArray(msg.ports) ? msg.ports : [];
   renderMembers(members);
   renderPorts(ports);
+  // The node's MAC table for this network (docs/learning.md): how many hosts it located.
+  $("fdb-size").textContent = Number.isFinite(msg.fdb) ? `· ${count(msg.fdb)} MACs learned` : "";
   const mine = ports.find((p) => p.name === myPort);
   if (mine) {
     const drops = Number(mine.drops ?? 0);
@@ -410,7 +412,7 @@ function renderMembers(members) {
   }
 }
 
-const PORT_COLUMNS = 8;
+const PORT_COLUMNS = 9;
 
 // A port's name: the host name its client sent, else its key's label, else the port's own name.
 function hostCell(td, port) {
@@ -472,6 +474,7 @@ function renderPorts(ports) {
       si(Number(port.bytes_in ?? 0), "B"),
       si(Number(port.bytes_out ?? 0), "B"),
       count(port.drops),
+      count(port.learned ?? 0),
     ];
     cells.forEach((text, i) => {
       const td = tr.insertCell();
