@@ -472,3 +472,55 @@ async def test_groups_show_in_status_fdb_view_and_metrics(world: World) -> None:
     metrics = exposition(registry(core.status)).decode()
     assert re.search(r'atenet_mcast_groups\{network="office",[^}]*\} 2\.0', metrics), metrics
     assert re.search(r'atenet_mcast_total\{[^}]*what="joins"\} 2\.0', metrics)
+
+
+def test_a_member_past_its_bound_still_gets_groups_others_registered() -> None:
+    """A port (or node) whose join was not recorded (its own bound) must not miss the group
+    when someone else registered it: it gets every registered group instead."""
+    table = Multicast(max_member_groups=2)
+    net = McastNet()
+    net.switch.mcast = table
+    a, b, c = net.ports
+    net.switch.from_local(b, igmp2_report(mac(2), "239.0.0.9"))  # b registers the group
+    for i in range(2):
+        net.switch.from_local(a, igmp2_report(mac(1), f"239.0.0.{i + 1}"))
+        net.switch.from_peer(igmp2_report(mac(7), f"239.0.0.{i + 1}"), PEER_B)
+    net.switch.from_local(a, igmp2_report(mac(1), "239.0.0.9"))  # a's third: not recorded
+    net.switch.from_peer(igmp2_report(mac(7), "239.0.0.9"), PEER_B)  # B's third: neither
+    assert table.counters["member_full"] == 2 and a not in table.groups[bytes([239, 0, 0, 9])]
+    net.clear()
+    f = data4(mac(3), "239.0.0.9")
+    net.switch.from_local(c, f)
+    assert a.frames == [f] and b.frames == [f] and net.sent == [(PEER_B, f)]
+    net.switch.remove(0)  # a closes: nothing of it stays
+    assert a not in table.everything
+
+
+async def test_a_member_node_whose_heartbeat_ran_out_gets_nothing_and_nobody_a_flood(
+    world: World, monkeypatch
+) -> None:
+    from tests.test_learning import CountingWire
+    from tests.test_node_core import build
+
+    monkeypatch.setattr("tests.test_node_core.Wire", CountingWire)
+    wire, nodes, clients = await build(world, 3, 1)
+    net = world.chain.network_id
+    (a_addr, a), (b_addr, b), (c_addr, c) = clients
+    node_a, node_b, node_c = (("10.0.0.1", 4799), ("10.0.0.2", 4799), ("10.0.0.3", 4799))
+    for addr, client, n in ((b_addr, b, 2), (c_addr, c, 3)):
+        wire.sender(addr)(client.seal_frame(igmp2_report(mac(n))), client.node)
+    wire.run(1000.0)
+    runtime = nodes[0].networks[net]
+    runtime.switch.now = 1000.0
+    wire.count.clear()
+    wire.sender(a_addr)(a.seal_frame(data4(mac(1))), a.node)
+    wire.run(1000.0)
+    assert wire.count[(node_a, node_b)] == 1 and wire.count[(node_a, node_c)] == 1
+    runtime.alive_until[nodes[1].node_id] = 1000.5
+    runtime.refresh_peers(1001.0)  # B's heartbeat ran out; its membership has not yet
+    runtime.switch.now = 1001.0
+    wire.count.clear()
+    wire.sender(a_addr)(a.seal_frame(data4(mac(1))), a.node)
+    wire.run(1001.0)
+    assert wire.count[(node_a, node_b)] == 0
+    assert wire.count[(node_a, node_c)] == 1  # once: not a flood to all for the dead member

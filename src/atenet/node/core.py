@@ -203,6 +203,7 @@ class NetworkRuntime:
             to_peer=self._to_peer, to_peer_packet=self._to_peer_packet,
         )  # fmt: skip
         self.switch.to_mirror_peers = self._to_mirror_peers
+        self.switch.to_group_peers = self._to_group_peers
         self._addresses: dict[bytes, tuple[str, str]] = {}
         self.openers: dict[int, Opener] = {}
         self.sealers: dict[int, Sealer] = {}
@@ -621,6 +622,20 @@ class NetworkRuntime:
     def _to_peers_packet(self, packet: bytes) -> int:
         """Offloaded packets travel between nodes as they are: every node takes them."""
         return self._to_peers(packet, TYPE_SUPERFRAME)
+
+    def _to_group_peers(self, data: bytes, peers: list[int], offloaded: bool) -> int:
+        """A frame to a multicast group: sealed once, the same bytes to each live member peer.
+        A member whose heartbeat ran out is skipped (its membership expires), not flooded to
+        every peer as :meth:`_to_peer` would for an unknown one."""
+        sealer = self._node_sealer
+        senders = self.peer_senders
+        addrs = [senders[p] for p in peers if p in senders]
+        if sealer is None or not addrs:
+            return 0
+        sealed = sealer.seal(data, TYPE_SUPERFRAME if offloaded else TYPE_FRAME)
+        for addr in addrs:
+            self.send(sealed, addr)
+        return len(addrs)
 
     def _to_peer(self, frame: bytes, peer: int, ptype: int = TYPE_FRAME) -> int:
         """Seal for the one peer (by sender id) the switch learned the destination behind; a

@@ -288,6 +288,7 @@ class Switch:
         "storm_burst",
         "storm_drops",
         "storm_rate",
+        "to_group_peers",
         "to_mirror_peers",
         "to_peer",
         "to_peer_packet",
@@ -349,6 +350,10 @@ class Switch:
         """The time learning stamps entries with; the owner sets it (the switch has no clock)."""
         self.mcast: Multicast | None = None
         """IGMP/MLD snooping (:mod:`atenet.switch.mcast`); None floods all multicast."""
+        self.to_group_peers: Callable[[bytes, list[Peer], bool], int] = self._to_each_peer
+        """``(data, peers, offloaded)``: a frame to a registered group, to its member peer
+        nodes; returns how many got it. The node's seals once and skips peers no longer live
+        (:meth:`to_peer` would flood to all for each of those)."""
         self.fdb: dict[bytes, Port | Peer] = {}
         """MAC -> the local port or peer node (sender id) its frames came from."""
         self.fdb_seen: dict[bytes, float] = {}
@@ -556,6 +561,9 @@ class Switch:
         for port in self._mirrors:
             if port is not src and port not in ports:
                 ports.append(port)
+        for member in self.mcast.everything:  # type: ignore[union-attr]  # past their bound
+            if member is not src and member not in ports and member not in peers:
+                (peers if member.__class__ is int else ports).append(member)  # type: ignore[arg-type]
         if offloaded:
             if not self._flood_packet(data, src, tuple(ports)):
                 return
@@ -567,10 +575,14 @@ class Switch:
         if self.mirror_peers:
             sent = (self.to_peers_packet if offloaded else self.to_peers)(data)
         else:
-            one = self.to_peer_packet if offloaded else self.to_peer
-            sent = sum(one(data, peer) or 0 for peer in peers)
+            sent = self.to_group_peers(data, peers, offloaded)
         if sent:
             self.frames_to_peers += 1
+
+    def _to_each_peer(self, data: bytes, peers: list[Peer], offloaded: bool) -> int:
+        """Without a node's :attr:`to_group_peers`: one :attr:`to_peer` call per peer."""
+        one = self.to_peer_packet if offloaded else self.to_peer
+        return sum(one(data, peer) or 0 for peer in peers)
 
     def _mirror(self, frame: bytes, src: Port | None, dst: Port | Peer | None) -> None:
         for port in self._mirrors:

@@ -26,8 +26,11 @@ nothing: other hosts behind that node may still listen, and only that node can t
 just expires if none reports again.
 
 Bounds: :data:`MAX_GROUPS` groups per network and :data:`MAX_MEMBER_GROUPS` per member; past
-them a report is not recorded (counted), so the group stays unregistered and floods — never
-wrong, never an eviction of someone else's membership.
+them a report is not recorded (counted), never an eviction of someone else's membership. Past
+the group bound the new group stays unregistered and floods. Past its own bound, a member (port
+or peer node) could have joined a group someone else registered, which would then skip it: so
+it is put in :attr:`Multicast.everything` and gets every registered group's frames instead —
+more than it asked for, never less.
 
 Sans-I/O: the table has no clock; callers pass ``now``. Parsing never raises: malformed reports
 are counted (``bad``) and the frame floods like any other.
@@ -78,7 +81,15 @@ def _multicast(group: bytes) -> bool:
 class Multicast:
     """One network's group memberships on one node (see the module doc)."""
 
-    __slots__ = ("counters", "groups", "max_groups", "max_member_groups", "per_member", "timeout")
+    __slots__ = (
+        "counters",
+        "everything",
+        "groups",
+        "max_groups",
+        "max_member_groups",
+        "per_member",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -93,6 +104,10 @@ class Multicast:
         """Group address → {member (local port or peer sender id): expiry time}."""
         self.per_member: Counter[Any] = Counter()
         """Groups each member holds (for the per-member bound)."""
+        self.everything: set[Any] = set()
+        """Members past :attr:`max_member_groups`: a join they make is not recorded, so they
+        get every registered group's frames instead (:meth:`Switch._to_members`) — never less
+        than they asked for — until their memberships are gone."""
         self.counters: Counter[str] = Counter()
         """``reports``, ``joins``, ``leaves``, ``expired``, ``bad``, ``groups_full``,
         ``member_full``, ``to_members`` (frames sent only to members), ``flooded_unregistered``."""
@@ -160,6 +175,7 @@ class Multicast:
         if member not in members:
             if self.per_member[member] >= self.max_member_groups:
                 self.counters["member_full"] += 1
+                self.everything.add(member)
                 if not members:
                     del self.groups[group]
                 return
@@ -180,6 +196,7 @@ class Multicast:
 
     def forget(self, member: Any) -> None:
         """A port closed (or a peer left the network): drop its memberships."""
+        self.everything.discard(member)
         if not self.per_member.get(member):
             return
         for group in [g for g, m in self.groups.items() if member in m]:
@@ -211,6 +228,7 @@ class Multicast:
             self.per_member[member] = left
         else:
             self.per_member.pop(member, None)
+            self.everything.discard(member)
 
     # --- parsing --------------------------------------------------------------------------------
 
