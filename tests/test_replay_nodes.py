@@ -193,6 +193,9 @@ async def test_a_flooding_port_cannot_cut_another_pairs_delivery(world):
     wire, nodes, clients = await build(world, 1, 3, now=T0)
     node = nodes[0]
     runtime = node.networks[world.chain.network_id]
+    # Both send broadcasts; this models the per-port packet bucket, so the switch's storm
+    # control (which would also cap the flooder, after decryption) is off.
+    runtime.switch.set_storm_rate(0)
     (f_addr, flooder), (a_addr, alice), (b_addr, _bob) = clients
     ticks, flood_per_tick, normal_per_tick, budget, buffer = 1500, 100, 5, 600, 1000
     queue: deque[tuple[bytes, tuple[str, int]]] = deque()
