@@ -605,7 +605,9 @@ async def test_page_joins_pings_and_answers_in_chromium(tmp_path: Path) -> None:
             slow = await context.new_page()
             await slow.goto(base + "#" + good)
             await slow.evaluate("window.atenet.ready")
-            assert "clock is 600 s behind" in await slow.inner_text("#log")
+            # 600 s, or 599 when the Date header's whole second was read just before it turned
+            log = await slow.inner_text("#log")
+            assert re.search(r"clock is (599|600) s behind", log), log
             await context.close()
 
             # No token, and a damaged one: a clear message, no connection attempt.

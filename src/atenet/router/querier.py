@@ -29,8 +29,10 @@ QUERY_INTERVAL = 125.0
 """Seconds between general queries (RFC 3376 / RFC 3810 default)."""
 
 STARTUP_INTERVAL = QUERY_INTERVAL / 4
-FIRST_QUERY = 2.0
-"""Seconds after start before the first query (ports that connect with the node get it)."""
+FIRST_QUERY = 10.0
+"""Seconds after the first poll before the first query: late enough that a client that just
+connected has settled (and its own unsolicited reports usually came first), soon enough that
+hosts which joined before this node started are registered within seconds."""
 
 RESPONSE_MS = 10_000
 ROBUSTNESS = 2
