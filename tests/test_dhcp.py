@@ -13,6 +13,7 @@ import random
 import select
 import shlex
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -687,7 +688,9 @@ def test_busybox_udhcpc_gets_the_hashed_address_and_renews_without_a_bind(
     script.write_text(UDHCPC_SCRIPT)
     script.chmod(0o755)
     log = tmp_path / "events.log"
-    srv = server(lease_time=4)  # T1 = 2 s: a renewal within the test's few seconds
+    # busybox raises a lease under 30 s to 30 s (T1 = 15 s), so the renewal is asked for the way
+    # an operator does: SIGUSR1 makes udhcpc renew now, by the same unicast REQUEST as at T1.
+    srv = server(lease_time=4)
     proc = None
     try:
         with TapServer((tap, srv)) as node:
@@ -695,6 +698,8 @@ def test_busybox_udhcpc_gets_the_hashed_address_and_renews_without_a_bind(
                 ["env", f"LOG={log}", "busybox", "udhcpc", "-f", "-i", "dhcp0", "-s", str(script),
                  "-t", "5", "-T", "1", "-x", "hostname:labhost"],
             )  # fmt: skip
+            assert wait_for_lines(log, 1)  # bound
+            proc.send_signal(signal.SIGUSR1)
             events = wait_for_lines(log, 2)  # bound + a renewal
             hashed = ipv4_for(NET_ID, client_mac, CIDR)
             assert events and events[0].startswith(f"bound ip={hashed.ip} mask=24"), events
