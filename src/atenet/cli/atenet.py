@@ -46,7 +46,6 @@ from atenet.deployment import (
 from atenet.errors import AtenetError
 from atenet.node.core import MAX_PORTS_PER_ADDRESS, MAX_PORTS_PER_KEY, PORT_RATE, PortLimits
 from atenet.node.daemon import MEMBER_GRACE, NodeDaemon
-from atenet.node.http import serve_http, tls_context
 from atenet.overlay.token import AccessToken
 from atenet.owner import Owner
 from atenet.paths import config_dir, write_private
@@ -466,6 +465,10 @@ async def serve_until_signal(daemon: NodeDaemon, http: HttpConfig, on_ready: Any
 
     The node is published in the store ("nodes" record) only once every socket, UDP and HTTP,
     is bound: a start that fails leaves the endpoint a working node published untouched."""
+    # Imported here, not at the top: aiohttp's server takes ~0.5 s to import, which every other
+    # `atenet` command (init, up, install-service) would pay for nothing.
+    from atenet.node.http import serve_http, tls_context
+
     tls = tls_context(http.tls_cert, http.tls_key)
     await daemon.start(publish=False)
     runner = None
