@@ -347,3 +347,61 @@ def test_fuzz_receive_never_raises_and_state_stays_bounded(
     assert len(iface.arp.entries) <= iface.arp.capacity
     assert len(iface.reassembly.partial) <= 16
     assert len(iface._events) <= 256
+
+
+def test_dhcp_gives_the_interface_its_address() -> None:
+    """The Interface drives DhcpClient against the project's real DHCP server (and its chain)."""
+    from atenet.client.dhcp import Event as DhcpEvent
+    from atenet.router.dhcp import Bind, DhcpServer, Lease
+    from atenet.router.dhcp import Send as ServerSend
+    from tests.test_dhcp import CIDR, GW_IP, GW_MAC, NET_ID
+
+    srv = DhcpServer(NET_ID, CIDR, GW_IP, GW_MAC, 1400, node_id="n1")
+    chain: list[Lease] = []
+    iface = Interface(MAC, 1500, ipv6=False)
+    now = 1_800_000_000.0
+    iface.start_dhcp(now, host="mio", jitter=0.0)
+    for _ in range(10):
+        frames = iface.poll(now)
+        if not frames:
+            break
+        outs = [o for frame in frames for o in srv.frame(frame, now, port="p")]
+        while outs:
+            out = outs.pop(0)
+            if isinstance(out, Bind):
+                chain.append(Lease.from_bind(len(chain) + 1, out))
+                outs.extend(srv.apply_bindings([chain[-1]], now))
+            elif isinstance(out, ServerSend):
+                iface.receive(out.frame, now)
+    assert iface.ipv4 is not None and str(iface.ipv4.network) == CIDR
+    assert iface.gateway4 == IPv4Address(GW_IP) and iface.mtu == 1400
+    assert [e.kind for e in iface.events() if isinstance(e, DhcpEvent)] == ["bound"]
+    assert iface.poll_at() is not None and iface.poll_at() > now + 60  # next: renewal
+
+
+def test_neighbor_tables_bounded_and_gratuitous_arp_does_not_fill_cache() -> None:
+    iface = make()
+    for i in range(300):
+        ip = f"10.8.{i // 250}.{i % 250 + 1}"
+        iface.receive(eth(ARP(op=1, hwsrc=PEER_MAC, psrc=ip, pdst=ip)), 0)
+    assert iface.arp.entries == {}
+    for i in range(100):
+        iface.send_udp(1, IPv4Address(f"10.9.0.{i + 10}"), 9, b"x", 0)
+    assert len(iface.arp.pending) == 64 and iface.counters["neighbor_pending_full"] == 36
+    assert len(iface.poll(0)) == 20  # ARP requests rate-limited (burst 20)
+    assert iface.counters["arp_request_limited"] == 44
+    for _ in range(12):
+        iface.send_udp(1, IPv4Address("10.9.0.10"), 9, b"y", 0)
+    assert len(iface.arp.pending[IPv4Address("10.9.0.10")].packets) == 8
+    assert iface.counters["neighbor_queue_overflow"] == 5
+
+
+def test_no_unreachable_for_broadcast_and_no_route_counted() -> None:
+    iface = make()
+    learn_peer(iface)
+    bcast = Ether(src=PEER_MAC, dst="ff:ff:ff:ff:ff:ff") / IP(src=PEER, dst="10.9.0.255")
+    iface.receive(bytes(bcast / UDP(dport=6000) / Raw(b"?")), 1)
+    assert iface.poll(1) == [] and iface.counters["udp_closed_port"] == 1
+    lonely = Interface(MAC, ipv4=IPv4Interface(f"{ME}/24"), ipv6=False)
+    assert not lonely.send_udp(1, IPv4Address("8.8.8.8"), 53, b"q", 0)
+    assert lonely.counters["tx_no_route"] == 1
