@@ -405,3 +405,13 @@ def test_no_unreachable_for_broadcast_and_no_route_counted() -> None:
     lonely = Interface(MAC, ipv4=IPv4Interface(f"{ME}/24"), ipv6=False)
     assert not lonely.send_udp(1, IPv4Address("8.8.8.8"), 53, b"q", 0)
     assert lonely.counters["tx_no_route"] == 1
+
+
+def test_arp_probe_and_conflict_teach_nothing() -> None:
+    """An RFC 5227 probe (sender 0.0.0.0) is answered but not learnt; a claim on our address
+    is counted and never overwrites anything."""
+    iface = make()
+    iface.receive(eth(ARP(op=1, hwsrc=PEER_MAC, psrc="0.0.0.0", pdst=ME)), 0)
+    assert len(iface.poll(0)) == 1
+    iface.receive(eth(ARP(op=1, hwsrc=PEER_MAC, psrc=ME, pdst=ME)), 0)
+    assert iface.arp.entries == {} and iface.counters["arp_conflict"] == 1

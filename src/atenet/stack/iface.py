@@ -388,8 +388,11 @@ class Interface:
         if arp.sender_mac[0] & 1 or arp.sender_ip.is_multicast or arp.sender_ip == BROADCAST_V4:
             raise DecodeError("ARP from a multicast MAC or IP")
         ours = self.ipv4 is not None and arp.target_ip == self.ipv4.ip
-        for packet in self.arp.learn(arp.sender_ip, arp.sender_mac, now, create=ours):
-            self._out.append(ethernet_frame(arp.sender_mac, self.mac, ETHERTYPE_IPV4, packet))
+        if self.ipv4 is not None and arp.sender_ip == self.ipv4.ip:
+            self.counters["arp_conflict"] += 1  # someone else claims our address
+        elif int(arp.sender_ip) != 0:  # 0.0.0.0: an RFC 5227 probe, nothing to learn
+            for packet in self.arp.learn(arp.sender_ip, arp.sender_mac, now, create=ours):
+                self._out.append(ethernet_frame(arp.sender_mac, self.mac, ETHERTYPE_IPV4, packet))
         if arp.operation == ARP_REQUEST and ours and self.ipv4 is not None:
             self.counters["arp_replies"] += 1
             self._out.append(arp_reply(self.mac, self.ipv4.ip, arp.sender_mac, arp.sender_ip))
@@ -415,7 +418,7 @@ class Interface:
         return dst == self.ipv4.ip or dst == self.ipv4.network.broadcast_address
 
     def _ipv4(self, frame: bytes, now: float) -> None:
-        ip = Ipv4Repr.parse(frame[14:])
+        ip = Ipv4Repr.parse(memoryview(frame)[14:])  # one copy (the payload), not two
         if ip.src.is_multicast or ip.src == BROADCAST_V4:
             raise DecodeError("IPv4 from a multicast or broadcast source")
         if self.dhcp is not None and ip.protocol == PROTO_UDP and ip.payload[2:4] == b"\x00\x44":
@@ -446,7 +449,7 @@ class Interface:
         return any(dst == own.ip or dst == solicited_node(own.ip) for own in self.ipv6)
 
     def _ipv6(self, frame: bytes, now: float) -> None:
-        ip = Ipv6Repr.parse(frame[14:])
+        ip = Ipv6Repr.parse(memoryview(frame)[14:])
         if ip.src.is_multicast:
             raise DecodeError("IPv6 from a multicast source")
         if not self._for_us_v6(ip.dst):
@@ -807,6 +810,7 @@ class Interface:
                 src, dst, NEXT_HEADER_ICMPV6, body.emit(src, dst), now
             )
         if not sent:
+            del self._pings[(self._ping_ident, seq)]
             raise OSError(f"no route to {dst}")
         return self._ping_ident, seq
 
