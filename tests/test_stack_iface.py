@@ -415,3 +415,31 @@ def test_arp_probe_and_conflict_teach_nothing() -> None:
     assert len(iface.poll(0)) == 1
     iface.receive(eth(ARP(op=1, hwsrc=PEER_MAC, psrc=ME, pdst=ME)), 0)
     assert iface.arp.entries == {} and iface.counters["arp_conflict"] == 1
+
+
+def test_ipv6_closed_udp_port_and_fragments() -> None:
+    from scapy.layers.inet6 import ICMPv6DestUnreach, IPv6ExtHdrFragment, fragment6
+
+    iface = make(ipv6=True)
+    iface.poll(0)
+    ll = str(iface.ipv6[0].ip)
+    na = IPv6(src=LL_PEER, dst=ll, hlim=255) / ICMPv6ND_NA(tgt=LL_PEER, S=1)
+    na = na / ICMPv6NDOptSrcLLAddr(type=2, lladdr=PEER_MAC)
+    iface.receive(eth(IPv6(src=LL_PEER, dst=ll) / UDP(sport=1, dport=9) / Raw(b"q")), 1)
+    (ns,) = iface.poll(1)  # the peer's MAC is unknown: an NS goes out first
+    assert Ether(ns)[ICMPv6ND_NS].tgt == LL_PEER
+    iface.receive(eth(na), 1)
+    iface.receive(eth(IPv6(src=LL_PEER, dst=ll) / UDP(sport=1, dport=9) / Raw(b"q")), 1)
+    out = [Ether(f) for f in iface.poll(1)]
+    assert any(ICMPv6DestUnreach in p and p[ICMPv6DestUnreach].code == 4 for p in out)
+    sock = iface.udp_bind(9)
+    big = IPv6(src=LL_PEER, dst=ll) / IPv6ExtHdrFragment(id=5) / UDP(sport=1, dport=9)
+    frags = fragment6(big / Raw(b"z" * 3000), 1280)
+    assert len(frags) == 3
+    for frag in reversed(frags):
+        iface.receive(eth(frag), 2)
+    assert sock.recvfrom() == (b"z" * 3000, (IPv6Address(LL_PEER), 1))
+    assert sock.sendto(b"y" * 3000, (LL_PEER, 1), 2)
+    sent = [Ether(f) for f in iface.poll(2)]
+    assert len(sent) == 3 and all(IPv6ExtHdrFragment in p for p in sent)
+    assert all(len(bytes(p)) <= 1514 for p in sent)

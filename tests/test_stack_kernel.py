@@ -67,10 +67,11 @@ def test_kernel_pings_us_v4_and_v6(rig: tuple[Host, StackTap]) -> None:
     assert served.iface.counters["icmp_echo_answered"] >= 4
 
 
-def test_kernel_big_ping_is_reassembled(rig: tuple[Host, StackTap]) -> None:
+@pytest.mark.parametrize("target", [STACK4, STACK6])
+def test_kernel_big_ping_is_reassembled(rig: tuple[Host, StackTap], target: str) -> None:
     host, served = rig
     before = served.iface.counters["frag_reassembled"]
-    proc = _ping(host, STACK4, size=4000)
+    proc = _ping(host, target, size=4000)
     assert proc.returncode == 0, proc.stdout
     assert "4008 bytes from" in proc.stdout  # our 4 KB reply, fragmented, reassembled by Linux
     assert served.iface.counters["frag_reassembled"] >= before + 2
