@@ -21,6 +21,7 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
 from atenet.stack import EchoReply, IcmpError, Interface
+from tests.support.stack_tap import RstOnly
 
 MAC = bytes.fromhex("02aabbccdd01")
 PEER_MAC = "02:00:00:00:00:02"
@@ -295,28 +296,6 @@ def test_multicast_join_reports_and_answers_queries() -> None:
     iface.join("ff05::1:3", 3.5)
     (mld,) = iface.poll(3.5)
     assert Ether(mld).dst == "33:33:00:01:00:03" and Ether(mld)[IPv6].hlim == 1
-
-
-class RstOnly:
-    """A stand-in for stack.tcp.Tcp: answers every segment with a RST (tests the hook only)."""
-
-    def __init__(self) -> None:
-        self.out: list[tuple[bytes, bytes, bytes]] = []
-
-    def on_packet(self, src_ip: bytes, dst_ip: bytes, segment: bytes, now: float) -> None:
-        from scapy.layers.inet import TCP
-
-        seg = TCP(segment)
-        rst = TCP(sport=seg.dport, dport=seg.sport, flags="RA", seq=0, ack=seg.seq + 1)
-        ip = IP(src=IPv4Address(dst_ip).compressed, dst=IPv4Address(src_ip).compressed) / rst
-        self.out.append((dst_ip, src_ip, bytes(IP(bytes(ip))[TCP])))
-
-    def poll(self, now: float) -> list[tuple[bytes, bytes, bytes]]:
-        out, self.out = self.out, []
-        return out
-
-    def poll_at(self) -> float | None:
-        return 0.0 if self.out else None
 
 
 def test_tcp_segments_go_to_the_tcp_layer_and_back() -> None:

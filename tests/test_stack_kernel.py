@@ -19,7 +19,7 @@ from atenet.stack import EchoReply, Interface
 from atenet.transport.tap import TapDevice
 from tests.conftest import needs_root
 from tests.support.netns import Host, Lab
-from tests.support.stack_tap import StackTap
+from tests.support.stack_tap import RstOnly, StackTap
 
 pytestmark = needs_root
 
@@ -126,3 +126,18 @@ def test_nd_resolved_both_ways(rig: tuple[Host, StackTap]) -> None:
     )
     link = host.run(["cat", "/sys/class/net/mio0/address"]).stdout.strip()
     assert kernel_mac.hex(":") == link
+
+
+@pytest.mark.parametrize("target", [STACK4, STACK6])
+def test_tcp_hook_refuses_a_kernel_connect(rig: tuple[Host, StackTap], target: str) -> None:
+    """With the RST-only stand-in as its TCP layer, a Linux connect() is refused at once: the
+    SYN reached the hook and the RST it returned left with checksums Linux accepts."""
+    host, served = rig
+    tcp = RstOnly()
+    served.call(setattr, served.iface, "tcp", tcp)
+    try:
+        with pytest.raises(ConnectionRefusedError):
+            host.call(socket.create_connection, (target, 8080), 5)
+        assert tcp.seen >= 1
+    finally:
+        served.call(setattr, served.iface, "tcp", None)

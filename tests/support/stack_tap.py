@@ -13,6 +13,7 @@ import select
 import threading
 import time
 from collections.abc import Callable
+from ipaddress import ip_address
 from typing import Any, TypeVar
 
 from atenet.stack import Interface
@@ -77,3 +78,35 @@ class StackTap:
         self.tap.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
+
+
+class RstOnly:
+    """A stand-in for ``atenet.stack.tcp.Tcp`` that refuses every segment with a RST.
+
+    It tests the hook only (segments reach the TCP layer; what it returns leaves in IP and
+    Ethernet with a checksum Linux accepts); it is not a TCP implementation.
+    """
+
+    def __init__(self) -> None:
+        self.out: list[tuple[bytes, bytes, bytes]] = []
+        self.seen = 0
+
+    def on_packet(self, src_ip: bytes, dst_ip: bytes, segment: bytes, now: float) -> None:
+        from scapy.layers.inet import IP, TCP
+        from scapy.layers.inet6 import IPv6
+
+        self.seen += 1
+        seg = TCP(segment)
+        if seg.flags.R:
+            return
+        rst = TCP(sport=seg.dport, dport=seg.sport, flags="RA", seq=0, ack=seg.seq + 1)
+        net = IP if len(src_ip) == 4 else IPv6
+        src, dst = (str(ip_address(a)) for a in (dst_ip, src_ip))
+        self.out.append((dst_ip, src_ip, bytes(net(bytes(net(src=src, dst=dst) / rst))[TCP])))
+
+    def poll(self, now: float) -> list[tuple[bytes, bytes, bytes]]:
+        out, self.out = self.out, []
+        return out
+
+    def poll_at(self) -> float | None:
+        return 0.0 if self.out else None
