@@ -976,6 +976,58 @@ def router_targets() -> list[Target]:
     ]
 
 
+def stack_target() -> Target:
+    """stack.Interface.receive: any frame at the userspace stack (mio ports). Junk is counted
+    as malformed and never answered; neighbour, reassembly and event tables stay bounded."""
+    from ipaddress import IPv4Address, IPv4Interface, IPv6Address
+
+    from atenet.stack import Interface
+    from atenet.wire.checksum import checksum
+    from atenet.wire.udp import UdpRepr
+
+    mac, peer = bytes.fromhex("02aa00000001"), bytes.fromhex("020000000002")
+    me, them = IPv4Address("10.0.0.2"), IPv4Address("10.0.0.1")
+    iface = Interface(mac, ipv4=IPv4Interface(f"{me}/24"), gateway4=them)
+    iface.poll(0.0)  # the first router solicitation
+    ll, peer6 = iface.ipv6[0].ip, IPv6Address("fe80::2")
+    iface.udp_bind(5000)
+    udp = UdpRepr(1234, 5000, b"data" * 100).emit(them, me)
+    whole = Ipv4Repr(them, me, 17, udp, ident=9).emit()
+    first = Ipv4Repr(them, me, 17, udp[:200], ident=9, more_fragments=True).emit()
+    last = Ipv4Repr(them, me, 17, udp[200:], ident=9, fragment_offset=25).emit()
+    igmp = bytearray(bytes.fromhex("1164000000000000"))
+    igmp[2:4] = checksum(igmp).to_bytes(2, "big")
+    query = Ipv4Repr(them, IPv4Address("224.0.0.1"), 2, bytes(igmp), ttl=1).emit()
+    seeds = [
+        icmp_echo_request(peer, mac, them, me, 7, 1, b"hello"),
+        icmpv6_echo_request(peer, mac, peer6, ll, 7, 1, b"hello"),
+        neighbor_solicitation(peer, peer6, ll),
+        neighbor_advertisement(peer, peer6, mac, ll),
+        arp_request(peer, them, me),
+        b"".join((mac, peer, b"\x08\x00", whole)),
+        b"".join((mac, peer, b"\x08\x00", first)),
+        b"".join((mac, peer, b"\x08\x00", last)),
+        b"".join((b"\x01\x00\x5e\x00\x00\x01", peer, b"\x08\x00", query)),
+    ]
+
+    def feed(data: bytes) -> str:
+        before = iface.counters["rx_malformed"]
+        iface.receive(data, 1.0)
+        out = iface.poll(1.0)
+        iface.events()
+        if iface.counters["rx_malformed"] > before and out:
+            raise Crash(f"the stack answered a malformed frame with {len(out)} frame(s)")
+        if len(iface.arp.entries) > iface.arp.capacity or len(iface.nd.entries) > iface.nd.capacity:
+            raise Crash("neighbour cache grew past its capacity")
+        if len(iface.reassembly.partial) > iface.reassembly.max_datagrams:
+            raise Crash("reassembly holds more datagrams than its bound")
+        if iface.reassembly.held > iface.reassembly.max_bytes:
+            raise Crash("reassembly holds more bytes than its bound")
+        return "malformed" if iface.counters["rx_malformed"] > before else f"out={min(len(out), 2)}"
+
+    return Target("stack.Interface", seeds, feed)
+
+
 def dhcp_client_target() -> Target:
     """The DHCP client of `tok connect` (client/dhcp.py), waiting for its ACK, fed any frame the
     node can hand it. Junk counts as ``malformed`` or ``foreign`` and sends nothing; whatever
@@ -1054,6 +1106,7 @@ def byte_targets() -> list[Target]:
         deployment_target(),
         *router_targets(),
         dhcp_client_target(),
+        stack_target(),
     ]
 
 

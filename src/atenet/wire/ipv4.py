@@ -59,7 +59,7 @@ class Ipv4Repr:
     options: bytes = b""
 
     @classmethod
-    def parse(cls, buf: bytes, *, verify_checksum: bool = True) -> Ipv4Repr:
+    def parse(cls, buf: bytes | memoryview, *, verify_checksum: bool = True) -> Ipv4Repr:
         """Decode a packet; raises :class:`DecodeError` for anything malformed.
 
         Rejected: a version other than 4, IHL < 5, a total length shorter than the header or

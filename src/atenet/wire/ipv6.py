@@ -65,7 +65,7 @@ class Ipv6Repr:
     flow_label: int = 0
 
     @classmethod
-    def parse(cls, buf: bytes) -> Ipv6Repr:
+    def parse(cls, buf: bytes | memoryview) -> Ipv6Repr:
         """Decode a packet; raises :class:`DecodeError` for a wrong version or a truncation.
 
         Bytes after ``payload length`` (Ethernet padding) are dropped. Jumbograms (payload

@@ -1,0 +1,960 @@
+"""One network interface of the userspace stack: Ethernet, ARP, IPv4/IPv6, ICMP, UDP, IGMP/MLD.
+
+Sans-I/O in smoltcp's shape: the shell feeds :meth:`Interface.receive` with frames and ``now``,
+sends whatever :meth:`Interface.poll` returns, and wakes it again at :meth:`Interface.poll_at`.
+Nothing inside reads a clock, opens a socket or starts a thread, so every behaviour (timeouts,
+retries, rate limits) is tested frame by frame with an injected ``now``.
+
+TCP is not here: an object with ``on_packet(src, dst, segment, now)``, ``poll(now)`` and
+``poll_at()`` (``atenet.stack.tcp.Tcp``) plugs in through ``tcp=``; this layer hands it
+verified-for-us segments and wraps what it returns in IP and Ethernet.
+
+Malformed input is dropped and counted in :attr:`Interface.counters`, never answered; every
+table input can grow (neighbours, fragments, sockets, queues, events) is bounded.
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from collections import Counter, deque
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, IPv6Network
+from typing import Protocol
+
+from atenet.client.dhcp import DhcpClient
+from atenet.client.dhcp import Event as DhcpClientEvent
+from atenet.client.dhcp import Send as DhcpSend
+from atenet.errors import DecodeError
+from atenet.ratelimit import TokenBucket
+from atenet.stack.frag import Reassembler, fragment_offsets
+from atenet.stack.neighbor import NeighborCache
+from atenet.wire.arp import ARP_REPLY, ARP_REQUEST, ArpRepr, arp_reply, arp_request
+from atenet.wire.checksum import checksum, verify
+from atenet.wire.ethernet import (
+    BROADCAST_MAC,
+    ETHERTYPE_ARP,
+    ETHERTYPE_IPV4,
+    ETHERTYPE_IPV6,
+    ethernet_frame,
+)
+from atenet.wire.icmp import (
+    ICMP_DEST_UNREACHABLE,
+    ICMP_ECHO_REPLY,
+    ICMP_ECHO_REQUEST,
+    ICMP_TIME_EXCEEDED,
+    IcmpRepr,
+)
+from atenet.wire.icmpv6 import (
+    ICMPV6_DEST_UNREACHABLE,
+    ICMPV6_ECHO_REPLY,
+    ICMPV6_ECHO_REQUEST,
+    ICMPV6_NEIGHBOR_ADVERT,
+    ICMPV6_NEIGHBOR_SOLICIT,
+    ICMPV6_PACKET_TOO_BIG,
+    ICMPV6_ROUTER_ADVERT,
+    ICMPV6_ROUTER_SOLICIT,
+    ICMPV6_TIME_EXCEEDED,
+    ND_HOP_LIMIT,
+    Icmpv6Repr,
+    NeighborAdvert,
+    NeighborSolicit,
+    nd_options,
+)
+from atenet.wire.ipv4 import (
+    PROTO_ICMP,
+    PROTO_IGMP,
+    PROTO_TCP,
+    PROTO_UDP,
+    Ipv4Repr,
+    multicast_mac_v4,
+)
+from atenet.wire.ipv6 import (
+    ALL_NODES,
+    ALL_ROUTERS,
+    NEXT_HEADER_FRAGMENT,
+    NEXT_HEADER_HOP_BY_HOP,
+    NEXT_HEADER_ICMPV6,
+    Ipv6Repr,
+    multicast_mac_v6,
+    solicited_node,
+)
+from atenet.wire.udp import UdpRepr
+
+__all__ = [
+    "AddressEvent",
+    "EchoReply",
+    "IcmpError",
+    "Interface",
+    "TcpHandler",
+    "UdpSocket",
+]
+
+IPAddress = IPv4Address | IPv6Address
+
+BROADCAST_V4 = IPv4Address("255.255.255.255")
+ALL_HOSTS_V4 = IPv4Address("224.0.0.1")
+ALL_ROUTERS_V4 = IPv4Address("224.0.0.2")
+LINK_LOCAL_V6 = IPv6Network("fe80::/64")
+UNSPECIFIED_V6 = IPv6Address("::")
+EPHEMERAL = range(49152, 65536)
+MLD_QUERY, MLD_REPORT, MLD_DONE = 130, 131, 132
+IGMP_QUERY, IGMP_V2_REPORT, IGMP_LEAVE = 0x11, 0x16, 0x17
+_ROUTER_ALERT_V4 = b"\x94\x04\x00\x00"
+_HOP_BY_HOP_ROUTER_ALERT = b"\x05\x02\x00\x00\x01\x00"  # option 5 (router alert, MLD) + PadN
+
+
+class TcpHandler(Protocol):
+    """What :class:`Interface` needs from the TCP layer (``atenet.stack.tcp.Tcp``)."""
+
+    def on_packet(self, src_ip: bytes, dst_ip: bytes, segment: bytes, now: float) -> None: ...
+    def poll(self, now: float) -> list[tuple[bytes, bytes, bytes]]: ...
+    def poll_at(self) -> float | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EchoReply:
+    """An answer to :meth:`Interface.ping`; ``rtt`` in seconds."""
+
+    src: IPAddress
+    ident: int
+    seq: int
+    rtt: float
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class IcmpError:
+    """An ICMP/ICMPv6 error about a packet we sent (``proto``/ports from its quoted header)."""
+
+    src: IPAddress
+    type: int
+    code: int
+    dst: IPAddress
+    proto: int
+    src_port: int | None
+    dst_port: int | None
+    mtu: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AddressEvent:
+    """An address came (``added``) or went (``removed``); ``source``: static, dhcp, slaac."""
+
+    kind: str
+    address: IPv4Interface | IPv6Interface
+    source: str
+
+
+Event = EchoReply | IcmpError | AddressEvent | DhcpClientEvent
+
+
+class UdpSocket:
+    """A bound UDP port (both IP versions); datagrams queue up to a count and a byte bound."""
+
+    def __init__(self, iface: Interface, port: int, max_datagrams: int, max_bytes: int) -> None:
+        self.iface = iface
+        self.port = port
+        self.max_datagrams = max_datagrams
+        self.max_bytes = max_bytes
+        self.queue: deque[tuple[bytes, tuple[IPAddress, int]]] = deque()
+        self.queued_bytes = 0
+        self.dropped = 0
+        self.closed = False
+
+    def sendto(self, data: bytes, addr: tuple[IPAddress | str, int], now: float) -> bool:
+        """Send one datagram; False when it could not leave (no route, no address): counted."""
+        if self.closed:
+            raise OSError("UDP socket is closed")
+        return self.iface.send_udp(self.port, _ip(addr[0]), addr[1], data, now)
+
+    def recvfrom(self) -> tuple[bytes, tuple[IPAddress, int]] | None:
+        """The oldest datagram and its sender, or None when the queue is empty."""
+        if not self.queue:
+            return None
+        data, addr = self.queue.popleft()
+        self.queued_bytes -= len(data)
+        return data, addr
+
+    def _deliver(self, data: bytes, addr: tuple[IPAddress, int]) -> None:
+        if len(self.queue) >= self.max_datagrams or self.queued_bytes + len(data) > self.max_bytes:
+            self.dropped += 1
+            self.iface.counters["udp_queue_full"] += 1
+            return
+        self.queue.append((data, addr))
+        self.queued_bytes += len(data)
+
+    def close(self) -> None:
+        """Release the port; queued datagrams are discarded."""
+        if not self.closed:
+            self.closed = True
+            self.iface._udp.pop(self.port, None)
+
+
+def _ip(addr: IPAddress | str | bytes) -> IPAddress:
+    if isinstance(addr, IPv4Address | IPv6Address):
+        return addr
+    if isinstance(addr, bytes):
+        return IPv4Address(addr) if len(addr) == 4 else IPv6Address(addr)
+    from ipaddress import ip_address
+
+    return ip_address(addr)
+
+
+def eui64_link_local(mac: bytes) -> IPv6Address:
+    """fe80::/64 + modified EUI-64 of ``mac`` (RFC 4291 appendix A)."""
+    return IPv6Address(b"\xfe\x80" + bytes(6) + _eui64(mac))
+
+
+def _eui64(mac: bytes) -> bytes:
+    return bytes((mac[0] ^ 0x02, mac[1], mac[2], 0xFF, 0xFE, mac[3], mac[4], mac[5]))
+
+
+class Interface:
+    """The stack's view of one Ethernet port (see the module docstring)."""
+
+    def __init__(
+        self,
+        mac: bytes,
+        mtu: int = 1500,
+        *,
+        ipv4: IPv4Interface | None = None,
+        gateway4: IPv4Address | None = None,
+        ipv6: bool = True,
+        link_local: IPv6Address | None = None,
+        slaac: bool = True,
+        tcp: TcpHandler | None = None,
+        max_events: int = 256,
+        max_sockets: int = 1024,
+        udp_queue: int = 64,
+        udp_queue_bytes: int = 256 * 1024,
+        max_groups: int = 32,
+    ) -> None:
+        if len(mac) != 6 or mac[0] & 1:
+            raise ValueError("interface MAC must be 6 bytes, unicast")
+        if not 1280 <= mtu <= 65535:
+            raise ValueError(f"MTU {mtu} outside 1280..65535")
+        self.mac = bytes(mac)
+        self.mtu = mtu
+        self.counters: Counter[str] = Counter()
+        self.ipv4: IPv4Interface | None = None
+        self.gateway4: IPv4Address | None = None
+        self.ipv6_enabled = ipv6
+        self.ipv6: list[IPv6Interface] = []
+        self.gateway6: IPv6Address | None = None
+        self.slaac = slaac
+        self.tcp = tcp
+        self.arp = NeighborCache(counters=self.counters)
+        self.nd = NeighborCache(counters=self.counters)
+        self.reassembly = Reassembler(counters=self.counters)
+        self.dhcp: DhcpClient | None = None
+        self._out: list[bytes] = []
+        self._events: deque[Event] = deque()
+        self._max_events = max_events
+        self._udp: dict[int, UdpSocket] = {}
+        self._max_sockets = max_sockets
+        self._udp_queue = (udp_queue, udp_queue_bytes)
+        self._pings: dict[tuple[int, int], float] = {}
+        self._ping_ident = 0x6D69  # "mi"
+        self._ping_seq = itertools.count(1)
+        self._ident = itertools.count(1)
+        self._icmp_errors = TokenBucket(rate=10.0, burst=10)
+        self._arp_requests = TokenBucket(rate=10.0, burst=20)
+        self._groups: set[IPAddress] = set()
+        self._max_groups = max_groups
+        self._rs_at: float | None = 0.0 if ipv6 else None
+        self._rs_sent = 0
+        if ipv4 is not None:
+            self.set_ipv4(ipv4, gateway4)
+        if ipv6:
+            self.add_ipv6(
+                IPv6Interface(f"{link_local or eui64_link_local(self.mac)}/64"), "link-local"
+            )
+
+    # ------------------------------------------------------------------ configuration
+
+    def set_ipv4(self, address: IPv4Interface | None, gateway: IPv4Address | None = None) -> None:
+        """Set (or with None remove) the IPv4 address and default gateway."""
+        if self.ipv4 is not None:
+            self._event(AddressEvent("removed", self.ipv4, "static"))
+        self.ipv4, self.gateway4 = address, gateway
+        if address is not None:
+            self._event(AddressEvent("added", address, "static"))
+
+    def add_ipv6(self, address: IPv6Interface, source: str = "static") -> None:
+        """Add an IPv6 address (and join its solicited-node group: no MLD report needed)."""
+        if address not in self.ipv6:
+            self.ipv6.append(address)
+            self._event(AddressEvent("added", address, source))
+
+    def start_dhcp(self, now: float, **kwargs: object) -> DhcpClient:
+        """Get the IPv4 address from DHCP, driving :class:`atenet.client.dhcp.DhcpClient`."""
+        self.dhcp = DhcpClient(mac=self.mac, **kwargs)  # type: ignore[arg-type]
+        self._dhcp_actions(self.dhcp.start(now))
+        return self.dhcp
+
+    def _dhcp_actions(self, actions: list[DhcpSend | DhcpClientEvent]) -> None:
+        for action in actions:
+            if isinstance(action, DhcpSend):
+                self._out.append(action.frame)
+                continue
+            self._event(action)
+            if action.kind == "bound" and action.lease is not None:
+                lease = action.lease
+                self.ipv4, self.gateway4 = lease.interface, lease.router
+                if lease.mtu is not None and 1280 <= lease.mtu < self.mtu:
+                    self.mtu = lease.mtu
+            elif action.kind == "lost":
+                self.ipv4 = self.gateway4 = None
+
+    @property
+    def addresses(self) -> list[IPAddress]:
+        """Every unicast address of ours."""
+        own: list[IPAddress] = [a.ip for a in self.ipv6]
+        if self.ipv4 is not None:
+            own.insert(0, self.ipv4.ip)
+        return own
+
+    def events(self) -> list[Event]:
+        """Take the events (echo replies, ICMP errors, address and DHCP changes) so far."""
+        out = list(self._events)
+        self._events.clear()
+        return out
+
+    def _event(self, event: Event) -> None:
+        if len(self._events) >= self._max_events:
+            self.counters["events_dropped"] += 1
+            return
+        self._events.append(event)
+
+    # ------------------------------------------------------------------ shell interface
+
+    def poll(self, now: float) -> list[bytes]:
+        """Run the timers due at ``now`` and return every frame to send."""
+        for ip in self.arp.due(now):
+            self._ask_arp(ip, now)  # type: ignore[arg-type]
+        for ip in self.nd.due(now):
+            self._ask_nd(ip)  # type: ignore[arg-type]
+        self.reassembly.expire(now)
+        if self.dhcp is not None and now >= self.dhcp.deadline:
+            self._dhcp_actions(self.dhcp.tick(now))
+        if self._rs_at is not None and now >= self._rs_at:
+            self._send_rs(now)
+        if self.tcp is not None:
+            for src, dst, segment in self.tcp.poll(now):
+                self._send_ip(_ip(src), _ip(dst), PROTO_TCP, segment, now)
+        out, self._out = self._out, []
+        return out
+
+    def poll_at(self) -> float | None:
+        """When :meth:`poll` next has timer work (None: only new input can create work)."""
+        times = [self.arp.poll_at(), self.nd.poll_at(), self.reassembly.poll_at(), self._rs_at]
+        if self.dhcp is not None:
+            times.append(self.dhcp.deadline)
+        if self.tcp is not None:
+            times.append(self.tcp.poll_at())
+        if self._out:
+            times.append(0.0)
+        due = [t for t in times if t is not None and t != float("inf")]
+        return min(due, default=None)
+
+    def receive(self, frame: bytes, now: float) -> None:
+        """One frame from the port; replies and other output wait for :meth:`poll`."""
+        self.counters["rx_frames"] += 1
+        if len(frame) < 14:
+            self.counters["rx_malformed"] += 1
+            return
+        dst = frame[0:6]
+        if dst != self.mac and not dst[0] & 1:
+            self.counters["rx_not_our_mac"] += 1
+            return
+        etype = (frame[12] << 8) | frame[13]
+        try:
+            if etype == ETHERTYPE_ARP:
+                self._arp(frame, now)
+            elif etype == ETHERTYPE_IPV4:
+                self._ipv4(frame, now)
+            elif etype == ETHERTYPE_IPV6 and self.ipv6_enabled:
+                self._ipv6(frame, now)
+            else:
+                self.counters["rx_unknown_ethertype"] += 1
+        except DecodeError:
+            self.counters["rx_malformed"] += 1
+
+    # ------------------------------------------------------------------ ARP
+
+    def _arp(self, frame: bytes, now: float) -> None:
+        arp = ArpRepr.parse(frame[14:])
+        if arp.sender_mac[0] & 1 or arp.sender_ip.is_multicast or arp.sender_ip == BROADCAST_V4:
+            raise DecodeError("ARP from a multicast MAC or IP")
+        ours = self.ipv4 is not None and arp.target_ip == self.ipv4.ip
+        if self.ipv4 is not None and arp.sender_ip == self.ipv4.ip:
+            self.counters["arp_conflict"] += 1  # someone else claims our address
+        elif int(arp.sender_ip) != 0:  # 0.0.0.0: an RFC 5227 probe, nothing to learn
+            for packet in self.arp.learn(arp.sender_ip, arp.sender_mac, now, create=ours):
+                self._out.append(ethernet_frame(arp.sender_mac, self.mac, ETHERTYPE_IPV4, packet))
+        if arp.operation == ARP_REQUEST and ours and self.ipv4 is not None:
+            self.counters["arp_replies"] += 1
+            self._out.append(arp_reply(self.mac, self.ipv4.ip, arp.sender_mac, arp.sender_ip))
+        elif arp.operation not in (ARP_REQUEST, ARP_REPLY):
+            self.counters["arp_unknown_op"] += 1
+
+    def _ask_arp(self, ip: IPv4Address, now: float) -> None:
+        if self.ipv4 is None:
+            return
+        if not self._arp_requests.take(now):
+            self.counters["arp_request_limited"] += 1
+            return
+        self.counters["arp_requests"] += 1
+        self._out.append(arp_request(self.mac, self.ipv4.ip, ip))
+
+    # ------------------------------------------------------------------ IPv4
+
+    def _for_us_v4(self, dst: IPv4Address) -> bool:
+        if dst in (BROADCAST_V4, ALL_HOSTS_V4) or dst in self._groups:
+            return True
+        if self.ipv4 is None:
+            return False
+        return dst == self.ipv4.ip or dst == self.ipv4.network.broadcast_address
+
+    def _ipv4(self, frame: bytes, now: float) -> None:
+        ip = Ipv4Repr.parse(memoryview(frame)[14:])  # one copy (the payload), not two
+        if ip.src.is_multicast or ip.src == BROADCAST_V4:
+            raise DecodeError("IPv4 from a multicast or broadcast source")
+        if self.dhcp is not None and ip.protocol == PROTO_UDP and ip.payload[2:4] == b"\x00\x44":
+            self._dhcp_actions(self.dhcp.frame(frame, now))
+            return
+        if not self._for_us_v4(ip.dst):
+            self.counters["rx_not_for_us"] += 1
+            return
+        payload: bytes | None = ip.payload
+        if ip.more_fragments or ip.fragment_offset:
+            key = (ip.src, ip.dst, ip.protocol, ip.ident)
+            payload = self.reassembly.add(
+                key, ip.fragment_offset * 8, ip.more_fragments, ip.payload, now
+            )
+            if payload is None:
+                return
+        self.counters["rx_ipv4"] += 1
+        self._upper(ip.src, ip.dst, ip.protocol, payload, ip.dst == self._own_v4(), now, ip)
+
+    def _own_v4(self) -> IPv4Address | None:
+        return None if self.ipv4 is None else self.ipv4.ip
+
+    # ------------------------------------------------------------------ IPv6
+
+    def _for_us_v6(self, dst: IPv6Address) -> bool:
+        if dst == ALL_NODES or dst in self._groups:
+            return True
+        return any(dst == own.ip or dst == solicited_node(own.ip) for own in self.ipv6)
+
+    def _ipv6(self, frame: bytes, now: float) -> None:
+        ip = Ipv6Repr.parse(memoryview(frame)[14:])
+        if ip.src.is_multicast:
+            raise DecodeError("IPv6 from a multicast source")
+        if not self._for_us_v6(ip.dst):
+            self.counters["rx_not_for_us"] += 1
+            return
+        proto, payload = ip.upper_layer()
+        if proto == NEXT_HEADER_FRAGMENT:
+            if len(payload) < 8:
+                raise DecodeError("IPv6 fragment header truncated")
+            next_header, offset_m = payload[0], (payload[2] << 8) | payload[3]
+            ident = int.from_bytes(payload[4:8], "big")
+            whole = self.reassembly.add(
+                (ip.src, ip.dst, None, ident),
+                offset_m & 0xFFF8,
+                bool(offset_m & 1),
+                payload[8:],
+                now,
+            )
+            if whole is None:
+                return
+            proto, payload = next_header, whole
+        self.counters["rx_ipv6"] += 1
+        unicast = not ip.dst.is_multicast
+        self._upper(ip.src, ip.dst, proto, payload, unicast, now, ip)
+
+    # ------------------------------------------------------------------ upper layers
+
+    def _upper(
+        self,
+        src: IPAddress,
+        dst: IPAddress,
+        proto: int,
+        payload: bytes,
+        unicast: bool,
+        now: float,
+        ip: Ipv4Repr | Ipv6Repr,
+    ) -> None:
+        if proto == PROTO_UDP:
+            self._udp_in(src, dst, payload, unicast, now, ip)
+        elif proto == PROTO_TCP:
+            if not unicast:
+                self.counters["tcp_not_unicast"] += 1
+            elif self.tcp is None:
+                self.counters["tcp_no_handler"] += 1
+            else:
+                self.tcp.on_packet(src.packed, dst.packed, payload, now)
+        elif proto == PROTO_ICMP and isinstance(src, IPv4Address):
+            self._icmp4(src, dst, payload, unicast, now)  # type: ignore[arg-type]
+        elif proto == NEXT_HEADER_ICMPV6 and isinstance(src, IPv6Address):
+            self._icmp6(src, dst, payload, now, ip)  # type: ignore[arg-type]
+        elif proto == PROTO_IGMP and isinstance(src, IPv4Address):
+            self._igmp(payload, now)
+        else:
+            self.counters["rx_unknown_protocol"] += 1
+
+    def _udp_in(
+        self,
+        src: IPAddress,
+        dst: IPAddress,
+        payload: bytes,
+        unicast: bool,
+        now: float,
+        ip: Ipv4Repr | Ipv6Repr,
+    ) -> None:
+        udp = UdpRepr.parse(payload, src, dst)
+        sock = self._udp.get(udp.dst_port)
+        if sock is None:
+            self.counters["udp_closed_port"] += 1
+            if unicast:
+                self._unreachable(src, dst, ip, now)
+            return
+        self.counters["udp_received"] += 1
+        sock._deliver(udp.payload, (src, udp.src_port))
+
+    def _unreachable(
+        self, src: IPAddress, dst: IPAddress, ip: Ipv4Repr | Ipv6Repr, now: float
+    ) -> None:
+        """Port unreachable, rate-limited (RFC 1812 §4.3.2.8, RFC 4443 §2.4 f)."""
+        if not self._icmp_errors.take(now):
+            self.counters["icmp_error_limited"] += 1
+            return
+        self.counters["icmp_unreachable_sent"] += 1
+        if isinstance(ip, Ipv4Repr):
+            quoted = ip.header() + ip.payload[:8]
+            message = IcmpRepr(ICMP_DEST_UNREACHABLE, 3, 0, quoted).emit()
+            self._send_ip(dst, src, PROTO_ICMP, message, now)
+        else:
+            quoted = ip.emit()[: 1280 - 48]
+            body = Icmpv6Repr(ICMPV6_DEST_UNREACHABLE, 4, 0, quoted)
+            self._send_ip(dst, src, NEXT_HEADER_ICMPV6, body.emit(dst, src), now)  # type: ignore[arg-type]
+
+    def _icmp4(
+        self, src: IPv4Address, dst: IPv4Address, payload: bytes, unicast: bool, now: float
+    ) -> None:
+        icmp = IcmpRepr.parse(payload)
+        if icmp.type == ICMP_ECHO_REQUEST:
+            if not unicast:
+                self.counters["icmp_echo_not_unicast"] += 1
+                return
+            self.counters["icmp_echo_answered"] += 1
+            reply = IcmpRepr(ICMP_ECHO_REPLY, 0, icmp.rest, icmp.payload).emit()
+            self._send_ip(dst, src, PROTO_ICMP, reply, now)
+        elif icmp.type == ICMP_ECHO_REPLY:
+            self._echo_reply(src, icmp.ident, icmp.seq, len(icmp.payload), now)
+        elif icmp.type in (ICMP_DEST_UNREACHABLE, ICMP_TIME_EXCEEDED):
+            inner = icmp.payload
+            if len(inner) < 20 or inner[0] >> 4 != 4:
+                raise DecodeError("ICMP error quotes no IPv4 header")
+            ihl = (inner[0] & 0xF) * 4
+            ports = inner[ihl : ihl + 4]
+            mtu = (
+                icmp.rest & 0xFFFF
+                if icmp.type == ICMP_DEST_UNREACHABLE and icmp.code == 4
+                else None
+            )
+            self._error_event(
+                src, icmp.type, icmp.code, IPv4Address(inner[16:20]), inner[9], ports, mtu
+            )
+        else:
+            self.counters["icmp_ignored"] += 1
+
+    def _error_event(
+        self,
+        src: IPAddress,
+        kind: int,
+        code: int,
+        dst: IPAddress,
+        proto: int,
+        ports: bytes,
+        mtu: int | None,
+    ) -> None:
+        self.counters["icmp_errors_received"] += 1
+        has_ports = len(ports) == 4 and proto in (PROTO_TCP, PROTO_UDP)
+        sport = int.from_bytes(ports[0:2], "big") if has_ports else None
+        dport = int.from_bytes(ports[2:4], "big") if has_ports else None
+        self._event(IcmpError(src, kind, code, dst, proto, sport, dport, mtu))
+
+    def _echo_reply(self, src: IPAddress, ident: int, seq: int, size: int, now: float) -> None:
+        sent = self._pings.pop((ident, seq), None)
+        if sent is None or ident != self._ping_ident:
+            self.counters["icmp_unexpected_reply"] += 1
+            return
+        self._event(EchoReply(src, ident, seq, max(0.0, now - sent), size))
+
+    def _icmp6(
+        self,
+        src: IPv6Address,
+        dst: IPv6Address,
+        payload: bytes,
+        now: float,
+        ip: Ipv4Repr | Ipv6Repr,
+    ) -> None:
+        icmp = Icmpv6Repr.parse(payload, src, dst)
+        kind = icmp.type
+        hop_limit = ip.hop_limit if isinstance(ip, Ipv6Repr) else 0
+        if kind == ICMPV6_ECHO_REQUEST:
+            if dst.is_multicast:
+                self.counters["icmp_echo_not_unicast"] += 1
+                return
+            self.counters["icmp_echo_answered"] += 1
+            reply = Icmpv6Repr(ICMPV6_ECHO_REPLY, 0, icmp.rest, icmp.payload)
+            self._send_ip(dst, src, NEXT_HEADER_ICMPV6, reply.emit(dst, src), now)
+        elif kind == ICMPV6_ECHO_REPLY:
+            self._echo_reply(src, icmp.ident, icmp.seq, len(icmp.payload), now)
+        elif kind in (ICMPV6_NEIGHBOR_SOLICIT, ICMPV6_NEIGHBOR_ADVERT, ICMPV6_ROUTER_ADVERT):
+            if hop_limit != ND_HOP_LIMIT:
+                raise DecodeError("ND message with a hop limit other than 255")
+            if kind == ICMPV6_NEIGHBOR_SOLICIT:
+                self._ns(src, icmp, now)
+            elif kind == ICMPV6_NEIGHBOR_ADVERT:
+                na = NeighborAdvert.from_icmp(icmp)
+                if na.target_mac is not None:
+                    self._release_v6(na.target, na.target_mac, now, create=na.solicited)
+            else:
+                self._ra(src, icmp, now)
+        elif kind in (ICMPV6_DEST_UNREACHABLE, ICMPV6_PACKET_TOO_BIG, ICMPV6_TIME_EXCEEDED):
+            inner = icmp.payload
+            if len(inner) < 40 or inner[0] >> 4 != 6:
+                raise DecodeError("ICMPv6 error quotes no IPv6 header")
+            mtu = icmp.rest if kind == ICMPV6_PACKET_TOO_BIG else None
+            self._error_event(
+                src, kind, icmp.code, IPv6Address(inner[24:40]), inner[6], inner[40:44], mtu
+            )
+        elif kind == MLD_QUERY:
+            self._mld_reports(now)
+        elif kind in (MLD_REPORT, MLD_DONE, ICMPV6_ROUTER_SOLICIT, 143):
+            self.counters["icmp_ignored"] += 1
+        else:
+            self.counters["icmp_ignored"] += 1
+
+    def _ns(self, src: IPv6Address, icmp: Icmpv6Repr, now: float) -> None:
+        ns = NeighborSolicit.from_icmp(icmp)
+        if ns.target not in [a.ip for a in self.ipv6]:
+            self.counters["nd_not_ours"] += 1
+            return
+        if src == UNSPECIFIED_V6:
+            self.counters["nd_dad_probe"] += 1  # someone wants our address; we keep it
+            return
+        if ns.source_mac is None:
+            mac = self.nd.lookup(src, now)
+            if mac is None:
+                self.counters["nd_no_source"] += 1
+                return
+        else:
+            mac = ns.source_mac
+            self._release_v6(src, mac, now, create=True)
+        self.counters["nd_adverts_sent"] += 1
+        na = NeighborAdvert(ns.target, self.mac, solicited=True).to_icmp()
+        packet = Ipv6Repr(ns.target, src, NEXT_HEADER_ICMPV6, na.emit(ns.target, src), ND_HOP_LIMIT)
+        self._out.append(ethernet_frame(mac, self.mac, ETHERTYPE_IPV6, packet.emit()))
+
+    def _release_v6(self, ip: IPv6Address, mac: bytes, now: float, *, create: bool) -> None:
+        if mac[0] & 1:
+            raise DecodeError("ND link-layer address is multicast")
+        for packet in self.nd.learn(ip, mac, now, create=create):
+            self._out.append(ethernet_frame(mac, self.mac, ETHERTYPE_IPV6, packet))
+
+    def _ra(self, src: IPv6Address, icmp: Icmpv6Repr, now: float) -> None:
+        if src not in LINK_LOCAL_V6:
+            raise DecodeError("router advertisement from a non-link-local source")
+        if len(icmp.payload) < 8:
+            raise DecodeError("router advertisement truncated")
+        options = nd_options(icmp.payload[8:])
+        self.counters["nd_router_adverts"] += 1
+        self._rs_at = None
+        lladdr = options.get(1)
+        if lladdr is not None and len(lladdr) >= 6:
+            self._release_v6(src, lladdr[:6], now, create=True)
+        if icmp.rest & 0xFFFF:
+            self.gateway6 = src
+        elif self.gateway6 == src:
+            self.gateway6 = None
+        mtu = options.get(5)
+        if mtu is not None and len(mtu) >= 6:
+            value = int.from_bytes(mtu[2:6], "big")
+            if 1280 <= value < self.mtu:
+                self.mtu = value
+        info = options.get(3)
+        if self.slaac and info is not None and len(info) >= 30:
+            prefixlen, flags = info[0], info[1]
+            valid = int.from_bytes(info[2:6], "big")
+            prefix = IPv6Address(info[14:30])
+            if prefixlen == 64 and flags & 0x40 and valid and prefix not in LINK_LOCAL_V6:
+                address = IPv6Interface((prefix.packed[:8] + _eui64(self.mac), 64))
+                self.add_ipv6(address, "slaac")
+
+    def _send_rs(self, now: float) -> None:
+        self._rs_sent += 1
+        self._rs_at = now + 4.0 if self._rs_sent < 3 else None
+        src = self.ipv6[0].ip if self.ipv6 else UNSPECIFIED_V6
+        body = bytes((1, 1)) + self.mac if src != UNSPECIFIED_V6 else b""
+        rs = Icmpv6Repr(ICMPV6_ROUTER_SOLICIT, 0, 0, body).emit(src, ALL_ROUTERS)
+        packet = Ipv6Repr(src, ALL_ROUTERS, NEXT_HEADER_ICMPV6, rs, ND_HOP_LIMIT).emit()
+        self._out.append(
+            ethernet_frame(multicast_mac_v6(ALL_ROUTERS), self.mac, ETHERTYPE_IPV6, packet)
+        )
+
+    def _ask_nd(self, ip: IPv6Address) -> None:
+        src = self._source_v6(ip)
+        if src is None:
+            return
+        self.counters["nd_solicits_sent"] += 1
+        group = solicited_node(ip)
+        ns = NeighborSolicit(ip, self.mac).to_icmp().emit(src, group)
+        packet = Ipv6Repr(src, group, NEXT_HEADER_ICMPV6, ns, ND_HOP_LIMIT).emit()
+        self._out.append(ethernet_frame(multicast_mac_v6(group), self.mac, ETHERTYPE_IPV6, packet))
+
+    # ------------------------------------------------------------------ multicast groups
+
+    def join(self, group: IPAddress | str, now: float) -> None:
+        """Receive ``group``'s traffic and announce it (IGMPv2 / MLDv1 report)."""
+        group = _ip(group)
+        if not group.is_multicast:
+            raise ValueError(f"{group} is not a multicast group")
+        if group in self._groups:
+            return
+        if len(self._groups) >= self._max_groups:
+            self.counters["groups_full"] += 1
+            raise OSError(f"too many multicast groups (limit {self._max_groups})")
+        self._groups.add(group)
+        self._report(group, now)
+
+    def leave(self, group: IPAddress | str, now: float) -> None:
+        """Stop receiving ``group`` and tell the routers (IGMP leave / MLD done)."""
+        group = _ip(group)
+        if group not in self._groups:
+            return
+        self._groups.discard(group)
+        if isinstance(group, IPv4Address):
+            self._igmp_send(IGMP_LEAVE, group, ALL_ROUTERS_V4)
+        else:
+            self._mld_send(MLD_DONE, group, ALL_ROUTERS)
+
+    def _report(self, group: IPAddress, now: float) -> None:
+        if isinstance(group, IPv4Address):
+            self._igmp_send(IGMP_V2_REPORT, group, group)
+        else:
+            self._mld_send(MLD_REPORT, group, group)
+
+    def _igmp_send(self, kind: int, group: IPv4Address, dst: IPv4Address) -> None:
+        if self.ipv4 is None:
+            return
+        self.counters["igmp_sent"] += 1
+        message = bytearray(struct.pack("!BBH4s", kind, 0, 0, group.packed))
+        message[2:4] = checksum(message).to_bytes(2, "big")
+        packet = Ipv4Repr(
+            self.ipv4.ip, dst, PROTO_IGMP, bytes(message), ttl=1, options=_ROUTER_ALERT_V4
+        )
+        self._out.append(
+            ethernet_frame(multicast_mac_v4(dst), self.mac, ETHERTYPE_IPV4, packet.emit())
+        )
+
+    def _mld_send(self, kind: int, group: IPv6Address, dst: IPv6Address) -> None:
+        src = self.ipv6[0].ip if self.ipv6 else UNSPECIFIED_V6
+        self.counters["mld_sent"] += 1
+        message = Icmpv6Repr(kind, 0, 0, group.packed).emit(src, dst)
+        hop_by_hop = bytes((NEXT_HEADER_ICMPV6, 0)) + _HOP_BY_HOP_ROUTER_ALERT
+        packet = Ipv6Repr(src, dst, NEXT_HEADER_HOP_BY_HOP, hop_by_hop + message, 1)
+        self._out.append(
+            ethernet_frame(multicast_mac_v6(dst), self.mac, ETHERTYPE_IPV6, packet.emit())
+        )
+
+    def _igmp(self, payload: bytes, now: float) -> None:
+        if len(payload) < 8 or not verify(payload):
+            raise DecodeError("IGMP message short or with a wrong checksum")
+        if payload[0] != IGMP_QUERY:
+            self.counters["igmp_ignored"] += 1
+            return
+        asked = IPv4Address(payload[4:8])
+        for group in [g for g in self._groups if isinstance(g, IPv4Address)]:
+            if int(asked) == 0 or asked == group:
+                self._report(group, now)
+
+    def _mld_reports(self, now: float) -> None:
+        for group in [g for g in self._groups if isinstance(g, IPv6Address)]:
+            self._report(group, now)
+
+    # ------------------------------------------------------------------ sending
+
+    def ping(self, dst: IPAddress | str, now: float, payload: bytes = b"") -> tuple[int, int]:
+        """Send one echo request; the answer comes as an :class:`EchoReply` event.
+
+        Returns (ident, seq). At most 64 pings wait for answers; older ones are forgotten.
+        """
+        dst = _ip(dst)
+        seq = next(self._ping_seq) & 0xFFFF
+        if len(self._pings) >= 64:
+            del self._pings[next(iter(self._pings))]
+            self.counters["ping_forgotten"] += 1
+        self._pings[(self._ping_ident, seq)] = now
+        if isinstance(dst, IPv4Address):
+            message = IcmpRepr.echo_request(self._ping_ident, seq, payload).emit()
+            sent = self._send_ip(self._source_v4(), dst, PROTO_ICMP, message, now)
+        else:
+            src = self._source_v6(dst)
+            body = Icmpv6Repr.echo_request(self._ping_ident, seq, payload)
+            sent = src is not None and self._send_ip(
+                src, dst, NEXT_HEADER_ICMPV6, body.emit(src, dst), now
+            )
+        if not sent:
+            del self._pings[(self._ping_ident, seq)]
+            raise OSError(f"no route to {dst}")
+        return self._ping_ident, seq
+
+    def udp_bind(self, port: int = 0) -> UdpSocket:
+        """A UDP socket on ``port`` (0: a free ephemeral port), for IPv4 and IPv6 alike."""
+        if len(self._udp) >= self._max_sockets:
+            self.counters["udp_sockets_full"] += 1
+            raise OSError(f"too many UDP sockets (limit {self._max_sockets})")
+        if port == 0:
+            port = next((p for p in EPHEMERAL if p not in self._udp), 0)
+            if port == 0:
+                raise OSError("no free ephemeral UDP port")
+        elif not 0 < port < 65536:
+            raise ValueError(f"UDP port {port} outside 1..65535")
+        elif port in self._udp:
+            raise OSError(f"UDP port {port} is already bound")
+        sock = UdpSocket(self, port, *self._udp_queue)
+        self._udp[port] = sock
+        return sock
+
+    def send_udp(self, sport: int, dst: IPAddress, dport: int, data: bytes, now: float) -> bool:
+        """Send one UDP datagram from our address toward ``dst``; False when it cannot leave."""
+        src = self._source_v4() if isinstance(dst, IPv4Address) else self._source_v6(dst)
+        if src is None:
+            self.counters["tx_no_address"] += 1
+            return False
+        segment = UdpRepr(sport, dport, data).emit(src, dst)
+        return self._send_ip(src, dst, PROTO_UDP, segment, now)
+
+    def _source_v4(self) -> IPv4Address | None:
+        return None if self.ipv4 is None else self.ipv4.ip
+
+    def _source_v6(self, dst: IPv6Address) -> IPv6Address | None:
+        if not self.ipv6:
+            return None
+        if dst in LINK_LOCAL_V6 or dst.is_multicast:
+            return self.ipv6[0].ip
+        for own in self.ipv6[1:]:
+            if dst in own.network:
+                return own.ip
+        return self.ipv6[-1].ip
+
+    def _send_ip(
+        self, src: IPAddress | None, dst: IPAddress, proto: int, payload: bytes, now: float
+    ) -> bool:
+        """Wrap ``payload`` in IP (fragments above the MTU) and Ethernet, or queue it for ARP/ND."""
+        if src is None:
+            self.counters["tx_no_address"] += 1
+            return False
+        if isinstance(dst, IPv4Address):
+            packets = self._ipv4_packets(src, dst, proto, payload)  # type: ignore[arg-type]
+            etype = ETHERTYPE_IPV4
+        else:
+            packets = self._ipv6_packets(src, dst, proto, payload)  # type: ignore[arg-type]
+            etype = ETHERTYPE_IPV6
+        if packets is None:
+            return False
+        mac = self._link_dst(dst, now)
+        if mac is False:
+            return False
+        self.counters["tx_packets"] += len(packets)
+        if mac is None:
+            hop = self._next_hop(dst)
+            cache = self.arp if isinstance(hop, IPv4Address) else self.nd
+            for packet in packets:
+                if cache.queue(hop, packet, now):  # type: ignore[arg-type]
+                    if isinstance(hop, IPv4Address):
+                        self._ask_arp(hop, now)
+                    else:
+                        self._ask_nd(hop)  # type: ignore[arg-type]
+            return True
+        for packet in packets:
+            self._out.append(ethernet_frame(mac, self.mac, etype, packet))
+        return True
+
+    def _ipv4_packets(
+        self, src: IPv4Address, dst: IPv4Address, proto: int, payload: bytes
+    ) -> list[bytes] | None:
+        if len(payload) + 20 > 0xFFFF:
+            self.counters["tx_too_big"] += 1
+            return None
+        ident = next(self._ident) & 0xFFFF
+        if len(payload) + 20 <= self.mtu:
+            return [
+                Ipv4Repr(
+                    src, dst, proto, payload, ident=ident, dont_fragment=proto == PROTO_TCP
+                ).emit()
+            ]
+        self.counters["tx_fragmented"] += 1
+        out = []
+        for start, end in fragment_offsets(len(payload), self.mtu - 20):
+            more = end < len(payload)
+            header = Ipv4Repr(
+                src,
+                dst,
+                proto,
+                payload[start:end],
+                ident=ident,
+                more_fragments=more,
+                fragment_offset=start // 8,
+            )
+            out.append(header.emit())
+        return out
+
+    def _ipv6_packets(
+        self, src: IPv6Address, dst: IPv6Address, proto: int, payload: bytes
+    ) -> list[bytes] | None:
+        if len(payload) > 0xFFFF - 8:
+            self.counters["tx_too_big"] += 1
+            return None
+        if len(payload) + 40 <= self.mtu:
+            return [Ipv6Repr(src, dst, proto, payload).emit()]
+        self.counters["tx_fragmented"] += 1
+        ident = next(self._ident)
+        out = []
+        for start, end in fragment_offsets(len(payload), self.mtu - 48):
+            more = end < len(payload)
+            header = struct.pack("!BBHI", proto, 0, start | int(more), ident)
+            out.append(Ipv6Repr(src, dst, NEXT_HEADER_FRAGMENT, header + payload[start:end]).emit())
+        return out
+
+    def _next_hop(self, dst: IPAddress) -> IPAddress | None:
+        if isinstance(dst, IPv4Address):
+            if self.ipv4 is not None and dst in self.ipv4.network:
+                return dst
+            return self.gateway4
+        if dst in LINK_LOCAL_V6 or any(dst in own.network for own in self.ipv6):
+            return dst
+        return self.gateway6
+
+    def _link_dst(self, dst: IPAddress, now: float) -> bytes | bool | None:
+        """The destination MAC; None: resolution needed; False: no route (counted)."""
+        if isinstance(dst, IPv4Address):
+            if dst == BROADCAST_V4 or (
+                self.ipv4 is not None and dst == self.ipv4.network.broadcast_address
+            ):
+                return BROADCAST_MAC
+            if dst.is_multicast:
+                return multicast_mac_v4(dst)
+        elif dst.is_multicast:
+            return multicast_mac_v6(dst)
+        hop = self._next_hop(dst)
+        if hop is None:
+            self.counters["tx_no_route"] += 1
+            return False
+        cache = self.arp if isinstance(hop, IPv4Address) else self.nd
+        return cache.lookup(hop, now)
