@@ -1,0 +1,1 @@
+"""A userspace TCP/IP stack (sans-I/O) for mio ports."""
