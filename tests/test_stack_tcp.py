@@ -6,7 +6,11 @@ import hashlib
 import itertools
 import random
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from atenet.stack.tcp import Tcp
+from atenet.wire.checksum import checksum, pseudo_header_v4, pseudo_header_v6
 
 A = bytes([10, 0, 0, 1])
 B = bytes([10, 0, 0, 2])
@@ -136,3 +140,24 @@ def test_faulty_link_transfer_is_byte_identical() -> None:
     assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
     assert a.counters["retransmits"] + a.counters["fast_retransmits"] > 0
     assert b.counters["bad_checksum"] > 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=80), max_size=20), st.booleans())
+def test_fuzz_on_packet_never_raises_and_stays_bounded(segs: list[bytes], v6: bool) -> None:
+    """Junk, including junk with a valid checksum, never raises and never grows tables."""
+    t = Tcp(max_conns=8)
+    lst = t.listen(B6 if v6 else B, 80, 2)
+    src, dst = (A6, B6) if v6 else (A, B)
+    now = 0.0
+    for raw in segs:
+        seg = bytearray(raw)
+        if len(seg) >= 20:
+            seg[2:4] = (80).to_bytes(2, "big")
+            seg[16:18] = b"\0\0"
+            ph = (pseudo_header_v6 if v6 else pseudo_header_v4)(src, dst, 6, len(seg))
+            seg[16:18] = checksum(seg, ph).to_bytes(2, "big")
+        t.on_packet(src, dst, bytes(seg), now)
+        t.poll(now)
+        now += 0.5
+    assert len(t.conns) <= 8 and len(lst.pending) <= 2
