@@ -161,3 +161,28 @@ def test_fuzz_on_packet_never_raises_and_stays_bounded(segs: list[bytes], v6: bo
         t.poll(now)
         now += 0.5
     assert len(t.conns) <= 8 and len(lst.pending) <= 2
+
+
+def test_window_scaling_opens_window_beyond_64k() -> None:
+    a, b, c, s, now = pair()
+    assert c.snd_ws == s.rcv_ws == b.wscale > 0
+    c.send(b"x" * 400_000)
+    run(a, b, now, steps=5)
+    # the receiver took its whole 256 KB buffer unread: only possible with a window > 64 KB
+    assert len(s.recvbuf) == b.rcvbuf
+
+
+def test_zero_window_then_probe_reopens() -> None:
+    a, b = Tcp(), Tcp(rcvbuf=8192)
+    lst = b.listen(B, 80, 4)
+    c = a.connect(A, B, 80, 0.0)
+    now = run(a, b, 0.0, steps=3)
+    s = b.accept(lst)
+    c.send(b"y" * 20000)
+    now = run(a, b, now, steps=5)
+    assert c.snd_wnd == 0 and len(s.recvbuf) == 8192
+    got = s.recv(100_000)
+    for _ in range(100):  # the window update or the sender's probe reopens the flow
+        now = run(a, b, now, steps=1, dt=0.05)
+        got += s.recv(100_000)
+    assert got == b"y" * 20000

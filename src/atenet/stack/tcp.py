@@ -59,6 +59,9 @@ class Conn:
         self.tw_until: float | None = None
         self.error: str | None = None
         self.listener: Listener | None = None
+        self.snd_ws = 0  # peer's window shift (RFC 7323), 0 unless both sides sent WS
+        self.rcv_ws = 0  # our shift, likewise
+        self.ws_ok = True  # may our SYN(-ACK) carry WS? (a SYN-ACK only if the SYN did)
 
     # --- application side ---
     @property
@@ -120,7 +123,7 @@ class Conn:
 
     @property
     def rcv_wnd(self) -> int:
-        return min(0xFFFF, max(0, self.tcp.rcvbuf - len(self.recvbuf)))
+        return max(0, self.tcp.rcvbuf - len(self.recvbuf))
 
     def _ack_rtt(self, ack: int, now: float) -> None:
         if self.rtt_seq is not None and _le(self.rtt_seq, ack):
@@ -147,14 +150,17 @@ class Tcp:
     def __init__(
         self,
         mtu: int = 1500,
-        sndbuf: int = 256 * 1024,
-        rcvbuf: int = 65535,
+        sndbuf: int = 512 * 1024,
+        rcvbuf: int = 256 * 1024,
         max_conns: int = 1024,
         secret: bytes | None = None,
     ) -> None:
         self.mss_v4 = mtu - 40
         self.mss = mtu - 60  # conservative for v6
         self.sndbuf, self.rcvbuf, self.max_conns = sndbuf, rcvbuf, max_conns
+        self.wscale = 0  # smallest shift that lets the window cover rcvbuf
+        while (0xFFFF << self.wscale) < rcvbuf and self.wscale < 14:
+            self.wscale += 1
         self.secret = secret or os.urandom(16)
         self.conns: dict[tuple[bytes, int, bytes, int], Conn] = {}
         self.listeners: dict[tuple[bytes, int], Listener] = {}
@@ -228,9 +234,10 @@ class Tcp:
             seq,
             c.rcv_nxt if ack is None else ack,
             flags,
-            c.rcv_wnd,
+            min(c.rcv_wnd, 0xFFFF) if flags & SYN else min(c.rcv_wnd >> c.rcv_ws, 0xFFFF),
             payload,
             self._mss_for(c.lip) if mss else 0,
+            self.wscale if mss and c.ws_ok else -1,
         )
 
     def _mss_for(self, ip: bytes) -> int:
@@ -248,8 +255,11 @@ class Tcp:
         wnd: int,
         payload: bytes,
         mss: int = 0,
+        ws: int = -1,
     ) -> None:
         opts = struct.pack("!BBH", 2, 4, mss) if mss else b""
+        if ws >= 0:
+            opts += struct.pack("!BBBB", 1, 3, 3, ws)
         hlen = 20 + len(opts)
         hdr = (
             bytearray(
@@ -295,6 +305,7 @@ class Tcp:
             return
         payload = bytes(segment[hlen:])
         peer_mss = 536
+        peer_ws = -1
         opts = segment[20:hlen]
         i = 0
         while i < len(opts):
@@ -308,15 +319,21 @@ class Tcp:
                 break
             if kind == 2 and opts[i + 1] == 4 and i + 4 <= len(opts):
                 peer_mss = max(64, int.from_bytes(opts[i + 2 : i + 4], "big"))
+            elif kind == 3 and opts[i + 1] == 3 and i + 3 <= len(opts):
+                peer_ws = min(14, opts[i + 2])
             i += opts[i + 1]
         c = self.conns.get((dst_ip, dport, src_ip, sport))
         if c is None:
             lst = self.listeners.get((dst_ip, dport))
             if lst is not None and flags & (SYN | ACK | RST) == SYN:
-                self._syn(lst, dst_ip, dport, src_ip, sport, seq, wnd, peer_mss, now)
+                self._syn(lst, dst_ip, dport, src_ip, sport, seq, wnd, peer_mss, peer_ws, now)
                 return
             self._reset_for(dst_ip, dport, src_ip, sport, seq, ack, flags, len(payload))
             return
+        if c.state == "SYN_SENT" and flags & SYN and peer_ws >= 0:
+            c.snd_ws, c.rcv_ws = peer_ws, self.wscale
+        if not flags & SYN:
+            wnd <<= c.snd_ws
         self._segment(c, seq, ack, flags, wnd, payload, peer_mss, now)
 
     def _reset_for(self, lip, lport, rip, rport, seq, ack, flags, plen) -> None:
@@ -328,12 +345,16 @@ class Tcp:
             ln = plen + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
             self._send(lip, lport, rip, rport, 0, seq + ln, RST | ACK, 0, b"")
 
-    def _syn(self, lst: Listener, lip, lport, rip, rport, seq, wnd, mss, now) -> None:
+    def _syn(self, lst: Listener, lip, lport, rip, rport, seq, wnd, mss, ws, now) -> None:
         if lst.half + len(lst.pending) >= lst.backlog or len(self.conns) >= self.max_conns:
             self.counters["backlog_full"] += 1
             return
         c = Conn(self, lip, lport, rip, rport, self._isn(lip, lport, rip, rport, now))
         c.state, c.listener = "SYN_RECEIVED", lst
+        if ws >= 0:
+            c.snd_ws, c.rcv_ws = ws, self.wscale
+        else:
+            c.ws_ok = False
         c.rcv_nxt = (seq + 1) % MOD
         c.snd_wnd, c.mss = wnd, min(self._mss_for(lip), mss)
         lst.half += 1
