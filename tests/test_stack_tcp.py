@@ -124,7 +124,7 @@ def test_backlog_limit() -> None:
 
 def test_faulty_link_transfer_is_byte_identical() -> None:
     rng = random.Random(12)
-    data = rng.randbytes(1_000_000)
+    data = rng.randbytes(3_000_000)
     a, b, c, s, now = pair()
     got = bytearray()
     sent = 0
@@ -167,7 +167,7 @@ def test_window_scaling_opens_window_beyond_64k() -> None:
     a, b, c, s, now = pair()
     assert c.snd_ws == s.rcv_ws == b.wscale > 0
     c.send(b"x" * 400_000)
-    run(a, b, now, steps=5)
+    run(a, b, now, steps=40)
     # the receiver took its whole 256 KB buffer unread: only possible with a window > 64 KB
     assert len(s.recvbuf) == b.rcvbuf
 
@@ -186,3 +186,22 @@ def test_zero_window_then_probe_reopens() -> None:
         now = run(a, b, now, steps=1, dt=0.05)
         got += s.recv(100_000)
     assert got == b"y" * 20000
+
+
+def test_fast_retransmit_before_rto() -> None:
+    """One lost segment among many is resent on three duplicate ACKs, long before the RTO."""
+    a, b, c, s, now = pair()
+    c.send(bytes(range(256)) * 100)  # 25600 B: ~18 segments, the window allows them
+    now = run(a, b, now, steps=20)  # grow cwnd first
+    s.recv(1 << 20)
+    c.send(b"z" * 20 * 1460)
+    segs = a.poll(now)
+    assert len(segs) >= 6
+    for sip, dip, seg in segs[1:]:  # the first one is lost
+        b.on_packet(sip, dip, seg, now)
+    for sip, dip, seg in b.poll(now):
+        a.on_packet(sip, dip, seg, now)
+    assert a.counters["fast_retransmits"] == 1
+    now = run(a, b, now, steps=60)  # one hole per round trip (1 ms); the RTO is >= 200 ms
+    assert s.recv(1 << 20) == b"z" * 20 * 1460
+    assert a.counters["retransmits"] == 0

@@ -19,6 +19,7 @@ from atenet.wire.checksum import checksum, pseudo_header_v4, pseudo_header_v6, v
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 MIN_RTO, MAX_RTO, MAX_RETRIES = 0.2, 60.0, 8
 TIME_WAIT = 2.0
+MAX_OOO = 64
 MOD = 1 << 32
 
 
@@ -39,6 +40,7 @@ class Conn:
         self.state = "CLOSED"
         self.iss = iss
         self.snd_una = self.snd_nxt = iss
+        self.snd_max = iss  # highest sequence sent: snd_nxt rewinds on RTO, ACKs up to here count
         self.snd_wnd = 1
         self.rcv_nxt = 0
         self.sendbuf = bytearray()  # bytes from snd_una on
@@ -55,6 +57,11 @@ class Conn:
         self.rtx_at: float | None = None
         self.retries = 0
         self.dupacks = 0
+        self.ooo: dict[int, bytes] = {}  # out-of-order segments by sequence, at most MAX_OOO
+        self.cwnd = min(4 * self.mss, max(2 * self.mss, 4380))  # RFC 5681 initial window
+        self.ssthresh = 1 << 30
+        self.recover: int | None = None  # NewReno (RFC 6582): snd_nxt when recovery began
+        self.rtx_one = False  # retransmit the segment at snd_una on the next poll
         self.ack_due = False
         self.tw_until: float | None = None
         self.error: str | None = None
@@ -424,13 +431,28 @@ class Tcp:
             c._ack_rtt(ack, now)
             self._established(c)
         # ACK processing
-        if _lt(c.snd_una, ack) and _le(ack, c.snd_nxt):
+        if _lt(c.snd_max, c.snd_nxt):
+            c.snd_max = c.snd_nxt
+        if _lt(c.snd_una, ack) and _le(ack, c.snd_max):
+            if _lt(c.snd_nxt, ack):
+                c.snd_nxt = ack
             n = (ack - c.snd_una) % MOD
             data_acked = min(n, len(c.sendbuf))
             del c.sendbuf[:data_acked]
             c.snd_una = ack
             c._ack_rtt(ack, now)
             c.retries, c.dupacks = 0, 0
+            if c.recover is not None:
+                if _le(c.recover, ack):  # full ACK: leave recovery
+                    c.recover = None
+                    c.cwnd = max(min(c.ssthresh, (c.snd_nxt - ack) % MOD + c.mss), c.mss)
+                else:  # partial ACK: the next hole, deflate by what was acked
+                    c.rtx_one = True
+                    c.cwnd = max(c.cwnd - n + c.mss, c.mss)
+            elif c.cwnd < c.ssthresh:
+                c.cwnd += min(n, c.mss)
+            else:
+                c.cwnd += max(1, c.mss * c.mss // c.cwnd)
             c.rtx_at = now + c.rto if c.snd_una != c.snd_nxt else None
             if c.fin_sent and ack == c.snd_nxt:
                 if c.state == "FIN_WAIT_1":
@@ -442,14 +464,17 @@ class Tcp:
                     return
         elif ack == c.snd_una and not payload and c.snd_una != c.snd_nxt and wnd == c.snd_wnd:
             c.dupacks += 1
-            if c.dupacks == 3:
+            if c.recover is not None:
+                c.cwnd += c.mss  # each dupack: a segment left the network
+            elif c.dupacks == 3:
                 self.counters["fast_retransmits"] += 1
-                c.snd_nxt = c.snd_una
-                c.fin_sent = (
-                    False if c.state in ("FIN_WAIT_1", "CLOSING", "LAST_ACK") else c.fin_sent
-                )
+                flight = (c.snd_nxt - c.snd_una) % MOD
+                c.ssthresh = max(flight // 2, 2 * c.mss)
+                c.cwnd = c.ssthresh + 3 * c.mss
+                c.recover = c.snd_nxt
+                c.rtx_one = True
                 c.rtt_seq = None
-        elif _lt(c.snd_nxt, ack):
+        elif _lt(c.snd_max, ack):
             self._emit(c, c.snd_nxt, None, ACK, b"")
             return
         c.snd_wnd = wnd
@@ -461,8 +486,12 @@ class Tcp:
                     payload = payload[skip:]
                     seq = c.rcv_nxt
                 else:
-                    self.counters["ooo_dropped"] += 1
-                    c.ack_due = True
+                    if len(c.ooo) < MAX_OOO and seq not in c.ooo:  # keep it for reassembly
+                        ahead = (seq - c.rcv_nxt) % MOD
+                        c.ooo[seq] = payload[: max(0, c.rcv_wnd - ahead)]
+                    else:
+                        self.counters["ooo_dropped"] += 1
+                    self._emit(c, c.snd_nxt, None, ACK, b"")  # immediate dupack (RFC 5681 §4.2)
                     return
             room = c.rcv_wnd
             take = payload[:room]
@@ -472,6 +501,8 @@ class Tcp:
             if len(take) < len(payload):
                 return
             seq = (seq + len(take)) % MOD
+            if c.ooo and self._drain_ooo(c):
+                return  # the FIN (if any) belongs before queued data: the peer resends it
         elif payload:
             c.ack_due = True
         if flags & FIN and seq == c.rcv_nxt and not c.fin_received:
@@ -484,6 +515,25 @@ class Tcp:
                 c.state = "CLOSING"
             elif c.state == "FIN_WAIT_2":
                 c.state, c.tw_until = "TIME_WAIT", now + TIME_WAIT
+
+    def _drain_ooo(self, c: Conn) -> bool:
+        """Move queued out-of-order segments that now fit onto the receive buffer."""
+        moved = False
+        progress = True
+        while c.ooo and progress:
+            progress = False
+            for k in list(c.ooo):
+                d = c.ooo[k]
+                off = (c.rcv_nxt - k) % MOD
+                if not _le(k, c.rcv_nxt):
+                    continue
+                del c.ooo[k]
+                if off < len(d):
+                    take = d[off : off + c.rcv_wnd]
+                    c.recvbuf += take
+                    c.rcv_nxt = (c.rcv_nxt + len(take)) % MOD
+                    moved = progress = True
+        return moved
 
     def poll(self, now: float) -> list[tuple[bytes, bytes, bytes]]:
         """Timers and pending output of every connection; returns segments to send."""
@@ -517,6 +567,9 @@ class Tcp:
                     continue
                 c.rto = min(MAX_RTO, c.rto * 2)  # backoff; Karn: no sample from retransmits
                 c.rtt_seq = None
+                flight = (c.snd_nxt - c.snd_una) % MOD
+                c.ssthresh = max(flight // 2, 2 * c.mss)
+                c.cwnd, c.recover, c.rtx_one = c.mss, None, False
                 c.snd_nxt = c.snd_una
                 if c.fin_sent:
                     c.fin_sent = False
@@ -532,7 +585,13 @@ class Tcp:
         return out
 
     def _transmit(self, c: Conn, now: float) -> None:
-        wnd_end = (c.snd_una + max(c.snd_wnd, 0)) % MOD
+        if c.rtx_one and c.snd_una != c.snd_nxt:
+            n = min(c.mss, len(c.sendbuf))
+            fin = n == len(c.sendbuf) and c.fin_sent
+            self._emit(c, c.snd_una, None, ACK | (FIN if fin else 0), bytes(c.sendbuf[:n]))
+            c.rtx_at = now + c.rto
+        c.rtx_one = False
+        wnd_end = (c.snd_una + max(min(c.snd_wnd, c.cwnd), 0)) % MOD
         while True:
             off = (c.snd_nxt - c.snd_una) % MOD
             avail = len(c.sendbuf) - off
@@ -558,6 +617,8 @@ class Tcp:
             if c.rtt_seq is None and n > 0 and off + n > 0:
                 c.rtt_seq, c.rtt_time = (c.snd_nxt + n) % MOD, now
             c.snd_nxt = (c.snd_nxt + n + (1 if fin else 0)) % MOD
+            if _lt(c.snd_max, c.snd_nxt):
+                c.snd_max = c.snd_nxt
             if fin:
                 c.fin_sent = True
                 if c.state == "ESTABLISHED":
