@@ -101,3 +101,51 @@ def test_kernel_client_to_our_listener_both_ways(rig: tuple[Host, StackTap, Tcp]
     t.join(30)
     assert hashlib.sha256(got_by_kernel).digest() == hashlib.sha256(down).digest()
     pump(served, lambda: conn.state in ("CLOSED", "TIME_WAIT"), 10)
+
+
+def test_we_connect_to_a_kernel_server_both_ways(rig: tuple[Host, StackTap, Tcp]) -> None:
+    host, served, tcp = rig
+    up = random.Random(3).randbytes(SIZE)
+    down = random.Random(4).randbytes(SIZE)
+    got_by_kernel = bytearray()
+    srv = host.call(socket.create_server, (KERNEL4, 7001))
+
+    def server() -> None:
+        s, _ = srv.accept()
+        while chunk := s.recv(65536):
+            got_by_kernel.extend(chunk)
+        s.sendall(down)
+        s.close()
+
+    t = threading.Thread(target=server)
+    t.start()
+    try:
+        conn = served.call(
+            tcp.connect,
+            IPv4Address(STACK4).packed,
+            IPv4Address(KERNEL4).packed,
+            7001,
+            time.monotonic(),
+        )
+        pump(served, lambda: conn.connected, 10)
+        sent = [0]
+
+        def push() -> bool:
+            if sent[0] < SIZE:
+                sent[0] += conn.send(up[sent[0] : sent[0] + 65536])
+            if sent[0] == SIZE:
+                conn.shutdown()
+                return True
+            return False
+
+        pump(served, push, 30)
+        got = bytearray()
+        pump(served, lambda: got.extend(conn.recv(1 << 20)) or conn.fin_received, 30)
+        got += served.call(conn.recv, 1 << 30)
+        t.join(10)
+        assert hashlib.sha256(got_by_kernel).digest() == hashlib.sha256(up).digest()
+        assert hashlib.sha256(got).digest() == hashlib.sha256(down).digest()
+        pump(served, lambda: conn.state in ("CLOSED", "TIME_WAIT"), 10)
+    finally:
+        srv.close()
+        t.join(5)
