@@ -1,648 +1,1189 @@
-"""TCP for the mio stack, sans-I/O (RFC 9293 core; smoltcp's shape: on_packet/poll/poll_at).
+"""TCP (RFC 9293) for the mio stack, sans-I/O: segments and ``now`` in, segments out.
 
-Why our own: see ../shared/research/stack-and-nat.md. This first cut is deliberately small:
-active/passive open, data both ways with bounded buffers, retransmission with an RFC 6298 RTO
-(Karn, doubling backoff, min 200 ms, max 60 s), fast retransmit on three duplicate ACKs, FIN
-and RST close paths, a short bounded TIME-WAIT, MSS from the interface MTU and a keyed-hash ISN
-(RFC 6528). Out-of-order segments are dropped (the peer retransmits); window scaling, delayed
-ACK, NewReno recovery, SACK and persist timer are not done yet.
+Why this shape: the interface layer (``atenet.stack.iface``) hands every TCP segment addressed to
+us to :meth:`Tcp.on_packet` and sends whatever :meth:`Tcp.poll` returns; :meth:`Tcp.poll_at` says
+when the timers next need a call. Nothing here reads a clock or touches a socket, so tests drive
+two instances back to back with an injected ``now`` and a fault injector.
+
+Internals worth knowing before changing anything:
+
+- Sequence numbers are kept *unwrapped* (plain Python ints that only grow): an incoming 32-bit
+  value is unwrapped relative to the nearest reference (``rcv_nxt`` or ``snd_una``), so every
+  comparison is an ordinary ``<``; they are masked to 32 bits only when a segment is encoded.
+- The send buffer is one ``bytearray`` holding the bytes from ``snd_una`` on (sent-unacked and
+  unsent alike); an ACK deletes its front. The receive buffer is a ``bytearray`` of in-order bytes
+  the program has not read; the advertised window is its free space, so a program that stops
+  reading closes the window instead of growing memory. Out-of-order segments wait in a small
+  dict (bounded by count and by the window) until the hole fills.
+- Retransmission: RFC 6298 RTO (SRTT/RTTVAR, Karn's rule, exponential backoff, 200 ms .. 60 s),
+  go-back-N from ``snd_una`` on a timeout, fast retransmit on three duplicate ACKs and NewReno
+  recovery (RFC 6582) with cwnd/ssthresh per RFC 5681; delayed ACKs (every second segment or
+  40 ms); zero-window persist probes; window scaling (RFC 7323). SACK-permitted is parsed and
+  ignored (we never send SACK blocks); timestamps are not used.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
+import errno
+import heapq
+import itertools
+import random
 import struct
+from collections import Counter, deque
+from dataclasses import dataclass
 
 from atenet.wire.checksum import checksum, pseudo_header_v4, pseudo_header_v6, verify
 
-FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
-MIN_RTO, MAX_RTO, MAX_RETRIES = 0.2, 60.0, 8
-TIME_WAIT = 2.0
-MAX_OOO = 64
-MOD = 1 << 32
+__all__ = [
+    "ACK",
+    "FIN",
+    "PSH",
+    "RST",
+    "SYN",
+    "Connection",
+    "Listener",
+    "Segment",
+    "Tcp",
+    "encode_segment",
+    "parse_segment",
+]
+
+FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+PROTO_TCP = 6
+_M32 = 0xFFFFFFFF
+_HALF = 1 << 31
+_HDR = struct.Struct("!HHIIBBHHH")
+EPHEMERAL = range(49152, 65536)
+
+CLOSED = "CLOSED"
+LISTEN = "LISTEN"
+SYN_SENT = "SYN_SENT"
+SYN_RECEIVED = "SYN_RECEIVED"
+ESTABLISHED = "ESTABLISHED"
+FIN_WAIT_1 = "FIN_WAIT_1"
+FIN_WAIT_2 = "FIN_WAIT_2"
+CLOSE_WAIT = "CLOSE_WAIT"
+CLOSING = "CLOSING"
+LAST_ACK = "LAST_ACK"
+TIME_WAIT = "TIME_WAIT"
+
+_SEND_DATA_STATES = frozenset({ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, CLOSING, LAST_ACK})
+_RECV_DATA_STATES = frozenset({ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2})
+_FIN_STATES = frozenset({FIN_WAIT_1, CLOSING, LAST_ACK})
+
+RTO_INITIAL = 1.0
+RTO_MIN = 0.2
+RTO_MAX = 60.0
+DELAYED_ACK = 0.04
 
 
-def _lt(a: int, b: int) -> bool:
-    """Sequence-space a < b (RFC 9293 §3.4 modular comparison)."""
-    return 0 < (b - a) % MOD < 1 << 31
+def _unwrap(value: int, ref: int) -> int:
+    """The unwrapped sequence number nearest ``ref`` whose low 32 bits are ``value``."""
+    return ref + ((value - ref + _HALF) & _M32) - _HALF
 
 
-def _le(a: int, b: int) -> bool:
-    return a == b or _lt(a, b)
+@dataclass(slots=True)
+class Segment:
+    """A decoded TCP segment (options reduced to the ones we act on)."""
+
+    sport: int
+    dport: int
+    seq: int
+    ack: int
+    flags: int
+    wnd: int
+    payload: bytes
+    mss: int | None = None
+    wscale: int | None = None
+    sack_ok: bool = False
+    sack: list[tuple[int, int]] | None = None  # SACK blocks (32-bit edges), parsed, not used
 
 
-class Conn:
-    """One TCP connection: state, buffers and timers; the app reads/writes through it."""
+def parse_segment(data: bytes | bytearray | memoryview) -> Segment | None:
+    """Decode a segment (checksum already verified); None when the header is malformed.
 
-    def __init__(self, tcp: Tcp, lip: bytes, lport: int, rip: bytes, rport: int, iss: int) -> None:
-        self.tcp, self.lip, self.lport, self.rip, self.rport = tcp, lip, lport, rip, rport
-        self.state = "CLOSED"
-        self.iss = iss
-        self.snd_una = self.snd_nxt = iss
-        self.snd_max = iss  # highest sequence sent: snd_nxt rewinds on RTO, ACKs up to here count
-        self.snd_wnd = 1
+    Unknown options are skipped; a malformed option list ends option parsing but keeps the
+    segment (what Linux does), since the header length itself was sane.
+    """
+    if len(data) < 20:
+        return None
+    sport, dport, seq, ack, off, flags, wnd, _csum, _urg = _HDR.unpack_from(data)
+    hlen = (off >> 4) * 4
+    if hlen < 20 or hlen > len(data):
+        return None
+    seg = Segment(sport, dport, seq, ack, flags & 0x3F, wnd, bytes(data[hlen:]))
+    i = 20
+    while i < hlen:
+        kind = data[i]
+        if kind == 0:
+            break
+        if kind == 1:
+            i += 1
+            continue
+        if i + 1 >= hlen:
+            break
+        olen = data[i + 1]
+        if olen < 2 or i + olen > hlen:
+            break
+        if kind == 2 and olen == 4:
+            seg.mss = int.from_bytes(data[i + 2 : i + 4], "big")
+        elif kind == 3 and olen == 3:
+            seg.wscale = min(data[i + 2], 14)  # RFC 7323 §2.3: larger shifts are treated as 14
+        elif kind == 4 and olen == 2:
+            seg.sack_ok = True
+        elif kind == 5 and olen >= 10 and (olen - 2) % 8 == 0:
+            seg.sack = [
+                (int.from_bytes(data[j : j + 4], "big"), int.from_bytes(data[j + 4 : j + 8], "big"))
+                for j in range(i + 2, i + olen, 8)
+            ]
+        i += olen
+    return seg
+
+
+def encode_segment(
+    src_ip: bytes,
+    dst_ip: bytes,
+    sport: int,
+    dport: int,
+    seq: int,
+    ack: int,
+    flags: int,
+    wnd: int,
+    options: bytes = b"",
+    payload: bytes | bytearray | memoryview = b"",
+) -> bytes:
+    """A TCP segment with its checksum filled in (pseudo header from the address lengths)."""
+    hlen = 20 + len(options)
+    seg = bytearray(
+        _HDR.pack(sport, dport, seq & _M32, ack & _M32, (hlen // 4) << 4, flags, wnd, 0, 0)
+    )
+    seg += options
+    seg += payload
+    if len(src_ip) == 4:
+        ph = pseudo_header_v4(src_ip, dst_ip, PROTO_TCP, len(seg))
+    else:
+        ph = pseudo_header_v6(src_ip, dst_ip, PROTO_TCP, len(seg))
+    struct.pack_into("!H", seg, 16, checksum(seg, ph))
+    return bytes(seg)
+
+
+def _syn_options(mss: int, wscale: int | None, sack: bool) -> bytes:
+    opts = struct.pack("!BBH", 2, 4, mss)
+    if wscale is not None:
+        opts += struct.pack("!BBBB", 1, 3, 3, wscale)  # NOP + window scale
+    if sack:
+        opts += b"\x01\x01\x04\x02"  # NOP NOP SACK-permitted
+    return opts
+
+
+class Listener:
+    """A passive socket: SYNs to its address and port become connections, up to ``backlog``."""
+
+    def __init__(self, tcp: Tcp, local_ip: bytes | None, port: int, backlog: int) -> None:
+        self._tcp = tcp
+        self.local_ip = local_ip
+        self.port = port
+        self.backlog = backlog
+        self.open = True
+        self._queue: deque[Connection] = deque()
+        # not yet accepted (SYN_RECEIVED or queued): what the backlog bounds
+        self._children: set[Connection] = set()
+
+    def accept(self) -> Connection | None:
+        """The next established connection, or None."""
+        while self._queue:
+            conn = self._queue.popleft()
+            self._children.discard(conn)
+            conn._listener = None
+            return conn
+        return None
+
+    @property
+    def pending(self) -> int:
+        """Connections waiting for :meth:`accept` (established ones only)."""
+        return len(self._queue)
+
+    def close(self) -> None:
+        """Stop listening; connections not yet accepted are reset."""
+        self.open = False
+        for conn in list(self._children):
+            conn.abort()
+        self._children.clear()
+        self._queue.clear()
+        self._tcp.listeners.pop((self.local_ip, self.port), None)
+
+
+class Connection:
+    """One TCP connection; the program's side is send/recv/shutdown/close/abort.
+
+    ``state`` is the RFC 9293 state name; ``error`` is None or an errno (ECONNREFUSED,
+    ETIMEDOUT, ECONNRESET) once the connection failed.
+    """
+
+    def __init__(
+        self,
+        tcp: Tcp,
+        local_ip: bytes,
+        local_port: int,
+        remote_ip: bytes,
+        remote_port: int,
+        listener: Listener | None = None,
+    ) -> None:
+        self._tcp = tcp
+        self.local_ip = local_ip
+        self.local_port = local_port
+        self.remote_ip = remote_ip
+        self.remote_port = remote_port
+        self._listener = listener
+        self.state = CLOSED
+        self.error: int | None = None
+        self.iss = tcp._rng.getrandbits(32)
+        self.snd_una = self.snd_nxt = self.snd_max = self.iss
+        self.snd_wnd = 0
+        self.snd_wl1 = self.snd_wl2 = 0
+        self.snd_wscale = 0
+        self.rcv_wscale = 0
+        self.mss = min(tcp.mss, 536 if len(local_ip) == 4 else 1220)  # until the peer says
+        self.sbuf = bytearray()
+        self.sbuf_seq = self.iss + 1
+        self.fin_pending = False
+        self.fin_seq = 0
+        self.irs = 0
         self.rcv_nxt = 0
-        self.sendbuf = bytearray()  # bytes from snd_una on
-        self.recvbuf = bytearray()
-        self.fin_queued = False
-        self.fin_sent = False
+        self.rbuf = bytearray()
+        self.ooo: dict[int, tuple[bytes, bool]] = {}
+        self.ooo_bytes = 0  # payload bytes held in ooo (bounded by the receive buffer)
+        self.last_ooo_seq = 0
+        self.sack_ok = False
         self.fin_received = False
-        self.mss = tcp.mss
+        self.closed_by_app = False
+        # acknowledgements owed
+        self.ack_now = False
+        self.dupacks_to_send = 0
+        self.unacked_segs = 0
+        self.ack_at: float | None = None
+        self.last_adv_edge = 0
+        # retransmission (RFC 6298)
         self.srtt: float | None = None
         self.rttvar = 0.0
-        self.rto = 1.0
-        self.rtt_seq: int | None = None
-        self.rtt_time = 0.0
+        self.rto = RTO_INITIAL
         self.rtx_at: float | None = None
         self.retries = 0
-        self.dupacks = 0
-        self.ooo: dict[int, bytes] = {}  # out-of-order segments by sequence, at most MAX_OOO
-        self.cwnd = min(4 * self.mss, max(2 * self.mss, 4380))  # RFC 5681 initial window
+        self.rtt_seq: int | None = None
+        self.rtt_time = 0.0
+        self.rexmit_one = False
+        # zero-window probing
+        self.persist_at: float | None = None
+        self.persist_backoff = 0
+        self.probe = False
+        # congestion control (RFC 5681 / 6582)
+        self.cwnd = 0
         self.ssthresh = 1 << 30
-        self.recover: int | None = None  # NewReno (RFC 6582): snd_nxt when recovery began
-        self.rtx_one = False  # retransmit the segment at snd_una on the next poll
-        self.ack_due = False
-        self.tw_until: float | None = None
-        self.error: str | None = None
-        self.listener: Listener | None = None
-        self.snd_ws = 0  # peer's window shift (RFC 7323), 0 unless both sides sent WS
-        self.rcv_ws = 0  # our shift, likewise
-        self.ws_ok = True  # may our SYN(-ACK) carry WS? (a SYN-ACK only if the SYN did)
+        self.dupacks = 0
+        self.recover: int | None = None
+        self.time_wait_at: float | None = None
+        self.fin_wait2_at: float | None = None
+        self._heap_time: float | None = None  # the time of this connection's Tcp heap entry
 
-    # --- application side ---
+    def __repr__(self) -> str:
+        return (
+            f"<Connection {self.local_port}->{self.remote_port} {self.state}"
+            f" err={self.error} una={self.snd_una - self.iss} rcv={len(self.rbuf)}>"
+        )
+
+    # ------------------------------------------------------------------ program side
+
     @property
     def key(self) -> tuple[bytes, int, bytes, int]:
-        return (self.lip, self.lport, self.rip, self.rport)
+        return (self.local_ip, self.local_port, self.remote_ip, self.remote_port)
 
     @property
-    def connected(self) -> bool:
-        return self.state in ("ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT_1", "FIN_WAIT_2")
-
-    @property
-    def readable(self) -> bool:
-        return bool(self.recvbuf) or self.fin_received or self.error is not None
+    def readable(self) -> int:
+        """Bytes waiting for :meth:`recv`."""
+        return len(self.rbuf)
 
     @property
     def send_space(self) -> int:
-        return max(0, self.tcp.sndbuf - len(self.sendbuf))
+        """Bytes :meth:`send` would take now (0 once shut down or failed)."""
+        if self.fin_pending or self.error is not None:
+            return 0
+        if self.state not in (SYN_SENT, SYN_RECEIVED, ESTABLISHED, CLOSE_WAIT):
+            return 0
+        return max(0, self._tcp.send_buffer - len(self.sbuf))
 
-    def send(self, data: bytes) -> int:
-        if self.fin_queued or self.state not in (
-            "SYN_SENT",
-            "SYN_RECEIVED",
-            "ESTABLISHED",
-            "CLOSE_WAIT",
+    @property
+    def eof(self) -> bool:
+        """The peer's FIN arrived and every byte before it has been read."""
+        return self.fin_received and not self.rbuf
+
+    def send(self, data: bytes | bytearray | memoryview) -> int:
+        """Queue as much of ``data`` as the send buffer takes; returns the count taken.
+
+        Raises OSError with the connection's errno after a failure, BrokenPipeError (EPIPE)
+        after shutdown/close.
+        """
+        if self.error is not None:
+            raise OSError(self.error, f"connection failed: {errno.errorcode[self.error]}")
+        if self.fin_pending or self.state not in (
+            SYN_SENT,
+            SYN_RECEIVED,
+            ESTABLISHED,
+            CLOSE_WAIT,
         ):
-            raise OSError(32, "EPIPE")
-        n = min(len(data), self.send_space)
-        self.sendbuf += memoryview(data)[:n]
-        return n
+            raise BrokenPipeError(errno.EPIPE, "connection is shut down for sending")
+        n = min(len(data), self._tcp.send_buffer - len(self.sbuf))
+        self._tcp._dirty.add(self)
+        if n > 0:
+            self.sbuf += memoryview(data)[:n]
+        return max(n, 0)
 
     def recv(self, n: int) -> bytes:
-        out = bytes(self.recvbuf[:n])
-        del self.recvbuf[:n]
-        if out and self.state != "CLOSED":
-            self.ack_due = True  # window update
+        """Up to ``n`` in-order bytes (b"" when none: check :attr:`eof` and :attr:`error`)."""
+        if not self.rbuf or n <= 0:
+            return b""
+        out = bytes(self.rbuf[:n])
+        del self.rbuf[:n]
+        self._tcp._dirty.add(self)
+        # Window update when the right edge moved enough (receiver SWS avoidance, RFC 1122).
+        if self.state in _RECV_DATA_STATES:
+            grown = self._adv_edge() - self.last_adv_edge
+            if grown >= min(self._tcp.recv_buffer // 2, 2 * self.mss):
+                self.ack_now = True
         return out
 
     def shutdown(self) -> None:
-        if not self.fin_queued:
-            self.fin_queued = True
+        """Send FIN after every queued byte (half-close: receiving goes on)."""
+        if self.fin_pending or self.state in (CLOSED, LISTEN, TIME_WAIT):
+            return
+        self.fin_pending = True
+        self.fin_seq = self.sbuf_seq + len(self.sbuf)
+        self._tcp._dirty.add(self)
+        if self.state == ESTABLISHED:
+            self.state = FIN_WAIT_1
+        elif self.state == CLOSE_WAIT:
+            self.state = LAST_ACK
+        # SYN_SENT / SYN_RECEIVED: the FIN waits for the handshake (see _established)
 
     def close(self) -> None:
-        if self.state in ("SYN_SENT", "LISTEN"):
-            self._drop(None)
+        """The program is done: FIN after queued data, or RST when unread data is discarded."""
+        self.closed_by_app = True
+        if self.state == CLOSED:
+            self._tcp._forget(self)
+            return
+        if self.rbuf or self.ooo:
+            self.abort()  # RFC 2525 §2.17: data would be lost, tell the peer
+        elif self.state == SYN_SENT:
+            self.state = CLOSED
+            self._tcp._forget(self)
         else:
             self.shutdown()
 
     def abort(self) -> None:
-        if self.state not in ("CLOSED", "SYN_SENT", "TIME_WAIT"):
-            self.tcp._emit(self, self.snd_nxt, 0, RST | ACK, b"")
-        self._drop(None)
+        """Reset the connection now (RST to the peer when it knows us) and forget it."""
+        if self.state not in (CLOSED, SYN_SENT, TIME_WAIT, LISTEN):
+            self._tcp._queue_out(self.local_ip, self.remote_ip, self._rst(self.snd_nxt))
+        self._die(None)
 
-    # --- internals ---
-    def _drop(self, err: str | None) -> None:
-        if err and not self.error:
+    # ------------------------------------------------------------------ internals
+
+    def _rst(self, seq: int) -> bytes:
+        return encode_segment(
+            self.local_ip, self.remote_ip, self.local_port, self.remote_port, seq, 0, RST, 0
+        )
+
+    def _die(self, err: int | None) -> None:
+        if err is not None and self.error is None:
             self.error = err
-        self.state = "CLOSED"
-        self.tcp.conns.pop(self.key, None)
+        self.state = CLOSED
+        self.rtx_at = self.persist_at = self.ack_at = self.time_wait_at = None
+        self.fin_wait2_at = None
+        self.ooo.clear()
+        self.ooo_bytes = 0
+        self._tcp._forget(self)
 
-    @property
-    def rcv_wnd(self) -> int:
-        return max(0, self.tcp.rcvbuf - len(self.recvbuf))
+    def _rcv_free(self) -> int:
+        return max(0, self._tcp.recv_buffer - len(self.rbuf))
 
-    def _ack_rtt(self, ack: int, now: float) -> None:
-        if self.rtt_seq is not None and _le(self.rtt_seq, ack):
-            r = now - self.rtt_time
-            if self.srtt is None:
-                self.srtt, self.rttvar = r, r / 2
-            else:
-                self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - r)
-                self.srtt = 0.875 * self.srtt + 0.125 * r
-            self.rto = min(MAX_RTO, max(MIN_RTO, self.srtt + 4 * self.rttvar))
-            self.rtt_seq = None
+    def _adv_wnd(self) -> int:
+        return min(self._rcv_free() >> self.rcv_wscale, 0xFFFF)
 
+    def _adv_edge(self) -> int:
+        return self.rcv_nxt + (self._adv_wnd() << self.rcv_wscale)
 
-class Listener:
-    def __init__(self, ip: bytes, port: int, backlog: int) -> None:
-        self.ip, self.port, self.backlog = ip, port, max(1, backlog)
-        self.pending: list[Conn] = []  # established, not yet accepted
-        self.half = 0
+    def _established(self, now: float) -> None:
+        self.state = FIN_WAIT_1 if self.fin_pending else ESTABLISHED
+        self.cwnd = 10 * self.mss if self.retries == 0 else self.mss  # RFC 6928 / 5681 §3.1
+        self.retries = 0
+        if self._listener is not None:
+            self._listener._queue.append(self)
 
-
-class Tcp:
-    """All TCP sockets of one interface. Feed on_packet, drain poll, wake at poll_at."""
-
-    def __init__(
-        self,
-        mtu: int = 1500,
-        sndbuf: int = 512 * 1024,
-        rcvbuf: int = 256 * 1024,
-        max_conns: int = 1024,
-        secret: bytes | None = None,
-    ) -> None:
-        self.mss_v4 = mtu - 40
-        self.mss = mtu - 60  # conservative for v6
-        self.sndbuf, self.rcvbuf, self.max_conns = sndbuf, rcvbuf, max_conns
-        self.wscale = 0  # smallest shift that lets the window cover rcvbuf
-        while (0xFFFF << self.wscale) < rcvbuf and self.wscale < 14:
-            self.wscale += 1
-        self.secret = secret or os.urandom(16)
-        self.conns: dict[tuple[bytes, int, bytes, int], Conn] = {}
-        self.listeners: dict[tuple[bytes, int], Listener] = {}
-        self.out: list[tuple[bytes, bytes, bytes]] = []
-        self.counters: dict[str, int] = {
-            k: 0
-            for k in (
-                "rx",
-                "tx",
-                "bad_checksum",
-                "malformed",
-                "rst_sent",
-                "retransmits",
-                "fast_retransmits",
-                "backlog_full",
-                "conn_limit",
-                "ooo_dropped",
-            )
-        }
-        self._eph = 49152
-
-    def _isn(self, lip: bytes, lport: int, rip: bytes, rport: int, now: float) -> int:
-        h = hashlib.blake2s(lip + rip + struct.pack("!HH", lport, rport), key=self.secret).digest()
-        return (int.from_bytes(h[:4], "big") + int(now * 250_000)) % MOD
-
-    # --- socket API ---
-    def listen(self, local_ip: bytes, port: int, backlog: int = 16) -> Listener:
-        lst = Listener(local_ip, port, backlog)
-        self.listeners[(local_ip, port)] = lst
-        return lst
-
-    def accept(self, listener: Listener) -> Conn | None:
-        return listener.pending.pop(0) if listener.pending else None
-
-    def connect(self, local_ip: bytes, remote_ip: bytes, remote_port: int, now: float) -> Conn:
-        if len(self.conns) >= self.max_conns:
-            self.counters["conn_limit"] += 1
-            raise OSError(24, "EMFILE")
-        for _ in range(16384):
-            self._eph = 49152 + (self._eph - 49152 + 1) % 16384
-            if (local_ip, self._eph, remote_ip, remote_port) not in self.conns:
-                break
+    def _peer_options(self, seg: Segment) -> None:
+        self.sack_ok = seg.sack_ok and self._tcp.sack
+        if seg.mss is not None:
+            self.mss = max(64, min(self._tcp.mss, seg.mss))
+        if seg.wscale is not None:
+            self.snd_wscale = seg.wscale
+            self.rcv_wscale = self._tcp.wscale
         else:
-            raise OSError(99, "EADDRNOTAVAIL")
-        lport = self._eph
-        c = Conn(
-            self,
-            local_ip,
-            lport,
-            remote_ip,
-            remote_port,
-            self._isn(local_ip, lport, remote_ip, remote_port, now),
-        )
-        c.state = "SYN_SENT"
-        self.conns[c.key] = c
-        self._emit(c, c.iss, 0, SYN, b"", mss=True)
-        c.snd_nxt = (c.iss + 1) % MOD
-        c.rtt_seq, c.rtt_time = c.snd_nxt, now
-        c.rtx_at = now + c.rto
-        return c
+            self.snd_wscale = self.rcv_wscale = 0
 
-    # --- wire ---
-    def _emit(
-        self, c: Conn, seq: int, ack: int | None, flags: int, payload: bytes, mss: bool = False
-    ) -> None:
-        self._send(
-            c.lip,
-            c.lport,
-            c.rip,
-            c.rport,
-            seq,
-            c.rcv_nxt if ack is None else ack,
-            flags,
-            min(c.rcv_wnd, 0xFFFF) if flags & SYN else min(c.rcv_wnd >> c.rcv_ws, 0xFFFF),
-            payload,
-            self._mss_for(c.lip) if mss else 0,
-            self.wscale if mss and c.ws_ok else -1,
-        )
-
-    def _mss_for(self, ip: bytes) -> int:
-        return self.mss_v4 if len(ip) == 4 else self.mss
-
-    def _send(
-        self,
-        lip: bytes,
-        lport: int,
-        rip: bytes,
-        rport: int,
-        seq: int,
-        ack: int,
-        flags: int,
-        wnd: int,
-        payload: bytes,
-        mss: int = 0,
-        ws: int = -1,
-    ) -> None:
-        opts = struct.pack("!BBH", 2, 4, mss) if mss else b""
-        if ws >= 0:
-            opts += struct.pack("!BBBB", 1, 3, 3, ws)
-        hlen = 20 + len(opts)
-        hdr = (
-            bytearray(
-                struct.pack(
-                    "!HHIIBBHHH",
-                    lport,
-                    rport,
-                    seq % MOD,
-                    ack % MOD,
-                    (hlen // 4) << 4,
-                    flags,
-                    wnd,
-                    0,
-                    0,
-                )
-            )
-            + opts
-        )
-        seg = hdr + payload
-        ph = (pseudo_header_v4 if len(lip) == 4 else pseudo_header_v6)(lip, rip, 6, len(seg))
-        struct.pack_into("!H", seg, 16, checksum(seg, ph))
-        self.out.append((lip, rip, bytes(seg)))
-        self.counters["tx"] += 1
-        if flags & RST:
-            self.counters["rst_sent"] += 1
-
-    def on_packet(self, src_ip: bytes, dst_ip: bytes, segment: bytes, now: float) -> None:
-        """One TCP segment from IP: checksum, demux, state machine. Never raises on junk."""
-        self.counters["rx"] += 1
-        if len(segment) < 20 or len(src_ip) != len(dst_ip) or len(src_ip) not in (4, 16):
-            self.counters["malformed"] += 1
-            return
-        ph = (pseudo_header_v4 if len(src_ip) == 4 else pseudo_header_v6)(
-            src_ip, dst_ip, 6, len(segment)
-        )
-        if not verify(segment, ph):
-            self.counters["bad_checksum"] += 1
-            return
-        sport, dport, seq, ack, off, flags, wnd = struct.unpack_from("!HHIIBBH", segment)
-        hlen = (off >> 4) * 4
-        if hlen < 20 or hlen > len(segment):
-            self.counters["malformed"] += 1
-            return
-        payload = bytes(segment[hlen:])
-        peer_mss = 536
-        peer_ws = -1
-        opts = segment[20:hlen]
-        i = 0
-        while i < len(opts):
-            kind = opts[i]
-            if kind == 0:
-                break
-            if kind == 1:
-                i += 1
-                continue
-            if i + 1 >= len(opts) or opts[i + 1] < 2:
-                break
-            if kind == 2 and opts[i + 1] == 4 and i + 4 <= len(opts):
-                peer_mss = max(64, int.from_bytes(opts[i + 2 : i + 4], "big"))
-            elif kind == 3 and opts[i + 1] == 3 and i + 3 <= len(opts):
-                peer_ws = min(14, opts[i + 2])
-            i += opts[i + 1]
-        c = self.conns.get((dst_ip, dport, src_ip, sport))
-        if c is None:
-            lst = self.listeners.get((dst_ip, dport))
-            if lst is not None and flags & (SYN | ACK | RST) == SYN:
-                self._syn(lst, dst_ip, dport, src_ip, sport, seq, wnd, peer_mss, peer_ws, now)
-                return
-            self._reset_for(dst_ip, dport, src_ip, sport, seq, ack, flags, len(payload))
-            return
-        if c.state == "SYN_SENT" and flags & SYN and peer_ws >= 0:
-            c.snd_ws, c.rcv_ws = peer_ws, self.wscale
-        if not flags & SYN:
-            wnd <<= c.snd_ws
-        self._segment(c, seq, ack, flags, wnd, payload, peer_mss, now)
-
-    def _reset_for(self, lip, lport, rip, rport, seq, ack, flags, plen) -> None:
-        if flags & RST:
-            return
-        if flags & ACK:
-            self._send(lip, lport, rip, rport, ack, 0, RST, 0, b"")
+    def _rtt_sample(self, r: float) -> None:
+        if self.srtt is None:
+            self.srtt = r
+            self.rttvar = r / 2
         else:
-            ln = plen + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
-            self._send(lip, lport, rip, rport, 0, seq + ln, RST | ACK, 0, b"")
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - r)
+            self.srtt = 0.875 * self.srtt + 0.125 * r
+        self.rto = min(RTO_MAX, max(RTO_MIN, self.srtt + max(0.001, 4 * self.rttvar)))
 
-    def _syn(self, lst: Listener, lip, lport, rip, rport, seq, wnd, mss, ws, now) -> None:
-        if lst.half + len(lst.pending) >= lst.backlog or len(self.conns) >= self.max_conns:
-            self.counters["backlog_full"] += 1
+    def _on_segment(self, seg: Segment, now: float) -> None:
+        if self.state == SYN_SENT:
+            self._on_syn_sent(seg, now)
             return
-        c = Conn(self, lip, lport, rip, rport, self._isn(lip, lport, rip, rport, now))
-        c.state, c.listener = "SYN_RECEIVED", lst
-        if ws >= 0:
-            c.snd_ws, c.rcv_ws = ws, self.wscale
+        flags = seg.flags
+        seq = _unwrap(seg.seq, self.rcv_nxt)
+        payload = seg.payload
+        fin = bool(flags & FIN)
+        if self.state == SYN_RECEIVED and flags & SYN and not flags & ACK:
+            if seq == self.irs:
+                self.snd_nxt = self.iss  # our SYN-ACK was lost: send it again
+            return
+        seg_len = len(payload) + (1 if flags & SYN else 0) + (1 if fin else 0)
+        wnd = self._rcv_free()
+        nxt = self.rcv_nxt
+        if seg_len == 0:
+            ok = seq == nxt if wnd == 0 else nxt <= seq < nxt + wnd
+        elif wnd == 0:
+            ok = False
         else:
-            c.ws_ok = False
-        c.rcv_nxt = (seq + 1) % MOD
-        c.snd_wnd, c.mss = wnd, min(self._mss_for(lip), mss)
-        lst.half += 1
-        self.conns[c.key] = c
-        self._emit(c, c.iss, None, SYN | ACK, b"", mss=True)
-        c.snd_nxt = (c.iss + 1) % MOD
-        c.rtx_at = now + c.rto
-
-    def _established(self, c: Conn) -> None:
-        c.state = "ESTABLISHED"
-        if c.listener is not None:
-            c.listener.half -= 1
-            c.listener.pending.append(c)
-            c.listener = None
-
-    def _segment(self, c: Conn, seq, ack, flags, wnd, payload, mss, now) -> None:
-        if c.state == "SYN_SENT":
-            if flags & ACK and ack != (c.iss + 1) % MOD:
-                if not flags & RST:
-                    self._send(c.lip, c.lport, c.rip, c.rport, ack, 0, RST, 0, b"")
-                return
-            if flags & RST:
-                if flags & ACK:
-                    c._drop("ECONNREFUSED")
-                return
-            if flags & SYN and flags & ACK:
-                c.rcv_nxt = (seq + 1) % MOD
-                c.snd_una = ack
-                c.snd_wnd, c.mss = wnd, min(self._mss_for(c.lip), mss)
-                c.retries, c.rtx_at = 0, None
-                c._ack_rtt(ack, now)
-                c.state = "ESTABLISHED"
-                c.ack_due = True
-            return
-        # acceptability (RFC 9293 §3.10.7.4), simplified: in-window start or zero-length at rcv_nxt
-        seglen = len(payload) + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
-        wend = (c.rcv_nxt + max(c.rcv_wnd, 1)) % MOD
-        ok = (
-            (_le(c.rcv_nxt, seq) and _lt(seq, wend))
-            or (seglen > 0 and _lt(c.rcv_nxt, (seq + seglen) % MOD) and _le(seq, c.rcv_nxt))
-            or (seglen == 0 and seq == c.rcv_nxt)
-        )
-        if flags & RST:
-            if seq == c.rcv_nxt:
-                if c.state == "SYN_RECEIVED" and c.listener is not None:
-                    c.listener.half -= 1
-                c._drop(None if c.state in ("TIME_WAIT", "LAST_ACK") else "ECONNRESET")
-            elif ok:
-                self._emit(c, c.snd_nxt, None, ACK, b"")  # challenge ACK (RFC 5961)
-            return
+            end = seq + seg_len - 1
+            ok = nxt <= seq < nxt + wnd or nxt <= end < nxt + wnd
         if not ok:
-            self._emit(c, c.snd_nxt, None, ACK, b"")
+            if wnd == 0 and seq == nxt and not flags & RST:
+                # a zero-window probe: take its ACK (and a FIN, which needs no buffer), drop
+                # its data, answer with our window
+                if payload:
+                    payload = b""
+                    fin = False
+                self.ack_now = True
+            else:
+                if not flags & RST:
+                    self.ack_now = True
+                    if self.state == TIME_WAIT and fin:
+                        self.time_wait_at = now + self._tcp.time_wait
+                self._tcp.counters["out_of_window"] += 1
+                return
+        if flags & RST:
+            if seq == nxt:
+                if self.state == SYN_RECEIVED or self.state in (CLOSING, LAST_ACK, TIME_WAIT):
+                    self._die(None)
+                else:
+                    self._die(errno.ECONNRESET)
+                self._tcp.counters["rst_received"] += 1
+            else:
+                self.ack_now = True  # RFC 5961 §3.2 challenge ACK
+                self._tcp.counters["rst_challenged"] += 1
             return
         if flags & SYN:
-            if c.state == "SYN_RECEIVED" and seq == (c.rcv_nxt - 1) % MOD:
-                self._emit(c, c.iss, None, SYN | ACK, b"", mss=True)  # retransmitted SYN
-            else:
-                self._emit(c, c.snd_nxt, None, ACK, b"")
+            self.ack_now = True  # RFC 5961 §4: challenge ACK, drop
             return
         if not flags & ACK:
             return
-        if c.state == "SYN_RECEIVED":
-            if ack != (c.iss + 1) % MOD:
-                self._send(c.lip, c.lport, c.rip, c.rport, ack, 0, RST, 0, b"")
-                return
-            c.snd_una, c.snd_wnd, c.retries, c.rtx_at = ack, wnd, 0, None
-            c._ack_rtt(ack, now)
-            self._established(c)
-        # ACK processing
-        if _lt(c.snd_max, c.snd_nxt):
-            c.snd_max = c.snd_nxt
-        if _lt(c.snd_una, ack) and _le(ack, c.snd_max):
-            if _lt(c.snd_nxt, ack):
-                c.snd_nxt = ack
-            n = (ack - c.snd_una) % MOD
-            data_acked = min(n, len(c.sendbuf))
-            del c.sendbuf[:data_acked]
-            c.snd_una = ack
-            c._ack_rtt(ack, now)
-            c.retries, c.dupacks = 0, 0
-            if c.recover is not None:
-                if _le(c.recover, ack):  # full ACK: leave recovery
-                    c.recover = None
-                    c.cwnd = max(min(c.ssthresh, (c.snd_nxt - ack) % MOD + c.mss), c.mss)
-                else:  # partial ACK: the next hole, deflate by what was acked
-                    c.rtx_one = True
-                    c.cwnd = max(c.cwnd - n + c.mss, c.mss)
-            elif c.cwnd < c.ssthresh:
-                c.cwnd += min(n, c.mss)
+        # trim what we already have and what does not fit the window
+        if seq < nxt:
+            cut = nxt - seq
+            if cut > len(payload):
+                fin = False  # even the FIN is old (it sat at seq + len(payload) < nxt)
+                payload = b""
             else:
-                c.cwnd += max(1, c.mss * c.mss // c.cwnd)
-            c.rtx_at = now + c.rto if c.snd_una != c.snd_nxt else None
-            if c.fin_sent and ack == c.snd_nxt:
-                if c.state == "FIN_WAIT_1":
-                    c.state = "FIN_WAIT_2"
-                elif c.state == "CLOSING":
-                    c.state, c.tw_until = "TIME_WAIT", now + TIME_WAIT
-                elif c.state == "LAST_ACK":
-                    c._drop(None)
-                    return
-        elif ack == c.snd_una and not payload and c.snd_una != c.snd_nxt and wnd == c.snd_wnd:
-            c.dupacks += 1
-            if c.recover is not None:
-                c.cwnd += c.mss  # each dupack: a segment left the network
-            elif c.dupacks == 3:
-                self.counters["fast_retransmits"] += 1
-                flight = (c.snd_nxt - c.snd_una) % MOD
-                c.ssthresh = max(flight // 2, 2 * c.mss)
-                c.cwnd = c.ssthresh + 3 * c.mss
-                c.recover = c.snd_nxt
-                c.rtx_one = True
-                c.rtt_seq = None
-        elif _lt(c.snd_max, ack):
-            self._emit(c, c.snd_nxt, None, ACK, b"")
-            return
-        c.snd_wnd = wnd
-        # data
-        if payload and c.state in ("ESTABLISHED", "FIN_WAIT_1", "FIN_WAIT_2"):
-            if seq != c.rcv_nxt:
-                skip = (c.rcv_nxt - seq) % MOD
-                if _lt(seq, c.rcv_nxt) and skip < len(payload):
-                    payload = payload[skip:]
-                    seq = c.rcv_nxt
-                else:
-                    if len(c.ooo) < MAX_OOO and seq not in c.ooo:  # keep it for reassembly
-                        ahead = (seq - c.rcv_nxt) % MOD
-                        c.ooo[seq] = payload[: max(0, c.rcv_wnd - ahead)]
-                    else:
-                        self.counters["ooo_dropped"] += 1
-                    self._emit(c, c.snd_nxt, None, ACK, b"")  # immediate dupack (RFC 5681 §4.2)
-                    return
-            room = c.rcv_wnd
-            take = payload[:room]
-            c.recvbuf += take
-            c.rcv_nxt = (c.rcv_nxt + len(take)) % MOD
-            c.ack_due = True
-            if len(take) < len(payload):
+                payload = payload[cut:]
+            seq = nxt
+        room = nxt + wnd - seq
+        if len(payload) > room:
+            payload = payload[: max(room, 0)]
+            fin = False
+        if self.state == SYN_RECEIVED:
+            ack = _unwrap(seg.ack, self.snd_una)
+            if not self.snd_una < ack <= self.snd_max:
+                self._tcp._queue_out(self.local_ip, self.remote_ip, self._rst(ack))
                 return
-            seq = (seq + len(take)) % MOD
-            if c.ooo and self._drain_ooo(c):
-                return  # the FIN (if any) belongs before queued data: the peer resends it
-        elif payload:
-            c.ack_due = True
-        if flags & FIN and seq == c.rcv_nxt and not c.fin_received:
-            c.fin_received = True
-            c.rcv_nxt = (c.rcv_nxt + 1) % MOD
-            c.ack_due = True
-            if c.state == "ESTABLISHED":
-                c.state = "CLOSE_WAIT"
-            elif c.state == "FIN_WAIT_1":
-                c.state = "CLOSING"
-            elif c.state == "FIN_WAIT_2":
-                c.state, c.tw_until = "TIME_WAIT", now + TIME_WAIT
+            self._established(now)
+            self.snd_wnd = seg.wnd << self.snd_wscale
+            self.snd_wl1, self.snd_wl2 = seq, ack
+        if not self._on_ack(seg, seq, bool(payload) or fin, now):
+            return
+        if self.state == CLOSED:
+            return
+        if self.state in _RECV_DATA_STATES and (payload or fin):
+            if self.closed_by_app and payload:
+                self.abort()  # the program will never read this
+                return
+            self._receive(seq, payload, fin, now)
 
-    def _drain_ooo(self, c: Conn) -> bool:
-        """Move queued out-of-order segments that now fit onto the receive buffer."""
-        moved = False
-        progress = True
-        while c.ooo and progress:
-            progress = False
-            for k in list(c.ooo):
-                d = c.ooo[k]
-                off = (c.rcv_nxt - k) % MOD
-                if not _le(k, c.rcv_nxt):
-                    continue
-                del c.ooo[k]
-                if off < len(d):
-                    take = d[off : off + c.rcv_wnd]
-                    c.recvbuf += take
-                    c.rcv_nxt = (c.rcv_nxt + len(take)) % MOD
-                    moved = progress = True
-        return moved
+    def _on_syn_sent(self, seg: Segment, now: float) -> None:
+        flags = seg.flags
+        ack = 0
+        if flags & ACK:
+            ack = _unwrap(seg.ack, self.iss)
+            if ack <= self.iss or ack > self.snd_max:
+                if not flags & RST:
+                    self._tcp._queue_out(self.local_ip, self.remote_ip, self._rst(ack))
+                return
+        if flags & RST:
+            if flags & ACK:
+                self._die(errno.ECONNREFUSED)
+            return
+        if not flags & SYN:
+            return
+        self.irs = seg.seq
+        self.rcv_nxt = seg.seq + 1
+        self._peer_options(seg)
+        self.ack_now = True
+        if flags & ACK:
+            self.snd_una = ack
+            self.snd_nxt = max(self.snd_nxt, ack)
+            if self.rtt_seq is not None and ack >= self.rtt_seq:
+                self._rtt_sample(now - self.rtt_time)
+                self.rtt_seq = None
+            self.rtx_at = None
+            self._established(now)
+            self.snd_wnd = seg.wnd  # never scaled in a SYN
+            self.snd_wl1, self.snd_wl2 = self.rcv_nxt - 1, ack
+            self.last_adv_edge = self._adv_edge()
+            payload = seg.payload
+            if payload or flags & FIN:
+                self._receive(self.rcv_nxt, payload[: self._rcv_free()], bool(flags & FIN), now)
+        else:
+            self.state = SYN_RECEIVED  # simultaneous open: answer with SYN-ACK
+            self.snd_wnd = seg.wnd
+            self.snd_nxt = self.iss
+
+    def _on_ack(self, seg: Segment, seq: int, has_data: bool, now: float) -> bool:
+        """ACK processing (RFC 9293 §3.10.7.4 fifth check); False: drop the segment."""
+        ack = _unwrap(seg.ack, self.snd_una)
+        if ack == self.snd_max + 1 and self.persist_backoff and self.snd_wnd == 0:
+            self.snd_max = ack  # the peer took our window probe's byte
+        if ack > self.snd_max:
+            self.ack_now = True
+            self._tcp.counters["ack_beyond_sent"] += 1
+            return False
+        new_wnd = seg.wnd << self.snd_wscale
+        mss = self.mss
+        if ack > self.snd_una:
+            acked = ack - self.snd_una
+            data_end = self.sbuf_seq + len(self.sbuf)
+            upto = min(ack, data_end)
+            if upto > self.sbuf_seq:
+                del self.sbuf[: upto - self.sbuf_seq]
+                self.sbuf_seq = upto
+            self.snd_una = ack
+            if self.snd_nxt < ack:
+                self.snd_nxt = ack
+            if self.rtt_seq is not None and ack >= self.rtt_seq:
+                self._rtt_sample(now - self.rtt_time)
+                self.rtt_seq = None
+            self.retries = 0
+            self.rtx_at = None if ack == self.snd_max else now + self.rto
+            if self.recover is not None:
+                if ack >= self.recover:  # full ACK: leave recovery (RFC 6582 §3.2 step 3)
+                    self.cwnd = min(self.ssthresh, (self.snd_max - ack) + mss)
+                    self.recover = None
+                else:  # partial ACK: retransmit the next hole, deflate
+                    self.rexmit_one = True
+                    self.rtt_seq = None
+                    self.cwnd = max(self.cwnd - acked + mss, mss)
+            elif self.cwnd < self.ssthresh:
+                self.cwnd += min(acked, mss)
+            else:
+                self.cwnd += max(1, mss * mss // self.cwnd)
+            self.dupacks = 0
+        elif (
+            ack == self.snd_una
+            and not has_data
+            and self.snd_max > self.snd_una
+            and new_wnd == self.snd_wnd
+        ):
+            self.dupacks += 1
+            if self.dupacks == 3 and self.recover is None:
+                flight = self.snd_max - self.snd_una
+                self.ssthresh = max(flight // 2, 2 * mss)
+                self.cwnd = self.ssthresh + 3 * mss
+                self.recover = self.snd_max
+                self.rexmit_one = True
+                self.rtt_seq = None
+                self._tcp.counters["fast_retransmits"] += 1
+            elif self.dupacks > 3 and self.recover is not None:
+                self.cwnd += mss
+        if self.snd_wl1 < seq or (self.snd_wl1 == seq and self.snd_wl2 <= ack):
+            self.snd_wnd = new_wnd
+            self.snd_wl1, self.snd_wl2 = seq, ack
+            if new_wnd > 0:
+                self.persist_at = None
+                self.persist_backoff = 0
+        if self.fin_pending and self.snd_una > self.fin_seq:  # our FIN is acknowledged
+            if self.state == FIN_WAIT_1:
+                self.state = FIN_WAIT_2
+                if self.closed_by_app:
+                    self.fin_wait2_at = now + self._tcp.fin_wait2
+            elif self.state == CLOSING:
+                self._time_wait(now)
+            elif self.state == LAST_ACK:
+                self._die(None)
+                return False
+        return True
+
+    def _receive(self, seq: int, payload: bytes, fin: bool, now: float) -> None:
+        if seq > self.rcv_nxt:
+            if self.ooo_bytes + len(payload) > self._tcp.recv_buffer:
+                self._tcp.counters["ooo_dropped"] += 1
+            elif seq in self.ooo or len(self.ooo) < self._tcp.ooo_segments:
+                old = self.ooo.get(seq)
+                if old is None or len(old[0]) < len(payload) or fin:
+                    self.ooo[seq] = (payload, fin)
+                    self.ooo_bytes += len(payload) - (len(old[0]) if old else 0)
+            else:
+                self._tcp.counters["ooo_dropped"] += 1
+            self.last_ooo_seq = seq
+            self.dupacks_to_send = min(self.dupacks_to_send + 1, 8)  # RFC 5681 §4.2
+            return
+        if payload:
+            self.rbuf += payload
+            self.rcv_nxt += len(payload)
+        filled = False
+        if self.ooo:
+            filled = True
+            for s in sorted(self.ooo):
+                if s > self.rcv_nxt:
+                    break
+                data, ofin = self.ooo.pop(s)
+                self.ooo_bytes -= len(data)
+                end = s + len(data)
+                if end > self.rcv_nxt:
+                    self.rbuf += data[self.rcv_nxt - s :]
+                    self.rcv_nxt = end
+                if ofin and end == self.rcv_nxt:
+                    fin = True
+        if fin:
+            self._receive_fin(now)
+            return
+        self.unacked_segs += 1
+        if self.unacked_segs >= 2 or filled:
+            self.ack_now = True
+        elif self.ack_at is None:
+            self.ack_at = now + DELAYED_ACK
+
+    def _receive_fin(self, now: float) -> None:
+        self.rcv_nxt += 1
+        self.fin_received = True
+        self.ack_now = True
+        self.ooo.clear()
+        self.ooo_bytes = 0
+        if self.state == ESTABLISHED:
+            self.state = CLOSE_WAIT
+        elif self.state == FIN_WAIT_1:
+            if self.snd_una > self.fin_seq:
+                self._time_wait(now)
+            else:
+                self.state = CLOSING
+        elif self.state == FIN_WAIT_2:
+            self._time_wait(now)
+
+    def _time_wait(self, now: float) -> None:
+        self.state = TIME_WAIT
+        self.rtx_at = self.persist_at = self.fin_wait2_at = None
+        self.time_wait_at = now + self._tcp.time_wait
+        self._tcp._entered_time_wait(self)
+
+    def _on_timers(self, now: float) -> None:
+        if self.time_wait_at is not None and now >= self.time_wait_at:
+            self._die(None)
+            return
+        if self.fin_wait2_at is not None and now >= self.fin_wait2_at:
+            if self.state == FIN_WAIT_2:
+                self._die(None)
+                return
+            self.fin_wait2_at = None
+        if self.rtx_at is not None and now >= self.rtx_at:
+            self._on_rto(now)
+            if self.state == CLOSED:
+                return
+        if self.persist_at is not None and now >= self.persist_at:
+            self.probe = True
+            self.persist_backoff += 1
+            self.persist_at = now + min(RTO_MAX, self.rto * (1 << min(self.persist_backoff, 16)))
+        if self.ack_at is not None and now >= self.ack_at:
+            self.ack_now = True
+
+    def _on_rto(self, now: float) -> None:
+        self.retries += 1
+        syn = self.state in (SYN_SENT, SYN_RECEIVED)
+        limit = self._tcp.syn_retries if syn else self._tcp.max_retries
+        if self.retries > limit:
+            self._tcp.counters["timeouts"] += 1
+            if self.state != SYN_SENT:
+                self._tcp._queue_out(self.local_ip, self.remote_ip, self._rst(self.snd_nxt))
+            self._die(errno.ETIMEDOUT)
+            return
+        self._tcp.counters["rto_retransmits"] += 1
+        if not syn:
+            self.ssthresh = max((self.snd_max - self.snd_una) // 2, 2 * self.mss)
+            self.cwnd = self.mss
+            self.recover = None
+            self.dupacks = 0
+        self.rto = min(RTO_MAX, self.rto * 2)
+        self.snd_nxt = self.snd_una  # go back N
+        self.rtt_seq = None  # Karn: no sample from a retransmitted segment
+        self.rtx_at = None
+
+    def _wants_output(self) -> bool:
+        if self.state in (CLOSED, LISTEN):
+            return False
+        if self.ack_now or self.dupacks_to_send or self.rexmit_one or self.probe:
+            return True
+        if self.state in (SYN_SENT, SYN_RECEIVED):
+            return self.snd_nxt == self.iss
+        if self.state not in _SEND_DATA_STATES:
+            return False
+        data_end = self.sbuf_seq + len(self.sbuf)
+        if self.snd_nxt < data_end:
+            room = self.snd_una + min(self.snd_wnd, self.cwnd) - self.snd_nxt
+            if room <= 0:
+                return False
+            left = data_end - self.snd_nxt
+            # mirrors _output's sender SWS avoidance so poll_at never promises work it won't do
+            return not (room < self.mss and room < left and self.snd_nxt > self.snd_una)
+        return self.fin_pending and self.snd_nxt == data_end and self.state in _FIN_STATES
+
+    def _next_timer(self) -> float | None:
+        ts = [
+            t
+            for t in (
+                self.rtx_at,
+                self.persist_at,
+                self.ack_at,
+                self.time_wait_at,
+                self.fin_wait2_at,
+            )
+            if t is not None
+        ]
+        return min(ts) if ts else None
+
+    def _emit(
+        self,
+        out: list[tuple[bytes, bytes, bytes]],
+        seq: int,
+        flags: int,
+        payload: bytes | bytearray | memoryview = b"",
+        options: bytes = b"",
+    ) -> None:
+        if flags & SYN:
+            wnd = min(self._rcv_free(), 0xFFFF)
+            self.last_adv_edge = self.rcv_nxt + wnd
+        else:
+            wnd = self._adv_wnd()
+            self.last_adv_edge = self.rcv_nxt + (wnd << self.rcv_wscale)
+        ack = self.rcv_nxt if flags & ACK else 0
+        if self.ooo and self.sack_ok and not payload and flags == ACK:
+            options = self._sack_option()
+        if flags & ACK:
+            self.ack_now = False
+            self.unacked_segs = 0
+            self.ack_at = None
+        seg = encode_segment(
+            self.local_ip,
+            self.remote_ip,
+            self.local_port,
+            self.remote_port,
+            seq,
+            ack,
+            flags,
+            wnd,
+            options,
+            payload,
+        )
+        out.append((self.local_ip, self.remote_ip, seg))
+
+    def _sack_option(self) -> bytes:
+        """Up to 3 SACK blocks for a pure ACK (RFC 2018), the most recent arrival's first.
+
+        Why only on pure ACKs: on data segments the blocks would eat into the MSS. Receiving
+        SACK blocks is parsed but not acted on. Off by default (``Tcp(sack=True)`` turns it on):
+        against Linux over a lossy link it did not help, since the ACKs that ride on our data
+        carry no blocks and a SACK sender then counts fewer duplicate ACKs.
+        """
+        blocks: list[list[int]] = []
+        for k in sorted(self.ooo):
+            end = k + len(self.ooo[k][0])
+            if end == k:
+                continue
+            if blocks and k <= blocks[-1][1]:
+                blocks[-1][1] = max(blocks[-1][1], end)
+            else:
+                blocks.append([k, end])
+        if not blocks:
+            return b""
+        recent = self.last_ooo_seq
+        blocks.sort(key=lambda b: (not b[0] <= recent < b[1], -b[0]))
+        blocks = blocks[:3]
+        opt = bytearray(b"\x01\x01")
+        opt += bytes((5, 2 + 8 * len(blocks)))
+        for start, end in blocks:
+            opt += struct.pack("!II", start & _M32, end & _M32)
+        return bytes(opt)
+
+    def _segment_at(self, out: list[tuple[bytes, bytes, bytes]], seq: int, limit: int) -> int:
+        """Send the data (and FIN) that starts at ``seq``, at most ``limit`` data bytes."""
+        data_end = self.sbuf_seq + len(self.sbuf)
+        n = max(0, min(limit, data_end - seq))
+        flags = ACK
+        if n:
+            off = seq - self.sbuf_seq
+            payload: bytes | memoryview = memoryview(self.sbuf)[off : off + n]
+            if seq + n == data_end:
+                flags |= PSH
+        else:
+            payload = b""
+        if self.fin_pending and seq + n == self.fin_seq and self.state in _FIN_STATES:
+            flags |= FIN
+        if not n and not flags & FIN:
+            return 0
+        self._emit(out, seq, flags, payload)
+        if isinstance(payload, memoryview):
+            payload.release()
+        return n + (1 if flags & FIN else 0)
+
+    def _output(self, now: float, out: list[tuple[bytes, bytes, bytes]]) -> None:
+        st = self.state
+        if st in (CLOSED, LISTEN):
+            return
+        if st in (SYN_SENT, SYN_RECEIVED):
+            if self.snd_nxt == self.iss:
+                if st == SYN_SENT:
+                    opts = _syn_options(self._tcp.mss, self._tcp.wscale, self._tcp.sack)
+                    self._emit(out, self.iss, SYN, b"", opts)
+                else:
+                    ws = self.rcv_wscale if self.snd_wscale or self.rcv_wscale else None
+                    opts = _syn_options(self._tcp.mss, ws, self.sack_ok)
+                    self._emit(out, self.iss, SYN | ACK, b"", opts)
+                if self.snd_max == self.iss:
+                    self.rtt_seq, self.rtt_time = self.iss + 1, now
+                self.snd_nxt = self.snd_max = self.iss + 1
+                if self.rtx_at is None:
+                    self.rtx_at = now + self.rto
+            self.ack_now = False
+            self.dupacks_to_send = 0
+            return
+        sent = False
+        if self.rexmit_one:
+            self.rexmit_one = False
+            if self.snd_una < self.snd_max:
+                self._segment_at(out, self.snd_una, self.mss)
+                self._tcp.counters["segments_retransmitted"] += 1
+                sent = True
+        if st in _SEND_DATA_STATES:
+            data_end = self.sbuf_seq + len(self.sbuf)
+            if self.probe:
+                self.probe = False
+                if self.snd_wnd == 0 and self.snd_una < data_end:
+                    self._segment_at(out, self.snd_una, 1)
+                    self._tcp.counters["window_probes"] += 1
+                    sent = True
+            edge = self.snd_una + min(self.snd_wnd, self.cwnd)
+            mss = self.mss
+            while self.snd_nxt < data_end:
+                room = edge - self.snd_nxt
+                if room <= 0:
+                    break
+                left = data_end - self.snd_nxt
+                n = min(mss, left, room)
+                if n < mss and n < left and self.snd_nxt > self.snd_una:
+                    break  # sender SWS avoidance: wait for a full segment's room
+                if self.rtt_seq is None and self.snd_nxt == self.snd_max:
+                    self.rtt_seq, self.rtt_time = self.snd_nxt + n, now
+                used = self._segment_at(out, self.snd_nxt, n)
+                self.snd_nxt += used
+                sent = True
+            if self.fin_pending and self.snd_nxt == self.fin_seq and st in _FIN_STATES:
+                self.snd_nxt += self._segment_at(out, self.snd_nxt, 0)
+                sent = True
+            if self.snd_nxt > self.snd_max:
+                self.snd_max = self.snd_nxt
+            if self.snd_max > self.snd_una:
+                if self.rtx_at is None:
+                    self.rtx_at = now + self.rto
+            elif self.snd_wnd == 0 and self.snd_una < data_end and self.persist_at is None:
+                self.persist_at = now + self.rto
+        if self.dupacks_to_send:
+            for _ in range(self.dupacks_to_send - (1 if sent else 0)):
+                self._emit(out, self.snd_nxt, ACK)
+            self.dupacks_to_send = 0
+            sent = True
+        if self.ack_now and not sent:
+            self._emit(out, self.snd_nxt, ACK)
+
+
+class Tcp:
+    """Every TCP socket of one stack interface: demux, listeners, timers, RSTs for strays.
+
+    Bounds (each with a counter when hit): ``max_connections`` sockets, ``backlog`` per
+    listener, ``max_time_wait`` connections in TIME-WAIT (the oldest is dropped early),
+    ``ooo_segments`` out-of-order segments per connection, ``max_pending_rst`` queued RSTs.
+    """
+
+    def __init__(
+        self,
+        mss: int = 1360,
+        *,
+        recv_buffer: int = 256 * 1024,
+        send_buffer: int = 256 * 1024,
+        max_connections: int = 4096,
+        time_wait: float = 2.0,
+        max_time_wait: int = 512,
+        fin_wait2: float = 60.0,
+        ooo_segments: int = 512,
+        max_retries: int = 10,
+        syn_retries: int = 6,
+        max_pending_rst: int = 256,
+        sack: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        self.mss = mss
+        self.recv_buffer = recv_buffer
+        self.send_buffer = send_buffer
+        self.max_connections = max_connections
+        self.time_wait = time_wait
+        self.max_time_wait = max_time_wait
+        self.fin_wait2 = fin_wait2
+        self.ooo_segments = ooo_segments
+        self.max_retries = max_retries
+        self.syn_retries = syn_retries
+        self.max_pending_rst = max_pending_rst
+        self.sack = sack
+        self._rng = random.Random(seed) if seed is not None else random.SystemRandom()
+        # smallest shift that lets the whole receive buffer be advertised (RFC 7323 §2.2)
+        shift = 0
+        while (recv_buffer >> shift) > 0xFFFF and shift < 14:
+            shift += 1
+        self.wscale = shift
+        self.conns: dict[tuple[bytes, int, bytes, int], Connection] = {}
+        self.listeners: dict[tuple[bytes | None, int], Listener] = {}
+        self._time_wait: set[Connection] = set()
+        self._out: list[tuple[bytes, bytes, bytes]] = []
+        # poll() visits only the connections touched since the last poll (``_dirty``) and those
+        # whose timer is due (a heap of (time, n, conn); an entry is current while the
+        # connection is alive and its ``_heap_time`` is that time, stale ones are skipped).
+        self._dirty: set[Connection] = set()
+        self._changed: set[Connection] = set()
+        self._heap: list[tuple[float, int, Connection]] = []
+        self._heap_n = itertools.count()
+        self.counters: Counter[str] = Counter()
+
+    # ------------------------------------------------------------------ socket API
+
+    def listen(self, local_ip: bytes | None, port: int, backlog: int = 128) -> Listener:
+        """Accept connections to ``port`` on ``local_ip`` (None: any of our addresses)."""
+        if not 0 < port < 65536:
+            raise ValueError(f"port {port} out of range")
+        if (local_ip, port) in self.listeners:
+            raise OSError(errno.EADDRINUSE, f"port {port} already has a listener")
+        lst = Listener(self, local_ip, port, max(1, backlog))
+        self.listeners[(local_ip, port)] = lst
+        return lst
+
+    def connect(
+        self, local_ip: bytes, remote_ip: bytes, remote_port: int, now: float
+    ) -> Connection:
+        """Start an active open from an ephemeral port; the SYN leaves on the next poll."""
+        if len(local_ip) != len(remote_ip) or len(local_ip) not in (4, 16):
+            raise ValueError("local and remote address must both be IPv4 or both IPv6")
+        if not 0 < remote_port < 65536:
+            raise ValueError(f"port {remote_port} out of range")
+        if len(self.conns) >= self.max_connections:
+            self.counters["connection_limit"] += 1
+            raise OSError(errno.EMFILE, "too many TCP connections")
+        start = self._rng.randrange(len(EPHEMERAL))
+        for i in range(len(EPHEMERAL)):
+            port = EPHEMERAL[(start + i) % len(EPHEMERAL)]
+            key = (local_ip, port, remote_ip, remote_port)
+            if key not in self.conns:
+                break
+        else:
+            raise OSError(errno.EADDRNOTAVAIL, "no free ephemeral port")
+        conn = Connection(self, local_ip, port, remote_ip, remote_port)
+        conn.state = SYN_SENT
+        conn.snd_wscale = 0
+        self.conns[key] = conn
+        self._dirty.add(conn)
+        return conn
+
+    # ------------------------------------------------------------------ shell interface
+
+    def on_packet(self, src_ip: bytes, dst_ip: bytes, segment: bytes, now: float) -> None:
+        """One TCP segment addressed to us (IP header already removed)."""
+        n = len(segment)
+        if len(src_ip) == 4 and len(dst_ip) == 4:
+            ph = pseudo_header_v4(src_ip, dst_ip, PROTO_TCP, n)
+        elif len(src_ip) == 16 and len(dst_ip) == 16:
+            ph = pseudo_header_v6(src_ip, dst_ip, PROTO_TCP, n)
+        else:
+            self.counters["bad_address"] += 1
+            return
+        if n < 20:
+            self.counters["malformed"] += 1
+            return
+        if not verify(segment, ph):
+            self.counters["bad_checksum"] += 1
+            return
+        seg = parse_segment(segment)
+        if seg is None:
+            self.counters["malformed"] += 1
+            return
+        self.counters["segments_in"] += 1
+        conn = self.conns.get((dst_ip, seg.dport, src_ip, seg.sport))
+        if (
+            conn is not None
+            and conn.state == TIME_WAIT
+            and seg.flags & (SYN | ACK | RST) == SYN
+            and _unwrap(seg.seq, conn.rcv_nxt) > conn.rcv_nxt
+        ):
+            # RFC 9293 §3.6.1: a new SYN above the old sequence space may reopen the 4-tuple
+            self.counters["time_wait_reused"] += 1
+            conn._die(None)
+            conn = None
+        if conn is not None:
+            conn._on_segment(seg, now)
+            self._dirty.add(conn)
+            self._changed.add(conn)
+            return
+        lst = self.listeners.get((dst_ip, seg.dport)) or self.listeners.get((None, seg.dport))
+        if lst is not None and lst.open:
+            self._on_listener(lst, src_ip, dst_ip, seg, now)
+        else:
+            self._reset_stray(src_ip, dst_ip, seg)
 
     def poll(self, now: float) -> list[tuple[bytes, bytes, bytes]]:
-        """Timers and pending output of every connection; returns segments to send."""
-        for c in list(self.conns.values()):
-            if c.state == "TIME_WAIT":
-                if c.tw_until is not None and now >= c.tw_until:
-                    c._drop(None)
-                elif c.ack_due:
-                    self._emit(c, c.snd_nxt, None, ACK, b"")
-                    c.ack_due = False
-                continue
-            if c.rtx_at is not None and now >= c.rtx_at:
-                c.retries += 1
-                if c.retries > MAX_RETRIES:
-                    c._drop("ETIMEDOUT")
-                    if c.listener is not None:
-                        c.listener.half -= 1
-                    continue
-                if c.state == "SYN_SENT":
-                    c.rto = min(MAX_RTO, c.rto * 2)
-                    self._emit(c, c.iss, 0, SYN, b"", mss=True)
-                    c.rtt_seq = None  # Karn
-                    self.counters["retransmits"] += 1
-                    c.rtx_at = now + c.rto
-                    continue
-                if c.state == "SYN_RECEIVED":
-                    c.rto = min(MAX_RTO, c.rto * 2)
-                    self._emit(c, c.iss, None, SYN | ACK, b"", mss=True)
-                    self.counters["retransmits"] += 1
-                    c.rtx_at = now + c.rto
-                    continue
-                c.rto = min(MAX_RTO, c.rto * 2)  # backoff; Karn: no sample from retransmits
-                c.rtt_seq = None
-                flight = (c.snd_nxt - c.snd_una) % MOD
-                c.ssthresh = max(flight // 2, 2 * c.mss)
-                c.cwnd, c.recover, c.rtx_one = c.mss, None, False
-                c.snd_nxt = c.snd_una
-                if c.fin_sent:
-                    c.fin_sent = False
-                self.counters["retransmits"] += 1
-                c.rtx_at = now + c.rto
-            if c.state in ("SYN_SENT", "SYN_RECEIVED", "CLOSED"):
-                continue
-            self._transmit(c, now)
-            if c.ack_due:
-                self._emit(c, c.snd_nxt, None, ACK, b"")
-                c.ack_due = False
-        out, self.out = self.out, []
+        """Run due timers; every segment to send as (src_ip, dst_ip, segment)."""
+        out: list[tuple[bytes, bytes, bytes]] = []
+        todo = {c for c in self._dirty if self.conns.get(c.key) is c}
+        self._dirty.clear()
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            t, _, conn = heapq.heappop(heap)
+            if conn._heap_time == t and self.conns.get(conn.key) is conn:
+                conn._heap_time = None
+                todo.add(conn)
+        self._changed |= todo
+        for conn in todo:
+            conn._on_timers(now)
+            conn._output(now, out)
+            if conn.state != CLOSED:
+                t = conn._next_timer()
+                if t != conn._heap_time:
+                    conn._heap_time = t  # None: any entry left in the heap is stale
+                    if t is not None:
+                        heapq.heappush(heap, (t, next(self._heap_n), conn))
+        if len(heap) > 4 * len(self.conns) + 1024:  # too many stale entries: rebuild
+            self._heap = [e for e in heap if e[2]._heap_time == e[0] and e[2].state != CLOSED]
+            heapq.heapify(self._heap)
+        if self._out:  # RSTs queued by on_packet, abort() and the timers above
+            out = self._out + out
+            self._out = []
+        self.counters["segments_out"] += len(out)
         return out
 
-    def _transmit(self, c: Conn, now: float) -> None:
-        if c.rtx_one and c.snd_una != c.snd_nxt:
-            n = min(c.mss, len(c.sendbuf))
-            fin = n == len(c.sendbuf) and c.fin_sent
-            self._emit(c, c.snd_una, None, ACK | (FIN if fin else 0), bytes(c.sendbuf[:n]))
-            c.rtx_at = now + c.rto
-        c.rtx_one = False
-        wnd_end = (c.snd_una + max(min(c.snd_wnd, c.cwnd), 0)) % MOD
-        while True:
-            off = (c.snd_nxt - c.snd_una) % MOD
-            avail = len(c.sendbuf) - off
-            room = (wnd_end - c.snd_nxt) % MOD if _le(c.snd_nxt, wnd_end) else 0
-            n = min(avail, room, c.mss)
-            if c.snd_wnd == 0 and avail > 0 and c.snd_una == c.snd_nxt and c.rtx_at is None:
-                n = 1  # zero-window probe, paced by the retransmission timer
-            flags = ACK
-            if n > 0 and off + n == len(c.sendbuf):
-                flags |= PSH
-            fin = (
-                c.fin_queued
-                and not c.fin_sent
-                and off + n == len(c.sendbuf)
-                and c.state in ("ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT_1", "CLOSING", "LAST_ACK")
-            )
-            if n <= 0 and not fin:
-                return
-            if fin:
-                flags |= FIN
-            self._emit(c, c.snd_nxt, None, flags, bytes(c.sendbuf[off : off + n]))
-            c.ack_due = False
-            if c.rtt_seq is None and n > 0 and off + n > 0:
-                c.rtt_seq, c.rtt_time = (c.snd_nxt + n) % MOD, now
-            c.snd_nxt = (c.snd_nxt + n + (1 if fin else 0)) % MOD
-            if _lt(c.snd_max, c.snd_nxt):
-                c.snd_max = c.snd_nxt
-            if fin:
-                c.fin_sent = True
-                if c.state == "ESTABLISHED":
-                    c.state = "FIN_WAIT_1"
-                elif c.state == "CLOSE_WAIT":
-                    c.state = "LAST_ACK"
-            if c.rtx_at is None:
-                c.rtx_at = now + c.rto
-            if fin or n == 0:
-                return
-
     def poll_at(self) -> float | None:
-        """Earliest time poll must run again (0.0 = now: output or ACK pending)."""
+        """When :meth:`poll` next has work (0.0: now; None: only new input creates work)."""
+        if self._out:
+            return 0.0
         best: float | None = None
-        for c in self.conns.values():
-            if c.ack_due or (
-                c.state in ("ESTABLISHED", "CLOSE_WAIT")
-                and (c.snd_nxt - c.snd_una) % MOD < len(c.sendbuf)
-                and c.snd_wnd > 0
-            ):
+        for conn in self._dirty:
+            if conn.state == CLOSED:
+                continue
+            if conn._wants_output():
                 return 0.0
-            if c.fin_queued and not c.fin_sent and c.state in ("ESTABLISHED", "CLOSE_WAIT"):
-                return 0.0
-            for t in (c.rtx_at, c.tw_until):
-                if t is not None and (best is None or t < best):
-                    best = t
+            t = conn._next_timer()
+            if t is not None and (best is None or t < best):
+                best = t
+        heap = self._heap
+        while heap:
+            t, _, conn = heap[0]
+            if conn._heap_time == t and self.conns.get(conn.key) is conn:
+                return t if best is None else min(t, best)
+            heapq.heappop(heap)
         return best
+
+    def take_changed(self) -> set[Connection]:
+        """Connections whose state, buffers or error may have changed since the last call.
+
+        Why: the shell (the mio bus) wakes only the sockets named here instead of scanning
+        every socket after each frame. A connection is named when a segment reached it or a
+        poll ran its timers or output; new connections show up through their listener.
+        """
+        changed, self._changed = self._changed, set()
+        return changed
+
+    # ------------------------------------------------------------------ internals
+
+    def _queue_out(self, src: bytes, dst: bytes, seg: bytes) -> None:
+        if len(self._out) >= self.max_pending_rst:
+            self.counters["rst_dropped"] += 1
+            return
+        self._out.append((src, dst, seg))
+
+    def _forget(self, conn: Connection) -> None:
+        if self.conns.get(conn.key) is conn:
+            del self.conns[conn.key]
+        self._time_wait.discard(conn)
+        self._dirty.discard(conn)
+        lst = conn._listener
+        if lst is not None:
+            lst._children.discard(conn)
+            if conn in lst._queue and conn.state == CLOSED and conn.error is None:
+                lst._queue.remove(conn)  # died quietly before accept: nothing to hand out
+
+    def _entered_time_wait(self, conn: Connection) -> None:
+        self._time_wait.add(conn)
+        if len(self._time_wait) > self.max_time_wait:
+            oldest = min(self._time_wait, key=lambda c: c.time_wait_at or 0.0)
+            self.counters["time_wait_evicted"] += 1
+            oldest._die(None)
+
+    def _reset_stray(self, src_ip: bytes, dst_ip: bytes, seg: Segment) -> None:
+        """RFC 9293 §3.10.7.1: a segment for no socket gets an RST (never one for an RST)."""
+        if seg.flags & RST:
+            return
+        self.counters["rst_sent_no_socket"] += 1
+        if seg.flags & ACK:
+            rst = encode_segment(dst_ip, src_ip, seg.dport, seg.sport, seg.ack, 0, RST, 0)
+        else:
+            seg_len = len(seg.payload) + (1 if seg.flags & SYN else 0) + (seg.flags & FIN)
+            rst = encode_segment(
+                dst_ip, src_ip, seg.dport, seg.sport, 0, seg.seq + seg_len, RST | ACK, 0
+            )
+        self._queue_out(dst_ip, src_ip, rst)
+
+    def _on_listener(
+        self, lst: Listener, src_ip: bytes, dst_ip: bytes, seg: Segment, now: float
+    ) -> None:
+        if seg.flags & RST:
+            return
+        if seg.flags & ACK:
+            self._reset_stray(src_ip, dst_ip, seg)
+            return
+        if not seg.flags & SYN:
+            return
+        if len(lst._children) >= lst.backlog:
+            self.counters["backlog_full"] += 1
+            return
+        if len(self.conns) >= self.max_connections:
+            self.counters["connection_limit"] += 1
+            return
+        conn = Connection(self, dst_ip, seg.dport, src_ip, seg.sport, listener=lst)
+        conn.irs = seg.seq
+        conn.rcv_nxt = seg.seq + 1
+        conn._peer_options(seg)
+        conn.state = SYN_RECEIVED
+        conn.snd_wnd = seg.wnd
+        lst._children.add(conn)
+        self.conns[conn.key] = conn
+        self._dirty.add(conn)
