@@ -150,7 +150,9 @@ def test_a_report_from_a_port_makes_the_group_go_to_that_port_only(kind: str) ->
     a, b, c = net.ports
     r = report(mac(1))
     net.switch.from_local(a, r)
-    assert b.frames == [r] and c.frames == [r] and net.flooded == [r]  # reports flood
+    # Reports go to the peer nodes (they learn from them), not to other hosts (RFC 4541: an
+    # IGMPv2/MLDv1 host would suppress its own report on hearing it and go unregistered).
+    assert b.frames == [] and c.frames == [] and net.flooded == [r]
     net.clear()
     f = data(mac(3))
     net.switch.from_local(c, f)
@@ -166,7 +168,7 @@ def test_a_report_from_a_peer_sends_the_group_to_that_node_only(kind: str) -> No
     a, b, c = net.ports
     r = report(mac(7))
     net.switch.from_peer(r, PEER_B)
-    assert a.frames == b.frames == c.frames == [r]  # a peer's report reaches every local port
+    assert a.frames == b.frames == c.frames == []  # learned here, not repeated to local hosts
     net.clear()
     f = data(mac(1))
     net.switch.from_local(a, f)
@@ -357,7 +359,8 @@ def test_malformed_reports_are_counted_and_flood() -> None:
     good = igmp3_report(mac(1))
     bad = good[:-3]  # the record cut short
     net.switch.from_local(a, bad)
-    assert b.frames == [bad] and net.switch.mcast.counters["bad"] == 1
+    assert b.frames == [] and net.flooded == [bad]  # to the peers, who count it too
+    assert net.switch.mcast.counters["bad"] == 1
     assert net.switch.mcast.groups == {}
 
 
@@ -524,3 +527,25 @@ async def test_a_member_node_whose_heartbeat_ran_out_gets_nothing_and_nobody_a_f
     wire.run(1001.0)
     assert wire.count[(node_a, node_b)] == 0
     assert wire.count[(node_a, node_c)] == 1  # once: not a flood to all for the dead member
+
+
+def test_reports_reach_multicast_routers_and_mirrors_but_not_other_hosts() -> None:
+    """A local port that sent a query (a multicast router behind it) gets the reports, as does
+    a mirror port; a host does not (its own IGMPv2 report would be suppressed)."""
+    net = McastNet(4)
+    host_a, host_b, router, mon = net.ports
+    net.switch.set_mirror(mon, True)
+    query = bytes(
+        Ether(dst="01:00:5e:00:00:01", src=mac(9).hex(":"))
+        / IP(src="10.0.0.9", dst="224.0.0.1", ttl=1, options=[b"\x94\x04\x00\x00"])
+        / IGMPv3_MQ(gaddr="0.0.0.0")
+    )  # fmt: skip
+    net.switch.from_local(router, query)
+    assert host_a.frames == [query] and host_b.frames == [query]  # queries flood
+    net.clear()
+    r = igmp2_report(mac(1))
+    net.switch.from_local(host_a, r)
+    assert router.frames == [r] and mon.frames == [r] and net.flooded == [r]
+    assert host_b.frames == []
+    net.switch.remove(2)  # the router's port closes: no longer remembered
+    assert not net.switch.mcast.routers

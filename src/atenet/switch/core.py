@@ -72,7 +72,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from atenet.offload import VNET_HDR_LEN, OffloadError, to_frames
-from atenet.switch.mcast import Multicast
+from atenet.switch.mcast import REPORT, Multicast
 from atenet.switch.snoop import is_neighbour_frame
 
 NO_MAC = bytes(6)
@@ -478,6 +478,9 @@ class Switch:
                 return
             if frame[0] & 1 and self.mcast is not None:
                 members = self.mcast.forward(frame, 0, src, self.now)
+                if members is REPORT:
+                    self._report(frame, src, False)
+                    return
                 if members is not None:
                     self._to_members(frame, src, members, False)
                     return
@@ -518,6 +521,9 @@ class Switch:
         if dst is None:
             if frame[0] & 1 and self.mcast is not None:
                 members = self.mcast.forward(frame, 0, peer, self.now)
+                if members is REPORT:
+                    self._report(frame, None, False)
+                    return
                 if members is not None:
                     self._to_members(frame, None, members, False)
                     return
@@ -541,6 +547,23 @@ class Switch:
         if self._mirrors:
             self._mirror(frame, src, None)
         return True
+
+    def _report(self, data: bytes, src: Port | None, offloaded: bool) -> None:
+        """An IGMP/MLD report or leave: to every peer node when it came from a local port (so
+        every node learns who listens), to mirror ports and local multicast-router ports — not
+        to other hosts (see :data:`~atenet.switch.mcast.REPORT`). The gateway had it already."""
+        assert self.mcast is not None
+        ports = [p for p in self._mirrors if p is not src]
+        for port in self.mcast.router_ports(self.now):
+            if port is not src and port not in ports and port in self._ports:
+                ports.append(port)
+        if offloaded:
+            self._flood_packet(data, src, tuple(ports))
+        else:
+            for port in ports:
+                port.deliver(data)
+        if src is not None and (self.to_peers_packet if offloaded else self.to_peers)(data):
+            self.frames_to_peers += 1
 
     def _to_members(
         self, data: bytes, src: Port | None, members: dict[Port | Peer, float], offloaded: bool
@@ -625,6 +648,9 @@ class Switch:
                 return
             if packet[VNET_HDR_LEN] & 1 and self.mcast is not None:
                 members = self.mcast.forward(packet, VNET_HDR_LEN, src, self.now)
+                if members is REPORT:
+                    self._report(packet, src, True)
+                    return
                 if members is not None:
                     self._to_members(packet, src, members, True)
                     return
@@ -668,6 +694,9 @@ class Switch:
         if dst is None:
             if packet[VNET_HDR_LEN] & 1 and self.mcast is not None:
                 members = self.mcast.forward(packet, VNET_HDR_LEN, peer, self.now)
+                if members is REPORT:
+                    self._report(packet, None, True)
+                    return
                 if members is not None:
                     self._to_members(packet, None, members, True)
                     return

@@ -52,6 +52,15 @@ MAX_GROUPS = 1024
 MAX_MEMBER_GROUPS = 256
 """Groups one port or peer node may hold in the table."""
 
+MAX_ROUTERS = 16
+"""Local ports remembered as multicast routers (they sent a query); more are not recorded."""
+
+REPORT: dict[Any, float] = {}
+"""What :meth:`Multicast.forward` returns for a membership report or leave: it goes to the peer
+nodes (they learn from it), mirror ports and multicast-router ports — never to other hosts, whose
+IGMPv2/MLDv1 stacks would suppress their own report on hearing it (RFC 4541 §2.1.1) and go
+unregistered. (An identity sentinel: never modified.)"""
+
 _IGMP = 2
 _ICMPV6 = 58
 _EXTENSIONS = frozenset({0, 43, 60})  # hop-by-hop, routing, destination options
@@ -88,6 +97,7 @@ class Multicast:
         "max_groups",
         "max_member_groups",
         "per_member",
+        "routers",
         "timeout",
     )
 
@@ -105,6 +115,8 @@ class Multicast:
         self.per_member: Counter[Any] = Counter()
         """Groups each member holds (for the per-member bound)."""
         self.everything: set[Any] = set()
+        self.routers: dict[Any, float] = {}
+        """Local ports that sent a query (multicast routers) → until when: they get reports."""
         """Members past :attr:`max_member_groups`: a join they make is not recorded, so they
         get every registered group's frames instead (:meth:`Switch._to_members`) — never less
         than they asked for — until their memberships are gone."""
@@ -126,8 +138,7 @@ class Multicast:
                 return None
             group = frame[ip + 16 : ip + 20]
             if frame[ip + 9] == _IGMP:
-                self._igmp(frame, ip, source, now)
-                return None
+                return REPORT if self._igmp(frame, ip, source, now) == "member" else None
         elif mac0 == b"\x33\x33":
             if frame[at + 12 : at + 14] != b"\x86\xdd":
                 return None
@@ -135,8 +146,9 @@ class Multicast:
             if len(frame) < ip + 40:
                 return None
             group = frame[ip + 24 : ip + 40]
-            if self._mld(frame, ip, source, now):
-                return None
+            kind = self._mld(frame, ip, source, now)
+            if kind:
+                return REPORT if kind == "member" else None
         else:
             return None
         if _link_local(group):
@@ -159,6 +171,16 @@ class Multicast:
         return [m for m, until in members.items() if until > now]
 
     # --- learning -------------------------------------------------------------------------------
+
+    def _router(self, source: Any, now: float) -> None:
+        """A local port that sent a query is a multicast router: it gets the reports."""
+        local = source is not None and not isinstance(source, int)
+        if local and (source in self.routers or len(self.routers) < MAX_ROUTERS):
+            self.routers[source] = now + self.timeout
+
+    def router_ports(self, now: float) -> list[Any]:
+        """Local ports that sent a query within the membership timeout (multicast routers)."""
+        return [p for p, until in self.routers.items() if until > now]
 
     def join(self, group: bytes, member: Any, now: float) -> None:
         if not _multicast(group):
@@ -197,6 +219,7 @@ class Multicast:
     def forget(self, member: Any) -> None:
         """A port closed (or a peer left the network): drop its memberships."""
         self.everything.discard(member)
+        self.routers.pop(member, None)
         if not self.per_member.get(member):
             return
         for group in [g for g, m in self.groups.items() if member in m]:
@@ -208,6 +231,8 @@ class Multicast:
 
     def expire(self, now: float) -> None:
         """Drop memberships past their time (call about once a second)."""
+        for port in [p for p, until in self.routers.items() if until <= now]:
+            del self.routers[port]
         for group in list(self.groups):
             members = self.groups[group]
             for member in [m for m, until in members.items() if until <= now]:
@@ -232,14 +257,15 @@ class Multicast:
 
     # --- parsing --------------------------------------------------------------------------------
 
-    def _igmp(self, frame: bytes, ip: int, source: Any, now: float) -> None:
+    def _igmp(self, frame: bytes, ip: int, source: Any, now: float) -> str:
+        """Learn from an IGMP message: "member" (a report or leave), "query" or "" (other)."""
         ihl = (frame[ip] & 0x0F) * 4
         total = int.from_bytes(frame[ip + 2 : ip + 4], "big")
         end = min(len(frame), ip + total)
         g = ip + ihl
         if ihl < 20 or end < g + 8:
             self.counters["bad"] += 1
-            return
+            return ""
         kind = frame[g]
         if kind in (0x12, 0x16):  # v1 / v2 membership report
             self.counters["reports"] += 1
@@ -250,40 +276,48 @@ class Multicast:
             self.counters["reports"] += 1
             self._records(frame, g + 8, end, int.from_bytes(frame[g + 6 : g + 8], "big"), 4,
                           source, now)  # fmt: skip
-        # 0x11 queries (and anything else) teach nothing
+        elif kind == 0x11:
+            self._router(source, now)
+            return "query"
+        else:
+            return ""
+        return "member"
 
-    def _mld(self, frame: bytes, ip: int, source: Any, now: float) -> bool:
-        """Learn from an MLD message; True when the frame is one (it then floods)."""
+    def _mld(self, frame: bytes, ip: int, source: Any, now: float) -> str:
+        """Learn from an MLD message: "member" (a report or done), "query", or "" (not MLD)."""
         nh = frame[ip + 6]
         off = ip + 40
         end = min(len(frame), off + int.from_bytes(frame[ip + 4 : ip + 6], "big"))
         while nh in _EXTENSIONS:
             if off + 8 > end:
-                return False
+                return ""
             nh, off = frame[off], off + (frame[off + 1] + 1) * 8
         if nh != _ICMPV6 or off + 4 > end:
-            return False
+            return ""
         kind = frame[off]
         if kind in (131, 132):  # MLDv1 report / done
             if off + 24 > end:
                 self.counters["bad"] += 1
-                return True
+                return "query"  # malformed: flooded like any frame
             group = frame[off + 8 : off + 24]
             if kind == 131:
                 self.counters["reports"] += 1
                 self.join(group, source, now)
             else:
                 self.leave(group, source)
-            return True
+            return "member"
         if kind == 143:  # MLDv2 report
             if off + 8 > end:
                 self.counters["bad"] += 1
-                return True
+                return "query"  # malformed: flooded like any frame
             self.counters["reports"] += 1
             count = int.from_bytes(frame[off + 6 : off + 8], "big")
             self._records(frame, off + 8, end, count, 16, source, now)
-            return True
-        return kind == 130  # a query: flood it, learn nothing
+            return "member"
+        if kind == 130:
+            self._router(source, now)
+            return "query"
+        return ""
 
     def _records(
         self, frame: bytes, at: int, end: int, count: int, size: int, source: Any, now: float
