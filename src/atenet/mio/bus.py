@@ -270,10 +270,9 @@ class Listen(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class Listening(Message):
-    """Node → program: listener ``id`` is bound to ``local`` (the port filled in if it was 0)."""
+class _Local(Message):
+    """A message whose body is one local endpoint (LISTENING, BIND, BOUND)."""
 
-    op: ClassVar[Op] = Op.LISTENING
     id: int
     local: Endpoint
 
@@ -281,10 +280,17 @@ class Listening(Message):
         return self.local.encode()
 
     @classmethod
-    def parse(cls, ident: int, buf: memoryview) -> Listening:
+    def parse(cls, ident: int, buf: memoryview) -> _Local:
         local, at = Endpoint.decode(buf, 0)
         _done(buf, at, cls.op)
         return cls(ident, local)
+
+
+@dataclass(frozen=True, slots=True)
+class Listening(_Local):
+    """Node → program: listener ``id`` is bound to ``local`` (the port filled in if it was 0)."""
+
+    op: ClassVar[Op] = Op.LISTENING
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,39 +401,17 @@ class Close(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class Bind(Message):
+class Bind(_Local):
     """Program → node: open UDP socket ``id`` bound to ``local`` (port 0: any free port)."""
 
     op: ClassVar[Op] = Op.BIND
-    id: int
-    local: Endpoint
-
-    def body(self) -> bytes:
-        return self.local.encode()
-
-    @classmethod
-    def parse(cls, ident: int, buf: memoryview) -> Bind:
-        local, at = Endpoint.decode(buf, 0)
-        _done(buf, at, cls.op)
-        return cls(ident, local)
 
 
 @dataclass(frozen=True, slots=True)
-class Bound(Message):
+class Bound(_Local):
     """Node → program: UDP socket ``id`` is bound to ``local``."""
 
     op: ClassVar[Op] = Op.BOUND
-    id: int
-    local: Endpoint
-
-    def body(self) -> bytes:
-        return self.local.encode()
-
-    @classmethod
-    def parse(cls, ident: int, buf: memoryview) -> Bound:
-        local, at = Endpoint.decode(buf, 0)
-        _done(buf, at, cls.op)
-        return cls(ident, local)
 
 
 @dataclass(frozen=True, slots=True)

@@ -476,14 +476,8 @@ class Switch:
         if dst is None:
             if self.proxy is not None and self._proxied(src, frame, 0):
                 return
-            if frame[0] & 1 and self.mcast is not None:
-                members = self.mcast.forward(frame, 0, src, self.now)
-                if members is REPORT:
-                    self._report(frame, src, False)
-                    return
-                if members is not None:
-                    self._to_members(frame, src, members, False)
-                    return
+            if frame[0] & 1 and self._snooped(frame, 0, src, src, False):
+                return
             if self._storm(src):
                 return
             for port in self._ports:
@@ -519,14 +513,8 @@ class Switch:
                 self._learn_peer(frame, 6, peer)
         dst = fdb.get(frame[:6])
         if dst is None:
-            if frame[0] & 1 and self.mcast is not None:
-                members = self.mcast.forward(frame, 0, peer, self.now)
-                if members is REPORT:
-                    self._report(frame, None, False)
-                    return
-                if members is not None:
-                    self._to_members(frame, None, members, False)
-                    return
+            if frame[0] & 1 and self._snooped(frame, 0, peer, None, False):
+                return
             for port in self._ports:
                 port.deliver(frame)
             return
@@ -546,6 +534,23 @@ class Switch:
             return False
         if self._mirrors:
             self._mirror(frame, src, None)
+        return True
+
+    def _snooped(
+        self, data: bytes, at: int, source: Port | Peer | None, src: Port | None, offloaded: bool
+    ) -> bool:
+        """Send a multicast frame the snooping table routes — a report or leave, or a frame to
+        a registered group — and say so; False (flood it) when there is no table or the table
+        says flood. ``source`` is who sent it (a port or peer), ``src`` the local port or None."""
+        if self.mcast is None:
+            return False
+        members = self.mcast.forward(data, at, source, self.now)
+        if members is REPORT:
+            self._report(data, src, offloaded)
+        elif members is not None:
+            self._to_members(data, src, members, offloaded)
+        else:
+            return False
         return True
 
     def _report(self, data: bytes, src: Port | None, offloaded: bool) -> None:
@@ -646,14 +651,8 @@ class Switch:
         if dst is None:
             if self.proxy is not None and self._proxied(src, packet, VNET_HDR_LEN):
                 return
-            if packet[VNET_HDR_LEN] & 1 and self.mcast is not None:
-                members = self.mcast.forward(packet, VNET_HDR_LEN, src, self.now)
-                if members is REPORT:
-                    self._report(packet, src, True)
-                    return
-                if members is not None:
-                    self._to_members(packet, src, members, True)
-                    return
+            if packet[VNET_HDR_LEN] & 1 and self._snooped(packet, VNET_HDR_LEN, src, src, True):
+                return
             if self._storm(src):
                 return
             if self._flood_packet(packet, src, self._ports) and self.to_peers_packet(packet):
@@ -692,14 +691,8 @@ class Switch:
                 self.snoop(packet[VNET_HDR_LEN:], peer)
         dst = self.fdb.get(packet[VNET_HDR_LEN : VNET_HDR_LEN + 6])
         if dst is None:
-            if packet[VNET_HDR_LEN] & 1 and self.mcast is not None:
-                members = self.mcast.forward(packet, VNET_HDR_LEN, peer, self.now)
-                if members is REPORT:
-                    self._report(packet, None, True)
-                    return
-                if members is not None:
-                    self._to_members(packet, None, members, True)
-                    return
+            if packet[VNET_HDR_LEN] & 1 and self._snooped(packet, VNET_HDR_LEN, peer, None, True):
+                return
             self._flood_packet(packet, None, self._ports)
             return
         ports = self._mirrors if dst.__class__ is int else (dst, *self._mirrors)

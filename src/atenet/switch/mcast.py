@@ -39,6 +39,7 @@ are counted (``bad``) and the frame floods like any other.
 from __future__ import annotations
 
 from collections import Counter
+from ipaddress import ip_address
 from typing import Any
 
 __all__ = ["MAX_GROUPS", "MAX_MEMBER_GROUPS", "MEMBER_TIMEOUT", "Multicast", "group_text"]
@@ -71,9 +72,7 @@ _IS_IN, _IS_EX, _TO_IN, _TO_EX, _ALLOW, _BLOCK = 1, 2, 3, 4, 5, 6
 
 def group_text(group: bytes) -> str:
     """A group address (4 or 16 bytes) as text."""
-    import ipaddress
-
-    return str(ipaddress.ip_address(group))
+    return str(ip_address(group))
 
 
 def _link_local(group: bytes) -> bool:
@@ -164,11 +163,6 @@ class Multicast:
         self._drop_group(group)
         self.counters["flooded_unregistered"] += 1
         return None
-
-    @staticmethod
-    def live(members: dict[Any, float], now: float) -> list[Any]:
-        """The members whose membership has not expired."""
-        return [m for m, until in members.items() if until > now]
 
     # --- learning -------------------------------------------------------------------------------
 
