@@ -23,7 +23,7 @@ def cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-async def rx(psock, port: int) -> dict[str, float]:  # noqa: ANN001
+async def rx(psock, port: int) -> dict[str, float]:
     """Listen on ``port``; count bytes until EOF (timed from the first byte)."""
     srv = psock.socket(psock.AF_INET4, psock.SOCK_STREAM)
     srv.bind(("0.0.0.0", port))
@@ -45,7 +45,7 @@ async def rx(psock, port: int) -> dict[str, float]:  # noqa: ANN001
     return {"bytes": got, "seconds": t1 - (t0 or t1), "cpu": c1 - (c0 or c1)}
 
 
-async def tx(psock, host: str, port: int, seconds: float) -> dict[str, float]:  # noqa: ANN001
+async def tx(psock, host: str, port: int, seconds: float) -> dict[str, float]:
     """Connect, send for ``seconds``, shut down, then wait for the kernel's 8-byte count."""
     s = psock.socket(psock.AF_INET4, psock.SOCK_STREAM)
     await s.connect((host, port))

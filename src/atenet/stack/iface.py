@@ -26,6 +26,19 @@ from atenet.client.dhcp import DhcpClient
 from atenet.client.dhcp import Event as DhcpClientEvent
 from atenet.client.dhcp import Send as DhcpSend
 from atenet.errors import DecodeError
+from atenet.offload import (
+    F_DATA_VALID,
+    F_NEEDS_CSUM,
+    GSO_ECN,
+    GSO_NONE,
+    GSO_TCPV4,
+    GSO_TCPV6,
+    NO_OFFLOAD,
+    VNET_HDR_LEN,
+    OffloadError,
+    VnetHeader,
+    to_frames,
+)
 from atenet.ratelimit import TokenBucket
 from atenet.stack.frag import Reassembler, fragment_offsets
 from atenet.stack.neighbor import NeighborCache
@@ -102,13 +115,27 @@ MLD_QUERY, MLD_REPORT, MLD_DONE = 130, 131, 132
 IGMP_QUERY, IGMP_V2_REPORT, IGMP_LEAVE = 0x11, 0x16, 0x17
 _ROUTER_ALERT_V4 = b"\x94\x04\x00\x00"
 _HOP_BY_HOP_ROUTER_ALERT = b"\x05\x02\x00\x00\x01\x00"  # option 5 (router alert, MLD) + PadN
+TSO_BYTES = 65535 - 20 - 60
+"""Most TCP payload per super-segment: the IPv4 total length (and the IPv6 payload length)
+must stay within 16 bits with the largest TCP header."""
+_IPV4_HDR = struct.Struct("!BBHHHBBH4s4s")
+_IPV6_HDR = struct.Struct("!IHBB16s16s")
+_ETH_IPV4 = b"\x08\x00"
+_ETH_IPV6 = b"\x86\xdd"
+
+
+class _Offloaded(bytes):
+    """A queued virtio-net packet (header + TCP super-frame), told apart from plain frames by
+    its type: ``poll`` segments it, ``poll_packets`` hands it over whole."""
+
+    __slots__ = ()
 
 
 class TcpHandler(Protocol):
     """What :class:`Interface` needs from the TCP layer (``atenet.stack.tcp.Tcp``)."""
 
     def on_packet(self, src_ip: bytes, dst_ip: bytes, segment: bytes, now: float) -> None: ...
-    def poll(self, now: float) -> list[tuple[bytes, bytes, bytes]]: ...
+    def poll(self, now: float) -> list[tuple[bytes, bytes, bytes]]: ...  # or 4-tuples: TSO
     def poll_at(self) -> float | None: ...
 
 
@@ -229,6 +256,7 @@ class Interface:
         udp_queue: int = 64,
         udp_queue_bytes: int = 256 * 1024,
         max_groups: int = 32,
+        tso: bool = False,
     ) -> None:
         if len(mac) != 6 or mac[0] & 1:
             raise ValueError("interface MAC must be 6 bytes, unicast")
@@ -244,6 +272,17 @@ class Interface:
         self.gateway6: IPv6Address | None = None
         self.slaac = slaac
         self.tcp = tcp
+        self.tso = tso
+        """The port takes virtio-net packets (see :meth:`poll_packets`): TCP leaves in
+        super-segments of up to 64 KB, so Python pays per 64 KB, not per 1.4 KB."""
+        if tso and tcp is not None and hasattr(tcp, "tso"):
+            tcp.tso = TSO_BYTES
+        # TCP fast paths: our packed addresses and next-hop MACs per destination, keyed on the
+        # configuration they were computed from (any change of address/gateway recomputes).
+        self._own_key: tuple[object, ...] = ()
+        self._own4: bytes | None = None
+        self._own6: frozenset[bytes] = frozenset()
+        self._macs: dict[bytes, tuple[bytes, float]] = {}
         self.arp = NeighborCache(counters=self.counters)
         self.nd = NeighborCache(counters=self.counters)
         self.reassembly = Reassembler(counters=self.counters)
@@ -330,7 +369,34 @@ class Interface:
     # ------------------------------------------------------------------ shell interface
 
     def poll(self, now: float) -> list[bytes]:
-        """Run the timers due at ``now`` and return every frame to send."""
+        """Run the timers due at ``now`` and return every frame to send.
+
+        With ``tso`` on, super-segments are cut into standard frames here (correct for any
+        port, but the per-frame cost comes back): a port that takes offloads calls
+        :meth:`poll_packets` instead.
+        """
+        out = self._poll(now)
+        if not self.tso:
+            return out
+        frames: list[bytes] = []
+        for item in out:
+            if type(item) is _Offloaded:
+                frames += to_frames(item)
+            else:
+                frames.append(item)
+        return frames
+
+    def poll_packets(self, now: float) -> list[bytes]:
+        """As :meth:`poll`, but every item is a virtio-net packet (10-byte header + frame).
+
+        For a port that takes offloads (``Interface(tso=True)``; a switch port with
+        ``offload``, a vnet TAP): TCP super-segments come whole with ``GSO_TCPV4/6`` and a
+        partial checksum (the switch segments them for ports that cannot take them, a kernel
+        takes them as they are); every other frame comes behind an all-zero header.
+        """
+        return [item if type(item) is _Offloaded else NO_OFFLOAD + item for item in self._poll(now)]
+
+    def _poll(self, now: float) -> list[bytes]:
         for ip in self.arp.due(now):
             self._ask_arp(ip, now)  # type: ignore[arg-type]
         for ip in self.nd.due(now):
@@ -341,8 +407,8 @@ class Interface:
         if self._rs_at is not None and now >= self._rs_at:
             self._send_rs(now)
         if self.tcp is not None:
-            for src, dst, segment in self.tcp.poll(now):
-                self._send_ip(_ip(src), _ip(dst), PROTO_TCP, segment, now)
+            for item in self.tcp.poll(now):
+                self._send_tcp(item, now)
         out, self._out = self._out, []
         return out
 
@@ -369,6 +435,12 @@ class Interface:
             self.counters["rx_not_our_mac"] += 1
             return
         etype = (frame[12] << 8) | frame[13]
+        if self.tcp is not None and (
+            self._fast_v4(frame, now, False)
+            if etype == ETHERTYPE_IPV4
+            else etype == ETHERTYPE_IPV6 and self.ipv6_enabled and self._fast_v6(frame, now, False)
+        ):
+            return
         try:
             if etype == ETHERTYPE_ARP:
                 self._arp(frame, now)
@@ -380,6 +452,157 @@ class Interface:
                 self.counters["rx_unknown_ethertype"] += 1
         except DecodeError:
             self.counters["rx_malformed"] += 1
+
+    def receive_packet(self, packet: bytes, now: float) -> None:
+        """One virtio-net packet (10-byte header + frame) from a port that sends offloads.
+
+        A GRO/GSO TCP super-frame or a frame with a partial checksum (``F_NEEDS_CSUM``) for one
+        of our TCP connections goes to TCP whole, its checksum trusted as Linux trusts
+        ``CHECKSUM_PARTIAL`` from a virtio NIC: one pass per 64 KB. Anything else offloaded is
+        first turned into standard frames (``atenet.offload.to_frames``); a plain packet is
+        :meth:`receive` of its frame. A header no kernel would send is dropped and counted.
+        """
+        if len(packet) < VNET_HDR_LEN + 14:
+            self.counters["rx_frames"] += 1
+            self.counters["rx_malformed"] += 1
+            return
+        flags, gso_type = packet[0], packet[1]
+        if not gso_type and not flags & (F_NEEDS_CSUM | F_DATA_VALID):
+            self.receive(packet[VNET_HDR_LEN:], now)
+            return
+        frame = packet[VNET_HDR_LEN:]
+        base = gso_type & ~GSO_ECN
+        if self.tcp is not None and frame.startswith(self.mac):
+            etype = (frame[12] << 8) | frame[13]
+            if base in (GSO_NONE, GSO_TCPV4) and etype == ETHERTYPE_IPV4:
+                if self._fast_v4(frame, now, True):
+                    self.counters["rx_frames"] += 1
+                    self.counters["rx_offloaded"] += 1
+                    return
+            elif (
+                base in (GSO_NONE, GSO_TCPV6)
+                and etype == ETHERTYPE_IPV6
+                and self.ipv6_enabled
+                and self._fast_v6(frame, now, True)
+            ):
+                self.counters["rx_frames"] += 1
+                self.counters["rx_offloaded"] += 1
+                return
+        if not gso_type and not flags & F_NEEDS_CSUM:
+            self.receive(frame, now)  # F_DATA_VALID alone: a complete frame
+            return
+        try:
+            frames = to_frames(packet)
+        except OffloadError:
+            self.counters["rx_frames"] += 1
+            self.counters["rx_malformed"] += 1
+            self.counters["rx_offload_malformed"] += 1
+            return
+        self.counters["rx_offload_segmented"] += 1
+        for one in frames:
+            self.receive(one, now)
+
+    def _own(self) -> None:
+        """Refresh the packed own addresses and forget cached MACs after a config change."""
+        key = (self.ipv4, self.gateway4, self.gateway6, len(self.ipv6), self.mtu)
+        if key != self._own_key:
+            self._own_key = key
+            self._own4 = None if self.ipv4 is None else self.ipv4.ip.packed
+            self._own6 = frozenset(a.ip.packed for a in self.ipv6)
+            self._macs.clear()
+
+    def _fast_v4(self, frame: bytes, now: float, checked: bool) -> bool:
+        """A TCP segment to our IPv4 address, unfragmented and without options, straight to
+        TCP without building address objects; False: not that case, take the general path
+        (which also counts and drops whatever is malformed)."""
+        if len(frame) < 34 or frame[14] != 0x45 or frame[23] != PROTO_TCP:
+            return False
+        self._own()
+        if frame[30:34] != self._own4 or frame[20] & 0x3F or frame[21] or frame[26] >= 224:
+            return False
+        total = (frame[16] << 8) | frame[17]
+        if total < 40 or total > len(frame) - 14 or not verify(memoryview(frame)[14:34]):
+            return False
+        self.counters["rx_ipv4"] += 1
+        self._to_tcp(frame[26:30], frame[30:34], frame[34 : 14 + total], now, checked)
+        return True
+
+    def _fast_v6(self, frame: bytes, now: float, checked: bool) -> bool:
+        """The IPv6 twin of :meth:`_fast_v4`: next header TCP (no extension headers)."""
+        if len(frame) < 74 or frame[14] >> 4 != 6 or frame[20] != PROTO_TCP or frame[22] == 0xFF:
+            return False
+        self._own()
+        dst = frame[38:54]
+        if dst not in self._own6:
+            return False
+        length = (frame[18] << 8) | frame[19]
+        if length < 20 or length > len(frame) - 54:
+            return False
+        self.counters["rx_ipv6"] += 1
+        self._to_tcp(frame[22:38], dst, frame[54 : 54 + length], now, checked)
+        return True
+
+    def _to_tcp(self, src: bytes, dst: bytes, segment: bytes, now: float, checked: bool) -> None:
+        if checked:  # only Tcp takes the flag (TcpHandler stand-ins get verified segments)
+            self.tcp.on_packet(src, dst, segment, now, checked=True)  # type: ignore[union-attr, call-arg]
+        else:
+            self.tcp.on_packet(src, dst, segment, now)  # type: ignore[union-attr]
+
+    def _send_tcp(self, item: tuple[bytes, ...], now: float) -> None:
+        """Wrap one segment from TCP in IP and Ethernet; a 4-tuple is a TSO super-segment.
+
+        The fast path builds the headers with one struct each and takes the next hop's MAC
+        from a small per-destination cache (valid while the neighbour entry is); anything
+        unusual (no MAC yet, fragmentation, multicast) takes the general :meth:`_send_ip`.
+        """
+        src, dst, segment = item[0], item[1], item[2]
+        gso = item[3] if len(item) > 3 else 0
+        self._own()
+        cached = self._macs.get(dst)
+        mac = self._resolve_mac(dst, now) if cached is None or cached[1] <= now else cached[0]
+        v4 = len(dst) == 4
+        room = self.mtu - (20 if v4 else 40)
+        if mac is None or (not gso and len(segment) > room):
+            if gso:  # cannot queue a super-segment for ARP/ND: TCP sends it again
+                self.counters["tx_tso_unresolved"] += 1
+                return
+            self._send_ip(_ip(src), _ip(dst), PROTO_TCP, segment, now)
+            return
+        self.counters["tx_packets"] += 1
+        if v4:
+            ident = next(self._ident) & 0xFFFF
+            length = 20 + len(segment)
+            header = bytearray(_IPV4_HDR.pack(0x45, 0, length, ident, 0x4000, 64, 6, 0, src, dst))
+            header[10:12] = checksum(header).to_bytes(2, "big")
+            parts = (mac, self.mac, _ETH_IPV4, header, segment)
+            csum_start, kind = 34, GSO_TCPV4
+        else:
+            header = _IPV6_HDR.pack(0x60000000, len(segment), PROTO_TCP, 64, src, dst)
+            parts = (mac, self.mac, _ETH_IPV6, header, segment)
+            csum_start, kind = 54, GSO_TCPV6
+        if not gso:
+            self._out.append(b"".join(parts))
+            return
+        hdr_len = csum_start + (segment[12] >> 4) * 4
+        vnet = VnetHeader(F_NEEDS_CSUM, kind, hdr_len, gso, csum_start, 16).pack()
+        self._out.append(_Offloaded(b"".join((vnet, *parts))))
+
+    def _resolve_mac(self, dst: bytes, now: float) -> bytes | None:
+        """The next hop's MAC for a unicast TCP destination, cached until its entry expires."""
+        addr = _ip(dst)
+        if addr.is_multicast:
+            return None
+        hop = self._next_hop(addr)
+        if hop is None:
+            return None
+        cache = self.arp if isinstance(hop, IPv4Address) else self.nd
+        entry = cache.entries.get(hop)
+        if entry is None or entry[1] <= now:
+            return None
+        if len(self._macs) >= 1024:
+            self._macs.clear()
+        self._macs[dst] = entry
+        return entry[0]
 
     # ------------------------------------------------------------------ ARP
 

@@ -151,8 +151,15 @@ def encode_segment(
     wnd: int,
     options: bytes = b"",
     payload: bytes | bytearray | memoryview = b"",
+    *,
+    partial: bool = False,
 ) -> bytes:
-    """A TCP segment with its checksum filled in (pseudo header from the address lengths)."""
+    """A TCP segment with its checksum filled in (pseudo header from the address lengths).
+
+    ``partial``: store only the folded pseudo-header sum, as Linux does for a segment whose
+    checksum "the hardware" completes (virtio-net ``F_NEEDS_CSUM``): a TSO super-segment is
+    never summed here, the kernel or ``atenet.offload.to_frames`` sums each real segment.
+    """
     hlen = 20 + len(options)
     seg = bytearray(
         _HDR.pack(sport, dport, seq & _M32, ack & _M32, (hlen // 4) << 4, flags, wnd, 0, 0)
@@ -163,7 +170,10 @@ def encode_segment(
         ph = pseudo_header_v4(src_ip, dst_ip, PROTO_TCP, len(seg))
     else:
         ph = pseudo_header_v6(src_ip, dst_ip, PROTO_TCP, len(seg))
-    struct.pack_into("!H", seg, 16, checksum(seg, ph))
+    if partial:
+        struct.pack_into("!H", seg, 16, ~checksum(b"", ph) & 0xFFFF)
+    else:
+        struct.pack_into("!H", seg, 16, checksum(seg, ph))
     return bytes(seg)
 
 
@@ -593,7 +603,9 @@ class Connection:
                     self.rtt_seq = None
                     self.cwnd = max(self.cwnd - acked + mss, mss)
             elif self.cwnd < self.ssthresh:
-                self.cwnd += min(acked, mss)
+                # with TSO a peer acks whole super-segments (one ACK per 64 KB), so every acked
+                # byte counts, as Linux counts acked packets (RFC 3465 ABC would allow only 2 SMSS)
+                self.cwnd += acked if self._tcp.tso else min(acked, mss)
             else:
                 self.cwnd += max(1, mss * mss // self.cwnd)
             self.dupacks = 0
@@ -667,7 +679,7 @@ class Connection:
             self._receive_fin(now)
             return
         self.unacked_segs += 1
-        if self.unacked_segs >= 2 or filled:
+        if self.unacked_segs >= 2 or filled or len(payload) > self.mss:  # > 1 MSS: GRO
             self.ack_now = True
         elif self.ack_at is None:
             self.ack_at = now + DELAYED_ACK
@@ -775,7 +787,10 @@ class Connection:
         flags: int,
         payload: bytes | bytearray | memoryview = b"",
         options: bytes = b"",
+        gso: int = 0,
     ) -> None:
+        """Encode one segment into ``out``; ``gso`` (the MSS) marks a TSO super-segment, which
+        goes out as ``(src, dst, segment, gso)`` with a partial checksum (see :class:`Tcp`)."""
         if flags & SYN:
             wnd = min(self._rcv_free(), 0xFFFF)
             self.last_adv_edge = self.rcv_nxt + wnd
@@ -800,8 +815,13 @@ class Connection:
             wnd,
             options,
             payload,
+            partial=bool(gso),
         )
-        out.append((self.local_ip, self.remote_ip, seg))
+        if gso:
+            out.append((self.local_ip, self.remote_ip, seg, gso))  # type: ignore[arg-type]
+            self._tcp.counters["tso_segments_out"] += 1
+        else:
+            out.append((self.local_ip, self.remote_ip, seg))
 
     def _sack_option(self) -> bytes:
         """Up to 3 SACK blocks for a pure ACK (RFC 2018), the most recent arrival's first.
@@ -847,7 +867,7 @@ class Connection:
             flags |= FIN
         if not n and not flags & FIN:
             return 0
-        self._emit(out, seq, flags, payload)
+        self._emit(out, seq, flags, payload, gso=self.mss if n > self.mss else 0)
         if isinstance(payload, memoryview):
             payload.release()
         return n + (1 if flags & FIN else 0)
@@ -890,12 +910,14 @@ class Connection:
                     sent = True
             edge = self.snd_una + min(self.snd_wnd, self.cwnd)
             mss = self.mss
+            # TSO: one super-segment of up to ``tso`` bytes (whole MSS multiples) per pass
+            size = self._tcp.tso // mss * mss if self._tcp.tso > mss else mss
             while self.snd_nxt < data_end:
                 room = edge - self.snd_nxt
                 if room <= 0:
                     break
                 left = data_end - self.snd_nxt
-                n = min(mss, left, room)
+                n = min(size, left, room)
                 if n < mss and n < left and self.snd_nxt > self.snd_una:
                     break  # sender SWS avoidance: wait for a full segment's room
                 if self.rtt_seq is None and self.snd_nxt == self.snd_max:
@@ -959,6 +981,9 @@ class Tcp:
         self.syn_retries = syn_retries
         self.max_pending_rst = max_pending_rst
         self.sack = sack
+        self.tso = 0
+        """Bytes per TSO super-segment (0: off). Set by ``Interface(tso=True)``; then ``poll``
+        may return ``(src, dst, segment, mss)`` 4-tuples whose checksum is partial."""
         self._rng = random.Random(seed) if seed is not None else random.SystemRandom()
         # smallest shift that lets the whole receive buffer be advertised (RFC 7323 §2.2)
         shift = 0
@@ -1018,8 +1043,15 @@ class Tcp:
 
     # ------------------------------------------------------------------ shell interface
 
-    def on_packet(self, src_ip: bytes, dst_ip: bytes, segment: bytes, now: float) -> None:
-        """One TCP segment addressed to us (IP header already removed)."""
+    def on_packet(
+        self, src_ip: bytes, dst_ip: bytes, segment: bytes, now: float, checked: bool = False
+    ) -> None:
+        """One TCP segment addressed to us (IP header already removed).
+
+        ``checked``: the sender left the checksum to "the hardware" (a virtio-net packet with
+        ``F_NEEDS_CSUM``/``F_DATA_VALID``, e.g. a GRO super-segment from the local kernel), so
+        it is not verified here — as Linux trusts ``CHECKSUM_PARTIAL`` / ``UNNECESSARY``.
+        """
         n = len(segment)
         if len(src_ip) == 4 and len(dst_ip) == 4:
             ph = pseudo_header_v4(src_ip, dst_ip, PROTO_TCP, n)
@@ -1031,7 +1063,7 @@ class Tcp:
         if n < 20:
             self.counters["malformed"] += 1
             return
-        if not verify(segment, ph):
+        if not checked and not verify(segment, ph):
             self.counters["bad_checksum"] += 1
             return
         seg = parse_segment(segment)
