@@ -62,13 +62,20 @@ class StackTap:
             if self._wake_r in ready:
                 os.read(self._wake_r, 4096)
             now = time.monotonic()
+            vnet = self.tap.vnet_hdr  # a vnet TAP: offloaded packets both ways (tso=True)
             with self._lock:
                 if fd in ready:
                     for frame in self.tap.read_batch():
-                        self.iface.receive(frame, now)
-                out = self.iface.poll(now)
+                        if vnet:
+                            self.iface.receive_packet(frame, now)
+                        else:
+                            self.iface.receive(frame, now)
+                out = self.iface.poll_packets(now) if vnet else self.iface.poll(now)
             for frame in out:
-                self.tap.write(frame)
+                if vnet:
+                    self.tap.write_packet(frame)
+                else:
+                    self.tap.write(frame)
 
     def close(self) -> None:
         """Stop the thread and close the TAP and the pipe."""
