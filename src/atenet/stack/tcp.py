@@ -351,8 +351,13 @@ class Connection:
         """Up to ``n`` in-order bytes (b"" when none: check :attr:`eof` and :attr:`error`)."""
         if not self.rbuf or n <= 0:
             return b""
-        out = bytes(self.rbuf[:n])
-        del self.rbuf[:n]
+        if n >= len(self.rbuf):  # the usual case: one copy, no slice and no memmove
+            out = bytes(self.rbuf)
+            self.rbuf = bytearray()
+        else:
+            with memoryview(self.rbuf) as view:
+                out = bytes(view[:n])
+            del self.rbuf[:n]
         self._tcp._dirty.add(self)
         # Window update when the right edge moved enough (receiver SWS avoidance, RFC 1122).
         if self.state in _RECV_DATA_STATES:
