@@ -10,15 +10,14 @@ bytes. The shared invariant: no exception escapes, every frame is counted once i
 every table stays within its bound.
 
 Quick mode runs ``EXAMPLES`` inputs per target (200). The long mode is
-``ATENET_STACK_FUZZ=200000 pytest tests/test_stack_fuzz.py`` (any count), or
-``pytest -m fuzz tests/test_stack_fuzz.py`` for 100,000 per target.
+``ATENET_STACK_FUZZ=100000 pytest tests/test_stack_fuzz.py`` (any count per target; 1,500
+per target took 90 s on the shared 2-core VM).
 """
 
 from __future__ import annotations
 
 import os
 import random
-import sys
 from ipaddress import IPv4Interface, IPv6Interface
 
 import pytest
@@ -31,8 +30,7 @@ from atenet.stack.frag import Reassembler
 from atenet.stack.neighbor import NeighborCache
 from atenet.stack.tcp import Tcp
 
-EXAMPLES = int(os.environ.get("ATENET_STACK_FUZZ", "100000" if "-m" in sys.argv and "fuzz" in
-                              sys.argv else "200"))  # fmt: skip
+EXAMPLES = int(os.environ.get("ATENET_STACK_FUZZ", "200"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,

@@ -1028,6 +1028,57 @@ def stack_target() -> Target:
     return Target("stack.Interface", seeds, feed)
 
 
+def stack_offload_target() -> Target:
+    """stack.Interface.receive_packet: any virtio-net packet at a mio port that takes offloads
+    (TSO/GRO super-frames, partial checksums) with TCP listening. A malformed packet is counted
+    and never answered; TCP buffers and the interface's tables stay bounded."""
+    from ipaddress import IPv4Interface, IPv6Interface
+
+    from atenet.stack import Interface
+    from atenet.stack.tcp import Tcp
+
+    mac_a, mac_b = bytes.fromhex("02aa000000a1"), bytes.fromhex("02aa000000b1")
+    ta, tb = Tcp(seed=1, mss=1400), Tcp(seed=2, mss=1400, ooo_segments=32)
+    a = Interface(mac_a, ipv4=IPv4Interface("10.0.9.1/24"), tcp=ta, tso=True)
+    b = Interface(mac_b, ipv4=IPv4Interface("10.0.9.2/24"), tcp=tb, tso=True)
+    a.add_ipv6(IPv6Interface("fd00:9::1/64"))
+    b.add_ipv6(IPv6Interface("fd00:9::2/64"))
+    tb.listen(None, 80)
+    conns = [
+        ta.connect(a.ipv4.ip.packed, b.ipv4.ip.packed, 80, 0.0),  # type: ignore[union-attr]
+        ta.connect(a.ipv6[1].ip.packed, b.ipv6[1].ip.packed, 80, 0.0),
+    ]
+    seeds: list[bytes] = []
+    for step in range(30):  # a real conversation: ARP/ND, handshakes, super-segments, ACKs
+        now = step * 0.01
+        for conn in conns:
+            if conn.state == "ESTABLISHED":
+                conn.send(bytes(100_000))
+        for packet in a.poll_packets(now):
+            seeds.append(packet[:4000] if packet[1] else packet)
+            b.receive_packet(packet, now)
+        for packet in b.poll_packets(now):
+            a.receive_packet(packet, now)
+    seeds = seeds[:40]
+
+    def feed(data: bytes) -> str:
+        before = b.counters["rx_malformed"]
+        b.receive_packet(data, 1.0)
+        out = b.poll_packets(1.0)
+        if b.counters["rx_malformed"] > before and out:
+            raise Crash(f"the stack answered a malformed packet with {len(out)} packet(s)")
+        for conn in tb.conns.values():
+            if len(conn.rbuf) > tb.recv_buffer or conn.ooo_bytes > tb.recv_buffer:
+                raise Crash("a TCP receive buffer grew past its bound")
+        if len(b.reassembly.partial) > b.reassembly.max_datagrams:
+            raise Crash("reassembly holds more datagrams than its bound")
+        if len(tb.conns) > tb.max_connections:
+            raise Crash("more TCP connections than the bound")
+        return "malformed" if b.counters["rx_malformed"] > before else f"out={min(len(out), 2)}"
+
+    return Target("stack.Interface.receive_packet", seeds, feed)
+
+
 def dhcp_client_target() -> Target:
     """The DHCP client of `tok connect` (client/dhcp.py), waiting for its ACK, fed any frame the
     node can hand it. Junk counts as ``malformed`` or ``foreign`` and sends nothing; whatever
@@ -1107,6 +1158,7 @@ def byte_targets() -> list[Target]:
         *router_targets(),
         dhcp_client_target(),
         stack_target(),
+        stack_offload_target(),
     ]
 
 
