@@ -88,12 +88,16 @@ class Reassembler:
 
     def expire(self, now: float) -> None:
         """Forget datagrams older than the timeout (counted as ``frag_timeout``)."""
+        if not self.partial:  # the usual case, asked on every poll and fragment
+            return
         for key in [k for k, e in self.partial.items() if e.expires <= now]:
             self.counters["frag_timeout"] += 1
             self._drop(key)
 
     def poll_at(self) -> float | None:
         """When the oldest datagram in progress times out."""
+        if not self.partial:
+            return None
         return min((e.expires for e in self.partial.values()), default=None)
 
 

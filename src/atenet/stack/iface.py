@@ -414,15 +414,23 @@ class Interface:
 
     def poll_at(self) -> float | None:
         """When :meth:`poll` next has timer work (None: only new input can create work)."""
-        times = [self.arp.poll_at(), self.nd.poll_at(), self.reassembly.poll_at(), self._rs_at]
-        if self.dhcp is not None:
-            times.append(self.dhcp.deadline)
-        if self.tcp is not None:
-            times.append(self.tcp.poll_at())
         if self._out:
-            times.append(0.0)
-        due = [t for t in times if t is not None and t != float("inf")]
-        return min(due, default=None)
+            return 0.0
+        best = self.tcp.poll_at() if self.tcp is not None else None
+        if best == float("inf"):
+            best = None
+        elif best == 0.0:  # the usual answer under load: skip the rest
+            return best
+        for t in (
+            self.arp.poll_at(),
+            self.nd.poll_at(),
+            self.reassembly.poll_at(),
+            self._rs_at,
+            None if self.dhcp is None else self.dhcp.deadline,
+        ):
+            if t is not None and t != float("inf") and (best is None or t < best):
+                best = t
+        return best
 
     def receive(self, frame: bytes, now: float) -> None:
         """One frame from the port; replies and other output wait for :meth:`poll`."""

@@ -82,6 +82,8 @@ class NeighborCache:
     def due(self, now: float) -> list[IPAddress]:
         """Destinations to ask again now; those out of tries are dropped (packets counted)."""
         again: list[IPAddress] = []
+        if not self.pending:  # the usual case, asked on every poll
+            return again
         for ip in [ip for ip, w in self.pending.items() if w.next_try <= now]:
             waiting = self.pending[ip]
             if waiting.tries >= self.tries:
@@ -95,4 +97,6 @@ class NeighborCache:
 
     def poll_at(self) -> float | None:
         """When :meth:`due` has work (entries expire lazily and need no wake-up)."""
+        if not self.pending:
+            return None
         return min((w.next_try for w in self.pending.values()), default=None)
