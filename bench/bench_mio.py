@@ -20,6 +20,11 @@ Engines (each its own process, started once, rounds interleaved engine by engine
 - ``atenet-tso``: the same on a vnet TAP with the stack's offloads on (``Interface(tso=True)``):
   the stack sends TCP super-frames of up to 64 KB behind a virtio-net header and takes the
   kernel's (GRO/GSO) super-frames in, as it does on a switch port that takes offloads.
+- ``atenet-switch``: the TAP and the stack as two ports of an in-process ``atenet.switch``
+  ``Switch``, both taking offloads — the node's switching cost on the path, without the
+  overlay and the bus (the kernel host of a real node sits behind ``tok connect``).
+- ``atenet-switch-seg`` (not in the default set): the same with a plain TAP port, so the switch
+  cuts every super-segment of the stack into frames in Python (a port without offloads).
 - ``pmd``: pmd-pytcp 0.3.8 (GPL-3; never a dependency) in a throwaway venv (``--pmd-venv``,
   created with ``python3 -m venv`` + ``pip install pmd-pytcp==0.3.8`` when missing), through
   its own threads and asyncio socket API (bench/mio_pmd_engine.py).
@@ -51,9 +56,14 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 PMD_VERSION = "0.3.8"
-ENGINES = ("atenet", "atenet-tso", "pmd")
-SUBNETS = {"atenet": "10.79.1", "atenet-tso": "10.79.3", "pmd": "10.79.2"}
-TAPS = {"atenet": "mio0", "atenet-tso": "mio1", "pmd": "mio2"}
+ENGINES = ("atenet", "atenet-tso", "atenet-switch", "atenet-switch-seg", "pmd")
+DEFAULT_ENGINES = ("atenet", "atenet-tso", "atenet-switch", "pmd")
+SUBNETS = {"atenet": "10.79.1", "atenet-tso": "10.79.3", "pmd": "10.79.2",
+           "atenet-switch": "10.79.4", "atenet-switch-seg": "10.79.5"}  # fmt: skip
+TAPS = {"atenet": "mio0", "atenet-tso": "mio1", "pmd": "mio2", "atenet-switch": "mio3",
+        "atenet-switch-seg": "mio4"}  # fmt: skip
+MODES = {"atenet": "plain", "atenet-tso": "tso", "atenet-switch": "switch",
+         "atenet-switch-seg": "switch-seg"}  # fmt: skip
 
 
 # ------------------------------------------------------------------ the atenet engine process
@@ -67,24 +77,63 @@ def _cpu() -> float:
 
 
 class AtenetEngine:
-    """The stack behind a single-threaded TAP shell: what a mio session does, minus the bus."""
+    """The stack behind a single-threaded TAP shell: what a mio session does, minus the bus.
 
-    def __init__(self, name: str, address: str, tso: bool) -> None:
+    ``mode``: ``plain`` (plain TAP), ``tso`` (vnet TAP, offloads both ways), ``switch`` (the
+    TAP and the stack are two ports of an in-process ``atenet.switch.Switch``, both taking
+    offloads: super-frames cross it whole) or ``switch-seg`` (the TAP port takes no offloads,
+    so the switch cuts every super-segment of the stack into frames in Python).
+    """
+
+    def __init__(self, name: str, address: str, mode: str) -> None:
         from ipaddress import IPv4Interface
 
+        from atenet.offload import VNET_HDR_LEN, is_offloaded
         from atenet.stack import Interface
         from atenet.stack.tcp import Tcp
         from atenet.transport.tap import TapDevice
 
-        self.tap = TapDevice.open(name, vnet_hdr=tso)
+        self.mode = mode
+        self.tso = mode != "plain"
+        self.tap = TapDevice.open(name, vnet_hdr=mode in ("tso", "switch"))
         self.tcp = Tcp(mss=1460, recv_buffer=1 << 20, send_buffer=1 << 20)
-        kwargs: dict[str, Any] = {"tso": True} if tso else {}
         self.iface = Interface(
             bytes.fromhex("02a7e0000011"), 1500, ipv4=IPv4Interface(address), tcp=self.tcp,
-            **kwargs,
+            tso=self.tso,
         )  # fmt: skip
-        self.tso = tso
         self.fd = self.tap.fileno()
+        self.switch = None
+        self._is_offloaded, self._hdr = is_offloaded, VNET_HDR_LEN
+        if mode.startswith("switch"):
+            self._make_switch()
+
+    def _make_switch(self) -> None:
+        from atenet.switch.core import Port, Switch
+
+        engine = self
+
+        class TapPort(Port):
+            def deliver(self, frame: bytes) -> None:
+                engine.tap.write(frame)  # behind an all-zero header on a vnet TAP
+
+            def deliver_packet(self, packet: bytes) -> None:
+                engine.tap.write_packet(packet)
+
+        class StackPort(Port):
+            def deliver(self, frame: bytes) -> None:
+                engine.iface.receive(frame, engine.now)
+
+            def deliver_packet(self, packet: bytes) -> None:
+                engine.iface.receive_packet(packet, engine.now)
+
+        self.now = time.monotonic()
+        self.switch = Switch()
+        self.tap_port = TapPort("tap", "tap")
+        self.tap_port.offload = self.tap.vnet_hdr
+        self.stack_port = StackPort("mio", "mio")
+        self.stack_port.offload = True
+        self.switch.add("tap", self.tap_port)
+        self.switch.add("mio", self.stack_port)
 
     def _turn(self, timeout: float) -> None:
         iface = self.iface
@@ -93,7 +142,20 @@ class AtenetEngine:
             timeout = min(timeout, max(0.0, at - time.monotonic()))
         ready, _, _ = select.select([self.fd], [], [], timeout)
         now = time.monotonic()
-        if ready:
+        if ready and self.switch is not None:
+            self.now = now
+            sw = self.switch
+            sw.age(now)
+            if self.tap.vnet_hdr:
+                for packet in self.tap.read_batch():
+                    if self._is_offloaded(packet):
+                        sw.packet_from_local(self.tap_port, packet)
+                    else:
+                        sw.from_local(self.tap_port, packet[self._hdr :])
+            else:
+                for frame in self.tap.read_batch():
+                    sw.from_local(self.tap_port, frame)
+        elif ready:
             if self.tso:
                 for packet in self.tap.read_batch():
                     iface.receive_packet(packet, now)
@@ -102,7 +164,15 @@ class AtenetEngine:
                     iface.receive(frame, now)
 
     def _flush(self, now: float) -> None:
-        if self.tso:
+        if self.switch is not None:
+            self.now = now
+            sw, port = self.switch, self.stack_port
+            for packet in self.iface.poll_packets(now):
+                if self._is_offloaded(packet):
+                    sw.packet_from_local(port, packet)
+                else:
+                    sw.from_local(port, packet[self._hdr :])
+        elif self.tso:
             for packet in self.iface.poll_packets(now):
                 self.tap.write_packet(packet)
         else:
@@ -173,9 +243,9 @@ class AtenetEngine:
             self._flush(time.monotonic())
 
 
-def engine_main(name: str, address: str, tso: bool) -> None:
+def engine_main(name: str, address: str, mode: str) -> None:
     """``--engine``: serve commands from stdin, one JSON line per answer on stdout."""
-    engine = AtenetEngine(name, address, tso)
+    engine = AtenetEngine(name, address, mode)
     print("ready", flush=True)
     for line in sys.stdin:
         cmd = line.split()
@@ -222,7 +292,7 @@ class Engine:
                    f"{self.stack_ip}/24"]  # fmt: skip
         else:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--engine", tap,
-                   f"{self.stack_ip}/24"] + (["--tso"] if kind == "atenet-tso" else [])  # fmt: skip
+                   f"{self.stack_ip}/24", "--mode", MODES[kind]]  # fmt: skip
         env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
         self.proc = host.popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                env=env, bufsize=1)  # fmt: skip
@@ -349,8 +419,9 @@ def _fmt(values: list[float], digits: int = 0) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--engine", nargs=2, metavar=("TAP", "ADDRESS"), help=argparse.SUPPRESS)
-    ap.add_argument("--tso", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset")
+    ap.add_argument("--mode", default="plain", help=argparse.SUPPRESS)
+    ap.add_argument("--engines", default=",".join(DEFAULT_ENGINES),
+                    help=f"comma-separated, from {', '.join(ENGINES)}")  # fmt: skip
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=4.0, help="send time per cell")
     ap.add_argument("--pmd-venv", type=Path, default=Path("/tmp/pmdvenv"))
@@ -358,7 +429,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="write every measurement here")
     args = ap.parse_args()
     if args.engine:
-        engine_main(args.engine[0], args.engine[1], args.tso)
+        engine_main(args.engine[0], args.engine[1], args.mode)
         return 0
     if os.geteuid() != 0:
         print("bench_mio: needs root (network namespaces, TAP devices)", file=sys.stderr)
