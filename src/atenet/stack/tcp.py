@@ -915,8 +915,9 @@ class Connection:
                     sent = True
             edge = self.snd_una + min(self.snd_wnd, self.cwnd)
             mss = self.mss
-            # TSO: one super-segment of up to ``tso`` bytes (whole MSS multiples) per pass
-            size = self._tcp.tso // mss * mss if self._tcp.tso > mss else mss
+            # TSO: one super-segment of up to ``tso`` bytes (whole MSS multiples) per pass; not
+            # below the classic 536-byte MSS, where a peer's kernel may refuse the gso_size
+            size = self._tcp.tso // mss * mss if self._tcp.tso > mss >= 536 else mss
             while self.snd_nxt < data_end:
                 room = edge - self.snd_nxt
                 if room <= 0:
