@@ -478,9 +478,10 @@ class Interface:
         if not gso_type and not flags & (F_NEEDS_CSUM | F_DATA_VALID):
             self.receive(packet[VNET_HDR_LEN:], now)
             return
-        frame = packet[VNET_HDR_LEN:]
+        # a view, not a copy: a super-frame's 64 KB are copied once, into TCP's receive buffer
+        frame = memoryview(packet)[VNET_HDR_LEN:]
         base = gso_type & ~GSO_ECN
-        if self.tcp is not None and frame.startswith(self.mac):
+        if self.tcp is not None and frame[:6] == self.mac:
             etype = (frame[12] << 8) | frame[13]
             if base in (GSO_NONE, GSO_TCPV4) and etype == ETHERTYPE_IPV4:
                 if self._fast_v4(frame, now, True):
@@ -497,7 +498,7 @@ class Interface:
                 self.counters["rx_offloaded"] += 1
                 return
         if not gso_type and not flags & F_NEEDS_CSUM:
-            self.receive(frame, now)  # F_DATA_VALID alone: a complete frame
+            self.receive(bytes(frame), now)  # F_DATA_VALID alone: a complete frame
             return
         try:
             frames = to_frames(packet)
@@ -519,7 +520,7 @@ class Interface:
             self._own6 = frozenset(a.ip.packed for a in self.ipv6)
             self._macs.clear()
 
-    def _fast_v4(self, frame: bytes, now: float, checked: bool) -> bool:
+    def _fast_v4(self, frame: bytes | memoryview, now: float, checked: bool) -> bool:
         """A TCP segment to our IPv4 address, unfragmented and without options, straight to
         TCP without building address objects; False: not that case, take the general path
         (which also counts and drops whatever is malformed)."""
@@ -532,22 +533,24 @@ class Interface:
         if total < 40 or total > len(frame) - 14 or not verify(memoryview(frame)[14:34]):
             return False
         self.counters["rx_ipv4"] += 1
-        self._to_tcp(frame[26:30], frame[30:34], frame[34 : 14 + total], now, checked)
+        src, dst = bytes(frame[26:30]), bytes(frame[30:34])  # dict keys: never views
+        self._to_tcp(src, dst, frame[34 : 14 + total], now, checked)  # type: ignore[arg-type]
         return True
 
-    def _fast_v6(self, frame: bytes, now: float, checked: bool) -> bool:
+    def _fast_v6(self, frame: bytes | memoryview, now: float, checked: bool) -> bool:
         """The IPv6 twin of :meth:`_fast_v4`: next header TCP (no extension headers)."""
         if len(frame) < 74 or frame[14] >> 4 != 6 or frame[20] != PROTO_TCP or frame[22] == 0xFF:
             return False
         self._own()
-        dst = frame[38:54]
+        dst = bytes(frame[38:54])
         if dst not in self._own6:
             return False
         length = (frame[18] << 8) | frame[19]
         if length < 20 or length > len(frame) - 54:
             return False
         self.counters["rx_ipv6"] += 1
-        self._to_tcp(frame[22:38], dst, frame[54 : 54 + length], now, checked)
+        src = bytes(frame[22:38])
+        self._to_tcp(src, dst, frame[54 : 54 + length], now, checked)  # type: ignore[arg-type]
         return True
 
     def _to_tcp(self, src: bytes, dst: bytes, segment: bytes, now: float, checked: bool) -> None:
