@@ -256,6 +256,10 @@ class NetworkRuntime:
         self.network_of: Callable[[bytes], NetworkRuntime | None] = lambda _id: None
         """The node's other networks by id (set by :class:`NodeCore`)."""
         self._router_config: tuple[Any, ...] | None = None
+        self.node_nat = True
+        """False when the operator turned NAT off for the whole node (``atenet run --no-nat``;
+        set by :class:`NodeCore` from its ``nat``): the network then has no internet access
+        here, whatever its chain says (see :attr:`internet`)."""
         self.binds: deque[dict[str, Any]] = deque()
         """Lease event payloads the shell appends to the chain ("lease" event), oldest first."""
 
@@ -340,9 +344,18 @@ class NetworkRuntime:
 
     # ------------------------------------------------------------------ gateway
 
+    @property
+    def internet(self) -> bool:
+        """Whether this node gives the network internet access (NAT) now: the owner turned it on
+        in the chain (``tok network set --internet on``) and the operator did not turn NAT off
+        for the node (``atenet run --no-nat``). DHCP and RA offer the gateway as the default
+        router only then: a default route through a gateway that cannot reach the internet
+        would black-hole a host's traffic instead of letting it use another interface."""
+        return self.node_nat and self.state is not None and self.state.settings.internet
+
     def _configure_router(self, state: NetworkState, now: float) -> None:
         s = state.settings
-        config = (s.cidr, s.cidr6, s.mtu, tuple(s.dns), s.internet)
+        config = (s.cidr, s.cidr6, s.mtu, tuple(s.dns), self.internet)
         if config != self._router_config:
             self._router_config = config
             self._build_router(state)
@@ -364,7 +377,7 @@ class NetworkRuntime:
         try:
             gateway = Gateway(
                 self.network_id, s.cidr, s.cidr6 or None, s.mtu, dns6=dns6,
-                default_route=s.internet,
+                default_route=self.internet,
             )  # fmt: skip
             dhcp = DhcpServer(
                 self.network_id, s.cidr, gateway.ipv4, gateway.mac, s.mtu, dns4,
@@ -977,6 +990,7 @@ class NodeCore:
         instance: str | None = None,
         limits: PortLimits | None = None,
         clock: Callable[[], float] = time.time,
+        nat: bool = True,
     ) -> None:
         """``clock``: the Unix time the gateways and DHCP servers read (frames from WebSocket
         ports reach them without passing through :meth:`datagram`).
@@ -984,13 +998,17 @@ class NodeCore:
         ``counter_start``: the clock in ns when this process started (``time.time_ns()``);
         it starts the sealers' counters and is the floor below which a sender with no replay
         window is refused (anything older was captured before this process existed).
-        ``instance``: random per process, named in clients' hellos (default: 8 random bytes)."""
+        ``instance``: random per process, named in clients' hellos (default: 8 random bytes).
+        ``nat``: False when the operator turned NAT off for the whole node (``atenet run
+        --no-nat``): no network gets internet access here, whatever its chain says."""
         self.node_id = node_id
         self.send = send
         self.counter_start = counter_start
         self.instance = instance if instance is not None else os.urandom(8).hex()
         self.limits = limits if limits is not None else PortLimits()
         self.clock = clock
+        self.nat = nat
+        """Whether this node may NAT at all (``atenet run --no-nat`` makes it False)."""
         self.freshness = Freshness(counter_start)
         self.address_ports: Counter[str] = Counter()
         self.networks: dict[bytes, NetworkRuntime] = {}
@@ -1023,6 +1041,7 @@ class NodeCore:
             address_ports=self.address_ports,
         )  # fmt: skip
         runtime.clock = self.clock
+        runtime.node_nat = self.nat
         runtime.sync_routes = lambda now: sync_routes(self, now)
         runtime.network_of = self.networks.get
         self.networks[network_id] = runtime

@@ -62,9 +62,11 @@ class NodeDaemon:
         member_grace: float = MEMBER_GRACE,
         limits: PortLimits | None = None,
         lock_dir: Path | None = None,
+        nat: bool = True,
     ) -> None:
         """``lock_dir``: where to take this node's one-process lock (the CLI passes the config
-        dir); None for no lock file (in-process tests)."""
+        dir); None for no lock file (in-process tests). ``nat=False`` (``--no-nat``): no
+        network gets internet access through this node, whatever its chain says."""
         self.store = store
         self.node_key = node_key
         self.node_id = node_key.node_id
@@ -81,8 +83,9 @@ class NodeDaemon:
         self.instance = os.urandom(8).hex()
         self.started_ns = time.time_ns()
         self.core = NodeCore(
-            self.node_id, self._send, self.started_ns, instance=self.instance, limits=limits
-        )
+            self.node_id, self._send, self.started_ns, instance=self.instance, limits=limits,
+            nat=nat,
+        )  # fmt: skip
         self._idle_since: dict[bytes, float] = {}  # network id -> when its last port left
         # Network id -> until when another live instance of our node id serves it.
         self._clones: dict[bytes, float] = {}
