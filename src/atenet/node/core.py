@@ -381,7 +381,7 @@ class NetworkRuntime:
             )  # fmt: skip
             dhcp = DhcpServer(
                 self.network_id, s.cidr, gateway.ipv4, gateway.mac, s.mtu, dns4,
-                node_id=self.node_id,
+                node_id=self.node_id, default_route=self.internet,
             )  # fmt: skip
         except (AtenetError, ValueError):
             self.drops["gateway_config"] += 1  # e.g. a /31: no room for a gateway

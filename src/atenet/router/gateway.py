@@ -48,7 +48,7 @@ from atenet.router.forward import (
     may_send_error_v4,
     may_send_error_v6,
 )
-from atenet.router.ra import RaConfig, RaSchedule, router_advert
+from atenet.router.ra import MAX_ROUTE_INFO, RaConfig, RaSchedule, router_advert
 from atenet.wire.arp import ARP_REQUEST, ArpRepr, arp_reply
 from atenet.wire.ethernet import (
     ETHERTYPE_ARP,
@@ -578,7 +578,10 @@ class Gateway:
 
     def _ra_frame(self, dst_mac: bytes, dst_ip: IPv6Address) -> bytes:
         assert self.schedule is not None
-        message = router_advert(self.schedule.config)
+        routes = tuple(r.network for r in self._routes6 if isinstance(r.network, IPv6Network))
+        if len(routes) > MAX_ROUTE_INFO:
+            self.drops["ra_routes_left_out"] += len(routes) - MAX_ROUTE_INFO
+        message = router_advert(self.schedule.config, routes)
         return icmpv6_frame(message, self.mac, dst_mac, self.link_local, dst_ip, ND_HOP_LIMIT)
 
     def _echo6(
