@@ -196,6 +196,10 @@ class Gateway:
         """Frames not addressed to the gateway (the other local traffic it sees)."""
         self._routes4: list[Route] = []
         self._routes6: list[Route] = []
+        self.internet: Callable[[bytes, Ipv4Repr, bytes, float], None] | None = None
+        """Where IPv4 packets for addresses outside every route go when the network has
+        internet access: ``internet(raw, packet, src_mac, now)`` (the NAT forwarder,
+        :meth:`atenet.router.nat.Nat.packet`, whose output leaves through its own poll)."""
 
     # --- route table --------------------------------------------------------------------------
 
@@ -414,6 +418,10 @@ class Gateway:
         route = self._lookup(self._routes4, packet.dst) if self._routes4 else None
         if route is not None:
             return self._forward4(raw, packet, src, route, now)
+        if self.internet is not None and packet.ttl > 1:
+            self.handled["nat4"] += 1
+            self.internet(raw, packet, src, now)
+            return []
         if not may_send_error_v4(packet, False, self._broadcasts4):
             self.drops["no_route_silent"] += 1
             return []
