@@ -29,6 +29,7 @@ from typing import Any
 from atenet.addressing import ipv4_for, ipv6_for
 from atenet.chain.state import AccessKey, NetworkState
 from atenet.errors import AtenetError, DecodeError
+from atenet.node.nat import is_local_address
 from atenet.node.routes import ROUTE_KIND, RoutePort, sync_routes
 from atenet.node.schema import CONTROL, SchemaError, parse
 from atenet.offload import OffloadError, check
@@ -47,6 +48,7 @@ from atenet.overlay.seal import (
 )
 from atenet.router.dhcp import Bind, DhcpServer, Lease
 from atenet.router.gateway import DEFAULT_DNS6, Gateway
+from atenet.router.nat import Nat
 from atenet.router.neighbours import Neighbours
 from atenet.router.querier import Querier
 from atenet.switch.core import STORM_RATE, Port, Switch
@@ -260,6 +262,13 @@ class NetworkRuntime:
         """False when the operator turned NAT off for the whole node (``atenet run --no-nat``;
         set by :class:`NodeCore` from its ``nat``): the network then has no internet access
         here, whatever its chain says (see :attr:`internet`)."""
+        self.nat: Nat | None = None
+        """The internet forwarder (router/nat.py, docs/nat.md) while :attr:`internet` holds."""
+        self.nat_wake: Callable[[NetworkRuntime], None] = lambda _r: None
+        """Tells the shell (node/nat.py) that :attr:`nat` has work or was replaced (set by
+        :class:`NodeCore` from its own ``nat_wake``, which the daemon sets)."""
+        self.nat_is_local: Callable[[ipaddress.IPv4Address], bool] = is_local_address
+        """Whether an address is the node's own: NAT never reaches the node itself."""
         self.binds: deque[dict[str, Any]] = deque()
         """Lease event payloads the shell appends to the chain ("lease" event), oldest first."""
 
@@ -359,6 +368,9 @@ class NetworkRuntime:
         if config != self._router_config:
             self._router_config = config
             self._build_router(state)
+            self.nat_wake(self)  # the shell drops the old forwarder's sockets
+        if self.nat is not None:
+            self.nat.set_allow_private(s.nat_private)
         if s.snooping != (self.switch.mcast is not None):
             self.switch.mcast = Multicast() if s.snooping else None  # off: multicast floods
             self.querier = None
@@ -368,6 +380,7 @@ class NetworkRuntime:
         """The network's gateway and DHCP server, rebuilt when its settings change."""
         s = state.settings
         self.gateway = self.dhcp = self.neighbours = self.querier = None
+        self.nat = None
         self.switch.gateway = None
         self.switch.gateway_mac = b"\xff" * 6
         if not s.cidr:
@@ -393,6 +406,26 @@ class NetworkRuntime:
         self.neighbours = Neighbours(gateway, unreachable=self._unreachable, snooped=self._snooped)
         self.switch.gateway_mac = gateway.mac
         self.switch.gateway = self._to_gateway
+        if self.internet:
+            self.nat = Nat(
+                ipaddress.IPv4Interface(f"{gateway.ipv4}/{gateway.network4.prefixlen}"),
+                gateway.mac, s.mtu, is_local=self.nat_is_local, allow_private=s.nat_private,
+            )  # fmt: skip
+            gateway.internet = self._to_nat
+
+    def _to_nat(self, raw: bytes, packet: Any, src_mac: bytes, now: float) -> None:
+        """A client's packet for the internet (the gateway's hook): to the forwarder, whose
+        output and host-socket requests the shell takes when woken."""
+        if self.nat is not None:
+            self.nat.packet(raw, packet, src_mac, now)
+            self.nat_wake(self)
+
+    def nat_out(self, frames: list[bytes]) -> None:
+        """The forwarder's frames: to the local port that has the client's MAC (flooded to
+        the local ports when the switch does not know it); never to peers."""
+        for frame in frames:
+            port = self.switch.lookup(frame[:6])
+            self.switch.from_gateway(frame, port if isinstance(port, Port) else None)
 
     def _sync_leases(self, state: NetworkState, now: float) -> None:
         """Hand the DHCP server the lease events it has not seen, in chain order: they settle
@@ -428,6 +461,8 @@ class NetworkRuntime:
                 self.switch.from_gateway(out, port)
         if self.neighbours is not None and frame[12:14] in (b"\x08\x06", b"\x86\xdd"):
             self.inject(self.neighbours.learn(frame, now))  # a local host answering our ARP
+        if self.nat is not None and frame[12:14] == b"\x08\x06":
+            self.nat.arp(frame, now)  # a client answering the forwarder's stack
 
     def inject(self, frames: list[bytes]) -> None:
         """Frames the neighbour cache lets go (routed packets, its requests, ICMP errors): into
@@ -883,6 +918,7 @@ class NetworkRuntime:
             "key_derivations": self.derivations,
             "gateway": self._gateway_status(),
             "dhcp": dict(self.dhcp.counters) if self.dhcp is not None else {},
+            "nat": {"internet": self.internet, **(self.nat.status() if self.nat else {})},
         }
 
     def _snoop(self, frame: bytes, where: Port | int) -> None:
@@ -1009,6 +1045,9 @@ class NodeCore:
         self.clock = clock
         self.nat = nat
         """Whether this node may NAT at all (``atenet run --no-nat`` makes it False)."""
+        self.nat_wake: Callable[[NetworkRuntime], None] = lambda _r: None
+        """Called when a network's forwarder has work or was replaced (the daemon runs its
+        shell, node/nat.py); in-process tests without a shell leave it a no-op."""
         self.freshness = Freshness(counter_start)
         self.address_ports: Counter[str] = Counter()
         self.networks: dict[bytes, NetworkRuntime] = {}
@@ -1042,6 +1081,7 @@ class NodeCore:
         )  # fmt: skip
         runtime.clock = self.clock
         runtime.node_nat = self.nat
+        runtime.nat_wake = lambda r: self.nat_wake(r)
         runtime.sync_routes = lambda now: sync_routes(self, now)
         runtime.network_of = self.networks.get
         self.networks[network_id] = runtime
@@ -1050,6 +1090,9 @@ class NodeCore:
     def remove_network(self, network_id: bytes) -> None:
         runtime = self.networks.pop(network_id, None)
         if runtime is not None:
+            if runtime.nat is not None:
+                runtime.nat = None
+                runtime.nat_wake(runtime)  # the shell closes its host sockets
             for key in list(runtime.clients):
                 runtime.remove_client(key)
             sync_routes(self, self.clock())  # routes into or out of it go with it
