@@ -275,6 +275,7 @@ def _started(node: NodeDaemon, http: HttpConfig, store: ChainStore) -> dict[str,
         "store": store.url,
         "http_url": f"{http.public_url(host)}/" if http.port else None,
         "status_url": f"{http.base_url}/api/status" if http.port else None,
+        "nat": node.core.nat,
     }
 
 
@@ -500,6 +501,10 @@ async def serve_until_signal(daemon: NodeDaemon, http: HttpConfig, on_ready: Any
         err=True,
     )
     click.echo(advertise_notice(daemon), err=True)
+    if not daemon.core.nat:
+        click.echo(
+            "NAT is off on this node (--no-nat): no network reaches the internet here", err=True
+        )
     ready = asyncio.ensure_future(on_ready(daemon)) if on_ready is not None else None
     try:
         await stop.wait()
