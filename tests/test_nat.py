@@ -215,7 +215,7 @@ def test_refused_host_connect_becomes_rst_and_unreachable_icmp() -> None:
     lab.run()
     assert conn.error == errno.ECONNREFUSED
     assert lab.nat.counters["host_refused"] == 1 and not lab.nat.flows
-    conn2, flow2 = _connect(lab, client, 81)
+    _conn2, flow2 = _connect(lab, client, 81)
     lab.nat.failed(flow2, "unreachable", lab.now)
     lab.run()
     errors = [e for e in client.events() if isinstance(e, IcmpError)]
@@ -381,7 +381,7 @@ def test_caps_per_client_per_network_rate_and_half_open() -> None:
 def test_ping_through_a_ping_socket_or_a_clear_unreachable() -> None:
     lab = Lab()
     c = lab.client()
-    ident, seq = c.ping(SERVER, lab.now, b"hello")
+    _ident, seq = c.ping(SERVER, lab.now, b"hello")
     lab.run()
     (op,) = lab.take(OpenPing)
     assert op.dst == "203.0.113.10"
@@ -414,7 +414,8 @@ def test_malformed_and_foreign_packets_are_dropped_and_counted() -> None:
 
     gw_mac = addressing.gateway_mac(NET)
     mac = bytes([2, 0, 0, 0, 0, 9])
-    bad_udp = Ipv4Repr(IPv4Address("10.0.0.9"), SERVER, PROTO_UDP, b"\x00\x01\x00\x02\x00\x09\x12\x34x").emit()
+    bad_checksum = b"\x00\x01\x00\x02\x00\x09\x12\x34x"
+    bad_udp = Ipv4Repr(IPv4Address("10.0.0.9"), SERVER, PROTO_UDP, bad_checksum).emit()
     foreign = Ipv4Repr(IPv4Address("10.9.9.9"), SERVER, PROTO_UDP, b"\x00" * 8).emit()
     for raw in (bad_udp, foreign):
         assert lab.gw.frame(gw_mac + mac + b"\x08\x00" + raw, lab.now) == []

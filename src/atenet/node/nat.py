@@ -89,6 +89,11 @@ class _Tcp(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.shell.event(lambda nat, now: nat.data(self.flow, data, now))
+        flow = self.shell.nat.flows.get(self.flow)
+        if flow is not None and flow.reading_paused and self.transport is not None:
+            # Mirror the forwarder's decision now, not at its next run: the loop may read
+            # this socket again before then, and the forwarder holds at most one read.
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool:
         self.shell.event(lambda nat, now: nat.eof(self.flow, now))
@@ -106,7 +111,9 @@ class _Tcp(asyncio.Protocol):
 
 
 class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, shell: NatShell, flow: int, ping: bool = False) -> None:
+    def __init__(self, shell: NatShell, flow: int, ping: str = "") -> None:
+        """``ping``: the destination of a ping socket (unconnected: asyncio's datagram
+        transport cannot tell that an ICMP socket is connected, so each send names it)."""
         self.shell, self.flow, self.ping = shell, flow, ping
         self.transport: asyncio.DatagramTransport | None = None
 
@@ -116,7 +123,8 @@ class _Udp(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         if not self.ping:
             self.shell.event(lambda nat, now: nat.data(self.flow, data, now))
-        elif len(data) >= 8 and data[0] == 0:  # echo reply: the kernel matched our ident
+        elif len(data) >= 8 and data[0] == 0 and addr[0] == self.ping:  # the kernel matched
+            # our socket's identifier; only the destination's replies count
             seq = int.from_bytes(data[6:8], "big")
             self.shell.event(lambda nat, now: nat.echo_reply(self.flow, seq, data[8:], now))
 
@@ -127,7 +135,8 @@ class _Udp(asyncio.DatagramProtocol):
             self.shell.nat.counters["host_udp_errors"] += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.shell.socks.pop(self.flow, None)
+        if self.shell.socks.pop(self.flow, None) is not None:  # not closed by the forwarder
+            self.shell.event(lambda nat, now: nat.closed(self.flow, exc is not None, now))
 
 
 class NatShell:
@@ -221,7 +230,7 @@ class NatShell:
             proto = self.socks.get(action.flow)
             if proto is not None and proto.transport is not None:
                 header = b"\x08\x00\x00\x00\x00\x00" + action.seq.to_bytes(2, "big")
-                proto.transport.sendto(header + action.payload)  # type: ignore[union-attr]
+                proto.transport.sendto(header + action.payload, (proto.ping, 0))  # type: ignore[union-attr]
         elif isinstance(action, ShutdownWrite):
             proto = self.socks.get(action.flow)
             if isinstance(proto, _Tcp) and proto.transport is not None:
@@ -284,9 +293,8 @@ class NatShell:
             return
         try:
             sock.setblocking(False)
-            sock.connect((dst, 0))
             _t, proto = await self.loop.create_datagram_endpoint(
-                lambda: _Udp(self, flow, ping=True), sock=sock
+                lambda: _Udp(self, flow, ping=dst), sock=sock
             )
         except OSError:
             sock.close()
