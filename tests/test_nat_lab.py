@@ -31,6 +31,7 @@ NODE_EXTRA = "198.51.100.7"
 """A second address of the node's own (TEST-NET-2): reached through the gateway, not directly
 over the lab's underlay as the node's endpoint is."""
 GW = "10.77.0.1"
+TCP_BYTES = 3 * 1024 * 1024
 
 SERVER_PY = r"""
 import socket, sys, threading
@@ -75,7 +76,7 @@ UDP_CLIENT_PY = r"""
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 5555))
 s.settimeout(1.0)
-for attempt in range(10):
+for attempt in range(int(sys.argv[2]) if len(sys.argv) > 2 else 10):
     s.sendto(sys.argv[1].encode(), (@IP@, 9000))
     try:
         data, addr = s.recvfrom(65536)
@@ -150,8 +151,8 @@ def test_dhcp_host_reaches_tcp_and_udp_servers_out_of_the_nodes_address(
     node: Node = world["node"]
     routes = json.loads(h1.host.run(["ip", "-4", "-j", "route", "show", "default"]).stdout)
     assert [r["gateway"] for r in routes] == [GW]
-    sent, got, size = py(h1.host, TCP_CLIENT_PY, str(3 * 1024 * 1024)).split()
-    assert (sent, int(size)) == (got, 3 * 1024 * 1024), nat_status(node)
+    sent, got, size = py(h1.host, TCP_CLIENT_PY, str(TCP_BYTES)).split()
+    assert (sent, int(size)) == (got, TCP_BYTES), nat_status(node)
     addr, reply = py(h1.host, UDP_CLIENT_PY, "hello").split()
     assert addr == SERVER
     seen_from, payload = reply.split("|")
@@ -161,8 +162,8 @@ def test_dhcp_host_reaches_tcp_and_udp_servers_out_of_the_nodes_address(
     ping = h1.host.run(["ping", "-n", "-c", "2", "-i", "0.2", "-w", "5", SERVER], check=False)
     assert ping.returncode == 0, (ping.stdout, nat_status(node))  # an unprivileged ping socket
     nat = nat_status(node)
-    assert nat["internet"] is True and nat["bytes_up"] >= 3 * 1024 * 1024
-    assert nat["bytes_down"] >= 3 * 1024 * 1024 and nat["flows_opened_tcp"] >= 1
+    assert nat["internet"] is True and nat["bytes_up"] >= TCP_BYTES
+    assert nat["bytes_down"] >= TCP_BYTES and nat["flows_opened_tcp"] >= 1
     assert nat["echo_replies"] >= 1
     status = node.host.run(
         ["tok", "status", "--node", f"http://127.0.0.1:{HTTP_PORT}"], check=False
@@ -213,7 +214,7 @@ def test_with_internet_off_nothing_leaves(
         log_before = world["log"].read_text()
         out = py(h1.host, CONNECT_PY, SERVER, "8000")
         assert out.startswith("OSError"), out
-        assert py(h1.host, UDP_CLIENT_PY, "nope") == "timeout"
+        assert py(h1.host, UDP_CLIENT_PY, "nope", "3") == "timeout"
         assert world["log"].read_text() == log_before  # the server saw nothing
         assert "flows" not in nat_status(node)  # no forwarder at all
     finally:
