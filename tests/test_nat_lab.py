@@ -47,6 +47,18 @@ def tcp():
                 c.sendall(data)
             c.close()
         threading.Thread(target=echo, daemon=True).start()
+def source():
+    srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((@IP@, 8001)); srv.listen(8)
+    while True:
+        conn, addr = srv.accept()
+        def push(c=conn):
+            size = int.from_bytes(c.recv(8), "big")
+            block = bytes(range(256)) * 256
+            while size > 0:
+                c.sendall(block[: min(size, len(block))]); size -= len(block)
+            c.close()
+        threading.Thread(target=push, daemon=True).start()
 def udp():
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((@IP@, 9000))
     while True:
@@ -54,6 +66,7 @@ def udp():
         log.write(f"udp {addr[0]}:{addr[1]}\n")
         s.sendto(f"{addr[0]}:{addr[1]}|".encode() + data, addr)
 threading.Thread(target=tcp, daemon=True).start()
+threading.Thread(target=source, daemon=True).start()
 print("ready", flush=True)
 udp()
 """.replace("@IP@", repr(SERVER))
@@ -85,6 +98,22 @@ for attempt in range(int(sys.argv[2]) if len(sys.argv) > 2 else 10):
     print(addr[0], data.decode()); break
 else:
     print("timeout")
+""".replace("@IP@", repr(SERVER))
+
+SLOW_READER_PY = r"""
+import hashlib, socket, sys, time
+size = int(sys.argv[1])
+s = socket.create_connection((@IP@, 8001), timeout=20)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+s.sendall(size.to_bytes(8, "big"))
+got = bytearray()
+while chunk := s.recv(65536):
+    got += chunk
+    if len(got) < size // 2:
+        time.sleep(0.02)  # a slow client for the first half: the node must pause the server
+block = bytes(range(256)) * 256
+want = (block * (size // len(block) + 1))[:size]
+print(hashlib.sha256(want).hexdigest() == hashlib.sha256(got).hexdigest(), len(got))
 """.replace("@IP@", repr(SERVER))
 
 CONNECT_PY = r"""
@@ -171,6 +200,19 @@ def test_dhcp_host_reaches_tcp_and_udp_servers_out_of_the_nodes_address(
     assert "internet (NAT) on: flows" in status
     metrics = node.host.run(["curl", "-s", f"http://127.0.0.1:{HTTP_PORT}/metrics"]).stdout
     assert 'atenet_nat_bytes_total{direction="up",network="lan"' in metrics
+
+
+def test_a_slow_client_pauses_the_server_and_nothing_is_lost(
+    world: dict[str, Any], hosts: tuple[Client, Client]
+) -> None:
+    _, h2 = hosts
+    node: Node = world["node"]
+    before = nat_status(node)
+    same, size = py(h2.host, SLOW_READER_PY, str(8 * 1024 * 1024)).split()
+    assert (same, int(size)) == ("True", 8 * 1024 * 1024), nat_status(node)
+    nat = nat_status(node)
+    assert nat.get("host_paused", 0) > before.get("host_paused", 0)  # backpressure happened
+    assert nat.get("pending_overflow", 0) == 0 and nat.get("host_reset", 0) == 0
 
 
 def test_two_hosts_on_one_local_udp_port_get_distinct_node_ports_and_own_replies(

@@ -185,7 +185,7 @@ class NatShell:
             frames = nat.poll(now)
             if frames:
                 self.out(frames)
-            if not nat._actions:
+            if not nat.has_actions:
                 break
         at = nat.poll_at()
         if self._timer is not None:

@@ -344,6 +344,11 @@ class Nat:
 
     # ------------------------------------------------------------------ shell interface
 
+    @property
+    def has_actions(self) -> bool:
+        """Whether host-socket requests wait for :meth:`actions`."""
+        return bool(self._actions)
+
     def actions(self) -> list[Action]:
         """Take the host-socket requests queued so far, oldest first."""
         out, self._actions = self._actions, []
@@ -356,7 +361,7 @@ class Nat:
         self._service_changed(now)
         out = self.iface.poll(now)
         self._service_changed(now)  # ACKs that freed send space, FINs, deaths
-        if self.iface.poll_at() == 0.0 or self._actions_wanting_output():
+        if self.iface.poll_at() == 0.0:  # the second service queued segments or RSTs
             out += self.iface.poll(now)
         if self._out:
             out = self._out + out
@@ -369,9 +374,6 @@ class Nat:
             return 0.0
         times = [t for t in (self.iface.poll_at(), self._sweep_at) if t is not None]
         return min(times, default=None)
-
-    def _actions_wanting_output(self) -> bool:
-        return bool(self.tcp._out) or bool(self.iface._out)
 
     # ------------------------------------------------------------------ from the gateway
 
