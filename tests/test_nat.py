@@ -9,6 +9,9 @@ import errno
 import hashlib
 from ipaddress import IPv4Address, IPv4Interface
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from atenet import addressing
 from atenet.router import nat as natmod
 from atenet.router.gateway import Gateway
@@ -430,3 +433,49 @@ def test_refusal_table() -> None:
     assert natmod.refusal(IPv4Address("10.1.2.3"), True) is None
     assert natmod.refusal(IPv4Address("169.254.169.254"), True) == "refused_metadata"
     assert natmod.refusal(IPv4Address("255.255.255.255"), True) == "refused_reserved"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([1, 6, 17, 6, 17, 41, 255]),
+            st.binary(min_size=0, max_size=80),
+            st.integers(0, 0xFFFF),
+            st.sampled_from(["203.0.113.10", "169.254.169.254", "10.0.0.99", "8.8.8.8"]),
+            st.booleans(),
+        ),
+        max_size=30,
+    )
+)
+def test_fuzzed_packets_never_raise_and_tables_stay_bounded(packets: list) -> None:
+    """Random upper layers (TCP segments with a valid checksum half the time, so they reach
+    the flow table) from clients: nothing raises, and flows stay within the caps."""
+    from atenet.stack.tcp import encode_segment
+    from atenet.wire.ipv4 import PROTO_TCP, Ipv4Repr
+
+    lab = Lab(limits=NatLimits(flows_per_client=4, flows_per_network=6))
+    gw_mac = addressing.gateway_mac(NET)
+    for i, (proto, body, port, dst, valid) in enumerate(packets):
+        src = IPv4Address(f"10.0.0.{2 + i % 3}")
+        if proto == PROTO_TCP and valid:
+            flags = body[0] if body else 0x02
+            body = encode_segment(
+                src.packed, IPv4Address(dst).packed, port, 80, port, 0, flags, 1000,
+                payload=body[1:],
+            )  # fmt: skip
+        raw = Ipv4Repr(src, IPv4Address(dst), proto, body).emit()
+        mac = bytes([2, 0, 0, 0, 0, 2 + i % 3])
+        lab.gw.frame(gw_mac + mac + b"\x08\x00" + raw, lab.now)
+        lab.nat.poll(lab.now)
+        for action in lab.nat.actions():
+            if isinstance(action, OpenTcp | OpenUdp | OpenPing) and port % 3 == 0:
+                lab.nat.opened(action.flow, lab.now)
+            elif isinstance(action, OpenTcp) and port % 3 == 1:
+                lab.nat.failed(action.flow, "refused", lab.now)
+        lab.now += 0.3
+        assert len(lab.nat.flows) <= 6
+        assert all(n <= 4 for n in lab.nat._per_client.values())
+    lab.now += 3 * 3600
+    lab.nat.poll(lab.now)
+    assert not lab.nat.flows and lab.nat.status()["half_open"] == 0
