@@ -426,6 +426,40 @@ def test_malformed_and_foreign_packets_are_dropped_and_counted() -> None:
     assert lab.nat.counters["malformed"] == 1 and lab.nat.counters["foreign_source"] == 1
 
 
+def test_segments_waiting_for_arp_leave_when_the_client_answers_or_speaks() -> None:
+    lab = Lab()
+    c = lab.client()
+    conn, flow = _connect(lab, c)
+    lab.nat.opened(flow, lab.now)
+    lab.run()
+    lab.nat.iface.arp.entries.clear()  # the client's entry expired
+    lab.nat.data(flow, b"first", lab.now)
+    lab.run()  # the stack asks; the client's ARP reply reaches it through Nat.arp
+    assert conn.recv(100) == b"first"
+    lab.nat.iface.arp.entries.clear()
+    lab.nat.data(flow, b"second", lab.now)
+    lab.nat.poll(lab.now)  # the segment waits for ARP, whose request is lost on the way
+    conn.send(b"hi")  # the client speaks (before any retransmission): what waited leaves
+    lab.run()
+    assert conn.recv(100) == b"second"
+
+
+def test_spoofed_sources_create_no_arp_entries() -> None:
+    from atenet.wire.ipv4 import PROTO_UDP, Ipv4Repr
+    from atenet.wire.udp import UdpRepr
+
+    lab = Lab()
+    gw_mac = addressing.gateway_mac(NET)
+    metadata = IPv4Address("169.254.169.254")
+    for n in range(2, 200):
+        src = IPv4Address(f"10.0.0.{n}")
+        udp = UdpRepr(1000, 80, b"x").emit(src, metadata)
+        raw = Ipv4Repr(src, metadata, PROTO_UDP, udp).emit()
+        lab.gw.frame(gw_mac + bytes([2, 0, 0, 0, 1, n]) + b"\x08\x00" + raw, lab.now)
+    assert lab.nat.counters["refused_metadata"] == 198
+    assert not lab.nat.iface.arp.entries  # only flows create entries
+
+
 def test_refusal_table() -> None:
     assert natmod.refusal(IPv4Address("203.0.113.10"), False) is None
     assert natmod.refusal(IPv4Address("8.8.8.8"), False) is None

@@ -320,6 +320,7 @@ class Nat:
         self._new_flows = TokenBucket(lim.new_flows_rate, lim.new_flows_burst)
         self._errors = TokenBucket(100.0, 50)
         self._sweep_at: float | None = None
+        self._src_mac = b""
         self._broadcast = self.network.broadcast_address
         self.counters: Counter[str] = Counter()
         """Flows opened/closed by protocol, bytes both ways, and every refusal by reason."""
@@ -387,7 +388,8 @@ class Nat:
         if src == self.gateway.ip:
             self.counters["foreign_source"] += 1
             return
-        self.iface.arp.learn(src, src_mac, now)
+        self._src_mac = src_mac  # for on_datagram, which the Interface calls below
+        self._learn(src, src_mac, now, create=False)  # refresh only: flows create entries
         fragment = packet.more_fragments or packet.fragment_offset
         if packet.protocol == PROTO_TCP and not fragment:
             seg = packet.payload
@@ -405,6 +407,13 @@ class Nat:
                     self._syn(bytes(raw[:total]), packet, src_mac, sport, dport, key, now)
                     return
         self.iface.receive(self.mac + src_mac + b"\x08\x00" + bytes(raw), now)
+
+    def _learn(self, ip: IPv4Address, mac: bytes, now: float, *, create: bool = True) -> None:
+        """Record a client's MAC in the stack's ARP table (the forwarder answers its clients
+        without asking), sending any packet that waited for it. Only flows create entries, so
+        a client spraying source addresses cannot churn the table."""
+        for waiting in self.iface.arp.learn(ip, mac, now, create=create):
+            self._out.append(ethernet_frame(mac, self.mac, ETHERTYPE_IPV4, waiting))
 
     def arp(self, frame: bytes, now: float) -> None:
         """An ARP frame for the gateway (a client answering the stack's request)."""
@@ -508,7 +517,7 @@ class Nat:
         flow.replies += 1
         if flow.proto == PROTO_UDP:
             segment = UdpRepr(flow.dst_port, flow.client_port, data).emit(flow.dst, flow.client)
-            self.iface.arp.learn(flow.client, flow.client_mac, now)
+            self._learn(flow.client, flow.client_mac, now)
             self.iface.send_ip(flow.dst, flow.client, PROTO_UDP, segment, now)
             flow.down += len(data)
             self.counters["bytes_down"] += len(data)
@@ -537,7 +546,7 @@ class Nat:
         flow.last = now
         flow.replies += 1
         reply = IcmpRepr.echo_reply(flow.client_port, seq, payload).emit()
-        self.iface.arp.learn(flow.client, flow.client_mac, now)
+        self._learn(flow.client, flow.client_mac, now)
         self.iface.send_ip(flow.dst, flow.client, PROTO_ICMP, reply, now)
         self.counters["echo_replies"] += 1
 
@@ -616,6 +625,7 @@ class Nat:
         self.flows[flow.id] = flow
         self._by_key[key] = flow
         self._per_client[src] += 1
+        self._learn(src, src_mac, now)
         name = {PROTO_TCP: "tcp", PROTO_UDP: "udp", PROTO_ICMP: "icmp"}[proto]
         self.counters[f"flows_opened_{name}"] += 1
         if self._sweep_at is None:
@@ -663,17 +673,16 @@ class Nat:
             reason = self._admit(src, dst, now)
             if reason is not None:
                 quoted = Ipv4Repr(src, dst, PROTO_UDP, udp.emit(src, dst)).emit()
-                mac = self.iface.arp.lookup(src, now) or b""
-                self._refused(reason, quoted, mac, now, reason in _ANSWERED)
+                self._refused(reason, quoted, self._src_mac, now, reason in _ANSWERED)
                 return
-            mac = self.iface.arp.lookup(src, now) or b""
-            flow = self._new_flow(PROTO_UDP, mac, src, udp.src_port, dst, udp.dst_port, key, now)
+            mac, sport, dport = self._src_mac, udp.src_port, udp.dst_port
+            flow = self._new_flow(PROTO_UDP, mac, src, sport, dst, dport, key, now)
             self._actions.append(OpenUdp(flow.id, (str(dst), udp.dst_port)))
         flow.last = now
         flow.sent += 1
         flow.up += len(udp.payload)
         self.counters["bytes_up"] += len(udp.payload)
-        self.iface.arp.learn(src, flow.client_mac, now)  # keep the reply path fresh
+        self._learn(src, flow.client_mac, now)  # keep the reply path fresh
         if flow.state == "open":
             self._actions.append(Send(flow.id, udp.payload))
         else:
@@ -685,11 +694,10 @@ class Nat:
         quoted = Ipv4Repr(src, dst, PROTO_ICMP, icmp.emit()).emit()
         if flow is None:
             reason = self._admit(src, dst, now)
-            mac = self.iface.arp.lookup(src, now) or b""
             if reason is not None:
-                self._refused(reason, quoted, mac, now, reason in _ANSWERED)
+                self._refused(reason, quoted, self._src_mac, now, reason in _ANSWERED)
                 return
-            flow = self._new_flow(PROTO_ICMP, mac, src, icmp.ident, dst, 0, key, now)
+            flow = self._new_flow(PROTO_ICMP, self._src_mac, src, icmp.ident, dst, 0, key, now)
             self._actions.append(OpenPing(flow.id, str(dst)))
         flow.last = now
         flow.sent += 1
