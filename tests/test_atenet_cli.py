@@ -117,6 +117,7 @@ def test_up_json_prints_one_object_with_a_reachable_page_url(tmp_path: Path) -> 
         data = node.json()
         host = data["endpoints"][0].rpartition(":")[0]
         assert data["token"].startswith("atn1.")
+        assert data["nat"] is True  # no --no-nat: networks whose owner turned it on get NAT
         assert list(AccessToken.decode(data["token"]).endpoints) == data["endpoints"]
         # Listening on every address: the page is named by the advertised host, not 0.0.0.0.
         assert data["page_url"] == f"http://{host}:{http}/#{data['token']}"
@@ -138,11 +139,13 @@ def test_run_json_and_advertise_option(tmp_path: Path) -> None:
     assert atenet(home, "init").returncode == 0
     node = Running(
         [VENV_BIN / "atenet", "run", "--json", "--udp-port", "0", "--http-port", "0",
-         "--advertise", "node.example.net,198.51.100.7:4000"],
+         "--advertise", "node.example.net,198.51.100.7:4000", "--no-nat"],
         cli_env(home), tmp_path,
     )  # fmt: skip
     try:
         data = node.json()
+        assert data["nat"] is False  # the operator turned NAT off for the whole node
+        assert "NAT is off on this node (--no-nat)" in node.stderr
         port = int(data["listen"].rpartition(":")[2])
         assert data["endpoints"] == [f"node.example.net:{port}", "198.51.100.7:4000"]
         assert data["advertised_from"] == "--advertise"

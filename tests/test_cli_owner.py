@@ -359,7 +359,7 @@ def test_network_set_changes_settings_live_and_show_reports_them(home: Path) -> 
     assert shown["dns"] == ["1.1.1.1", "2606:4700:4700::1111"] and shown["internet"] is True
     text = run(home, "network", "show", "hq").stdout
     assert "mtu      1280" in text and "dns      1.1.1.1 2606:4700:4700::1111" in text
-    assert "internet on (not acted on yet)" in text
+    assert "internet on\n" in text
     fails(home, "network", "show", "office", message="unknown network 'office'")
 
     same = json.loads(run(home, "network", "set", "hq", "--mtu", "1280", "--json").stdout)
@@ -370,6 +370,25 @@ def test_network_set_changes_settings_live_and_show_reports_them(home: Path) -> 
     assert usage.returncode == 2 and "nothing to change" in usage.stderr
     log = json.loads(run(home, "log", "hq", "--json").stdout)
     assert [e["kind"] for e in log].count("settings") == 2  # create + one set
+
+
+def test_internet_and_nat_private_are_off_until_the_owner_turns_them_on(home: Path) -> None:
+    shown = json.loads(run(home, "network", "show", "office", "--json").stdout)
+    assert (shown["internet"], shown["nat_private"]) == (False, False)
+    assert "internet off\n" in run(home, "network", "show", "office").stdout
+    out = json.loads(
+        run(home, "network", "set", "office", "--internet", "on", "--nat-private", "on",
+            "--json").stdout
+    )  # fmt: skip
+    assert out["changed"] == {"internet": True, "nat_private": True}
+    assert "internet on, private ranges too" in run(home, "network", "show", "office").stdout
+    out = json.loads(run(home, "network", "set", "office", "--nat-private", "off", "--json").stdout)
+    assert out["changed"] == {"nat_private": False}
+    shown = json.loads(run(home, "network", "show", "office", "--json").stdout)
+    assert (shown["internet"], shown["nat_private"]) == (True, False)
+    bad = run(home, "network", "set", "office", "--nat-private", "yes", ok=False)
+    assert bad.returncode == 2 and "'yes' is not one of 'on', 'off'" in bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 # --------------------------------------------------------------------------- --json, start-up

@@ -65,16 +65,19 @@ def test_help_names_the_address_modes(env: dict[str, str]) -> None:
 # --------------------------------------------------------------------------- routes
 
 
-def lease(routes: list[tuple[str, str]] = ()) -> ClientLease:  # type: ignore[assignment]
+def lease(
+    routes: list[tuple[str, str]] = (),  # type: ignore[assignment]
+    router: bool = True,
+) -> ClientLease:
     gw = IPv4Address("10.1.0.1")
     return ClientLease(
         address=IPv4Address("10.1.0.7"), prefixlen=24, server=gw, server_mac=b"\x02" * 6,
-        bound_at=0.0, lease_time=3600, t1=1800, t2=3150, router=gw,
+        bound_at=0.0, lease_time=3600, t1=1800, t2=3150, router=gw if router else None,
         routes=tuple((IPv4Network(n), IPv4Address(v)) for n, v in routes),
     )  # fmt: skip
 
 
-def test_routes_go_to_routed_networks_via_the_gateway_and_never_default() -> None:
+def test_routes_go_to_routed_networks_via_the_gateway_and_default_only_when_offered() -> None:
     config: dict[str, Any] = {
         "cidr": "10.1.0.0/24",
         "cidr6": "fd01::/64",
@@ -87,7 +90,7 @@ def test_routes_go_to_routed_networks_via_the_gateway_and_never_default() -> Non
         IPv4Interface("10.1.0.7/24"),
         lease(
             [
-                ("0.0.0.0/0", "10.1.0.1"),  # a default route: never
+                ("0.0.0.0/0", "10.1.0.1"),  # internet access: the default route, first
                 ("10.3.0.0/16", "10.1.0.1"),
                 ("10.2.0.0/24", "10.1.0.1"),  # also in the welcome: once
                 ("10.4.0.0/24", "192.0.2.1"),  # its gateway is not on the link
@@ -95,10 +98,19 @@ def test_routes_go_to_routed_networks_via_the_gateway_and_never_default() -> Non
         ),
     )
     assert got == [
+        ("0.0.0.0/0", "10.1.0.1"),
         ("10.3.0.0/16", "10.1.0.1"),
         ("10.2.0.0/24", "10.1.0.1"),
         ("fd02::/64", "fd01::1"),
     ]
+    # Option 121 without 0.0.0.0/0 replaces option 3 (RFC 3442): no default route.
+    ip4 = IPv4Interface("10.1.0.7/24")
+    assert routes_for({}, ip4, lease([("10.3.0.0/16", "10.1.0.1")])) == [
+        ("10.3.0.0/16", "10.1.0.1")
+    ]
+    # Option 3 alone: the default route; neither (internet off): none.
+    assert routes_for({}, ip4, lease()) == [("0.0.0.0/0", "10.1.0.1")]
+    assert routes_for({}, ip4, lease(router=False)) == []
     # Static: the welcome's routes via the welcome's gateway; no IPv4 address, no IPv4 routes.
     assert routes_for(config, IPv4Interface("10.1.0.9/24"), None)[0] == ("10.2.0.0/24", "10.1.0.1")
     assert routes_for(config, None, None) == [("fd02::/64", "fd01::1")]
@@ -157,7 +169,8 @@ def test_a_host_gets_its_address_by_dhcp_pings_the_gateway_and_keeps_it(net: Ove
         counters = conn["dhcp"]  # the client runs on (renewals), its counters with it
         assert (counters["offers"], counters["acks"], counters["malformed"]) == (1, 1, 0)
         lease = conn["lease"]
-        assert lease["server"] == lease["router"] == "10.77.0.1"
+        assert lease["server"] == "10.77.0.1"
+        assert not lease["router"]  # internet off (the default): no default router offered
         assert 3000 < lease["expires"] - time.time() <= 3600
         env = net.env | {"ATENET_HOME": str(net.root / client.name)}
         text = client.host.run([VENV_BIN / "tok", "status"], env=env, check=False, timeout=60)
@@ -296,7 +309,10 @@ def snapshot():
         if what == "addr":
             out[what] = [f"{a['local']}/{a['prefixlen']}" for i in items for a in i["addr_info"]]
         else:
-            out[what] = sorted(f"{r['dst']} via {r.get('gateway', '-')}" for r in items)
+            out[what] = sorted(
+                f"{r['dst']} via {r.get('gateway', '-')}" + (" metric %d" % r["metric"]
+                if r.get("metric") else "") for r in items
+            )
     return out
 
 async def main():
@@ -332,12 +348,21 @@ def test_a_new_address_replaces_the_old_and_a_lost_lease_takes_it_and_its_routes
     bound, moved, lost = json.loads(out.stdout)
     assert bound == {
         "addr": ["10.1.0.7/24"],
-        "route": ["10.1.0.0/24 via -", "10.2.0.0/24 via 10.1.0.1", "10.3.0.0/16 via 10.1.0.1"],
-    }  # never the default route option 121 offered
+        "route": [
+            "10.1.0.0/24 via -",
+            "10.2.0.0/24 via 10.1.0.1",
+            "10.3.0.0/16 via 10.1.0.1",
+            "default via 10.1.0.1 metric 1024",  # option 121's 0.0.0.0/0, below a host's own
+        ],
+    }
     assert moved == {
         "addr": ["10.1.0.9/24"],
-        "route": ["10.1.0.0/24 via -", "10.2.0.0/24 via 10.1.0.1"],
-    }
+        "route": [
+            "10.1.0.0/24 via -",
+            "10.2.0.0/24 via 10.1.0.1",
+            "default via 10.1.0.1 metric 1024",
+        ],
+    }  # option 3 (no option 121): the default route again
     assert lost == {"addr": [], "route": []}
 
 

@@ -79,9 +79,10 @@ def test_udhcpc_gets_address_route_and_dns_and_renews_without_a_chain_event(
         (bound,) = wait_for_lines(log, 1) or [""]
         ip = bound.split()[1].removeprefix("ip=") if bound.startswith("bound ") else ""
         assert ip and IPv4Address(ip) in CIDR and ip != GW, bound
-        assert bound.startswith(f"bound ip={ip} mask=24 router={GW} dns=8.8.8.8 mtu=1400 "), bound
+        # Internet off (the default): no router option, so no default route through atenet.
+        assert bound.startswith(f"bound ip={ip} mask=24 router= dns=8.8.8.8 mtu=1400 "), bound
         assert [(a["local"], a["prefixlen"]) for a in addresses(client, "-4")] == [(ip, 24)]
-        assert f"default via {GW} dev atenet0" in client.host.run(["ip", "route"]).stdout
+        assert "default" not in client.host.run(["ip", "route"]).stdout
         assert client.host.ping(GW, count=2, timeout=5), "the gateway does not answer a ping"
 
         binding = leases(net)[client.mac]
@@ -129,7 +130,7 @@ def test_dhclient_behind_another_node_gets_another_address_and_keeps_it_across_a
         assert got.startswith("BOUND ip="), (tmp_path / "dhclient.err").read_text()[-500:]
         ip = got.split()[1].removeprefix("ip=")
         assert IPv4Address(ip) in CIDR and ip not in (str(held), GW), got
-        assert got == f"BOUND ip={ip} mask=255.255.255.0 router={GW} dns=8.8.8.8 mtu=1400"
+        assert got == f"BOUND ip={ip} mask=255.255.255.0 router= dns=8.8.8.8 mtu=1400"
         assert [a["local"] for a in addresses(second, "-4")] == [ip]
         assert second.host.ping(GW, count=2, timeout=5)
         table = leases(net)
@@ -188,3 +189,74 @@ def test_kernel_slaac_takes_an_address_from_the_gateways_advertisement(net: Over
         ["ping", "-6", "-n", "-c", "2", "-i", "0.2", "-w", "5", "-I", slaac[0], GW6], check=False
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def default_routes(client: Client, family: str) -> list[str]:
+    """The gateways of the host's default routes (``ip route show default``)."""
+    out = client.host.run(["ip", family, "-j", "route", "show", "default"]).stdout
+    return [str(r.get("gateway", "-")) for r in json.loads(out)]
+
+
+def renew_until(proc: Any, log: Path, want: str, timeout: float = 30) -> str:
+    """SIGUSR1 (udhcpc renews now, as at T1) once a second until a renewal logs ``want``: the
+    nodes follow the chain within moments, not at once."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = log.read_text().count("\n")
+        proc.send_signal(signal.SIGUSR1)
+        lines = wait_for_lines(log, before + 1, timeout=5)
+        if len(lines) > before and want in lines[-1]:
+            return lines[-1]
+        time.sleep(1)
+    raise AssertionError(f"no renewal with {want!r}: {log.read_text()[-600:]}")
+
+
+def wait_until(check: Any, timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return bool(check())
+
+
+def test_internet_on_gives_default_routes_and_off_takes_them_away_live(
+    net: Overlay, tmp_path: Path
+) -> None:
+    """`tok network set lan --internet on|off` while hosts are connected: a udhcpc host gets
+    (loses) its IPv4 default route via the gateway at its next renewal, the kernel its IPv6 one
+    at once (the gateway advertises again with the new router lifetime), and a `tok connect`
+    host that gets its lease while it is on installs the default route with metric 1024. The
+    network's own route stays throughout."""
+    need("busybox")
+    udhcpc = net.add_client("i1", ["n1"], NONE)
+    log = tmp_path / "i1.log"
+    proc = start_udhcpc(udhcpc.host, "atenet0", tmp_path, log)
+    builtin = None
+    try:
+        (bound,) = wait_for_lines(log, 1) or [""]
+        assert bound.startswith("bound ") and " router= " in bound, bound
+        assert default_routes(udhcpc, "-4") == []
+        assert wait_until(lambda: addresses(udhcpc, "-6")), "no SLAAC address"
+        assert default_routes(udhcpc, "-6") == []
+
+        net.tok("network", "set", "lan", "--internet", "on")
+        assert f"router={GW} " in renew_until(proc, log, f"router={GW} ")
+        assert default_routes(udhcpc, "-4") == [GW]
+        assert wait_until(lambda: default_routes(udhcpc, "-6") != []), "no IPv6 default route"
+        (via6,) = default_routes(udhcpc, "-6")
+        assert IPv6Address(via6).is_link_local  # the gateway's link-local address (RFC 4861)
+        builtin = net.add_client("i2", ["n2"])  # tok connect's own DHCP client
+        out = builtin.host.run(["ip", "-4", "-j", "route", "show", "default"]).stdout
+        assert [(r["gateway"], r["metric"]) for r in json.loads(out)] == [(GW, 1024)]
+
+        net.tok("network", "set", "lan", "--internet", "off")
+        assert wait_until(lambda: default_routes(udhcpc, "-6") == []), "IPv6 default route kept"
+        renew_until(proc, log, " router= ")
+        assert default_routes(udhcpc, "-4") == []
+        routes = udhcpc.host.run(["ip", "-4", "route", "show", "dev", "atenet0"]).stdout
+        assert str(CIDR) in routes, routes
+        assert udhcpc.host.ping(GW, count=1, timeout=5)
+    finally:
+        stop(proc)
+        if builtin is not None and builtin.proc is not None:
+            net.lab.stop_process(builtin.proc, grace=10)
+        net.tok("network", "set", "lan", "--internet", "off")

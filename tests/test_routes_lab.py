@@ -208,6 +208,39 @@ def test_ping_and_tcp_between_hosts_of_two_routed_networks(
     print("n1 gateway of A:", json.dumps(status.get("gateway", {}), sort_keys=True))
 
 
+ROUTER_SOLICIT = """
+import socket
+index = socket.if_nametoindex("atenet0")
+sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)  # RFC 4861: hop limit 255
+sock.sendto(bytes((133, 0, 0, 0, 0, 0, 0, 0)), ("ff02::2", 0, 0, index))  # the kernel sums it
+"""
+
+
+def test_router_advertisements_route_b_by_route_information_without_a_default_route(
+    routed: tuple[Overlay, Client, Client],
+) -> None:
+    """A has no internet access: A's gateway advertises router lifetime 0 and B's /64 in a Route
+    Information option (RFC 4191). A Linux host that accepts those (accept_ra_rt_info_max_plen
+    64; the default 0 ignores them) routes B through the gateway's link-local address from the
+    advertisement alone, and still has no default route."""
+    _net, a1, b1 = routed
+    host = a1.host
+    host.run(["sysctl", "-qw", "net.ipv6.conf.atenet0.accept_ra_rt_info_max_plen=64"])
+    host.run(["ip", "-6", "route", "del", CIDR6_B, "dev", "atenet0"], check=False)  # tok's own
+    routes: list[dict[str, str]] = []
+    deadline = time.monotonic() + 15
+    while not routes and time.monotonic() < deadline:
+        host.run([sys.executable, "-c", ROUTER_SOLICIT])  # answered by a unicast advertisement
+        time.sleep(0.5)
+        out = host.run(["ip", "-6", "-j", "route", "show", CIDR6_B]).stdout
+        routes = [r for r in json.loads(out) if r.get("protocol") == "ra"]
+    assert routes, host.run(["ip", "-6", "route"]).stdout
+    assert routes[0]["gateway"].startswith("fe80:") and routes[0]["dev"] == "atenet0"
+    assert json.loads(host.run(["ip", "-6", "-j", "route", "show", "default"]).stdout) == []
+    ping_until(host, b1.ip6, 10)
+
+
 def test_revoking_the_route_key_stops_the_traffic(routed: tuple[Overlay, Client, Client]) -> None:
     """Measured from the revocation's chain event (its author's clock: the same machine) to
     the last echo reply, with a ping every 0.05 s."""

@@ -191,6 +191,7 @@ class Owner:
         dns: list[str] | None = None,
         internet: bool | None = None,
         snooping: bool | None = None,
+        nat_private: bool | None = None,
     ) -> dict[str, Any]:
         """Append a settings event with only the fields that change; return them ({} = none).
 
@@ -217,6 +218,8 @@ class Owner:
                 change["dns"] = servers
         if internet is not None and internet != s.internet:
             change["internet"] = internet
+        if nat_private is not None and nat_private != s.nat_private:
+            change["nat_private"] = nat_private
         for field, value in (fdb or {}).items():  # the learning switch's table (rules.FDB_*)
             if problem := rules.fdb_problem(field, value):
                 raise AtenetError(problem)

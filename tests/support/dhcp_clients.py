@@ -21,13 +21,18 @@ from tests.support.netns import Host
 
 UDHCPC_SCRIPT = """#!/bin/sh
 # udhcpc calls this on each event; configure like a distribution script and log what we got.
-case "$1" in
+event="$1"
+case "$event" in
   deconfig) ip -4 addr flush dev "$interface"; ip link set "$interface" up ;;
   bound|renew)
     ip -4 addr flush dev "$interface"
     ip addr add "$ip/$mask" broadcast "$broadcast" dev "$interface"
-    ip route replace default via "$router" dev "$interface"
-    echo "$1 ip=$ip mask=$mask router=$router dns=$dns mtu=$mtu lease=$lease" >> "$LOG" ;;
+    # A default route only when offered (the network has internet access); option 121's too.
+    if [ -n "$router" ]; then ip route replace default via "$router" dev "$interface"
+    else ip route del default dev "$interface" 2>/dev/null; fi
+    set -- $staticroutes
+    while [ $# -ge 2 ]; do ip route replace "$1" via "$2" dev "$interface"; shift 2; done
+    echo "$event ip=$ip mask=$mask router=$router dns=$dns mtu=$mtu lease=$lease" >> "$LOG" ;;
 esac
 """
 
@@ -37,7 +42,8 @@ case "$reason" in
   BOUND|RENEW|REBIND|REBOOT)
     ip -4 addr flush dev "$interface"
     ip addr add "$new_ip_address/$new_subnet_mask" dev "$interface"
-    ip route replace default via "$new_routers" dev "$interface"
+    if [ -n "$new_routers" ]; then ip route replace default via "$new_routers" dev "$interface"
+    else ip route del default dev "$interface" 2>/dev/null; fi
     echo "$reason ip=$new_ip_address mask=$new_subnet_mask router=$new_routers" \
       "dns=$new_domain_name_servers mtu=$new_interface_mtu" >> "$LOG" ;;
 esac

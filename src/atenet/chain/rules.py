@@ -164,8 +164,9 @@ def _settings(p: dict[str, Any]) -> None:
         raise BodyError(f"mtu {str(p['mtu'])[:40]} is not an integer from {MTU_MIN} to {MTU_MAX}")
     if "dns" in p and (problem := dns_problem(p["dns"])):
         raise BodyError(problem)
-    if "internet" in p and not isinstance(p["internet"], bool):
-        raise BodyError("internet is not true or false")
+    for flag in ("internet", "nat_private"):
+        if flag in p and not isinstance(p[flag], bool):
+            raise BodyError(f"{flag} is not true or false")
     for field in FDB_RANGES:
         if field in p and (problem := fdb_problem(field, p[field])):
             raise BodyError(problem)

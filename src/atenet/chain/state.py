@@ -126,8 +126,12 @@ class Settings:
     mtu: int = DEFAULT_MTU
     #: DNS servers the network's DHCP/RA will announce (the router is not built yet).
     dns: tuple[str, ...] = rules.DEFAULT_DNS
-    #: Whether the gateway NATs to the internet: stored now, acted on by the gateway later.
+    #: Whether the gateway NATs to the internet (docs/nat.md); DHCP and RA then also offer the
+    #: gateway as default router. Off by default: the node's address is its operator's.
     internet: bool = False
+    #: With ``internet``: whether NAT may also reach private-range destinations (RFC 1918,
+    #: 100.64/10, fc00::/7, …), i.e. the node's own LAN. Off by default for the same reason.
+    nat_private: bool = False
     #: The learning switch's table on every node (docs/learning.md): entry age in seconds,
     #: MACs per local port, per peer node and in all, per network per node.
     fdb_age: int = rules.FDB_DEFAULTS["fdb_age"]
@@ -332,6 +336,7 @@ class NetworkState:
                 mtu=int(p.get("mtu", s.mtu)),
                 dns=tuple(p.get("dns", s.dns)),
                 internet=bool(p.get("internet", s.internet)),
+                nat_private=bool(p.get("nat_private", s.nat_private)),
                 **{f: int(p.get(f, getattr(s, f))) for f in rules.FDB_DEFAULTS},
                 proxy_arp=bool(p.get("proxy_arp", s.proxy_arp)),
                 snooping=bool(p.get("snooping", s.snooping)),
@@ -421,6 +426,7 @@ class NetworkState:
             "mtu": self.settings.mtu,
             "dns": list(self.settings.dns),
             "internet": self.settings.internet,
+            "nat_private": self.settings.nat_private,
             **{f: getattr(self.settings, f) for f in rules.FDB_DEFAULTS},
             "proxy_arp": self.settings.proxy_arp,
             "snooping": self.settings.snooping,

@@ -275,6 +275,7 @@ def _started(node: NodeDaemon, http: HttpConfig, store: ChainStore) -> dict[str,
         "store": store.url,
         "http_url": f"{http.public_url(host)}/" if http.port else None,
         "status_url": f"{http.base_url}/api/status" if http.port else None,
+        "nat": node.core.nat,
     }
 
 
@@ -397,6 +398,12 @@ async def up_token(owner: Owner, chain: Chain, endpoints: list[str]) -> tuple[st
     help="Frames per second one port may flood (broadcast, unknown unicast, unregistered "
     "multicast); the excess is dropped (storm_drops). 0: no limit.",
 )
+@click.option(
+    "--no-nat",
+    is_flag=True,
+    help="Give no network internet access through this node, whatever its owner set "
+    "(`tok network set --internet on`): no NAT, and DHCP/RA offer no default route.",
+)
 @http_options
 @run_async
 async def run(
@@ -411,6 +418,7 @@ async def run(
     max_ports_per_address: int,
     port_rate: float,
     storm_rate: float,
+    no_nat: bool,
     http: HttpConfig,
 ) -> None:
     """Serve every network of this deployment: one UDP socket for clients and peers, networks
@@ -425,7 +433,7 @@ async def run(
             limits=PortLimits(
                 max_ports_per_key, max_ports_per_address, port_rate, port_rate / 10, storm_rate
             ),
-            lock_dir=config_dir(),
+            lock_dir=config_dir(), nat=not no_nat,
         )  # fmt: skip
 
         async def announce(node: NodeDaemon) -> None:
@@ -493,6 +501,10 @@ async def serve_until_signal(daemon: NodeDaemon, http: HttpConfig, on_ready: Any
         err=True,
     )
     click.echo(advertise_notice(daemon), err=True)
+    if not daemon.core.nat:
+        click.echo(
+            "NAT is off on this node (--no-nat): no network reaches the internet here", err=True
+        )
     ready = asyncio.ensure_future(on_ready(daemon)) if on_ready is not None else None
     try:
         await stop.wait()

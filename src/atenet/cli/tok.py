@@ -225,7 +225,8 @@ async def network_show(name: str, store_url: str | None, as_json: bool) -> None:
         click.echo(f"ipv6     {s.cidr6}")
         click.echo(f"mtu      {s.mtu}")
         click.echo(f"dns      {' '.join(s.dns)}")
-        click.echo(f"internet {'on' if s.internet else 'off'} (not acted on yet)")
+        private = ", private ranges too" if s.internet and s.nat_private else ""
+        click.echo(f"internet {'on' if s.internet else 'off'}{private}")
         click.echo(
             f"fdb      age {s.fdb_age} s, MACs {s.fdb_macs:,}, per port {s.fdb_port_macs:,}, "
             f"per peer node {s.fdb_peer_macs:,}"
@@ -255,7 +256,14 @@ async def network_show(name: str, store_url: str | None, as_json: bool) -> None:
 @click.option(
     "--internet",
     type=click.Choice(["on", "off"]),
-    help="Let the gateway reach the internet. Stored only: no node acts on it yet.",
+    help="NAT to the internet through the nodes' own addresses (default off); on also makes "
+    "DHCP and RA offer the gateway as default router (docs/nat.md).",
+)
+@click.option(
+    "--nat-private",
+    type=click.Choice(["on", "off"]),
+    help="With --internet on: let NAT reach private-range destinations (10/8, 192.168/16, "
+    "fc00::/7, ...: the node's own LAN). Default off.",
 )
 @click.option(
     "--fdb-age",
@@ -307,6 +315,7 @@ async def network_set(
     store_url: str | None,
     as_json: bool,
     proxy_arp: str | None,
+    nat_private: str | None,
     **fdb_options: int | None,
 ) -> None:
     """Change NAME's settings live: nodes follow the chain and hand the new values to every
@@ -315,10 +324,11 @@ async def network_set(
     learned (docs/learning.md)."""
     fdb = {k: v for k, v in fdb_options.items() if v is not None}
     unchanged = new_name is None and mtu is None and not dns and internet is None
+    unchanged = unchanged and nat_private is None
     if unchanged and snooping is None and not fdb and proxy_arp is None:
         raise click.UsageError(
-            "nothing to change: give --name, --mtu, --dns, --internet, --snooping, --proxy-arp "
-            "or an --fdb-* option"
+            "nothing to change: give --name, --mtu, --dns, --internet, --nat-private, "
+            "--snooping, --proxy-arp or an --fdb-* option"
         )
     async with owner_session(store_url) as owner:
         chain = await owner.find(name)
@@ -331,6 +341,7 @@ async def network_set(
             dns=list(dns) if dns else None,
             internet=None if internet is None else internet == "on",
             snooping=None if snooping is None else snooping == "on",
+            nat_private=None if nat_private is None else nat_private == "on",
         )
         if as_json:
             print_json({"network": chain.network_id.hex(), "changed": change})

@@ -604,12 +604,29 @@ def _print_node(data: dict[str, Any]) -> None:
             )
         if net["drops"]:
             click.echo("  dropped: " + _drops(net["drops"]))
+        if line := _nat_line(net.get("nat") or {}):
+            click.echo(line)
         for p in net["ports"]:
             click.echo(
                 f"  port {_port_name(p)}: in {p['frames_in']} out {p['frames_out']} "
                 f"drops {p['drops']} MACs {p.get('learned', 0)}"
                 + (" mirror" if p.get("mirror") else "")
             )
+
+
+def _nat_line(nat: dict[str, Any]) -> str:
+    """``  internet (NAT) on: flows 3 (tcp 2, udp 1, icmp 0), up 1.2 kB, down 3 MB, refused
+    2 (refused_metadata 1, …)`` — empty while the network has no internet access here."""
+    if not nat.get("internet"):
+        return ""
+    refused = {k: v for k, v in nat.items() if k.startswith("refused_")}
+    text = (
+        f"  internet (NAT) on: flows {nat.get('flows', 0)} (tcp {nat.get('flows_tcp', 0)},"
+        f" udp {nat.get('flows_udp', 0)}, icmp {nat.get('flows_icmp', 0)}),"
+        f" bytes up {nat.get('bytes_up', 0)} down {nat.get('bytes_down', 0)},"
+        f" refused {nat.get('refused', 0)}"
+    )
+    return text + (f" ({_drops(refused)})" if refused else "")
 
 
 def _port_name(port: dict[str, Any]) -> str:

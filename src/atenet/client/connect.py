@@ -508,7 +508,8 @@ class Connection:
         self.routes = [r for r in self.routes if r not in v4]
 
     async def _set_routes(self, lease: ClientLease | None) -> None:
-        """Install routes to the routed networks, and only those (never a default route)."""
+        """Install routes to the routed networks, and the default route when the lease offers
+        one (:func:`routes_for`); a renewal without it takes it away."""
         if self.tap is None:
             return
         want = routes_for(self._config, self.ip4, lease)
@@ -669,10 +670,14 @@ def routes_for(
     config: dict[str, Any], ip4: IPv4Interface | None, lease: ClientLease | None
 ) -> list[tuple[str, str]]:
     """The routes a host installs: to each routed network, via the gateway — the welcome's
-    ``routes`` and, with DHCP, option 121's — and nothing else: no default route (the internet
-    is not reached through atenet), nothing for the network's own CIDR (the address's prefix
-    covers it), nothing whose gateway is not on the link. IPv4 routes need an IPv4 address;
-    IPv6 routes go via the welcome's ``gateway6``. At most :data:`MAX_ROUTES`."""
+    ``routes`` and, with DHCP, option 121's — and a default route only when the DHCP lease
+    offers one (the network has internet access: option 3, or 0.0.0.0/0 in option 121, which
+    RFC 3442 says replaces option 3), installed with a high metric (transport/tap.py
+    ``DEFAULT_ROUTE_METRIC``) so a host's own uplink keeps winning. Nothing for the network's
+    own CIDR (the address's prefix covers it), nothing whose gateway is not on the link. IPv4
+    routes need an IPv4 address; IPv6 routes go via the welcome's ``gateway6`` (an IPv6
+    default route comes from the gateway's router advertisements, installed by the kernel).
+    At most :data:`MAX_ROUTES`."""
     via4: IPv4Address | None = None
     if lease is not None:
         via4 = lease.router or lease.server
@@ -681,8 +686,14 @@ def routes_for(
             via4 = IPv4Address(str(config["gateway"]))
     via6 = str(config.get("gateway6") or "")
     candidates: list[tuple[IPv4Network | IPv6Network, str]] = []
+    default: tuple[str, str] | None = None
     if lease is not None:
-        candidates += [(net, str(via)) for net, via in lease.routes]
+        candidates += [(net, str(via)) for net, via in lease.routes if net.prefixlen]
+        offered = [str(via) for net, via in lease.routes if not net.prefixlen]
+        if lease.routes:
+            default = ("0.0.0.0/0", offered[0]) if offered else None
+        elif lease.router is not None:
+            default = ("0.0.0.0/0", str(lease.router))
     welcome = config.get("routes")
     for text in welcome if isinstance(welcome, list) else []:
         try:
@@ -710,4 +721,6 @@ def routes_for(
         route = (str(net), via)
         if route not in out:
             out.append(route)
+    if default is not None and ip4 is not None and IPv4Address(default[1]) in ip4.network:
+        out.insert(0, default)
     return out[:MAX_ROUTES]

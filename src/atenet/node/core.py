@@ -29,6 +29,7 @@ from typing import Any
 from atenet.addressing import ipv4_for, ipv6_for
 from atenet.chain.state import AccessKey, NetworkState
 from atenet.errors import AtenetError, DecodeError
+from atenet.node.nat import is_local_address
 from atenet.node.routes import ROUTE_KIND, RoutePort, sync_routes
 from atenet.node.schema import CONTROL, SchemaError, parse
 from atenet.offload import OffloadError, check
@@ -47,6 +48,7 @@ from atenet.overlay.seal import (
 )
 from atenet.router.dhcp import Bind, DhcpServer, Lease
 from atenet.router.gateway import DEFAULT_DNS6, Gateway
+from atenet.router.nat import Nat
 from atenet.router.neighbours import Neighbours
 from atenet.router.querier import Querier
 from atenet.switch.core import STORM_RATE, Port, Switch
@@ -256,6 +258,17 @@ class NetworkRuntime:
         self.network_of: Callable[[bytes], NetworkRuntime | None] = lambda _id: None
         """The node's other networks by id (set by :class:`NodeCore`)."""
         self._router_config: tuple[Any, ...] | None = None
+        self.node_nat = True
+        """False when the operator turned NAT off for the whole node (``atenet run --no-nat``;
+        set by :class:`NodeCore` from its ``nat``): the network then has no internet access
+        here, whatever its chain says (see :attr:`internet`)."""
+        self.nat: Nat | None = None
+        """The internet forwarder (router/nat.py, docs/nat.md) while :attr:`internet` holds."""
+        self.nat_wake: Callable[[NetworkRuntime], None] = lambda _r: None
+        """Tells the shell (node/nat.py) that :attr:`nat` has work or was replaced (set by
+        :class:`NodeCore` from its own ``nat_wake``, which the daemon sets)."""
+        self.nat_is_local: Callable[[ipaddress.IPv4Address], bool] = is_local_address
+        """Whether an address is the node's own: NAT never reaches the node itself."""
         self.binds: deque[dict[str, Any]] = deque()
         """Lease event payloads the shell appends to the chain ("lease" event), oldest first."""
 
@@ -340,12 +353,24 @@ class NetworkRuntime:
 
     # ------------------------------------------------------------------ gateway
 
+    @property
+    def internet(self) -> bool:
+        """Whether this node gives the network internet access (NAT) now: the owner turned it on
+        in the chain (``tok network set --internet on``) and the operator did not turn NAT off
+        for the node (``atenet run --no-nat``). DHCP and RA offer the gateway as the default
+        router only then: a default route through a gateway that cannot reach the internet
+        would black-hole a host's traffic instead of letting it use another interface."""
+        return self.node_nat and self.state is not None and self.state.settings.internet
+
     def _configure_router(self, state: NetworkState, now: float) -> None:
         s = state.settings
-        config = (s.cidr, s.cidr6, s.mtu, tuple(s.dns), s.internet)
+        config = (s.cidr, s.cidr6, s.mtu, tuple(s.dns), self.internet)
         if config != self._router_config:
             self._router_config = config
             self._build_router(state)
+            self.nat_wake(self)  # the shell drops the old forwarder's sockets
+        if self.nat is not None:
+            self.nat.set_allow_private(s.nat_private)
         if s.snooping != (self.switch.mcast is not None):
             self.switch.mcast = Multicast() if s.snooping else None  # off: multicast floods
             self.querier = None
@@ -355,6 +380,7 @@ class NetworkRuntime:
         """The network's gateway and DHCP server, rebuilt when its settings change."""
         s = state.settings
         self.gateway = self.dhcp = self.neighbours = self.querier = None
+        self.nat = None
         self.switch.gateway = None
         self.switch.gateway_mac = b"\xff" * 6
         if not s.cidr:
@@ -364,11 +390,11 @@ class NetworkRuntime:
         try:
             gateway = Gateway(
                 self.network_id, s.cidr, s.cidr6 or None, s.mtu, dns6=dns6,
-                default_route=s.internet,
+                default_route=self.internet,
             )  # fmt: skip
             dhcp = DhcpServer(
                 self.network_id, s.cidr, gateway.ipv4, gateway.mac, s.mtu, dns4,
-                node_id=self.node_id,
+                node_id=self.node_id, default_route=self.internet,
             )  # fmt: skip
         except (AtenetError, ValueError):
             self.drops["gateway_config"] += 1  # e.g. a /31: no room for a gateway
@@ -380,6 +406,26 @@ class NetworkRuntime:
         self.neighbours = Neighbours(gateway, unreachable=self._unreachable, snooped=self._snooped)
         self.switch.gateway_mac = gateway.mac
         self.switch.gateway = self._to_gateway
+        if self.internet:
+            self.nat = Nat(
+                ipaddress.IPv4Interface(f"{gateway.ipv4}/{gateway.network4.prefixlen}"),
+                gateway.mac, s.mtu, is_local=self.nat_is_local, allow_private=s.nat_private,
+            )  # fmt: skip
+            gateway.internet = self._to_nat
+
+    def _to_nat(self, raw: bytes, packet: Any, src_mac: bytes, now: float) -> None:
+        """A client's packet for the internet (the gateway's hook): to the forwarder, whose
+        output and host-socket requests the shell takes when woken."""
+        if self.nat is not None:
+            self.nat.packet(raw, packet, src_mac, now)
+            self.nat_wake(self)
+
+    def nat_out(self, frames: list[bytes]) -> None:
+        """The forwarder's frames: to the local port that has the client's MAC (flooded to
+        the local ports when the switch does not know it); never to peers."""
+        for frame in frames:
+            port = self.switch.lookup(frame[:6])
+            self.switch.from_gateway(frame, port if isinstance(port, Port) else None)
 
     def _sync_leases(self, state: NetworkState, now: float) -> None:
         """Hand the DHCP server the lease events it has not seen, in chain order: they settle
@@ -415,6 +461,8 @@ class NetworkRuntime:
                 self.switch.from_gateway(out, port)
         if self.neighbours is not None and frame[12:14] in (b"\x08\x06", b"\x86\xdd"):
             self.inject(self.neighbours.learn(frame, now))  # a local host answering our ARP
+        if self.nat is not None and frame[12:14] == b"\x08\x06":
+            self.nat.arp(frame, now)  # a client answering the forwarder's stack
 
     def inject(self, frames: list[bytes]) -> None:
         """Frames the neighbour cache lets go (routed packets, its requests, ICMP errors): into
@@ -870,6 +918,7 @@ class NetworkRuntime:
             "key_derivations": self.derivations,
             "gateway": self._gateway_status(),
             "dhcp": dict(self.dhcp.counters) if self.dhcp is not None else {},
+            "nat": {"internet": self.internet, **(self.nat.status() if self.nat else {})},
         }
 
     def _snoop(self, frame: bytes, where: Port | int) -> None:
@@ -977,6 +1026,7 @@ class NodeCore:
         instance: str | None = None,
         limits: PortLimits | None = None,
         clock: Callable[[], float] = time.time,
+        nat: bool = True,
     ) -> None:
         """``clock``: the Unix time the gateways and DHCP servers read (frames from WebSocket
         ports reach them without passing through :meth:`datagram`).
@@ -984,13 +1034,20 @@ class NodeCore:
         ``counter_start``: the clock in ns when this process started (``time.time_ns()``);
         it starts the sealers' counters and is the floor below which a sender with no replay
         window is refused (anything older was captured before this process existed).
-        ``instance``: random per process, named in clients' hellos (default: 8 random bytes)."""
+        ``instance``: random per process, named in clients' hellos (default: 8 random bytes).
+        ``nat``: False when the operator turned NAT off for the whole node (``atenet run
+        --no-nat``): no network gets internet access here, whatever its chain says."""
         self.node_id = node_id
         self.send = send
         self.counter_start = counter_start
         self.instance = instance if instance is not None else os.urandom(8).hex()
         self.limits = limits if limits is not None else PortLimits()
         self.clock = clock
+        self.nat = nat
+        """Whether this node may NAT at all (``atenet run --no-nat`` makes it False)."""
+        self.nat_wake: Callable[[NetworkRuntime], None] = lambda _r: None
+        """Called when a network's forwarder has work or was replaced (the daemon runs its
+        shell, node/nat.py); in-process tests without a shell leave it a no-op."""
         self.freshness = Freshness(counter_start)
         self.address_ports: Counter[str] = Counter()
         self.networks: dict[bytes, NetworkRuntime] = {}
@@ -1023,6 +1080,8 @@ class NodeCore:
             address_ports=self.address_ports,
         )  # fmt: skip
         runtime.clock = self.clock
+        runtime.node_nat = self.nat
+        runtime.nat_wake = lambda r: self.nat_wake(r)
         runtime.sync_routes = lambda now: sync_routes(self, now)
         runtime.network_of = self.networks.get
         self.networks[network_id] = runtime
@@ -1031,6 +1090,9 @@ class NodeCore:
     def remove_network(self, network_id: bytes) -> None:
         runtime = self.networks.pop(network_id, None)
         if runtime is not None:
+            if runtime.nat is not None:
+                runtime.nat = None
+                runtime.nat_wake(runtime)  # the shell closes its host sockets
             for key in list(runtime.clients):
                 runtime.remove_client(key)
             sync_routes(self, self.clock())  # routes into or out of it go with it

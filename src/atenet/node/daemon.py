@@ -36,6 +36,7 @@ from atenet.node.advertise import choose as choose_advertised
 from atenet.node.core import NetworkRuntime, NodeCore, PortLimits
 from atenet.node.hosts import heartbeat_ports
 from atenet.node.lookups import UnknownNetworks
+from atenet.node.nat import NatShell
 from atenet.transport.udp import UdpSocket
 
 log = logging.getLogger(__name__)
@@ -62,9 +63,11 @@ class NodeDaemon:
         member_grace: float = MEMBER_GRACE,
         limits: PortLimits | None = None,
         lock_dir: Path | None = None,
+        nat: bool = True,
     ) -> None:
         """``lock_dir``: where to take this node's one-process lock (the CLI passes the config
-        dir); None for no lock file (in-process tests)."""
+        dir); None for no lock file (in-process tests). ``nat=False`` (``--no-nat``): no
+        network gets internet access through this node, whatever its chain says."""
         self.store = store
         self.node_key = node_key
         self.node_id = node_key.node_id
@@ -81,8 +84,9 @@ class NodeDaemon:
         self.instance = os.urandom(8).hex()
         self.started_ns = time.time_ns()
         self.core = NodeCore(
-            self.node_id, self._send, self.started_ns, instance=self.instance, limits=limits
-        )
+            self.node_id, self._send, self.started_ns, instance=self.instance, limits=limits,
+            nat=nat,
+        )  # fmt: skip
         self._idle_since: dict[bytes, float] = {}  # network id -> when its last port left
         # Network id -> until when another live instance of our node id serves it.
         self._clones: dict[bytes, float] = {}
@@ -100,6 +104,8 @@ class NodeDaemon:
         self.unknown = UnknownNetworks()
         self._membership_locks: dict[bytes, asyncio.Lock] = {}
         self._stopping = False
+        self._nat_shells: dict[bytes, NatShell] = {}
+        self.core.nat_wake = self._nat_wake
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -217,6 +223,9 @@ class NodeDaemon:
                     await asyncio.wait_for(self._leave(network_id), 5)
                 except (TimeoutError, AtenetError) as exc:
                     log.warning("could not leave %s on shutdown: %s", network_id.hex(), exc)
+        for shell in self._nat_shells.values():
+            shell.close()
+        self._nat_shells.clear()
         for task in [*self._tasks, *self._followers.values()]:
             task.cancel()
         for task in [*self._tasks, *self._followers.values()]:
@@ -258,6 +267,21 @@ class NodeDaemon:
     def send_errors(self) -> int:
         """Datagrams the kernel refused to send (full buffers, unreachable peers)."""
         return self.udp.send_errors if self.udp is not None else 0
+
+    def _nat_wake(self, runtime: NetworkRuntime) -> None:
+        """A network's forwarder has work, or was replaced or removed: run its shell (one
+        per network, node/nat.py), closing the host sockets of a forwarder that is gone."""
+        shell = self._nat_shells.get(runtime.network_id)
+        if shell is not None and shell.nat is not runtime.nat:
+            shell.close()
+            del self._nat_shells[runtime.network_id]
+            shell = None
+        if runtime.nat is None or self._stopping:
+            return
+        if shell is None:
+            shell = NatShell(runtime.nat, runtime.nat_out, runtime.clock)
+            self._nat_shells[runtime.network_id] = shell
+        shell.wake()
 
     # ------------------------------------------------------------------ control
 

@@ -138,6 +138,7 @@ class NodeCollector(Collector):
         yield mcast_events
         yield from per_port.values()
         yield from _gateway_families(networks)
+        yield from _nat_families(networks)
 
         lookups = s.get("lookups")
         if lookups is not None:
@@ -223,6 +224,52 @@ def _gateway_families(networks: list[dict[str, Any]]) -> Iterator[Metric]:
     yield refused
     yield dhcp
     yield waiting
+
+
+NAT_GAUGES = ("internet", "flows", "flows_tcp", "flows_udp", "flows_icmp", "half_open")
+"""``nat`` status entries that are levels, not events (docs/nat.md)."""
+
+
+def _nat_families(networks: list[dict[str, Any]]) -> Iterator[Metric]:
+    """The internet forwarders' flows, bytes and refusals (docs/nat.md), per network."""
+    labels = ["network", "network_id"]
+    flows = GaugeMetricFamily(
+        "atenet_nat_flows", "NAT flows open now, by protocol.", labels=[*labels, "proto"]
+    )
+    internet = GaugeMetricFamily(
+        "atenet_nat_internet", "1 when the network has internet access through this node.",
+        labels=labels,
+    )  # fmt: skip
+    moved = _counter("atenet_nat_bytes", "Payload bytes relayed by NAT.", [*labels, "direction"])
+    refused = _counter(
+        "atenet_nat_refused", "New NAT flows refused, by reason.", [*labels, "reason"]
+    )
+    events = _counter(
+        "atenet_nat_events", "NAT events (flows opened/closed, timeouts, host errors).",
+        [*labels, "what"],
+    )  # fmt: skip
+    for net in networks:
+        nat = net.get("nat") or {}
+        base = [net["name"], net["id"]]
+        internet.add_metric(base, 1 if nat.get("internet") else 0)
+        if "flows" not in nat:
+            continue
+        for proto in ("tcp", "udp", "icmp"):
+            flows.add_metric([*base, proto], nat.get(f"flows_{proto}", 0))
+        for direction in ("up", "down"):
+            moved.add_metric([*base, direction], nat.get(f"bytes_{direction}", 0))
+        for what, count in sorted(nat.items()):
+            if what in NAT_GAUGES or what.startswith("bytes_") or what == "refused":
+                continue
+            if what.startswith("refused_"):
+                refused.add_metric([*base, what.removeprefix("refused_")], count)
+            else:
+                events.add_metric([*base, what], count)
+    yield internet
+    yield flows
+    yield moved
+    yield refused
+    yield events
 
 
 def registry(status: Callable[[], dict[str, Any]]) -> CollectorRegistry:

@@ -241,7 +241,13 @@ class DhcpServer:
         server_burst: float = SERVER_BURST,
         decline_rate: float = DECLINE_RATE,
         decline_burst: float = DECLINE_BURST,
+        default_route: bool = True,
     ) -> None:
+        """``default_route``: offer the gateway as the default router (option 3, and 0.0.0.0/0
+        in option 121). The node passes whether the network has internet access through it
+        (``NetworkRuntime.internet``); without it a client gets only the routes to its network
+        (its subnet mask) and the routed networks (option 121), so a host with another uplink
+        keeps using it instead of black-holing its traffic here."""
         self.network_id = network_id
         self.network = IPv4Network(cidr)
         if self.network.prefixlen > 30:
@@ -269,6 +275,7 @@ class DhcpServer:
         self.classless_routes: tuple[IPv4Network, ...] = ()
         """Networks reached through the gateway (routes to other networks), sent as option 121
         to clients that ask for it; set by the node as routes come and go."""
+        self.default_route = default_route
         self.by_mac: dict[bytes, Lease] = {}
         self.by_ip: dict[int, Lease] = {}
         self.last_seq = 0
@@ -680,17 +687,20 @@ class DhcpServer:
             opts[d.OPT_T1] = d.opt_u32(secs // 2)
             opts[d.OPT_T2] = d.opt_u32(secs * 7 // 8)
         opts[d.OPT_SUBNET_MASK] = self._mask.packed
-        opts[d.OPT_ROUTER] = self.gateway_ip.packed
+        if self.default_route:
+            opts[d.OPT_ROUTER] = self.gateway_ip.packed
         if self.dns:  # a network whose owner set only IPv6 servers announces those by RA
             opts[d.OPT_DNS] = d.opt_addresses(*self.dns)
         opts[d.OPT_MTU] = self.mtu.to_bytes(2, "big")
         opts[d.OPT_BROADCAST] = self._broadcast.packed
         if self.classless_routes and d.OPT_CLASSLESS_ROUTES in request.options.get(
             d.OPT_PARAM_REQUEST, b""
-        ):  # RFC 3442: only to a client that asked; it then ignores option 3 (no default route)
-            opts[d.OPT_CLASSLESS_ROUTES] = d.opt_classless_routes(
-                [(network, self.gateway_ip) for network in self.classless_routes]
-            )
+        ):  # RFC 3442: only to a client that asked; it then ignores option 3, so the default
+            # route, when there is one, goes in here too (first: it is the shortest prefix)
+            routes = [(network, self.gateway_ip) for network in self.classless_routes]
+            if self.default_route:
+                routes.insert(0, (IPv4Network("0.0.0.0/0"), self.gateway_ip))
+            opts[d.OPT_CLASSLESS_ROUTES] = d.opt_classless_routes(routes)
         host = request.options.get(d.OPT_HOST_NAME)
         if host:
             opts[d.OPT_HOST_NAME] = host[:255]

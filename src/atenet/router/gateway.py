@@ -48,7 +48,7 @@ from atenet.router.forward import (
     may_send_error_v4,
     may_send_error_v6,
 )
-from atenet.router.ra import RaConfig, RaSchedule, router_advert
+from atenet.router.ra import MAX_ROUTE_INFO, RaConfig, RaSchedule, router_advert
 from atenet.wire.arp import ARP_REQUEST, ArpRepr, arp_reply
 from atenet.wire.ethernet import (
     ETHERTYPE_ARP,
@@ -196,6 +196,10 @@ class Gateway:
         """Frames not addressed to the gateway (the other local traffic it sees)."""
         self._routes4: list[Route] = []
         self._routes6: list[Route] = []
+        self.internet: Callable[[bytes, Ipv4Repr, bytes, float], None] | None = None
+        """Where IPv4 packets for addresses outside every route go when the network has
+        internet access: ``internet(raw, packet, src_mac, now)`` (the NAT forwarder,
+        :meth:`atenet.router.nat.Nat.packet`, whose output leaves through its own poll)."""
 
     # --- route table --------------------------------------------------------------------------
 
@@ -414,6 +418,10 @@ class Gateway:
         route = self._lookup(self._routes4, packet.dst) if self._routes4 else None
         if route is not None:
             return self._forward4(raw, packet, src, route, now)
+        if self.internet is not None and packet.ttl > 1:
+            self.handled["nat4"] += 1
+            self.internet(raw, packet, src, now)
+            return []
         if not may_send_error_v4(packet, False, self._broadcasts4):
             self.drops["no_route_silent"] += 1
             return []
@@ -578,7 +586,10 @@ class Gateway:
 
     def _ra_frame(self, dst_mac: bytes, dst_ip: IPv6Address) -> bytes:
         assert self.schedule is not None
-        message = router_advert(self.schedule.config)
+        routes = tuple(r.network for r in self._routes6 if isinstance(r.network, IPv6Network))
+        if len(routes) > MAX_ROUTE_INFO:
+            self.drops["ra_routes_left_out"] += len(routes) - MAX_ROUTE_INFO
+        message = router_advert(self.schedule.config, routes)
         return icmpv6_frame(message, self.mac, dst_mac, self.link_local, dst_ip, ND_HOP_LIMIT)
 
     def _echo6(

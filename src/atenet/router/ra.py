@@ -6,7 +6,10 @@ the overlay cannot carry), DNS servers (RDNSS, RFC 8106), and the gateway's MAC 
 link-layer option, saving each host a neighbour solicitation). The router lifetime is 0 — "I am
 not a default router" — unless the network gives internet access: a host that installed a
 default route through a gateway that cannot reach the internet would black-hole its traffic
-instead of falling back to another interface.
+instead of falling back to another interface. The networks the gateway routes to go in Route
+Information options (RFC 4191) either way, so a host reaches them without a default route
+(Linux accepts them when ``accept_ra_rt_info_max_plen`` is at least their prefix length; its
+default, 0, ignores them — docs/router.md).
 
 :class:`RaSchedule` is the timing: unsolicited advertisements at a random interval in
 ``[min_interval, max_interval]`` (the first three at most 16 s apart, so a new host learns
@@ -40,6 +43,11 @@ OPT_SOURCE_LLADDR = 1
 OPT_PREFIX_INFO = 3
 OPT_MTU = 5
 OPT_RDNSS = 25
+OPT_ROUTE_INFO = 24
+
+MAX_ROUTE_INFO = 32
+"""Route Information options in one advertisement at most (24 bytes each): the message stays
+well under the IPv6 minimum MTU of 1,280 bytes whatever the number of routes."""
 
 _PREFIX_ON_LINK = 0x80
 _PREFIX_AUTONOMOUS = 0x40
@@ -80,8 +88,10 @@ class RaConfig:
         return min(9000, int(3 * self.max_interval)) if self.default_route else 0
 
 
-def router_advert(config: RaConfig) -> Icmpv6Repr:
-    """The ICMPv6 router advertisement message for ``config`` (emit it with its addresses)."""
+def router_advert(config: RaConfig, routes: tuple[IPv6Network, ...] = ()) -> Icmpv6Repr:
+    """The ICMPv6 router advertisement message for ``config`` (emit it with its addresses),
+    with a Route Information option for each of ``routes`` (the first :data:`MAX_ROUTE_INFO`):
+    the networks the gateway routes to, valid as long as the RDNSS servers."""
     rest = (config.hop_limit << 24) | config.router_lifetime  # flags M=O=0: no DHCPv6
     body = bytearray(struct.pack("!II", 0, 0))  # reachable time, retrans timer: unspecified
     body += bytes((OPT_SOURCE_LLADDR, 1)) + config.source_mac
@@ -102,7 +112,17 @@ def router_advert(config: RaConfig) -> Icmpv6Repr:
         body += struct.pack("!BBHI", OPT_RDNSS, 1 + 2 * len(config.dns), 0, lifetime)
         for server in config.dns:
             body += server.packed
+    for route in routes[:MAX_ROUTE_INFO]:
+        body += route_info(route, int(3 * config.max_interval))
     return Icmpv6Repr(ICMPV6_ROUTER_ADVERT, 0, rest, bytes(body))
+
+
+def route_info(network: IPv6Network, lifetime: int) -> bytes:
+    """One Route Information option (RFC 4191 §2.3), medium preference: the prefix is cut to
+    the 0, 8 or 16 bytes its length needs (option length 1, 2 or 3 units of 8 bytes)."""
+    octets = 0 if network.prefixlen == 0 else 8 if network.prefixlen <= 64 else 16
+    head = struct.pack("!BBBBI", OPT_ROUTE_INFO, 1 + octets // 8, network.prefixlen, 0, lifetime)
+    return head + network.network_address.packed[:octets]
 
 
 @dataclass(slots=True)

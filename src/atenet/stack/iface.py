@@ -139,6 +139,16 @@ class TcpHandler(Protocol):
     def poll_at(self) -> float | None: ...
 
 
+class AnyDestination(Protocol):
+    """What an "accept any destination" interface hands UDP and ICMP for addresses not its own
+    to (the NAT forwarder, ``atenet.router.nat``): the packet's addresses, IP protocol and
+    upper-layer bytes (reassembled, checksums not yet checked)."""
+
+    def on_datagram(
+        self, src: IPAddress, dst: IPAddress, proto: int, payload: bytes, now: float
+    ) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class EchoReply:
     """An answer to :meth:`Interface.ping`; ``rtt`` in seconds."""
@@ -257,7 +267,13 @@ class Interface:
         udp_queue_bytes: int = 256 * 1024,
         max_groups: int = 32,
         tso: bool = False,
+        any_destination: AnyDestination | None = None,
     ) -> None:
+        """``any_destination``: accept unicast IP packets for *every* address, as a router
+        terminating flows does (the NAT forwarder): TCP still goes to ``tcp`` (whose
+        :meth:`~atenet.stack.tcp.Tcp.listen_any` accepts any address and port), UDP and ICMP
+        for addresses not ours go to ``any_destination.on_datagram``; replies leave with
+        :meth:`send_ip` from the address the client used. Off (None) by default."""
         if len(mac) != 6 or mac[0] & 1:
             raise ValueError("interface MAC must be 6 bytes, unicast")
         if not 1280 <= mtu <= 65535:
@@ -303,6 +319,7 @@ class Interface:
         self._max_groups = max_groups
         self._rs_at: float | None = 0.0 if ipv6 else None
         self._rs_sent = 0
+        self.any_destination = any_destination
         if ipv4 is not None:
             self.set_ipv4(ipv4, gateway4)
         if ipv6:
@@ -649,7 +666,9 @@ class Interface:
             return True
         if self.ipv4 is None:
             return False
-        return dst == self.ipv4.ip or dst == self.ipv4.network.broadcast_address
+        if dst == self.ipv4.ip or dst == self.ipv4.network.broadcast_address:
+            return True
+        return self.any_destination is not None and not dst.is_multicast and dst != BROADCAST_V4
 
     def _ipv4(self, frame: bytes, now: float) -> None:
         ip = Ipv4Repr.parse(memoryview(frame)[14:])  # one copy (the payload), not two
@@ -670,7 +689,14 @@ class Interface:
             if payload is None:
                 return
         self.counters["rx_ipv4"] += 1
-        self._upper(ip.src, ip.dst, ip.protocol, payload, ip.dst == self._own_v4(), now, ip)
+        unicast = ip.dst == self._own_v4()
+        foreign = not unicast and self.any_destination is not None
+        if foreign and ip.dst != self.ipv4.network.broadcast_address:  # type: ignore[union-attr]
+            if ip.protocol != PROTO_TCP:  # UDP, ICMP… for a foreign address
+                self.any_destination.on_datagram(ip.src, ip.dst, ip.protocol, payload, now)  # type: ignore[union-attr]
+                return
+            unicast = True
+        self._upper(ip.src, ip.dst, ip.protocol, payload, unicast, now, ip)
 
     def _own_v4(self) -> IPv4Address | None:
         return None if self.ipv4 is None else self.ipv4.ip
@@ -1073,6 +1099,13 @@ class Interface:
             return False
         segment = UdpRepr(sport, dport, data).emit(src, dst)
         return self._send_ip(src, dst, PROTO_UDP, segment, now)
+
+    def send_ip(
+        self, src: IPAddress, dst: IPAddress, proto: int, payload: bytes, now: float
+    ) -> bool:
+        """Send an upper-layer ``payload`` from any ``src`` (an "accept any destination"
+        interface answers from the address the client used); False when it cannot leave."""
+        return self._send_ip(src, dst, proto, payload, now)
 
     def _source_v4(self) -> IPv4Address | None:
         return None if self.ipv4 is None else self.ipv4.ip

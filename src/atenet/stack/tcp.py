@@ -1021,6 +1021,16 @@ class Tcp:
         self.listeners[(local_ip, port)] = lst
         return lst
 
+    def listen_any(self, backlog: int = 128) -> Listener:
+        """Accept SYNs to *any* address and port no other listener takes, answering from the
+        address and port the peer asked for: the NAT forwarder's "accept any destination"
+        mode (``atenet.router.nat``), which decides which SYNs reach this stack."""
+        if (None, 0) in self.listeners:
+            raise OSError(errno.EADDRINUSE, "an any-destination listener exists")
+        lst = Listener(self, None, 0, max(1, backlog))
+        self.listeners[(None, 0)] = lst
+        return lst
+
     def connect(
         self, local_ip: bytes, remote_ip: bytes, remote_port: int, now: float
     ) -> Connection:
@@ -1093,7 +1103,11 @@ class Tcp:
             self._dirty.add(conn)
             self._changed.add(conn)
             return
-        lst = self.listeners.get((dst_ip, seg.dport)) or self.listeners.get((None, seg.dport))
+        lst = (
+            self.listeners.get((dst_ip, seg.dport))
+            or self.listeners.get((None, seg.dport))
+            or self.listeners.get((None, 0))  # listen_any()
+        )
         if lst is not None and lst.open:
             self._on_listener(lst, src_ip, dst_ip, seg, now)
         else:

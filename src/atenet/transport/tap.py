@@ -466,6 +466,17 @@ def configure_link(
         raise tap_error(OSError(err.code, os.strerror(err.code)), name) from None
 
 
+DEFAULT_ROUTE_METRIC = 1024
+"""The metric of a default route through a TAP (the kernel's own for a router advertisement's):
+a default route the host already has (metric 0 when static, 100-600 from NetworkManager) keeps
+winning, so connecting to a network with internet access never takes over a host's uplink."""
+
+
+def _metric(dst: str) -> dict[str, int]:
+    """The route's priority: :data:`DEFAULT_ROUTE_METRIC` for a default route, else none."""
+    return {"priority": DEFAULT_ROUTE_METRIC} if dst.endswith("/0") else {}
+
+
 def update_addresses(
     name: str,
     *,
@@ -494,7 +505,9 @@ def update_addresses(
             index = _link_index(ipr, name)
             for dst, via in routes_remove:
                 try:
-                    ipr.route("del", dst=dst, gateway=via, oif=index, family=family(dst))
+                    ipr.route(
+                        "del", dst=dst, gateway=via, oif=index, family=family(dst), **_metric(dst)
+                    )
                 except NetlinkError as err:
                     if err.code not in gone:
                         raise
@@ -522,7 +535,9 @@ def update_addresses(
                     **({"flags": IFA_F_NODAD} if iface.version == 6 else {}),
                 )
             for dst, via in routes_add:
-                ipr.route("replace", dst=dst, gateway=via, oif=index, family=family(dst))
+                ipr.route(
+                    "replace", dst=dst, gateway=via, oif=index, family=family(dst), **_metric(dst)
+                )
     except NetlinkError as err:
         raise tap_error(OSError(err.code, os.strerror(err.code)), name) from None
 
