@@ -20,7 +20,7 @@ import struct
 from collections import Counter, deque
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, IPv6Network
-from typing import Protocol
+from typing import Any, Protocol
 
 from atenet.client.dhcp import DhcpClient
 from atenet.client.dhcp import Event as DhcpClientEvent
@@ -298,7 +298,9 @@ class Interface:
         self._own_key: tuple[object, ...] = ()
         self._own4: bytes | None = None
         self._own6: frozenset[bytes] = frozenset()
-        self._macs: dict[bytes, tuple[bytes, float]] = {}
+        # Each cached hop keeps the neighbour entry it read and where: it is used only while
+        # that very entry is still the cache's (a re-learned MAC or an eviction re-resolves).
+        self._macs: dict[bytes, tuple[tuple[bytes, float], Any, dict[Any, Any]]] = {}
         self.arp = NeighborCache(counters=self.counters)
         self.nd = NeighborCache(counters=self.counters)
         self.reassembly = Reassembler(counters=self.counters)
@@ -587,7 +589,10 @@ class Interface:
         gso = item[3] if len(item) > 3 else 0
         self._own()
         cached = self._macs.get(dst)
-        mac = self._resolve_mac(dst, now) if cached is None or cached[1] <= now else cached[0]
+        if cached is not None and cached[2].get(cached[1]) is cached[0] and cached[0][1] > now:
+            mac: bytes | None = cached[0][0]
+        else:
+            mac = self._resolve_mac(dst, now)
         v4 = len(dst) == 4
         room = self.mtu - (20 if v4 else 40)
         if mac is None or (not gso and len(segment) > room):
@@ -629,7 +634,7 @@ class Interface:
             return None
         if len(self._macs) >= 1024:
             self._macs.clear()
-        self._macs[dst] = entry
+        self._macs[dst] = (entry, hop, cache.entries)
         return entry[0]
 
     # ------------------------------------------------------------------ ARP
