@@ -283,7 +283,7 @@ class Session:
             self._send(bus.Error(msg.id, errno.EOPNOTSUPP, "choosing the local port"))
             return
         local = self._local_ip(remote)
-        if local is None:
+        if local is None or self.iface._next_hop(remote) is None:
             self._send(bus.Error(msg.id, errno.ENETUNREACH, f"no address to reach {remote}"))
             return
         if msg.remote.port == 0 or remote.is_multicast or remote.is_unspecified:
