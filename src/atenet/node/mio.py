@@ -153,7 +153,8 @@ class _Driver:
                 raw = out.popleft()
                 await ws.send_bytes(raw)
                 session.written(len(raw))
-            if session.poll_at() is not None:
+            at = session.poll_at()  # reading held back for the WebSocket may go on now
+            if at is not None and at <= time.monotonic():
                 self.kick()
 
     def stop(self) -> list[bytes]:
