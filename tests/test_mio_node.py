@@ -138,6 +138,7 @@ async def test_udp_and_ping_between_sessions(pair: tuple[client.Network, client.
     assert await b.ping(str(a.address6)) > 0
     with pytest.raises(TimeoutError):
         await a.ping("10.88.0.250", timeout=0.5)  # nobody there
+    assert await a.resolve(str(b.address6)) == [b.address6]  # a literal needs no DNS
 
 
 async def test_connect_refused_and_port_in_use(

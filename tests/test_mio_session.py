@@ -319,3 +319,59 @@ def test_fuzzed_bus_input_never_raises(messages: list[bytes]) -> None:
             bus.decode(m)  # everything the node says decodes
         now += 0.5
     assert s.sockets <= s.limits.max_sockets and s.buffered <= 2 * bus.MAX_DATA * 30
+
+
+def dns_answer(
+    question: bytes, addresses: list[IPv4Address | IPv6Address], rcode: int = 0
+) -> bytes:
+    """A response to ``question`` (a query the session sent) carrying ``addresses`` that fit
+    its type, each record's name a compression pointer to the question's name."""
+    qtype = int.from_bytes(question[-4:-2], "big")
+    fit = [a for a in addresses if (a.version == 4) == (qtype == 1)]
+    header = question[:2] + (0x8180 | rcode).to_bytes(2, "big") + b"\x00\x01"
+    header += len(fit).to_bytes(2, "big") + b"\x00\x00\x00\x00"
+    records = b"".join(
+        b"\xc0\x0c" + qtype.to_bytes(2, "big") + b"\x00\x01\x00\x00\x00\x3c"
+        + len(a.packed).to_bytes(2, "big") + a.packed
+        for a in fit
+    )  # fmt: skip
+    return header + question[12:] + records
+
+
+def test_resolve_through_the_networks_dns_server() -> None:
+    """RESOLVE asks the network's DNS server (here b's program plays it on UDP 53) for A and
+    AAAA from a's address, through the stack; answers, NXDOMAIN, silence and bad names."""
+    w = Wire()
+    w.send(w.a, bus.Resolve(1, "host.lan"))
+    w.run()
+    assert w.take(w.a) == [bus.Error(1, errno.EHOSTUNREACH, "this network has no DNS server")]
+    w.a.dns = [B4]
+    w.send(w.b, bus.Bind(53, Endpoint(None, 53)))
+    w.send(w.a, bus.Resolve(2, "host.lan"), bus.Resolve(3, "10.1.2.3"), bus.Resolve(4, "a..b"))
+    w.run()
+    assert w.take(w.a) == [
+        bus.Resolved(3, (IPv4Address("10.1.2.3"),)),
+        bus.Error(4, errno.EINVAL, "'a..b' is not a valid host name"),
+    ]
+    queries = w.take(w.b, bus.Datagram)
+    assert len(queries) == 2 and all(q.peer.address == A4 for q in queries)  # type: ignore[attr-defined]
+    want = [IPv4Address("10.9.0.50"), IPv6Address("fd09::50")]
+    for q in queries:
+        w.send(w.b, bus.Datagram(53, q.peer, dns_answer(q.payload, want)))  # type: ignore[attr-defined]
+    w.run()
+    (resolved,) = w.take(w.a)
+    assert isinstance(resolved, bus.Resolved) and sorted(map(str, resolved.addresses)) == sorted(
+        map(str, want)
+    )
+    w.send(w.a, bus.Resolve(5, "nowhere.lan"))
+    w.run()
+    for q in w.take(w.b, bus.Datagram):
+        w.send(w.b, bus.Datagram(53, q.peer, dns_answer(q.payload, [], rcode=3)))  # type: ignore[attr-defined]
+    w.run()
+    assert w.take(w.a) == [bus.Error(5, errno.ENOENT, "name not found")]
+    w.send(w.a, bus.Resolve(6, "slow.lan"))  # the server never answers: three tries, 2 s apart
+    w.advance(5.9)
+    assert w.take(w.a) == [] and len(w.take(w.b, bus.Datagram)) == 6
+    w.advance(0.2)
+    assert w.take(w.a) == [bus.Error(6, errno.ETIMEDOUT, "the DNS server did not answer")]
+    assert w.a.iface._udp == {}  # the lookups' sockets are gone

@@ -26,6 +26,7 @@ import errno as errnos
 import json
 import logging
 import os
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_interface
@@ -428,7 +429,10 @@ class Network:
     async def resolve(self, name: str) -> list[IPv4Address | IPv6Address]:
         """The addresses ``name`` has, looked up through the network's DNS servers."""
         ident = self._new_id()
-        reply = await self._ask(ident, bus.Resolve(ident, name))
+        try:
+            reply = await self._ask(ident, bus.Resolve(ident, name))
+        except FileNotFoundError:  # ENOENT: what getaddrinfo says for an unknown name
+            raise socket.gaierror(socket.EAI_NONAME, f"{name}: name or service not known") from None
         assert isinstance(reply, bus.Resolved)
         return list(reply.addresses)
 

@@ -29,13 +29,15 @@ why the shell should end the session. Nothing a program sends raises out of this
 from __future__ import annotations
 
 import errno
+import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_address
 from typing import Any, ClassVar
 
 from atenet.errors import DecodeError
-from atenet.mio import bus
+from atenet.mio import bus, dns
 from atenet.mio.bus import ACCEPTED_ID_BIT, Endpoint
 from atenet.stack.iface import AddressEvent, EchoReply, Interface, UdpSocket
 from atenet.stack.tcp import CLOSED, SYN_RECEIVED, SYN_SENT, TIME_WAIT, Connection, Listener, Tcp
@@ -68,6 +70,10 @@ class Limits:
     """CONNECT's default timeout (the message may ask for less or more, up to 120 s)."""
     max_bad: int = 64
     """Malformed or misdirected messages before the session is ended."""
+    max_lookups: int = 16
+    """RESOLVE requests waiting for the network's DNS server (ENOBUFS beyond)."""
+    dns_timeout: float = 2.0
+    """Seconds before a DNS query is sent again (to the next server); three tries in all."""
 
 
 # errno → the one-line reason the program sees in CLOSE/ERROR
@@ -111,6 +117,22 @@ class _Tcp:
         self.closing = False  # program CLOSE: close the connection once pending is out
 
 
+class _Lookup:
+    """One RESOLVE: A and AAAA questions from a UDP socket of the session's own."""
+
+    __slots__ = ("deadline", "found", "id", "server", "sock", "tries", "txids", "wire")
+
+    def __init__(self, ident: int, wire: bytes, sock: UdpSocket) -> None:
+        self.id = ident
+        self.wire = wire
+        self.sock = sock
+        self.txids: dict[int, int] = {}  # transaction id → qtype still unanswered
+        self.found: list[IPAddress] = []
+        self.deadline = 0.0
+        self.tries = 0
+        self.server = 0
+
+
 class Session:
     """One program's bus session on one stack interface (see the module docstring)."""
 
@@ -125,6 +147,7 @@ class Session:
         ipv6: IPv6Interface | None = None,
         gateway6: IPv6Address | None = None,
         dhcp: bool = False,
+        dns: Sequence[IPAddress] = (),
         limits: Limits | None = None,
         seed: int | None = None,
     ) -> None:
@@ -165,6 +188,9 @@ class Session:
         self._connecting: set[_Tcp] = set()  # active opens waiting for the handshake
         self._next_accept = 1
         self._now = now
+        self.dns: list[IPAddress] = list(dns)
+        """The network's DNS servers, which RESOLVE asks (the shell may add the lease's)."""
+        self._lookups: dict[int, _Lookup] = {}
 
     # ------------------------------------------------------------------ views
 
@@ -413,7 +439,84 @@ class Session:
         self._ping_deadlines[msg.id] = (now + min(timeout, 60.0), key)
 
     def _on_resolve(self, msg: bus.Resolve, now: float) -> None:
-        self._send(bus.Error(msg.id, errno.EHOSTUNREACH, "this node resolves no names yet"))
+        if msg.id in self._lookups:
+            self._bad(msg.id, f"resolve id {msg.id} is already waiting")
+            return
+        try:
+            literal = ip_address(msg.name)
+        except ValueError:
+            pass
+        else:
+            self._send(bus.Resolved(msg.id, (literal,)))
+            return
+        servers = [a for a in self.dns if self._local_ip(a) is not None]
+        if not servers:
+            self._send(bus.Error(msg.id, errno.EHOSTUNREACH, "this network has no DNS server"))
+            return
+        if len(self._lookups) >= self.limits.max_lookups:
+            self.counters["lookup_limit"] += 1
+            self._send(bus.Error(msg.id, errno.ENOBUFS, "too many names being resolved"))
+            return
+        try:
+            wire = dns.encode_name(msg.name)
+        except ValueError as exc:
+            self._send(bus.Error(msg.id, errno.EINVAL, str(exc)))
+            return
+        try:
+            sock = self.iface.udp_bind(0)
+        except OSError as exc:
+            self._send(bus.Error(msg.id, errno.EMFILE, str(exc)))
+            return
+        lookup = _Lookup(msg.id, wire, sock)
+        self._lookups[msg.id] = lookup
+        self.counters["lookups"] += 1
+        self._ask_dns(lookup, now)
+
+    def _ask_dns(self, lookup: _Lookup, now: float) -> None:
+        servers = [a for a in self.dns if self._local_ip(a) is not None]
+        server = servers[lookup.server % len(servers)]
+        if not lookup.txids:
+            lookup.txids = {
+                int.from_bytes(os.urandom(2), "big"): qtype
+                for qtype in (dns.QTYPE_A, dns.QTYPE_AAAA)
+            }
+        for txid, qtype in lookup.txids.items():
+            lookup.sock.sendto(dns.query(txid, lookup.wire, qtype), (server, 53), now)
+        lookup.tries += 1
+        lookup.deadline = now + self.limits.dns_timeout
+
+    def _lookup_work(self, lookup: _Lookup, now: float) -> None:
+        while (got := lookup.sock.recvfrom()) is not None:
+            data, (_src, sport) = got
+            if sport != 53 or len(data) < 2:
+                continue
+            txid = int.from_bytes(data[:2], "big")
+            if txid not in lookup.txids:
+                continue
+            try:
+                _rcode, found = dns.answer_addresses(data, txid)
+            except DecodeError:
+                self.counters["dns_malformed"] += 1
+                continue
+            del lookup.txids[txid]
+            lookup.found += [a for a in found if a not in lookup.found]
+        if not lookup.txids:
+            self._end_lookup(lookup)
+            if lookup.found:
+                self._send(bus.Resolved(lookup.id, tuple(lookup.found[:32])))
+            else:
+                self._send(bus.Error(lookup.id, errno.ENOENT, "name not found"))
+        elif now >= lookup.deadline:
+            if lookup.tries >= 3:
+                self._end_lookup(lookup)
+                self._send(bus.Error(lookup.id, errno.ETIMEDOUT, "the DNS server did not answer"))
+            else:
+                lookup.server += 1
+                self._ask_dns(lookup, now)
+
+    def _end_lookup(self, lookup: _Lookup) -> None:
+        self._lookups.pop(lookup.id, None)
+        lookup.sock.close()
 
     _HANDLERS: ClassVar[dict[type, Any]] = {
         bus.Connect: _on_connect,
@@ -566,6 +669,8 @@ class Session:
         for sock in todo:
             if self._tcp.get(sock.id) is sock or sock in self._closing:
                 self._service(sock, now)
+        for lookup in list(self._lookups.values()):
+            self._lookup_work(lookup, now)
         for ident, udp in self._udp.items():
             while udp.queue and self.unsent < self.limits.max_unsent:
                 data, (addr, port) = udp.queue.popleft()
@@ -593,6 +698,7 @@ class Session:
         """When :meth:`poll` next has work without new input (None: only input)."""
         times = [self.iface.poll_at()]
         times += [d for d, _ in self._ping_deadlines.values()]
+        times += [lookup.deadline for lookup in self._lookups.values()]
         times += [s.deadline for s in self._connecting if s.deadline is not None]
         if self._out or (self._starved and self.unsent < self.limits.max_unsent):
             times.append(0.0)
@@ -611,6 +717,9 @@ class Session:
             lst.close()
         for udp in self._udp.values():
             udp.close()
+        for lookup in self._lookups.values():
+            lookup.sock.close()
+        self._lookups.clear()
         self._tcp.clear()
         self._by_conn.clear()
         self._closing.clear()

@@ -27,7 +27,7 @@ import logging
 import os
 import time
 from collections import Counter, deque
-from ipaddress import IPv4Interface, IPv6Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_address
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -311,6 +311,7 @@ class MioSessions:
             ipv6=ipv6,
             gateway6=gw.ipv6 if gw is not None else None,
             dhcp=runtime.dhcp is not None,
+            dns=_servers(s.dns) if s is not None else [],
             limits=self.limits,
         )
 
@@ -320,6 +321,10 @@ class MioSessions:
         deadline = time.monotonic() + DHCP_WAIT
         while session.iface.ipv4 is None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        dhcp = session.iface.dhcp
+        lease = dhcp.lease if dhcp is not None else None
+        if lease is not None:  # the servers the network's DHCP server names come first
+            session.dns = [*lease.dns, *(a for a in session.dns if a not in lease.dns)]
         if session.iface.ipv4 is None:
             self.counts["dhcp_timeout"] += 1
             s = runtime.state.settings if runtime.state is not None else None
@@ -342,6 +347,15 @@ class MioSessions:
                 session.counters["bad_messages"] += 1  # no text message after the hello
             elif msg.type == WSMsgType.ERROR:
                 return
+
+
+def _servers(names: tuple[str, ...] | list[str]) -> list[IPv4Address | IPv6Address]:
+    """The network's DNS servers that are addresses (a name cannot be asked for itself)."""
+    out: list[IPv4Address | IPv6Address] = []
+    for name in names:
+        with contextlib.suppress(ValueError):
+            out.append(ip_address(name))
+    return out
 
 
 async def _close(ws: web.WebSocketResponse, code: int, message: bytes) -> None:
