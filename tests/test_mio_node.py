@@ -252,11 +252,29 @@ async def test_bad_messages_are_refused_and_counted(node: LoopbackNode) -> None:
     assert mio_status(node)["counters"]["bad_messages"] >= 64
 
 
-async def test_closing_the_session_removes_its_port(node: LoopbackNode) -> None:
+async def test_closing_the_session_resets_its_connections_and_removes_its_port(
+    node: LoopbackNode, pair: tuple[client.Network, client.Network]
+) -> None:
+    _a, b = pair
+    outcome: asyncio.Future[BaseException | bytes] = asyncio.get_running_loop().create_future()
+
+    async def wait_for_peer(r: asyncio.StreamReader, _w: asyncio.StreamWriter) -> None:
+        try:
+            outcome.set_result(await r.read())
+        except OSError as exc:
+            outcome.set_result(exc)
+
+    await b.start_server(wait_for_peer, port=7400)
     before = len(node.network_status()["ports"])
-    net = await join(node, "brief")
+    brief = await join(node, "brief")
     assert len(node.network_status()["ports"]) == before + 1
-    await net.close()
+    _r, w = await brief.open_connection(str(b.address), 7400)
+    w.write(b"x")
+    await w.drain()
+    await asyncio.sleep(0.2)
+    await brief.close()  # the WebSocket goes: the node resets the connection (RST), not FIN
+    result = await asyncio.wait_for(outcome, 10)
+    assert isinstance(result, ConnectionResetError), result
     for _ in range(100):
         if len(node.network_status()["ports"]) == before:
             break

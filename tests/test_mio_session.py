@@ -375,3 +375,18 @@ def test_resolve_through_the_networks_dns_server() -> None:
     w.advance(0.2)
     assert w.take(w.a) == [bus.Error(6, errno.ETIMEDOUT, "the DNS server did not answer")]
     assert w.a.iface._udp == {}  # the lookups' sockets are gone
+
+
+def test_a_program_that_asks_but_never_reads_is_ended() -> None:
+    """DATA stops at max_unsent; answers to requests (here BOUND after BIND/CLOSE pairs) are
+    bounded too: past the slack the session fails instead of queueing without end."""
+    limits = Limits(window=WINDOW, tcp_buffer=WINDOW, max_unsent=4096, unsent_slack=8192)
+    s = session(MAC_A, A4, A6, limits)
+    i = 0
+    while s.failed is None and i < 200_000:
+        i += 1
+        s.bus_in(bus.Bind(1, Endpoint(None, 0)).encode(), 100.0)
+        s.bus_in(bus.Close(1).encode(), 100.0)
+        s.poll(100.0)  # the shell takes the messages but never manages to write them
+    assert s.failed is not None and s.counters["unsent_overflow"] == 1
+    assert 4096 + 8192 < s.unsent <= 4096 + 8192 + 64

@@ -64,6 +64,9 @@ class Limits:
     """The stack's TCP receive and send buffer per connection."""
     max_unsent: int = 4 * 1024 * 1024
     """Bytes of bus messages handed to the shell but not yet on the WebSocket."""
+    unsent_slack: int = 1024 * 1024
+    """Bytes of answers (BOUND, PONG, ERROR…) allowed beyond ``max_unsent`` before the
+    session is ended: a program that keeps asking but reads nothing."""
     max_pings: int = 32
     """Echo requests waiting for answers (ENOBUFS beyond)."""
     connect_timeout: float = 30.0
@@ -280,6 +283,11 @@ class Session:
     def _out_raw(self, raw: bytes) -> None:
         self._out.append(raw)
         self.unsent += len(raw)
+        if self.unsent > self.limits.max_unsent + self.limits.unsent_slack and not self.failed:
+            # DATA stops at max_unsent; only answers to the program's own requests (BOUND,
+            # PONG, ERROR…) get here: it asks and asks but reads nothing.
+            self.counters["unsent_overflow"] += 1
+            self.failed = "the program reads none of the node's messages"
 
     def _new_id_ok(self, ident: int) -> bool:
         """A program-chosen id for a new socket: in range and not in use."""
