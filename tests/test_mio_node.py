@@ -12,8 +12,10 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,6 +23,7 @@ import pytest
 
 from atenet.mio import bus, client
 from atenet.overlay.token import AccessToken, hello
+from tests.conftest import ROOT
 from tests.support.loopback_node import LoopbackNode
 
 MIB = 1 << 20
@@ -296,3 +299,56 @@ def test_metrics_show_mio(node: LoopbackNode) -> None:
     with urllib.request.urlopen(f"{node.http}/metrics", timeout=5) as resp:
         text = resp.read().decode()
     assert "atenet_mio_sessions" in text
+
+
+JS_PROGRAM = """
+import { openMio } from "%(web)s/mio.js";
+import { parseToken, authKey } from "%(web)s/net.js";
+const [url, text, host, port] = process.argv.slice(2);
+const token = parseToken(text);
+const session = await openMio(url, token, authKey(token.secret));
+const rtt = await session.ping(host);
+const stream = await session.connect(host, Number(port));
+const data = new Uint8Array(3000000);
+for (let i = 0; i < data.length; i++) data[i] = (i * 7 + (i >> 12)) & 255;
+const reading = stream.readAll();
+await stream.write(data);
+stream.shutdown();
+const back = await reading;
+let same = back.length === data.length;
+for (let i = 0; same && i < data.length; i++) same = back[i] === data[i];
+console.log(JSON.stringify({ address: session.welcome.address, rtt, same, n: back.length }));
+stream.close();
+session.ws.close();
+"""
+
+
+@pytest.mark.skipif(not shutil.which("node"), reason="needs Node.js (node) for the page's JS")
+async def test_the_pages_js_client_talks_to_a_python_program(
+    node: LoopbackNode, pair: tuple[client.Network, client.Network], tmp_path: Path
+) -> None:
+    """src/atenet/web/mio.js (what the page uses) against the real /mio: ping and a 3 MB echo
+    through a Python program's server; the node's credits drive the JS side's writes."""
+    _a, b = pair
+
+    async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while chunk := await r.read(MIB):
+            w.write(chunk)
+            await w.drain()
+        w.close()
+
+    await b.start_server(echo, port=7500)
+    token = node.token("page")
+    await (await join(node, "page", token)).close()  # the node knows the key: no retry below
+    script = tmp_path / "program.mjs"
+    script.write_text(JS_PROGRAM % {"web": ROOT / "src" / "atenet" / "web"})
+    proc = await asyncio.create_subprocess_exec(
+        shutil.which("node") or "node", "--experimental-websocket", "--no-warnings", str(script),
+        node.ws, token, str(b.address), "7500",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    result = json.loads(out)
+    assert result["same"] and result["n"] == 3_000_000 and result["rtt"] > 0
+    assert result["address"].startswith("10.88.0.")
