@@ -51,9 +51,10 @@ IPAddress = IPv4Address | IPv6Address
 class Limits:
     """Per-session bounds; each has a counter in :attr:`Session.counters` when it bites.
 
-    Memory a session can hold is bounded by ``max_sockets`` × (``tcp_buffer`` receive +
-    ``tcp_buffer`` send + ``window`` pending) plus ``max_unsent``; in practice a program with
-    few busy sockets holds far less (see docs/mio.md).
+    Memory a session can hold is bounded by its connections × (``tcp_buffer`` receive +
+    ``tcp_buffer`` send + ``window`` pending) plus ``max_unsent``; new sockets are refused
+    once it holds ``max_buffered``, so only connections made before that can add to it
+    (see docs/mio.md).
     """
 
     max_sockets: int = 1024
@@ -62,6 +63,9 @@ class Limits:
     """Per-socket credit each way (the welcome says it; CONNECTED/ACCEPT grant it)."""
     tcp_buffer: int = 256 * 1024
     """The stack's TCP receive and send buffer per connection."""
+    max_buffered: int = 64 * 1024 * 1024
+    """Bytes the session may hold (:attr:`Session.buffered`) before it refuses new sockets
+    (ENOBUFS; accepted connections are reset): the sockets it has keep their own bounds."""
     max_unsent: int = 4 * 1024 * 1024
     """Bytes of bus messages handed to the shell but not yet on the WebSocket."""
     unsent_slack: int = 1024 * 1024
@@ -204,14 +208,23 @@ class Session:
 
     @property
     def buffered(self) -> int:
-        """Bytes this session holds for its program: TCP buffers, pending DATA, unsent bus
-        messages, queued datagrams — what the limits bound."""
+        """Bytes this session holds for its program: TCP buffers (also of connections the
+        program closed that are still sending), pending DATA, unsent bus messages, queued
+        datagrams — what the limits bound."""
         total = self.unsent
+        for conn in self.tcp.conns.values():
+            total += len(conn.rbuf) + len(conn.sbuf)
         for sock in (*self._tcp.values(), *self._closing):
-            total += len(sock.pending) + len(sock.conn.rbuf) + len(sock.conn.sbuf)
+            total += len(sock.pending)
         for udp in self._udp.values():
             total += udp.queued_bytes
         return total
+
+    def _over_budget(self) -> bool:
+        if self.buffered < self.limits.max_buffered:
+            return False
+        self.counters["buffer_limit"] += 1
+        return True
 
     def settings(self) -> dict[str, Any]:
         """Addresses and limits for the welcome."""
@@ -300,6 +313,9 @@ class Session:
         if self.sockets >= self.limits.max_sockets:
             self.counters["socket_limit"] += 1
             self._send(bus.Error(ident, errno.EMFILE, f"too many sockets ({self.sockets})"))
+            return False
+        if self._over_budget():
+            self._send(bus.Error(ident, errno.ENOBUFS, "the session's buffers are full"))
             return False
         return True
 
@@ -630,7 +646,7 @@ class Session:
 
     def _accept(self, lid: int, lst: Listener) -> None:
         while (conn := lst.accept()) is not None:
-            if len(self._tcp) + len(self._listeners) + len(self._udp) >= self.limits.max_sockets:
+            if self.sockets >= self.limits.max_sockets or self._over_budget():
                 self.counters["accept_limit"] += 1
                 conn.abort()
                 continue
