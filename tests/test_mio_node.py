@@ -352,3 +352,49 @@ async def test_the_pages_js_client_talks_to_a_python_program(
     result = json.loads(out)
     assert result["same"] and result["n"] == 3_000_000 and result["rtt"] > 0
     assert result["address"].startswith("10.88.0.")
+
+
+async def test_a_program_that_reads_nothing_from_its_websocket_costs_bounded_memory(
+    node: LoopbackNode, pair: tuple[client.Network, client.Network]
+) -> None:
+    """A raw program grants the node a huge credit and then never reads its WebSocket: the
+    node stops reading the TCP connection once 4 MiB of bus messages wait unsent, so the
+    sender's drain() blocks and the node's buffers stay bounded."""
+    _a, b = pair
+    token = AccessToken.decode(node.token("deaf"))
+    await (await join(node, "deaf", token.encode())).close()
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(f"{node.ws}/mio")
+        await ws.send_str(json.dumps(hello(token)))
+        welcome = json.loads((await ws.receive(10)).data)
+        await ws.send_bytes(bus.Listen(1, bus.Endpoint(None, 9000)).encode())
+        assert isinstance(bus.decode((await ws.receive(10)).data), bus.Listening)
+        _r, writer = await b.open_connection(welcome["address"].split("/")[0], 9000)
+        accept = bus.decode((await ws.receive(10)).data)
+        assert isinstance(accept, bus.Accept)
+        await ws.send_bytes(bus.Credit(accept.conn, 1 << 30).encode())  # then: deaf
+        sent = 0
+        chunk = os.urandom(256 * 1024)
+
+        async def pour() -> None:
+            nonlocal sent
+            while True:
+                writer.write(chunk)
+                await writer.drain()
+                sent += len(chunk)
+
+        pourer = asyncio.ensure_future(pour())
+        try:
+            await asyncio.sleep(4)
+            first = sent
+            await asyncio.sleep(2)
+            assert sent == first, "the sender should be blocked by now"
+            status = mio_status(node)
+            # 4 MiB unsent + one DATA, the kernel socket buffers between node and program
+            # hold the rest; the TCP buffers of both sessions: well under 8 MiB
+            assert status["buffered"] < 8 * MIB, status
+            assert status["counters"].get("unsent_full", 0) > 0
+        finally:
+            pourer.cancel()
+            writer.transport.abort()
+            await ws.close()
