@@ -123,6 +123,10 @@ async def test_two_sessions_are_two_hosts_tcp_both_ways(
     assert hashlib.sha256(back).digest() == hashlib.sha256(payload).digest()
     status = mio_status(node)
     assert status["sessions"] >= 2 and status["counters"]["accepted"] >= 2
+    listed = {entry["address"]: entry for entry in status["list"]}
+    assert str(a.interface) in listed and listed[str(b.interface)]["port"].startswith("mio:")
+    kinds = [p["kind"] for p in node.network_status()["ports"]]
+    assert kinds.count("mio") >= 2
 
 
 async def test_udp_and_ping_between_sessions(pair: tuple[client.Network, client.Network]) -> None:

@@ -177,12 +177,13 @@ class MioSessions:
         max_sessions: int = MAX_SESSIONS,
     ) -> None:
         self.daemon = daemon
-        self.ports = ports  # the /ws endpoint: its hello check and nonce memory are shared
+        self.ws_ports = ports  # the /ws endpoint: its hello check and nonce memory are shared
         self.heartbeat = heartbeat
         self.guard = guard
         self.limits = limits or Limits()
         self.max_sessions = max_sessions
         self.sessions: dict[int, Session] = {}
+        self.ports: dict[int, MioPort] = {}  # the switch port of each session, for status
         self.counts: Counter[str] = Counter()
         self._closed_totals: Counter[str] = Counter()  # counters of sessions that ended
 
@@ -192,17 +193,26 @@ class MioSessions:
     def counters(self) -> dict[str, Any]:
         """For /api/status and /metrics: sessions, refusals, and the sessions' own counters."""
         totals = Counter(self._closed_totals)
-        buffered = sockets = 0
-        for session in self.sessions.values():
+        listed = []
+        for key, session in self.sessions.items():
             totals.update(session.counters)
-            buffered += session.buffered
-            sockets += session.sockets
+            port = self.ports.get(key)
+            listed.append(
+                {
+                    "port": port.name if port is not None else "",
+                    "address": session.settings()["address"],
+                    "sockets": session.sockets,
+                    "buffered": session.buffered,
+                    "unsent": session.unsent,
+                }
+            )
         return {
             "sessions": len(self.sessions),
-            "sockets": sockets,
-            "buffered": buffered,
+            "sockets": sum(s["sockets"] for s in listed),
+            "buffered": sum(s["buffered"] for s in listed),
             "events": dict(self.counts),
             "counters": dict(totals),
+            "list": listed,  # at most max_sessions entries
         }
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -233,7 +243,7 @@ class MioSessions:
                 return
             raise SchemaError("", "the hello must be a text message")
         hello = parse(msg.data, WS_HELLO)
-        found = await self.ports._check_hello(hello)
+        found = await self.ws_ports._check_hello(hello)
         if found is None:
             self.counts["refused"] += 1
             await _close(ws, CLOSE_FORBIDDEN, b"forbidden")
@@ -255,6 +265,7 @@ class MioSessions:
         if self.guard is not None:
             self.guard.authenticated(request)
         self.sessions[id(session)] = session
+        self.ports[id(session)] = port
         self.counts["opened"] += 1
         tasks: list[asyncio.Future[Any]] = []
         try:
@@ -282,6 +293,7 @@ class MioSessions:
             runtime.remove_port(key)
             self.daemon.handle_events()
             self.sessions.pop(id(session), None)
+            self.ports.pop(id(session), None)
             self._closed_totals.update(session.counters)
             self.counts["closed"] += 1
             for task in tasks:
