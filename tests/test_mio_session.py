@@ -261,6 +261,9 @@ def test_udp_both_ways_and_ping() -> None:
     (bound,) = w.take(w.a)
     assert isinstance(bound, bus.Bound) and bound.local.port >= 49152
     assert w.take(w.b) == [bus.Bound(2, Endpoint(None, 53))]
+    w.send(w.a, bus.Bind(9, Endpoint(B4, 0)))  # b's address is not a's to bind
+    w.run()
+    assert w.take(w.a) == [bus.Error(9, errno.EADDRNOTAVAIL, f"{B4} is not ours")]
     w.send(w.a, bus.Datagram(1, Endpoint(B4, 53), b"query"))
     w.run()
     assert w.take(w.b) == [bus.Datagram(2, Endpoint(A4, bound.local.port), b"query")]

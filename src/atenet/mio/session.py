@@ -377,6 +377,10 @@ class Session:
     def _on_bind(self, msg: bus.Bind, now: float) -> None:
         if not self._new_id_ok(msg.id):
             return
+        address = msg.local.address
+        if address is not None and address not in self.iface.addresses:
+            self._send(bus.Error(msg.id, errno.EADDRNOTAVAIL, f"{address} is not ours"))
+            return
         try:
             sock = self.iface.udp_bind(msg.local.port)
         except OSError as exc:
@@ -511,8 +515,9 @@ class Session:
 
     def _lookup_work(self, lookup: _Lookup, now: float) -> None:
         while (got := lookup.sock.recvfrom()) is not None:
-            data, (_src, sport) = got
-            if sport != 53 or len(data) < 2:
+            data, (src, sport) = got
+            if sport != 53 or src not in self.dns or len(data) < 2:
+                self.counters["dns_foreign"] += 1  # not from a server we asked
                 continue
             txid = int.from_bytes(data[:2], "big")
             if txid not in lookup.txids:
