@@ -104,6 +104,9 @@ class _Driver:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.closed = False
+        self.ended = asyncio.Event()
+        """Set when the session must end (it failed: see ``Session.failed``)."""
+        self.internal_error = False
         port.kick = self.kick
 
     def kick(self) -> None:
@@ -115,6 +118,16 @@ class _Driver:
         self._scheduled = False
         if self.closed:
             return
+        try:
+            self._run()
+        except Exception:  # a bug of ours, not the program's input: end this session only
+            log.exception("mio: session failed")
+            self.session.failed = self.session.failed or "internal error"
+            self.internal_error = True
+        if self.session.failed is not None:
+            self.ended.set()
+
+    def _run(self) -> None:
         now = time.monotonic()
         session, port = self.session, self.port
         queue = port.queue
@@ -278,6 +291,7 @@ class MioSessions:
                 asyncio.ensure_future(driver.write()),
                 asyncio.ensure_future(self._read(ws, session, driver)),
                 asyncio.ensure_future(port.revoked.wait()),
+                asyncio.ensure_future(driver.ended.wait()),
             ]
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             if port.revoked.is_set():
@@ -286,7 +300,8 @@ class MioSessions:
             elif session.failed is not None:
                 self.counts["failed"] += 1
                 log.info("mio: ending a session from %s: %s", peer, session.failed)
-                await _close(ws, CLOSE_BAD_MESSAGE, session.failed.encode()[:120])
+                code = WSCloseCode.INTERNAL_ERROR if driver.internal_error else CLOSE_BAD_MESSAGE
+                await _close(ws, code, session.failed.encode()[:120])
         finally:
             for frame in driver.stop():  # the resets of every open connection
                 runtime.switch.from_local(port, frame)
