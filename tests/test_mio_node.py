@@ -22,6 +22,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from atenet import mio
 from atenet.mio import bus, client
 from atenet.overlay.token import AccessToken, hello
 from tests.conftest import ROOT
@@ -47,8 +48,8 @@ async def join(node: LoopbackNode, label: str, token: str = "") -> client.Networ
     token = token or node.token(label)
     for _ in range(100):
         try:
-            return await client.connect(node.http, token)
-        except client.MioError as exc:
+            return await mio.connect(node.http, token)  # the package's own name for it
+        except mio.MioError as exc:
             if "forbidden" not in str(exc):
                 raise
             await asyncio.sleep(0.1)
