@@ -1227,8 +1227,6 @@ def byte_targets() -> list[Target]:
         dhcp_client_target(),
         stack_target(),
         stack_offload_target(),
-
-
         *mio_targets(),
     ]
 
