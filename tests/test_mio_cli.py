@@ -160,8 +160,9 @@ def test_echo_exec_refused_and_ping(node: LoopbackNode, token_file: Path, tmp_pa
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
             for _ in range(2)
         ]  # fmt: skip
-        outs = [p.communicate(f"conn {i}\n".encode() * 1000, timeout=60) for i, p in enumerate(procs)]
-        assert [o[0] for o in outs] == [f"conn {i}\n".encode() * 1000 for i in range(2)], outs
+        sent = [f"conn {i}\n".encode() * 1000 for i in range(2)]
+        outs = [p.communicate(data, timeout=60) for p, data in zip(procs, sent, strict=True)]
+        assert [o[0] for o in outs] == sent, outs
 
         out = tok("nc", "-q", address2, "8", input=b"hello, mio\n", env=env)
         assert (out.returncode, out.stdout) == (0, b"HELLO, MIO\n"), out.stderr
