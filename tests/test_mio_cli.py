@@ -168,7 +168,7 @@ def test_echo_exec_refused_and_ping(node: LoopbackNode, token_file: Path, tmp_pa
         assert (out.returncode, out.stdout) == (0, b"HELLO, MIO\n"), out.stderr
 
         # Nothing listens on port 9 of the echo server's session: refused, exit 1.
-        refused = tok("nc", address, "9", input=b"x", env=env)
+        refused = tok("nc", "-q", address, "9", input=b"x", env=env)
         one_line_error(refused, 1, f"cannot connect to {address}:9: ")
         assert "refused" in refused.stderr.decode().lower()
 
