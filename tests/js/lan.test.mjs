@@ -39,6 +39,7 @@ test("responses: status, headers, body; chunked bodies joined; junk refused", ()
 test("errors: the errno's meaning with the node's reason", () => {
   assert.equal(lan.describe(new mio.MioError(111, "")), "connection refused (nothing listens there)");
   assert.match(lan.describe(new mio.MioError(113, "no ARP answer from 10.1.0.9")), /^no route to the host.*: no ARP answer/);
+  assert.equal(lan.describe(new mio.MioError(111, "connection refused")), "connection refused (nothing listens there)");
   assert.equal(lan.describe(new mio.MioError(5, "odd")), "odd (errno 5)");
 });
 

@@ -64,7 +64,8 @@ def token_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         envvar="ATENET_NODE",
         metavar="URL",
         help="The node's HTTP address, e.g. http://10.0.0.1:8080 (env: ATENET_NODE). Default: "
-        f"the first node the token names, on port {DEFAULT_HTTP_PORT}.",
+        f"the first node the token names, on port {DEFAULT_HTTP_PORT} (on 127.0.0.1 when that "
+        "node is this machine).",
     )(fn)
     fn = click.option(
         "--token-file",
@@ -115,16 +116,38 @@ def load_token(ctx: click.Context, token_file: str | None) -> AccessToken:
     return token
 
 
-def node_url_for(token: AccessToken, node_url: str | None) -> str:
-    """--node, else the token's first node endpoint's host on the default HTTP port."""
+def node_url_for(token: AccessToken, node_url: str | None) -> list[str]:
+    """Where to open the session, in order: --node; else the token's first node on the default
+    HTTP port — preceded by this machine's loopback when that node is this machine (a node's
+    HTTP server listens on 127.0.0.1 unless told otherwise)."""
     if node_url:
         if "://" not in node_url:
             node_url = f"http://{node_url}"
-        return node_url.rstrip("/")
+        return [node_url.rstrip("/")]
     if not token.endpoints:
         raise Failed("the token names no node: give the node's HTTP address with --node URL", 2)
     host = token.endpoints[0].rsplit(":", 1)[0]
-    return f"http://{host}:{DEFAULT_HTTP_PORT}"
+    urls = [f"http://{host}:{DEFAULT_HTTP_PORT}"]
+    if _is_local(host.strip("[]")):
+        urls.insert(0, f"http://127.0.0.1:{DEFAULT_HTTP_PORT}")
+    return urls
+
+
+def _is_local(host: str) -> bool:
+    """``host`` is an address of this machine (binding to it succeeds)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return False
+    for family, _type, _proto, _name, sockaddr in infos:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind((sockaddr[0], 0))
+            except OSError:
+                return False
+    return bool(infos)
 
 
 def parse_port(text: str, what: str = "PORT") -> int:
@@ -163,19 +186,24 @@ def _hostport(addr: tuple[str, int] | Any) -> str:
 # --------------------------------------------------------------------------- session
 
 
-async def open_session(token: AccessToken, url: str, name: str) -> Network:
-    """A mio session with the node at ``url``; :class:`Failed` (exit 3) with the reason."""
+async def open_session(token: AccessToken, urls: list[str], name: str) -> Network:
+    """A mio session with the first node of ``urls`` that answers; :class:`Failed` (exit 3)
+    with the reason. Only an unreachable node moves on to the next URL: a refusal is final."""
     from atenet.mio import client
 
-    try:
-        return await client.connect(url, token, host=name)
-    except client.MioError as exc:
-        raise Failed(str(exc), EXIT_NO_SESSION) from None
-    except TimeoutError as exc:
-        raise Failed(str(exc) or f"the node at {url} did not answer", EXIT_NO_SESSION) from None
-    except OSError as exc:
-        text = exc.strerror or str(exc)
-        raise Failed(f"{text}; give the node's HTTP address with --node", EXIT_NO_SESSION) from None
+    unreachable: list[str] = []
+    for url in urls:
+        try:
+            return await client.connect(url, token, host=name)
+        except client.MioError as exc:
+            raise Failed(str(exc), EXIT_NO_SESSION) from None
+        except TimeoutError as exc:
+            raise Failed(str(exc) or f"the node at {url} did not answer", EXIT_NO_SESSION) from None
+        except OSError as exc:
+            unreachable.append(exc.strerror or str(exc))
+    raise Failed(
+        f"{'; '.join(unreachable)}; give the node's HTTP address with --node", EXIT_NO_SESSION
+    )
 
 
 def session_fields(net: Network) -> dict[str, Any]:
@@ -415,7 +443,7 @@ def nc(
     port = parse_port(port_text)
     try:
         token = load_token(ctx, token_file)
-        url = node_url_for(token, node_url)
+        urls = node_url_for(token, node_url)
     except Failed as exc:
         fail(str(exc), exc.exit_code)
         return
@@ -427,7 +455,7 @@ def nc(
     async def body() -> None:
         import asyncio
 
-        net = await open_session(token, url, "tok-nc")
+        net = await open_session(token, urls, "tok-nc")
         try:
             report("session", session_text(net), **session_fields(net))
             address = await pick_address(net, host)
@@ -558,7 +586,7 @@ def serve(
             raise click.UsageError("--exec needs a command")
     try:
         token = load_token(ctx, token_file)
-        url = node_url_for(token, node_url)
+        urls = node_url_for(token, node_url)
     except Failed as exc:
         fail(str(exc), exc.exit_code)
         return
@@ -568,7 +596,7 @@ def serve(
     report = Reporter(as_json, quiet)
 
     async def body() -> None:
-        net = await open_session(token, url, "tok-serve")
+        net = await open_session(token, urls, "tok-serve")
         try:
             report("session", session_text(net), **session_fields(net))
             if echo or argv:
@@ -743,7 +771,7 @@ def mio_ping(
     """`tok ping --mio HOST`: ICMP echo from a mio session (no TAP, no root)."""
     try:
         token = load_token(ctx, token_file)
-        url = node_url_for(token, node_url)
+        urls = node_url_for(token, node_url)
     except Failed as exc:
         fail(str(exc), exc.exit_code)
         return
@@ -756,7 +784,7 @@ def mio_ping(
     async def body() -> None:
         import asyncio
 
-        net = await open_session(token, url, "tok-ping")
+        net = await open_session(token, urls, "tok-ping")
         try:
             address = await pick_address(net, host)
             summary.update(host=address, **session_fields(net))

@@ -26,7 +26,9 @@ export function describe(err) {
   if (err instanceof MioError) {
     const meaning = ERRNO_TEXT[err.errno];
     if (!meaning) return `${err.message} (errno ${err.errno})`;
-    return err.message && !err.message.startsWith("mio error") && err.message !== meaning ? `${meaning}: ${err.message}` : meaning;
+    const reason = err.message ?? "";
+    const adds = reason && !reason.startsWith("mio error") && !meaning.toLowerCase().includes(reason.toLowerCase());
+    return adds ? `${meaning}: ${reason}` : meaning;
   }
   return err?.message ?? String(err);
 }
