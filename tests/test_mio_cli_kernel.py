@@ -115,3 +115,10 @@ def test_a_kernel_client_to_tok_serve_over_ipv6(
     assert int(received) == SIZE // 2
     assert received_sha == hashlib.sha256(mine.read_bytes()).hexdigest()
     assert sent_sha == hashlib.sha256(got.read_bytes()).hexdigest()
+
+
+def test_tok_nc_udp_to_a_kernel_echo_server(world: tuple[Node, Client, Path]) -> None:
+    n1, k1, token_file = world
+    out = tok(n1, "nc", "-u", "-q", "--linger", "3", "--token-file", str(token_file), k1.ip6,
+              "9001", input=b"one datagram")  # fmt: skip
+    assert (out.returncode, out.stdout) == (0, b"echo:one datagram"), out.stderr.decode()

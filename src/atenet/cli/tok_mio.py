@@ -391,7 +391,12 @@ async def both_ways(up: Any, down: Any, writer: asyncio.StreamWriter) -> None:
 @click.command("nc")
 @click.argument("args", nargs=-1, metavar="[TOKEN] HOST PORT")
 @token_options
-@click.option("-u", "--udp", is_flag=True, help="UDP: each stdin read is one datagram.")
+@click.option(
+    "-u",
+    "--udp",
+    is_flag=True,
+    help="UDP: each stdin read is one datagram; every datagram to the socket goes to stdout.",
+)
 @click.option(
     "-w",
     "--timeout",
@@ -497,10 +502,15 @@ async def nc_udp(
     loop = asyncio.get_running_loop()
 
     async def down() -> None:
+        # Every datagram to this socket's port is printed: a kernel answering from an
+        # unconnected socket picks its preferred source address (over IPv6 often its SLAAC
+        # address, not the one we sent to), so matching HOST exactly would lose real replies.
+        # Others are named on stderr.
         while True:
             data, peer = await sock.recvfrom()
-            if peer[0] == address and peer[1] == port:
-                await loop.run_in_executor(None, write_stdout, data)
+            if (peer[0], peer[1]) != (address, port):
+                report("datagram", f"datagram from {_hostport(peer)}", peer=list(peer))
+            await loop.run_in_executor(None, write_stdout, data)
 
     receiving = asyncio.ensure_future(down())
     try:
