@@ -134,6 +134,7 @@ async def echo_through(net: client.Network, host: str, size: int) -> None:
             await writer.drain()
         writer.write_eof()
 
+    started = time.monotonic()
     sender = asyncio.ensure_future(send())
     digest, count = hashlib.sha256(), 0
     while chunk := await reader.read(MIB):
@@ -141,6 +142,8 @@ async def echo_through(net: client.Network, host: str, size: int) -> None:
         count += len(chunk)
     await sender
     writer.close()
+    seconds = time.monotonic() - started
+    print(f"mio echo via {host}: {size / MIB:.0f} MiB each way in {seconds:.1f} s")
     assert count == size and digest.digest() == hashlib.sha256(data).digest(), host
 
 

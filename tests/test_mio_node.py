@@ -12,8 +12,10 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,6 +23,7 @@ import pytest
 
 from atenet.mio import bus, client
 from atenet.overlay.token import AccessToken, hello
+from tests.conftest import ROOT
 from tests.support.loopback_node import LoopbackNode
 
 MIB = 1 << 20
@@ -120,6 +123,10 @@ async def test_two_sessions_are_two_hosts_tcp_both_ways(
     assert hashlib.sha256(back).digest() == hashlib.sha256(payload).digest()
     status = mio_status(node)
     assert status["sessions"] >= 2 and status["counters"]["accepted"] >= 2
+    listed = {entry["address"]: entry for entry in status["list"]}
+    assert str(a.interface) in listed and listed[str(b.interface)]["port"].startswith("mio:")
+    kinds = [p["kind"] for p in node.network_status()["ports"]]
+    assert kinds.count("mio") >= 2
 
 
 async def test_udp_and_ping_between_sessions(pair: tuple[client.Network, client.Network]) -> None:
@@ -252,11 +259,29 @@ async def test_bad_messages_are_refused_and_counted(node: LoopbackNode) -> None:
     assert mio_status(node)["counters"]["bad_messages"] >= 64
 
 
-async def test_closing_the_session_removes_its_port(node: LoopbackNode) -> None:
+async def test_closing_the_session_resets_its_connections_and_removes_its_port(
+    node: LoopbackNode, pair: tuple[client.Network, client.Network]
+) -> None:
+    _a, b = pair
+    outcome: asyncio.Future[BaseException | bytes] = asyncio.get_running_loop().create_future()
+
+    async def wait_for_peer(r: asyncio.StreamReader, _w: asyncio.StreamWriter) -> None:
+        try:
+            outcome.set_result(await r.read())
+        except OSError as exc:
+            outcome.set_result(exc)
+
+    await b.start_server(wait_for_peer, port=7400)
     before = len(node.network_status()["ports"])
-    net = await join(node, "brief")
+    brief = await join(node, "brief")
     assert len(node.network_status()["ports"]) == before + 1
-    await net.close()
+    _r, w = await brief.open_connection(str(b.address), 7400)
+    w.write(b"x")
+    await w.drain()
+    await asyncio.sleep(0.2)
+    await brief.close()  # the WebSocket goes: the node resets the connection (RST), not FIN
+    result = await asyncio.wait_for(outcome, 10)
+    assert isinstance(result, ConnectionResetError), result
     for _ in range(100):
         if len(node.network_status()["ports"]) == before:
             break
@@ -278,3 +303,102 @@ def test_metrics_show_mio(node: LoopbackNode) -> None:
     with urllib.request.urlopen(f"{node.http}/metrics", timeout=5) as resp:
         text = resp.read().decode()
     assert "atenet_mio_sessions" in text
+
+
+JS_PROGRAM = """
+import { openMio } from "%(web)s/mio.js";
+import { parseToken, authKey } from "%(web)s/net.js";
+const [url, text, host, port] = process.argv.slice(2);
+const token = parseToken(text);
+const session = await openMio(url, token, authKey(token.secret));
+const rtt = await session.ping(host);
+const stream = await session.connect(host, Number(port));
+const data = new Uint8Array(3000000);
+for (let i = 0; i < data.length; i++) data[i] = (i * 7 + (i >> 12)) & 255;
+const reading = stream.readAll();
+await stream.write(data);
+stream.shutdown();
+const back = await reading;
+let same = back.length === data.length;
+for (let i = 0; same && i < data.length; i++) same = back[i] === data[i];
+console.log(JSON.stringify({ address: session.welcome.address, rtt, same, n: back.length }));
+stream.close();
+session.ws.close();
+"""
+
+
+@pytest.mark.skipif(not shutil.which("node"), reason="needs Node.js (node) for the page's JS")
+async def test_the_pages_js_client_talks_to_a_python_program(
+    node: LoopbackNode, pair: tuple[client.Network, client.Network], tmp_path: Path
+) -> None:
+    """src/atenet/web/mio.js (what the page uses) against the real /mio: ping and a 3 MB echo
+    through a Python program's server; the node's credits drive the JS side's writes."""
+    _a, b = pair
+
+    async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while chunk := await r.read(MIB):
+            w.write(chunk)
+            await w.drain()
+        w.close()
+
+    await b.start_server(echo, port=7500)
+    token = node.token("page")
+    await (await join(node, "page", token)).close()  # the node knows the key: no retry below
+    script = tmp_path / "program.mjs"
+    script.write_text(JS_PROGRAM % {"web": ROOT / "src" / "atenet" / "web"})
+    proc = await asyncio.create_subprocess_exec(
+        shutil.which("node") or "node", "--experimental-websocket", "--no-warnings", str(script),
+        node.ws, token, str(b.address), "7500",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    result = json.loads(out)
+    assert result["same"] and result["n"] == 3_000_000 and result["rtt"] > 0
+    assert result["address"].startswith("10.88.0.")
+
+
+async def test_a_program_that_reads_nothing_from_its_websocket_costs_bounded_memory(
+    node: LoopbackNode, pair: tuple[client.Network, client.Network]
+) -> None:
+    """A raw program grants the node a huge credit and then never reads its WebSocket: the
+    node stops reading the TCP connection once 4 MiB of bus messages wait unsent, so the
+    sender's drain() blocks and the node's buffers stay bounded."""
+    _a, b = pair
+    token = AccessToken.decode(node.token("deaf"))
+    await (await join(node, "deaf", token.encode())).close()
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(f"{node.ws}/mio")
+        await ws.send_str(json.dumps(hello(token)))
+        welcome = json.loads((await ws.receive(10)).data)
+        await ws.send_bytes(bus.Listen(1, bus.Endpoint(None, 9000)).encode())
+        assert isinstance(bus.decode((await ws.receive(10)).data), bus.Listening)
+        _r, writer = await b.open_connection(welcome["address"].split("/")[0], 9000)
+        accept = bus.decode((await ws.receive(10)).data)
+        assert isinstance(accept, bus.Accept)
+        await ws.send_bytes(bus.Credit(accept.conn, 1 << 30).encode())  # then: deaf
+        sent = 0
+        chunk = os.urandom(256 * 1024)
+
+        async def pour() -> None:
+            nonlocal sent
+            while True:
+                writer.write(chunk)
+                await writer.drain()
+                sent += len(chunk)
+
+        pourer = asyncio.ensure_future(pour())
+        try:
+            await asyncio.sleep(4)
+            first = sent
+            await asyncio.sleep(2)
+            assert sent == first, "the sender should be blocked by now"
+            status = mio_status(node)
+            # 4 MiB unsent + one DATA, the kernel socket buffers between node and program
+            # hold the rest; the TCP buffers of both sessions: well under 8 MiB
+            assert status["buffered"] < 8 * MIB, status
+            assert status["counters"].get("unsent_full", 0) > 0
+        finally:
+            pourer.cancel()
+            writer.transport.abort()
+            await ws.close()

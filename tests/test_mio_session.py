@@ -261,6 +261,9 @@ def test_udp_both_ways_and_ping() -> None:
     (bound,) = w.take(w.a)
     assert isinstance(bound, bus.Bound) and bound.local.port >= 49152
     assert w.take(w.b) == [bus.Bound(2, Endpoint(None, 53))]
+    w.send(w.a, bus.Bind(9, Endpoint(B4, 0)))  # b's address is not a's to bind
+    w.run()
+    assert w.take(w.a) == [bus.Error(9, errno.EADDRNOTAVAIL, f"{B4} is not ours")]
     w.send(w.a, bus.Datagram(1, Endpoint(B4, 53), b"query"))
     w.run()
     assert w.take(w.b) == [bus.Datagram(2, Endpoint(A4, bound.local.port), b"query")]
@@ -375,3 +378,50 @@ def test_resolve_through_the_networks_dns_server() -> None:
     w.advance(0.2)
     assert w.take(w.a) == [bus.Error(6, errno.ETIMEDOUT, "the DNS server did not answer")]
     assert w.a.iface._udp == {}  # the lookups' sockets are gone
+
+
+def test_a_program_that_asks_but_never_reads_is_ended() -> None:
+    """DATA stops at max_unsent; answers to requests (here BOUND after BIND/CLOSE pairs) are
+    bounded too: past the slack the session fails instead of queueing without end."""
+    limits = Limits(window=WINDOW, tcp_buffer=WINDOW, max_unsent=4096, unsent_slack=8192)
+    s = session(MAC_A, A4, A6, limits)
+    i = 0
+    while s.failed is None and i < 200_000:
+        i += 1
+        s.bus_in(bus.Bind(1, Endpoint(None, 0)).encode(), 100.0)
+        s.bus_in(bus.Close(1).encode(), 100.0)
+        s.poll(100.0)  # the shell takes the messages but never manages to write them
+    assert s.failed is not None and s.counters["unsent_overflow"] == 1
+    assert 4096 + 8192 < s.unsent <= 4096 + 8192 + 64
+
+
+def test_a_session_holding_its_byte_budget_refuses_new_sockets() -> None:
+    """b's program reads nothing: b holds a full receive buffer, a a full send buffer; both
+    refuse new sockets with ENOBUFS (their existing sockets keep their own bounds) until the
+    bytes drain."""
+    w = Wire(Limits(window=WINDOW, tcp_buffer=WINDOW, max_buffered=WINDOW))
+    cid = connected_pair(w)
+    for _ in range(4):
+        w.send(w.a, bus.Data(1, b"x" * (WINDOW // 4)))
+    w.advance(1.0)
+    got = len(w.data(w.b, cid))
+    for fill in b"yz":  # a's program spends the credit it gets back: b's window closes
+        assert sum(m.amount for m in w.take(w.a, bus.Credit)) == WINDOW  # type: ignore[attr-defined]
+        for _ in range(4):
+            w.send(w.a, bus.Data(1, bytes([fill]) * (WINDOW // 4)))
+        w.advance(1.0)
+    assert got == WINDOW and w.b.buffered >= WINDOW and w.a.buffered >= WINDOW
+    w.send(w.a, bus.Connect(2, Endpoint(B4, 80)))
+    w.send(w.b, bus.Bind(20, Endpoint(None, 0)))
+    w.run()
+    assert w.take(w.a, bus.Error) == [bus.Error(2, errno.ENOBUFS, "the session's buffers are full")]
+    assert w.take(w.b, bus.Error) == [
+        bus.Error(20, errno.ENOBUFS, "the session's buffers are full")
+    ]
+    for _ in range(4):  # b's program reads again: everything drains
+        w.send(w.b, bus.Credit(cid, WINDOW))
+        w.advance(1.0)
+    w.send(w.b, bus.Bind(21, Endpoint(None, 0)))
+    w.run()
+    assert isinstance(w.take(w.b, bus.Bound)[-1], bus.Bound)
+    assert w.b.counters["buffer_limit"] == 1

@@ -51,9 +51,10 @@ IPAddress = IPv4Address | IPv6Address
 class Limits:
     """Per-session bounds; each has a counter in :attr:`Session.counters` when it bites.
 
-    Memory a session can hold is bounded by ``max_sockets`` × (``tcp_buffer`` receive +
-    ``tcp_buffer`` send + ``window`` pending) plus ``max_unsent``; in practice a program with
-    few busy sockets holds far less (see docs/mio.md).
+    Memory a session can hold is bounded by its connections × (``tcp_buffer`` receive +
+    ``tcp_buffer`` send + ``window`` pending) plus ``max_unsent``; new sockets are refused
+    once it holds ``max_buffered``, so only connections made before that can add to it
+    (see docs/mio.md).
     """
 
     max_sockets: int = 1024
@@ -62,8 +63,14 @@ class Limits:
     """Per-socket credit each way (the welcome says it; CONNECTED/ACCEPT grant it)."""
     tcp_buffer: int = 256 * 1024
     """The stack's TCP receive and send buffer per connection."""
+    max_buffered: int = 64 * 1024 * 1024
+    """Bytes the session may hold (:attr:`Session.buffered`) before it refuses new sockets
+    (ENOBUFS; accepted connections are reset): the sockets it has keep their own bounds."""
     max_unsent: int = 4 * 1024 * 1024
     """Bytes of bus messages handed to the shell but not yet on the WebSocket."""
+    unsent_slack: int = 1024 * 1024
+    """Bytes of answers (BOUND, PONG, ERROR…) allowed beyond ``max_unsent`` before the
+    session is ended: a program that keeps asking but reads nothing."""
     max_pings: int = 32
     """Echo requests waiting for answers (ENOBUFS beyond)."""
     connect_timeout: float = 30.0
@@ -201,14 +208,23 @@ class Session:
 
     @property
     def buffered(self) -> int:
-        """Bytes this session holds for its program: TCP buffers, pending DATA, unsent bus
-        messages, queued datagrams — what the limits bound."""
+        """Bytes this session holds for its program: TCP buffers (also of connections the
+        program closed that are still sending), pending DATA, unsent bus messages, queued
+        datagrams — what the limits bound."""
         total = self.unsent
+        for conn in self.tcp.conns.values():
+            total += len(conn.rbuf) + len(conn.sbuf)
         for sock in (*self._tcp.values(), *self._closing):
-            total += len(sock.pending) + len(sock.conn.rbuf) + len(sock.conn.sbuf)
+            total += len(sock.pending)
         for udp in self._udp.values():
             total += udp.queued_bytes
         return total
+
+    def _over_budget(self) -> bool:
+        if self.buffered < self.limits.max_buffered:
+            return False
+        self.counters["buffer_limit"] += 1
+        return True
 
     def settings(self) -> dict[str, Any]:
         """Addresses and limits for the welcome."""
@@ -280,6 +296,11 @@ class Session:
     def _out_raw(self, raw: bytes) -> None:
         self._out.append(raw)
         self.unsent += len(raw)
+        if self.unsent > self.limits.max_unsent + self.limits.unsent_slack and not self.failed:
+            # DATA stops at max_unsent; only answers to the program's own requests (BOUND,
+            # PONG, ERROR…) get here: it asks and asks but reads nothing.
+            self.counters["unsent_overflow"] += 1
+            self.failed = "the program reads none of the node's messages"
 
     def _new_id_ok(self, ident: int) -> bool:
         """A program-chosen id for a new socket: in range and not in use."""
@@ -292,6 +313,9 @@ class Session:
         if self.sockets >= self.limits.max_sockets:
             self.counters["socket_limit"] += 1
             self._send(bus.Error(ident, errno.EMFILE, f"too many sockets ({self.sockets})"))
+            return False
+        if self._over_budget():
+            self._send(bus.Error(ident, errno.ENOBUFS, "the session's buffers are full"))
             return False
         return True
 
@@ -352,6 +376,10 @@ class Session:
 
     def _on_bind(self, msg: bus.Bind, now: float) -> None:
         if not self._new_id_ok(msg.id):
+            return
+        address = msg.local.address
+        if address is not None and address not in self.iface.addresses:
+            self._send(bus.Error(msg.id, errno.EADDRNOTAVAIL, f"{address} is not ours"))
             return
         try:
             sock = self.iface.udp_bind(msg.local.port)
@@ -487,8 +515,9 @@ class Session:
 
     def _lookup_work(self, lookup: _Lookup, now: float) -> None:
         while (got := lookup.sock.recvfrom()) is not None:
-            data, (_src, sport) = got
-            if sport != 53 or len(data) < 2:
+            data, (src, sport) = got
+            if sport != 53 or src not in self.dns or len(data) < 2:
+                self.counters["dns_foreign"] += 1  # not from a server we asked
                 continue
             txid = int.from_bytes(data[:2], "big")
             if txid not in lookup.txids:
@@ -622,7 +651,7 @@ class Session:
 
     def _accept(self, lid: int, lst: Listener) -> None:
         while (conn := lst.accept()) is not None:
-            if len(self._tcp) + len(self._listeners) + len(self._udp) >= self.limits.max_sockets:
+            if self.sockets >= self.limits.max_sockets or self._over_budget():
                 self.counters["accept_limit"] += 1
                 conn.abort()
                 continue

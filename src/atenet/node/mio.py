@@ -104,6 +104,9 @@ class _Driver:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.closed = False
+        self.ended = asyncio.Event()
+        """Set when the session must end (it failed: see ``Session.failed``)."""
+        self.internal_error = False
         port.kick = self.kick
 
     def kick(self) -> None:
@@ -115,6 +118,16 @@ class _Driver:
         self._scheduled = False
         if self.closed:
             return
+        try:
+            self._run()
+        except Exception:  # a bug of ours, not the program's input: end this session only
+            log.exception("mio: session failed")
+            self.session.failed = self.session.failed or "internal error"
+            self.internal_error = True
+        if self.session.failed is not None:
+            self.ended.set()
+
+    def _run(self) -> None:
         now = time.monotonic()
         session, port = self.session, self.port
         queue = port.queue
@@ -177,12 +190,13 @@ class MioSessions:
         max_sessions: int = MAX_SESSIONS,
     ) -> None:
         self.daemon = daemon
-        self.ports = ports  # the /ws endpoint: its hello check and nonce memory are shared
+        self.ws_ports = ports  # the /ws endpoint: its hello check and nonce memory are shared
         self.heartbeat = heartbeat
         self.guard = guard
         self.limits = limits or Limits()
         self.max_sessions = max_sessions
         self.sessions: dict[int, Session] = {}
+        self.ports: dict[int, MioPort] = {}  # the switch port of each session, for status
         self.counts: Counter[str] = Counter()
         self._closed_totals: Counter[str] = Counter()  # counters of sessions that ended
 
@@ -192,17 +206,26 @@ class MioSessions:
     def counters(self) -> dict[str, Any]:
         """For /api/status and /metrics: sessions, refusals, and the sessions' own counters."""
         totals = Counter(self._closed_totals)
-        buffered = sockets = 0
-        for session in self.sessions.values():
+        listed = []
+        for key, session in self.sessions.items():
             totals.update(session.counters)
-            buffered += session.buffered
-            sockets += session.sockets
+            port = self.ports.get(key)
+            listed.append(
+                {
+                    "port": port.name if port is not None else "",
+                    "address": session.settings()["address"],
+                    "sockets": session.sockets,
+                    "buffered": session.buffered,
+                    "unsent": session.unsent,
+                }
+            )
         return {
             "sessions": len(self.sessions),
-            "sockets": sockets,
-            "buffered": buffered,
+            "sockets": sum(s["sockets"] for s in listed),
+            "buffered": sum(s["buffered"] for s in listed),
             "events": dict(self.counts),
             "counters": dict(totals),
+            "list": listed,  # at most max_sessions entries
         }
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -233,7 +256,7 @@ class MioSessions:
                 return
             raise SchemaError("", "the hello must be a text message")
         hello = parse(msg.data, WS_HELLO)
-        found = await self.ports._check_hello(hello)
+        found = await self.ws_ports._check_hello(hello)
         if found is None:
             self.counts["refused"] += 1
             await _close(ws, CLOSE_FORBIDDEN, b"forbidden")
@@ -255,6 +278,7 @@ class MioSessions:
         if self.guard is not None:
             self.guard.authenticated(request)
         self.sessions[id(session)] = session
+        self.ports[id(session)] = port
         self.counts["opened"] += 1
         tasks: list[asyncio.Future[Any]] = []
         try:
@@ -267,6 +291,7 @@ class MioSessions:
                 asyncio.ensure_future(driver.write()),
                 asyncio.ensure_future(self._read(ws, session, driver)),
                 asyncio.ensure_future(port.revoked.wait()),
+                asyncio.ensure_future(driver.ended.wait()),
             ]
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             if port.revoked.is_set():
@@ -275,13 +300,15 @@ class MioSessions:
             elif session.failed is not None:
                 self.counts["failed"] += 1
                 log.info("mio: ending a session from %s: %s", peer, session.failed)
-                await _close(ws, CLOSE_BAD_MESSAGE, session.failed.encode()[:120])
+                code = WSCloseCode.INTERNAL_ERROR if driver.internal_error else CLOSE_BAD_MESSAGE
+                await _close(ws, code, session.failed.encode()[:120])
         finally:
             for frame in driver.stop():  # the resets of every open connection
                 runtime.switch.from_local(port, frame)
             runtime.remove_port(key)
             self.daemon.handle_events()
             self.sessions.pop(id(session), None)
+            self.ports.pop(id(session), None)
             self._closed_totals.update(session.counters)
             self.counts["closed"] += 1
             for task in tasks:
