@@ -766,8 +766,10 @@ def ping(
     Runs the system ping bound to the atenet device (so it cannot take another path) and
     prints each reply's end-to-end time, with the first hop — this host to its node — from
     `tok connect`'s own control pings (every 5 s). With --json, one summary object.
+
     With --mio, the echo requests leave from a mio session's own address instead (no TAP or
     root needed; exit code 3 then means no session).
+
     Exit codes: 0 some reply, 1 no reply, 2 usage, 3 not connected.
     """
     if mio:
