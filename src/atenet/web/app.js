@@ -726,7 +726,12 @@ async function runLan(kind, target, size) {
   lanBody(null);
   lanStatus(kind === "fetch" ? `GET ${target} …` : `echo test with ${target} …`);
   try {
-    const session = await mioSession();
+    let session;
+    try {
+      session = await mioSession();
+    } catch (err) {
+      throw new LanError(`no mio session with the node: ${err.message}`);
+    }
     if (kind === "fetch") {
       const r = await fetchOverMio(session, target);
       const type = r.headers.find(([k]) => k === "content-type")?.[1] ?? "no content type";
