@@ -82,7 +82,22 @@ def run_checks(page: Page, node: LoopbackNode, token: str, web_ip: str, echo_ip:
     page.goto(f"{node.http}/#{token}", wait_until="load")
     page.wait_for_function("document.body.dataset.state === 'connected'", timeout=15_000)
 
-    # GET through the page's form: status, size and the body, as text.
+    # Nothing listens on port 9: one line saying so, in the card.
+    error = page.evaluate(
+        "(u) => window.atenet.fetch(u).then(() => 'no error', (e) => e.message)",
+        f"http://{echo_ip}:9/",
+    )
+    assert "connection refused" in error, error
+    status = page.locator("#lan-status").inner_text()
+    assert status.startswith("fetch failed: connection refused"), status
+    assert page.locator("#lan-status.bad").count() == 1
+
+    # The echo test: 200 kB of random bytes there and back, compared.
+    result = page.evaluate("([t, n]) => window.atenet.echo(t, n)", [f"{echo_ip}:7", 200_000])
+    assert result["same"] is True and result["received"] == 200_000, result
+    assert "echo OK: 200,000 bytes sent" in page.locator("#lan-status").inner_text()
+
+    # GET through the page's form (last: the screenshot shows it): status, size, body as text.
     page.fill("#fetch-url", f"http://{web_ip}:8000/a?b=<c>")
     page.click("#fetch-go")
     page.wait_for_function(
@@ -94,17 +109,7 @@ def run_checks(page: Page, node: LoopbackNode, token: str, web_ip: str, echo_ip:
     assert body.startswith("<b id=injected>hello from a mio host</b> path=/a?b=%3Cc%3E"), body
     assert page.locator("#injected").count() == 0  # shown as text, not parsed as HTML
 
-    # The echo test: 200 kB of random bytes there and back, compared.
-    result = page.evaluate("([t, n]) => window.atenet.echo(t, n)", [f"{echo_ip}:7", 200_000])
-    assert result["same"] is True and result["received"] == 200_000, result
-    assert "echo OK: 200,000 bytes sent" in page.locator("#lan-status").inner_text()
-
-    # Nothing listens on port 9: one line saying so, in the card.
-    error = page.evaluate(
-        "(u) => window.atenet.fetch(u).then(() => 'no error', (e) => e.message)",
-        f"http://{echo_ip}:9/",
+    # The node lists the page's mio session as a port named after the page.
+    page.wait_for_function(
+        "document.querySelector('#ports tbody').textContent.includes('-mio')", timeout=10_000
     )
-    assert "connection refused" in error, error
-    status = page.locator("#lan-status").inner_text()
-    assert status.startswith("fetch failed: connection refused"), status
-    assert page.locator("#lan-status.bad").count() == 1

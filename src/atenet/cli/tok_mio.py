@@ -128,8 +128,9 @@ def node_url_for(token: AccessToken, node_url: str | None) -> list[str]:
         raise Failed("the token names no node: give the node's HTTP address with --node URL", 2)
     host = token.endpoints[0].rsplit(":", 1)[0]
     urls = [f"http://{host}:{DEFAULT_HTTP_PORT}"]
-    if _is_local(host.strip("[]")):
-        urls.insert(0, f"http://127.0.0.1:{DEFAULT_HTTP_PORT}")
+    loopback = f"http://127.0.0.1:{DEFAULT_HTTP_PORT}"
+    if loopback not in urls and _is_local(host.strip("[]")):
+        urls.insert(0, loopback)
     return urls
 
 

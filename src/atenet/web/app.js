@@ -686,6 +686,7 @@ function mioSession() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     mio = openMio(`${scheme}://${location.host}`, token, authKey(token.secret), {
       now: () => Date.now() + (clockOffset ?? 0),
+      host: api.host ? cleanHostName(`${api.host}-mio`) : "",
     }).then(
       (session) => {
         session.ws.addEventListener("close", () => {
