@@ -146,8 +146,10 @@ def test_serve_and_nc_move_data_sha256_equal_both_ways(
 
 
 def test_echo_exec_refused_and_ping(node: LoopbackNode, token_file: Path, tmp_path: Path) -> None:
-    echo, address = serve(node, token_file, "7", "--echo")
+    echo, address = serve(node, token_file, "7", "--echo", "--name", "echo-seven")
     upper, address2 = serve(node, token_file, "8", "--exec", "tr a-z A-Z")
+    hosts = {p.get("host"): p.get("kind") for p in node.network_status()["ports"]}
+    assert hosts.get("echo-seven") == hosts.get("tok-serve-8") == "mio", hosts
     env = _env() | {"ATENET_TOKEN": token_file.read_text().strip(), "ATENET_NODE": node.http}
     try:
         data = os.urandom(300_000)

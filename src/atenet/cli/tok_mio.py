@@ -57,7 +57,7 @@ class Failed(AtenetError):
 
 
 def token_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--token-file and --node: what a mio command needs to open a session."""
+    """--token-file, --node and --name: what a mio command needs to open a session."""
     fn = click.option(
         "--node",
         "node_url",
@@ -66,6 +66,13 @@ def token_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         help="The node's HTTP address, e.g. http://10.0.0.1:8080 (env: ATENET_NODE). Default: "
         f"the first node the token names, on port {DEFAULT_HTTP_PORT} (on 127.0.0.1 when that "
         "node is this machine).",
+    )(fn)
+    fn = click.option(
+        "--name",
+        "port_name",
+        metavar="NAME",
+        help="The name the node shows for this session's port (`tok status`, the web page). "
+        "Default: tok-nc, tok-serve-PORT.",
     )(fn)
     fn = click.option(
         "--token-file",
@@ -423,6 +430,7 @@ def nc(
     args: tuple[str, ...],
     token_file: str | None,
     node_url: str | None,
+    port_name: str | None,
     udp: bool,
     timeout: float,
     linger: float,
@@ -461,7 +469,7 @@ def nc(
     async def body() -> None:
         import asyncio
 
-        net = await open_session(token, urls, "tok-nc")
+        net = await open_session(token, urls, port_name or "tok-nc")
         try:
             report("session", session_text(net), **session_fields(net))
             address = await pick_address(net, host)
@@ -561,6 +569,7 @@ def serve(
     args: tuple[str, ...],
     token_file: str | None,
     node_url: str | None,
+    port_name: str | None,
     echo: bool,
     command: str | None,
     max_conns: int,
@@ -607,7 +616,7 @@ def serve(
     report = Reporter(as_json, quiet)
 
     async def body() -> None:
-        net = await open_session(token, urls, "tok-serve")
+        net = await open_session(token, urls, port_name or f"tok-serve-{port}")
         try:
             report("session", session_text(net), **session_fields(net))
             if echo or argv:
