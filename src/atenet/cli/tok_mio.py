@@ -288,6 +288,8 @@ def run_command(body: Callable[[], Any]) -> None:
         fail(str(exc), exc.exit_code)
     except AtenetError as exc:
         fail(str(exc))
+    except OSError as exc:  # the session broke outside a connection (e.g. while binding)
+        fail(_why(exc))
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
     finally:
