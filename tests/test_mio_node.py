@@ -20,11 +20,15 @@ from typing import Any
 
 import aiohttp
 import pytest
+import pytest_asyncio
 
+from atenet import mio
 from atenet.mio import bus, client
 from atenet.overlay.token import AccessToken, hello
 from tests.conftest import ROOT
 from tests.support.loopback_node import LoopbackNode
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")  # one loop: the pair lives on it
 
 MIB = 1 << 20
 TRANSFER = int(os.environ.get("ATENET_MIO_TRANSFER_MIB", "4")) * MIB
@@ -44,15 +48,15 @@ async def join(node: LoopbackNode, label: str, token: str = "") -> client.Networ
     token = token or node.token(label)
     for _ in range(100):
         try:
-            return await client.connect(node.http, token)
-        except client.MioError as exc:
+            return await mio.connect(node.http, token)  # the package's own name for it
+        except mio.MioError as exc:
             if "forbidden" not in str(exc):
                 raise
             await asyncio.sleep(0.1)
     raise AssertionError(f"the node kept refusing key {label}")
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def pair(node: LoopbackNode) -> AsyncIterator[tuple[client.Network, client.Network]]:
     a = await join(node, "a")
     b = await join(node, "b")
@@ -189,13 +193,12 @@ async def test_a_program_that_stops_reading_costs_bounded_memory(
     """b's handler never reads: the node holds at most its TCP buffers and one window for that
     socket, and a's writer blocks (drain waits) instead of the node buffering without end."""
     a, b = pair
-    accepted = asyncio.Event()
-    writers: list[asyncio.StreamWriter] = []
+    accepted, release = asyncio.Event(), asyncio.Event()
 
     async def stall(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        writers.append(w)
         accepted.set()
-        await asyncio.sleep(3600)
+        await release.wait()
+        w.transport.abort()
 
     await b.start_server(stall, port=7300)
     _reader, writer = await a.open_connection(str(b.address), 7300)
@@ -226,6 +229,7 @@ async def test_a_program_that_stops_reading_costs_bounded_memory(
     finally:
         pourer.cancel()
         writer.transport.abort()
+        release.set()
 
 
 async def test_bad_messages_are_refused_and_counted(node: LoopbackNode) -> None:
@@ -299,7 +303,7 @@ async def test_a_revoked_key_ends_the_session(node: LoopbackNode) -> None:
     await net.close()
 
 
-def test_metrics_show_mio(node: LoopbackNode) -> None:
+async def test_metrics_show_mio(node: LoopbackNode) -> None:
     with urllib.request.urlopen(f"{node.http}/metrics", timeout=5) as resp:
         text = resp.read().decode()
     assert "atenet_mio_sessions" in text
