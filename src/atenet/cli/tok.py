@@ -106,6 +106,7 @@ def main() -> None:
       tok network create office
       tok key export office --label laptop     # prints an access token
       sudo tok connect --token-file FILE       # joins this host (see `tok connect --help`)
+      tok nc --token-file FILE 10.x.y.z 80     # no root: a TCP connection from a mio session
 
     Exit codes: 0 done, 1 error (one line on stderr), 2 usage error, 130 interrupted.
     """
@@ -678,6 +679,17 @@ def _add_client_commands() -> None:
 
 
 _add_client_commands()
+
+
+def _add_mio_commands() -> None:
+    """nc, serve: stdin/stdout over a mio session (cli/tok_mio.py, docs/mio.md)."""
+    from atenet.cli.tok_mio import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_add_mio_commands()
 
 
 # --------------------------------------------------------------------------- monitor

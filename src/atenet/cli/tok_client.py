@@ -754,14 +754,27 @@ def resolve_name(
     metavar="URL",
     help="With a host name: the chain store to look it up in (as `tok hosts`).",
 )
+@click.option(
+    "--mio",
+    is_flag=True,
+    help="Ping from a mio session (no TAP, no root): the token from --token-file or "
+    "ATENET_TOKEN, the node from --node (see `tok nc --help`).",
+)
+@click.option("--token-file", type=click.Path(dir_okay=False), metavar="PATH", help="With --mio.")
+@click.option("--node", "mio_node", envvar="ATENET_NODE", metavar="URL", help="With --mio.")
 @json_option
+@click.pass_context
 def ping(
+    ctx: click.Context,
     host: str,
     count: int,
     interval: float,
     timeout: float,
     dev: str | None,
     store_url: str | None,
+    mio: bool,
+    token_file: str | None,
+    mio_node: str | None,
     as_json: bool,
 ) -> None:
     """Ping HOST through atenet: an IPv4 or IPv6 address in one of this host's networks, or a
@@ -770,8 +783,17 @@ def ping(
     Runs the system ping bound to the atenet device (so it cannot take another path) and
     prints each reply's end-to-end time, with the first hop — this host to its node — from
     `tok connect`'s own control pings (every 5 s). With --json, one summary object.
+
+    With --mio, the echo requests leave from a mio session's own address instead (no TAP or
+    root needed; exit code 3 then means no session).
+
     Exit codes: 0 some reply, 1 no reply, 2 usage, 3 not connected.
     """
+    if mio:
+        from atenet.cli.tok_mio import mio_ping
+
+        mio_ping(ctx, host, token_file, mio_node, count, interval, timeout, as_json)
+        return
     try:
         addr = ipaddress.ip_address(host.strip("[]"))
     except ValueError:

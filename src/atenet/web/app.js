@@ -6,9 +6,12 @@
 // "refused" | "error".
 
 import { chartScale, si } from "./chart.js";
+import { LanError, describe, echoOverMio, fetchOverMio } from "./lan.js";
+import { openMio } from "./mio.js";
 import {
   Session,
   TokenError,
+  authKey,
   cleanHostName,
   formatIp4,
   formatIp6,
@@ -48,6 +51,9 @@ const api = {
   lease: null, // {secs, t1, t2, dns, mtu, server} while the address is leased
   dhcp: () => (session?.dhcp ? { state: session.dhcp.state, ...session.dhcp.stats } : null),
   ping: (address, count = 4) => runPing(String(address), Number(count) || 4),
+  // "Reach the LAN" (lan.js over a mio session): resolve with the result shown, or reject.
+  fetch: (url) => runLan("fetch", String(url)),
+  echo: (target, size = 65536) => runLan("echo", String(target), Number(size) || 65536),
 };
 api.ready.catch(() => {}); // a refusal is shown on the page; no unhandled-rejection noise
 window.atenet = api;
@@ -668,6 +674,103 @@ function wirePingForm() {
   });
 }
 
+// --- reach the LAN (mio) -------------------------------------------------------------------------
+
+// One mio session for the page's tools, opened on first use (a port of its own on the switch,
+// with its own address) and again after it closed.
+let mio = null;
+
+function mioSession() {
+  if (!mio) {
+    const token = parseToken(location.hash);
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    mio = openMio(`${scheme}://${location.host}`, token, authKey(token.secret), {
+      now: () => Date.now() + (clockOffset ?? 0),
+      host: api.host ? cleanHostName(`${api.host}-mio`) : "",
+    }).then(
+      (session) => {
+        session.ws.addEventListener("close", () => {
+          mio = null;
+        });
+        const where = [session.welcome.address, session.welcome.address6].filter(Boolean).join(", ");
+        log(`mio session open${where ? ` as ${where}` : ""}: the node's stack carries the page's TCP`);
+        return session;
+      },
+      (err) => {
+        mio = null;
+        throw err;
+      },
+    );
+  }
+  return mio;
+}
+
+function lanStatus(text, kind = "") {
+  const el = $("lan-status");
+  el.textContent = text;
+  el.className = `lan-status ${kind}`.trim();
+}
+
+function lanBody(text) {
+  const el = $("lan-body");
+  el.textContent = text ?? ""; // text, never HTML: what a LAN host sends cannot script the page
+  el.hidden = text === null;
+}
+
+function from(result) {
+  return result.from?.address ? ` from ${result.from.address}` : "";
+}
+
+async function runLan(kind, target, size) {
+  const buttons = [$("fetch-go"), $("echo-go")];
+  for (const b of buttons) b.disabled = true;
+  lanBody(null);
+  lanStatus(kind === "fetch" ? `GET ${target} …` : `echo test with ${target} …`);
+  try {
+    let session;
+    try {
+      session = await mioSession();
+    } catch (err) {
+      throw new LanError(`no mio session with the node: ${err.message}`);
+    }
+    if (kind === "fetch") {
+      const r = await fetchOverMio(session, target);
+      const type = r.headers.find(([k]) => k === "content-type")?.[1] ?? "no content type";
+      const cut = r.truncated ? ` (first ${r.text.length} characters shown)` : "";
+      lanStatus(
+        `HTTP ${r.status} ${r.reason} · ${r.bytes.toLocaleString("en-US")} bytes · ${type} · ${r.ms.toFixed(0)} ms${from(r)}${cut}`,
+        r.status < 400 ? "good" : "bad",
+      );
+      lanBody(r.text);
+      return { status: r.status, reason: r.reason, headers: r.headers, bytes: r.bytes, text: r.text, from: r.from };
+    }
+    const r = await echoOverMio(session, target, size);
+    if (r.same) {
+      lanStatus(`echo OK: ${r.sent.toLocaleString("en-US")} bytes sent, the same bytes back in ${r.ms.toFixed(0)} ms${from(r)}`, "good");
+    } else {
+      lanStatus(`echo MISMATCH: ${r.sent} bytes sent, ${r.received} came back, not the same bytes${from(r)}`, "bad");
+    }
+    return r;
+  } catch (err) {
+    const text = err instanceof LanError ? err.message : describe(err);
+    lanStatus(`${kind === "fetch" ? "fetch" : "echo"} failed: ${text}`, "bad");
+    throw new Error(text);
+  } finally {
+    for (const b of buttons) b.disabled = false;
+  }
+}
+
+function wireLan() {
+  $("fetch-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    runLan("fetch", $("fetch-url").value).catch(() => {}); // shown in the card
+  });
+  $("echo-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    runLan("echo", $("echo-target").value, Number($("echo-size").value) || 65536).catch(() => {});
+  });
+}
+
 function wireToggle() {
   for (const button of document.querySelectorAll(".toggle button")) {
     button.addEventListener("click", () => {
@@ -683,6 +786,7 @@ function wireToggle() {
 window.addEventListener("hashchange", () => location.reload());
 window.addEventListener("resize", () => draw());
 wirePingForm();
+wireLan();
 wireToggle();
 setInterval(sample, 1000);
 start();

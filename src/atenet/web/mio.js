@@ -497,15 +497,15 @@ export class MioSession {
 
 /**
  * Open a mio session: `url` is the node's ws(s) base URL, `token` a parsed token (net.js
- * parseToken) and `key` its auth key (net.js authKey). Resolves with the MioSession once the
- * node welcomed it; rejects with the node's reason otherwise.
+ * parseToken) and `key` its auth key (net.js authKey); `host` names the session's port. Resolves
+ * with the MioSession once the node welcomed it; rejects with the node's reason otherwise.
  */
-export function openMio(url, token, key, { WebSocketImpl = globalThis.WebSocket, now = Date.now } = {}) {
+export function openMio(url, token, key, { WebSocketImpl = globalThis.WebSocket, now = Date.now, host = "" } = {}) {
   return new Promise((resolve, reject) => {
     const ws = new WebSocketImpl(`${url.replace(/\/$/, "")}/mio`);
     ws.binaryType = "arraybuffer";
     let session = null;
-    ws.onopen = () => ws.send(JSON.stringify(helloMessage(token, key, now(), randomBytes(16))));
+    ws.onopen = () => ws.send(JSON.stringify(helloMessage(token, key, now(), randomBytes(16), host)));
     ws.onmessage = (event) => {
       if (session) session.onMessage(event.data);
       else if (typeof event.data === "string") {
