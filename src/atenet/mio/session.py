@@ -39,6 +39,8 @@ from typing import Any, ClassVar
 from atenet.errors import DecodeError
 from atenet.mio import bus, dns
 from atenet.mio.bus import ACCEPTED_ID_BIT, Endpoint
+from atenet.offload import VNET_HDR_LEN
+from atenet.overlay.fragment import MAX_SUPERFRAME
 from atenet.stack.iface import AddressEvent, EchoReply, Interface, UdpSocket
 from atenet.stack.tcp import CLOSED, SYN_RECEIVED, SYN_SENT, TIME_WAIT, Connection, Listener, Tcp
 
@@ -84,10 +86,16 @@ class Limits:
 
 
 # errno → the one-line reason the program sees in CLOSE/ERROR
+TSO_BYTES = MAX_SUPERFRAME - VNET_HDR_LEN - 4 - 14 - 40 - 60
+"""TCP payload per super-segment of a session (62,830 bytes): the packet (virtio-net header,
+Ethernet with room for a VLAN tag, IPv6, the largest TCP header) must still fit one sealed
+overlay packet, so a switch can hand it whole to a `tok connect` host or a peer node."""
+
 _REASONS = {
     errno.ECONNREFUSED: "connection refused",
     errno.ECONNRESET: "connection reset by peer",
     errno.ETIMEDOUT: "connection timed out",
+    errno.EHOSTUNREACH: "no route to host",
 }
 
 
@@ -157,8 +165,13 @@ class Session:
         dns: Sequence[IPAddress] = (),
         limits: Limits | None = None,
         seed: int | None = None,
+        tso: bool = False,
     ) -> None:
         self.limits = limits or Limits()
+        self.tso = tso
+        """The port takes offloads: :meth:`poll` and :meth:`close` return virtio-net packets
+        (TCP leaves as 64 KB super-segments, docs/stack.md "Offloads") and the shell hands
+        offloaded packets to :meth:`packet_in`."""
         lim = self.limits
         mtu = max(1280, min(mtu or 1500, 65535))
         self.tcp = Tcp(
@@ -170,8 +183,10 @@ class Session:
         )
         self.iface = Interface(
             mac, mtu, ipv4=ipv4, gateway4=gateway4, slaac=False, tcp=self.tcp,
-            max_sockets=lim.max_sockets,
+            max_sockets=lim.max_sockets, tso=tso,
         )  # fmt: skip
+        if tso:
+            self.tcp.tso = TSO_BYTES
         if ipv6 is not None:
             self.iface.add_ipv6(ipv6)
             self.iface.gateway6 = gateway6
@@ -262,6 +277,11 @@ class Session:
         """One Ethernet frame from the switch port."""
         self._now = now
         self.iface.receive(frame, now)
+
+    def packet_in(self, packet: bytes, now: float) -> None:
+        """One virtio-net packet (header + frame, maybe a super-frame) from an offload port."""
+        self._now = now
+        self.iface.receive_packet(packet, now)
 
     def written(self, nbytes: int) -> None:
         """The shell wrote ``nbytes`` of what :meth:`poll` returned to the WebSocket."""
@@ -713,13 +733,18 @@ class Session:
             self._send(bus.Error(sock.id, errno.ETIMEDOUT, "connection timed out"))
 
     def poll(self, now: float) -> tuple[list[bytes], list[bytes]]:
-        """Run timers and move data: (frames for the switch, bus messages for the program)."""
+        """Run timers and move data: (frames for the switch, bus messages for the program).
+
+        With ``tso`` every frame is a virtio-net packet (header + frame): a super-segment or a
+        frame behind an all-zero header.
+        """
         self._now = now
         self._connect_deadlines(now)
         self._work(now)
-        frames = self.iface.poll(now)
+        out = self.iface.poll_packets if self.tso else self.iface.poll
+        frames = out(now)
         self._work(now)  # what the timers and the sends just changed (failures, window)
-        frames += self.iface.poll(now)
+        frames += out(now)
         out, self._out = self._out, []
         return frames, out
 
@@ -759,7 +784,7 @@ class Session:
         self._pings.clear()
         self._ping_deadlines.clear()
         self._out = []
-        return self.iface.poll(now)
+        return self.iface.poll_packets(now) if self.tso else self.iface.poll(now)
 
 
 def _endpoint(ip: bytes, port: int) -> Endpoint:

@@ -36,6 +36,7 @@ from atenet.addressing import ipv4_for, ipv6_for
 from atenet.mio import bus
 from atenet.mio.session import Limits, Session
 from atenet.node.schema import WS_HELLO, SchemaError, parse
+from atenet.offload import VNET_HDR_LEN, is_offloaded
 from atenet.switch.core import Port
 
 if TYPE_CHECKING:
@@ -62,23 +63,36 @@ CLOSE_BUSY = WSCloseCode.TRY_AGAIN_LATER
 
 
 class MioPort(Port):
-    """The switch port of one mio session: frames wait in a bounded queue for the session."""
+    """The switch port of one mio session: frames wait in a bounded queue for the session.
+
+    The port takes offloads (``offload``): a kernel host's GRO super-frames and our stack's TSO
+    super-segments cross the switch whole, so the stack pays its per-packet Python cost per
+    64 KB instead of per 1.4 KB. Each queued item says whether it is a packet (virtio-net
+    header + frame) or a plain frame.
+    """
 
     __slots__ = ("kick", "queue", "revoked")
 
-    def __init__(self, name: str, key_id: int, now: float) -> None:
+    def __init__(self, name: str, key_id: int, now: float, offload: bool = True) -> None:
         super().__init__(name, "mio", now, key_id)
-        self.queue: deque[bytes] = deque()
+        self.offload = offload
+        self.queue: deque[tuple[bytes, bool]] = deque()
         self.kick: Any = lambda: None
         self.revoked = asyncio.Event()
 
     def deliver(self, frame: bytes) -> None:
+        self._queue(frame, False, len(frame))
+
+    def deliver_packet(self, packet: bytes) -> None:
+        self._queue(packet, True, len(packet) - VNET_HDR_LEN)
+
+    def _queue(self, data: bytes, packet: bool, size: int) -> None:
         if len(self.queue) >= FRAME_QUEUE:
             self.drops += 1
             return
-        self.queue.append(frame)
+        self.queue.append((data, packet))
         self.frames_out += 1
-        self.bytes_out += len(frame)
+        self.bytes_out += size
         if len(self.queue) == 1:
             self.kick()
 
@@ -132,13 +146,15 @@ class _Driver:
         session, port = self.session, self.port
         queue = port.queue
         while queue:
-            session.frame_in(queue.popleft(), now)
+            data, packet = queue.popleft()
+            if packet:
+                session.packet_in(data, now)
+            else:
+                session.frame_in(data, now)
         frames, messages = session.poll(now)
         if frames:
-            from_local = self.runtime.switch.from_local
             port.last_seen = time.time()
-            for frame in frames:
-                from_local(port, frame)
+            self.send(frames)
         if messages:
             self.out.extend(messages)
             self.wake.set()
@@ -150,6 +166,21 @@ class _Driver:
                 self._timer.cancel()
             self._timer_at = at
             self._timer = None if at is None else self.loop.call_later(at - now, self._fire)
+
+    def send(self, frames: list[bytes]) -> None:
+        """The session's output into the switch: with ``tso`` each item is a virtio-net packet;
+        one that needs no offload work (an ARP, an ACK) goes as its plain frame, so ports
+        without offloads and the overlay get it without a segmenting pass."""
+        switch, port = self.runtime.switch, self.port
+        if not self.session.tso:
+            for frame in frames:
+                switch.from_local(port, frame)
+            return
+        for packet in frames:
+            if is_offloaded(packet):
+                switch.packet_from_local(port, packet)
+            else:
+                switch.from_local(port, packet[VNET_HDR_LEN:])
 
     def _fire(self) -> None:
         self._timer = self._timer_at = None
@@ -188,8 +219,11 @@ class MioSessions:
         guard: HttpGuard | None = None,
         limits: Limits | None = None,
         max_sessions: int = MAX_SESSIONS,
+        tso: bool = True,
     ) -> None:
         self.daemon = daemon
+        self.tso = tso
+        """Sessions' ports take offloads (TSO out, GRO super-frames in); False: plain frames."""
         self.ws_ports = ports  # the /ws endpoint: its hello check and nonce memory are shared
         self.heartbeat = heartbeat
         self.guard = guard
@@ -269,7 +303,8 @@ class MioSessions:
         mac = bytes([(os.urandom(1)[0] & 0xFC) | 0x02]) + os.urandom(5)
         session = self._new_session(runtime, mac)
         peer = request.remote or "?"
-        port = MioPort(f"mio:{peer}:{id(ws) & 0xFFFF:04x}/k{key_id}", key_id, time.time())
+        name = f"mio:{peer}:{id(ws) & 0xFFFF:04x}/k{key_id}"
+        port = MioPort(name, key_id, time.time(), offload=self.tso)
         port.host = hello.get("host", "")
         key = ("mio", id(port))
         driver = _Driver(session, port, runtime, ws)
@@ -303,8 +338,7 @@ class MioSessions:
                 code = WSCloseCode.INTERNAL_ERROR if driver.internal_error else CLOSE_BAD_MESSAGE
                 await _close(ws, code, session.failed.encode()[:120])
         finally:
-            for frame in driver.stop():  # the resets of every open connection
-                runtime.switch.from_local(port, frame)
+            driver.send(driver.stop())  # the resets of every open connection
             runtime.remove_port(key)
             self.daemon.handle_events()
             self.sessions.pop(id(session), None)
@@ -340,6 +374,7 @@ class MioSessions:
             dhcp=runtime.dhcp is not None,
             dns=_servers(s.dns) if s is not None else [],
             limits=self.limits,
+            tso=self.tso,
         )
 
     async def _wait_for_lease(self, session: Session, runtime: NetworkRuntime, mac: bytes) -> None:
