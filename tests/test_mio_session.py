@@ -233,6 +233,39 @@ def test_connect_errors() -> None:
     assert w.a.sockets == 0
 
 
+def test_connect_to_a_lan_address_nobody_answers_is_ehostunreach_after_3s() -> None:
+    """As Linux: ARP (ND) asks three times a second apart, then the opening connection fails
+    with EHOSTUNREACH; not ETIMEDOUT after the CONNECT's whole timeout (30 s here)."""
+    w = Wire()
+    w.cut = True  # nobody on the link answers
+    w.send(w.a, bus.Connect(1, Endpoint(IPv4Address("10.9.0.99"), 80)))
+    w.send(w.a, bus.Connect(2, Endpoint(IPv6Address("fd09::99"), 80)))
+    w.run()
+    w.advance(2.9)
+    assert w.take(w.a) == []
+    w.advance(0.2)
+    got = sorted(w.take(w.a), key=lambda m: m.id)
+    assert got == [
+        bus.Error(1, errno.EHOSTUNREACH, "no route to host"),
+        bus.Error(2, errno.EHOSTUNREACH, "no route to host"),
+    ]
+    assert w.a.sockets == 0 and not w.a.tcp.conns
+    assert w.a.tcp.counters["host_unreachable"] == 2
+    assert w.a.iface.arp.counters["neighbor_unresolved"] >= 1
+    # a connection that is up is not touched when another destination does not resolve
+    w.cut = False
+    ident = connected_pair(w)
+    w.cut = True
+    w.send(w.a, bus.Connect(3, Endpoint(IPv4Address("10.9.0.98"), 80)))
+    w.run()
+    w.advance(3.5)
+    assert w.take(w.a) == [bus.Error(3, errno.EHOSTUNREACH, "no route to host")]
+    w.cut = False
+    w.send(w.a, bus.Data(1, b"still here"))
+    w.run()
+    assert w.data(w.b, ident) == b"still here"
+
+
 def test_limits_and_misdirected_messages() -> None:
     w = Wire(Limits(window=WINDOW, tcp_buffer=WINDOW, max_sockets=2, max_bad=3))
     w.send(w.a, bus.Bind(1, Endpoint(None, 0)), bus.Listen(2, Endpoint(None, 22)))

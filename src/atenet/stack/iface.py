@@ -420,6 +420,8 @@ class Interface:
             self._ask_arp(ip, now)  # type: ignore[arg-type]
         for ip in self.nd.due(now):
             self._ask_nd(ip)  # type: ignore[arg-type]
+        if self.arp.gave_up or self.nd.gave_up:
+            self._unreachable_hops()
         self.reassembly.expire(now)
         if self.dhcp is not None and now >= self.dhcp.deadline:
             self._dhcp_actions(self.dhcp.tick(now))
@@ -430,6 +432,18 @@ class Interface:
                 self._send_tcp(item, now)
         out, self._out = self._out, []
         return out
+
+    def _unreachable_hops(self) -> None:
+        """Neighbour resolution gave up on some next hops: fail the TCP connections still
+        opening through them with EHOSTUNREACH, as Linux does after its ~3 s of ARP/ND
+        (rather than retrying SYNs until the whole connect timeout says ETIMEDOUT)."""
+        hops = set(self.arp.gave_up) | set(self.nd.gave_up)
+        self.arp.gave_up.clear()
+        self.nd.gave_up.clear()
+        unreachable = getattr(self.tcp, "host_unreachable", None)
+        if unreachable is not None:
+            failed = unreachable(lambda remote: self._next_hop(_ip(remote)) in hops)
+            self.counters["tcp_host_unreachable"] += failed
 
     def poll_at(self) -> float | None:
         """When :meth:`poll` next has timer work (None: only new input can create work)."""

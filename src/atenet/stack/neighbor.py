@@ -37,6 +37,9 @@ class NeighborCache:
     counters: Counter[str] = field(default_factory=Counter)
     entries: dict[IPAddress, tuple[bytes, float]] = field(default_factory=dict)
     pending: dict[IPAddress, _Pending] = field(default_factory=dict)
+    gave_up: list[IPAddress] = field(default_factory=list)
+    """Destinations :meth:`due` gave up on since the owner last emptied this list: the
+    interface fails the connections still opening towards them (EHOSTUNREACH, as Linux)."""
 
     def lookup(self, ip: IPAddress, now: float) -> bytes | None:
         """The MAC of ``ip`` if known and fresh."""
@@ -89,6 +92,8 @@ class NeighborCache:
             if waiting.tries >= self.tries:
                 self.counters["neighbor_unresolved"] += len(waiting.packets)
                 del self.pending[ip]
+                if len(self.gave_up) < self.max_waiting:
+                    self.gave_up.append(ip)
                 continue
             waiting.tries += 1
             waiting.next_try = now + self.retry

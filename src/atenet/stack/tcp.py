@@ -30,6 +30,7 @@ import itertools
 import random
 import struct
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from atenet.wire.checksum import checksum, pseudo_header_v4, pseudo_header_v6, verify
@@ -1163,6 +1164,17 @@ class Tcp:
                 return t if best is None else min(t, best)
             heapq.heappop(heap)
         return best
+
+    def host_unreachable(self, through: Callable[[bytes], bool]) -> int:
+        """The link layer gave up reaching some next hops: every connection still opening
+        (SYN_SENT) to a remote address for which ``through(remote_ip)`` is true fails with
+        EHOSTUNREACH; the shell hears of it through :meth:`take_changed`. How many failed."""
+        failed = [c for c in self.conns.values() if c.state == SYN_SENT and through(c.remote_ip)]
+        for conn in failed:
+            conn._die(errno.EHOSTUNREACH)
+            self._changed.add(conn)
+        self.counters["host_unreachable"] += len(failed)
+        return len(failed)
 
     def take_changed(self) -> set[Connection]:
         """Connections whose state, buffers or error may have changed since the last call.
