@@ -25,6 +25,14 @@ Engines (each its own process, started once, rounds interleaved engine by engine
   overlay and the bus (the kernel host of a real node sits behind ``tok connect``).
 - ``atenet-switch-seg`` (not in the default set): the same with a plain TAP port, so the switch
   cuts every super-segment of the stack into frames in Python (a port without offloads).
+- ``node``: the real thing, through ONE NODE: an ``atenet run`` node (its own namespace), a
+  kernel host behind ``tok connect`` (a vnet TAP in a third namespace, offloads on) and a mio
+  program (``atenet.mio`` over the node's ``/mio`` WebSocket, in the node's namespace). The
+  bytes cross kernel → TAP → ``tok connect`` → UDP overlay → the node's switch → the session's
+  stack → the bus → the program (and back for ``tx``). CPU is the NODE process's (all its
+  threads, sampled from /proc around the cell); the ``tok connect`` client's and the program's
+  are given beside it (``client_cpu``, ``program_cpu`` in ``--json``). ``--profile`` records
+  the node process.
 - ``pmd``: pmd-pytcp 0.3.8 (GPL-3; never a dependency) in a throwaway venv (``--pmd-venv``,
   created with ``python3 -m venv`` + ``pip install pmd-pytcp==0.3.8`` when missing), through
   its own threads and asyncio socket API (bench/mio_pmd_engine.py).
@@ -45,6 +53,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -56,8 +65,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 PMD_VERSION = "0.3.8"
-ENGINES = ("atenet", "atenet-tso", "atenet-switch", "atenet-switch-seg", "pmd")
-DEFAULT_ENGINES = ("atenet", "atenet-tso", "atenet-switch", "pmd")
+ENGINES = ("atenet", "atenet-tso", "atenet-switch", "atenet-switch-seg", "node", "pmd")
+DEFAULT_ENGINES = ("atenet", "atenet-tso", "atenet-switch", "node", "pmd")
 SUBNETS = {"atenet": "10.79.1", "atenet-tso": "10.79.3", "pmd": "10.79.2",
            "atenet-switch": "10.79.4", "atenet-switch-seg": "10.79.5"}  # fmt: skip
 TAPS = {"atenet": "mio0", "atenet-tso": "mio1", "pmd": "mio2", "atenet-switch": "mio3",
@@ -262,6 +271,182 @@ def engine_main(name: str, address: str, mode: str) -> None:
             print(json.dumps(engine.tx(cmd[1], int(cmd[2]), float(cmd[3]))), flush=True)
 
 
+# ------------------------------------------------------------------ the mio program (node engine)
+
+
+async def _mio_program(url: str, token: str) -> None:
+    """``--mio-program``: a mio session on the node; commands on stdin, JSON lines out."""
+    import asyncio
+
+    from atenet.mio import client
+
+    for _ in range(200):  # the node learns of a new key by following the chain
+        try:
+            net = await client.connect(url, token)
+            break
+        except client.MioError as exc:
+            if "forbidden" not in str(exc):
+                raise
+            await asyncio.sleep(0.1)
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str] = asyncio.Queue()
+    loop.add_reader(sys.stdin.fileno(), lambda: lines.put_nowait(sys.stdin.readline()))
+    async with net:
+        print(json.dumps({"address": str(net.address)}), flush=True)
+        while cmd := (await lines.get()).split():
+            if cmd[0] == "quit":
+                break
+            if cmd[0] == "rx":
+                done: asyncio.Future[dict[str, float]] = loop.create_future()
+
+                async def sink(
+                    reader: asyncio.StreamReader,
+                    writer: asyncio.StreamWriter,
+                    done: asyncio.Future[dict[str, float]] = done,
+                ) -> None:
+                    got, t0, c0 = 0, None, None
+                    while chunk := await reader.read(1 << 20):
+                        if t0 is None:
+                            t0, c0 = time.monotonic(), _cpu()
+                        got += len(chunk)
+                    t1, c1 = time.monotonic(), _cpu()
+                    writer.close()
+                    done.set_result({"bytes": got, "seconds": t1 - (t0 or t1),
+                                     "program_cpu": c1 - (c0 or c1)})  # fmt: skip
+
+                server = await net.start_server(sink, port=int(cmd[1]))
+                print(json.dumps({"listening": int(cmd[1])}), flush=True)
+                result = await done
+                server.close()
+                print(json.dumps(result), flush=True)
+            elif cmd[0] == "tx":
+                seconds = float(cmd[3])
+                reader, writer = await net.open_connection(cmd[1], int(cmd[2]), timeout=10)
+                block = bytes(1 << 18)
+                t0, c0 = time.monotonic(), _cpu()
+                while time.monotonic() - t0 < seconds:
+                    writer.write(block)
+                    await writer.drain()
+                writer.write_eof()
+                receipt = await reader.readexactly(8)
+                t1, c1 = time.monotonic(), _cpu()
+                writer.close()
+                print(json.dumps({"bytes": int.from_bytes(receipt, "big"), "seconds": t1 - t0,
+                                  "program_cpu": c1 - c0}), flush=True)  # fmt: skip
+
+
+def _proc_cpu(pid: int) -> float:
+    """User + system CPU-seconds of process ``pid`` (all its threads) from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class NodeEngine:
+    """kernel (``tok connect`` TAP host) ↔ one ``atenet run`` node ↔ a mio program.
+
+    Same interface as :class:`Engine` (``rx``/``tx``/``close``, ``proc`` is the node's, for
+    py-spy). Built on the test harness (tests/support/overlay.py): an owner, one network, one
+    node, one client, one exported key for the program.
+    """
+
+    kind = "node"
+
+    def __init__(self, lab: Any, root: Path) -> None:
+        from tests.support.overlay import HTTP_PORT, Overlay
+
+        self.overlay = Overlay(lab, root)
+        self.node = self.overlay.add_node("n1")
+        self.client = self.overlay.add_client("k1", ["n1"])
+        self.host = self.client.host
+        self.kernel_ip = self.client.ipv4.split("/")[0]
+        _key, token = self.overlay.export_key("bench-mio", ["n1"])
+        env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+        self.program = self.node.host.popen(
+            [sys.executable, str(Path(__file__).resolve()), "--mio-program",
+             f"http://127.0.0.1:{HTTP_PORT}", token],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, bufsize=1,
+        )  # fmt: skip
+        self.proc = self.node.proc
+        self.stack_ip = json.loads(self._line(60))["address"].split("/")[0]
+        self.host.ping(self.stack_ip, 3, 5.0)  # ARP both ways before the first cell
+
+    def _line(self, timeout: float) -> str:
+        assert self.program.stdout is not None
+        ready, _, _ = select.select([self.program.stdout], [], [], timeout)
+        if not ready:
+            raise TimeoutError(f"node: the mio program gave no answer within {timeout} s")
+        line = self.program.stdout.readline()
+        if not line:
+            raise RuntimeError(f"node: the mio program exited (rc {self.program.poll()})")
+        return line
+
+    def _send(self, cmd: str) -> None:
+        assert self.program.stdin is not None
+        self.program.stdin.write(cmd + "\n")
+        self.program.stdin.flush()
+
+    def _cpus(self) -> tuple[float, float]:
+        assert self.node.proc is not None and self.client.proc is not None
+        return _proc_cpu(self.node.proc.pid), _proc_cpu(self.client.proc.pid)
+
+    def _charge(self, result: dict[str, Any], before: tuple[float, float]) -> dict[str, Any]:
+        node, client = self._cpus()
+        result["cpu"] = node - before[0]
+        result["client_cpu"] = client - before[1]
+        return result
+
+    def rx(self, port: int, seconds: float) -> dict[str, Any]:
+        """Kernel → node → mio for ``seconds``."""
+        self._send(f"rx {port}")
+        json.loads(self._line(10))  # listening
+        before = self._cpus()
+        sock = self.host.call(socket.create_connection, (self.stack_ip, port), 10)
+        sock.settimeout(seconds * 20 + 30)
+        block = bytes(1 << 18)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            sock.sendall(block)
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(1 << 16):
+            pass
+        sock.close()
+        return self._charge(json.loads(self._line(seconds * 20 + 30)), before)
+
+    def tx(self, port: int, seconds: float) -> dict[str, Any]:
+        """mio → node → kernel for ``seconds``; the kernel answers with the byte count."""
+        srv = self.host.call(socket.create_server, (self.kernel_ip, port))
+        srv.settimeout(30)
+
+        def sink() -> None:
+            s, _ = srv.accept()
+            s.settimeout(seconds * 20 + 30)
+            n = 0
+            while chunk := s.recv(1 << 20):
+                n += len(chunk)
+            s.sendall(n.to_bytes(8, "big"))
+            s.close()
+
+        t = threading.Thread(target=sink, daemon=True)
+        t.start()
+        before = self._cpus()
+        try:
+            self._send(f"tx {self.kernel_ip} {port} {seconds}")
+            result = json.loads(self._line(seconds * 20 + 30))
+        finally:
+            t.join(10)
+            srv.close()
+        return self._charge(result, before)
+
+    def close(self) -> None:
+        if self.program.poll() is None:
+            try:
+                self._send("quit")
+                self.program.wait(5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.program.kill()
+                self.program.wait()
+
+
 # ------------------------------------------------------------------ the orchestrator (root)
 
 
@@ -420,6 +605,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--engine", nargs=2, metavar=("TAP", "ADDRESS"), help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="plain", help=argparse.SUPPRESS)
+    ap.add_argument("--mio-program", nargs=2, metavar=("URL", "TOKEN"), help=argparse.SUPPRESS)
     ap.add_argument("--engines", default=",".join(DEFAULT_ENGINES),
                     help=f"comma-separated, from {', '.join(ENGINES)}")  # fmt: skip
     ap.add_argument("--rounds", type=int, default=3)
@@ -430,6 +616,11 @@ def main() -> int:
     args = ap.parse_args()
     if args.engine:
         engine_main(args.engine[0], args.engine[1], args.mode)
+        return 0
+    if args.mio_program:
+        import asyncio
+
+        asyncio.run(_mio_program(*args.mio_program))
         return 0
     if os.geteuid() != 0:
         print("bench_mio: needs root (network namespaces, TAP devices)", file=sys.stderr)
@@ -446,12 +637,15 @@ def main() -> int:
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
     profiles: dict[str, list[tuple[str, float]]] = {}
     port = 20000
-    with Lab() as lab:
+    with Lab() as lab, tempfile.TemporaryDirectory(prefix="bench-mio-") as tmp:
         host = lab.add_host("m")
-        engines: dict[str, Engine] = {}
+        engines: dict[str, Any] = {}
         try:
             for kind in kinds:
-                engines[kind] = Engine(kind, host, python or Path(sys.executable))
+                if kind == "node":
+                    engines[kind] = NodeEngine(lab, Path(tmp))
+                else:
+                    engines[kind] = Engine(kind, host, python or Path(sys.executable))
             for rnd in range(args.rounds):
                 for kind in kinds:
                     for direction in ("rx", "tx"):
@@ -464,8 +658,12 @@ def main() -> int:
                         r["cpu_per_gbit"] = r["cpu"] / gbit if gbit else float("nan")
                         r["round"] = rnd
                         results.setdefault((kind, direction), []).append(r)
+                        extra = "".join(
+                            f", {what} {r[what] / gbit:.2f}"
+                            for what in ("client_cpu", "program_cpu") if what in r and gbit
+                        )  # fmt: skip
                         print(f"round {rnd} {kind:10} {direction}: {r['mbps']:7.1f} Mbit/s, "
-                              f"{r['cpu_per_gbit']:.2f} CPU-s/Gbit", flush=True)  # fmt: skip
+                              f"{r['cpu_per_gbit']:.2f} CPU-s/Gbit{extra}", flush=True)  # fmt: skip
             if args.profile:
                 assert python is not None
                 args.profile.mkdir(parents=True, exist_ok=True)

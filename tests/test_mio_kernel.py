@@ -3,7 +3,12 @@
 Topology: nodes n1 and n2 (`atenet run`, each in its namespace), kernel hosts k1 on n1 and k2
 on n2 (`tok connect`, a TAP device). The mio program runs in n1's namespace (a thread moved
 there, asyncio inside) and talks to n1's /mio on 127.0.0.1, so it is a port of n1's switch: k1
-is reached through one node, k2 across the overlay.
+is reached through one node, k2 across the overlay, and k3 (`tok connect --no-offload`) through
+one node on a port that takes no offloads.
+
+The session's port takes offloads: its TCP leaves as TSO super-segments (kept whole to k1,
+carried whole to n2 for k2, cut into frames by n1's switch for k3) and k1's GRO super-frames
+reach the stack whole.
 
 Checked: a mio client against a kernel TCP echo server and a kernel client against a mio echo
 server, IPv4 and IPv6, sha256-equal both ways (ATENET_MIO_TRANSFER_MIB, default 4, sizes
@@ -82,14 +87,15 @@ print(hashlib.sha256(data).hexdigest(), h.hexdigest(), n, reply.decode(), flush=
 
 
 @pytest.fixture(scope="module")
-def world() -> Iterator[tuple[Overlay, Client, Client]]:
+def world() -> Iterator[tuple[Overlay, dict[str, Client]]]:
     with Lab() as lab, tempfile.TemporaryDirectory(prefix="atn-mio-") as tmp:
         overlay = Overlay(lab, Path(tmp))
         overlay.add_node("n1")
         overlay.add_node("n2")
         k1 = overlay.add_client("k1", ["n1"])
         k2 = overlay.add_client("k2", ["n2"])
-        for k in (k1, k2):
+        k3 = overlay.add_client("k3", ["n1"], ("--no-offload",))
+        for k in (k1, k2, k3):
             server = k.host.popen(
                 [sys.executable, "-c", KERNEL_SERVERS], stdout=-1, stderr=-1, text=True
             )
@@ -99,7 +105,7 @@ def world() -> Iterator[tuple[Overlay, Client, Client]]:
             if time.monotonic() > deadline:
                 pytest.fail("the nodes never saw each other as members")
             time.sleep(0.3)
-        yield overlay, k1, k2
+        yield overlay, {"k1": k1, "k2": k2, "k3": k3}
 
 
 def on_n1(
@@ -148,12 +154,12 @@ async def echo_through(net: client.Network, host: str, size: int) -> None:
     assert count == size and digest.digest() == hashlib.sha256(data).digest(), host
 
 
-@pytest.mark.parametrize("where", ["k1", "k2"])
+@pytest.mark.parametrize("where", ["k1", "k2", "k3"])
 def test_mio_client_to_kernel_server_v4_and_v6(
-    world: tuple[Overlay, Client, Client], where: str
+    world: tuple[Overlay, dict[str, Client]], where: str
 ) -> None:
-    overlay, k1, k2 = world
-    k = k1 if where == "k1" else k2
+    overlay, hosts = world
+    k = hosts[where]
 
     async def program(net: client.Network) -> None:
         await echo_through(net, k.ip4, TRANSFER)
@@ -172,12 +178,12 @@ def test_mio_client_to_kernel_server_v4_and_v6(
     on_n1(overlay, f"prog-{where}", program)
 
 
-@pytest.mark.parametrize("where", ["k1", "k2"])
+@pytest.mark.parametrize("where", ["k1", "k2", "k3"])
 def test_kernel_client_to_mio_server_v4_and_v6(
-    world: tuple[Overlay, Client, Client], where: str
+    world: tuple[Overlay, dict[str, Client]], where: str
 ) -> None:
-    overlay, k1, k2 = world
-    k = k1 if where == "k1" else k2
+    overlay, hosts = world
+    k = hosts[where]
 
     async def program(net: client.Network) -> list[str]:
         async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
