@@ -130,6 +130,12 @@ def on_n1(
     return overlay.nodes["n1"].host.call(asyncio.run, main())
 
 
+def offloads(overlay: Overlay) -> dict[str, int]:
+    """n1's mio sessions' offload counters (open and closed sessions together)."""
+    counters = overlay.nodes["n1"].status()["mio"]["counters"]
+    return {k: counters.get(k, 0) for k in ("tso_segments_out", "rx_offloaded")}
+
+
 async def echo_through(net: client.Network, host: str, size: int) -> None:
     reader, writer = await net.open_connection(host, 9000, timeout=10)
     data = os.urandom(size)
@@ -160,6 +166,7 @@ def test_mio_client_to_kernel_server_v4_and_v6(
 ) -> None:
     overlay, hosts = world
     k = hosts[where]
+    before = offloads(overlay)
 
     async def program(net: client.Network) -> None:
         await echo_through(net, k.ip4, TRANSFER)
@@ -176,6 +183,13 @@ def test_mio_client_to_kernel_server_v4_and_v6(
             assert await net.ping(host, timeout=5) > 0
 
     on_n1(overlay, f"prog-{where}", program)
+    after = offloads(overlay)
+    # our TCP left as super-segments whatever the host takes; the echo came back as GRO
+    # super-frames from the hosts with offloads (k2's cross the overlay whole), as frames
+    # from k3
+    assert after["tso_segments_out"] > before["tso_segments_out"], (before, after)
+    grew = after["rx_offloaded"] > before["rx_offloaded"]
+    assert grew == (where != "k3"), (where, before, after)
 
 
 @pytest.mark.parametrize("where", ["k1", "k2", "k3"])

@@ -243,6 +243,7 @@ class MioSessions:
         listed = []
         for key, session in self.sessions.items():
             totals.update(session.counters)
+            totals.update(_offload_counters(session))
             port = self.ports.get(key)
             listed.append(
                 {
@@ -344,6 +345,7 @@ class MioSessions:
             self.sessions.pop(id(session), None)
             self.ports.pop(id(session), None)
             self._closed_totals.update(session.counters)
+            self._closed_totals.update(_offload_counters(session))
             self.counts["closed"] += 1
             for task in tasks:
                 task.cancel()
@@ -409,6 +411,15 @@ class MioSessions:
                 session.counters["bad_messages"] += 1  # no text message after the hello
             elif msg.type == WSMsgType.ERROR:
                 return
+
+
+def _offload_counters(session: Session) -> dict[str, int]:
+    """How much of a session's TCP crossed its port as super-frames (operators, tests): TSO
+    super-segments sent, offloaded packets (GRO super-frames) taken whole."""
+    return {
+        "tso_segments_out": session.tcp.counters["tso_segments_out"],
+        "rx_offloaded": session.iface.counters["rx_offloaded"],
+    }
 
 
 def _servers(names: tuple[str, ...] | list[str]) -> list[IPv4Address | IPv6Address]:
