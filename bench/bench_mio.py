@@ -3,6 +3,7 @@
     sudo .venv/bin/python bench/bench_mio.py                      # 3 rounds x 4 s per cell
     sudo .venv/bin/python bench/bench_mio.py --rounds 5 --seconds 6 --json out.json
     sudo .venv/bin/python bench/bench_mio.py --engines atenet-tso --profile /tmp/prof
+    sudo .venv/bin/python bench/bench_mio.py --engines node,pmd --profile /tmp/prof  # a real node
 
 What one cell measures: a kernel socket in a throwaway namespace and a stack on a TAP in the
 same namespace move bulk data one way — ``rx`` (kernel sends, the stack's program reads and
