@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import needs_root
+from tests.conftest import VENV_BIN, needs_root
 from tests.support.netns import Host
 from tests.support.overlay import HTTP_PORT, Client, Node, Overlay
 
@@ -195,7 +195,7 @@ def test_dhcp_host_reaches_tcp_and_udp_servers_out_of_the_nodes_address(
     assert nat["bytes_down"] >= TCP_BYTES and nat["flows_opened_tcp"] >= 1
     assert nat["echo_replies"] >= 1
     status = node.host.run(
-        ["tok", "status", "--node", f"http://127.0.0.1:{HTTP_PORT}"], check=False
+        [str(VENV_BIN / "tok"), "status", "--node", f"http://127.0.0.1:{HTTP_PORT}"], check=False
     ).stdout
     assert "internet (NAT) on: flows" in status
     metrics = node.host.run(["curl", "-s", f"http://127.0.0.1:{HTTP_PORT}/metrics"]).stdout
