@@ -1028,6 +1028,74 @@ def stack_target() -> Target:
     return Target("stack.Interface", seeds, feed)
 
 
+def mio_targets() -> list[Target]:
+    """What a program sends the node's mio session (any binary WebSocket message), and the DNS
+    answers a session reads for RESOLVE. A session never raises, everything it says decodes,
+    its sockets and bytes stay within its limits; the DNS parser raises only DecodeError."""
+    from ipaddress import IPv4Address, IPv4Interface
+
+    from atenet.errors import DecodeError
+    from atenet.mio import bus, dns
+    from atenet.mio.bus import Endpoint
+    from atenet.mio.session import Limits, Session
+
+    peer = IPv4Address("10.0.0.9")
+    limits = Limits(max_sockets=16, max_bad=1 << 30)
+    session = Session(
+        bytes.fromhex("02aa00000002"), 1500, NOW, ipv4=IPv4Interface("10.0.0.2/24"),
+        dns=[peer], limits=limits, seed=1,
+    )  # fmt: skip
+    for message in (bus.Listen(1, Endpoint(None, 80)), bus.Bind(2, Endpoint(None, 53))):
+        session.bus_in(message.encode(), NOW)
+    seeds = [
+        m.encode()
+        for m in (
+            bus.Connect(3, Endpoint(peer, 80), 0, 1000),
+            bus.Listen(4, Endpoint(None, 0), 8),
+            bus.Bind(5, Endpoint(None, 0)),
+            bus.Data(3, b"data"),
+            bus.Credit(3, 4096),
+            bus.Shutdown(3),
+            bus.Close(2),
+            bus.Close(3, abort=True),
+            bus.Datagram(2, Endpoint(peer, 53), b"query"),
+            bus.Ping(6, peer, 56, 100),
+            bus.Resolve(7, "host.lan"),
+        )
+    ]
+    clock = [NOW]
+
+    def feed(data: bytes) -> str:
+        clock[0] += 0.25
+        session.bus_in(data, clock[0])
+        _frames, out = session.poll(clock[0])
+        for raw in out:
+            session.written(len(raw))
+            bus.decode(raw)  # DecodeError here is a Crash: the node must speak the bus
+        if session.sockets > limits.max_sockets:
+            raise Crash(f"the session holds {session.sockets} sockets")
+        if session.buffered > limits.max_buffered:
+            raise Crash(f"the session holds {session.buffered} bytes")
+        return type(bus.decode(out[-1])).__name__ if out else "silent"
+
+    def feed_dns(data: bytes) -> str:
+        rcode, found = dns.answer_addresses(data, int.from_bytes(data[:2], "big"))
+        return f"rcode={rcode} found={min(len(found), 2)}"
+
+    answer = bytes.fromhex(
+        "12348180000100010000000004686f7374036c616e0000010001c00c000100010000003c00040a000032"
+    )  # an answer for host.lan: A 10.0.0.50
+    return [
+        Target("mio.Session.bus_in", seeds, feed),
+        Target(
+            "mio.dns.answer",
+            [answer, dns.query(0x1234, dns.encode_name("a.b"), 28)],
+            feed_dns,
+            allowed=(DecodeError,),
+        ),
+    ]
+
+
 def dhcp_client_target() -> Target:
     """The DHCP client of `tok connect` (client/dhcp.py), waiting for its ACK, fed any frame the
     node can hand it. Junk counts as ``malformed`` or ``foreign`` and sends nothing; whatever
@@ -1107,6 +1175,7 @@ def byte_targets() -> list[Target]:
         *router_targets(),
         dhcp_client_target(),
         stack_target(),
+        *mio_targets(),
     ]
 
 

@@ -26,6 +26,7 @@ import errno as errnos
 import json
 import logging
 import os
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_interface
@@ -213,7 +214,7 @@ class _Transport(asyncio.Transport):
 
     def _grant(self) -> None:
         """Give the node back what was consumed, in batches, unless the reader is paused."""
-        if not self._reading_paused and self._owed >= WINDOW // 4 and not self._closed:
+        if not self._reading_paused and self._owed >= self._net.window // 4 and not self._closed:
             self._net._send(bus.credit_bytes(self.id, self._owed))
             self._owed = 0
 
@@ -357,6 +358,8 @@ class Network:
         gw = welcome.get("gateway")
         self.gateway = ip_address(gw) if gw else None
         self.address6 = ip_address(welcome["address6"]) if welcome.get("address6") else None
+        self.window: int = int(welcome.get("window") or WINDOW)
+        """What the node may send a socket before this side grants more (the welcome says)."""
         self._next = 1
         self._sockets: dict[int, Any] = {}
         self._waiting: dict[int, asyncio.Future[bus.Message]] = {}
@@ -426,7 +429,10 @@ class Network:
     async def resolve(self, name: str) -> list[IPv4Address | IPv6Address]:
         """The addresses ``name`` has, looked up through the network's DNS servers."""
         ident = self._new_id()
-        reply = await self._ask(ident, bus.Resolve(ident, name))
+        try:
+            reply = await self._ask(ident, bus.Resolve(ident, name))
+        except FileNotFoundError:  # ENOENT: what getaddrinfo says for an unknown name
+            raise socket.gaierror(socket.EAI_NONAME, f"{name}: name or service not known") from None
         assert isinstance(reply, bus.Resolved)
         return list(reply.addresses)
 

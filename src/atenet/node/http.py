@@ -31,12 +31,16 @@ from atenet.node.guard import (
     raise_fd_limit,
 )
 from atenet.node.metrics import CONTENT_TYPE, exposition, registry
+from atenet.node.mio import MioSessions
 from atenet.node.websocket import WebSocketPorts
 
 log = logging.getLogger(__name__)
 
 WS_PORTS = web.AppKey("ws_ports", WebSocketPorts)
 """The app's WebSocket endpoints (their counters are part of the operator status)."""
+
+MIO = web.AppKey("mio", MioSessions)
+"""The app's /mio endpoint (docs/mio.md)."""
 
 FORBIDDEN = (
     '{"error": "operator data: ask from this host, or send Authorization: Bearer '
@@ -45,7 +49,10 @@ FORBIDDEN = (
 
 
 def operator_status(
-    daemon: NodeDaemon, ports: WebSocketPorts | None = None, guard: HttpGuard | None = None
+    daemon: NodeDaemon,
+    ports: WebSocketPorts | None = None,
+    guard: HttpGuard | None = None,
+    mio: MioSessions | None = None,
 ) -> dict[str, Any]:
     """Everything an operator sees: the daemon's status plus the abuse counters (refused
     lookups of unknown networks, HTTP limits, WebSocket refusals)."""
@@ -55,6 +62,8 @@ def operator_status(
         status["http"] = guard.counters()
     if ports is not None:
         status["websocket"] = ports.counters()
+    if mio is not None:
+        status["mio"] = mio.counters()
     return status
 
 
@@ -77,7 +86,10 @@ def make_app(
     ports = WebSocketPorts(daemon, heartbeat=ws_heartbeat, guard=guard)
     ports.routes(app)
     app[WS_PORTS] = ports
-    metrics_registry = registry(lambda: operator_status(daemon, ports, guard))
+    mio = MioSessions(daemon, ports, heartbeat=ws_heartbeat, guard=guard)
+    mio.routes(app)
+    app[MIO] = mio
+    metrics_registry = registry(lambda: operator_status(daemon, ports, guard, mio))
 
     def refused() -> web.Response:
         return web.Response(status=403, text=FORBIDDEN, content_type="application/json")
@@ -85,7 +97,7 @@ def make_app(
     async def status(request: web.Request) -> web.Response:
         if not auth.allowed(request):
             return refused()
-        return web.json_response(operator_status(daemon, ports, guard))
+        return web.json_response(operator_status(daemon, ports, guard, mio))
 
     async def fdb(request: web.Request) -> web.Response:
         """The MAC and snooped IP tables of every network (`tok fdb`; operators only: they

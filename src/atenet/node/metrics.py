@@ -194,6 +194,21 @@ class NodeCollector(Collector):
                 refused.add_metric([reason], count)
             yield refused
 
+        mio = s.get("mio")
+        if mio is not None:  # the /mio endpoint (docs/mio.md)
+            yield GaugeMetricFamily(
+                "atenet_mio_sessions", "mio bus sessions open now.", value=mio["sessions"]
+            )
+            yield GaugeMetricFamily(
+                "atenet_mio_buffered_bytes",
+                "Bytes the mio sessions hold for their programs (bounded per session).",
+                value=mio["buffered"],
+            )
+            events = _counter("atenet_mio_events", "mio sessions by what happened.", ["event"])
+            for event, count in {**mio["counters"], **mio["events"]}.items():
+                events.add_metric([event], count)
+            yield events
+
 
 def _gateway_families(networks: list[dict[str, Any]]) -> Iterator[Metric]:
     """The gateways' and DHCP servers' counters (docs/router.md), per network."""
