@@ -10,16 +10,24 @@ the gateway, and their flows leave from the node's own address, one host socket 
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+import os
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
+from atenet.mio import client as mio
+from atenet.stack.iface import Interface
+from atenet.stack.tcp import Tcp
 from tests.conftest import needs_root
 from tests.support.netns import Host
 from tests.support.overlay import HTTP_PORT, Client, Node, Overlay
@@ -322,6 +330,122 @@ def test_ipv6_host_reaches_tcp_udp_and_ping_out_of_the_nodes_ipv6_address(
     assert nat["flows_opened_ipv6"] - before.get("flows_opened_ipv6", 0) >= 3
     assert nat["refused_node_address"] > before.get("refused_node_address", 0)
     assert nat["refused_metadata"] > before.get("refused_metadata", 0)
+
+
+GUEST_MAC = bytes([0x02, 0x76, 0x38, 0x36]) + os.urandom(2)  # as v86 makes one up
+
+
+async def raw_guest(url: str, size: int) -> dict[str, Any]:
+    """A v86-style guest: one binary WebSocket message = one Ethernet frame, both ways, on
+    the node's raw relay (``/net/<token>``). Its network stack is atenet's own (the way v86's
+    Linux guest has its kernel's): DHCP for an address and the default route, then a TCP echo
+    of ``size`` bytes with the "internet" server, as a guest's program would."""
+    async with aiohttp.ClientSession() as http:
+        for _ in range(100):  # the node learns of the new key by following the chain
+            try:
+                ws = await http.ws_connect(url, max_msg_size=0)
+                break
+            except aiohttp.WSServerHandshakeError:
+                await asyncio.sleep(0.1)
+        iface = Interface(GUEST_MAC, 1500, ipv6=False, tcp=Tcp(seed=86))
+        clock = time.monotonic
+        iface.start_dhcp(clock(), host="v86", jitter=0.0)
+
+        async def pump(done: Any, timeout: float) -> None:
+            deadline = clock() + timeout
+            while not done():
+                for frame in iface.poll(clock()):
+                    await ws.send_bytes(frame)
+                if clock() > deadline:
+                    raise TimeoutError(f"raw guest: stuck ({iface.counters})")
+                at = iface.poll_at()
+                wait = 0.05 if at is None else min(0.05, max(0.001, at - clock()))
+                try:
+                    msg = await ws.receive(timeout=wait)
+                except TimeoutError:
+                    continue
+                if msg.type != aiohttp.WSMsgType.BINARY:
+                    raise ConnectionError(f"raw relay closed: {msg.type}")
+                iface.receive(msg.data, clock())
+
+        async with ws:
+            await pump(lambda: iface.ipv4 is not None, 30)
+            assert iface.ipv4 is not None
+            conn = iface.tcp.connect(
+                iface.ipv4.ip.packed, IPv4Address(SERVER).packed, 8000, clock()
+            )  # type: ignore[union-attr]
+            data, got = os.urandom(size), bytearray()
+            sent = 0
+
+            def moved() -> bool:
+                nonlocal sent
+                if sent < size:
+                    sent += conn.send(data[sent:])
+                got.extend(conn.recv(1 << 20))
+                return len(got) >= size or conn.error is not None
+
+            await pump(moved, 60)
+            return {
+                "address": str(iface.ipv4),
+                "gateway": str(iface.gateway4),
+                "equal": hashlib.sha256(got).digest() == hashlib.sha256(data).digest(),
+                "error": conn.error,
+            }
+
+
+def test_a_v86_style_raw_websocket_guest_reaches_the_internet_server(
+    world: dict[str, Any],
+) -> None:
+    overlay: Overlay = world["overlay"]
+    node: Node = world["node"]
+    _, token = overlay.export_key("v86", ["n1"])
+    url = f"ws://127.0.0.1:{HTTP_PORT}/net/{token}"
+    before = nat_status(node).get("flows_opened_tcp", 0)
+    result = node.host.call(asyncio.run, raw_guest(url, 512 * 1024))
+    assert result["gateway"] == GW and result["address"].startswith("10.77.0."), result
+    assert result["equal"] and result["error"] is None, (result, nat_status(node))
+    assert nat_status(node)["flows_opened_tcp"] > before
+
+
+def test_a_mio_program_reaches_the_internet_server(world: dict[str, Any]) -> None:
+    overlay: Overlay = world["overlay"]
+    node: Node = world["node"]
+    _, token = overlay.export_key("mio-prog", ["n1"])
+
+    async def program() -> dict[str, Any]:
+        for _ in range(100):  # the node learns of the new key by following the chain
+            try:
+                net = await mio.connect(f"http://127.0.0.1:{HTTP_PORT}", token)
+                break
+            except mio.MioError as exc:
+                if "forbidden" not in str(exc):
+                    raise
+                await asyncio.sleep(0.1)
+        out: dict[str, Any] = {}
+        async with net:
+            for host in (SERVER, SERVER6):
+                reader, writer = await net.open_connection(host, 8000, timeout=10)
+                data = os.urandom(256 * 1024)
+                writer.write(data)
+                await writer.drain()
+                got = await asyncio.wait_for(reader.readexactly(len(data)), 30)
+                writer.close()
+                out[f"tcp {host}"] = got == data
+                udp = await net.open_datagram()
+                udp.sendto(b"from-mio", (host, 9000))
+                reply, src = await asyncio.wait_for(udp.recvfrom(), 10)
+                udp.close()
+                out[f"udp {host}"] = (reply.decode(), src[0])
+            out["ping"] = await net.ping(SERVER, timeout=5)
+        return out
+
+    out = node.host.call(asyncio.run, program())
+    assert out[f"tcp {SERVER}"] and out[f"tcp {SERVER6}"], (out, nat_status(node))
+    text, src = out[f"udp {SERVER}"]
+    assert src == SERVER and text.startswith(f"{node.host.ip}:") and text.endswith("|from-mio")
+    text6, src6 = out[f"udp {SERVER6}"]
+    assert src6 == SERVER6 and text6.startswith(f"{NODE6} ") and text6.endswith("|from-mio")
+    assert out["ping"] > 0
 
 
 def test_with_internet_off_nothing_leaves(
