@@ -10,10 +10,13 @@ import hashlib
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from atenet.router.gateway import Gateway
 from atenet.router.nat import (
     Nat,
+    NatLimits,
     OpenPing,
     OpenTcp,
     OpenUdp,
@@ -208,3 +211,52 @@ def test_ipv6_from_a_link_local_or_foreign_source_is_dropped_not_forwarded() -> 
 )
 def test_ipv6_refusal_table(dst: str, private: bool, reason: str | None) -> None:
     assert refusal(IPv6Address(dst), private) == reason
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([6, 17, 58, 0, 44, 1]),  # TCP, UDP, ICMPv6, hop-by-hop, fragment, ICMP
+            st.binary(max_size=60),
+            st.integers(0, 0xFFFF),
+            st.sampled_from(["2001:db8:113::10", "fd00:ec2::254", "fe80::1", "2606:4700::1"]),
+            st.booleans(),
+        ),
+        max_size=30,
+    )
+)
+def test_fuzzed_ipv6_packets_never_raise_and_tables_stay_bounded(packets: list) -> None:
+    """Random IPv6 upper layers from clients (TCP with a valid checksum, ICMPv6 echo requests
+    half the time, so they reach the flow table): nothing raises, flows stay within the caps,
+    and everything times out."""
+    from atenet.stack.tcp import encode_segment
+    from atenet.wire.icmpv6 import Icmpv6Repr
+    from atenet.wire.ipv6 import Ipv6Repr
+
+    lab = Lab6()
+    lab.nat.limits = NatLimits(flows_per_client=4, flows_per_network=6)
+    for i, (proto, body, port, dst, valid) in enumerate(packets):
+        src, to = IPv6Address(f"fd5a:1::{2 + i % 3}"), IPv6Address(dst)
+        if proto == 6 and valid:
+            flags = body[0] if body else 0x02
+            body = encode_segment(
+                src.packed, to.packed, port, 80, port, 0, flags, 1000, payload=body[1:]
+            )
+        elif proto == 58 and valid:
+            body = Icmpv6Repr.echo_request(port, i, body).emit(src, to)
+        raw = Ipv6Repr(src, to, proto, body).emit()
+        mac = bytes([2, 0, 0, 0, 0, 2 + i % 3])
+        lab.gw.frame(lab.gw.mac + mac + b"\x86\xdd" + raw, lab.now)
+        lab.nat.poll(lab.now)
+        for action in lab.nat.actions():
+            if isinstance(action, OpenTcp | OpenUdp | OpenPing) and port % 3 == 0:
+                lab.nat.opened(action.flow, lab.now)
+            elif isinstance(action, OpenTcp) and port % 3 == 1:
+                lab.nat.failed(action.flow, "refused", lab.now)
+        lab.now += 0.3
+        assert len(lab.nat.flows) <= 6
+        assert all(n <= 4 for n in lab.nat._per_client.values())
+    lab.now += 3 * 3600
+    lab.nat.poll(lab.now)
+    assert not lab.nat.flows and lab.nat.status()["half_open"] == 0
