@@ -82,7 +82,7 @@ def iperf(
     return report, {k: after[k] - before[k] for k in procs}
 
 
-def one(src: str, seconds: float, pings: int) -> dict[str, Any]:
+def one(src: str, seconds: float, pings: int, measures: set[str]) -> dict[str, Any]:
     """Build a 1-node overlay running the tree ``src``; measure ping, 64-byte UDP, TCP."""
     from tests.support.overlay import Overlay
 
@@ -97,29 +97,32 @@ def one(src: str, seconds: float, pings: int) -> dict[str, Any]:
         while not (a.host.ping(b.ip4, count=3, timeout=2) and b.host.ping(a.ip4, 3, 2)):
             if time.monotonic() > end:
                 raise RuntimeError("no ping through the overlay")
-        load = loadavg()
-        rtts = ping_rtts(a.host, b.ip4, pings, 0.02)
-        hosts = {"a": a.host, "n1": node.host, "b": b.host}
-        c0 = {k: counters(h) for k, h in hosts.items()}
-        report, cpu = iperf(a.host, b.host, b.ip4, ["-u", "-l", "64", "-b", "1G"], seconds, procs)
-        c1 = {k: counters(h) for k, h in hosts.items()}
-        delta = {
-            f"{k}.{f}": c1[k][f] - c0[k][f] for k in hosts for f in c1[k] if c1[k][f] != c0[k][f]
-        }
-        s = report["end"]["sum"]
-        got = s["packets"] - s["lost_packets"]
-        rate = got / s["seconds"]
-        tcp, _ = iperf(a.host, b.host, b.ip4, [], seconds, {})
-        return {
-            "load": load,
-            "rtt_p50": percentile(rtts, 50),
-            "rtt_p99": percentile(rtts, 99),
-            "udp_rate": rate,
-            "udp_sent": s["packets"] / s["seconds"],
-            "cpu_us": {k: 1e6 * v / max(got, 1) for k, v in cpu.items()},
-            "tcp_mbps": tcp["end"]["sum_received"]["bits_per_second"] / 1e6,
-            "counters": delta,
-        }
+        out: dict[str, Any] = {"load": loadavg(), "rtt_p50": 0.0, "rtt_p99": 0.0}
+        out |= {"udp_rate": 0.0, "udp_sent": 0.0, "cpu_us": {}, "tcp_mbps": 0.0, "counters": {}}
+        if "ping" in measures:
+            rtts = ping_rtts(a.host, b.ip4, pings, 0.02)
+            out["rtt_p50"], out["rtt_p99"] = percentile(rtts, 50), percentile(rtts, 99)
+        if "udp" in measures:
+            hosts = {"a": a.host, "n1": node.host, "b": b.host}
+            c0 = {k: counters(h) for k, h in hosts.items()}
+            udp64 = ["-u", "-l", "64", "-b", "1G"]
+            report, cpu = iperf(a.host, b.host, b.ip4, udp64, seconds, procs)
+            c1 = {k: counters(h) for k, h in hosts.items()}
+            out["counters"] = {
+                f"{k}.{f}": c1[k][f] - c0[k][f]
+                for k in hosts
+                for f in c1[k]
+                if c1[k][f] != c0[k][f]
+            }
+            s = report["end"]["sum"]
+            got = s["packets"] - s["lost_packets"]
+            out["udp_rate"] = got / s["seconds"]
+            out["udp_sent"] = s["packets"] / s["seconds"]
+            out["cpu_us"] = {k: 1e6 * v / max(got, 1) for k, v in cpu.items()}
+        if "tcp" in measures:
+            tcp, _ = iperf(a.host, b.host, b.ip4, [], seconds, {})
+            out["tcp_mbps"] = tcp["end"]["sum_received"]["bits_per_second"] / 1e6
+        return out
 
 
 def main() -> int:
@@ -128,6 +131,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--pings", type=int, default=50)
+    ap.add_argument("--measures", default="ping,udp,tcp", help="any of ping,udp,tcp")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     variants = [v.split("=", 1) for v in args.variant]
@@ -135,7 +139,7 @@ def main() -> int:
     for r in range(args.rounds):
         order = variants if r % 2 == 0 else variants[::-1]
         for name, src in order:
-            got = one(src, args.seconds, args.pings)
+            got = one(src, args.seconds, args.pings, set(args.measures.split(",")))
             results[name].append(got)
             cpu = " ".join(f"{k} {v:.1f}" for k, v in got["cpu_us"].items())
             print(
@@ -154,7 +158,7 @@ def main() -> int:
 
         cpu = {
             k: round(statistics.median(x["cpu_us"][k] for x in runs), 1) for k in runs[0]["cpu_us"]
-        }
+        }  # fmt: skip
         print(
             f"{name:>8}: rtt p50 {med('rtt_p50')} ms, p99 {med('rtt_p99')} | udp64/s "
             f"{med('udp_rate')} | cpu µs/pkt {cpu} | tcp Mbit/s {med('tcp_mbps')}"
