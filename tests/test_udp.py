@@ -183,3 +183,28 @@ def test_what_a_receive_handler_sends_leaves_in_runs(
         assert raw_drain(out, len(packets)) == packets
     finally:
         out.close()
+
+
+def test_the_answer_to_a_lone_datagram_is_not_held(
+    pair: tuple[UdpSocket, UdpSocket, tuple[str, int]],
+) -> None:
+    """An idle ping through a node: the first datagram's answer leaves while it is handled,
+    not after the read that finds the socket empty."""
+    a, b, addr = pair
+    out = raw_receiver()
+    try:
+        sealer = Sealer(bytes(16), KEY, 5, 1)
+        packet = sealer.seal(os.urandom(80), TYPE_FRAME)
+        a.send(packet, addr)
+        seen: list[bool] = []
+
+        def forward(data: bytes, _addr: object) -> None:
+            b.send(data, out.getsockname())
+            seen.append(bool(select.select([out], [], [], 0.5)[0]))
+
+        assert select.select([b.fileno()], [], [], 2)[0]
+        b.receive(forward, 64)
+        assert seen == [True]
+        assert raw_drain(out, 1) == [packet]
+    finally:
+        out.close()
