@@ -99,6 +99,7 @@ def one(src: str, seconds: float, pings: int, measures: set[str]) -> dict[str, A
                 raise RuntimeError("no ping through the overlay")
         out: dict[str, Any] = {"load": loadavg(), "rtt_p50": 0.0, "rtt_p99": 0.0}
         out |= {"udp_rate": 0.0, "udp_sent": 0.0, "cpu_us": {}, "tcp_mbps": 0.0, "counters": {}}
+        out["tcp_cpu_s_per_gbit"] = 0.0
         if "ping" in measures:
             rtts = ping_rtts(a.host, b.ip4, pings, 0.02)
             out["rtt_p50"], out["rtt_p99"] = percentile(rtts, 50), percentile(rtts, 99)
@@ -123,8 +124,11 @@ def one(src: str, seconds: float, pings: int, measures: set[str]) -> dict[str, A
             out["udp_sent"] = s["packets"] / s["seconds"]
             out["cpu_us"] = {k: 1e6 * v / max(got, 1) for k, v in cpu.items()}
         if "tcp" in measures:
-            tcp, _ = iperf(a.host, b.host, b.ip4, [], seconds, {})
+            tcp, tcp_cpu = iperf(a.host, b.host, b.ip4, [], seconds, procs)
             out["tcp_mbps"] = tcp["end"]["sum_received"]["bits_per_second"] / 1e6
+            # CPU seconds per gigabit carried, all three processes: moves less with the load.
+            gbits = out["tcp_mbps"] * seconds / 1000
+            out["tcp_cpu_s_per_gbit"] = sum(tcp_cpu.values()) / gbits if gbits else 0.0
         return out
 
 
@@ -148,7 +152,8 @@ def main() -> int:
             print(
                 f"round {r + 1} {name:>8}: load {got['load']} rtt p50 {got['rtt_p50']:.3f} "
                 f"p99 {got['rtt_p99']:.3f} ms | udp64 {got['udp_rate']:,.0f}/s "
-                f"(sent {got['udp_sent']:,.0f}) cpu µs/pkt {cpu} | tcp {got['tcp_mbps']:,.0f}",
+                f"(sent {got['udp_sent']:,.0f}) cpu µs/pkt {cpu} | tcp {got['tcp_mbps']:,.0f} "
+                f"({got.get('tcp_cpu_s_per_gbit', 0):.2f} cpu s/Gbit)",
                 flush=True,
             )
             print("   ", got["counters"], flush=True)
@@ -164,7 +169,8 @@ def main() -> int:
         }  # fmt: skip
         print(
             f"{name:>8}: rtt p50 {med('rtt_p50')} ms, p99 {med('rtt_p99')} | udp64/s "
-            f"{med('udp_rate')} | cpu µs/pkt {cpu} | tcp Mbit/s {med('tcp_mbps')}"
+            f"{med('udp_rate')} | cpu µs/pkt {cpu} | tcp Mbit/s {med('tcp_mbps')}, "
+            f"cpu s/Gbit {med('tcp_cpu_s_per_gbit')}"
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
