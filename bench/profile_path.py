@@ -245,7 +245,7 @@ def phase_python(
 
 # --- one ping, hop by hop: perf's syscall and scheduler tracepoints -------------------------
 
-NR_EPOLL = {232, 281}  # epoll_wait, epoll_pwait
+NR_EPOLL = {7, 23, 232, 270, 271, 281}  # poll, select, epoll_wait, pselect6, ppoll, epoll_pwait
 NR_UDP_SEND = {44, 46, 307}  # sendto, sendmsg, sendmmsg
 NR_TAP_SEND = {1, 20}  # write, writev (to a fd above 2: not a log line)
 NR_RECVMSG = 47
