@@ -24,6 +24,9 @@ from pathlib import Path
 from netbench import Host, Lab, Target  # netbench puts the repo root on sys.path
 
 OVERLAY_PREFIX = "10.202.0"
+OVERLAY_MTU = 1400
+"""The overlay MTU tinc's TAP gets: atenet's default network MTU (chain/state.py DEFAULT_MTU),
+so both carry the same frames (tinc's own default, 1500, would give it bigger TCP segments)."""
 
 
 class VethTarget(Target):
@@ -78,7 +81,10 @@ class TincTarget(OwnedTarget):
     """
 
     name = "tinc"
-    description = "tinc 1.0 switch mode, 2 daemons, default cipher/digest (aes-256-cbc/sha256)"
+    description = (
+        f"tinc 1.0 switch mode, 2 daemons, default cipher/digest (aes-256-cbc/sha256), "
+        f"MTU {OVERLAY_MTU}"
+    )
 
     def setup(self, lab: Lab) -> tuple[Host, Host, str]:
         tincd = ensure_tincd()
@@ -96,7 +102,8 @@ class TincTarget(OwnedTarget):
             (conf / "hosts" / node).write_text(f"Address = {host.ip}\nPort = 655\n")
             up = conf / "tinc-up"
             up.write_text(
-                f"#!/bin/sh\nip addr add {overlay}/24 dev $INTERFACE\nip link set $INTERFACE up\n"
+                f"#!/bin/sh\nip addr add {overlay}/24 dev $INTERFACE\n"
+                f"ip link set $INTERFACE mtu {OVERLAY_MTU} up\n"
             )
             up.chmod(0o755)
             # -K asks for file names only on a terminal; with stdin closed it uses the defaults.
@@ -238,3 +245,6 @@ TARGETS: dict[str, type[Target]] = {
     Atenet2NodeTarget.name: Atenet2NodeTarget,
 }
 """Registry: ``--targets`` picks from these, in this order."""
+
+DEFAULT_TARGETS = ("veth", "tinc", "atenet-1node", "atenet-2node")
+"""What ``bench/run.py`` measures without ``--targets``: issue 14's table."""

@@ -322,7 +322,8 @@ async def network_set(
     """Change NAME's settings live: nodes follow the chain and hand the new values to every
     client that connects afterwards (connected clients keep theirs until they reconnect).
     The --fdb-* bounds of the learning switch apply at once on every node, keeping what it
-    learned (docs/learning.md)."""
+    learned (docs/learning.md). --internet reaches IPv6 hosts at once (the gateways advertise
+    again) and DHCP clients at their next renewal (docs/nat.md)."""
     fdb = {k: v for k, v in fdb_options.items() if v is not None}
     unchanged = new_name is None and mtu is None and not dns and internet is None
     unchanged = unchanged and nat_private is None

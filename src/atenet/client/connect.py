@@ -246,15 +246,22 @@ class Connection:
         if tap is None:
             return
         send = self._send
-        if tap.vnet_hdr:
-            seal_packet = self.core.seal_packet
-            for packet in tap.read_batch(READ_BATCH):
-                for sealed in seal_packet(packet):
-                    send(sealed)
-        else:
-            seal = self.core.seal_frame
-            for frame in tap.read_batch(READ_BATCH):
-                send(seal(frame))
+        frames = tap.read_batch(READ_BATCH)
+        udp = self.udp
+        holding = udp is not None and len(frames) > 1 and udp.hold()  # one frame: sent at once
+        try:
+            if tap.vnet_hdr:
+                seal_packet = self.core.seal_packet
+                for packet in frames:
+                    for sealed in seal_packet(packet):
+                        send(sealed)
+            else:
+                seal = self.core.seal_frame
+                for frame in frames:
+                    send(seal(frame))
+        finally:
+            if holding:
+                udp.release()  # type: ignore[union-attr]
 
     async def _wait_stop(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

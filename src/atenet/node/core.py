@@ -267,7 +267,9 @@ class NetworkRuntime:
         self.nat_wake: Callable[[NetworkRuntime], None] = lambda _r: None
         """Tells the shell (node/nat.py) that :attr:`nat` has work or was replaced (set by
         :class:`NodeCore` from its own ``nat_wake``, which the daemon sets)."""
-        self.nat_is_local: Callable[[ipaddress.IPv4Address], bool] = is_local_address
+        self.nat_is_local: Callable[[ipaddress.IPv4Address | ipaddress.IPv6Address], bool] = (
+            is_local_address
+        )
         """Whether an address is the node's own: NAT never reaches the node itself."""
         self.binds: deque[dict[str, Any]] = deque()
         """Lease event payloads the shell appends to the chain ("lease" event), oldest first."""
@@ -410,8 +412,19 @@ class NetworkRuntime:
             self.nat = Nat(
                 ipaddress.IPv4Interface(f"{gateway.ipv4}/{gateway.network4.prefixlen}"),
                 gateway.mac, s.mtu, is_local=self.nat_is_local, allow_private=s.nat_private,
+                gateway6=None if gateway.network6 is None else ipaddress.IPv6Interface(
+                    f"{gateway.ipv6}/{gateway.network6.prefixlen}"
+                ),
             )  # fmt: skip
             gateway.internet = self._to_nat
+            if gateway.network6 is not None:
+                gateway.internet6 = self._to_nat6
+
+    def _to_nat6(self, raw: bytes, packet: Any, src_mac: bytes, now: float) -> None:
+        """As :meth:`_to_nat` for IPv6."""
+        if self.nat is not None:
+            self.nat.packet6(raw, packet, src_mac, now)
+            self.nat_wake(self)
 
     def _to_nat(self, raw: bytes, packet: Any, src_mac: bytes, now: float) -> None:
         """A client's packet for the internet (the gateway's hook): to the forwarder, whose

@@ -36,6 +36,7 @@ from atenet.addressing import ipv4_for, ipv6_for
 from atenet.mio import bus
 from atenet.mio.session import Limits, Session
 from atenet.node.schema import WS_HELLO, SchemaError, parse
+from atenet.node.websocket import track
 from atenet.offload import VNET_HDR_LEN, is_offloaded
 from atenet.switch.core import Port
 
@@ -266,6 +267,7 @@ class MioSessions:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(heartbeat=self.heartbeat, max_msg_size=bus.MAX_DATA + 1024)
         await ws.prepare(request)
+        track(request, ws)
         try:
             await self._session(ws, request)
         except SchemaError as exc:

@@ -3,9 +3,10 @@
 The sans-I/O :class:`atenet.router.nat.Nat` decides; this module only moves bytes. Each TCP
 flow is a ``loop.create_connection`` and each UDP flow a connected ``create_datagram_endpoint``,
 so the kernel picks every flow's source port and routes its answers back. ICMP echo uses an
-unprivileged ping socket (``socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP)``, allowed when
-``net.ipv4.ping_group_range`` contains the process's group); where the host refuses one the
-client gets "administratively prohibited".
+unprivileged ping socket (``socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP)``, for IPv6
+``socket(AF_INET6, SOCK_DGRAM, IPPROTO_ICMPV6)``; allowed when ``net.ipv4.ping_group_range``
+contains the process's group, for both families); where the host refuses one the client gets
+"administratively prohibited".
 
 Backpressure is asyncio's own: ``pause_writing``/``resume_writing`` on a host socket become
 :meth:`Nat.writable`, and :class:`~atenet.router.nat.PauseReading` becomes
@@ -20,7 +21,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
 from atenet.router.nat import (
@@ -47,10 +48,10 @@ UDP_BUFFER_LIMIT = 256 * 1024
 """Datagrams queued in one flow's transport beyond this are dropped (counted)."""
 _LOCAL_TTL = 30.0
 _LOCAL_MAX = 1024
-_local_cache: dict[IPv4Address, tuple[bool, float]] = {}
+_local_cache: dict[IPv4Address | IPv6Address, tuple[bool, float]] = {}
 
 
-def is_local_address(address: IPv4Address) -> bool:
+def is_local_address(address: IPv4Address | IPv6Address) -> bool:
     """Whether ``address`` is one of this host's own (in its current network namespace).
 
     Why this way: a UDP socket "connected" to a local address gets that address as its source
@@ -63,10 +64,11 @@ def is_local_address(address: IPv4Address) -> bool:
     if hit is not None and hit[1] > now:
         return hit[0]
     local = False
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+    family = socket.AF_INET if isinstance(address, IPv4Address) else socket.AF_INET6
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
         try:
             probe.connect((str(address), 9))
-            local = IPv4Address(probe.getsockname()[0]) == address
+            local = ip_address(probe.getsockname()[0].split("%")[0]) == address
         except OSError:
             local = False
     if len(_local_cache) >= _LOCAL_MAX:
@@ -115,6 +117,8 @@ class _Udp(asyncio.DatagramProtocol):
         """``ping``: the destination of a ping socket (unconnected: asyncio's datagram
         transport cannot tell that an ICMP socket is connected, so each send names it)."""
         self.shell, self.flow, self.ping = shell, flow, ping
+        self._ping_to = ip_address(ping) if ping else None
+        self._reply_type = 0 if isinstance(self._ping_to, IPv4Address) else 129
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -123,10 +127,16 @@ class _Udp(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         if not self.ping:
             self.shell.event(lambda nat, now: nat.data(self.flow, data, now))
-        elif len(data) >= 8 and data[0] == 0 and addr[0] == self.ping:  # the kernel matched
-            # our socket's identifier; only the destination's replies count
+        elif len(data) >= 8 and data[0] == self._reply_type and self._from_dst(addr[0]):
+            # the kernel matched our socket's identifier; only the destination's replies count
             seq = int.from_bytes(data[6:8], "big")
             self.shell.event(lambda nat, now: nat.echo_reply(self.flow, seq, data[8:], now))
+
+    def _from_dst(self, host: str) -> bool:
+        try:
+            return ip_address(host.split("%")[0]) == self._ping_to
+        except ValueError:
+            return False
 
     def error_received(self, exc: Exception) -> None:
         if isinstance(exc, ConnectionRefusedError) and not self.ping:
@@ -229,7 +239,8 @@ class NatShell:
         elif isinstance(action, SendPing):
             proto = self.socks.get(action.flow)
             if proto is not None and proto.transport is not None:
-                header = b"\x08\x00\x00\x00\x00\x00" + action.seq.to_bytes(2, "big")
+                kind = b"\x08" if ":" not in proto.ping else b"\x80"  # echo request
+                header = kind + b"\x00\x00\x00\x00\x00" + action.seq.to_bytes(2, "big")
                 proto.transport.sendto(header + action.payload, (proto.ping, 0))  # type: ignore[union-attr]
         elif isinstance(action, ShutdownWrite):
             proto = self.socks.get(action.flow)
@@ -286,8 +297,12 @@ class NatShell:
         self._adopt(flow, proto)
 
     async def _open_ping(self, flow: int, dst: str) -> None:
+        v6 = ":" in dst
         try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+            if v6:
+                sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_ICMPV6)
+            else:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
         except OSError:  # EACCES: ping_group_range excludes us; or no ICMP sockets at all
             self.event(lambda nat, now: nat.failed(flow, "unavailable", now))
             return

@@ -30,6 +30,7 @@ import logging
 import os
 import random
 import time
+import weakref
 from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,29 @@ from atenet.node.schema import WS_HELLO, WS_MESSAGE, SchemaError, parse
 from atenet.overlay.seal import PacketKey
 from atenet.overlay.token import AccessToken, hello_mac
 from atenet.switch.core import Port
+
+OPEN_WEBSOCKETS = web.AppKey("open_websockets", weakref.WeakSet)
+"""Every WebSocket the app has open (``/ws``, ``/net/<token>``, ``/mio``): closed with 1001 on
+shutdown, because aiohttp otherwise waits for their handlers until its shutdown timeout."""
+
+
+def track(request: web.Request, ws: web.WebSocketResponse) -> None:
+    """Register a prepared WebSocket so the app's shutdown closes it (see OPEN_WEBSOCKETS)."""
+    open_sockets = request.app.get(OPEN_WEBSOCKETS)
+    if open_sockets is not None:
+        open_sockets.add(ws)
+
+
+async def close_websockets(app: web.Application) -> None:
+    """``on_shutdown``: tell every connected client the node is going away (1001)."""
+    closing = [
+        ws.close(code=WSCloseCode.GOING_AWAY, message=b"node shutting down")
+        for ws in list(app.get(OPEN_WEBSOCKETS, ()))
+    ]
+    if closing:  # all at once: a client that never answers the close costs 2 s, not 2 s each
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), 2)
+
 
 if TYPE_CHECKING:
     from atenet.node.core import NetworkRuntime
@@ -156,6 +180,8 @@ class WebSocketPorts:
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/net/{token}", self.raw)
+        app[OPEN_WEBSOCKETS] = weakref.WeakSet()
+        app.on_shutdown.append(close_websockets)
         app.router.add_get("/ws", self.page)
 
     async def _runtime_and_key(
@@ -181,6 +207,7 @@ class WebSocketPorts:
         runtime, _key = found
         ws = web.WebSocketResponse(heartbeat=self.heartbeat, max_msg_size=MAX_FRAME)
         await ws.prepare(request)
+        track(request, ws)
         await self._guarded(ws, request, self._serve(ws, runtime, token.key_id, request,
                                                      status=False))  # fmt: skip
         return ws
@@ -189,6 +216,7 @@ class WebSocketPorts:
         """``/ws``: hello (HMAC), welcome, then frames and status."""
         ws = web.WebSocketResponse(heartbeat=self.heartbeat, max_msg_size=MAX_FRAME)
         await ws.prepare(request)
+        track(request, ws)
         await self._guarded(ws, request, self._page(ws, request))
         return ws
 

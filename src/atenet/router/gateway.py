@@ -200,6 +200,8 @@ class Gateway:
         """Where IPv4 packets for addresses outside every route go when the network has
         internet access: ``internet(raw, packet, src_mac, now)`` (the NAT forwarder,
         :meth:`atenet.router.nat.Nat.packet`, whose output leaves through its own poll)."""
+        self.internet6: Callable[[bytes, Ipv6Repr, bytes, float], None] | None = None
+        """The same for IPv6 packets (:meth:`atenet.router.nat.Nat.packet6`)."""
 
     # --- route table --------------------------------------------------------------------------
 
@@ -618,6 +620,10 @@ class Gateway:
         route = self._lookup(self._routes6, packet.dst) if self._routes6 else None
         if route is not None:
             return self._forward6(raw, packet, src, route, now)
+        if self.internet6 is not None and packet.hop_limit > 1:
+            self.handled["nat6"] += 1
+            self.internet6(raw, packet, src, now)
+            return []
         expired = packet.hop_limit <= 1
         kind = ICMPV6_TIME_EXCEEDED if expired else 1
         if not may_send_error_v6(packet, False, kind):

@@ -7,8 +7,9 @@ client flow in our own stack (:mod:`atenet.stack`, an :class:`~atenet.stack.ifac
 :meth:`~atenet.stack.tcp.Tcp.listen_any`) and asks the shell for one host socket per flow, so
 the kernel gives each flow its own source port and routes the answers back (docs/nat.md).
 
-Sans-I/O like the rest of the router: the gateway hands :meth:`Nat.packet` every IPv4 packet a
-local client sent to the gateway's MAC for an address outside every known network; the shell
+Sans-I/O like the rest of the router: the gateway hands :meth:`Nat.packet` every IPv4 packet
+(:meth:`Nat.packet6` every IPv6 packet) a local client sent to the gateway's MAC for an address
+outside every known network; the shell
 reports what its host sockets did (:meth:`Nat.opened`, :meth:`Nat.failed`, :meth:`Nat.data`,
 :meth:`Nat.eof`, :meth:`Nat.closed`, :meth:`Nat.writable`, :meth:`Nat.echo_reply`), carries out
 the :class:`Action` objects :meth:`Nat.actions` hands it, and sends the frames
@@ -30,11 +31,22 @@ import itertools
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
 
 from atenet.errors import DecodeError
 from atenet.ratelimit import TokenBucket
-from atenet.router.forward import ICMP_HOST_UNREACHABLE, icmp_dest_unreachable
+from atenet.router.forward import (
+    ICMP_HOST_UNREACHABLE,
+    icmp_dest_unreachable,
+    icmpv6_dest_unreachable,
+)
 from atenet.stack.iface import Interface
 from atenet.stack.tcp import (
     ACK,
@@ -49,10 +61,12 @@ from atenet.stack.tcp import (
     Tcp,
     encode_segment,
 )
-from atenet.wire.checksum import pseudo_header_v4, verify
-from atenet.wire.ethernet import ETHERTYPE_IPV4, ethernet_frame
+from atenet.wire.checksum import pseudo_header_v4, pseudo_header_v6, verify
+from atenet.wire.ethernet import ETHERTYPE_IPV4, ETHERTYPE_IPV6, ethernet_frame
 from atenet.wire.icmp import ICMP_ECHO_REQUEST, IcmpRepr
+from atenet.wire.icmpv6 import ICMPV6_ECHO_REQUEST, Icmpv6Repr
 from atenet.wire.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Ipv4Repr
+from atenet.wire.ipv6 import NEXT_HEADER_ICMPV6, Ipv6Repr
 from atenet.wire.udp import UdpRepr
 
 __all__ = [
@@ -71,6 +85,8 @@ __all__ = [
     "ShutdownWrite",
     "refusal",
 ]
+
+IPAddr = IPv4Address | IPv6Address
 
 ICMP_ADMIN_PROHIBITED = 13
 """Destination unreachable code 13, "communication administratively prohibited" (RFC 1812):
@@ -103,8 +119,43 @@ the documentation ranges (192.0.2/24, 198.51.100/24, 203.0.113/24) that tests us
 "the internet"."""
 
 
-def refusal(dst: IPv4Address, allow_private: bool) -> str | None:
-    """Why NAT refuses ``dst`` by its address alone (a counter name), or None."""
+_ALWAYS_REFUSED6: tuple[tuple[IPv6Network, str], ...] = (
+    (IPv6Network("::1/128"), "refused_loopback"),
+    (IPv6Network("fd00:ec2::254/128"), "refused_metadata"),  # AWS's IPv6 metadata service
+    (IPv6Network("::ffff:0:0/96"), "refused_reserved"),  # IPv4-mapped: IPv4 by the back door
+    (IPv6Network("::/96"), "refused_reserved"),  # unspecified, IPv4-compatible (deprecated)
+    (IPv6Network("100::/64"), "refused_reserved"),  # discard-only (RFC 6666)
+    (IPv6Network("fe80::/10"), "refused_link_local"),
+    (IPv6Network("ff00::/8"), "refused_multicast"),
+)
+"""The IPv6 counterparts of :data:`_ALWAYS_REFUSED`. The documentation range 2001:db8::/32 is
+*not* refused, as 192.0.2/24 and friends are not: nothing on the internet routes it, so NAT
+toward it only ever reaches a lab's own "internet" (the tests')."""
+
+PRIVATE6: tuple[IPv6Network, ...] = (
+    IPv6Network("fc00::/7"),  # unique local addresses (RFC 4193): the operator's sites
+    IPv6Network("fec0::/10"),  # site-local (deprecated, still routed inside some sites)
+    IPv6Network("64:ff9b:1::/48"),  # local-use NAT64 (RFC 8215): translates into the LAN
+)
+"""IPv6's private ranges: refused unless ``nat_private`` allows them."""
+
+_NAT64 = IPv6Network("64:ff9b::/96")
+
+
+def refusal(dst: IPv4Address | IPv6Address, allow_private: bool) -> str | None:
+    """Why NAT refuses ``dst`` by its address alone (a counter name), or None.
+
+    An IPv6 address that embeds an IPv4 one a translator or tunnel would deliver to (NAT64's
+    64:ff9b::/96, 6to4's 2002::/16) is judged by that IPv4 address too, so ``64:ff9b::7f00:1``
+    cannot reach what ``127.0.0.1`` may not."""
+    if isinstance(dst, IPv6Address):
+        for net6, reason in _ALWAYS_REFUSED6:
+            if dst in net6:
+                return reason
+        if not allow_private and any(dst in net6 for net6 in PRIVATE6):
+            return "refused_private"
+        inner = IPv4Address(dst.packed[12:]) if dst in _NAT64 else dst.sixtofour
+        return None if inner is None else refusal(inner, allow_private)
     for net, reason in _ALWAYS_REFUSED:
         if dst in net:
             return reason
@@ -236,10 +287,10 @@ class Flow:
     id: int
     proto: int
     client_mac: bytes
-    client: IPv4Address
+    client: IPAddr
     client_port: int
     """The client's port (TCP/UDP) or echo identifier (ICMP)."""
-    dst: IPv4Address
+    dst: IPAddr
     dst_port: int
     created: float
     last: float
@@ -264,7 +315,7 @@ class Flow:
     replies: int = 0
 
 
-def _key_tcp(dst: IPv4Address, dport: int, client: IPv4Address, sport: int) -> tuple:
+def _key_tcp(dst: IPAddr, dport: int, client: IPAddr, sport: int) -> tuple:
     return (dst.packed, dport, client.packed, sport)
 
 
@@ -274,7 +325,8 @@ class Nat:
     ``gateway``: the gateway's address with the network's prefix; ``mac``: its MAC; ``mtu``:
     the network's MTU (TCP's MSS is clamped to it). ``is_local(addr)``: whether an address is
     the node's own (the shell asks its kernel; the node's addresses are always refused).
-    ``allow_private``: the network's ``nat_private`` setting.
+    ``allow_private``: the network's ``nat_private`` setting. ``gateway6``: the gateway's IPv6
+    address with the network's prefix, when the network has IPv6 (then :meth:`packet6` works).
     """
 
     def __init__(
@@ -283,9 +335,10 @@ class Nat:
         mac: bytes,
         mtu: int,
         *,
-        is_local: Callable[[IPv4Address], bool] = lambda _a: False,
+        is_local: Callable[[IPAddr], bool] = lambda _a: False,
         allow_private: bool = False,
         limits: NatLimits | None = None,
+        gateway6: IPv6Interface | None = None,
     ) -> None:
         self.limits = limits or NatLimits()
         lim = self.limits
@@ -295,24 +348,36 @@ class Nat:
         self.mtu = mtu
         self.is_local = is_local
         self.allow_private = allow_private
+        self.gateway6 = gateway6
+        self.network6: IPv6Network | None = None if gateway6 is None else gateway6.network
         self.tcp = Tcp(
             mss=mtu - 40,
+            mss6=mtu - 60,
             recv_buffer=lim.tcp_buffer,
             send_buffer=lim.tcp_buffer,
             max_connections=lim.flows_per_network + 512,
         )
         self.listener = self.tcp.listen_any(backlog=lim.flows_per_network)
         self.iface = Interface(
-            mac, max(1280, mtu), ipv4=gateway, ipv6=False, tcp=self.tcp, any_destination=self
+            mac,
+            max(1280, mtu),
+            ipv4=gateway,
+            ipv6=gateway6 is not None,
+            tcp=self.tcp,
+            any_destination=self,
         )
+        if gateway6 is not None:
+            self.iface.add_ipv6(gateway6)
         self.iface.mtu = mtu  # the network's, even below 1280 (IPv4 allows it)
         # Clients' MACs come from their own packets (learned below); keep them as long as a
         # TCP flow may idle, for as many clients as flows.
         self.iface.arp.ttl = lim.tcp_idle + 60.0
         self.iface.arp.capacity = lim.flows_per_network
+        self.iface.nd.ttl = lim.tcp_idle + 60.0
+        self.iface.nd.capacity = lim.flows_per_network
         self.flows: dict[int, Flow] = {}
         self._by_key: dict[tuple, Flow] = {}
-        self._per_client: Counter[IPv4Address] = Counter()
+        self._per_client: Counter[IPAddr] = Counter()
         self._half_open = 0
         self._ids = itertools.count(1)
         self._actions: list[Action] = []
@@ -404,34 +469,75 @@ class Nat:
                         self.counters["malformed"] += 1
                         return
                     total = 20 + len(packet.options) + len(seg)
-                    self._syn(bytes(raw[:total]), packet, src_mac, sport, dport, key, now)
+                    raw = bytes(raw[:total])
+                    self._syn(raw, src, packet.dst, src_mac, sport, dport, key, now)
                     return
         self.iface.receive(self.mac + src_mac + b"\x08\x00" + bytes(raw), now)
 
-    def _learn(self, ip: IPv4Address, mac: bytes, now: float, *, create: bool = True) -> None:
-        """Record a client's MAC in the stack's ARP table (the forwarder answers its clients
-        without asking), sending any packet that waited for it. Only flows create entries, so
-        a client spraying source addresses cannot churn the table."""
-        for waiting in self.iface.arp.learn(ip, mac, now, create=create):
-            self._out.append(ethernet_frame(mac, self.mac, ETHERTYPE_IPV4, waiting))
+    def packet6(self, raw: bytes, packet: Ipv6Repr, src_mac: bytes, now: float) -> None:
+        """An IPv6 packet a local client sent to the gateway for an address outside every
+        network the gateway knows (``raw`` may carry Ethernet padding); as :meth:`packet`."""
+        src = packet.src
+        if self.network6 is None or self.gateway6 is None:
+            self.counters["ipv6_without_address"] += 1
+            return
+        if src not in self.network6 or src == self.gateway6.ip:
+            self.counters["foreign_source"] += 1  # link-local sources too: never forwarded
+            return
+        self._src_mac = src_mac
+        self._learn(src, src_mac, now, create=False)
+        seg = packet.payload
+        if (
+            packet.next_header == PROTO_TCP
+            and len(seg) >= 20
+            and seg[13] & (SYN | ACK | RST) == SYN
+        ):
+            dport = (seg[2] << 8) | seg[3]
+            sport = (seg[0] << 8) | seg[1]
+            key = _key_tcp(packet.dst, dport, src, sport)
+            conn = self.tcp.conns.get(key)
+            if conn is None or conn.state == TIME_WAIT:
+                ph = pseudo_header_v6(src.packed, packet.dst.packed, PROTO_TCP, len(seg))
+                if not verify(seg, ph):
+                    self.counters["malformed"] += 1
+                    return
+                raw = bytes(raw[: 40 + len(seg)])
+                self._syn(raw, src, packet.dst, src_mac, sport, dport, key, now)
+                return
+        self.iface.receive(self.mac + src_mac + b"\x86\xdd" + bytes(raw), now)
+
+    def _learn(self, ip: IPAddr, mac: bytes, now: float, *, create: bool = True) -> None:
+        """Record a client's MAC in the stack's ARP / neighbour table (the forwarder answers
+        its clients without asking), sending any packet that waited for it. Only flows create
+        entries, so a client spraying source addresses cannot churn the table."""
+        if isinstance(ip, IPv4Address):
+            cache, etype = self.iface.arp, ETHERTYPE_IPV4
+        else:
+            cache, etype = self.iface.nd, ETHERTYPE_IPV6
+        for waiting in cache.learn(ip, mac, now, create=create):
+            self._out.append(ethernet_frame(mac, self.mac, etype, waiting))
 
     def arp(self, frame: bytes, now: float) -> None:
         """An ARP frame for the gateway (a client answering the stack's request)."""
         if len(frame) >= 22 and frame[20:22] == b"\x00\x02":  # replies only: the gateway
             self.iface.receive(frame, now)  # answers requests for its own address
 
-    def on_datagram(
-        self, src: IPv4Address, dst: IPv4Address, proto: int, payload: bytes, now: float
-    ) -> None:  # type: ignore[override]
+    def on_datagram(self, src: IPAddr, dst: IPAddr, proto: int, payload: bytes, now: float) -> None:  # type: ignore[override]
         """UDP and ICMP from a client for a foreign address (the Interface's hook)."""
         try:
             if proto == PROTO_UDP:
                 udp = UdpRepr.parse(payload, src, dst)
                 self._udp(src, dst, udp, now)
-            elif proto == PROTO_ICMP:
+            elif proto == PROTO_ICMP and isinstance(src, IPv4Address):
                 icmp = IcmpRepr.parse(payload)
                 if icmp.type == ICMP_ECHO_REQUEST and icmp.code == 0:
-                    self._echo(src, dst, icmp, now)
+                    self._echo(src, dst, icmp.ident, icmp.seq, icmp.payload, now)
+                else:
+                    self.counters["icmp_unhandled"] += 1
+            elif proto == NEXT_HEADER_ICMPV6 and isinstance(src, IPv6Address):
+                icmp6 = Icmpv6Repr.parse(payload, src, dst)  # type: ignore[arg-type]
+                if icmp6.type == ICMPV6_ECHO_REQUEST and icmp6.code == 0:
+                    self._echo(src, dst, icmp6.ident, icmp6.seq, icmp6.payload, now)
                 else:
                     self.counters["icmp_unhandled"] += 1
             else:
@@ -451,7 +557,8 @@ class Nat:
         if flow.proto == PROTO_TCP:
             self._half_open -= 1
             syn = held[-1]
-            self.iface.receive(self.mac + flow.client_mac + b"\x08\x00" + syn, now)
+            etype = b"\x08\x00" if isinstance(flow.client, IPv4Address) else b"\x86\xdd"
+            self.iface.receive(self.mac + flow.client_mac + etype + syn, now)
             key = _key_tcp(flow.dst, flow.dst_port, flow.client, flow.client_port)
             conn = self.tcp.conns.get(key)
             if conn is None or conn.state != SYN_RECEIVED:
@@ -479,7 +586,8 @@ class Nat:
             self._half_open -= 1
             syn = flow.held[-1]
             if reason == "refused":
-                seq = int.from_bytes(syn[(syn[0] & 0xF) * 4 + 4 :][:4], "big")
+                hlen = (syn[0] & 0xF) * 4 if syn[0] >> 4 == 4 else 40
+                seq = int.from_bytes(syn[hlen + 4 :][:4], "big")
                 rst = encode_segment(
                     flow.dst.packed,
                     flow.client.packed,
@@ -490,7 +598,7 @@ class Nat:
                     RST | ACK,
                     0,
                 )
-                self._to_client(flow, Ipv4Repr(flow.dst, flow.client, PROTO_TCP, rst).emit())
+                self._to_client(flow, _ip_packet(flow.dst, flow.client, PROTO_TCP, rst))
             else:
                 self._icmp_error(flow, syn, ICMP_HOST_UNREACHABLE, now)
             self._finish(flow, abort=False, host_gone=True)
@@ -545,9 +653,9 @@ class Nat:
             return
         flow.last = now
         flow.replies += 1
-        reply = IcmpRepr.echo_reply(flow.client_port, seq, payload).emit()
+        proto, reply = _echo_message(flow.dst, flow.client, False, flow.client_port, seq, payload)
         self._learn(flow.client, flow.client_mac, now)
-        self.iface.send_ip(flow.dst, flow.client, PROTO_ICMP, reply, now)
+        self.iface.send_ip(flow.dst, flow.client, proto, reply, now)
         self.counters["echo_replies"] += 1
 
     def eof(self, flow_id: int, now: float) -> None:
@@ -588,14 +696,12 @@ class Nat:
 
     # ------------------------------------------------------------------ new flows
 
-    def _admit(
-        self, src: IPv4Address, dst: IPv4Address, now: float, tcp: bool = False
-    ) -> str | None:
+    def _admit(self, src: IPAddr, dst: IPAddr, now: float, tcp: bool = False) -> str | None:
         """Why a new flow from ``src`` to ``dst`` is refused (a counter name), or None."""
         reason = refusal(dst, self.allow_private)
         if reason is not None:
             return reason
-        if dst in self.network:
+        if dst in self.network or (self.network6 is not None and dst in self.network6):
             return "refused_own_network"
         if self.is_local(dst):
             return "refused_node_address"
@@ -614,9 +720,9 @@ class Nat:
         self,
         proto: int,
         src_mac: bytes,
-        src: IPv4Address,
+        src: IPAddr,
         sport: int,
-        dst: IPv4Address,
+        dst: IPAddr,
         dport: int,
         key: tuple,
         now: float,
@@ -628,6 +734,8 @@ class Nat:
         self._learn(src, src_mac, now)
         name = {PROTO_TCP: "tcp", PROTO_UDP: "udp", PROTO_ICMP: "icmp"}[proto]
         self.counters[f"flows_opened_{name}"] += 1
+        if isinstance(src, IPv6Address):
+            self.counters["flows_opened_ipv6"] += 1
         if self._sweep_at is None:
             self._sweep_at = now + 1.0
         return flow
@@ -641,7 +749,8 @@ class Nat:
     def _syn(
         self,
         raw: bytes,
-        packet: Ipv4Repr,
+        src: IPAddr,
+        dst: IPAddr,
         src_mac: bytes,
         sport: int,
         dport: int,
@@ -656,23 +765,23 @@ class Nat:
                 return
             # A flow whose connection already went (TIME-WAIT reuse): start afresh.
             self._finish(flow, abort=False)
-        reason = self._admit(packet.src, packet.dst, now, tcp=True)
+        reason = self._admit(src, dst, now, tcp=True)
         if reason is not None:
             answer = reason.startswith("refused_") and reason in _ANSWERED
             self._refused(reason, raw, src_mac, now, answer)
             return
-        flow = self._new_flow(PROTO_TCP, src_mac, packet.src, sport, packet.dst, dport, key, now)
+        flow = self._new_flow(PROTO_TCP, src_mac, src, sport, dst, dport, key, now)
         flow.held = [raw]
         self._half_open += 1
-        self._actions.append(OpenTcp(flow.id, (str(packet.dst), dport)))
+        self._actions.append(OpenTcp(flow.id, (str(dst), dport)))
 
-    def _udp(self, src: IPv4Address, dst: IPv4Address, udp: UdpRepr, now: float) -> None:
+    def _udp(self, src: IPAddr, dst: IPAddr, udp: UdpRepr, now: float) -> None:
         key = (PROTO_UDP, src, udp.src_port, dst, udp.dst_port)
         flow = self._by_key.get(key)
         if flow is None:
             reason = self._admit(src, dst, now)
             if reason is not None:
-                quoted = Ipv4Repr(src, dst, PROTO_UDP, udp.emit(src, dst)).emit()
+                quoted = _ip_packet(src, dst, PROTO_UDP, udp.emit(src, dst))
                 self._refused(reason, quoted, self._src_mac, now, reason in _ANSWERED)
                 return
             mac, sport, dport = self._src_mac, udp.src_port, udp.dst_port
@@ -688,27 +797,30 @@ class Nat:
         else:
             self._hold(flow, udp.payload)
 
-    def _echo(self, src: IPv4Address, dst: IPv4Address, icmp: IcmpRepr, now: float) -> None:
-        key = (PROTO_ICMP, src, icmp.ident, dst)
+    def _echo(
+        self, src: IPAddr, dst: IPAddr, ident: int, seq: int, payload: bytes, now: float
+    ) -> None:
+        """An echo request (ICMP or ICMPv6: echo flows are ``PROTO_ICMP`` for both)."""
+        key = (PROTO_ICMP, src, ident, dst)
         flow = self._by_key.get(key)
-        quoted = Ipv4Repr(src, dst, PROTO_ICMP, icmp.emit()).emit()
+        quoted = _ip_packet(src, dst, *_echo_message(src, dst, True, ident, seq, payload))
         if flow is None:
             reason = self._admit(src, dst, now)
             if reason is not None:
                 self._refused(reason, quoted, self._src_mac, now, reason in _ANSWERED)
                 return
-            flow = self._new_flow(PROTO_ICMP, self._src_mac, src, icmp.ident, dst, 0, key, now)
+            flow = self._new_flow(PROTO_ICMP, self._src_mac, src, ident, dst, 0, key, now)
             self._actions.append(OpenPing(flow.id, str(dst)))
         flow.last = now
         flow.sent += 1
         self.counters["echo_requests"] += 1
         if flow.state == "open":
-            self._actions.append(SendPing(flow.id, icmp.seq, icmp.payload))
+            self._actions.append(SendPing(flow.id, seq, payload))
         elif flow.state == "failed":
             self.counters["echo_unavailable"] += 1
             self._icmp_error(flow, quoted, ICMP_ADMIN_PROHIBITED, now)
         else:
-            self._hold(flow, icmp.seq.to_bytes(2, "big") + icmp.payload)
+            self._hold(flow, seq.to_bytes(2, "big") + payload)
 
     def _hold(self, flow: Flow, item: bytes) -> None:
         if len(flow.held) >= self.limits.held_datagrams:
@@ -825,26 +937,60 @@ class Nat:
         """A packet like the client's, for an ICMP error to quote."""
         if flow.proto == PROTO_UDP:
             body = UdpRepr(flow.client_port, flow.dst_port).emit(flow.client, flow.dst)
-        else:
-            body = IcmpRepr.echo_request(flow.client_port, 0).emit()
-        return Ipv4Repr(flow.client, flow.dst, flow.proto, body).emit()
+            return _ip_packet(flow.client, flow.dst, PROTO_UDP, body)
+        message = _echo_message(flow.client, flow.dst, True, flow.client_port, 0, b"")
+        return _ip_packet(flow.client, flow.dst, *message)
 
     def _to_client(self, flow: Flow, packet: bytes) -> None:
-        self._out.append(ethernet_frame(flow.client_mac, self.mac, ETHERTYPE_IPV4, packet))
+        etype = ETHERTYPE_IPV4 if isinstance(flow.client, IPv4Address) else ETHERTYPE_IPV6
+        self._out.append(ethernet_frame(flow.client_mac, self.mac, etype, packet))
 
     def _icmp_error(self, flow: Flow, offending: bytes, code: int, now: float) -> None:
         self._icmp_to(flow.client_mac, offending, code, now)
 
     def _icmp_to(self, mac: bytes, offending: bytes, code: int, now: float) -> None:
-        """Destination unreachable from the gateway's address, within the error budget."""
-        if len(mac) != 6:
+        """Destination unreachable from the gateway's address, within the error budget.
+        ``code`` is ICMP's; for an IPv6 ``offending`` packet it becomes ICMPv6's (:data:`_V6`)."""
+        if len(mac) != 6 or not offending:
             return
         if not self._errors.take(now):
             self.counters["icmp_rate_limited"] += 1
             return
+        if offending[0] >> 4 == 6:
+            if self.gateway6 is None:
+                return
+            code6 = _V6[code]
+            self.counters[f"icmp6_unreachable_{code6}"] += 1
+            packet = icmpv6_dest_unreachable(offending, self.gateway6.ip, code6)
+            self._out.append(ethernet_frame(mac, self.mac, ETHERTYPE_IPV6, packet))
+            return
         self.counters[f"icmp_unreachable_{code}"] += 1
         packet = icmp_dest_unreachable(offending, self.gateway.ip, code)
         self._out.append(ethernet_frame(mac, self.mac, ETHERTYPE_IPV4, packet))
+
+
+_V6 = {ICMP_ADMIN_PROHIBITED: 1, ICMP_HOST_UNREACHABLE: 3, ICMP_PORT_UNREACHABLE: 4}
+"""ICMP destination-unreachable codes and their ICMPv6 counterparts (RFC 4443 §3.1):
+administratively prohibited → 1 (Linux: EACCES), host → address unreachable (EHOSTUNREACH),
+port → port unreachable (ECONNREFUSED)."""
+
+
+def _ip_packet(src: IPAddr, dst: IPAddr, proto: int, payload: bytes) -> bytes:
+    """An IPv4 or IPv6 packet, by the addresses' family."""
+    if isinstance(src, IPv4Address):
+        return Ipv4Repr(src, dst, proto, payload).emit()  # type: ignore[arg-type]
+    return Ipv6Repr(src, dst, proto, payload).emit()  # type: ignore[arg-type]
+
+
+def _echo_message(
+    src: IPAddr, dst: IPAddr, request: bool, ident: int, seq: int, payload: bytes
+) -> tuple[int, bytes]:
+    """(protocol, bytes) of an ICMP or ICMPv6 echo request / reply from ``src`` to ``dst``."""
+    if isinstance(src, IPv4Address):
+        make = IcmpRepr.echo_request if request else IcmpRepr.echo_reply
+        return PROTO_ICMP, make(ident, seq, payload).emit()
+    make6 = Icmpv6Repr.echo_request if request else Icmpv6Repr.echo_reply
+    return NEXT_HEADER_ICMPV6, make6(ident, seq, payload).emit(src, dst)  # type: ignore[arg-type]
 
 
 _ANSWERED = frozenset(

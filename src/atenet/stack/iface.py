@@ -319,7 +319,8 @@ class Interface:
         self._arp_requests = TokenBucket(rate=10.0, burst=20)
         self._groups: set[IPAddress] = set()
         self._max_groups = max_groups
-        self._rs_at: float | None = 0.0 if ipv6 else None
+        # A router terminating flows (``any_destination``) solicits no router: it is one.
+        self._rs_at: float | None = 0.0 if ipv6 and any_destination is None else None
         self._rs_sent = 0
         self.any_destination = any_destination
         if ipv4 is not None:
@@ -725,7 +726,9 @@ class Interface:
     def _for_us_v6(self, dst: IPv6Address) -> bool:
         if dst == ALL_NODES or dst in self._groups:
             return True
-        return any(dst == own.ip or dst == solicited_node(own.ip) for own in self.ipv6)
+        if any(dst == own.ip or dst == solicited_node(own.ip) for own in self.ipv6):
+            return True
+        return self.any_destination is not None and not dst.is_multicast and self.ipv6_enabled
 
     def _ipv6(self, frame: bytes, now: float) -> None:
         ip = Ipv6Repr.parse(memoryview(frame)[14:])
@@ -752,6 +755,15 @@ class Interface:
             proto, payload = next_header, whole
         self.counters["rx_ipv6"] += 1
         unicast = not ip.dst.is_multicast
+        any_dst = self.any_destination
+        if (
+            any_dst is not None
+            and unicast
+            and proto != PROTO_TCP
+            and all(ip.dst != own.ip for own in self.ipv6)
+        ):  # UDP, ICMPv6… for a foreign address
+            any_dst.on_datagram(ip.src, ip.dst, proto, payload, now)
+            return
         self._upper(ip.src, ip.dst, proto, payload, unicast, now, ip)
 
     # ------------------------------------------------------------------ upper layers

@@ -254,7 +254,9 @@ class Connection:
         self.snd_wl1 = self.snd_wl2 = 0
         self.snd_wscale = 0
         self.rcv_wscale = 0
-        self.mss = min(tcp.mss, 536 if len(local_ip) == 4 else 1220)  # until the peer says
+        self._mss_limit = tcp.mss if len(local_ip) == 4 or tcp.mss6 is None else tcp.mss6
+        """The MSS we announce and the most we send (IPv6 headers are 20 bytes longer)."""
+        self.mss = min(self._mss_limit, 536 if len(local_ip) == 4 else 1220)  # until the peer says
         self.sbuf = bytearray()
         self.sbuf_seq = self.iss + 1
         self.fin_pending = False
@@ -436,7 +438,7 @@ class Connection:
     def _peer_options(self, seg: Segment) -> None:
         self.sack_ok = seg.sack_ok and self._tcp.sack
         if seg.mss is not None:
-            self.mss = max(64, min(self._tcp.mss, seg.mss))
+            self.mss = max(64, min(self._mss_limit, seg.mss))
         if seg.wscale is not None:
             self.snd_wscale = seg.wscale
             self.rcv_wscale = self._tcp.wscale
@@ -885,11 +887,11 @@ class Connection:
         if st in (SYN_SENT, SYN_RECEIVED):
             if self.snd_nxt == self.iss:
                 if st == SYN_SENT:
-                    opts = _syn_options(self._tcp.mss, self._tcp.wscale, self._tcp.sack)
+                    opts = _syn_options(self._mss_limit, self._tcp.wscale, self._tcp.sack)
                     self._emit(out, self.iss, SYN, b"", opts)
                 else:
                     ws = self.rcv_wscale if self.snd_wscale or self.rcv_wscale else None
-                    opts = _syn_options(self._tcp.mss, ws, self.sack_ok)
+                    opts = _syn_options(self._mss_limit, ws, self.sack_ok)
                     self._emit(out, self.iss, SYN | ACK, b"", opts)
                 if self.snd_max == self.iss:
                     self.rtt_seq, self.rtt_time = self.iss + 1, now
@@ -975,8 +977,12 @@ class Tcp:
         max_pending_rst: int = 256,
         sack: bool = False,
         seed: int | None = None,
+        mss6: int | None = None,
     ) -> None:
         self.mss = mss
+        self.mss6 = mss6
+        """The MSS of IPv6 connections (None: ``mss`` for both families). A stack bound to
+        one link MTU sets it 20 below ``mss``, as IPv6's header is 20 bytes longer."""
         self.recv_buffer = recv_buffer
         self.send_buffer = send_buffer
         self.max_connections = max_connections
