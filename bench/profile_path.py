@@ -28,6 +28,7 @@ Needs root, iperf3, perf and py-spy (``.venv/bin/pip install py-spy``).
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import re
 import shutil
@@ -293,13 +294,26 @@ def parse_perf(text: str, tids: set[int]) -> dict[int, list[tuple[float, str, in
             n = re.search(r"next_pid=(\d+)", rest)
             if n and int(n.group(1)) in tids:
                 out[int(n.group(1))].append((when, "on", 0, ""))
+    for events in out.values():  # perf script is time-ordered per CPU, not across CPUs
+        events.sort(key=lambda e: e[0])
     return out
 
 
+_TIMES: dict[int, list[float]] = {}
+"""Event times per event list (by id), for bisecting: a flood run has thousands of pings."""
+
+
 def _first(events: list[tuple[float, str, int, str]], after: float, until: float, pred: Any) -> Any:
-    for e in events:
-        if e[0] >= after and pred(e):
-            return e if e[0] <= until else None
+    """The first event from ``after`` on matching ``pred``, unless it comes after ``until``."""
+    times = _TIMES.get(id(events))
+    if times is None or len(times) != len(events):
+        times = _TIMES[id(events)] = [e[0] for e in events]
+    for i in range(bisect.bisect_left(times, after), len(events)):
+        e = events[i]
+        if e[0] > until:
+            return None
+        if pred(e):
+            return e
     return None
 
 
@@ -348,9 +362,9 @@ def hop_times(
                 ok = False
                 break
             inside, calls, opened = 0.0, 0, 0.0
-            for e in ev:  # syscalls between the wake-up and the send: reads, EAGAINs
-                if e[0] < woke[0] or e[0] >= send[0]:
-                    continue
+            times = _TIMES[id(ev)]
+            lo, hi = bisect.bisect_left(times, woke[0]), bisect.bisect_left(times, send[0])
+            for e in ev[lo:hi]:  # syscalls between the wake-up and the send: reads, EAGAINs
                 if e[1] == "enter":
                     opened = e[0]
                 elif e[1] == "exit" and opened:
