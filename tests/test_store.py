@@ -219,6 +219,38 @@ async def test_sqlite_subscriber_sees_another_connections_append_quickly(tmp_pat
         await sub.aclose()
 
 
+async def test_an_idle_sqlite_subscriber_does_not_query_while_the_files_stand_still(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each query is a hand-off to the store's thread and back (context switches, and jitter on
+    the node's packet loop): an idle subscriber stats the files instead, and queries only when
+    another connection's commit moved them (or after FULL_POLL, here pushed out of the way)."""
+    from atenet.chain import sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "FULL_POLL", 3600.0)
+    url = f"sqlite://{tmp_path / 'chains.sqlite'}"
+    net = os.urandom(16)
+    async with open_store(url) as reader, open_store(url) as writer:
+        await writer.append(net, 1, b"one")
+        queries = 0
+        run = reader._run  # type: ignore[attr-defined]
+
+        async def counted(*args: object) -> object:
+            nonlocal queries
+            queries += 1
+            return await run(*args)
+
+        monkeypatch.setattr(reader, "_run", counted)
+        sub = reader.subscribe(net)
+        assert await take(sub, 1) == [(1, b"one")]
+        got = asyncio.create_task(take(sub, 1))
+        await asyncio.sleep(1.0)  # 20 poll intervals
+        assert queries <= 3, f"{queries} queries in 1 s with nothing appended"
+        await writer.append(net, 2, b"two")  # another connection: only the files tell
+        assert await asyncio.wait_for(got, 10) == [(2, b"two")]
+        await sub.aclose()
+
+
 WRITER = textwrap.dedent(
     """
     import asyncio, sys

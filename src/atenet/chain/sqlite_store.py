@@ -15,7 +15,11 @@ lock *before* reading the head, so two writers can never both see the same head;
 sqlite3 connections belong to one thread, and every call blocks, so each store owns a
 single-thread executor that holds its connection; coroutines hand work to it. A subscriber polls
 for rows past the last one it yielded every :data:`POLL_INTERVAL` seconds (an indexed lookup that
-costs microseconds), and is woken at once by appends made through the same store object.
+costs microseconds), and is woken at once by appends made through the same store object. Between
+two looks it first compares the database and WAL files' size and change time (two ``stat`` calls
+on the event loop's thread): when neither moved, nobody committed, and the query — a hand-off to
+the store's thread and back, 20 times a second per network — is skipped, at most for
+:data:`FULL_POLL` seconds (a safety net for a file system with a coarse clock).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ T = TypeVar("T")
 #: Seconds between two looks for new events in :meth:`SqliteStore.subscribe`. Another process's
 #: append is seen within about this delay.
 POLL_INTERVAL = 0.05
+#: Seconds after which a subscriber queries even though the files look unchanged.
+FULL_POLL = 1.0
 #: How long a writer waits for another process's write lock before giving up (milliseconds).
 BUSY_TIMEOUT_MS = 10_000
 #: Rows fetched per query when replaying, so a long chain is not loaded into memory at once.
@@ -166,8 +172,19 @@ class SqliteStore(ChainStore):
     ) -> AsyncIterator[tuple[int, bytes]]:
         """Yield events after ``from_seq - 1`` up to ``until`` (forever when None)."""
         last = max(from_seq, 1) - 1
+        loop = asyncio.get_running_loop()
+        seen: tuple[int, ...] | None = None
+        queried = 0.0
         while until is None or last < until:
             wake = self._appended
+            if until is None and seen is not None and not wake.is_set():
+                now, files = loop.time(), self._files()
+                if files == seen and now - queried < FULL_POLL:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(POLL_INTERVAL):
+                            await wake.wait()
+                    continue
+            seen, queried = self._files(), loop.time()
             try:
                 rows = await self._run(_rows_after, network_id, last, BATCH)
             except StoreUnavailable:
@@ -179,7 +196,9 @@ class SqliteStore(ChainStore):
                     return
                 last = seq
                 yield seq, blob
-            if not rows:
+            if rows:
+                seen = None  # a full batch may have left rows behind: query again, no skipping
+            else:
                 if until is not None:
                     return  # deleted meanwhile: nothing more to read
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
@@ -187,6 +206,19 @@ class SqliteStore(ChainStore):
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(POLL_INTERVAL):
                         await wake.wait()
+
+    def _files(self) -> tuple[int, ...]:
+        """Size and change time of the database and its WAL: another process's commit moves
+        them (it writes the WAL; a checkpoint writes the database)."""
+        out: list[int] = []
+        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
+            try:
+                st = os.stat(path)
+            except OSError:
+                out += (-1, -1)
+            else:
+                out += (st.st_size, st.st_mtime_ns)
+        return tuple(out)
 
     async def delete_chain(self, network_id: bytes) -> None:
         def q(conn: sqlite3.Connection) -> None:
