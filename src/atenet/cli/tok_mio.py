@@ -123,6 +123,20 @@ def load_token(ctx: click.Context, token_file: str | None) -> AccessToken:
     return token
 
 
+def token_and_urls(
+    ctx: click.Context, token_file: str | None, node_url: str | None
+) -> tuple[AccessToken, list[str]]:
+    """:func:`load_token` then :func:`node_url_for`, or the one-line error and its exit code."""
+    try:
+        token = load_token(ctx, token_file)
+        return token, node_url_for(token, node_url)
+    except Failed as exc:
+        fail(str(exc), exc.exit_code)
+    except AtenetError as exc:
+        fail(str(exc))
+    raise AssertionError("fail() exits")
+
+
 def node_url_for(token: AccessToken, node_url: str | None) -> list[str]:
     """Where to open the session, in order: --node; else the token's first node on the default
     HTTP port — preceded by this machine's loopback when that node is this machine (a node's
@@ -457,15 +471,7 @@ def nc(
     """
     host, port_text = split_token(ctx, args, ("HOST", "PORT"))
     port = parse_port(port_text)
-    try:
-        token = load_token(ctx, token_file)
-        urls = node_url_for(token, node_url)
-    except Failed as exc:
-        fail(str(exc), exc.exit_code)
-        return
-    except AtenetError as exc:
-        fail(str(exc))
-        return
+    token, urls = token_and_urls(ctx, token_file, node_url)
     report = Reporter(as_json, quiet)
 
     async def body() -> None:
@@ -606,15 +612,7 @@ def serve(
             raise click.UsageError(f"--exec {command!r}: {exc}") from None
         if not argv:
             raise click.UsageError("--exec needs a command")
-    try:
-        token = load_token(ctx, token_file)
-        urls = node_url_for(token, node_url)
-    except Failed as exc:
-        fail(str(exc), exc.exit_code)
-        return
-    except AtenetError as exc:
-        fail(str(exc))
-        return
+    token, urls = token_and_urls(ctx, token_file, node_url)
     report = Reporter(as_json, quiet)
 
     async def body() -> None:
@@ -791,15 +789,7 @@ def mio_ping(
     as_json: bool,
 ) -> None:
     """`tok ping --mio HOST`: ICMP echo from a mio session (no TAP, no root)."""
-    try:
-        token = load_token(ctx, token_file)
-        urls = node_url_for(token, node_url)
-    except Failed as exc:
-        fail(str(exc), exc.exit_code)
-        return
-    except AtenetError as exc:
-        fail(str(exc))
-        return
+    token, urls = token_and_urls(ctx, token_file, node_url)
     results: list[float | None] = []
     summary: dict[str, Any] = {}
 
