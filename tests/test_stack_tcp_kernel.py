@@ -7,6 +7,7 @@ checks our checksums, options, window scaling, FIN/ACK sequencing and retransmis
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import socket
@@ -35,17 +36,19 @@ KERNEL6, STACK6 = "fd00:78::1", "fd00:78::2"
 SIZE = 4 * 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def rig() -> Iterator[tuple[Host, object, Tcp]]:
+@contextlib.contextmanager
+def _rig(name: str, device: str, *, tso: bool) -> Iterator[tuple[Host, object, Tcp]]:
+    """A namespace with a TAP (a vnet TAP with offloads when ``tso``) whose other end is our
+    stack, served by a thread: the kernel at KERNEL4/6, the stack at STACK4/6."""
     with Lab() as lab:
-        host = lab.add_host("t")
-        tap = host.call(TapDevice.open, "mio1")
+        host = lab.add_host(name)
+        tap = host.call(TapDevice.open, device, vnet_hdr=tso)
         served = None
         try:
             for cmd in (
-                f"ip addr add {KERNEL4}/24 dev mio1",
-                f"ip -6 addr add {KERNEL6}/64 dev mio1 nodad",
-                "ip link set mio1 up",
+                f"ip addr add {KERNEL4}/24 dev {device}",
+                f"ip -6 addr add {KERNEL6}/64 dev {device} nodad",
+                f"ip link set {device} up",
             ):
                 host.run(cmd)
             tcp = Tcp(mss=1440)
@@ -55,6 +58,7 @@ def rig() -> Iterator[tuple[Host, object, Tcp]]:
                 ipv4=IPv4Interface(f"{STACK4}/24"),
                 gateway4=IPv4Address(KERNEL4),
                 tcp=tcp,
+                tso=tso,
             )
             iface.add_ipv6(IPv6Interface(f"{STACK6}/64"))
             served = stack_tap.StackTap(iface, tap)
@@ -64,39 +68,20 @@ def rig() -> Iterator[tuple[Host, object, Tcp]]:
                 served.close()
             else:
                 tap.close()
+
+
+@pytest.fixture(scope="module")
+def rig() -> Iterator[tuple[Host, object, Tcp]]:
+    """A plain TAP: the stack sends and receives MTU-sized frames."""
+    with _rig("t", "mio1", tso=False) as parts:
+        yield parts
 
 
 @pytest.fixture(scope="module")
 def rig_tso() -> Iterator[tuple[Host, object, Tcp]]:
     """The same on a vnet TAP with the stack's offloads on: super-segments both ways."""
-    with Lab() as lab:
-        host = lab.add_host("o")
-        tap = host.call(TapDevice.open, "mio2", vnet_hdr=True)
-        served = None
-        try:
-            for cmd in (
-                f"ip addr add {KERNEL4}/24 dev mio2",
-                f"ip -6 addr add {KERNEL6}/64 dev mio2 nodad",
-                "ip link set mio2 up",
-            ):
-                host.run(cmd)
-            tcp = Tcp(mss=1440)
-            iface = Interface(
-                MAC,
-                1500,
-                ipv4=IPv4Interface(f"{STACK4}/24"),
-                gateway4=IPv4Address(KERNEL4),
-                tcp=tcp,
-                tso=True,
-            )
-            iface.add_ipv6(IPv6Interface(f"{STACK6}/64"))
-            served = stack_tap.StackTap(iface, tap)
-            yield host, served, tcp
-        finally:
-            if served is not None:
-                served.close()
-            else:
-                tap.close()
+    with _rig("o", "mio2", tso=True) as parts:
+        yield parts
 
 
 def _echo(served, conn, timeout: float = 60.0) -> None:
