@@ -1,10 +1,12 @@
-"""Shared fixtures. Each support module owns its fixtures; this file only imports them."""
+"""Shared fixtures and the suite's running rules (parallel workers, compile cache, Hypothesis
+profile): see docs/testing.md. Each support module owns its fixtures; this file imports them."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -24,6 +26,17 @@ from tests.support.netns import lab  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
+
+# The suite starts hundreds of `atenet` and `tok` processes. With PYTHONDONTWRITEBYTECODE
+# set (some machines set it for everything) each of them compiles atenet and the standard
+# library again: ~0.1 s of CPU per command, ~0.2 s per node start. Children get a compile cache
+# of their own instead, in a temporary directory this process removes at the end, so nothing
+# is written next to the sources either way. xdist workers inherit it from the controller.
+_PYCACHE: Path | None = None
+if os.environ.get("PYTHONDONTWRITEBYTECODE") and not os.environ.get("PYTHONPYCACHEPREFIX"):
+    _PYCACHE = Path(tempfile.mkdtemp(prefix="atenet-pytest-pycache-"))
+    os.environ["PYTHONPYCACHEPREFIX"] = str(_PYCACHE)
+    del os.environ["PYTHONDONTWRITEBYTECODE"]
 
 # Property tests assert outcomes, never speed (timing goals are not asserted: the machine is
 # shared and the suite runs on parallel workers). Hypothesis' default 200 ms per-example
@@ -99,6 +112,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    if _PYCACHE is not None:  # set only in the process that made it (workers inherit the env)
+        shutil.rmtree(_PYCACHE, ignore_errors=True)
     locks = config.stash.get(_LOCKS, None)
     if locks is None:
         return
