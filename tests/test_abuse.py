@@ -44,7 +44,9 @@ from tests.conftest import needs_root
 from tests.support.netns import Host, Lab
 from tests.support.overlay import BIN, Overlay, wait_for_text
 
-pytestmark = [needs_root]
+# Each round compares the pair's delivery with and without the attack: other tests running
+# beside it on the same 2 cores would skew one phase and not the other.
+pytestmark = [needs_root, pytest.mark.alone]
 
 UDP_PORT = 4799
 HTTP_PORT = 8080

@@ -200,6 +200,11 @@ def test_daemon_status_ping_and_disconnect_on_a_host_that_is_also_a_node(net: Ov
             "pid": pid,
             "killed": False,
         }
+        # Its TAP is gone; the process itself may still be in exit() for a moment on a busy
+        # machine (/proc/PID/cmdline empties before the process is reaped or a zombie).
+        deadline = time.monotonic() + 5
+        while running(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert not running(pid)
         assert not conn.dev_exists()
         assert json.loads(conn.tok("status", "--json").stdout)["connections"] == []

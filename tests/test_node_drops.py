@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from atenet.overlay.seal import TYPE_CONTROL, TYPE_FRAME, PacketKey, Sealer
+from atenet.overlay.seal import (
+    TYPE_CONTROL,
+    TYPE_FRAME,
+    PacketKey,
+    Sealer,
+    SealError,
+    open_packet,
+    parse_header,
+)
 from atenet.wire.ethernet import ethernet_frame
 from tests.support.chains import serving_node
 
@@ -35,6 +43,23 @@ async def exchange(sock: socket.socket, packet: bytes, addr, wait: float = 0.3) 
             return answers
 
 
+def router_advertisement(key: PacketKey, packet: bytes) -> bool:
+    """The gateway's IPv6 router advertisement to all nodes, which a port gets unasked about a
+    second after it joins: not an answer to anything (on a busy machine it lands amid the bad
+    packets' short windows)."""
+    try:
+        ptype = parse_header(packet)[1]
+        frame = open_packet(key, packet)
+    except SealError:
+        return False
+    return (
+        ptype == TYPE_FRAME
+        and frame[:6] == bytes.fromhex("333300000001")
+        and frame[12:14] == b"\x86\xdd"
+        and frame[54:55] == b"\x86"  # ICMPv6 type 134
+    )
+
+
 async def test_bad_packets_are_dropped_counted_and_never_answered(node):
     daemon, world, secrets = node
     net = world.chain.network_id
@@ -42,7 +67,8 @@ async def test_bad_packets_are_dropped_counted_and_never_answered(node):
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
     sock.setblocking(False)
-    good = Sealer(net, PacketKey(secrets[1], 1), 77, time.time_ns())
+    key = PacketKey(secrets[1], 1)
+    good = Sealer(net, key, 77, time.time_ns())
     hello = json.dumps({"op": "hello", "instance": daemon.instance}).encode()
     try:
         # A valid hello makes the node load the network (first packet: unknown, then loaded).
@@ -53,7 +79,8 @@ async def test_bad_packets_are_dropped_counted_and_never_answered(node):
         assert answers, "a valid hello was never answered"
         frame = ethernet_frame(b"\xff" * 6, b"\x02" + bytes(5), 0x88B5, b"x" * 50)
         legit = good.seal(frame, TYPE_FRAME)
-        assert await exchange(sock, legit, addr) == []  # flooded to no one; nothing to answer
+        answers = await exchange(sock, legit, addr)
+        assert [a for a in answers if not router_advertisement(key, a)] == []  # nothing to answer
         forged = bytearray(good.seal(frame, TYPE_FRAME))
         forged[-1] ^= 1
         bad = {
@@ -70,7 +97,9 @@ async def test_bad_packets_are_dropped_counted_and_never_answered(node):
             ),
         }
         for name, packet in bad.items():
-            assert await exchange(sock, packet, addr, 0.05) == [], f"{name} was answered"
+            answers = await exchange(sock, packet, addr, 0.05)
+            answers = [a for a in answers if not router_advertisement(key, a)]
+            assert answers == [], f"{name} was answered"
     finally:
         sock.close()
     status = daemon.status()

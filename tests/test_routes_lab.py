@@ -250,9 +250,11 @@ def test_revoking_the_route_key_stops_the_traffic(routed: tuple[Overlay, Client,
     key_id = route["key_id"]
 
     log = net.root / "revoke-ping.log"
+    # 5 s of pings, 1 s before the revocation: `tok key revoke` may take seconds to start on a
+    # busy machine, and pings must still run after it to see the gateway's answer change.
     with log.open("w") as out:
         pinger = a1.host.popen(
-            ["ping", "-n", "-D", "-O", "-c", "40", "-i", "0.05", "-W", "1", b1.ip4],
+            ["ping", "-n", "-D", "-O", "-c", "100", "-i", "0.05", "-W", "1", b1.ip4],
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
