@@ -459,6 +459,10 @@ class Nat:
         self._service_changed(now)  # ACKs that freed send space, FINs, deaths
         if self.iface.poll_at() == 0.0:  # the second service queued segments or RSTs
             out += poll(now)
+        if packets:
+            supers = sum(1 for p in out if p[1])  # a gso_type: a TSO super-segment
+            if supers:
+                self.counters["superframes_out"] += supers
         if self._out:
             waiting = self._out
             if packets:
@@ -576,6 +580,8 @@ class Nat:
             ip = IPv4Address(src) if len(src) == 4 else IPv6Address(src)
             self._learn(ip, mac, now, create=False)  # refresh only, as in packet()
         if at:
+            if data[1]:  # a gso_type: a super-frame, taken whole
+                self.counters["superframes_in"] += 1
             self.iface.receive_packet(data, now)
         else:
             self.iface.receive(data, now)
