@@ -179,7 +179,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     ap.add_argument("--seconds", type=float, default=8.0, help="seconds per iperf3 run")
     ap.add_argument("--json", metavar="FILE", help="also write every run as JSON here")
+    ap.add_argument(
+        "--paths",
+        default=",".join(PATHS),
+        help="comma-separated paths to measure (default: all; atenet-nat is always measured)",
+    )
     args = ap.parse_args()
+    chosen = [p for p in PATHS if p == "atenet-nat" or p in args.paths.split(",")]
+    unknown = set(args.paths.split(",")) - set(PATHS)
+    if unknown:
+        sys.exit(f"bench_nat.py: unknown path(s) {', '.join(sorted(unknown))}; one of {PATHS}")
 
     load_before = Path("/proc/loadavg").read_text().strip()
     runs: dict[tuple[str, str], list[dict[str, float]]] = {}
@@ -188,7 +197,7 @@ def main() -> None:
         loads = [load_before]
         for r in range(args.rounds):
             for direction in ("up", "down"):
-                for name in PATHS:
+                for name in chosen:
                     res = iperf(paths, name, args.seconds, direction == "down")
                     runs.setdefault((name, direction), []).append(res)
                     print(f"round {r + 1} {name:17} {direction:4} {res['mbps']:8.1f} Mbit/s "
@@ -201,11 +210,11 @@ def main() -> None:
 
     print(f"\nload average before {load_before!r}, after {load_after!r}")
     print("| path | up Mbit/s | down Mbit/s |\n|---|---|---|")
-    for name in PATHS:
+    for name in chosen:
         up = [x["mbps"] for x in runs[(name, "up")]]
         down = [x["mbps"] for x in runs[(name, "down")]]
         print(f"| {name} | {med(up)} | {med(down)} |")
-    for other in PATHS[1:]:
+    for other in chosen[1:]:
         ratios = []
         for direction in ("up", "down"):
             a = statistics.median(x["mbps"] for x in runs[("atenet-nat", direction)])
@@ -216,8 +225,12 @@ def main() -> None:
         rs = runs[("atenet-nat", direction)]
         node = [x["cpu_node"] / (x["bytes"] / 1e9) for x in rs if "cpu_node" in x]
         tok = [x["cpu_tok"] / (x["bytes"] / 1e9) for x in rs if "cpu_tok" in x]
-        relay = [x["cpu_relay"] / (x["bytes"] / 1e9) for x in runs[("relay-kernel-nat", direction)]]
-        print(f"CPU s per GB {direction}: node {med(node)}, tok {med(tok)}, relay {med(relay)}")
+        relays = runs.get(("relay-kernel-nat", direction), [])
+        relay = [x["cpu_relay"] / (x["bytes"] / 1e9) for x in relays]
+        print(
+            f"CPU s per GB {direction}: node {med(node)}, tok {med(tok)}"
+            + (f", relay {med(relay)}" if relay else "")
+        )
     if args.json:
         out = {
             "load_before": load_before,

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from atenet import addressing
+from atenet.offload import is_offloaded
 from atenet.router import nat as natmod
 from atenet.router.gateway import Gateway
 from atenet.router.nat import (
@@ -28,7 +29,7 @@ from atenet.router.nat import (
     SendPing,
     ShutdownWrite,
 )
-from atenet.stack.iface import EchoReply, IcmpError, Interface
+from atenet.stack.iface import TSO_BYTES, EchoReply, IcmpError, Interface
 from atenet.stack.tcp import ESTABLISHED, SYN_SENT, Tcp
 
 NET = b"\x11" * 16
@@ -156,6 +157,148 @@ def test_tcp_waits_for_the_host_connect_then_relays_both_ways_sha_equal() -> Non
     assert hashlib.sha256(received).digest() == hashlib.sha256(down).digest()
     assert lab.nat.counters["bytes_up"] == len(up)
     assert lab.nat.counters["bytes_down"] == len(down)
+
+
+class OffloadLab(Lab):
+    """As :class:`Lab`, but the clients offload (``tso``: a vnet TAP's kernel, a mio port)
+    and packets move as the node moves them: an offloaded packet for the gateway is offered
+    to ``Gateway.nat_tcp`` + ``Nat.tcp_frame`` whole, a plain frame takes the same fast path
+    or ``Gateway.frame``; the forwarder's ``poll_packets`` come back whole. ``packets``
+    counts what crossed between the clients and the forwarder."""
+
+    packets = 0
+
+    def client(self, n: int = 5, mss: int = 1460) -> Interface:
+        iface = super().client(n, mss)
+        iface.tso = True
+        iface.tcp.tso = TSO_BYTES  # type: ignore[union-attr]
+        return iface
+
+    def step(self) -> bool:
+        moved = False
+        for c in self.clients:
+            for packet in c.poll_packets(self.now):
+                moved = True
+                self.packets += 1
+                frame = packet[10:]
+                if is_offloaded(packet):
+                    assert self.gw.nat_tcp(packet, 10) and self.nat.tcp_frame(packet, 10, self.now)
+                    continue
+                if self.gw.nat_tcp(frame, 0) and self.nat.tcp_frame(frame, 0, self.now):
+                    continue
+                if frame[12:14] == b"\x08\x06":
+                    self.nat.arp(frame, self.now)
+                for out in self.gw.frame(frame, self.now):
+                    self._to_clients(out)
+        for packet in self.nat.poll_packets(self.now):
+            moved = True
+            self.packets += 1
+            for c in self.clients:
+                if packet[10:16] == c.mac:
+                    c.receive_packet(packet, self.now)
+                elif packet[10:16] == b"\xff" * 6:
+                    c.receive(packet[10:], self.now)
+        new = self.nat.actions()
+        self.actions += new
+        return moved or bool(new)
+
+
+def test_offloading_client_moves_super_frames_both_ways_sha_equal() -> None:
+    """A client that offloads (tok's vnet TAP) sends the forwarder 64 KB TSO super-frames
+    it takes whole, and gets its super-segments back: the same bytes as MSS frames, in far
+    fewer packets (the NAT's bulk path, docs/nat.md)."""
+    lab = OffloadLab()
+    client = lab.client()
+    conn, flow = _connect(lab, client)
+    lab.nat.opened(flow, lab.now)
+    lab.run()
+    assert conn.state == ESTABLISHED
+    up = hashlib.sha256(b"up").digest() * 32768  # 1 MiB
+    sent, got = 0, bytearray()
+    lab.packets = 0
+    for _ in range(2000):
+        if sent < len(up):
+            sent += conn.send(up[sent:])
+        lab.step()
+        got += b"".join(a.data for a in lab.take(Send))
+        if len(got) == len(up):
+            break
+        lab.now += 0.001
+    assert hashlib.sha256(got).digest() == hashlib.sha256(up).digest()
+    assert lab.nat.counters["superframes_in"] >= 8
+    assert lab.packets < len(up) // 1460 // 2  # data and ACKs: far fewer than MSS frames
+    down = bytes(reversed(up))
+    received, offset = bytearray(), 0
+    lab.packets = 0
+    for _ in range(4000):
+        flow_state = lab.nat.flows[flow]
+        if offset < len(down) and not flow_state.reading_paused:
+            lab.nat.data(flow, down[offset : offset + 65536], lab.now)
+            offset += 65536
+        lab.step()
+        lab.take(PauseReading)
+        lab.take(ResumeReading)
+        received += conn.recv(1 << 20)
+        if len(received) == len(down):
+            break
+        lab.now += 0.001
+    assert hashlib.sha256(received).digest() == hashlib.sha256(down).digest()
+    assert lab.nat.counters["superframes_out"] >= 8
+    assert lab.packets < len(down) // 1460 // 2
+    assert lab.nat.counters["bytes_up"] == len(up)
+    assert lab.nat.counters["bytes_down"] == len(down)
+
+
+def test_super_segments_reach_a_client_without_offloads_as_frames() -> None:
+    """``Nat.poll()`` (and the switch for a port without offloads) cuts the forwarder's
+    super-segments into MSS frames with full checksums: a plain client gets every byte."""
+    lab = Lab()
+    client = lab.client()
+    conn, flow = _connect(lab, client)
+    lab.nat.opened(flow, lab.now)
+    lab.run()
+    down = hashlib.sha256(b"down").digest() * 8192  # 256 KiB
+    received, offset = bytearray(), 0
+    for _ in range(4000):
+        if offset < len(down) and not lab.nat.flows[flow].reading_paused:
+            lab.nat.data(flow, down[offset : offset + 65536], lab.now)
+            offset += 65536
+        lab.step()
+        lab.take(PauseReading)
+        lab.take(ResumeReading)
+        received += conn.recv(1 << 20)
+        if len(received) == len(down):
+            break
+        lab.now += 0.001
+    assert received == down
+    assert lab.nat.tcp.counters["tso_segments_out"] > 0  # they were super-segments inside
+
+
+def test_the_fast_path_refuses_what_is_not_a_flows_segment() -> None:
+    """``Gateway.nat_tcp`` hands the forwarder only TCP for the internet that is not a SYN;
+    ``Nat.tcp_frame`` drops (and counts) a source outside the network."""
+    lab = Lab()
+    client = lab.client()
+    _conn, flow = _connect(lab, client)
+    lab.nat.opened(flow, lab.now)
+    lab.run()
+    mac = client.mac
+
+    def tcp(src: bytes, dst: bytes, flags: int) -> bytes:
+        seg = bytes(13) + bytes([flags]) + bytes(6)
+        ip = bytearray(
+            b"\x45\x00" + (40).to_bytes(2, "big") + bytes(4) + b"\x40\x06\x00\x00" + src + dst
+        )
+        return lab.gw.mac + mac + b"\x08\x00" + bytes(ip) + seg
+
+    me, out = IPv4Address("10.0.0.5").packed, SERVER.packed
+    assert lab.gw.nat_tcp(tcp(me, out, 0x10), 0)  # an ACK for the internet
+    assert not lab.gw.nat_tcp(tcp(me, out, 0x02), 0)  # a SYN: the general path
+    assert not lab.gw.nat_tcp(tcp(me, IPv4Address("10.0.0.9").packed, 0x10), 0)  # own network
+    assert not lab.gw.nat_tcp(tcp(me, IPv4Address("224.0.0.9").packed, 0x10), 0)
+    before = lab.nat.counters["foreign_source"]
+    assert lab.nat.tcp_frame(tcp(IPv4Address("10.9.0.5").packed, out, 0x10), 0, lab.now)
+    assert lab.nat.counters["foreign_source"] == before + 1
 
 
 def test_slow_client_pauses_the_host_socket_and_memory_stays_bounded() -> None:

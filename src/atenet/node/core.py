@@ -385,6 +385,7 @@ class NetworkRuntime:
         self.nat = None
         self.switch.gateway = None
         self.switch.gateway_mac = b"\xff" * 6
+        self.switch.gateway_packet = None
         if not s.cidr:
             return
         dns4 = tuple(a for a in s.dns if ":" not in a)
@@ -417,6 +418,7 @@ class NetworkRuntime:
                 ),
             )  # fmt: skip
             gateway.internet = self._to_nat
+            self.switch.gateway_packet = self._nat_packet
             if gateway.network6 is not None:
                 gateway.internet6 = self._to_nat6
 
@@ -439,6 +441,30 @@ class NetworkRuntime:
         for frame in frames:
             port = self.switch.lookup(frame[:6])
             self.switch.from_gateway(frame, port if isinstance(port, Port) else None)
+
+    def nat_out_packets(self, packets: list[bytes]) -> None:
+        """As :meth:`nat_out` for :meth:`Nat.poll_packets`' virtio-net packets: TSO
+        super-segments go whole to a client port that takes offloads (cut into frames by the
+        switch for one that does not), everything else as a plain frame."""
+        switch = self.switch
+        for packet in packets:
+            port = switch.lookup(packet[10:16])
+            to = port if isinstance(port, Port) else None
+            if packet[1] or packet[0] & 1:  # gso_type or F_NEEDS_CSUM: offloaded
+                switch.packet_from_gateway(packet, to)
+            else:
+                switch.from_gateway(packet[10:], to)
+
+    def _nat_packet(self, port: Port, packet: bytes) -> bool:
+        """The switch's ``gateway_packet``: an offloaded packet from a local port for the
+        gateway; a TCP super-frame of a NAT flow goes to the forwarder whole (docs/nat.md)."""
+        gateway, nat = self.gateway, self.nat
+        if gateway is None or nat is None or not gateway.nat_tcp(packet, 10):
+            return False
+        if not nat.tcp_frame(packet, 10, self.clock()):
+            return False
+        self.nat_wake(self)
+        return True
 
     def _sync_leases(self, state: NetworkState, now: float) -> None:
         """Hand the DHCP server the lease events it has not seen, in chain order: they settle
@@ -463,6 +489,15 @@ class NetworkRuntime:
     def _to_gateway(self, port: Port, frame: bytes) -> None:
         """A frame from a local port for the gateway (the switch only hands those over)."""
         now = self.clock()
+        gateway, nat = self.gateway, self.nat
+        if (  # the NAT forwarder's TCP segments: raw bytes to its stack (docs/nat.md)
+            nat is not None
+            and gateway is not None
+            and gateway.nat_tcp(frame, 0)
+            and nat.tcp_frame(frame, 0, now)
+        ):
+            self.nat_wake(self)
+            return
         if is_dhcp_request_frame(frame):
             if self.dhcp is not None:
                 # Bind limits per access key: a key's sessions and reconnects share one bucket.

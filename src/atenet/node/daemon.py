@@ -279,7 +279,7 @@ class NodeDaemon:
         if runtime.nat is None or self._stopping:
             return
         if shell is None:
-            shell = NatShell(runtime.nat, runtime.nat_out, runtime.clock)
+            shell = NatShell(runtime.nat, runtime.nat_out_packets, runtime.clock)
             self._nat_shells[runtime.network_id] = shell
         shell.wake()
 

@@ -151,7 +151,8 @@ class _Udp(asyncio.DatagramProtocol):
 
 class NatShell:
     """Runs one network's :class:`Nat`: executes its actions, feeds it host-socket events,
-    sends its frames with ``out`` and wakes it at its ``poll_at``.
+    sends its output with ``out`` (virtio-net packets from :meth:`Nat.poll_packets`: TCP in
+    TSO super-segments) and wakes it at its ``poll_at``.
 
     ``clock`` is the clock the forwarder's ``now`` comes from (the node core's Unix time)."""
 
@@ -192,9 +193,9 @@ class NatShell:
             now = self.clock()
             for action in nat.actions():
                 self._do(action)
-            frames = nat.poll(now)
-            if frames:
-                self.out(frames)
+            packets = nat.poll_packets(now)
+            if packets:
+                self.out(packets)
             if not nat.has_actions:
                 break
         at = nat.poll_at()

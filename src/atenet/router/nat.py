@@ -41,6 +41,7 @@ from ipaddress import (
 )
 
 from atenet.errors import DecodeError
+from atenet.offload import NO_OFFLOAD
 from atenet.ratelimit import TokenBucket
 from atenet.router.forward import (
     ICMP_HOST_UNREACHABLE,
@@ -364,6 +365,7 @@ class Nat:
             ipv4=gateway,
             ipv6=gateway6 is not None,
             tcp=self.tcp,
+            tso=True,
             any_destination=self,
         )
         if gateway6 is not None:
@@ -387,6 +389,20 @@ class Nat:
         self._sweep_at: float | None = None
         self._src_mac = b""
         self._broadcast = self.network.broadcast_address
+        # The fast path's source check on raw bytes (tcp_frame): network, mask, excluded.
+        self._net4 = int(self.network.network_address)
+        self._mask4 = int(self.network.netmask)
+        self._not_clients4 = frozenset(
+            a.packed for a in (self.network.network_address, self._broadcast, gateway.ip)
+        )
+        self._shift6 = 128 - (0 if self.network6 is None else self.network6.prefixlen)
+        self._net6 = (
+            0 if self.network6 is None else int(self.network6.network_address) >> (self._shift6)
+        )
+        self._gw6 = b"" if gateway6 is None else gateway6.ip.packed
+        self._fresh: tuple[bytes, bytes, float] = (b"", b"", 0.0)
+        """The last (client address, MAC, until) whose neighbour entry the fast path
+        refreshed: one refresh a second per client, not one per segment."""
         self.counters: Counter[str] = Counter()
         """Flows opened/closed by protocol, bytes both ways, and every refusal by reason."""
 
@@ -421,16 +437,37 @@ class Nat:
         return out
 
     def poll(self, now: float) -> list[bytes]:
-        """Run timers and move bytes between flows and the stack; the frames to send."""
+        """Run timers and move bytes between flows and the stack; the frames to send (TCP
+        super-segments cut into standard frames, correct for any port)."""
+        return self._poll(now, False)
+
+    def poll_packets(self, now: float) -> list[bytes]:
+        """As :meth:`poll`, but every item is a virtio-net packet (10-byte header + frame):
+        TCP leaves in TSO super-segments of up to 64 KB (``GSO_TCPV4/6``, partial checksum),
+        everything else behind an all-zero header. For the switch's
+        :meth:`~atenet.switch.core.Switch.packet_from_gateway`, which hands them whole to
+        ports that take offloads and cuts them for the others: one packet per 64 KB instead
+        of one per MSS between the forwarder and an offloading client (docs/nat.md)."""
+        return self._poll(now, True)
+
+    def _poll(self, now: float, packets: bool) -> list[bytes]:
+        poll = self.iface.poll_packets if packets else self.iface.poll
         if self._sweep_at is not None and now >= self._sweep_at:
             self._sweep(now)
         self._service_changed(now)
-        out = self.iface.poll(now)
+        out = poll(now)
         self._service_changed(now)  # ACKs that freed send space, FINs, deaths
         if self.iface.poll_at() == 0.0:  # the second service queued segments or RSTs
-            out += self.iface.poll(now)
+            out += poll(now)
+        if packets:
+            supers = sum(1 for p in out if p[1])  # a gso_type: a TSO super-segment
+            if supers:
+                self.counters["superframes_out"] += supers
         if self._out:
-            out = self._out + out
+            waiting = self._out
+            if packets:
+                waiting = [NO_OFFLOAD + frame for frame in waiting]
+            out = waiting + out
             self._out = []
         return out
 
@@ -505,6 +542,50 @@ class Nat:
                 self._syn(raw, src, packet.dst, src_mac, sport, dport, key, now)
                 return
         self.iface.receive(self.mac + src_mac + b"\x86\xdd" + bytes(raw), now)
+
+    def tcp_frame(self, data: bytes, at: int, now: float) -> bool:
+        """The fast path for a client's TCP segment of a flow that exists (docs/nat.md).
+
+        ``data[at:]`` is an Ethernet frame to the gateway's MAC: ``at`` = 10 when ``data`` is
+        a virtio-net packet (possibly a 64 KB TSO super-frame from an offloading port, taken
+        whole: one pass and one ACK per 64 KB), 0 for a plain frame. The gateway checked
+        (:meth:`~atenet.router.gateway.Gateway.nat_tcp`) that it carries IPv4 without options
+        or IPv6 without extension headers, TCP, not a fragment, for an address it sends to
+        the internet. Why: the general path (:meth:`packet`) parses the packet into objects
+        twice and builds a new frame for the stack, which was half the node's time; here the
+        frame goes to the stack as it came, whose own fast path reaches TCP on raw bytes.
+        False: not for this path (a SYN, which may create a flow; IPv6 without an IPv6
+        address), take :meth:`packet`. A source outside the network is dropped and counted.
+        """
+        if data[at + 12] == 0x08:
+            if len(data) < at + 54 or data[at + 47] & SYN:
+                return False
+            src = data[at + 26 : at + 30]
+            if (int.from_bytes(src, "big") & self._mask4) != self._net4 or (
+                src in self._not_clients4
+            ):
+                self.counters["foreign_source"] += 1
+                return True
+        else:
+            if self.network6 is None or len(data) < at + 74 or data[at + 67] & SYN:
+                return False
+            src = data[at + 22 : at + 38]
+            if int.from_bytes(src, "big") >> self._shift6 != self._net6 or src == self._gw6:
+                self.counters["foreign_source"] += 1
+                return True
+        mac = data[at + 6 : at + 12]
+        fresh = self._fresh
+        if fresh[0] != src or fresh[1] != mac or now >= fresh[2]:
+            self._fresh = (src, mac, now + 1.0)
+            ip = IPv4Address(src) if len(src) == 4 else IPv6Address(src)
+            self._learn(ip, mac, now, create=False)  # refresh only, as in packet()
+        if at:
+            if data[1]:  # a gso_type: a super-frame, taken whole
+                self.counters["superframes_in"] += 1
+            self.iface.receive_packet(data, now)
+        else:
+            self.iface.receive(data, now)
+        return True
 
     def _learn(self, ip: IPAddr, mac: bytes, now: float, *, create: bool = True) -> None:
         """Record a client's MAC in the stack's ARP / neighbour table (the forwarder answers

@@ -298,6 +298,7 @@ class Interface:
         self._own_key: tuple[object, ...] = ()
         self._own4: bytes | None = None
         self._own6: frozenset[bytes] = frozenset()
+        self._bcast4: bytes | None = None
         # Each cached hop keeps the neighbour entry it read and where: it is used only while
         # that very entry is still the cache's (a re-learned MAC or an eviction re-resolves).
         self._macs: dict[bytes, tuple[tuple[bytes, float], Any, dict[Any, Any]]] = {}
@@ -552,16 +553,26 @@ class Interface:
             self._own_key = key
             self._own4 = None if self.ipv4 is None else self.ipv4.ip.packed
             self._own6 = frozenset(a.ip.packed for a in self.ipv6)
+            self._bcast4 = None if self.ipv4 is None else self.ipv4.network.broadcast_address.packed
             self._macs.clear()
 
     def _fast_v4(self, frame: bytes | memoryview, now: float, checked: bool) -> bool:
         """A TCP segment to our IPv4 address, unfragmented and without options, straight to
         TCP without building address objects; False: not that case, take the general path
-        (which also counts and drops whatever is malformed)."""
+        (which also counts and drops whatever is malformed). With ``any_destination`` every
+        unicast destination but our network's broadcast is "ours", as on the general path:
+        the NAT forwarder's flows are all to foreign addresses, and this is their data path."""
         if len(frame) < 34 or frame[14] != 0x45 or frame[23] != PROTO_TCP:
             return False
         self._own()
-        if frame[30:34] != self._own4 or frame[20] & 0x3F or frame[21] or frame[26] >= 224:
+        if frame[20] & 0x3F or frame[21] or frame[26] >= 224:
+            return False
+        if frame[30:34] != self._own4 and (
+            self.any_destination is None
+            or self._own4 is None
+            or frame[30] >= 224
+            or frame[30:34] == self._bcast4
+        ):
             return False
         total = (frame[16] << 8) | frame[17]
         if total < 40 or total > len(frame) - 14 or not verify(memoryview(frame)[14:34]):
@@ -577,8 +588,8 @@ class Interface:
             return False
         self._own()
         dst = bytes(frame[38:54])
-        if dst not in self._own6:
-            return False
+        if dst not in self._own6 and (self.any_destination is None or dst[0] == 0xFF):
+            return False  # with any_destination, every unicast address (see _fast_v4)
         length = (frame[18] << 8) | frame[19]
         if length < 20 or length > len(frame) - 54:
             return False

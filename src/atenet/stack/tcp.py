@@ -921,6 +921,13 @@ class Connection:
             # TSO: one super-segment of up to ``tso`` bytes (whole MSS multiples) per pass; not
             # below the classic 536-byte MSS, where a peer's kernel may refuse the gso_size
             size = self._tcp.tso // mss * mss if self._tcp.tso > mss >= 536 else mss
+            if size > mss:
+                # ... and at most a quarter of the peer's window: a receiver with a small
+                # buffer (a slow reader behind a TAP) drops a 64 KB skb it has no memory for
+                # as a whole, where it would take MSS-sized ones as the reader frees room; the
+                # NAT's slow-reader test stalled on RTO backoff without this. Windows of
+                # 256 KB and more (any bulk flow) keep full-size super-segments.
+                size = max(mss, min(size, self.snd_wnd // 4 // mss * mss))
             while self.snd_nxt < data_end:
                 room = edge - self.snd_nxt
                 if room <= 0:

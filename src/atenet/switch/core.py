@@ -277,6 +277,7 @@ class Switch:
         "frames_to_peers",
         "gateway",
         "gateway_mac",
+        "gateway_packet",
         "mcast",
         "mirror_peers",
         "now",
@@ -339,6 +340,10 @@ class Switch:
         """Offloaded packets dropped because their headers could not be segmented."""
         self.gateway: Callable[[Port, bytes], None] | None = None
         """Takes frames from local ports for the gateway (see the module doc)."""
+        self.gateway_packet: Callable[[Port, bytes], bool] | None = None
+        """Offered an offloaded packet (virtio-net header + frame) from a local port for the
+        gateway's MAC before it is cut into frames for :attr:`gateway`; True: it took the
+        packet whole (the NAT forwarder's stack takes TCP super-frames as they are)."""
         self.gateway_mac = b"\xff" * 6  # no unicast frame matches until a gateway is set
         self.snoop: Callable[[bytes, Port | Peer], None] | None = None
         """Takes ARP and neighbour discovery frames (from local ports and peers) for the
@@ -640,9 +645,12 @@ class Switch:
             packet[VNET_HDR_LEN] & 1 or packet.startswith(self.gateway_mac, VNET_HDR_LEN)
         ):
             # The gateway reads standard frames: a TSO super-frame routed through it is cut
-            # into MTU-sized segments and a partial checksum completed first.
-            for frame in self._segment(packet) or ():
-                gateway(src, frame)
+            # into MTU-sized segments and a partial checksum completed first, unless
+            # gateway_packet takes it whole (the NAT forwarder's TCP, docs/nat.md).
+            take = self.gateway_packet
+            if take is None or packet[VNET_HDR_LEN] & 1 or not take(src, packet):
+                for frame in self._segment(packet) or ():
+                    gateway(src, frame)
             if not packet[VNET_HDR_LEN] & 1 and not _gateway_answer(packet, VNET_HDR_LEN):
                 if self._mirrors:
                     self._flood_packet(packet, src, self._mirrors)
@@ -681,6 +689,15 @@ class Switch:
             return
         for port in self._ports:
             port.deliver(frame)
+
+    def packet_from_gateway(self, packet: bytes, to: Port | None = None) -> None:
+        """An offloaded packet the gateway sends (the NAT forwarder's TSO super-segments):
+        as :meth:`from_gateway`, whole to ports that take offloads, cut into standard frames
+        for the others (once, however many ports get them)."""
+        if to is not None and packet.startswith(to.mac, VNET_HDR_LEN):
+            self._flood_packet(packet, None, (to, *self._mirrors) if self._mirrors else (to,))
+            return
+        self._flood_packet(packet, None, self._ports)
 
     def packet_from_peer(self, packet: bytes, peer: Peer | None = None) -> None:
         """An offloaded packet another node sent: as :meth:`from_peer` (the loop rule)."""
