@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 
 # iperf3/tinc: data-plane tests and bench; chromium: browser tests (Playwright drives Debian's
 # chromium, browsers cannot be downloaded); tshark: reads tok monitor's pcap files.
-debs=(iproute2 iputils-ping iperf3 tinc procps chromium tshark nodejs busybox isc-dhcp-client)
+# curl: the NAT lab reads /metrics inside a namespace; nftables: bench_nat.py's kernel-NAT baseline.
+debs=(iproute2 iputils-ping iperf3 tinc procps chromium tshark nodejs busybox isc-dhcp-client curl nftables)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     missing=()
     for p in "${debs[@]}"; do
