@@ -372,13 +372,19 @@ class Session:
         self._connecting.add(sock)
         self.counters["connects"] += 1
 
+    def _ours(self, ident: int, local: Endpoint) -> bool:
+        """A LISTEN/BIND address must be "any" or one of the session's (else EADDRNOTAVAIL,
+        as bind(2) says)."""
+        address = local.address
+        if address is None or address in self.iface.addresses:
+            return True
+        self._send(bus.Error(ident, errno.EADDRNOTAVAIL, f"{address} is not ours"))
+        return False
+
     def _on_listen(self, msg: bus.Listen, now: float) -> None:
-        if not self._new_id_ok(msg.id):
+        if not self._new_id_ok(msg.id) or not self._ours(msg.id, msg.local):
             return
         address = msg.local.address
-        if address is not None and address not in self.iface.addresses:
-            self._send(bus.Error(msg.id, errno.EADDRNOTAVAIL, f"{address} is not ours"))
-            return
         port = msg.local.port
         if port == 0:
             used = {p for (_ip, p) in self.tcp.listeners}
@@ -395,11 +401,7 @@ class Session:
         self._send(bus.Listening(msg.id, Endpoint(address, port)))
 
     def _on_bind(self, msg: bus.Bind, now: float) -> None:
-        if not self._new_id_ok(msg.id):
-            return
-        address = msg.local.address
-        if address is not None and address not in self.iface.addresses:
-            self._send(bus.Error(msg.id, errno.EADDRNOTAVAIL, f"{address} is not ours"))
+        if not self._new_id_ok(msg.id) or not self._ours(msg.id, msg.local):
             return
         try:
             sock = self.iface.udp_bind(msg.local.port)
