@@ -248,15 +248,5 @@ def test_fuzzed_ipv6_packets_never_raise_and_tables_stay_bounded(packets: list) 
         raw = Ipv6Repr(src, to, proto, body).emit()
         mac = bytes([2, 0, 0, 0, 0, 2 + i % 3])
         lab.gw.frame(lab.gw.mac + mac + b"\x86\xdd" + raw, lab.now)
-        lab.nat.poll(lab.now)
-        for action in lab.nat.actions():
-            if isinstance(action, OpenTcp | OpenUdp | OpenPing) and port % 3 == 0:
-                lab.nat.opened(action.flow, lab.now)
-            elif isinstance(action, OpenTcp) and port % 3 == 1:
-                lab.nat.failed(action.flow, "refused", lab.now)
-        lab.now += 0.3
-        assert len(lab.nat.flows) <= 6
-        assert all(n <= 4 for n in lab.nat._per_client.values())
-    lab.now += 3 * 3600
-    lab.nat.poll(lab.now)
-    assert not lab.nat.flows and lab.nat.status()["half_open"] == 0
+        lab.fuzz_host(port)
+    lab.fuzz_end()
