@@ -86,6 +86,21 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def _kernel_sends(host: Any, ip: str, port: int, seconds: float) -> None:
+    """The kernel side of an rx cell: a socket in ``host``'s namespace sends to the stack for
+    ``seconds``, half-closes and waits for the stack's close."""
+    sock = host.call(socket.create_connection, (ip, port), 10)
+    sock.settimeout(seconds * 20 + 30)
+    block = bytes(1 << 18)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        sock.sendall(block)
+    sock.shutdown(socket.SHUT_WR)
+    while sock.recv(1 << 16):
+        pass
+    sock.close()
+
+
 class AtenetEngine:
     """The stack behind a single-threaded TAP shell: what a mio session does, minus the bus.
 
@@ -401,16 +416,7 @@ class NodeEngine:
         self._send(f"rx {port}")
         json.loads(self._line(10))  # listening
         before = self._cpus()
-        sock = self.host.call(socket.create_connection, (self.stack_ip, port), 10)
-        sock.settimeout(seconds * 20 + 30)
-        block = bytes(1 << 18)
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < seconds:
-            sock.sendall(block)
-        sock.shutdown(socket.SHUT_WR)
-        while sock.recv(1 << 16):
-            pass
-        sock.close()
+        _kernel_sends(self.host, self.stack_ip, port, seconds)
         return self._charge(json.loads(self._line(seconds * 20 + 30)), before)
 
     def tx(self, port: int, seconds: float) -> dict[str, Any]:
@@ -514,16 +520,7 @@ class Engine:
         self.proc.stdin.write(f"rx {port}\n")
         self.proc.stdin.flush()
         json.loads(self._line(10))  # listening
-        sock = self.host.call(socket.create_connection, (self.stack_ip, port), 10)
-        sock.settimeout(seconds * 20 + 30)
-        block = bytes(1 << 18)
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < seconds:
-            sock.sendall(block)
-        sock.shutdown(socket.SHUT_WR)
-        while sock.recv(1 << 16):
-            pass
-        sock.close()
+        _kernel_sends(self.host, self.stack_ip, port, seconds)
         return json.loads(self._line(seconds * 20 + 30))
 
     def tx(self, port: int, seconds: float) -> dict[str, Any]:
