@@ -24,7 +24,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from atenet.errors import AtenetError
+from atenet.fast import FAST
 from atenet.overlay.replay import DEFAULT_SIZE, Freshness, ReplayWindow
+
+_Window = FAST.Window if FAST is not None else ReplayWindow
+"""Replay windows are the C ones when the fast path is built: it checks and marks them without
+calling back into Python (same API and semantics; tests/test_fast.py runs both side by side)."""
 
 __all__ = [
     "HEADER_LEN",
@@ -138,14 +143,17 @@ class PacketKey:
     packet.
     """
 
-    __slots__ = ("aead", "auth_key", "key_id")
+    __slots__ = ("aead", "auth_key", "fast", "key_id")
 
     def __init__(self, secret: bytes, key_id: int) -> None:
         _check_secret(secret)
         if not 0 <= key_id <= U32_MAX:
             raise ValueError(f"a key id is a u32, not {key_id}")
         self.key_id = key_id
-        self.aead = AESGCM(_hkdf(secret, INFO_AES))
+        aes_key = _hkdf(secret, INFO_AES)
+        self.aead = AESGCM(aes_key)
+        self.fast = FAST.Key(aes_key) if FAST is not None else None
+        """The same AES key set up for the compiled fast path (None: pure Python)."""
         # For HMAC-SHA256 wherever a MAC is needed outside the AEAD (e.g. a WebSocket hello).
         self.auth_key = _hkdf(secret, INFO_AUTH)
 
@@ -388,7 +396,7 @@ class Opener:
                 raise SealError("senders_full")
             for sid in stale:
                 del windows[sid]
-        window = windows[sender_id] = ReplayWindow(self.window_size)
+        window = windows[sender_id] = _Window(self.window_size)
         return window
 
     def forget(self, sender_id: int) -> None:

@@ -1,0 +1,124 @@
+/* atenet._fast — the optional compiled fast path (C, CPython API, OpenSSL libcrypto).
+ *
+ * Why: an idle ping crosses six Python process hops (tok → node → tok and back); each hop spent
+ * 120–200 µs of interpreted work when cold (bench/RESULTS.md), tinc ~12–70 µs of C. The functions
+ * here do a hop's common case — read, open or seal, forward, send — in one C call made from the
+ * existing event-loop callback, with the GIL held throughout (so they may read and write the
+ * Python objects the pure path uses: no second copy of any state to keep in step). Anything not
+ * common (a first packet from a sender, a control message, a fragment, a multicast frame, an
+ * error) is handed back to the pure Python path, which stays the reference and the default when
+ * this module is not built (see atenet/fast.py; ATENET_PURE=1 turns it off).
+ *
+ * Files: core.c (module, Key, Window, seal/open glue), tok.c (tok connect's hops), node.c (the
+ * node's hop). Every function below is called with the GIL held.
+ */
+#ifndef ATENET_FAST_H
+#define ATENET_FAST_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stddef.h>
+#include <openssl/evp.h>
+
+/* The packet format (overlay/seal.py, docs/protocol.md):
+ * network id (16) | version (1) | type (1) | key id (4, BE) | sender (4, BE) | counter (8, BE)
+ * | ciphertext | tag (16). The header is the AEAD's associated data; the nonce is its last
+ * 12 bytes. */
+#define AT_NETWORK_ID_LEN 16
+#define AT_HEADER_LEN 34
+#define AT_TAG_LEN 16
+#define AT_OVERHEAD 50
+#define AT_VERSION_AT 16
+#define AT_TYPE_AT 17
+#define AT_KEY_ID_AT 18
+#define AT_SENDER_AT 22
+#define AT_COUNTER_AT 26
+#define AT_NONCE_AT 22
+#define AT_VERSION 1
+#define AT_FRAME 1
+#define AT_SUPERFRAME 2
+#define AT_CONTROL 3
+#define AT_FRAGMENT 4
+#define AT_VNET_HDR_LEN 10
+#define AT_MAX_PACKET 65600 /* bigger than any datagram or TAP read */
+
+static inline uint32_t at_be32(const uint8_t *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+static inline uint64_t at_be64(const uint8_t *p) {
+    return ((uint64_t)at_be32(p) << 32) | at_be32(p + 4);
+}
+static inline void at_put_be32(uint8_t *p, uint32_t v) {
+    p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
+}
+static inline void at_put_be64(uint8_t *p, uint64_t v) {
+    at_put_be32(p, (uint32_t)(v >> 32)); at_put_be32(p + 4, (uint32_t)v);
+}
+
+/* ---- Key: one AES-256-GCM key, its contexts set up once (Python: atenet._fast.Key(key32)) ---- */
+typedef struct {
+    PyObject_HEAD
+    EVP_CIPHER_CTX *enc;
+    EVP_CIPHER_CTX *dec;
+} AtKey;
+extern PyTypeObject AtKey_Type;
+
+/* Seal: `out` gets hdr (34 bytes, copied) || ciphertext || tag; it must hold len + 50 bytes
+ * (`out` may not overlap `payload`). Returns 0, or -1 (OpenSSL failed; no Python error set). */
+int at_seal(AtKey *key, const uint8_t *hdr, const uint8_t *payload, size_t len, uint8_t *out);
+/* Open: `packet` (len >= 50) authenticated under `key` (nonce from its header bytes), its
+ * plaintext (len - 50 bytes) into `out`. Returns 0, or -1 when it does not authenticate. */
+int at_open(AtKey *key, const uint8_t *packet, size_t len, uint8_t *out);
+
+/* ---- Window: overlay/replay.py's ReplayWindow in C, same API and semantics ---- */
+typedef struct {
+    PyObject_HEAD
+    uint32_t size;     /* counters tracked at and below top */
+    uint32_t nwords;   /* ring of 64-bit words (RFC 6479), nwords * 64 >= size + 64 */
+    int empty;         /* nothing accepted yet (Python: top == -1) */
+    uint64_t top;
+    uint64_t *bits;
+} AtWindow;
+extern PyTypeObject AtWindow_Type;
+int at_window_check(AtWindow *w, uint64_t counter);  /* 1: fresh; 0: seen or too old */
+int at_window_update(AtWindow *w, uint64_t counter); /* 1: marked; 0: replay or too old */
+
+/* ---- Glue to the pure path's objects ---- */
+
+/* Seal `payload` as `ptype` with a Python overlay.seal.Sealer: takes its counter and moves it on
+ * by one, exactly as Sealer.seal does. `out` must hold len + 50 bytes. Returns 0, or -1 with a
+ * Python exception set (SealError("counter") after 2**64 packets, as the pure path). */
+int at_sealer_seal(PyObject *sealer, int ptype, const uint8_t *payload, size_t len, uint8_t *out);
+
+/* Open with a Python overlay.seal.Opener, when it holds a replay window for `sender_id` (the
+ * common case: the pure path made it on the sender's first packet). The plaintext goes into
+ * `out` (len - 50 bytes) and the window is updated, exactly as Opener.open does.
+ * Returns AT_OPEN_OK; AT_OPEN_SLOW when the opener has no window for this sender (nothing was
+ * touched: call the pure path); AT_OPEN_DROP with *reason set to the drop counter's name
+ * ("replay", "auth", "short"); or -1 with a Python exception set. */
+#define AT_OPEN_OK 0
+#define AT_OPEN_SLOW 1
+#define AT_OPEN_DROP 2
+int at_opener_open(PyObject *opener, const uint8_t *packet, size_t len, uint32_t sender_id,
+                   uint64_t counter, uint8_t *out, const char **reason);
+
+/* counter[name] += n on a dict (a collections.Counter works: it is a dict). 0 or -1. */
+int at_count(PyObject *counter, const char *name, long n);
+
+/* Interned attribute names and constants shared by the files; set up in module init. */
+typedef struct {
+    PyObject *s_counter;   /* "_counter" */
+    PyObject *s_prefixes;  /* "_prefixes" */
+    PyObject *s_key;       /* "key" */
+    PyObject *s_fast;      /* "fast" */
+    PyObject *s_windows;   /* "_windows" */
+    PyObject *seal_error;  /* atenet.overlay.seal.SealError, looked up lazily */
+} AtNames;
+extern AtNames at_names;
+
+/* The method tables of tok.c and node.c, joined into the module's in core.c. */
+extern PyMethodDef at_tok_methods[];
+extern PyMethodDef at_node_methods[];
+
+#endif
