@@ -16,6 +16,7 @@ setup(
                 "csrc/fast/core.c",
                 "csrc/fast/tok.c",
                 "csrc/fast/node.c",
+                "csrc/fast/frag.c",
             ],
             depends=["csrc/fast/fast.h"],
             libraries=["crypto"],

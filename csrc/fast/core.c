@@ -611,7 +611,8 @@ PyMODINIT_FUNC PyInit__fast(void) {
     Py_INCREF(&AtWindow_Type);
     if (PyModule_AddObject(m, "Key", (PyObject *)&AtKey_Type) < 0 ||
         PyModule_AddObject(m, "Window", (PyObject *)&AtWindow_Type) < 0 ||
-        add_methods(m, at_tok_methods) < 0 || add_methods(m, at_node_methods) < 0) {
+        add_methods(m, at_tok_methods) < 0 || add_methods(m, at_node_methods) < 0 ||
+        add_methods(m, at_frag_methods) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -10,7 +10,7 @@
  * this module is not built (see atenet/fast.py; ATENET_PURE=1 turns it off).
  *
  * Files: core.c (module, Key, Window, seal/open glue), tok.c (tok connect's hops), node.c (the
- * node's hop). Every function below is called with the GIL held.
+ * node's hop), frag.c (overlay fragments). Every function below is called with the GIL held.
  */
 #ifndef ATENET_FAST_H
 #define ATENET_FAST_H
@@ -117,8 +117,9 @@ typedef struct {
 } AtNames;
 extern AtNames at_names;
 
-/* The method tables of tok.c and node.c, joined into the module's in core.c. */
+/* The method tables of tok.c, node.c and frag.c, joined into the module's in core.c. */
 extern PyMethodDef at_tok_methods[];
 extern PyMethodDef at_node_methods[];
+extern PyMethodDef at_frag_methods[];
 
 #endif
