@@ -194,12 +194,23 @@ class AtenetTarget(OwnedTarget):
     """The nodes to start, in order."""
     client_nodes: tuple[tuple[str, str], ...] = (("a", "n1"), ("b", "n1"))
     """(client, the node its token names); the first is the iperf3 client, the second the server."""
+    pure = False
+    """Run every process with ``ATENET_PURE=1`` (pure Python, no compiled fast path), so one run
+    compares both data paths side by side (docs/fastpath.md)."""
 
     def setup(self, lab: Lab) -> tuple[Host, Host, str]:
         from tests.support.overlay import Overlay  # imports the atenet package: only when used
 
         self._tmp = tempfile.TemporaryDirectory(prefix="atnbench-atenet-")
-        overlay = Overlay(lab, Path(self._tmp.name))
+        saved = os.environ.get("ATENET_PURE")
+        os.environ["ATENET_PURE"] = "1" if self.pure else "0"  # the Overlay copies os.environ
+        try:
+            overlay = Overlay(lab, Path(self._tmp.name))
+        finally:
+            if saved is None:
+                os.environ.pop("ATENET_PURE", None)
+            else:
+                os.environ["ATENET_PURE"] = saved
         for name in self.node_names:
             node = overlay.add_node(name)
             assert node.proc is not None
@@ -237,12 +248,26 @@ class Atenet2NodeTarget(AtenetTarget):
     client_nodes = (("a", "n1"), ("b", "n2"))
 
 
+class Atenet1NodePureTarget(Atenet1NodeTarget):
+    name = "atenet-1node-pure"
+    description = "atenet-1node with ATENET_PURE=1: the pure Python data path, no fast path"
+    pure = True
+
+
+class Atenet2NodePureTarget(Atenet2NodeTarget):
+    name = "atenet-2node-pure"
+    description = "atenet-2node with ATENET_PURE=1: the pure Python data path, no fast path"
+    pure = True
+
+
 TARGETS: dict[str, type[Target]] = {
     VethTarget.name: VethTarget,
     TincTarget.name: TincTarget,
     PyRelayTarget.name: PyRelayTarget,
     Atenet1NodeTarget.name: Atenet1NodeTarget,
     Atenet2NodeTarget.name: Atenet2NodeTarget,
+    Atenet1NodePureTarget.name: Atenet1NodePureTarget,
+    Atenet2NodePureTarget.name: Atenet2NodePureTarget,
 }
 """Registry: ``--targets`` picks from these, in this order."""
 
