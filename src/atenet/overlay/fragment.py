@@ -112,10 +112,10 @@ def fragment(packet: bytes | bytearray) -> bytes:
 
 fragment_py = fragment
 """The pure-Python :func:`fragment`: the reference the compiled one is tested against."""
-if FAST is not None:
+if getattr(FAST, "fragment", None) is not None:  # (an extension built before frag.c: pure)
     # The same bytes in one C pass (csrc/fast/frag.c; tests/test_fast_frag.py compares them):
     # the list of 88 scatter entries above cost more than the 63 KB copy.
-    fragment = FAST.fragment
+    fragment = FAST.fragment  # type: ignore[union-attr]
 
 
 class Reassembler:
@@ -223,4 +223,5 @@ class Reassembler:
         return len(self._pending)
 
 
-_reassemble = None if FAST is None else FAST.reassemble
+_reassemble = getattr(FAST, "reassemble", None)
+"""The compiled :meth:`Reassembler.feed` (csrc/fast/frag.c), or None: the pure one."""
