@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import struct
 
+from atenet.fast import FAST
 from atenet.overlay.seal import HEADER_LEN, NETWORK_ID_LEN, OVERHEAD, TYPE_FRAGMENT, VERSION
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "Reassembler",
     "fragment",
     "fragment_parts",
+    "fragment_py",
     "is_fragment",
 ]
 
@@ -108,6 +110,14 @@ def fragment(packet: bytes | bytearray) -> bytes:
     return b"".join(fragment_parts(packet))
 
 
+fragment_py = fragment
+"""The pure-Python :func:`fragment`: the reference the compiled one is tested against."""
+if getattr(FAST, "fragment", None) is not None:  # (an extension built before frag.c: pure)
+    # The same bytes in one C pass (csrc/fast/frag.c; tests/test_fast_frag.py compares them):
+    # the list of 88 scatter entries above cost more than the 63 KB copy.
+    fragment = FAST.fragment  # type: ignore[union-attr]
+
+
 class Reassembler:
     """Puts fragments back together into sealed packets; bounded, stateless beyond that.
 
@@ -128,7 +138,18 @@ class Reassembler:
         """Fragments refused as malformed or inconsistent, and packets forgotten incomplete."""
 
     def feed(self, data: bytes, segment: int, addr: object) -> list[bytes]:
-        """The whole datagrams in ``data``: packets passed through, fragments reassembled."""
+        """The whole datagrams in ``data``: packets passed through, fragments reassembled.
+
+        With the fast path on, this is ``_fast.reassemble`` (the same packets out: a whole run
+        joined in C, every other fragment handed to :meth:`_add`); :meth:`feed_py` is the pure
+        reference either way.
+        """
+        if _reassemble is not None:
+            return _reassemble(self, data, segment, addr)  # type: ignore[no-any-return]
+        return self.feed_py(data, segment, addr)
+
+    def feed_py(self, data: bytes, segment: int, addr: object) -> list[bytes]:
+        """:meth:`feed` in pure Python."""
         if not segment or segment >= len(data):
             if not is_fragment(data):
                 return [data]
@@ -148,10 +169,12 @@ class Reassembler:
             last = at + (count - 1) * segment
             if index == 0 and count > 1 and last < end:
                 tail = view[last : last + segment]
+                # is_fragment first: it makes sure tail[PREFIX_LEN - 2] exists (a run may end
+                # in a datagram of any length; 30 bytes used to raise IndexError here).
                 if (
-                    tail[_KEY_AT : PREFIX_LEN - 2] == piece[_KEY_AT : PREFIX_LEN - 2]
+                    is_fragment(tail)
                     and tail[PREFIX_LEN - 2] == count - 1
-                    and is_fragment(tail)
+                    and tail[_KEY_AT : PREFIX_LEN - 2] == piece[_KEY_AT : PREFIX_LEN - 2]
                 ):
                     # A whole packet in one run: a mix-up in between fails authentication later.
                     if at == 0 and segment == FRAGMENT_SIZE:
@@ -171,6 +194,9 @@ class Reassembler:
         return out
 
     def _add(self, piece: memoryview, addr: object) -> bytes | None:
+        """Keep one fragment that came apart from the rest of its packet; the packet once whole.
+
+        The only place the pending table grows and ``dropped`` counts (the C path calls it too)."""
         index, count = _INDEX.unpack_from(piece, PREFIX_LEN - 2)
         if count < 2 or index >= count:
             self.dropped += 1
@@ -195,3 +221,7 @@ class Reassembler:
     def __len__(self) -> int:
         """Packets waiting for fragments."""
         return len(self._pending)
+
+
+_reassemble = getattr(FAST, "reassemble", None)
+"""The compiled :meth:`Reassembler.feed` (csrc/fast/frag.c), or None: the pure one."""
