@@ -20,7 +20,7 @@ setup(
             ],
             depends=["csrc/fast/fast.h"],
             libraries=["crypto"],
-            extra_compile_args=["-O2", "-Wall", "-Wno-missing-field-initializers"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
             optional=True,
         )
     ]

@@ -49,38 +49,47 @@ done:
 int at_seal(AtKey *key, const uint8_t *hdr, const uint8_t *payload, size_t len, uint8_t *out) {
     EVP_CIPHER_CTX *ctx = key->enc;
     int n = 0;
-    if (len > INT32_MAX) return -1;
+    if (ctx == NULL || len > INT32_MAX) return -1;
     if (out != hdr) memcpy(out, hdr, AT_HEADER_LEN);
-    if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, hdr + AT_NONCE_AT) != 1) return -1;
-    if (EVP_EncryptUpdate(ctx, NULL, &n, hdr, AT_HEADER_LEN) != 1) return -1;
-    if (len && EVP_EncryptUpdate(ctx, out + AT_HEADER_LEN, &n, payload, (int)len) != 1) return -1;
-    if (EVP_EncryptFinal_ex(ctx, out + AT_HEADER_LEN + len, &n) != 1) return -1;
-    if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, AT_TAG_LEN, out + AT_HEADER_LEN + len) != 1)
+    if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, hdr + AT_NONCE_AT) != 1 ||
+        EVP_EncryptUpdate(ctx, NULL, &n, hdr, AT_HEADER_LEN) != 1 ||
+        (len && EVP_EncryptUpdate(ctx, out + AT_HEADER_LEN, &n, payload, (int)len) != 1) ||
+        EVP_EncryptFinal_ex(ctx, out + AT_HEADER_LEN + len, &n) != 1 ||
+        EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, AT_TAG_LEN, out + AT_HEADER_LEN + len) != 1) {
+        ERR_clear_error(); /* leave no stale error in OpenSSL's queue for the next caller */
         return -1;
+    }
     return 0;
 }
 
 int at_open(AtKey *key, const uint8_t *packet, size_t len, uint8_t *out) {
     EVP_CIPHER_CTX *ctx = key->dec;
     int n = 0;
-    if (len < AT_OVERHEAD || len > INT32_MAX) return -1;
+    if (ctx == NULL || len < AT_OVERHEAD || len > INT32_MAX) return -1;
     size_t clen = len - AT_OVERHEAD;
-    if (EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, packet + AT_NONCE_AT) != 1) return -1;
-    if (EVP_DecryptUpdate(ctx, NULL, &n, packet, AT_HEADER_LEN) != 1) return -1;
-    if (clen && EVP_DecryptUpdate(ctx, out, &n, packet + AT_HEADER_LEN, (int)clen) != 1) return -1;
-    if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, AT_TAG_LEN,
-                            (void *)(packet + len - AT_TAG_LEN)) != 1)
-        return -1;
-    if (EVP_DecryptFinal_ex(ctx, out + clen, &n) != 1) {
+    if (EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, packet + AT_NONCE_AT) != 1 ||
+        EVP_DecryptUpdate(ctx, NULL, &n, packet, AT_HEADER_LEN) != 1 ||
+        (clen && EVP_DecryptUpdate(ctx, out, &n, packet + AT_HEADER_LEN, (int)clen) != 1) ||
+        EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, AT_TAG_LEN,
+                            (void *)(packet + len - AT_TAG_LEN)) != 1 ||
+        EVP_DecryptFinal_ex(ctx, out + clen, &n) != 1) {
         ERR_clear_error();
         return -1;
     }
     return 0;
 }
 
+/* Key.__new__ without __init__ leaves no contexts: refuse to use it rather than crash. */
+static int key_ready(AtKey *self) {
+    if (self->enc != NULL && self->dec != NULL) return 1;
+    PyErr_SetString(PyExc_ValueError, "this Key was never initialised with a 32-byte key");
+    return 0;
+}
+
 static PyObject *key_seal(AtKey *self, PyObject *args) {
     /* seal(header34, payload) -> header || ciphertext || tag (for tests and the pure path). */
     Py_buffer hdr, payload;
+    if (!key_ready(self)) return NULL;
     if (!PyArg_ParseTuple(args, "y*y*", &hdr, &payload)) return NULL;
     PyObject *result = NULL;
     if (hdr.len != AT_HEADER_LEN) {
@@ -102,6 +111,7 @@ done:
 static PyObject *key_open(AtKey *self, PyObject *args) {
     /* open(packet) -> plaintext, or None when it does not authenticate. */
     Py_buffer packet;
+    if (!key_ready(self)) return NULL;
     if (!PyArg_ParseTuple(args, "y*", &packet)) return NULL;
     PyObject *result = NULL;
     if (packet.len < AT_OVERHEAD) {
@@ -128,7 +138,7 @@ static PyMethodDef key_methods[] = {
      "open(packet) -> plaintext, or None when it does not authenticate"},
     {NULL}};
 
-static PyObject *key_repr(PyObject *self) { return PyUnicode_FromString("Key(<AES-256-GCM>)"); }
+static PyObject *key_repr(PyObject *Py_UNUSED(self)) { return PyUnicode_FromString("Key(<AES-256-GCM>)"); }
 
 PyTypeObject AtKey_Type = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "atenet._fast.Key",
@@ -145,7 +155,10 @@ PyTypeObject AtKey_Type = {
 /* ---------------------------------------------------------------------------- Window */
 
 /* Ring layout (RFC 6479): bit (c mod (nwords*64)) of the ring marks counter c, for c in
- * (top - size, top]. Advancing clears the words between the old top's word and the new one. */
+ * (top - size, top]. The ring holds at least size + 64 bits, so the counters of one window never
+ * share a bit. Advancing clears the bits of the counters passed over, a word at a time; nothing
+ * here computes a counter above top + 1 or below 0, so no u64 arithmetic wraps (a counter of
+ * 2**64 - 1 is an ordinary top). */
 
 static void window_dealloc(AtWindow *self) {
     PyMem_Free(self->bits);
@@ -179,13 +192,42 @@ static int window_init(AtWindow *self, PyObject *args, PyObject *kwds) {
     return 0;
 }
 
-static inline int bit_get(AtWindow *w, uint64_t c) {
-    uint64_t i = c % ((uint64_t)w->nwords * 64);
+/* Window.__new__ without __init__ has no ring (a modulo by zero if used): refuse it. */
+static int window_ready(AtWindow *self) {
+    if (self->bits != NULL) return 1;
+    PyErr_SetString(PyExc_ValueError, "this Window was never initialised");
+    return 0;
+}
+
+static inline uint64_t ring_bits(const AtWindow *w) { return (uint64_t)w->nwords * 64; }
+
+static inline int bit_get(const AtWindow *w, uint64_t c) {
+    uint64_t i = c % ring_bits(w);
     return (w->bits[i >> 6] >> (i & 63)) & 1;
 }
 static inline void bit_set(AtWindow *w, uint64_t c) {
-    uint64_t i = c % ((uint64_t)w->nwords * 64);
+    uint64_t i = c % ring_bits(w);
     w->bits[i >> 6] |= (uint64_t)1 << (i & 63);
+}
+
+/* Set (value 1) or clear (0) the bits of `count` consecutive counters from `first` (count is
+ * below ring_bits, so each bit is touched once), a word at a time. */
+static void ring_fill(AtWindow *w, uint64_t first, uint64_t count, int value) {
+    uint64_t ring = ring_bits(w);
+    uint64_t pos = first % ring;
+    while (count > 0) {
+        uint64_t bit = pos & 63;
+        uint64_t take = 64 - bit; /* ring is a multiple of 64: a word never straddles its end */
+        if (take > count) take = count;
+        uint64_t mask = (take == 64 ? ~(uint64_t)0 : (((uint64_t)1 << take) - 1)) << bit;
+        if (value)
+            w->bits[pos >> 6] |= mask;
+        else
+            w->bits[pos >> 6] &= ~mask;
+        count -= take;
+        pos += take;
+        if (pos == ring) pos = 0;
+    }
 }
 
 int at_window_check(AtWindow *w, uint64_t counter) {
@@ -195,33 +237,12 @@ int at_window_check(AtWindow *w, uint64_t counter) {
     return !bit_get(w, counter);
 }
 
-/* Mark every counter in (top - size, top] as seen (start) — only those the window holds. */
-static void window_fill(AtWindow *w) {
-    memset(w->bits, 0, (size_t)w->nwords * sizeof(uint64_t));
-    uint64_t n = w->size;
-    if (!w->empty && w->top + 1 < n) n = w->top + 1; /* counters below 0 do not exist */
-    for (uint64_t d = 0; d < n; d++) bit_set(w, w->top - d);
-}
-
 int at_window_update(AtWindow *w, uint64_t counter) {
     if (w->empty || counter > w->top) {
-        uint64_t ringbits = (uint64_t)w->nwords * 64;
-        if (w->empty || counter - w->top >= ringbits) {
+        if (w->empty || counter - w->top >= ring_bits(w))
             memset(w->bits, 0, (size_t)w->nwords * sizeof(uint64_t));
-        } else {
-            /* Clear the bits of counters (top, counter]: they are new. */
-            uint64_t from = w->top + 1;
-            while (from <= counter) {
-                uint64_t i = from % ringbits;
-                if ((i & 63) == 0 && counter - from >= 63) {
-                    w->bits[i >> 6] = 0;
-                    from += 64;
-                } else {
-                    w->bits[i >> 6] &= ~((uint64_t)1 << (i & 63));
-                    from += 1;
-                }
-            }
-        }
+        else /* the counters (top, counter] are new: clear their bits (top < counter here) */
+            ring_fill(w, w->top + 1, counter - w->top, 0);
         w->empty = 0;
         w->top = counter;
         bit_set(w, counter);
@@ -234,21 +255,33 @@ int at_window_update(AtWindow *w, uint64_t counter) {
     return 1;
 }
 
+/* start(counter): top = counter and every counter in (top - size, top] seen — only those that
+ * exist (near 0 the window reaches below the first counter; those bits stay clear). */
+static void window_start_at(AtWindow *w, uint64_t counter) {
+    memset(w->bits, 0, (size_t)w->nwords * sizeof(uint64_t));
+    uint64_t n = w->size;
+    if (counter < n - 1) n = counter + 1; /* counter + 1 cannot wrap: counter < size - 1 */
+    w->empty = 0;
+    w->top = counter;
+    ring_fill(w, counter - (n - 1), n, 1);
+}
+
 static int parse_counter(PyObject *arg, uint64_t *out) {
-    /* Counters are u64; a negative or larger int is never in the window. */
+    /* Counters are u64: 0 and *out set, 1 for a negative int, 2 for one above 2**64 - 1. */
     int overflow = 0;
     long long v = PyLong_AsLongLongAndOverflow(arg, &overflow);
     if (v == -1 && PyErr_Occurred()) return -1;
     if (overflow == 0) {
-        if (v < 0) return 1; /* below every counter */
+        if (v < 0) return 1;
         *out = (uint64_t)v;
         return 0;
     }
     if (overflow < 0) return 1;
     unsigned long long u = PyLong_AsUnsignedLongLong(arg);
     if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return -1;
         PyErr_Clear();
-        return 2; /* above every u64 */
+        return 2;
     }
     *out = (uint64_t)u;
     return 0;
@@ -256,15 +289,17 @@ static int parse_counter(PyObject *arg, uint64_t *out) {
 
 static PyObject *window_check(AtWindow *self, PyObject *arg) {
     uint64_t c = 0;
+    if (!window_ready(self)) return NULL;
     int r = parse_counter(arg, &c);
     if (r < 0) return NULL;
-    if (r == 1) return PyBool_FromLong(self->empty);
-    if (r == 2) return PyBool_FromLong(1);
+    if (r == 1) return PyBool_FromLong(self->empty); /* below every counter: too old */
+    if (r == 2) return PyBool_FromLong(1);           /* above every counter: ahead */
     return PyBool_FromLong(at_window_check(self, c));
 }
 
 static PyObject *window_update(AtWindow *self, PyObject *arg) {
     uint64_t c = 0;
+    if (!window_ready(self)) return NULL;
     int r = parse_counter(arg, &c);
     if (r < 0) return NULL;
     if (r != 0) {
@@ -276,30 +311,29 @@ static PyObject *window_update(AtWindow *self, PyObject *arg) {
 
 static PyObject *window_start(AtWindow *self, PyObject *arg) {
     uint64_t c = 0;
+    if (!window_ready(self)) return NULL;
     int r = parse_counter(arg, &c);
     if (r < 0) return NULL;
     if (r != 0) {
         PyErr_SetString(PyExc_ValueError, "a counter is a u64");
         return NULL;
     }
-    self->empty = 0;
-    self->top = c;
-    window_fill(self);
+    window_start_at(self, c);
     Py_RETURN_NONE;
 }
 
-static PyObject *window_get_top(AtWindow *self, void *closure) {
+static PyObject *window_get_top(AtWindow *self, void *Py_UNUSED(closure)) {
     if (self->empty) return PyLong_FromLong(-1);
     return PyLong_FromUnsignedLongLong(self->top);
 }
 
-static PyObject *window_get_size(AtWindow *self, void *closure) {
+static PyObject *window_get_size(AtWindow *self, void *Py_UNUSED(closure)) {
     return PyLong_FromUnsignedLong(self->size);
 }
 
 static PyObject *window_repr(AtWindow *self) {
     long marked = 0;
-    if (!self->empty) {
+    if (!self->empty && self->bits != NULL) {
         uint64_t n = self->size;
         if (self->top + 1 < n) n = self->top + 1;
         for (uint64_t d = 0; d < n; d++) marked += bit_get(self, self->top - d);
@@ -352,7 +386,7 @@ static PyObject *seal_error(void) {
 }
 
 static AtKey *fast_key(PyObject *holder) {
-    /* holder.key.fast, borrowed semantics via a new reference the caller drops. */
+    /* holder.key.fast as a new reference (the caller drops it), checked to be a ready Key. */
     PyObject *key = PyObject_GetAttr(holder, at_names.s_key);
     if (key == NULL) return NULL;
     PyObject *fast = PyObject_GetAttr(key, at_names.s_fast);
@@ -363,96 +397,125 @@ static AtKey *fast_key(PyObject *holder) {
         PyErr_SetString(PyExc_TypeError, "key.fast is not an atenet._fast.Key");
         return NULL;
     }
+    if (!key_ready((AtKey *)fast)) {
+        Py_DECREF(fast);
+        return NULL;
+    }
     return (AtKey *)fast;
 }
 
-int at_sealer_seal(PyObject *sealer, int ptype, const uint8_t *payload, size_t len, uint8_t *out) {
-    int rc = -1;
-    PyObject *counter_obj = NULL, *prefixes = NULL, *prefix = NULL, *ptype_obj = NULL;
-    PyObject *next = NULL;
-    AtKey *key = NULL;
-    counter_obj = PyObject_GetAttr(sealer, at_names.s_counter);
-    if (counter_obj == NULL) goto done;
-    unsigned long long counter = PyLong_AsUnsignedLongLong(counter_obj);
-    if (counter == (unsigned long long)-1 && PyErr_Occurred()) {
-        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) goto done;
+static void raise_counter_exhausted(void) {
+    /* SealError("counter", ...) exactly as Sealer.seal raises it. */
+    PyObject *err = seal_error();
+    if (err == NULL) return;
+    PyObject *exc = PyObject_CallFunction(err, "ss", "counter",
+                                          "packet counter exhausted: start a new sender session");
+    if (exc != NULL) {
+        PyErr_SetObject(err, exc);
+        Py_DECREF(exc);
+    }
+}
+
+/* An int attribute of `obj` as a u64 no greater than `max`: 0; 1 when it is out of range
+ * (negative or above max: no Python error set); -1 with a Python error (not an int). */
+static int attr_u64(PyObject *obj, PyObject *name, uint64_t max, uint64_t *out) {
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL) return -1;
+    if (!PyLong_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "%U is not an int", name);
+        Py_DECREF(v);
+        return -1;
+    }
+    unsigned long long u = PyLong_AsUnsignedLongLong(v); /* OverflowError: negative or > u64 */
+    Py_DECREF(v);
+    if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return -1;
         PyErr_Clear();
-        PyObject *err = seal_error();
-        if (err == NULL) goto done;
-        PyObject *exc = PyObject_CallFunction(
-            err, "ss", "counter", "packet counter exhausted: start a new sender session");
-        if (exc != NULL) {
-            PyErr_SetObject(err, exc);
-            Py_DECREF(exc);
-        }
-        goto done;
+        return 1;
     }
-    prefixes = PyObject_GetAttr(sealer, at_names.s_prefixes);
-    if (prefixes == NULL) goto done;
-    ptype_obj = PyLong_FromLong(ptype);
-    if (ptype_obj == NULL) goto done;
-    prefix = PyDict_GetItemWithError(prefixes, ptype_obj); /* borrowed */
-    if (prefix == NULL) {
-        if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "unknown packet type %d", ptype);
-        goto done;
+    if (u > max) return 1;
+    *out = u;
+    return 0;
+}
+
+int at_sealer_seal(PyObject *sealer, int ptype, const uint8_t *payload, size_t len, uint8_t *out) {
+    /* Same checks in the same order as Sealer.seal: the header fields pack (counter and sender
+     * are a u64 and a u32, else SealError("counter")), then the type is known (ValueError);
+     * the counter moves on before encrypting, as there. */
+    uint64_t counter = 0, sender = 0;
+    int r = attr_u64(sealer, at_names.s_counter, UINT64_MAX, &counter);
+    if (r == 0) r = attr_u64(sealer, at_names.s_sender_id, UINT32_MAX, &sender);
+    if (r < 0) return -1;
+    if (r > 0) {
+        raise_counter_exhausted();
+        return -1;
     }
-    if (!PyBytes_Check(prefix) || PyBytes_GET_SIZE(prefix) != AT_NONCE_AT) {
-        PyErr_SetString(PyExc_TypeError, "a sealer prefix is 22 bytes");
-        goto done;
+    PyObject *prefixes = PyObject_GetAttr(sealer, at_names.s_prefixes);
+    if (prefixes == NULL) return -1;
+    if (!PyDict_Check(prefixes)) {
+        Py_DECREF(prefixes);
+        PyErr_SetString(PyExc_TypeError, "Sealer._prefixes is not a dict");
+        return -1;
     }
-    key = fast_key(sealer);
-    if (key == NULL) goto done;
-    /* sender id: the 4 bytes after the prefix are the sender, kept in the Sealer as an int. */
-    PyObject *sender_obj = PyObject_GetAttrString(sealer, "sender_id");
-    if (sender_obj == NULL) goto done;
-    unsigned long sender = PyLong_AsUnsignedLong(sender_obj);
-    Py_DECREF(sender_obj);
-    if (sender == (unsigned long)-1 && PyErr_Occurred()) goto done;
-    next = PyLong_FromUnsignedLongLong(counter + 1ULL);
-    if (counter == UINT64_MAX) {
-        /* The pure path refuses the packet after the last counter too (struct.error). */
-        Py_CLEAR(next);
-        next = PyLong_FromUnsignedLongLong(counter);
-        (void)next;
-    }
-    if (next == NULL) goto done;
     uint8_t hdr[AT_HEADER_LEN];
+    PyObject *prefix = NULL;
+    if (ptype >= 0 && ptype <= 255) {
+        PyObject *ptype_obj = PyLong_FromLong(ptype); /* a cached small int: no allocation */
+        if (ptype_obj == NULL) {
+            Py_DECREF(prefixes);
+            return -1;
+        }
+        prefix = PyDict_GetItemWithError(prefixes, ptype_obj); /* borrowed */
+        Py_DECREF(ptype_obj);
+    }
+    if (prefix == NULL || !PyBytes_Check(prefix) || PyBytes_GET_SIZE(prefix) != AT_NONCE_AT) {
+        if (!PyErr_Occurred()) {
+            if (prefix == NULL)
+                PyErr_Format(PyExc_ValueError, "unknown packet type %d", ptype);
+            else
+                PyErr_SetString(PyExc_TypeError, "a sealer prefix is 22 bytes");
+        }
+        Py_DECREF(prefixes);
+        return -1;
+    }
     memcpy(hdr, PyBytes_AS_STRING(prefix), AT_NONCE_AT);
+    Py_DECREF(prefixes); /* prefix was borrowed from it: not used below */
     at_put_be32(hdr + AT_SENDER_AT, (uint32_t)sender);
     at_put_be64(hdr + AT_COUNTER_AT, counter);
+    AtKey *key = fast_key(sealer);
+    if (key == NULL) return -1;
+    /* counter + 1 (2**64 after the last one: the next seal then refuses, as the pure path). */
+    PyObject *next;
+    if (counter < UINT64_MAX) {
+        next = PyLong_FromUnsignedLongLong(counter + 1);
+    } else {
+        PyObject *last = PyLong_FromUnsignedLongLong(counter), *one = PyLong_FromLong(1);
+        next = last && one ? PyNumber_Add(last, one) : NULL;
+        Py_XDECREF(last);
+        Py_XDECREF(one);
+    }
+    int rc = -1;
+    if (next == NULL) goto done;
+    int set = PyObject_SetAttr(sealer, at_names.s_counter, next);
+    Py_DECREF(next);
+    if (set < 0) goto done;
     if (at_seal(key, hdr, payload, len, out)) {
         PyErr_SetString(PyExc_RuntimeError, "AES-GCM seal failed");
         goto done;
     }
-    {
-        /* counter + 1 as a Python int (it may pass 2**64 - 1: the next seal refuses then). */
-        PyObject *one = PyLong_FromLong(1);
-        PyObject *incremented = one ? PyNumber_Add(counter_obj, one) : NULL;
-        Py_XDECREF(one);
-        if (incremented == NULL) goto done;
-        int set = PyObject_SetAttr(sealer, at_names.s_counter, incremented);
-        Py_DECREF(incremented);
-        if (set < 0) goto done;
-    }
     rc = 0;
 done:
-    Py_XDECREF(counter_obj);
-    Py_XDECREF(prefixes);
-    Py_XDECREF(ptype_obj);
-    Py_XDECREF(next);
-    Py_XDECREF((PyObject *)key);
+    Py_DECREF((PyObject *)key);
     return rc;
 }
 
 int at_opener_open(PyObject *opener, const uint8_t *packet, size_t len, uint32_t sender_id,
                    uint64_t counter, uint8_t *out, const char **reason) {
+    /* Opener.open's checks in its order, for a sender with a C window: replay (before any AES
+     * time), short, auth, then replay again when marking. */
     int rc = -1;
-    PyObject *windows = NULL, *sender_obj = NULL;
+    PyObject *windows = NULL, *sender_obj = NULL, *window = NULL;
     AtKey *key = NULL;
-    if (len < AT_OVERHEAD) {
-        *reason = "short";
-        return AT_OPEN_DROP;
-    }
     windows = PyObject_GetAttr(opener, at_names.s_windows);
     if (windows == NULL) goto done;
     if (!PyDict_Check(windows)) {
@@ -461,41 +524,44 @@ int at_opener_open(PyObject *opener, const uint8_t *packet, size_t len, uint32_t
     }
     sender_obj = PyLong_FromUnsignedLong(sender_id);
     if (sender_obj == NULL) goto done;
-    PyObject *window = PyDict_GetItemWithError(windows, sender_obj); /* borrowed */
+    window = PyDict_GetItemWithError(windows, sender_obj);
     if (window == NULL) {
         rc = PyErr_Occurred() ? -1 : AT_OPEN_SLOW;
         goto done;
     }
-    if (!PyObject_TypeCheck(window, &AtWindow_Type)) {
+    if (!PyObject_TypeCheck(window, &AtWindow_Type) || ((AtWindow *)window)->bits == NULL) {
+        window = NULL;
         rc = AT_OPEN_SLOW; /* a pure-Python window: the pure path owns it */
         goto done;
     }
+    Py_INCREF(window); /* held across the attribute lookups below, which run Python code */
     AtWindow *w = (AtWindow *)window;
+    *reason = "replay";
     if (!at_window_check(w, counter)) {
-        *reason = "replay";
+        rc = AT_OPEN_DROP;
+        goto done;
+    }
+    *reason = "short";
+    if (len < AT_OVERHEAD) {
         rc = AT_OPEN_DROP;
         goto done;
     }
     key = fast_key(opener);
     if (key == NULL) goto done;
-    /* The nonce is the header's own bytes; the caller parsed sender and counter from them. */
-    if (at_be32(packet + AT_SENDER_AT) != sender_id || at_be64(packet + AT_COUNTER_AT) != counter) {
-        *reason = "auth";
+    /* The pure path builds the nonce from sender_id and counter; here it is the header's own
+     * bytes, so those must be the same or the packet would open under a nonce it does not name
+     * (with them different the pure path fails auth too). */
+    *reason = "auth";
+    if (at_be32(packet + AT_SENDER_AT) != sender_id || at_be64(packet + AT_COUNTER_AT) != counter ||
+        at_open(key, packet, len, out)) {
         rc = AT_OPEN_DROP;
         goto done;
     }
-    if (at_open(key, packet, len, out)) {
-        *reason = "auth";
-        rc = AT_OPEN_DROP;
-        goto done;
-    }
-    if (!at_window_update(w, counter)) {
-        *reason = "replay";
-        rc = AT_OPEN_DROP;
-        goto done;
-    }
-    rc = AT_OPEN_OK;
+    *reason = "replay";
+    rc = at_window_update(w, counter) ? AT_OPEN_OK : AT_OPEN_DROP;
 done:
+    if (rc != AT_OPEN_DROP) *reason = NULL;
+    Py_XDECREF(window);
     Py_XDECREF(windows);
     Py_XDECREF(sender_obj);
     Py_XDECREF((PyObject *)key);
@@ -527,7 +593,7 @@ int at_count(PyObject *counter, const char *name, long n) {
 
 /* Python-visible glue, for tests and for the pure path's Sealer/Opener to use directly. */
 
-static PyObject *py_sealer_seal(PyObject *module, PyObject *args) {
+static PyObject *py_sealer_seal(PyObject *Py_UNUSED(module), PyObject *args) {
     PyObject *sealer;
     Py_buffer payload;
     int ptype = AT_FRAME;
@@ -541,16 +607,25 @@ static PyObject *py_sealer_seal(PyObject *module, PyObject *args) {
     return result;
 }
 
-static PyObject *py_opener_open(PyObject *module, PyObject *args) {
+static PyObject *py_opener_open(PyObject *Py_UNUSED(module), PyObject *args) {
     /* opener_open(opener, packet, sender_id, counter) -> plaintext | None (slow) | reason str */
-    PyObject *opener;
+    PyObject *opener, *sender_obj, *counter_obj;
     Py_buffer packet;
-    unsigned long sender;
-    unsigned long long counter;
-    if (!PyArg_ParseTuple(args, "Oy*kK", &opener, &packet, &sender, &counter)) return NULL;
-    PyObject *result = NULL;
+    if (!PyArg_ParseTuple(args, "Oy*O!O!", &opener, &packet, &PyLong_Type, &sender_obj,
+                          &PyLong_Type, &counter_obj))
+        return NULL;
+    PyObject *result = NULL, *buf = NULL;
+    /* Range-checked (the "k"/"K" formats would truncate 2**32 + 5 to sender 5). */
+    unsigned long long sender = PyLong_AsUnsignedLongLong(sender_obj);
+    if (sender == (unsigned long long)-1 && PyErr_Occurred()) goto done;
+    if (sender > UINT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "a sender id is a u32");
+        goto done;
+    }
+    unsigned long long counter = PyLong_AsUnsignedLongLong(counter_obj);
+    if (counter == (unsigned long long)-1 && PyErr_Occurred()) goto done;
     size_t plen = packet.len >= AT_OVERHEAD ? (size_t)packet.len - AT_OVERHEAD : 0;
-    PyObject *buf = PyBytes_FromStringAndSize(NULL, plen);
+    buf = PyBytes_FromStringAndSize(NULL, plen);
     if (buf == NULL) goto done;
     const char *reason = NULL;
     int rc = at_opener_open(opener, packet.buf, packet.len, (uint32_t)sender, counter,
@@ -559,13 +634,12 @@ static PyObject *py_opener_open(PyObject *module, PyObject *args) {
         result = buf;
         buf = NULL;
     } else if (rc == AT_OPEN_SLOW) {
-        Py_INCREF(Py_None);
-        result = Py_None;
+        result = Py_NewRef(Py_None);
     } else if (rc == AT_OPEN_DROP) {
-        result = PyUnicode_FromString(reason);
+        result = PyUnicode_InternFromString(reason);
     }
-    Py_XDECREF(buf);
 done:
+    Py_XDECREF(buf);
     PyBuffer_Release(&packet);
     return result;
 }
@@ -579,21 +653,37 @@ static PyMethodDef core_methods[] = {
     {NULL}};
 
 static int add_methods(PyObject *module, PyMethodDef *methods) {
+    PyObject *name = PyModule_GetNameObject(module);
+    if (name == NULL) return -1;
+    int rc = 0;
     for (PyMethodDef *m = methods; m != NULL && m->ml_name != NULL; m++) {
-        PyObject *f = PyCFunction_NewEx(m, NULL, PyModule_GetNameObject(module));
-        if (f == NULL) return -1;
-        int rc = PyModule_AddObject(module, m->ml_name, f);
-        if (rc < 0) {
-            Py_DECREF(f);
-            return -1;
+        PyObject *f = PyCFunction_NewEx(m, NULL, name);
+        if (f == NULL || PyModule_AddObject(module, m->ml_name, f) < 0) {
+            Py_XDECREF(f); /* PyModule_AddObject steals only on success */
+            rc = -1;
+            break;
         }
     }
-    return 0;
+    Py_DECREF(name);
+    return rc;
 }
 
 static struct PyModuleDef fast_module = {
-    PyModuleDef_HEAD_INIT, "atenet._fast",
-    "atenet's optional compiled fast path (see src/atenet/_fast/fast.h).", -1, core_methods};
+    PyModuleDef_HEAD_INIT,
+    .m_name = "atenet._fast",
+    .m_doc = "atenet's optional compiled fast path (see csrc/fast/fast.h, docs/fastpath.md).",
+    .m_size = -1,
+    .m_methods = core_methods,
+};
+
+static int add_type(PyObject *module, const char *name, PyTypeObject *type) {
+    Py_INCREF(type);
+    if (PyModule_AddObject(module, name, (PyObject *)type) < 0) {
+        Py_DECREF(type);
+        return -1;
+    }
+    return 0;
+}
 
 PyMODINIT_FUNC PyInit__fast(void) {
     if (PyType_Ready(&AtKey_Type) < 0 || PyType_Ready(&AtWindow_Type) < 0) return NULL;
@@ -602,15 +692,13 @@ PyMODINIT_FUNC PyInit__fast(void) {
     at_names.s_key = PyUnicode_InternFromString("key");
     at_names.s_fast = PyUnicode_InternFromString("fast");
     at_names.s_windows = PyUnicode_InternFromString("_windows");
+    at_names.s_sender_id = PyUnicode_InternFromString("sender_id");
     if (!at_names.s_counter || !at_names.s_prefixes || !at_names.s_key || !at_names.s_fast ||
-        !at_names.s_windows)
+        !at_names.s_windows || !at_names.s_sender_id)
         return NULL;
     PyObject *m = PyModule_Create(&fast_module);
     if (m == NULL) return NULL;
-    Py_INCREF(&AtKey_Type);
-    Py_INCREF(&AtWindow_Type);
-    if (PyModule_AddObject(m, "Key", (PyObject *)&AtKey_Type) < 0 ||
-        PyModule_AddObject(m, "Window", (PyObject *)&AtWindow_Type) < 0 ||
+    if (add_type(m, "Key", &AtKey_Type) < 0 || add_type(m, "Window", &AtWindow_Type) < 0 ||
         add_methods(m, at_tok_methods) < 0 || add_methods(m, at_node_methods) < 0 ||
         add_methods(m, at_frag_methods) < 0) {
         Py_DECREF(m);

@@ -91,12 +91,13 @@ int at_window_update(AtWindow *w, uint64_t counter); /* 1: marked; 0: replay or 
  * Python exception set (SealError("counter") after 2**64 packets, as the pure path). */
 int at_sealer_seal(PyObject *sealer, int ptype, const uint8_t *payload, size_t len, uint8_t *out);
 
-/* Open with a Python overlay.seal.Opener, when it holds a replay window for `sender_id` (the
+/* Open with a Python overlay.seal.Opener, when it holds a C replay window for `sender_id` (the
  * common case: the pure path made it on the sender's first packet). The plaintext goes into
- * `out` (len - 50 bytes) and the window is updated, exactly as Opener.open does.
- * Returns AT_OPEN_OK; AT_OPEN_SLOW when the opener has no window for this sender (nothing was
+ * `out` (len - 50 bytes, when len >= 50) and the window is updated, exactly as Opener.open does,
+ * with its checks in its order (replay, short, auth, replay).
+ * Returns AT_OPEN_OK; AT_OPEN_SLOW when the opener has no C window for this sender (nothing was
  * touched: call the pure path); AT_OPEN_DROP with *reason set to the drop counter's name
- * ("replay", "auth", "short"); or -1 with a Python exception set. */
+ * ("replay", "short", "auth"; a static string); or -1 with a Python exception set. */
 #define AT_OPEN_OK 0
 #define AT_OPEN_SLOW 1
 #define AT_OPEN_DROP 2
@@ -113,6 +114,7 @@ typedef struct {
     PyObject *s_key;       /* "key" */
     PyObject *s_fast;      /* "fast" */
     PyObject *s_windows;   /* "_windows" */
+    PyObject *s_sender_id; /* "sender_id" */
     PyObject *seal_error;  /* atenet.overlay.seal.SealError, looked up lazily */
 } AtNames;
 extern AtNames at_names;

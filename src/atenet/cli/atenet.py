@@ -468,6 +468,14 @@ def advertise_notice(daemon: NodeDaemon) -> str:
     return f"{notice}; clients must reach it there, else pass --advertise HOST:PORT"
 
 
+def fast_path_notice() -> str:
+    """Which data path this process runs: an operator comparing nodes' figures, or chasing a
+    bug into the compiled code, needs to know (docs/fastpath.md; ATENET_PURE=1 turns it off)."""
+    from atenet.fast import fast_status
+
+    return f"fast path: {fast_status()}"
+
+
 async def serve_until_signal(daemon: NodeDaemon, http: HttpConfig, on_ready: Any = None) -> None:
     """Run the node until SIGTERM/SIGINT, then leave memberships and stop.
 
@@ -501,6 +509,7 @@ async def serve_until_signal(daemon: NodeDaemon, http: HttpConfig, on_ready: Any
         err=True,
     )
     click.echo(advertise_notice(daemon), err=True)
+    click.echo(fast_path_notice(), err=True)
     if not daemon.core.nat:
         click.echo(
             "NAT is off on this node (--no-nat): no network reaches the internet here", err=True

@@ -502,7 +502,8 @@ def _print_connection(c: dict[str, Any]) -> None:
             f"gives up after {c['give_up']:g} s"
         )  # fmt: skip
         health = f"NOT answering (last answer {_ago(c['answered_ago'])}; {then})"
-    click.echo(f"  node {c.get('node')}: {health}  [pid {c.get('pid')}]")
+    fast = f", fast path {c['fastpath']}" if c.get("fastpath") else ""
+    click.echo(f"  node {c.get('node')}: {health}  [pid {c.get('pid')}{fast}]")
 
 
 def _node_status(url: str) -> tuple[dict[str, Any] | None, str]:
@@ -583,6 +584,8 @@ def _groups_text(mcast: dict[str, Any]) -> str:
 
 def _print_node(data: dict[str, Any]) -> None:
     click.echo(f"node {data['node']} at {data['endpoint']}, {data['datagrams']} datagrams in")
+    if data.get("fastpath"):
+        click.echo(f"  fast path {data['fastpath']}")
     if data["drops"]:
         click.echo("  dropped before any network: " + _drops(data["drops"]))
     for net in data["networks"]:

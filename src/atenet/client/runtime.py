@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from atenet.errors import AtenetError
+from atenet.fast import fast_status
 
 STATE_VERSION = 1
 
@@ -103,9 +104,13 @@ def open_log(path: Path | str) -> int:
 
 
 def write_state(path: Path, state: dict[str, Any]) -> None:
-    """Replace the state file atomically (readers never see half a file); mode 0600."""
+    """Replace the state file atomically (readers never see half a file); mode 0600. It also
+    says whether this `tok connect` runs the compiled fast path (``fastpath``: ``on`` or why
+    not), which `tok status` shows."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    data = json.dumps({"version": STATE_VERSION, **state}, sort_keys=True).encode()
+    data = json.dumps(
+        {"version": STATE_VERSION, "fastpath": fast_status(), **state}, sort_keys=True
+    ).encode()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, data)

@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from atenet.errors import AtenetError
+from atenet.fast import fast_status
 from atenet.node.daemon import NodeDaemon
 from atenet.node.guard import (
     IDLE_TIMEOUT,
@@ -55,8 +56,10 @@ def operator_status(
     mio: MioSessions | None = None,
 ) -> dict[str, Any]:
     """Everything an operator sees: the daemon's status plus the abuse counters (refused
-    lookups of unknown networks, HTTP limits, WebSocket refusals)."""
+    lookups of unknown networks, HTTP limits, WebSocket refusals) and whether the compiled
+    fast path runs (``fastpath``: ``on``, or why not; docs/fastpath.md)."""
     status = daemon.status()
+    status["fastpath"] = fast_status()
     status["lookups"] = daemon.unknown.counters()
     if guard is not None:
         status["http"] = guard.counters()

@@ -58,6 +58,11 @@ class NodeCollector(Collector):
         yield GaugeMetricFamily(
             "atenet_networks", "Networks this node serves now.", value=len(networks)
         )
+        yield GaugeMetricFamily(
+            "atenet_fastpath",
+            "1 when this node runs the compiled fast path, 0 when pure Python (docs/fastpath.md).",
+            value=1 if s.get("fastpath") == "on" else 0,
+        )
 
         drops = _counter(
             "atenet_drops", "Packets dropped, by network (empty: before one was known) and "

@@ -31,6 +31,9 @@ _Window = FAST.Window if FAST is not None else ReplayWindow
 """Replay windows are the C ones when the fast path is built: it checks and marks them without
 calling back into Python (same API and semantics; tests/test_fast.py runs both side by side)."""
 
+_sealer_seal = FAST.sealer_seal if FAST is not None else None
+_opener_open = FAST.opener_open if FAST is not None else None
+
 __all__ = [
     "HEADER_LEN",
     "NETWORK_ID_LEN",
@@ -245,6 +248,21 @@ class Sealer:
         self._encrypt_into(nonce, payload, header, memoryview(packet)[HEADER_LEN:])
         return packet
 
+    _seal_pure = seal
+    """The pure Python :meth:`seal`: the reference tests/test_fast.py compares the C one with."""
+
+    def _seal_fast(self, payload: bytes | memoryview, ptype: int = TYPE_FRAME) -> bytes:
+        """The sealed packet carrying ``payload``: ``len(payload) + OVERHEAD`` bytes.
+
+        This is :meth:`seal` when the fast path is built: one C call (``_fast.sealer_seal``)
+        gives the pure path's bytes, counter and errors, sealed with the key's OpenSSL context
+        set up once (1.6x faster for 64 bytes, 1.4x for 1400, 1.2x for 64 KB; docs/fastpath.md).
+        """
+        return _sealer_seal(self, payload, ptype)  # type: ignore[misc]
+
+    if _sealer_seal is not None:
+        seal = _seal_fast  # type: ignore[assignment]
+
 
 def network_id_of(packet: bytes | memoryview) -> bytes:
     """The network id a packet is for (its first 16 bytes), to find the chain without a key.
@@ -377,6 +395,24 @@ class Opener:
             # Two copies of one packet both passed check() before either was marked.
             raise SealError("replay")
         return payload
+
+    _open_pure = open
+    """The pure Python :meth:`open`: the reference tests/test_fast.py compares the C one with."""
+
+    def _open_fast(self, packet: bytes | memoryview, sender_id: int, counter: int) -> bytes:
+        """:meth:`open` when the fast path is built: a sender with a (C) replay window is
+        opened in one C call (``_fast.opener_open``: the same checks in the same order, the
+        same drop reasons; 1.9x faster for 64 bytes, 1.4x for 1400); its first packet, which
+        makes the window, takes :meth:`_open_pure`."""
+        got = _opener_open(self, packet, sender_id, counter)  # type: ignore[misc]
+        if got.__class__ is bytes:
+            return got  # type: ignore[no-any-return]
+        if got is None:
+            return self._open_pure(packet, sender_id, counter)
+        raise SealError(got)
+
+    if _opener_open is not None:
+        open = _open_fast  # type: ignore[assignment]
 
     def _refill(self) -> bool:
         """Top the new-sender bucket up for the time passed; True when a token is there."""
