@@ -28,7 +28,7 @@ static inline int is_fragment(const uint8_t *p, Py_ssize_t len) {
 }
 
 /* fragment(packet) -> bytes: fragment.fragment in one pass. */
-static PyObject *frag_fragment(PyObject *module, PyObject *arg) {
+static PyObject *frag_fragment(PyObject *Py_UNUSED(module), PyObject *arg) {
     Py_buffer buf;
     if (PyObject_GetBuffer(arg, &buf, PyBUF_SIMPLE) < 0) return NULL;
     PyObject *result = NULL;
@@ -88,7 +88,7 @@ static int frag_add(PyObject *reassembler, PyObject **view, PyObject *data, Py_s
 }
 
 /* reassemble(reassembler, data, segment, addr) -> list[bytes]: Reassembler.feed. */
-static PyObject *frag_reassemble(PyObject *module, PyObject *args) {
+static PyObject *frag_reassemble(PyObject *Py_UNUSED(module), PyObject *args) {
     PyObject *reassembler, *data, *addr;
     Py_ssize_t segment;
     if (!PyArg_ParseTuple(args, "OOnO", &reassembler, &data, &segment, &addr)) return NULL;
