@@ -52,6 +52,12 @@ def lan(net: Overlay) -> dict[str, Any]:
     return net.nodes["n1"].network("lan")
 
 
+def inline(net: Overlay) -> int:
+    """Datagrams the node's compiled hop forwarded or dropped on its own (-1: pure node)."""
+    status = net.nodes["n1"].status()
+    return status["fast_node"]["inline"] if "fast_node" in status else -1
+
+
 def port_of(network: dict[str, Any], client: Client) -> dict[str, Any]:
     ports = [p for p in network["ports"] if p["name"].endswith(f"/k{client.key_id}")]
     assert len(ports) == 1, network["ports"]
@@ -70,6 +76,7 @@ def test_ports_counters_move_with_the_frames(net: Overlay) -> None:
     assert h1.host.ping(h2.ip4, count=2, timeout=5)  # MACs learned, ARP done
     before = lan(net)
     datagrams = net.nodes["n1"].status()["datagrams"]
+    done_in_c = inline(net)
     assert h1.host.run(["ping", "-n", "-q", "-c", "10", "-i", "0.1", h2.ip4]).returncode == 0
     after = lan(net)
     a1, b1 = port_of(before, h1), port_of(after, h1)
@@ -83,6 +90,8 @@ def test_ports_counters_move_with_the_frames(net: Overlay) -> None:
     assert b2["bytes_out"] - a2["bytes_out"] >= 10 * 98
     assert net.nodes["n1"].status()["datagrams"] - datagrams >= 20
     assert after["drops"] == before["drops"]
+    if done_in_c >= 0:  # the fast node: every echo and reply went through the C hop
+        assert inline(net) - done_in_c >= 20
 
 
 BURST_RECEIVER = textwrap.dedent(
@@ -119,6 +128,7 @@ BURST_SENDER = textwrap.dedent(
 def test_a_burst_of_small_datagrams_arrives_in_order(net: Overlay) -> None:
     h1, h2 = net.clients["h1"], net.clients["h2"]
     assert h1.host.ping(h2.ip4, count=1, timeout=5)
+    done_in_c = inline(net)
     log = net.root / "burst.log"
     with log.open("wb") as out:
         receiver = h2.host.popen([BIN / "python", "-c", BURST_RECEIVER, h2.ip4], stdout=out)
@@ -131,6 +141,8 @@ def test_a_burst_of_small_datagrams_arrives_in_order(net: Overlay) -> None:
     seqs = json.loads(log.read_text().splitlines()[-1])
     assert len(seqs) >= 900, f"only {len(seqs)} of 1000 arrived"
     assert seqs == sorted(set(seqs)), "reordered or duplicated"
+    if done_in_c >= 0:
+        assert inline(net) - done_in_c >= len(seqs)
 
 
 RECEIVER = textwrap.dedent(
@@ -176,28 +188,26 @@ def test_a_tcp_copy_arrives_byte_identical(net: Overlay, tmp_path: Path) -> None
 
 CAPTURE = textwrap.dedent(
     """
-    import socket, struct, subprocess, sys, time
-    node, port, key_id, target = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    import socket, struct, sys, time
+    node, port, key_id, source = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
     raw.bind(("eth0", 0))
     raw.settimeout(1)
-    ping = subprocess.Popen(["ping", "-n", "-q", "-c", "5", "-i", "0.2", target],
-                            stdout=subprocess.DEVNULL)
+    print("ready", flush=True)
     got = None
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 20
     while got is None and time.monotonic() < deadline:
         try:
             ip = raw.recv(65535)[14:]
         except TimeoutError:
             continue
-        if ip[9] != 17:
+        if ip[9] != 17 or socket.inet_ntoa(ip[12:16]) != source:
             continue
         ihl = (ip[0] & 15) * 4
         payload = ip[ihl + 8 : struct.unpack_from("!H", ip, 2)[0]]
         if (struct.unpack_from("!H", ip, ihl + 2)[0] == port and len(payload) > 64
                 and payload[17] == 1 and struct.unpack_from("!I", payload, 18)[0] == key_id):
-            got = payload  # one sealed frame from this host's tok to the node
-    ping.wait()
+            got = payload  # one sealed frame from that host's tok to this node
     assert got is not None, "no sealed frame seen"
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.sendto(got, (node, port))  # replayed as it was
@@ -212,11 +222,20 @@ def test_a_replayed_and_a_tampered_datagram_are_dropped_and_counted(net: Overlay
     h1, h2 = net.clients["h1"], net.clients["h2"]
     assert h1.host.ping(h2.ip4, count=1, timeout=5)
     before = lan(net)["drops"]
-    node = net.nodes["n1"].host.ip
-    out = h1.host.run(
-        [BIN / "python", "-c", CAPTURE, node, str(UDP_PORT), str(h1.key_id), h2.ip4], timeout=60
-    )
-    assert "sent" in out.stdout, out.stderr
+    node = net.nodes["n1"].host
+    log = net.root / "capture.log"
+    with log.open("wb") as out:
+        capture = node.popen(
+            [BIN / "python", "-c", CAPTURE, node.ip, str(UDP_PORT), str(h1.key_id), h1.host.ip],
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        wait_for_text(capture, log, "ready", 10)
+        h1.host.ping(h2.ip4, count=3, timeout=5)  # what the capture copies
+        wait_for_text(capture, log, "sent", 20)
+    finally:
+        net.lab.stop_process(capture)
     deadline = time.monotonic() + 10
     while True:
         drops = lan(net)["drops"]

@@ -37,7 +37,9 @@ static struct {
         *rate, *burst, *tokens, *bucket_at, *drops, *switch_, *addr, *roam, *last_seen,
         *frames_in, *bytes_in, *frames_out, *bytes_out, *fdb_mac, *fdb_at, *snoop, *gateway,
         *gateway_mac, *fdb, *mirroring, *from_local, *deliver, *seal, *send_errors, *held,
-        *flush, *hold, *release, *reassembler, *feed, *datagram, *packet, *send;
+        *flush, *hold, *release, *reassembler, *feed, *datagram, *packet, *send, *offload,
+        *packet_from_local, *valid_packet;
+    size_t fragment_size; /* overlay/fragment.py FRAGMENT_SIZE */
     PyObject *port_type;   /* atenet.node.core.UdpClientPort */
     PyObject *sealer_seal; /* atenet.overlay.seal.Sealer.seal (the function) */
     int ready;
@@ -64,7 +66,8 @@ static int node_names(void) {
     NAME(deliver, "deliver") NAME(seal, "seal") NAME(send_errors, "send_errors")
     NAME(held, "_held") NAME(flush, "flush") NAME(hold, "hold") NAME(release, "release")
     NAME(reassembler, "reassembler") NAME(feed, "feed") NAME(datagram, "datagram")
-    NAME(packet, "packet") NAME(send, "send")
+    NAME(packet, "packet") NAME(send, "send") NAME(offload, "offload")
+    NAME(packet_from_local, "packet_from_local") NAME(valid_packet, "_valid_packet")
 #undef NAME
     PyObject *mod = PyImport_ImportModule("atenet.node.core");
     if (mod == NULL) return -1;
@@ -79,6 +82,14 @@ static int node_names(void) {
     N.sealer_seal = PyObject_GetAttr(sealer, N.seal);
     Py_DECREF(sealer);
     if (N.sealer_seal == NULL) return -1;
+    mod = PyImport_ImportModule("atenet.overlay.fragment");
+    if (mod == NULL) return -1;
+    PyObject *size = PyObject_GetAttrString(mod, "FRAGMENT_SIZE");
+    Py_DECREF(mod);
+    if (size == NULL) return -1;
+    N.fragment_size = PyLong_AsSize_t(size);
+    Py_DECREF(size);
+    if (N.fragment_size == (size_t)-1 && PyErr_Occurred()) return -1;
     N.ready = 1;
     return 0;
 }
@@ -241,12 +252,22 @@ done:
     return rc;
 }
 
-/* Switch.from_local's unicast case for an opened frame from client port `port`, or the pure
- * from_local when any of its other branches could apply (decided before changing anything). */
-static int from_local(Ctx *c, PyObject *sw, PyObject *port, const uint8_t *frame, size_t len) {
+/* What the fast path did, for /api/status (node_counters()). */
+static struct {
+    unsigned long long inline_, python, steps;
+} counts;
+
+/* Switch.from_local's (at 0: a frame) or packet_from_local's (at 10: an offloaded packet)
+ * unicast case for data opened from client port `port`, or the pure method itself when any of
+ * its other branches could apply (decided before changing anything). */
+static int from_local(Ctx *c, PyObject *sw, PyObject *port, const uint8_t *data, size_t len,
+                      size_t at) {
     int rc = -1, python = 0;
     PyObject *fdb_mac = NULL, *v = NULL, *fdb = NULL, *dmac = NULL, *dst = NULL, *seal = NULL;
     PyObject *daddr = NULL, *sealed = NULL, *payload = NULL;
+    const uint8_t *frame = data + at;
+    size_t flen = len - at;
+    int ptype = at ? AT_SUPERFRAME : AT_FRAME;
 
     fdb_mac = PyObject_GetAttr(port, N.fdb_mac);
     if (fdb_mac == NULL) goto done;
@@ -257,7 +278,7 @@ static int from_local(Ctx *c, PyObject *sw, PyObject *port, const uint8_t *frame
     if (!python) {
         v = PyObject_GetAttr(sw, N.snoop);
         if (v == NULL) goto done;
-        if (v != Py_None && is_neighbour_frame(frame, len)) python = 1;
+        if (v != Py_None && is_neighbour_frame(frame, flen)) python = 1;
         Py_CLEAR(v);
     }
     if (!python) {
@@ -304,31 +325,44 @@ static int from_local(Ctx *c, PyObject *sw, PyObject *port, const uint8_t *frame
         if (seal == NULL) goto done;
         if (!PyMethod_Check(seal) || PyMethod_GET_FUNCTION(seal) != N.sealer_seal) {
             Py_CLEAR(seal); /* not its sealer's seal: its deliver() does it */
+        } else if (at) {
+            /* An offloaded packet goes whole only to a port that takes them, and unfragmented. */
+            v = PyObject_GetAttr(dst, N.offload);
+            if (v == NULL) goto done;
+            int offload = PyObject_IsTrue(v);
+            Py_CLEAR(v);
+            if (offload < 0) goto done;
+            if (!offload || len + AT_OVERHEAD > N.fragment_size) Py_CLEAR(seal);
         }
     }
+    if (!python && at && dst != port && seal == NULL)
+        python = 1; /* segmented for the port, or fragmented: packet_from_local does it */
     if (python) {
-        payload = PyBytes_FromStringAndSize((const char *)frame, (Py_ssize_t)len);
+        payload = PyBytes_FromStringAndSize((const char *)data, (Py_ssize_t)len);
         if (payload == NULL) goto done;
         PyObject *args[2] = {port, payload};
-        rc = call_method(sw, N.from_local, args, 2);
+        counts.steps++;
+        rc = call_method(sw, at ? N.packet_from_local : N.from_local, args, 2);
         goto done;
     }
-    /* Committed: from_local's unicast case. */
-    if (add_int(port, N.frames_in, 1) < 0 || add_int(port, N.bytes_in, (long long)len) < 0 ||
+    /* Committed: the unicast case. */
+    if (add_int(port, N.frames_in, 1) < 0 || add_int(port, N.bytes_in, (long long)flen) < 0 ||
         PyObject_SetAttr(port, N.fdb_at, c->now_obj) < 0)
         goto done;
     if (dst == port) { /* a host behind the sender's own port: not sent back (no hairpin) */
+        counts.inline_++;
         rc = 0;
         goto done;
     }
-    if (seal == NULL) { /* another kind of port, or a UDP port with its own seal */
-        payload = PyBytes_FromStringAndSize((const char *)frame, (Py_ssize_t)len);
+    if (seal == NULL) { /* another kind of port, or a UDP port with its own seal: a frame */
+        payload = PyBytes_FromStringAndSize((const char *)frame, (Py_ssize_t)flen);
         if (payload == NULL) goto done;
         PyObject *args[1] = {payload};
+        counts.steps++;
         rc = call_method(dst, N.deliver, args, 1);
         goto done;
     }
-    /* UdpClientPort.deliver inline: counters, seal with its sealer, send to its address. */
+    /* UdpClientPort.deliver (deliver_packet) inline: counters, seal with ITS sealer, send. */
     if (add_int(dst, N.frames_out, 1) < 0 || add_int(dst, N.bytes_out, (long long)len) < 0)
         goto done;
     daddr = PyObject_GetAttr(dst, N.addr);
@@ -341,9 +375,10 @@ static int from_local(Ctx *c, PyObject *sw, PyObject *port, const uint8_t *frame
         sealed = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len + AT_OVERHEAD);
         if (sealed == NULL) goto done;
     }
-    if (at_sealer_seal(PyMethod_GET_SELF(seal), AT_FRAME, frame, len,
+    if (at_sealer_seal(PyMethod_GET_SELF(seal), ptype, data, len,
                        sealed ? (uint8_t *)PyBytes_AS_STRING(sealed) : sbuf) < 0)
         goto done;
+    counts.inline_++;
     rc = send_packet(c, sealed, len + AT_OVERHEAD, daddr);
 done:
     Py_XDECREF(fdb_mac);
@@ -358,6 +393,18 @@ done:
     return rc;
 }
 
+/* offload.check for the common case (no GSO): 1 when it passes. Anything else (a GSO type,
+ * a bad header) goes to the pure path's _valid_packet, which counts the reason. */
+static int plain_offload(const uint8_t *p, size_t len) {
+    if (len < AT_VNET_HDR_LEN + AT_ETH_MIN || p[1] != 0) return 0;
+    if (p[0] & 1) {
+        size_t frame_len = len - AT_VNET_HDR_LEN;
+        size_t start = p[6] | (size_t)p[7] << 8, offset = p[8] | (size_t)p[9] << 8;
+        if (start < AT_ETH_MIN || start + offset + 2 > frame_len) return 0;
+    }
+    return 1;
+}
+
 /* One whole sealed datagram (not a fragment). 0, or -1 with a Python exception set. */
 static int node_one(Ctx *c, const uint8_t *data, size_t len, PyObject *addr) {
     int rc = -1;
@@ -365,12 +412,19 @@ static int node_one(Ctx *c, const uint8_t *data, size_t len, PyObject *addr) {
     PyObject *opener = NULL, *clients = NULL, *ckey = NULL, *port = NULL, *windows = NULL;
     PyObject *sender_obj = NULL, *fresh = NULL, *sw = NULL, *limits = NULL, *port_addr = NULL;
 
-    if (len < AT_OVERHEAD || data[AT_VERSION_AT] != AT_VERSION || data[AT_TYPE_AT] != AT_FRAME)
-        return pure_datagram(c, data, len, addr); /* counted drops, control, super-frames */
+    int ptype = len >= AT_OVERHEAD ? data[AT_TYPE_AT] : 0;
+    if (len < AT_OVERHEAD || data[AT_VERSION_AT] != AT_VERSION ||
+        (ptype != AT_FRAME && ptype != AT_SUPERFRAME)) {
+        counts.python++;
+        return pure_datagram(c, data, len, addr); /* counted drops, control messages */
+    }
     uint32_t key_id = at_be32(data + AT_KEY_ID_AT);
     uint32_t sender_id = at_be32(data + AT_SENDER_AT);
     uint64_t counter = at_be64(data + AT_COUNTER_AT);
-    if (key_id == 0) return pure_datagram(c, data, len, addr); /* from a peer node */
+    if (key_id == 0) { /* from a peer node */
+        counts.python++;
+        return pure_datagram(c, data, len, addr);
+    }
 
     /* Everything that could send it elsewhere, looked up before anything changes. */
     networks = PyObject_GetAttr(c->core, N.networks);
@@ -428,6 +482,7 @@ static int node_one(Ctx *c, const uint8_t *data, size_t len, PyObject *addr) {
     PyObject *drops = NULL;
     if (tokens < 1.0) {
         drops = PyObject_GetAttr(runtime, N.drops);
+        counts.inline_++;
         rc = drops ? at_count(drops, "port_rate", 1) : -1;
         Py_XDECREF(drops);
         goto done;
@@ -438,6 +493,7 @@ static int node_one(Ctx *c, const uint8_t *data, size_t len, PyObject *addr) {
     if (opened == AT_OPEN_SLOW) goto slow_packet; /* cannot happen: the window was there */
     if (opened == AT_OPEN_DROP) {
         drops = PyObject_GetAttr(runtime, N.drops);
+        counts.inline_++;
         rc = drops ? at_count(drops, reason, 1) : -1;
         Py_XDECREF(drops);
         goto done;
@@ -454,13 +510,34 @@ static int node_one(Ctx *c, const uint8_t *data, size_t len, PyObject *addr) {
     }
     if (PyObject_SetAttr(port, N.last_seen, c->now_obj) < 0) goto done;
     size_t plen = len - AT_OVERHEAD;
+    if (ptype == AT_SUPERFRAME) {
+        if (plain_offload(obuf, plen)) {
+            rc = from_local(c, sw, port, obuf, plen, AT_VNET_HDR_LEN);
+            goto done;
+        }
+        /* NetworkRuntime.packet's own steps: _valid_packet counts it, then the switch. */
+        PyObject *payload = PyBytes_FromStringAndSize((const char *)obuf, (Py_ssize_t)plen);
+        if (payload == NULL) goto done;
+        PyObject *r = PyObject_CallMethodOneArg(runtime, N.valid_packet, payload);
+        int valid = r ? PyObject_IsTrue(r) : -1;
+        Py_XDECREF(r);
+        if (valid > 0) {
+            PyObject *args[2] = {port, payload};
+            valid = call_method(sw, N.packet_from_local, args, 2) < 0 ? -1 : 0;
+        }
+        Py_DECREF(payload);
+        counts.steps++;
+        rc = valid < 0 ? -1 : 0;
+        goto done;
+    }
     if (plen < AT_ETH_MIN) {
         drops = PyObject_GetAttr(runtime, N.drops);
+        counts.inline_++;
         rc = drops ? at_count(drops, "runt", 1) : -1;
         Py_XDECREF(drops);
         goto done;
     }
-    rc = from_local(c, sw, port, obuf, plen);
+    rc = from_local(c, sw, port, obuf, plen, 0);
     goto done;
 
 slow_packet: {
@@ -482,6 +559,7 @@ slow_clear:
     if (!PyErr_ExceptionMatches(PyExc_KeyError)) goto done;
     PyErr_Clear();
 slow:
+    counts.python++;
     rc = pure_datagram(c, data, len, addr);
 done:
     Py_XDECREF(networks);
@@ -507,6 +585,7 @@ done:
 static int pure_feed(Ctx *c, const uint8_t *data, size_t len, long segment, PyObject *addr) {
     int rc = -1;
     PyObject *bytes = NULL, *re = NULL, *seg = NULL, *out = NULL, *it = NULL, *packet;
+    counts.python++;
     bytes = PyBytes_FromStringAndSize((const char *)data, (Py_ssize_t)len);
     re = bytes ? PyObject_GetAttr(c->udp, N.reassembler) : NULL;
     seg = re ? PyLong_FromLong(segment) : NULL;
@@ -637,7 +716,15 @@ static PyObject *node_receive(PyObject *module, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *node_counters(PyObject *module, PyObject *unused) {
+    return Py_BuildValue("{sKsKsK}", "inline", counts.inline_, "python", counts.python,
+                         "python_steps", counts.steps);
+}
+
 PyMethodDef at_node_methods[] = {
+    {"node_counters", node_counters, METH_NOARGS,
+     "node_counters() -> {inline, python, python_steps}: datagrams node_receive forwarded "
+     "whole in C, handed whole to the pure path, and opened in C with a pure step after"},
     {"node_receive", node_receive, METH_VARARGS,
      "node_receive(core, udp, max_reads, now): UdpSocket.receive + NodeCore.datagram for the "
      "node daemon, the common case in C (see csrc/fast/node.c)"},

@@ -613,4 +613,6 @@ class NodeDaemon:
                 "store": self.store.url,
             }
         )
+        if FAST is not None:  # how much of the traffic the node's compiled hop took
+            status["fast_node"] = FAST.node_counters()
         return status
