@@ -38,23 +38,29 @@ def net(request: pytest.FixtureRequest) -> Iterator[Overlay]:
         overlay = Overlay(lab, Path(tmp))
         base = {k: v for k, v in overlay.env.items() if k != "ATENET_PURE"}
         overlay.env = base | ({"ATENET_PURE": "1"} if mode == "pure" else {})
-        node = overlay.add_node("n1")  # only the node gets ATENET_PURE
+        nodes = [overlay.add_node("n1"), overlay.add_node("n2")]  # only nodes get ATENET_PURE
         overlay.env = base
         for name in ("h1", "h2", "h3"):
             overlay.add_client(name, ["n1"])
-        assert node.proc is not None
-        maps = Path(f"/proc/{node.proc.pid}/maps").read_text()
-        assert ("_fast" in maps) == (mode == "fast"), f"{mode}: the node's data path is wrong"
+        overlay.add_client("h4", ["n2"])
+        for node in nodes:
+            assert node.proc is not None
+            maps = Path(f"/proc/{node.proc.pid}/maps").read_text()
+            assert ("_fast" in maps) == (mode == "fast"), f"{mode}: wrong data path"
+        deadline = time.monotonic() + 20
+        while not all(len(n.network("lan")["peers"]) == 1 for n in nodes):
+            assert time.monotonic() < deadline, "the nodes never saw each other as members"
+            time.sleep(0.3)
         yield overlay
 
 
-def lan(net: Overlay) -> dict[str, Any]:
-    return net.nodes["n1"].network("lan")
+def lan(net: Overlay, node: str = "n1") -> dict[str, Any]:
+    return net.nodes[node].network("lan")
 
 
-def inline(net: Overlay) -> int:
-    """Datagrams the node's compiled hop forwarded or dropped on its own (-1: pure node)."""
-    status = net.nodes["n1"].status()
+def inline(net: Overlay, node: str = "n1") -> int:
+    """Datagrams a node's compiled hop forwarded or dropped on its own (-1: a pure node)."""
+    status = net.nodes[node].status()
     return status["fast_node"]["inline"] if "fast_node" in status else -1
 
 
@@ -69,6 +75,18 @@ def test_pings_between_two_hosts_through_the_node_are_answered(net: Overlay) -> 
     for addr in (h2.ip4, h2.ip6):
         assert h1.host.ping(addr, count=5, timeout=5), addr
     assert h2.host.ping(h1.ip4, count=5, timeout=5)
+
+
+def test_pings_and_a_tcp_copy_across_two_nodes(net: Overlay, tmp_path: Path) -> None:
+    h1, h4 = net.clients["h1"], net.clients["h4"]
+    for addr in (h4.ip4, h4.ip6):
+        assert h1.host.ping(addr, count=3, timeout=5), addr
+    done_in_c = inline(net, "n1"), inline(net, "n2")
+    assert h4.host.run(["ping", "-n", "-q", "-c", "10", "-i", "0.1", h1.ip4]).returncode == 0
+    if done_in_c[0] >= 0:  # both hops of each echo and reply on the C path, peer link included
+        assert inline(net, "n1") - done_in_c[0] >= 20
+        assert inline(net, "n2") - done_in_c[1] >= 20
+    assert tcp_copy(net, h4, h1, tmp_path, 2 << 20)
 
 
 def test_ports_counters_move_with_the_frames(net: Overlay) -> None:
@@ -168,22 +186,26 @@ SENDER = textwrap.dedent(
 )
 
 
-def test_a_tcp_copy_arrives_byte_identical(net: Overlay, tmp_path: Path) -> None:
-    h1, h2 = net.clients["h1"], net.clients["h2"]
-    data = os.urandom(4 << 20)
-    src = tmp_path / "payload.bin"
+def tcp_copy(net: Overlay, sender: Client, receiver: Client, tmp: Path, size: int) -> bool:
+    """Random bytes over TCP from ``sender`` to ``receiver``: True when they arrive whole."""
+    data = os.urandom(size)
+    src = tmp / "payload.bin"
     src.write_bytes(data)
-    log = net.root / "tcp.log"
+    log = net.root / f"tcp-{receiver.name}.log"
     with log.open("wb") as out:
-        server = h2.host.popen([BIN / "python", "-c", RECEIVER, h2.ip4], stdout=out)
+        server = receiver.host.popen([BIN / "python", "-c", RECEIVER, receiver.ip4], stdout=out)
     try:
         wait_for_text(server, log, "ready", 10)
-        h1.host.run([BIN / "python", "-c", SENDER, h2.ip4, str(src)], timeout=120)
+        sender.host.run([BIN / "python", "-c", SENDER, receiver.ip4, str(src)], timeout=120)
         server.wait(timeout=60)
     finally:
         net.lab.stop_process(server)
-    size, digest = log.read_text().splitlines()[-1].split()
-    assert (int(size), digest) == (len(data), hashlib.sha256(data).hexdigest())
+    got, digest = log.read_text().splitlines()[-1].split()
+    return (int(got), digest) == (len(data), hashlib.sha256(data).hexdigest())
+
+
+def test_a_tcp_copy_arrives_byte_identical(net: Overlay, tmp_path: Path) -> None:
+    assert tcp_copy(net, net.clients["h1"], net.clients["h2"], tmp_path, 4 << 20)
 
 
 CAPTURE = textwrap.dedent(

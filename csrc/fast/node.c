@@ -38,7 +38,8 @@ static struct {
         *frames_in, *bytes_in, *frames_out, *bytes_out, *fdb_mac, *fdb_at, *snoop, *gateway,
         *gateway_mac, *fdb, *mirroring, *from_local, *deliver, *seal, *send_errors, *held,
         *flush, *hold, *release, *reassembler, *feed, *datagram, *packet, *send, *offload,
-        *packet_from_local, *valid_packet;
+        *packet_from_local, *valid_packet, *peer_senders, *node_sealer, *frames_to_peers,
+        *frames_from_peers, *fdb_seen, *from_peer_;
     size_t fragment_size; /* overlay/fragment.py FRAGMENT_SIZE */
     PyObject *port_type;   /* atenet.node.core.UdpClientPort */
     PyObject *sealer_seal; /* atenet.overlay.seal.Sealer.seal (the function) */
@@ -68,6 +69,9 @@ static int node_names(void) {
     NAME(reassembler, "reassembler") NAME(feed, "feed") NAME(datagram, "datagram")
     NAME(packet, "packet") NAME(send, "send") NAME(offload, "offload")
     NAME(packet_from_local, "packet_from_local") NAME(valid_packet, "_valid_packet")
+    NAME(peer_senders, "peer_senders") NAME(node_sealer, "_node_sealer")
+    NAME(frames_to_peers, "frames_to_peers") NAME(frames_from_peers, "frames_from_peers")
+    NAME(fdb_seen, "fdb_seen") NAME(from_peer_, "_from_peer")
 #undef NAME
     PyObject *mod = PyImport_ImportModule("atenet.node.core");
     if (mod == NULL) return -1;
@@ -257,17 +261,83 @@ static struct {
     unsigned long long inline_, python, steps;
 } counts;
 
+/* The seal method of UdpClientPort `dst` when it can be done inline: its own Sealer's seal, and
+ * for an offloaded packet (at > 0) a port that takes them whole and no fragmenting. NULL with
+ * no error set when not (its deliver()/deliver_packet() or the switch does it). */
+static PyObject *inline_seal(PyObject *dst, size_t at, size_t len) {
+    if ((PyObject *)Py_TYPE(dst) != N.port_type) return NULL;
+    PyObject *seal = PyObject_GetAttr(dst, N.seal);
+    if (seal == NULL) return NULL;
+    if (!PyMethod_Check(seal) || PyMethod_GET_FUNCTION(seal) != N.sealer_seal) {
+        Py_DECREF(seal);
+        return NULL;
+    }
+    if (at) {
+        PyObject *v = PyObject_GetAttr(dst, N.offload);
+        int offload = v ? PyObject_IsTrue(v) : -1;
+        Py_XDECREF(v);
+        if (offload <= 0 || len + AT_OVERHEAD > N.fragment_size) {
+            Py_DECREF(seal);
+            return NULL;
+        }
+    }
+    return seal;
+}
+
+/* Seal `data` (len bytes) as `ptype` with `sealer` and send it to `addr` (UdpSocket.send's
+ * small-packet rules: held while the read is held, else sendto now). */
+static int seal_send(Ctx *c, PyObject *sealer, int ptype, const uint8_t *data, size_t len,
+                     PyObject *addr) {
+    PyObject *held = PyObject_GetAttr(c->udp, N.held);
+    if (held == NULL) return -1;
+    int holding = held != Py_None;
+    Py_DECREF(held);
+    PyObject *sealed = NULL;
+    if (holding) {
+        sealed = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len + AT_OVERHEAD);
+        if (sealed == NULL) return -1;
+    }
+    int rc = at_sealer_seal(sealer, ptype, data, len,
+                            sealed ? (uint8_t *)PyBytes_AS_STRING(sealed) : sbuf);
+    if (rc == 0) rc = send_packet(c, sealed, len + AT_OVERHEAD, addr);
+    Py_XDECREF(sealed);
+    return rc;
+}
+
+/* UdpClientPort.deliver (at 0) / deliver_packet (at 10) inline, with the seal inline_seal gave:
+ * counters, seal with THE DESTINATION's sealer, send to its address. */
+static int port_deliver(Ctx *c, PyObject *dst, PyObject *seal, const uint8_t *data, size_t len,
+                        size_t at) {
+    /* deliver counts the frame, deliver_packet the packet with its offload header: len both. */
+    if (add_int(dst, N.frames_out, 1) < 0 || add_int(dst, N.bytes_out, (long long)len) < 0)
+        return -1;
+    PyObject *daddr = PyObject_GetAttr(dst, N.addr);
+    if (daddr == NULL) return -1;
+    int rc = seal_send(c, PyMethod_GET_SELF(seal), at ? AT_SUPERFRAME : AT_FRAME, data, len, daddr);
+    Py_DECREF(daddr);
+    return rc;
+}
+
+/* Whether a switch is mirroring (local mirror ports or peers with one): -1 on error. */
+static int mirroring(PyObject *sw) {
+    PyObject *v = PyObject_GetAttr(sw, N.mirroring);
+    if (v == NULL) return -1;
+    int on = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return on;
+}
+
 /* Switch.from_local's (at 0: a frame) or packet_from_local's (at 10: an offloaded packet)
- * unicast case for data opened from client port `port`, or the pure method itself when any of
+ * unicast case for data opened from client port `port` — to another client port, or sealed to
+ * the one peer node the destination was learned behind — or the pure method itself when any of
  * its other branches could apply (decided before changing anything). */
-static int from_local(Ctx *c, PyObject *sw, PyObject *port, const uint8_t *data, size_t len,
-                      size_t at) {
+static int from_local(Ctx *c, PyObject *runtime, PyObject *sw, PyObject *port,
+                      const uint8_t *data, size_t len, size_t at) {
     int rc = -1, python = 0;
     PyObject *fdb_mac = NULL, *v = NULL, *fdb = NULL, *dmac = NULL, *dst = NULL, *seal = NULL;
-    PyObject *daddr = NULL, *sealed = NULL, *payload = NULL;
+    PyObject *payload = NULL, *peer_addr = NULL, *node_sealer = NULL;
     const uint8_t *frame = data + at;
     size_t flen = len - at;
-    int ptype = at ? AT_SUPERFRAME : AT_FRAME;
 
     fdb_mac = PyObject_GetAttr(port, N.fdb_mac);
     if (fdb_mac == NULL) goto done;
@@ -295,12 +365,9 @@ static int from_local(Ctx *c, PyObject *sw, PyObject *port, const uint8_t *data,
         Py_CLEAR(v);
     }
     if (!python) {
-        v = PyObject_GetAttr(sw, N.mirroring);
-        if (v == NULL) goto done;
-        int mirroring = PyObject_IsTrue(v);
-        Py_CLEAR(v);
-        if (mirroring < 0) goto done;
-        if (mirroring) python = 1;
+        int on = mirroring(sw);
+        if (on < 0) goto done;
+        if (on) python = 1;
     }
     if (!python) {
         fdb = PyObject_GetAttr(sw, N.fdb);
@@ -316,27 +383,27 @@ static int from_local(Ctx *c, PyObject *sw, PyObject *port, const uint8_t *data,
                 python = 1; /* unknown destination: flood (storm control, proxy ARP) */
             } else {
                 Py_INCREF(dst);
-                if (PyLong_Check(dst)) python = 1; /* behind a peer node */
             }
         }
     }
-    if (!python && dst != port && (PyObject *)Py_TYPE(dst) == N.port_type) {
-        seal = PyObject_GetAttr(dst, N.seal);
-        if (seal == NULL) goto done;
-        if (!PyMethod_Check(seal) || PyMethod_GET_FUNCTION(seal) != N.sealer_seal) {
-            Py_CLEAR(seal); /* not its sealer's seal: its deliver() does it */
-        } else if (at) {
-            /* An offloaded packet goes whole only to a port that takes them, and unfragmented. */
-            v = PyObject_GetAttr(dst, N.offload);
-            if (v == NULL) goto done;
-            int offload = PyObject_IsTrue(v);
-            Py_CLEAR(v);
-            if (offload < 0) goto done;
-            if (!offload || len + AT_OVERHEAD > N.fragment_size) Py_CLEAR(seal);
-        }
+    if (!python && PyLong_Check(dst)) {
+        /* Behind a peer node: RuntimeRuntime._to_peer inline when the peer is live and the
+         * node sealer is there (else it floods: the pure path). */
+        PyObject *senders = PyObject_GetAttr(runtime, N.peer_senders);
+        if (senders == NULL) goto done;
+        peer_addr = PyDict_Check(senders) ? PyDict_GetItemWithError(senders, dst) : NULL;
+        Py_XINCREF(peer_addr);
+        Py_DECREF(senders);
+        if (peer_addr == NULL && PyErr_Occurred()) goto done;
+        node_sealer = PyObject_GetAttr(runtime, N.node_sealer);
+        if (node_sealer == NULL) goto done;
+        if (peer_addr == NULL || node_sealer == Py_None || len + AT_OVERHEAD > N.fragment_size)
+            python = 1;
+    } else if (!python && dst != port) {
+        seal = inline_seal(dst, at, len);
+        if (seal == NULL && PyErr_Occurred()) goto done;
+        if (seal == NULL && at) python = 1; /* segmented for the port: packet_from_local */
     }
-    if (!python && at && dst != port && seal == NULL)
-        python = 1; /* segmented for the port, or fragmented: packet_from_local does it */
     if (python) {
         payload = PyBytes_FromStringAndSize((const char *)data, (Py_ssize_t)len);
         if (payload == NULL) goto done;
@@ -349,6 +416,14 @@ static int from_local(Ctx *c, PyObject *sw, PyObject *port, const uint8_t *data,
     if (add_int(port, N.frames_in, 1) < 0 || add_int(port, N.bytes_in, (long long)flen) < 0 ||
         PyObject_SetAttr(port, N.fdb_at, c->now_obj) < 0)
         goto done;
+    if (peer_addr != NULL) { /* to_peer: sealed once with the node key, to that node */
+        if (seal_send(c, node_sealer, at ? AT_SUPERFRAME : AT_FRAME, data, len, peer_addr) < 0 ||
+            add_int(sw, N.frames_to_peers, 1) < 0)
+            goto done;
+        counts.inline_++;
+        rc = 0;
+        goto done;
+    }
     if (dst == port) { /* a host behind the sender's own port: not sent back (no hairpin) */
         counts.inline_++;
         rc = 0;
@@ -362,24 +437,8 @@ static int from_local(Ctx *c, PyObject *sw, PyObject *port, const uint8_t *data,
         rc = call_method(dst, N.deliver, args, 1);
         goto done;
     }
-    /* UdpClientPort.deliver (deliver_packet) inline: counters, seal with ITS sealer, send. */
-    if (add_int(dst, N.frames_out, 1) < 0 || add_int(dst, N.bytes_out, (long long)len) < 0)
-        goto done;
-    daddr = PyObject_GetAttr(dst, N.addr);
-    if (daddr == NULL) goto done;
-    PyObject *held = PyObject_GetAttr(c->udp, N.held);
-    if (held == NULL) goto done;
-    int holding = held != Py_None;
-    Py_DECREF(held);
-    if (holding) {
-        sealed = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len + AT_OVERHEAD);
-        if (sealed == NULL) goto done;
-    }
-    if (at_sealer_seal(PyMethod_GET_SELF(seal), ptype, data, len,
-                       sealed ? (uint8_t *)PyBytes_AS_STRING(sealed) : sbuf) < 0)
-        goto done;
     counts.inline_++;
-    rc = send_packet(c, sealed, len + AT_OVERHEAD, daddr);
+    rc = port_deliver(c, dst, seal, data, len, at);
 done:
     Py_XDECREF(fdb_mac);
     Py_XDECREF(v);
@@ -387,9 +446,104 @@ done:
     Py_XDECREF(dmac);
     Py_XDECREF(dst);
     Py_XDECREF(seal);
-    Py_XDECREF(daddr);
-    Py_XDECREF(sealed);
     Py_XDECREF(payload);
+    Py_XDECREF(peer_addr);
+    Py_XDECREF(node_sealer);
+    return rc;
+}
+
+/* NetworkRuntime._from_peer's common case for a frame a peer node sent (opened): Switch.from_peer
+ * to the one local port its destination was learned behind, the source known behind that peer.
+ * Else the pure _from_peer (runt, no local ports, learning, flooding, snooping, mirrors). */
+static int from_peer(Ctx *c, PyObject *runtime, PyObject *sw, PyObject *sender_obj,
+                     const uint8_t *frame, size_t len) {
+    int rc = -1, python = 0;
+    PyObject *v = NULL, *fdb = NULL, *smac = NULL, *dmac = NULL, *dst = NULL, *seal = NULL;
+    PyObject *payload = NULL, *seen = NULL;
+    if (len < AT_ETH_MIN) python = 1; /* runt: counted there */
+    if (!python) {
+        Py_ssize_t ports = PyObject_Size(sw);
+        if (ports < 0) goto done;
+        if (ports == 0) python = 1; /* no_local_ports, and maybe "stale" */
+    }
+    if (!python) {
+        v = PyObject_GetAttr(sw, N.snoop);
+        if (v == NULL) goto done;
+        if (v != Py_None && is_neighbour_frame(frame, len)) python = 1;
+        Py_CLEAR(v);
+    }
+    if (!python && (frame[0] & 1)) python = 1;
+    if (!python) {
+        int on = mirroring(sw);
+        if (on < 0) goto done;
+        if (on) python = 1;
+    }
+    if (!python) {
+        fdb = PyObject_GetAttr(sw, N.fdb);
+        if (fdb == NULL) goto done;
+        if (!PyDict_Check(fdb)) {
+            python = 1;
+        } else {
+            smac = PyBytes_FromStringAndSize((const char *)frame + 6, 6);
+            dmac = smac ? PyBytes_FromStringAndSize((const char *)frame, 6) : NULL;
+            if (dmac == NULL) goto done;
+            PyObject *owner = PyDict_GetItemWithError(fdb, smac); /* borrowed */
+            if (owner == NULL && PyErr_Occurred()) goto done;
+            int same = 0;
+            if (owner != NULL && PyLong_Check(owner)) {
+                same = PyObject_RichCompareBool(owner, sender_obj, Py_EQ);
+                if (same < 0) goto done;
+            }
+            if (!same) python = 1; /* learning the source behind this peer */
+            dst = python ? NULL : PyDict_GetItemWithError(fdb, dmac); /* borrowed */
+            if (dst == NULL) {
+                if (PyErr_Occurred()) goto done;
+                python = 1; /* unknown here: to every local port */
+            } else {
+                Py_INCREF(dst);
+                if (PyLong_Check(dst)) python = 1; /* behind another node: dropped there */
+            }
+        }
+    }
+    if (!python) {
+        seal = inline_seal(dst, 0, len);
+        if (seal == NULL && PyErr_Occurred()) goto done;
+        seen = PyObject_GetAttr(sw, N.fdb_seen);
+        if (seen == NULL) goto done;
+        if (!PyDict_Check(seen)) python = 1;
+    }
+    if (python) {
+        payload = PyBytes_FromStringAndSize((const char *)frame, (Py_ssize_t)len);
+        PyObject *ptype = payload ? PyLong_FromLong(AT_FRAME) : NULL;
+        if (ptype == NULL) goto done;
+        PyObject *args[3] = {payload, ptype, sender_obj};
+        counts.steps++;
+        rc = call_method(runtime, N.from_peer_, args, 3);
+        Py_DECREF(ptype);
+        goto done;
+    }
+    /* Committed: from_peer's unicast case. */
+    if (add_int(sw, N.frames_from_peers, 1) < 0 || PyDict_SetItem(seen, smac, c->now_obj) < 0)
+        goto done;
+    if (seal == NULL) {
+        payload = PyBytes_FromStringAndSize((const char *)frame, (Py_ssize_t)len);
+        if (payload == NULL) goto done;
+        PyObject *args[1] = {payload};
+        counts.steps++;
+        rc = call_method(dst, N.deliver, args, 1);
+        goto done;
+    }
+    counts.inline_++;
+    rc = port_deliver(c, dst, seal, frame, len, 0);
+done:
+    Py_XDECREF(v);
+    Py_XDECREF(fdb);
+    Py_XDECREF(smac);
+    Py_XDECREF(dmac);
+    Py_XDECREF(dst);
+    Py_XDECREF(seal);
+    Py_XDECREF(payload);
+    Py_XDECREF(seen);
     return rc;
 }
 
@@ -421,10 +575,6 @@ static int node_one(Ctx *c, const uint8_t *data, size_t len, PyObject *addr) {
     uint32_t key_id = at_be32(data + AT_KEY_ID_AT);
     uint32_t sender_id = at_be32(data + AT_SENDER_AT);
     uint64_t counter = at_be64(data + AT_COUNTER_AT);
-    if (key_id == 0) { /* from a peer node */
-        counts.python++;
-        return pure_datagram(c, data, len, addr);
-    }
 
     /* Everything that could send it elsewhere, looked up before anything changes. */
     networks = PyObject_GetAttr(c->core, N.networks);
@@ -441,14 +591,16 @@ static int node_one(Ctx *c, const uint8_t *data, size_t len, PyObject *addr) {
      * pure path (revoked_key) at once. */
     opener = PyObject_GetItem(openers, key_obj);
     if (opener == NULL) goto slow_clear;
-    clients = PyObject_GetAttr(runtime, N.clients);
-    if (clients == NULL) goto done;
     sender_obj = PyLong_FromUnsignedLong(sender_id);
     if (sender_obj == NULL) goto done;
-    ckey = PyTuple_Pack(2, key_obj, sender_obj);
-    if (ckey == NULL) goto done;
-    port = PyObject_GetItem(clients, ckey);
-    if (port == NULL) goto slow_clear; /* no port: only a bound hello opens one */
+    if (key_id != 0) { /* key 0: a peer node, no port */
+        clients = PyObject_GetAttr(runtime, N.clients);
+        if (clients == NULL) goto done;
+        ckey = PyTuple_Pack(2, key_obj, sender_obj);
+        if (ckey == NULL) goto done;
+        port = PyObject_GetItem(clients, ckey);
+        if (port == NULL) goto slow_clear; /* no port: only a bound hello opens one */
+    }
     windows = PyObject_GetAttr(opener, at_names.s_windows);
     if (windows == NULL) goto done;
     if (!PyDict_Check(windows)) goto slow;
@@ -468,6 +620,35 @@ static int node_one(Ctx *c, const uint8_t *data, size_t len, PyObject *addr) {
     }
     sw = PyObject_GetAttr(runtime, N.switch_);
     if (sw == NULL || PyObject_SetAttr(sw, N.now, c->now_obj) < 0) goto done;
+    const char *reason = NULL;
+    PyObject *drops = NULL;
+    size_t plen = len - AT_OVERHEAD;
+    if (port == NULL) { /* from a peer node: no bucket, then NetworkRuntime._from_peer */
+        int opened = at_opener_open(opener, data, len, sender_id, counter, obuf, &reason);
+        if (opened < 0) goto done;
+        if (opened == AT_OPEN_SLOW) goto slow_packet; /* cannot happen: the window was there */
+        if (opened == AT_OPEN_DROP) {
+            drops = PyObject_GetAttr(runtime, N.drops);
+            counts.inline_++;
+            rc = drops ? at_count(drops, reason, 1) : -1;
+            Py_XDECREF(drops);
+            goto done;
+        }
+        if (ptype == AT_FRAME) {
+            rc = from_peer(c, runtime, sw, sender_obj, obuf, plen);
+            goto done;
+        }
+        PyObject *payload = PyBytes_FromStringAndSize((const char *)obuf, (Py_ssize_t)plen);
+        PyObject *type_obj = payload ? PyLong_FromLong(ptype) : NULL;
+        if (type_obj != NULL) {
+            PyObject *args[3] = {payload, type_obj, sender_obj};
+            counts.steps++;
+            rc = call_method(runtime, N.from_peer_, args, 3);
+        }
+        Py_XDECREF(payload);
+        Py_XDECREF(type_obj);
+        goto done;
+    }
     /* The port's token bucket, before any crypto; charged below only once it authenticated. */
     double rate, burst, tokens, bucket_at;
     limits = PyObject_GetAttr(runtime, N.limits);
@@ -479,7 +660,6 @@ static int node_one(Ctx *c, const uint8_t *data, size_t len, PyObject *addr) {
     if (set_double(port, N.tokens, tokens < burst ? tokens : burst) < 0 ||
         PyObject_SetAttr(port, N.bucket_at, c->now_obj) < 0)
         goto done;
-    PyObject *drops = NULL;
     if (tokens < 1.0) {
         drops = PyObject_GetAttr(runtime, N.drops);
         counts.inline_++;
@@ -487,7 +667,6 @@ static int node_one(Ctx *c, const uint8_t *data, size_t len, PyObject *addr) {
         Py_XDECREF(drops);
         goto done;
     }
-    const char *reason = NULL;
     int opened = at_opener_open(opener, data, len, sender_id, counter, obuf, &reason);
     if (opened < 0) goto done;
     if (opened == AT_OPEN_SLOW) goto slow_packet; /* cannot happen: the window was there */
@@ -509,10 +688,9 @@ static int node_one(Ctx *c, const uint8_t *data, size_t len, PyObject *addr) {
         if (call_method(runtime, N.roam, args, 2) < 0) goto done;
     }
     if (PyObject_SetAttr(port, N.last_seen, c->now_obj) < 0) goto done;
-    size_t plen = len - AT_OVERHEAD;
     if (ptype == AT_SUPERFRAME) {
         if (plain_offload(obuf, plen)) {
-            rc = from_local(c, sw, port, obuf, plen, AT_VNET_HDR_LEN);
+            rc = from_local(c, runtime, sw, port, obuf, plen, AT_VNET_HDR_LEN);
             goto done;
         }
         /* NetworkRuntime.packet's own steps: _valid_packet counts it, then the switch. */
@@ -537,7 +715,7 @@ static int node_one(Ctx *c, const uint8_t *data, size_t len, PyObject *addr) {
         Py_XDECREF(drops);
         goto done;
     }
-    rc = from_local(c, sw, port, obuf, plen, 0);
+    rc = from_local(c, runtime, sw, port, obuf, plen, 0);
     goto done;
 
 slow_packet: {
