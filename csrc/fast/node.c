@@ -452,15 +452,31 @@ done:
     return rc;
 }
 
-/* NetworkRuntime._from_peer's common case for a frame a peer node sent (opened): Switch.from_peer
- * to the one local port its destination was learned behind, the source known behind that peer.
- * Else the pure _from_peer (runt, no local ports, learning, flooding, snooping, mirrors). */
+/* offload.check for the common case (no GSO): 1 when it passes. Anything else (a GSO type,
+ * a bad header) goes to the pure path's _valid_packet, which counts the reason. */
+static int plain_offload(const uint8_t *p, size_t len) {
+    if (len < AT_VNET_HDR_LEN + AT_ETH_MIN || p[1] != 0) return 0;
+    if (p[0] & 1) {
+        size_t frame_len = len - AT_VNET_HDR_LEN;
+        size_t start = p[6] | (size_t)p[7] << 8, offset = p[8] | (size_t)p[9] << 8;
+        if (start < AT_ETH_MIN || start + offset + 2 > frame_len) return 0;
+    }
+    return 1;
+}
+
+/* NetworkRuntime._from_peer's common case for a frame (at 0) or an offloaded packet without GSO
+ * (at 10) a peer node sent, opened: Switch.from_peer / packet_from_peer to the one local port
+ * its destination was learned behind, the source already known behind that peer. Else the pure
+ * _from_peer (runt, no local ports, a bad offload header, learning, flooding, snooping,
+ * mirrors, a port that needs standard frames). */
 static int from_peer(Ctx *c, PyObject *runtime, PyObject *sw, PyObject *sender_obj,
-                     const uint8_t *frame, size_t len) {
+                     const uint8_t *data, size_t len, size_t at) {
     int rc = -1, python = 0;
     PyObject *v = NULL, *fdb = NULL, *smac = NULL, *dmac = NULL, *dst = NULL, *seal = NULL;
     PyObject *payload = NULL, *seen = NULL;
-    if (len < AT_ETH_MIN) python = 1; /* runt: counted there */
+    const uint8_t *frame = data + at;
+    size_t flen = len - at;
+    if (at ? !plain_offload(data, len) : len < AT_ETH_MIN) python = 1; /* counted there */
     if (!python) {
         Py_ssize_t ports = PyObject_Size(sw);
         if (ports < 0) goto done;
@@ -469,7 +485,7 @@ static int from_peer(Ctx *c, PyObject *runtime, PyObject *sw, PyObject *sender_o
     if (!python) {
         v = PyObject_GetAttr(sw, N.snoop);
         if (v == NULL) goto done;
-        if (v != Py_None && is_neighbour_frame(frame, len)) python = 1;
+        if (v != Py_None && is_neighbour_frame(frame, flen)) python = 1;
         Py_CLEAR(v);
     }
     if (!python && (frame[0] & 1)) python = 1;
@@ -506,15 +522,16 @@ static int from_peer(Ctx *c, PyObject *runtime, PyObject *sw, PyObject *sender_o
         }
     }
     if (!python) {
-        seal = inline_seal(dst, 0, len);
+        seal = inline_seal(dst, at, len);
         if (seal == NULL && PyErr_Occurred()) goto done;
+        if (seal == NULL && at) python = 1; /* segmented for the port: packet_from_peer */
         seen = PyObject_GetAttr(sw, N.fdb_seen);
         if (seen == NULL) goto done;
         if (!PyDict_Check(seen)) python = 1;
     }
     if (python) {
-        payload = PyBytes_FromStringAndSize((const char *)frame, (Py_ssize_t)len);
-        PyObject *ptype = payload ? PyLong_FromLong(AT_FRAME) : NULL;
+        payload = PyBytes_FromStringAndSize((const char *)data, (Py_ssize_t)len);
+        PyObject *ptype = payload ? PyLong_FromLong(at ? AT_SUPERFRAME : AT_FRAME) : NULL;
         if (ptype == NULL) goto done;
         PyObject *args[3] = {payload, ptype, sender_obj};
         counts.steps++;
@@ -522,11 +539,11 @@ static int from_peer(Ctx *c, PyObject *runtime, PyObject *sw, PyObject *sender_o
         Py_DECREF(ptype);
         goto done;
     }
-    /* Committed: from_peer's unicast case. */
+    /* Committed: from_peer's (packet_from_peer's) unicast case. */
     if (add_int(sw, N.frames_from_peers, 1) < 0 || PyDict_SetItem(seen, smac, c->now_obj) < 0)
         goto done;
-    if (seal == NULL) {
-        payload = PyBytes_FromStringAndSize((const char *)frame, (Py_ssize_t)len);
+    if (seal == NULL) { /* another kind of port, or a UDP port with its own seal: a frame */
+        payload = PyBytes_FromStringAndSize((const char *)frame, (Py_ssize_t)flen);
         if (payload == NULL) goto done;
         PyObject *args[1] = {payload};
         counts.steps++;
@@ -534,7 +551,7 @@ static int from_peer(Ctx *c, PyObject *runtime, PyObject *sw, PyObject *sender_o
         goto done;
     }
     counts.inline_++;
-    rc = port_deliver(c, dst, seal, frame, len, 0);
+    rc = port_deliver(c, dst, seal, data, len, at);
 done:
     Py_XDECREF(v);
     Py_XDECREF(fdb);
@@ -545,18 +562,6 @@ done:
     Py_XDECREF(payload);
     Py_XDECREF(seen);
     return rc;
-}
-
-/* offload.check for the common case (no GSO): 1 when it passes. Anything else (a GSO type,
- * a bad header) goes to the pure path's _valid_packet, which counts the reason. */
-static int plain_offload(const uint8_t *p, size_t len) {
-    if (len < AT_VNET_HDR_LEN + AT_ETH_MIN || p[1] != 0) return 0;
-    if (p[0] & 1) {
-        size_t frame_len = len - AT_VNET_HDR_LEN;
-        size_t start = p[6] | (size_t)p[7] << 8, offset = p[8] | (size_t)p[9] << 8;
-        if (start < AT_ETH_MIN || start + offset + 2 > frame_len) return 0;
-    }
-    return 1;
 }
 
 /* One whole sealed datagram (not a fragment). 0, or -1 with a Python exception set. */
@@ -634,19 +639,8 @@ static int node_one(Ctx *c, const uint8_t *data, size_t len, PyObject *addr) {
             Py_XDECREF(drops);
             goto done;
         }
-        if (ptype == AT_FRAME) {
-            rc = from_peer(c, runtime, sw, sender_obj, obuf, plen);
-            goto done;
-        }
-        PyObject *payload = PyBytes_FromStringAndSize((const char *)obuf, (Py_ssize_t)plen);
-        PyObject *type_obj = payload ? PyLong_FromLong(ptype) : NULL;
-        if (type_obj != NULL) {
-            PyObject *args[3] = {payload, type_obj, sender_obj};
-            counts.steps++;
-            rc = call_method(runtime, N.from_peer_, args, 3);
-        }
-        Py_XDECREF(payload);
-        Py_XDECREF(type_obj);
+        rc = from_peer(c, runtime, sw, sender_obj, obuf, plen,
+                       ptype == AT_SUPERFRAME ? AT_VNET_HDR_LEN : 0);
         goto done;
     }
     /* The port's token bucket, before any crypto; charged below only once it authenticated. */
