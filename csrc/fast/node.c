@@ -3,20 +3,23 @@
  * node_receive(core, udp, max_reads, now) replaces UdpSocket.receive + NodeCore.datagram in the
  * node daemon's read callback. It reads the socket as receive() does (recvmsg with UDP_GRO,
  * runs split by their segment size, hold from the second read, release at the end) and, per
- * datagram, does the common case of NodeCore.datagram → NetworkRuntime.packet →
- * Switch.from_local → UdpClientPort.deliver on the pure path's own objects: a frame from a
- * client port with a replay window, to a MAC learned behind another client port. Every check
- * that could send the datagram elsewhere is made BEFORE anything is changed; what is not the
- * common case goes to the pure path whole (core.datagram) or, once opened, to the pure step
- * that follows (switch.from_local, the destination's deliver) — no step ever runs twice.
+ * datagram, does the common case of NodeCore.datagram → NetworkRuntime.packet → the switch →
+ * UdpClientPort.deliver on the pure path's own objects: a frame (or an offloaded packet without
+ * GSO) from a client port or a peer node with a replay window, to a MAC learned behind a client
+ * port, or from a client port to a MAC learned behind one live peer node. Every check that
+ * could send the datagram elsewhere is made BEFORE anything is changed; what is not the common
+ * case goes to the pure path whole (core.datagram) or, once opened, to the pure step that
+ * follows (switch.from_local / packet_from_local, runtime._from_peer, the destination's
+ * deliver) — no step ever runs twice.
  *
- * Handed to Python: fragments (the UdpSocket's reassembler, then core.datagram), short or
- * malformed headers, key 0 (peer nodes), types other than FRAME, unknown networks, keys
- * without an opener (derivation, revocation: a revoked key's opener is popped, so its next
- * datagram goes to the pure path, which drops it as revoked_key), senders without a port or
- * without a C replay window; after opening, frames whose source MAC is not the port's learned
- * one, neighbour frames while snooping, frames for the gateway, multicast, unknown
- * destinations, mirroring, destinations behind peers, and ports that are not UDP clients. */
+ * Handed to Python whole: fragments (the UdpSocket's reassembler, then core.datagram), short
+ * or malformed headers, control messages, unknown networks, keys without an opener
+ * (derivation; revocation: a revoked key's opener is popped, so its next datagram goes to the
+ * pure path, which drops it as revoked_key), senders without a port or without a C replay
+ * window. After opening: a source MAC not learned there yet, multicast and broadcast, neighbour
+ * frames while snooping, frames for the gateway, unknown destinations, mirroring, peers not
+ * live, offloaded packets with GSO or that a port needs cut into frames, and ports that are
+ * not UDP clients (their deliver() runs). docs/protocol.md, "Fast path", says the same. */
 #include "fast.h"
 
 #include <arpa/inet.h>
