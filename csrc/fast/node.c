@@ -199,6 +199,7 @@ static int is_neighbour_frame(const uint8_t *f, size_t len) {
 
 typedef struct {
     PyObject *core, *udp, *now_obj;
+    PyObject *send; /* core.send: what ports and the runtime send through (the daemon's UdpSocket) */
     double now;
     int fd;
 } Ctx;
@@ -267,8 +268,15 @@ static struct {
 /* The seal method of UdpClientPort `dst` when it can be done inline: its own Sealer's seal, and
  * for an offloaded packet (at > 0) a port that takes them whole and no fragmenting. NULL with
  * no error set when not (its deliver()/deliver_packet() or the switch does it). */
-static PyObject *inline_seal(PyObject *dst, size_t at, size_t len) {
+static PyObject *inline_seal(Ctx *c, PyObject *dst, size_t at, size_t len) {
     if ((PyObject *)Py_TYPE(dst) != N.port_type) return NULL;
+    /* Sent inline only where the port would send through the node's own send (the socket
+     * node_receive was given); a port given another send keeps its deliver(). */
+    PyObject *send = PyObject_GetAttr(dst, N.send);
+    if (send == NULL) return NULL;
+    int ours = PyObject_RichCompareBool(send, c->send, Py_EQ);
+    Py_DECREF(send);
+    if (ours <= 0) return NULL;
     PyObject *seal = PyObject_GetAttr(dst, N.seal);
     if (seal == NULL) return NULL;
     if (!PyMethod_Check(seal) || PyMethod_GET_FUNCTION(seal) != N.sealer_seal) {
@@ -402,8 +410,15 @@ static int from_local(Ctx *c, PyObject *runtime, PyObject *sw, PyObject *port,
         if (node_sealer == NULL) goto done;
         if (peer_addr == NULL || node_sealer == Py_None || len + AT_OVERHEAD > N.fragment_size)
             python = 1;
+        if (!python) {
+            PyObject *send = PyObject_GetAttr(runtime, N.send);
+            int ours = send ? PyObject_RichCompareBool(send, c->send, Py_EQ) : -1;
+            Py_XDECREF(send);
+            if (ours < 0) goto done;
+            if (!ours) python = 1;
+        }
     } else if (!python && dst != port) {
-        seal = inline_seal(dst, at, len);
+        seal = inline_seal(c, dst, at, len);
         if (seal == NULL && PyErr_Occurred()) goto done;
         if (seal == NULL && at) python = 1; /* segmented for the port: packet_from_local */
     }
@@ -525,7 +540,7 @@ static int from_peer(Ctx *c, PyObject *runtime, PyObject *sw, PyObject *sender_o
         }
     }
     if (!python) {
-        seal = inline_seal(dst, at, len);
+        seal = inline_seal(c, dst, at, len);
         if (seal == NULL && PyErr_Occurred()) goto done;
         if (seal == NULL && at) python = 1; /* segmented for the port: packet_from_peer */
         seen = PyObject_GetAttr(sw, N.fdb_seen);
@@ -817,13 +832,15 @@ static PyObject *node_receive(PyObject *module, PyObject *args) {
         PyErr_SetString(PyExc_RuntimeError, "node_receive is not re-entrant");
         return NULL;
     }
-    Ctx c = {core, udp, now_obj, PyFloat_AsDouble(now_obj), -1};
+    Ctx c = {core, udp, now_obj, NULL, PyFloat_AsDouble(now_obj), -1};
     if (c.now == -1.0 && PyErr_Occurred()) return NULL;
     PyObject *fileno = PyObject_CallMethod(udp, "fileno", NULL);
     if (fileno == NULL) return NULL;
     c.fd = (int)PyLong_AsLong(fileno);
     Py_DECREF(fileno);
     if (c.fd == -1 && PyErr_Occurred()) return NULL;
+    c.send = PyObject_GetAttr(core, N.send);
+    if (c.send == NULL) return NULL;
 
     busy = 1;
     int holding = 0, failed = 0;
@@ -876,6 +893,7 @@ static PyObject *node_receive(PyObject *module, PyObject *args) {
         }
     }
     busy = 0;
+    Py_DECREF(c.send);
     if (holding) {
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
