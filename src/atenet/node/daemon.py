@@ -31,6 +31,7 @@ from atenet.chain.log import Chain, Signer
 from atenet.chain.store import ChainStore
 from atenet.deployment import NODE_REFRESH, NodeKey, publish_node
 from atenet.errors import AtenetError, ChainInvalid, NotAllowed, NotFound, StoreUnavailable
+from atenet.fast import FAST
 from atenet.node.advertise import Advertised
 from atenet.node.advertise import choose as choose_advertised
 from atenet.node.core import NetworkRuntime, NodeCore, PortLimits
@@ -255,8 +256,13 @@ class NodeDaemon:
             return
         core = self.core
         now = time.time()
-        datagram = core.datagram
-        udp.receive(lambda data, addr: datagram(data, addr, now), READ_BATCH)
+        if FAST is not None:
+            # The same read and the same steps, the common case in C (docs/protocol.md, "Fast
+            # path"); everything else it hands to core.datagram and the reassembler as below.
+            FAST.node_receive(core, udp, READ_BATCH, now)
+        else:
+            datagram = core.datagram
+            udp.receive(lambda data, addr: datagram(data, addr, now), READ_BATCH)
         if core.has_events:
             self._handle_events()
 
@@ -607,4 +613,6 @@ class NodeDaemon:
                 "store": self.store.url,
             }
         )
+        if FAST is not None:  # how much of the traffic the node's compiled hop took
+            status["fast_node"] = FAST.node_counters()
         return status

@@ -1,0 +1,121 @@
+"""The node's socket read both ways, in-process on loopback: ``atenet._fast.node_receive`` and
+the pure ``UdpSocket.receive`` + ``NodeCore.datagram`` see the same datagrams — alone, as one
+UDP GSO run (which the receiving socket's GRO hands over whole), as fragments — and must leave
+the node's counters, drops and events the same (docs/protocol.md, "Fast path"). The forwarding
+itself is tested between real processes in tests/test_fast_node.py."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import time
+from typing import Any
+
+import pytest
+
+from atenet.fast import FAST
+from atenet.node.core import NodeCore
+from atenet.overlay.fragment import FRAGMENT_SIZE, fragment
+from atenet.overlay.seal import HEADER_LEN, TYPE_FRAME, TYPE_SUPERFRAME
+from atenet.transport.udp import SOL_UDP, UDP_SEGMENT, UdpSocket
+
+MODES = ["fast", "pure"]
+
+
+def sealed_like(ptype: int, size: int, network: bytes = b"N" * 16, version: int = 1) -> bytes:
+    """A datagram with a well-formed clear header and random "ciphertext" (no key opens it)."""
+    header = network + bytes([version, ptype]) + struct.pack("!IIQ", 7, 9, time.time_ns())
+    return header + os.urandom(size - HEADER_LEN)
+
+
+def read(mode: str, sends: list[tuple[list[bytes], int]]) -> tuple[NodeCore, UdpSocket]:
+    """Send each group (alone, or as one GSO run of the given segment size) to a node socket on
+    loopback, then read it once the way ``mode`` does."""
+    if mode == "fast" and FAST is None:
+        pytest.skip("atenet._fast is not built (scripts/setup.sh)")
+    sent: list[tuple[bytes, Any]] = []
+    core = NodeCore("n1", lambda packet, addr: sent.append((packet, addr)), time.time_ns())
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        rx.bind(("127.0.0.1", 0))
+        udp = UdpSocket(rx)
+        addr = rx.getsockname()
+        for datagrams, segment in sends:
+            if segment:
+                cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", segment))]
+                tx.sendmsg([b"".join(datagrams)], cmsg, 0, addr)
+            else:
+                for datagram in datagrams:
+                    tx.sendto(datagram, addr)
+        now = time.time()
+        if mode == "fast":
+            FAST.node_receive(core, udp, 512, now)  # type: ignore[union-attr]
+        else:
+            udp.receive(lambda data, source: core.datagram(data, source, now), 512)
+        with pytest.raises(BlockingIOError):
+            rx.recv(1, socket.MSG_DONTWAIT)  # everything was read
+        assert sent == []  # nothing here is answered
+        return core, udp
+    finally:
+        rx.close()
+        tx.close()
+
+
+def outcome(core: NodeCore, udp: UdpSocket) -> dict[str, Any]:
+    return {
+        "datagrams": core.datagrams,
+        "drops": dict(core.drops),
+        "events": core.take_events(),
+        "reassembler_dropped": udp.reassembler.dropped,
+        "pending": len(udp.reassembler),
+    }
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_malformed_datagrams_are_dropped_and_counted_alike(mode: str) -> None:
+    junk = [
+        b"short",
+        sealed_like(TYPE_FRAME, 120, version=9),
+        sealed_like(9, 120),
+        sealed_like(TYPE_FRAME, 120),  # a network this node does not serve
+        sealed_like(TYPE_SUPERFRAME, 200),
+    ]
+    result = outcome(*read(mode, [(junk, 0)]))
+    assert result == {
+        "datagrams": 5,
+        "drops": {"short": 1, "version": 1, "type": 1, "unknown_network": 2},
+        "events": [("load", b"N" * 16)],
+        "reassembler_dropped": 0,
+        "pending": 0,
+    }
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_gso_run_is_split_into_its_datagrams(mode: str) -> None:
+    run = [sealed_like(TYPE_FRAME, 100, network=bytes([i]) * 16) for i in range(8)]
+    run.append(sealed_like(TYPE_FRAME, 60, network=b"z" * 16))  # a run may end shorter
+    result = outcome(*read(mode, [(run, 100)]))
+    assert result["datagrams"] == 9
+    assert result["drops"] == {"unknown_network": 9}
+    assert sorted(r[1][0] for r in result["events"]) == sorted(d[0] for d in run)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("as_run", [False, True])
+def test_fragments_are_reassembled_then_handled(mode: str, as_run: bool) -> None:
+    packet = sealed_like(TYPE_SUPERFRAME, 5000)
+    wire = fragment(packet)
+    pieces = [wire[at : at + FRAGMENT_SIZE] for at in range(0, len(wire), FRAGMENT_SIZE)]
+    bogus = bytearray(pieces[0])
+    bogus[31] = 1  # "1 fragment": not a fragment anyone cut, dropped by the reassembler
+    sends = [(pieces, FRAGMENT_SIZE if as_run else 0), ([bytes(bogus)], 0)]
+    result = outcome(*read(mode, sends))
+    assert result == {
+        "datagrams": 1,  # the packet, whole once reassembled (for a network not served here)
+        "drops": {"unknown_network": 1},
+        "events": [("load", b"N" * 16)],
+        "reassembler_dropped": 1,
+        "pending": 0,
+    }
