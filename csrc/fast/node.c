@@ -823,7 +823,7 @@ static int node_read(Ctx *c, size_t n, long segment, PyObject *addr) {
     return 0;
 }
 
-static PyObject *node_receive(PyObject *module, PyObject *args) {
+static PyObject *node_receive(PyObject *Py_UNUSED(module), PyObject *args) {
     PyObject *core, *udp, *now_obj;
     int max_reads;
     if (!PyArg_ParseTuple(args, "OOiO", &core, &udp, &max_reads, &now_obj)) return NULL;
@@ -909,7 +909,7 @@ static PyObject *node_receive(PyObject *module, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static PyObject *node_counters(PyObject *module, PyObject *unused) {
+static PyObject *node_counters(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused)) {
     return Py_BuildValue("{sKsKsK}", "inline", counts.inline_, "python", counts.python,
                          "python_steps", counts.steps);
 }
