@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -46,11 +47,12 @@ from atenet.client.dhcp import SELECTING, ClientLease, DhcpClient
 from atenet.client.dhcp import Event as DhcpEvent
 from atenet.client.dhcp import Send as DhcpSend
 from atenet.errors import AtenetError
+from atenet.fast import FAST
 from atenet.offload import VNET_HDR_LEN
 from atenet.overlay.fragment import MAX_SUPERFRAME
 from atenet.overlay.seal import TYPE_SUPERFRAME
 from atenet.overlay.token import AccessToken
-from atenet.transport.tap import TapDevice, configure_link, update_addresses
+from atenet.transport.tap import TapDevice, TapGone, configure_link, update_addresses
 from atenet.transport.udp import UdpSocket
 from atenet.wire.arp import gratuitous_arp
 from atenet.wire.dhcp import is_dhcp_reply_frame
@@ -213,6 +215,12 @@ class Connection:
         self.address_note = ""
         """Why the address is what it is, when that is not what was asked (the fallback)."""
         self._config: dict[str, Any] = {}
+        self.fast = FAST
+        """The compiled fast path for the two hops (None: pure Python; see "Fast path" in
+        docs/connect.md)."""
+        self._fast_node: tuple[str, int] | None = None
+        self._fast_sockaddr: bytes | None = None
+        """``_fast_node`` converted once for the C sender (None: not IPv4, the pure path)."""
 
     @property
     def send_errors(self) -> int:
@@ -224,6 +232,9 @@ class Connection:
     def _on_udp(self) -> None:
         udp = self.udp
         if udp is None:
+            return
+        if self.fast is not None and self.tap is not None:
+            self._on_udp_fast(udp, self.tap)
             return
         now = time.time()
         receive = self.core.receive
@@ -245,6 +256,14 @@ class Connection:
         tap = self.tap
         if tap is None:
             return
+        if self.fast is not None and self.udp is not None:
+            node = self.core.node
+            if node is not self._fast_node:
+                self._fast_node = node
+                self._fast_sockaddr = self.fast.tok_sockaddr(node)
+            if self._fast_sockaddr is not None:
+                self._on_tap_fast(tap, self.udp, self._fast_sockaddr)
+                return
         send = self._send
         frames = tap.read_batch(READ_BATCH)
         udp = self.udp
@@ -262,6 +281,81 @@ class Connection:
         finally:
             if holding:
                 udp.release()  # type: ignore[union-attr]
+
+    def _on_udp_fast(self, udp: UdpSocket, tap: TapDevice) -> None:
+        """:meth:`_on_udp` in one C call per wake-up (``atenet._fast.tok_udp_to_tap``): it reads
+        the socket until empty, opens each frame and writes it to the TAP, counting as the pure
+        path does. What it hands back — a fragment and the rest of its GRO run, a control
+        message, a sender's first packet — runs the pure path here, then C goes on; DHCP replies
+        it opened come back in a list for the DHCP client."""
+        fast = self.fast
+        core = self.core
+        now = time.time()
+        dhcp_frames: list[bytes] | None = [] if self.dhcp is not None else None
+        reads = 0
+        try:
+            while reads < READ_BATCH:
+                n, back = fast.tok_udp_to_tap(  # type: ignore[union-attr]
+                    udp.fileno(), tap.fileno(), tap.vnet_hdr, tap.counters, core,
+                    dhcp_frames, now, READ_BATCH - reads,
+                )  # fmt: skip
+                reads += n
+                if back is None:
+                    break
+                data, segment, addr = back
+                for packet in udp.reassembler.feed(data, segment, addr):
+                    self._deliver(core.receive(packet, now), now)
+        except OSError as err:
+            if err.errno == errno.EBADFD:
+                raise TapGone(tap.name) from None
+            raise
+        finally:
+            for frame in dhcp_frames or ():
+                if self.dhcp is not None:
+                    self._dhcp_run(self.dhcp.frame(frame, now))
+
+    def _deliver(self, got: tuple[int, bytes] | None, now: float) -> None:
+        """What :meth:`_on_udp`'s ``to_tap`` does with a :meth:`ClientCore.receive` result."""
+        tap = self.tap
+        if got is not None and tap is not None:
+            if got[0] == TYPE_SUPERFRAME:
+                tap.write_packet(got[1])
+            elif self.dhcp is not None and is_dhcp_reply_frame(got[1]):
+                self._dhcp_run(self.dhcp.frame(bytes(got[1]), now))
+            else:
+                tap.write(got[1])
+
+    def _on_tap_fast(self, tap: TapDevice, udp: UdpSocket, sockaddr: bytes) -> None:
+        """:meth:`_on_tap` in one C call per wake-up (``atenet._fast.tok_tap_to_udp``): it reads
+        the TAP until empty, seals each frame and sends it to the node (a lone frame at once,
+        several as UDP GSO runs). An offloaded packet it cannot send as one datagram comes back
+        after everything before it left; :meth:`ClientCore.seal_packet` takes it here and C
+        goes on, so the order on the wire is kept."""
+        fast = self.fast
+        core = self.core
+        budget = READ_BATCH
+        first = True
+        try:
+            while budget > 0:
+                n, packet = fast.tok_tap_to_udp(  # type: ignore[union-attr]
+                    tap.fileno(), tap.vnet_hdr, tap.counters, core.sealer, udp, udp.fileno(),
+                    sockaddr, core.node_offload, budget, first,
+                )  # fmt: skip
+                if packet is None:
+                    return
+                budget -= n
+                first = False
+                holding = udp.hold()  # the frames of a segmented super-frame go as runs
+                try:
+                    for sealed in core.seal_packet(packet):
+                        self._send(sealed)
+                finally:
+                    if holding:
+                        udp.release()
+        except OSError as err:
+            if err.errno == errno.EBADFD:
+                raise TapGone(tap.name) from None
+            raise
 
     async def _wait_stop(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -633,6 +727,9 @@ class Connection:
             "routes": [f"{dst} via {via}" for dst, via in self.routes],
             "dhcp": dict(self.dhcp.counters) if self.dhcp is not None else None,
             "failovers": core.failovers,
+            "drops": dict(core.drops),
+            "tap": asdict(self.tap.counters) if self.tap is not None else None,
+            "fast": self.fast is not None,
             "started": round(self.started, 3),
             "connected": round(self.connected_at, 3),
             "updated": round(now, 3),
