@@ -389,7 +389,7 @@ def state(net: Overlay, name: str) -> dict[str, Any]:
 def test_lab_hosts_run_the_path_asked_for_and_pings_are_answered(lab_net: Overlay) -> None:
     c = lab_net.clients
     for name in c:
-        assert state(lab_net, name)["fast"] is not lab_net.pure  # type: ignore[attr-defined]
+        assert (state(lab_net, name)["fastpath"] == "on") is not lab_net.pure  # type: ignore[attr-defined]
     for src, dst in (("a", "b"), ("c", "d"), ("a", "c"), ("d", "b")):
         for addr in (c[dst].ip4, c[dst].ip6):
             out = c[src].host.run(["ping", "-n", "-c", "5", "-i", "0.1", "-w", "10", addr])

@@ -219,7 +219,7 @@ static void run_add(Run *r, size_t len) {
     r->len += len;
 }
 
-static PyObject *tok_sockaddr(PyObject *module, PyObject *args) {
+static PyObject *tok_sockaddr(PyObject *Py_UNUSED(module), PyObject *args) {
     /* tok_sockaddr((host, port)) -> the sockaddr (bytes) tok_tap_to_udp sends to, or None when
      * the host is not an IPv4 address (the pure path sends then, as it always did). */
     const char *host;
@@ -233,7 +233,7 @@ static PyObject *tok_sockaddr(PyObject *module, PyObject *args) {
     return PyBytes_FromStringAndSize((const char *)&sin, sizeof(sin));
 }
 
-static PyObject *tok_tap_to_udp(PyObject *module, PyObject *args) {
+static PyObject *tok_tap_to_udp(PyObject *Py_UNUSED(module), PyObject *args) {
     /* tok_tap_to_udp(tap_fd, vnet, tap_counters, sealer, udp, sock_fd, sockaddr, node_offload,
      *                budget, first) -> (frames read, packet | None) */
     int tap_fd, vnet, sock_fd, node_offload, first;
@@ -453,7 +453,7 @@ static int rx_one(Rx *rx, const uint8_t *p, size_t len) {
     return tap_write(&rx->tap, iov, n, (long)plen) < 0 ? RX_ERROR : RX_DONE;
 }
 
-static PyObject *tok_udp_to_tap(PyObject *module, PyObject *args) {
+static PyObject *tok_udp_to_tap(PyObject *Py_UNUSED(module), PyObject *args) {
     /* tok_udp_to_tap(sock_fd, tap_fd, vnet, tap_counters, core, dhcp_frames | None, now,
      *                budget) -> (datagrams read, (data, segment, addr) | None) */
     int sock_fd, tap_fd, vnet;

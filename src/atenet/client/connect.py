@@ -729,7 +729,6 @@ class Connection:
             "failovers": core.failovers,
             "drops": dict(core.drops),
             "tap": asdict(self.tap.counters) if self.tap is not None else None,
-            "fast": self.fast is not None,
             "started": round(self.started, 3),
             "connected": round(self.connected_at, 3),
             "updated": round(now, 3),
