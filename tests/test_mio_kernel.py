@@ -20,8 +20,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import socket
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -69,11 +72,18 @@ tcp()
 KERNEL_CLIENT = r"""
 import hashlib, os, socket, sys, threading
 host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+stall = float(sys.argv[4]) if len(sys.argv) > 4 else 60.0
 family = socket.AF_INET6 if ":" in host else socket.AF_INET
 data = os.urandom(size)
-s = socket.create_connection((host, port), timeout=60)
+s = socket.create_connection((host, port), timeout=stall)
 def send():
-    s.sendall(data); s.shutdown(socket.SHUT_WR)
+    # 64 KiB per sendall: the timeout is a stall detector, but for sendall it is the deadline
+    # of the whole call (Python >= 3.5), which one 256 MiB sendall through k3's slow path
+    # overran after 60 s while every byte was moving
+    view = memoryview(data)
+    for at in range(0, size, 1 << 16):
+        s.sendall(view[at : at + (1 << 16)])
+    s.shutdown(socket.SHUT_WR)
 t = threading.Thread(target=send); t.start()
 h, n = hashlib.sha256(), 0
 while chunk := s.recv(1 << 20):
@@ -84,6 +94,37 @@ u.sendto(b"kernel-datagram", (host, port + 1))
 reply, _ = u.recvfrom(2048)
 print(hashlib.sha256(data).hexdigest(), h.hexdigest(), n, reply.decode(), flush=True)
 """
+
+
+def test_kernel_client_timeout_is_a_stall_detector() -> None:
+    """KERNEL_CLIENT against a slow but steady echo server (on 127.0.0.1) for several times its
+    timeout: it must finish. With one ``sendall`` of everything, the timeout was the deadline
+    of the whole transfer and the 256 MiB run through k3 failed at 60 s with bytes moving."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def slow_echo() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while data := conn.recv(1 << 16):
+                conn.sendall(data)
+                time.sleep(0.02)  # ~3 MB/s: 4 MiB take ~1.3 s, the timeout is 0.3 s
+
+    echo = threading.Thread(target=slow_echo, daemon=True)
+    echo.start()
+    try:
+        started = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, "-c", KERNEL_CLIENT.split("u = socket.socket")[0] + "print(n)",
+             "127.0.0.1", str(port), str(4 * MIB), "0.3"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-500:]
+        assert int(proc.stdout) == 4 * MIB
+        assert time.monotonic() - started > 0.6  # it did outlast its timeout
+    finally:
+        server.close()
+        echo.join(5)
 
 
 @pytest.fixture(scope="module")

@@ -170,7 +170,7 @@ def test_handshake_and_data_both_ways(family: str) -> None:
     c, s, _ = open_pair(p, la, lb)
     assert c.state == s.state == "ESTABLISHED"
     assert c.mss == s.mss == 1360 and c.snd_wscale == s.rcv_wscale == 3
-    assert not c.sack_ok and not s.sack_ok  # SACK is opt-in (Tcp(sack=True))
+    assert c.sack_ok and s.sack_ok  # SACK is offered by default (Tcp(sack=False): not)
     d1 = random.Random(1).randbytes(300_000)
     d2 = random.Random(2).randbytes(100_000)
     assert transfer(p, c, s, d1) == d1
@@ -362,6 +362,43 @@ def test_out_of_order_buffered_and_delivered_when_hole_fills() -> None:
     # (the four arrived before the poll, so every ACK names all four)
     assert blocks == [[((first + 1360) & 0xFFFFFFFF, (first + 1360 * 5) & 0xFFFFFFFF)]] * 4
     # the held first segment arrives: everything is delivered at once
+    p.b.on_packet(*hold[0][1:], p.now)
+    assert s.recv(10**6) == data and not s.ooo
+
+
+def test_every_out_of_order_arrival_gets_a_sack_while_data_flows_back() -> None:
+    """An echo: segments arrive beyond a hole while our program sends data in every poll.
+    Each arrival must be answered by a pure ACK whose first SACK block covers it (RFC 2018):
+    a SACK sender such as Linux detects losses only from SACKed data, and a duplicate ACK
+    riding on our data carries no blocks. (One did ride before, so behind a `tok connect
+    --no-offload` TAP that dropped runs of Linux's segments, Linux saw no blocks.)"""
+    hold: list = []
+
+    def drop_first(dst, s, d, seg, pump):
+        if parse_segment(seg).payload and not hold and dst is pump.b:
+            hold.append((dst, s, d, seg))
+            return []
+        return [(dst, s, d, seg)]
+
+    p = Pump(fault=drop_first)
+    c, s, _ = open_pair(p)
+    assert c.sack_ok and s.sack_ok
+    data = random.Random(4).randbytes(1360 * 5)
+    assert c.send(data) == len(data)
+    segs = p.a.poll(p.now)
+    assert [len(parse_segment(x[2]).payload) for x in segs] == [1360] * 5
+    p._deliver(p.b, "a>b", segs[:1])  # the hole
+    first = s.rcv_nxt
+    for i, seg in enumerate(segs[1:], 1):
+        p._deliver(p.b, "a>b", [seg])
+        assert s.send(b"echo %d " % i * 100) > 0  # the program answers at once
+        out = [parse_segment(x[2]) for x in p.b.poll(p.now)]
+        assert any(o.payload for o in out)  # our data left in this poll...
+        pure = [o for o in out if not o.payload]
+        assert pure, f"arrival {i}: no pure ACK, so no SACK block"  # ...and a pure ACK
+        start, end = pure[0].sack[0]  # the block with the newest arrival comes first
+        assert start == (first + 1360) & 0xFFFFFFFF and end == (first + 1360 * (i + 1)) & 0xFFFFFFFF
+        assert all(o.ack == first & 0xFFFFFFFF for o in out)
     p.b.on_packet(*hold[0][1:], p.now)
     assert s.recv(10**6) == data and not s.ooo
 

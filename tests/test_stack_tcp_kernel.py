@@ -24,7 +24,7 @@ pytest.importorskip("atenet.stack.iface")
 stack_tap = pytest.importorskip("tests.support.stack_tap")
 
 from atenet.stack import Interface  # noqa: E402
-from atenet.stack.tcp import Tcp  # noqa: E402
+from atenet.stack.tcp import Tcp, parse_segment  # noqa: E402
 from atenet.transport.tap import TapDevice  # noqa: E402
 from tests.support.netns import Host, Lab  # noqa: E402
 
@@ -186,7 +186,8 @@ def test_mio_client_to_kernel_listener(rig, family: int, kernel: str, stack: str
 
 class LossyTcp(Tcp):
     """Drops 2 % of the segments each way and corrupts 0.5 % of Linux's (seeded): Linux must
-    recover from our losses and we from its, without SACK (we do not offer it)."""
+    recover from our losses (with our SACK blocks) and we from its (NewReno and RTO: we do not
+    act on the blocks Linux sends)."""
 
     def __init__(self, seed: int) -> None:
         super().__init__(mss=1440, seed=seed)
@@ -239,3 +240,54 @@ def test_tso_mio_client_to_kernel_listener(rig_tso) -> None:
     before = tcp.counters["tso_segments_out"]
     test_mio_client_to_kernel_listener(rig_tso, socket.AF_INET, KERNEL4, STACK4)
     assert tcp.counters["tso_segments_out"] - before > 10
+
+
+class TailDropTcp(Tcp):
+    """Loses Linux's data the way a full queue in front of a slow reader does (k3's TAP ring of
+    64 frames behind a `tok connect --no-offload` that reads more slowly than Linux sends): a
+    run of 12 new segments out of every 100, so several holes per window; retransmissions,
+    which Linux sends alone, get through."""
+
+    def __init__(self) -> None:
+        super().__init__(mss=1440, seed=7)
+        self.seen = self.dropped = 0
+        self.front = -1  # the end of the highest data seen (32-bit; the test moves 4 MiB)
+
+    def on_packet(self, src_ip: bytes, dst_ip: bytes, segment: bytes, now: float) -> None:
+        parsed = parse_segment(segment)
+        if parsed is not None and len(parsed.payload) > 100 and parsed.seq >= self.front:
+            self.front = parsed.seq + len(parsed.payload)
+            self.seen += 1
+            if 60 <= self.seen % 100 < 72:
+                self.dropped += 1
+                return
+        super().on_packet(src_ip, dst_ip, segment, now)
+
+
+def _tcp_ext(host: Host) -> dict[str, int]:
+    """The namespace's TcpExt counters (/proc/net/netstat)."""
+    lines = [ln.split() for ln in host.run("cat /proc/net/netstat").stdout.splitlines()]
+    names, values = (ln for ln in lines if ln and ln[0] == "TcpExt:")
+    return {n: int(v) for n, v in zip(names[1:], values[1:], strict=True)}
+
+
+def test_runs_of_lost_segments_from_linux_recovered_by_sack(rig) -> None:
+    """Linux recovers runs of lost segments from our SACK blocks, not by timeouts.
+
+    Without SACK (measured: Tcp(sack=False)) the same 4 MiB echo took 2.2-6.9 s with 8-14
+    Linux RTOs and NewReno recoveries; with it 0.4 s, no RTO. The k3 256 MiB echo through a
+    `--no-offload` TAP that dropped ~10 % of Linux's frames this way ran 4-5x faster."""
+    host, served, plain = rig
+    lossy = TailDropTcp()
+    served.call(setattr, served.iface, "tcp", lossy)
+    try:
+        before = _tcp_ext(host)
+        test_kernel_client_to_mio_listener((host, served, lossy), STACK4)
+        after = _tcp_ext(host)
+        grew = {k: after[k] - before[k] for k in ("TCPSackRecovery", "TCPTimeouts")}
+        assert lossy.dropped > 300
+        assert grew["TCPSackRecovery"] > 0, grew
+        # generous (a descheduled test thread can still cost a spurious RTO on a busy machine)
+        assert grew["TCPTimeouts"] <= 3, grew
+    finally:
+        served.call(setattr, served.iface, "tcp", plain)

@@ -18,8 +18,9 @@ Internals worth knowing before changing anything:
 - Retransmission: RFC 6298 RTO (SRTT/RTTVAR, Karn's rule, exponential backoff, 200 ms .. 60 s),
   go-back-N from ``snd_una`` on a timeout, fast retransmit on three duplicate ACKs and NewReno
   recovery (RFC 6582) with cwnd/ssthresh per RFC 5681; delayed ACKs (every second segment or
-  40 ms); zero-window persist probes; window scaling (RFC 7323). SACK-permitted is parsed and
-  ignored (we never send SACK blocks); timestamps are not used.
+  40 ms); zero-window persist probes; window scaling (RFC 7323). SACK (RFC 2018) is offered and
+  our pure ACKs carry blocks while data waits out of order; received blocks are parsed and not
+  acted on; timestamps are not used.
 """
 
 from __future__ import annotations
@@ -834,10 +835,13 @@ class Connection:
     def _sack_option(self) -> bytes:
         """Up to 3 SACK blocks for a pure ACK (RFC 2018), the most recent arrival's first.
 
-        Why only on pure ACKs: on data segments the blocks would eat into the MSS. Receiving
-        SACK blocks is parsed but not acted on. Off by default (``Tcp(sack=True)`` turns it on):
-        against Linux over a lossy link it did not help, since the ACKs that ride on our data
-        carry no blocks and a SACK sender then counts fewer duplicate ACKs.
+        Why only on pure ACKs: on data segments the blocks would eat into the MSS (and into
+        every segment cut from a super-segment); ``_output`` therefore sends a pure ACK for
+        every out-of-order arrival while SACK is on, even when data leaves in the same poll.
+        Receiving SACK blocks is parsed but not acted on. On by default (``Tcp(sack=False)``
+        turns it off): a Linux sender losing runs of segments at a full queue (a `tok connect
+        --no-offload` TAP) recovers them within a round trip or two with SACK, and only by
+        NewReno and RTOs without (docs/stack.md, "TCP").
         """
         blocks: list[list[int]] = []
         for k in sorted(self.ooo):
@@ -952,7 +956,12 @@ class Connection:
             elif self.snd_wnd == 0 and self.snd_una < data_end and self.persist_at is None:
                 self.persist_at = now + self.rto
         if self.dupacks_to_send:
-            for _ in range(self.dupacks_to_send - (1 if sent else 0)):
+            # one duplicate ACK rides on the data we just sent, unless SACK is on: a SACK
+            # sender (Linux) detects a loss from SACKed data, not from counting duplicate
+            # ACKs, and only pure ACKs carry our blocks; so then every out-of-order arrival
+            # gets its own pure ACK, also while the program's data flows back (an echo)
+            ride = 1 if sent and not (self.sack_ok and self.ooo) else 0
+            for _ in range(self.dupacks_to_send - ride):
                 self._emit(out, self.snd_nxt, ACK)
             self.dupacks_to_send = 0
             sent = True
@@ -982,7 +991,7 @@ class Tcp:
         max_retries: int = 10,
         syn_retries: int = 6,
         max_pending_rst: int = 256,
-        sack: bool = False,
+        sack: bool = True,
         seed: int | None = None,
         mss6: int | None = None,
     ) -> None:
