@@ -188,6 +188,31 @@ def test_frames_from_the_tap_reach_the_node_sealed_in_order(fast: bool, rigs: li
 
 
 @pytest.mark.parametrize("fast", WAYS)
+def test_the_kernels_answer_leaves_in_the_callback_that_wrote_the_request(
+    fast: bool, rigs: list[Rig]
+) -> None:
+    """The kernel answers a frame (a ping's reply, a TCP ACK) inside the TAP write, so the
+    client reads the TAP right after writing, without a trip through the event loop; a
+    datagram that wrote nothing (dropped) leaves the TAP alone."""
+    rig = make_rig(fast)
+    rigs.append(rig)
+    answer = frame(7)
+    rig.from_tap(answer)  # stands for what the kernel queued while taking the request
+
+    tampered = bytearray(rig.sealer.seal(frame(1)))
+    tampered[-1] ^= 1
+    rig.to_client(tampered)
+    rig.pump()
+    assert rig.tap_frames() == []
+    assert rig.node_receives(1, timeout=0.3) == []  # nothing written: the TAP not read
+
+    rig.to_client(rig.sealer.seal(frame(1)))
+    rig.pump()  # one UDP callback, no _on_tap call
+    assert rig.tap_frames() == [frame(1)]
+    assert rig.node_receives(1) == [(TYPE_FRAME, answer)]
+
+
+@pytest.mark.parametrize("fast", WAYS)
 def test_a_batch_larger_than_the_read_budget_is_read_in_turns(fast: bool, rigs: list[Rig]) -> None:
     rig = make_rig(fast)
     rigs.append(rig)

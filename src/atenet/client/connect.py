@@ -230,12 +230,29 @@ class Connection:
         self.udp.send(packet, self.core.node)  # type: ignore[union-attr]
 
     def _on_udp(self) -> None:
+        """Frames from the node to the TAP; then, if any was written, the TAP at once.
+
+        The kernel answers what it was handed (a ping's echo reply, a TCP ACK) inside the TAP
+        write, so the answer is usually waiting by the time the write returns: reading it now
+        saves the event loop's round trip (an epoll wake-up and a callback) on every
+        request/response. Measured on the bench (1 node, 200 idle pings 50 ms apart, 4
+        interleaved rounds): ping RTT p50 0.851 → 0.800 ms. When nothing is waiting it costs
+        one TAP read that finds the queue empty.
+        """
         udp = self.udp
+        tap = self.tap
         if udp is None:
             return
-        if self.fast is not None and self.tap is not None:
-            self._on_udp_fast(udp, self.tap)
-            return
+        written = tap.counters.tx_frames if tap is not None else 0
+        if self.fast is not None and tap is not None:
+            self._on_udp_fast(udp, tap)
+        else:
+            self._on_udp_pure(udp)
+        tap = self.tap
+        if tap is not None and tap.counters.tx_frames != written:
+            self._on_tap()
+
+    def _on_udp_pure(self, udp: UdpSocket) -> None:
         now = time.time()
         receive = self.core.receive
 
