@@ -9,9 +9,7 @@ and a revoked key cut at once (docs/protocol.md, "Fast path").
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import tempfile
 import textwrap
 import time
@@ -25,6 +23,7 @@ from atenet.fast import FAST
 from tests.conftest import needs_root
 from tests.support.netns import Lab
 from tests.support.overlay import BIN, UDP_PORT, Client, Overlay, wait_for_text
+from tests.test_offload import RECEIVER, SENDER
 
 pytestmark = [needs_root]
 
@@ -77,7 +76,7 @@ def test_pings_between_two_hosts_through_the_node_are_answered(net: Overlay) -> 
     assert h2.host.ping(h1.ip4, count=5, timeout=5)
 
 
-def test_pings_and_a_tcp_copy_across_two_nodes(net: Overlay, tmp_path: Path) -> None:
+def test_pings_and_a_tcp_copy_across_two_nodes(net: Overlay) -> None:
     h1, h4 = net.clients["h1"], net.clients["h4"]
     for addr in (h4.ip4, h4.ip6):
         assert h1.host.ping(addr, count=3, timeout=5), addr
@@ -86,7 +85,7 @@ def test_pings_and_a_tcp_copy_across_two_nodes(net: Overlay, tmp_path: Path) -> 
     if done_in_c[0] >= 0:  # both hops of each echo and reply on the C path, peer link included
         assert inline(net, "n1") - done_in_c[0] >= 20
         assert inline(net, "n2") - done_in_c[1] >= 20
-    assert tcp_copy(net, h4, h1, tmp_path, 2 << 20)
+    assert tcp_copy(net, h4, h1, 2 << 20)
 
 
 def test_ports_counters_move_with_the_frames(net: Overlay) -> None:
@@ -164,49 +163,25 @@ def test_a_burst_of_small_datagrams_arrives_in_order(net: Overlay, to: str, node
         assert inline(net, node) - done_in_c >= len(seqs)
 
 
-RECEIVER = textwrap.dedent(
-    """
-    import hashlib, socket, sys
-    srv = socket.create_server((sys.argv[1], 5201))
-    print("ready", flush=True)
-    conn, _ = srv.accept()
-    h = hashlib.sha256(); n = 0
-    while chunk := conn.recv(1 << 16):
-        h.update(chunk); n += len(chunk)
-    print(n, h.hexdigest(), flush=True)
-    """
-)
-
-SENDER = textwrap.dedent(
-    """
-    import socket, sys
-    data = open(sys.argv[2], "rb").read()
-    s = socket.create_connection((sys.argv[1], 5201), timeout=10)
-    s.sendall(data); s.close()
-    """
-)
-
-
-def tcp_copy(net: Overlay, sender: Client, receiver: Client, tmp: Path, size: int) -> bool:
-    """Random bytes over TCP from ``sender`` to ``receiver``: True when they arrive whole."""
-    data = os.urandom(size)
-    src = tmp / "payload.bin"
-    src.write_bytes(data)
+def tcp_copy(net: Overlay, sender: Client, receiver: Client, size: int) -> bool:
+    """Random bytes over TCP from ``sender`` to ``receiver``: True when they arrive whole
+    (test_offload's sender and receiver scripts: each prints the size and sha256 it saw)."""
     log = net.root / f"tcp-{receiver.name}.log"
     with log.open("wb") as out:
         server = receiver.host.popen([BIN / "python", "-c", RECEIVER, receiver.ip4], stdout=out)
     try:
         wait_for_text(server, log, "ready", 10)
-        sender.host.run([BIN / "python", "-c", SENDER, receiver.ip4, str(src)], timeout=120)
+        sent = sender.host.run(
+            [BIN / "python", "-c", SENDER, receiver.ip4, str(size)], timeout=120
+        ).stdout.split()
         server.wait(timeout=60)
     finally:
         net.lab.stop_process(server)
-    got, digest = log.read_text().splitlines()[-1].split()
-    return (int(got), digest) == (len(data), hashlib.sha256(data).hexdigest())
+    return log.read_text().splitlines()[-1].split() == sent and sent[0] == str(size)
 
 
-def test_a_tcp_copy_arrives_byte_identical(net: Overlay, tmp_path: Path) -> None:
-    assert tcp_copy(net, net.clients["h1"], net.clients["h2"], tmp_path, 4 << 20)
+def test_a_tcp_copy_arrives_byte_identical(net: Overlay) -> None:
+    assert tcp_copy(net, net.clients["h1"], net.clients["h2"], 4 << 20)
 
 
 CAPTURE = textwrap.dedent(

@@ -297,27 +297,27 @@ static PyObject *window_check(AtWindow *self, PyObject *arg) {
     return PyBool_FromLong(at_window_check(self, c));
 }
 
-static PyObject *window_update(AtWindow *self, PyObject *arg) {
-    uint64_t c = 0;
-    if (!window_ready(self)) return NULL;
-    int r = parse_counter(arg, &c);
-    if (r < 0) return NULL;
+/* The u64 counter update() and start() take (a ready window): 0, or -1 with an error set. */
+static int window_u64_arg(AtWindow *self, PyObject *arg, uint64_t *c) {
+    if (!window_ready(self)) return -1;
+    int r = parse_counter(arg, c);
+    if (r < 0) return -1;
     if (r != 0) {
         PyErr_SetString(PyExc_ValueError, "a counter is a u64");
-        return NULL;
+        return -1;
     }
+    return 0;
+}
+
+static PyObject *window_update(AtWindow *self, PyObject *arg) {
+    uint64_t c = 0;
+    if (window_u64_arg(self, arg, &c) < 0) return NULL;
     return PyBool_FromLong(at_window_update(self, c));
 }
 
 static PyObject *window_start(AtWindow *self, PyObject *arg) {
     uint64_t c = 0;
-    if (!window_ready(self)) return NULL;
-    int r = parse_counter(arg, &c);
-    if (r < 0) return NULL;
-    if (r != 0) {
-        PyErr_SetString(PyExc_ValueError, "a counter is a u64");
-        return NULL;
-    }
+    if (window_u64_arg(self, arg, &c) < 0) return NULL;
     window_start_at(self, c);
     Py_RETURN_NONE;
 }

@@ -329,6 +329,24 @@ static int port_deliver(Ctx *c, PyObject *dst, PyObject *seal, const uint8_t *da
     return rc;
 }
 
+/* The last step of a unicast frame to a local port `dst`: inline (port_deliver, with the seal
+ * inline_seal gave) or, for another kind of port or a UDP port with its own seal (`seal` NULL),
+ * its Python deliver() with the frame. */
+static int deliver_to(Ctx *c, PyObject *dst, PyObject *seal, const uint8_t *data, size_t len,
+                      size_t at, const uint8_t *frame, size_t flen) {
+    if (seal != NULL) {
+        counts.inline_++;
+        return port_deliver(c, dst, seal, data, len, at);
+    }
+    PyObject *payload = PyBytes_FromStringAndSize((const char *)frame, (Py_ssize_t)flen);
+    if (payload == NULL) return -1;
+    PyObject *args[1] = {payload};
+    counts.steps++;
+    int rc = call_method(dst, N.deliver, args, 1);
+    Py_DECREF(payload);
+    return rc;
+}
+
 /* Whether a switch is mirroring (local mirror ports or peers with one): -1 on error. */
 static int mirroring(PyObject *sw) {
     PyObject *v = PyObject_GetAttr(sw, N.mirroring);
@@ -447,16 +465,7 @@ static int from_local(Ctx *c, PyObject *runtime, PyObject *sw, PyObject *port,
         rc = 0;
         goto done;
     }
-    if (seal == NULL) { /* another kind of port, or a UDP port with its own seal: a frame */
-        payload = PyBytes_FromStringAndSize((const char *)frame, (Py_ssize_t)flen);
-        if (payload == NULL) goto done;
-        PyObject *args[1] = {payload};
-        counts.steps++;
-        rc = call_method(dst, N.deliver, args, 1);
-        goto done;
-    }
-    counts.inline_++;
-    rc = port_deliver(c, dst, seal, data, len, at);
+    rc = deliver_to(c, dst, seal, data, len, at, frame, flen);
 done:
     Py_XDECREF(fdb_mac);
     Py_XDECREF(v);
@@ -560,16 +569,7 @@ static int from_peer(Ctx *c, PyObject *runtime, PyObject *sw, PyObject *sender_o
     /* Committed: from_peer's (packet_from_peer's) unicast case. */
     if (add_int(sw, N.frames_from_peers, 1) < 0 || PyDict_SetItem(seen, smac, c->now_obj) < 0)
         goto done;
-    if (seal == NULL) { /* another kind of port, or a UDP port with its own seal: a frame */
-        payload = PyBytes_FromStringAndSize((const char *)frame, (Py_ssize_t)flen);
-        if (payload == NULL) goto done;
-        PyObject *args[1] = {payload};
-        counts.steps++;
-        rc = call_method(dst, N.deliver, args, 1);
-        goto done;
-    }
-    counts.inline_++;
-    rc = port_deliver(c, dst, seal, data, len, at);
+    rc = deliver_to(c, dst, seal, data, len, at, frame, flen);
 done:
     Py_XDECREF(v);
     Py_XDECREF(fdb);
