@@ -30,7 +30,7 @@ from atenet.router.nat import (
     ShutdownWrite,
 )
 from atenet.stack.iface import TSO_BYTES, EchoReply, IcmpError, Interface
-from atenet.stack.tcp import ESTABLISHED, SYN_SENT, Tcp
+from atenet.stack.tcp import ESTABLISHED, SYN_SENT, Connection, Tcp
 
 NET = b"\x11" * 16
 CIDR = "10.0.0.0/24"
@@ -95,6 +95,22 @@ class Lab:
             if not self.step():
                 return
 
+    def upload(self, conn: Connection, data: bytes, rounds: int, tick: float) -> bytes:
+        """Send ``data`` on the client connection ``conn``, stepping the network ``tick``
+        seconds at a time for at most ``rounds`` steps; what the forwarder sent on to the host
+        socket (its Send actions), joined."""
+        sent = 0
+        got = bytearray()
+        for _ in range(rounds):
+            if sent < len(data):
+                sent += conn.send(data[sent:])
+            self.step()
+            got += b"".join(a.data for a in self.take(Send))
+            if len(got) == len(data):
+                break
+            self.now += tick
+        return bytes(got)
+
     def take(self, kind: type) -> list:
         self.actions += self.nat.actions()
         got = [a for a in self.actions if isinstance(a, kind)]
@@ -146,16 +162,7 @@ def test_tcp_waits_for_the_host_connect_then_relays_both_ways_sha_equal() -> Non
     lab.run()
     assert conn.state == ESTABLISHED
     up = bytes(range(256)) * 1200  # 300 KiB, more than the stack's buffers
-    sent = 0
-    got = bytearray()
-    for _ in range(400):
-        if sent < len(up):
-            sent += conn.send(up[sent:])
-        lab.step()
-        got += b"".join(a.data for a in lab.take(Send))
-        if len(got) == len(up):
-            break
-        lab.now += 0.01
+    got = lab.upload(conn, up, 400, 0.01)
     assert hashlib.sha256(got).digest() == hashlib.sha256(up).digest()
     down = bytes(reversed(up))
     received = bytearray()
@@ -234,16 +241,8 @@ def test_offloading_client_moves_super_frames_both_ways_sha_equal() -> None:
     lab.run()
     assert conn.state == ESTABLISHED
     up = hashlib.sha256(b"up").digest() * 32768  # 1 MiB
-    sent, got = 0, bytearray()
     lab.packets = 0
-    for _ in range(2000):
-        if sent < len(up):
-            sent += conn.send(up[sent:])
-        lab.step()
-        got += b"".join(a.data for a in lab.take(Send))
-        if len(got) == len(up):
-            break
-        lab.now += 0.001
+    got = lab.upload(conn, up, 2000, 0.001)
     assert hashlib.sha256(got).digest() == hashlib.sha256(up).digest()
     assert lab.nat.counters["superframes_in"] >= 8
     assert lab.packets < len(up) // 1460 // 2  # data and ACKs: far fewer than MSS frames

@@ -85,15 +85,7 @@ def test_ipv6_tcp_waits_for_the_host_connect_then_relays_both_ways_with_the_ipv6
     assert conn.state == ESTABLISHED
     assert conn.mss == 1500 - 60  # the forwarder announces the IPv6 MSS, not the IPv4 one
     up = bytes(range(256)) * 400  # 100 KiB
-    sent, got = 0, bytearray()
-    for _ in range(300):
-        if sent < len(up):
-            sent += conn.send(up[sent:])
-        lab.step()
-        got += b"".join(a.data for a in lab.take(Send))
-        if len(got) == len(up):
-            break
-        lab.now += 0.01
+    got = lab.upload(conn, up, 300, 0.01)
     assert hashlib.sha256(got).digest() == hashlib.sha256(up).digest()
     down = bytes(reversed(up))
     lab.nat.data(opened.flow, down, lab.now)
