@@ -351,6 +351,18 @@ async def _mio_program(url: str, token: str) -> None:
                                   "program_cpu": c1 - c0}), flush=True)  # fmt: skip
 
 
+def read_line(proc: subprocess.Popen[str], timeout: float, who: str) -> str:
+    """One line from ``proc``'s stdout within ``timeout`` seconds; ``who`` names it in errors."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not ready:
+        raise TimeoutError(f"{who} gave no answer within {timeout} s")
+    line = proc.stdout.readline()
+    if not line:
+        raise RuntimeError(f"{who} exited (rc {proc.poll()})")
+    return line
+
+
 def _proc_cpu(pid: int) -> float:
     """User + system CPU-seconds of process ``pid`` (all its threads) from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -387,14 +399,7 @@ class NodeEngine:
         self.host.ping(self.stack_ip, 3, 5.0)  # ARP both ways before the first cell
 
     def _line(self, timeout: float) -> str:
-        assert self.program.stdout is not None
-        ready, _, _ = select.select([self.program.stdout], [], [], timeout)
-        if not ready:
-            raise TimeoutError(f"node: the mio program gave no answer within {timeout} s")
-        line = self.program.stdout.readline()
-        if not line:
-            raise RuntimeError(f"node: the mio program exited (rc {self.program.poll()})")
-        return line
+        return read_line(self.program, timeout, "node: the mio program")
 
     def _send(self, cmd: str) -> None:
         assert self.program.stdin is not None
@@ -499,14 +504,7 @@ class Engine:
             raise RuntimeError(f"{self.kind}: expected {word!r}, got {line!r}")
 
     def _line(self, timeout: float) -> str:
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
-            raise TimeoutError(f"{self.kind}: no answer within {timeout} s")
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"{self.kind}: engine exited (rc {self.proc.poll()})")
-        return line
+        return read_line(self.proc, timeout, f"{self.kind}: the engine")
 
     def command(self, cmd: str, timeout: float) -> dict[str, Any]:
         assert self.proc.stdin is not None
