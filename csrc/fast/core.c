@@ -568,6 +568,20 @@ done:
     return rc;
 }
 
+int at_add_attr(PyObject *obj, PyObject *name, long long n) {
+    if (n == 0) return 0;
+    PyObject *old = PyObject_GetAttr(obj, name);
+    if (old == NULL) return -1;
+    PyObject *d = PyLong_FromLongLong(n);
+    PyObject *sum = d ? PyNumber_Add(old, d) : NULL;
+    Py_DECREF(old);
+    Py_XDECREF(d);
+    if (sum == NULL) return -1;
+    int rc = PyObject_SetAttr(obj, name, sum);
+    Py_DECREF(sum);
+    return rc;
+}
+
 int at_count(PyObject *counter, const char *name, long n) {
     PyObject *key = PyUnicode_InternFromString(name);
     if (key == NULL) return -1;

@@ -104,6 +104,9 @@ int at_sealer_seal(PyObject *sealer, int ptype, const uint8_t *payload, size_t l
 int at_opener_open(PyObject *opener, const uint8_t *packet, size_t len, uint32_t sender_id,
                    uint64_t counter, uint8_t *out, const char **reason);
 
+/* obj.name += n on an int attribute (the pure objects' counters are plain attributes). 0 or -1. */
+int at_add_attr(PyObject *obj, PyObject *name, long long n);
+
 /* counter[name] += n on a dict (a collections.Counter works: it is a dict). 0 or -1. */
 int at_count(PyObject *counter, const char *name, long n);
 

@@ -103,32 +103,6 @@ static int node_names(void) {
 
 /* ------------------------------------------------------------------ small helpers */
 
-/* obj.name += n for an int attribute. */
-static int add_int(PyObject *obj, PyObject *name, long long n) {
-    PyObject *old = PyObject_GetAttr(obj, name);
-    if (old == NULL) return -1;
-    PyObject *new;
-    int overflow = 0;
-    long long v = PyLong_Check(old) ? PyLong_AsLongLongAndOverflow(old, &overflow) : 0;
-    if (PyLong_Check(old) && !overflow && !(v == -1 && PyErr_Occurred()) &&
-        v < LLONG_MAX - n) {
-        new = PyLong_FromLongLong(v + n);
-    } else {
-        if (PyErr_Occurred()) {
-            Py_DECREF(old);
-            return -1;
-        }
-        PyObject *d = PyLong_FromLongLong(n);
-        new = d ? PyNumber_Add(old, d) : NULL;
-        Py_XDECREF(d);
-    }
-    Py_DECREF(old);
-    if (new == NULL) return -1;
-    int rc = PyObject_SetAttr(obj, name, new);
-    Py_DECREF(new);
-    return rc;
-}
-
 static int get_double(PyObject *obj, PyObject *name, double *out) {
     PyObject *v = PyObject_GetAttr(obj, name);
     if (v == NULL) return -1;
@@ -252,7 +226,7 @@ static int send_packet(Ctx *c, PyObject *sealed, size_t size, PyObject *addr) {
         goto done;
     }
     if (sendto(c->fd, sbuf, size, 0, (struct sockaddr *)&sa, sizeof sa) < 0)
-        rc = add_int(c->udp, N.send_errors, 1);
+        rc = at_add_attr(c->udp, N.send_errors, 1);
     else
         rc = 0;
 done:
@@ -320,7 +294,7 @@ static int seal_send(Ctx *c, PyObject *sealer, int ptype, const uint8_t *data, s
 static int port_deliver(Ctx *c, PyObject *dst, PyObject *seal, const uint8_t *data, size_t len,
                         size_t at) {
     /* deliver counts the frame, deliver_packet the packet with its offload header: len both. */
-    if (add_int(dst, N.frames_out, 1) < 0 || add_int(dst, N.bytes_out, (long long)len) < 0)
+    if (at_add_attr(dst, N.frames_out, 1) < 0 || at_add_attr(dst, N.bytes_out, (long long)len) < 0)
         return -1;
     PyObject *daddr = PyObject_GetAttr(dst, N.addr);
     if (daddr == NULL) return -1;
@@ -449,12 +423,12 @@ static int from_local(Ctx *c, PyObject *runtime, PyObject *sw, PyObject *port,
         goto done;
     }
     /* Committed: the unicast case. */
-    if (add_int(port, N.frames_in, 1) < 0 || add_int(port, N.bytes_in, (long long)flen) < 0 ||
+    if (at_add_attr(port, N.frames_in, 1) < 0 || at_add_attr(port, N.bytes_in, (long long)flen) < 0 ||
         PyObject_SetAttr(port, N.fdb_at, c->now_obj) < 0)
         goto done;
     if (peer_addr != NULL) { /* to_peer: sealed once with the node key, to that node */
         if (seal_send(c, node_sealer, at ? AT_SUPERFRAME : AT_FRAME, data, len, peer_addr) < 0 ||
-            add_int(sw, N.frames_to_peers, 1) < 0)
+            at_add_attr(sw, N.frames_to_peers, 1) < 0)
             goto done;
         counts.inline_++;
         rc = 0;
@@ -567,7 +541,7 @@ static int from_peer(Ctx *c, PyObject *runtime, PyObject *sw, PyObject *sender_o
         goto done;
     }
     /* Committed: from_peer's (packet_from_peer's) unicast case. */
-    if (add_int(sw, N.frames_from_peers, 1) < 0 || PyDict_SetItem(seen, smac, c->now_obj) < 0)
+    if (at_add_attr(sw, N.frames_from_peers, 1) < 0 || PyDict_SetItem(seen, smac, c->now_obj) < 0)
         goto done;
     rc = deliver_to(c, dst, seal, data, len, at, frame, flen);
 done:
@@ -632,7 +606,7 @@ static int node_one(Ctx *c, const uint8_t *data, size_t len, PyObject *addr) {
     if (w == NULL || !PyObject_TypeCheck(w, &AtWindow_Type)) goto slow; /* first packet */
 
     /* Committed: NodeCore.datagram's and NetworkRuntime.packet's common case. */
-    if (add_int(c->core, N.datagrams, 1) < 0) goto done;
+    if (at_add_attr(c->core, N.datagrams, 1) < 0) goto done;
     fresh = PyObject_GetAttr(c->core, N.freshness);
     if (fresh == NULL) goto done;
     double fnow;

@@ -116,21 +116,6 @@ static int tok_init(void) {
     return 0;
 }
 
-/* obj.name += delta (Python ints: the counters are plain attributes of the pure objects). */
-static int add_attr(PyObject *obj, PyObject *name, long delta) {
-    if (delta == 0) return 0;
-    PyObject *old = PyObject_GetAttr(obj, name);
-    if (old == NULL) return -1;
-    PyObject *d = PyLong_FromLong(delta);
-    PyObject *sum = d ? PyNumber_Add(old, d) : NULL;
-    Py_DECREF(old);
-    Py_XDECREF(d);
-    if (sum == NULL) return -1;
-    int rc = PyObject_SetAttr(obj, name, sum);
-    Py_DECREF(sum);
-    return rc;
-}
-
 /* ------------------------------------------------------------------ TAP → seal → UDP */
 
 /* Sealed datagrams for one destination waiting in tok.out: a GSO run being built. */
@@ -313,10 +298,10 @@ static PyObject *tok_tap_to_udp(PyObject *Py_UNUSED(module), PyObject *args) {
     if (failed) PyErr_Fetch(&et, &ev, &tb);
     run_flush(&run);
     tok.busy = 0;
-    int ok = add_attr(counters, tok.s_rx_frames, frames) == 0 &&
-             add_attr(counters, tok.s_rx_bytes, nbytes) == 0 &&
-             add_attr(counters, tok.s_rx_batches, first && frames ? 1 : 0) == 0 &&
-             add_attr(udp, tok.s_send_errors, run.errors) == 0 &&
+    int ok = at_add_attr(counters, tok.s_rx_frames, frames) == 0 &&
+             at_add_attr(counters, tok.s_rx_bytes, nbytes) == 0 &&
+             at_add_attr(counters, tok.s_rx_batches, first && frames ? 1 : 0) == 0 &&
+             at_add_attr(udp, tok.s_send_errors, run.errors) == 0 &&
              (run.gso == gso || PyObject_SetAttr(udp, tok.s_gso, Py_False) == 0);
     if (failed) {
         PyErr_Restore(et, ev, tb); /* the first error wins */
@@ -554,10 +539,10 @@ static PyObject *tok_udp_to_tap(PyObject *Py_UNUSED(module), PyObject *args) {
     tok.busy = 0;
     PyObject *et = NULL, *ev = NULL, *tb = NULL;
     if (failed) PyErr_Fetch(&et, &ev, &tb);
-    int ok = add_attr(counters, tok.s_tx_frames, rx.tap.frames) == 0 &&
-             add_attr(counters, tok.s_tx_bytes, rx.tap.bytes) == 0 &&
-             add_attr(counters, tok.s_tx_dropped, rx.tap.dropped) == 0 &&
-             add_attr(counters, tok.s_tx_errors, rx.tap.errors) == 0;
+    int ok = at_add_attr(counters, tok.s_tx_frames, rx.tap.frames) == 0 &&
+             at_add_attr(counters, tok.s_tx_bytes, rx.tap.bytes) == 0 &&
+             at_add_attr(counters, tok.s_tx_dropped, rx.tap.dropped) == 0 &&
+             at_add_attr(counters, tok.s_tx_errors, rx.tap.errors) == 0;
     if (ok && rx.heard) {
         PyObject *t = PyFloat_FromDouble(now);
         ok = t != NULL && PyObject_SetAttr(core, tok.s_last_heard, t) == 0;
