@@ -3,7 +3,11 @@
 #include "fast.h"
 
 #include <string.h>
+#include <netinet/in.h>
 #include <openssl/err.h>
+
+#define AT_SOL_UDP 17
+#define AT_UDP_GRO 104
 
 AtNames at_names;
 
@@ -566,6 +570,33 @@ done:
     Py_XDECREF(sender_obj);
     Py_XDECREF((PyObject *)key);
     return rc;
+}
+
+ssize_t at_recv_gro(int fd, uint8_t *buf, size_t size, struct sockaddr_storage *from,
+                    size_t *segment) {
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } control;
+    struct iovec iov = {buf, size};
+    struct msghdr msg = {0};
+    msg.msg_name = from;
+    msg.msg_namelen = sizeof *from;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.buf;
+    msg.msg_controllen = sizeof control.buf;
+    *segment = 0;
+    ssize_t n = recvmsg(fd, &msg, 0);
+    if (n < 0) return n;
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm != NULL; cm = CMSG_NXTHDR(&msg, cm)) {
+        if (cm->cmsg_level == AT_SOL_UDP && cm->cmsg_type == AT_UDP_GRO) {
+            int seg = 0;
+            memcpy(&seg, CMSG_DATA(cm), sizeof seg);
+            *segment = seg > 0 ? (size_t)seg : 0;
+        }
+    }
+    return n;
 }
 
 int at_add_attr(PyObject *obj, PyObject *name, long long n) {

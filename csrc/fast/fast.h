@@ -19,6 +19,8 @@
 #include <Python.h>
 #include <stdint.h>
 #include <stddef.h>
+#include <sys/socket.h>
+#include <sys/types.h>
 #include <openssl/evp.h>
 
 /* The packet format (overlay/seal.py, docs/protocol.md):
@@ -103,6 +105,12 @@ int at_sealer_seal(PyObject *sealer, int ptype, const uint8_t *payload, size_t l
 #define AT_OPEN_DROP 2
 int at_opener_open(PyObject *opener, const uint8_t *packet, size_t len, uint32_t sender_id,
                    uint64_t counter, uint8_t *out, const char **reason);
+
+/* One recvmsg on a UDP socket with UDP_GRO on: the datagram (or GRO run) into buf (size
+ * bytes), the sender into *from, the run's segment size into *segment (0: one datagram, no
+ * run). Returns recvmsg's result (-1 with errno set). Holds no GIL-sensitive state. */
+ssize_t at_recv_gro(int fd, uint8_t *buf, size_t size, struct sockaddr_storage *from,
+                    size_t *segment);
 
 /* obj.name += n on an int attribute (the pure objects' counters are plain attributes). 0 or -1. */
 int at_add_attr(PyObject *obj, PyObject *name, long long n);

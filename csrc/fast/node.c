@@ -28,8 +28,6 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#define AT_SOL_UDP 17
-#define AT_UDP_GRO 104
 #define AT_RECV_SIZE 65535
 #define AT_ETH_MIN 14
 #define AT_HOLD_MAX 64 /* transport/udp.py HOLD_MAX */
@@ -820,19 +818,8 @@ static PyObject *node_receive(PyObject *Py_UNUSED(module), PyObject *args) {
     int holding = 0, failed = 0;
     for (int reads = 0; reads < max_reads; reads++) {
         struct sockaddr_storage from;
-        union {
-            char buf[CMSG_SPACE(sizeof(int))];
-            struct cmsghdr align;
-        } control;
-        struct iovec iov = {rbuf, AT_RECV_SIZE};
-        struct msghdr msg = {0};
-        msg.msg_name = &from;
-        msg.msg_namelen = sizeof from;
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.buf;
-        msg.msg_controllen = sizeof control.buf;
-        ssize_t n = recvmsg(c.fd, &msg, 0);
+        size_t run = 0;
+        ssize_t n = at_recv_gro(c.fd, rbuf, AT_RECV_SIZE, &from, &run);
         if (n < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) break;
             continue; /* e.g. ICMP errors reported on the socket: not ours to stop on */
@@ -841,14 +828,7 @@ static PyObject *node_receive(PyObject *Py_UNUSED(module), PyObject *args) {
             failed = 1;
             break;
         }
-        long segment = 0;
-        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm != NULL; cm = CMSG_NXTHDR(&msg, cm)) {
-            if (cm->cmsg_level == AT_SOL_UDP && cm->cmsg_type == AT_UDP_GRO) {
-                int size = 0;
-                memcpy(&size, CMSG_DATA(cm), sizeof size);
-                segment = size;
-            }
-        }
+        long segment = (long)run;
         if (segment && !holding && start_holding(&c, &holding) < 0) {
             failed = 1;
             break;

@@ -33,9 +33,6 @@
 #ifndef UDP_SEGMENT
 #define UDP_SEGMENT 103
 #endif
-#ifndef UDP_GRO
-#define UDP_GRO 104
-#endif
 
 /* Sizes, read once from the Python modules that define them (one source of truth). */
 static struct {
@@ -488,15 +485,8 @@ static PyObject *tok_udp_to_tap(PyObject *Py_UNUSED(module), PyObject *args) {
     uint8_t *in = tok.in;
     while (reads < budget && !failed && back == NULL) {
         struct sockaddr_storage ss;
-        char control[CMSG_SPACE(sizeof(int))];
-        struct iovec iov = {.iov_base = in, .iov_len = (size_t)tok.recv_size};
-        struct msghdr msg = {.msg_name = &ss,
-                             .msg_namelen = sizeof(ss),
-                             .msg_iov = &iov,
-                             .msg_iovlen = 1,
-                             .msg_control = control,
-                             .msg_controllen = sizeof(control)};
-        ssize_t n = recvmsg(sock_fd, &msg, 0);
+        size_t segment = 0;
+        ssize_t n = at_recv_gro(sock_fd, in, (size_t)tok.recv_size, &ss, &segment);
         if (n < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) break;
@@ -504,14 +494,6 @@ static PyObject *tok_udp_to_tap(PyObject *Py_UNUSED(module), PyObject *args) {
             continue;
         }
         reads++;
-        size_t segment = 0;
-        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm != NULL; cm = CMSG_NXTHDR(&msg, cm)) {
-            if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
-                int seg = 0;
-                memcpy(&seg, CMSG_DATA(cm), sizeof(seg));
-                segment = seg > 0 ? (size_t)seg : 0;
-            }
-        }
         size_t len = (size_t)n;
         size_t step = (segment && segment < len) ? segment : len;
         for (size_t at = 0; at < len || (len == 0 && at == 0); at += step) {
