@@ -563,3 +563,39 @@ def test_the_glue_leaves_no_python_objects_behind() -> None:
     finally:
         tracemalloc.stop()
     assert grown < 64 * 1024, f"{grown} bytes still allocated after 20k rounds"
+
+
+def test_counter_takes_each_value_once_and_refuses_after_the_last() -> None:
+    """The Sealer's counter cell (shared with GIL-free engine threads): take, advance, spent."""
+    c = _fast.Counter(5)
+    assert [c.take(), c.take()] == [5, 6] and c.value == 7
+    c.advance(3)  # never down
+    assert c.value == 7
+    c.advance(100)
+    assert c.take() == 100 and c.value == 101
+    c.value = U64_MAX
+    assert c.take() == U64_MAX and c.value == 1 << 64
+    assert c.take() is None and c.value == 1 << 64  # spent: refused every time
+    c.advance(5)
+    assert c.value == 1 << 64  # advance never revives a spent counter
+    c.value = 0
+    assert c.take() == 0
+    c.advance((1 << 64) + 5)  # a clock beyond every counter: spent, as the pure sealer
+    assert c.take() is None
+    for bad in (-1, (1 << 64) + 1, "7"):
+        with pytest.raises((ValueError, TypeError)):
+            _fast.Counter(bad)
+    assert repr(_fast.Counter(3)) == "Counter(3)"
+
+
+def test_a_fast_sealer_keeps_its_counter_in_the_shared_cell() -> None:
+    if seal_mod.FAST is None:
+        pytest.skip("ATENET_PURE=1: the Sealer keeps a plain int counter")
+    key = fast_packet_key()
+    sealer = Sealer(NETWORK, key, 1, 10)
+    cell = sealer._cell  # type: ignore[attr-defined]
+    sealer.seal(b"x")
+    assert cell.take() == 11  # the seal took 10; what the cell hands out next, nobody else gets
+    assert parse_header(sealer.seal(b"y"))[4] == 12 and sealer.counter == 13
+    sealer.advance(1_000)
+    assert sealer.counter == cell.value == 1_000

@@ -13,9 +13,16 @@ AtNames at_names;
 
 /* ------------------------------------------------------------------------------ Key */
 
+static PyObject *key_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    AtKey *self = (AtKey *)PyType_GenericNew(type, args, kwds);
+    if (self != NULL) pthread_mutex_init(&self->lock, NULL);
+    return (PyObject *)self;
+}
+
 static void key_dealloc(AtKey *self) {
     EVP_CIPHER_CTX_free(self->enc);
     EVP_CIPHER_CTX_free(self->dec);
+    pthread_mutex_destroy(&self->lock);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -28,19 +35,23 @@ static int key_init(AtKey *self, PyObject *args, PyObject *kwds) {
         PyErr_Format(PyExc_ValueError, "an AES-256 key is 32 bytes, not %zd", key.len);
         goto done;
     }
+    pthread_mutex_lock(&self->lock); /* an engine may be sealing with it (re-init: rare) */
     if (self->enc == NULL) self->enc = EVP_CIPHER_CTX_new();
     if (self->dec == NULL) self->dec = EVP_CIPHER_CTX_new();
     if (self->enc == NULL || self->dec == NULL) {
+        pthread_mutex_unlock(&self->lock);
         PyErr_NoMemory();
         goto done;
     }
     /* Key schedule once; per packet only the 12-byte IV is set. */
-    if (EVP_EncryptInit_ex(self->enc, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1 ||
+    int ok = !(EVP_EncryptInit_ex(self->enc, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1 ||
         EVP_CIPHER_CTX_ctrl(self->enc, EVP_CTRL_GCM_SET_IVLEN, 12, NULL) != 1 ||
         EVP_EncryptInit_ex(self->enc, NULL, NULL, key.buf, NULL) != 1 ||
         EVP_DecryptInit_ex(self->dec, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1 ||
         EVP_CIPHER_CTX_ctrl(self->dec, EVP_CTRL_GCM_SET_IVLEN, 12, NULL) != 1 ||
-        EVP_DecryptInit_ex(self->dec, NULL, NULL, key.buf, NULL) != 1) {
+        EVP_DecryptInit_ex(self->dec, NULL, NULL, key.buf, NULL) != 1);
+    pthread_mutex_unlock(&self->lock);
+    if (!ok) {
         PyErr_SetString(PyExc_RuntimeError, "OpenSSL could not set up AES-256-GCM");
         goto done;
     }
@@ -51,36 +62,44 @@ done:
 }
 
 int at_seal(AtKey *key, const uint8_t *hdr, const uint8_t *payload, size_t len, uint8_t *out) {
-    EVP_CIPHER_CTX *ctx = key->enc;
-    int n = 0;
-    if (ctx == NULL || len > INT32_MAX) return -1;
+    int n = 0, rc = 0;
+    if (len > INT32_MAX) return -1;
     if (out != hdr) memcpy(out, hdr, AT_HEADER_LEN);
-    if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, hdr + AT_NONCE_AT) != 1 ||
+    pthread_mutex_lock(&key->lock);
+    EVP_CIPHER_CTX *ctx = key->enc;
+    if (ctx == NULL) {
+        rc = -1;
+    } else if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, hdr + AT_NONCE_AT) != 1 ||
         EVP_EncryptUpdate(ctx, NULL, &n, hdr, AT_HEADER_LEN) != 1 ||
         (len && EVP_EncryptUpdate(ctx, out + AT_HEADER_LEN, &n, payload, (int)len) != 1) ||
         EVP_EncryptFinal_ex(ctx, out + AT_HEADER_LEN + len, &n) != 1 ||
         EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, AT_TAG_LEN, out + AT_HEADER_LEN + len) != 1) {
         ERR_clear_error(); /* leave no stale error in OpenSSL's queue for the next caller */
-        return -1;
+        rc = -1;
     }
-    return 0;
+    pthread_mutex_unlock(&key->lock);
+    return rc;
 }
 
 int at_open(AtKey *key, const uint8_t *packet, size_t len, uint8_t *out) {
-    EVP_CIPHER_CTX *ctx = key->dec;
-    int n = 0;
-    if (ctx == NULL || len < AT_OVERHEAD || len > INT32_MAX) return -1;
+    int n = 0, rc = 0;
+    if (len < AT_OVERHEAD || len > INT32_MAX) return -1;
     size_t clen = len - AT_OVERHEAD;
-    if (EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, packet + AT_NONCE_AT) != 1 ||
+    pthread_mutex_lock(&key->lock);
+    EVP_CIPHER_CTX *ctx = key->dec;
+    if (ctx == NULL) {
+        rc = -1;
+    } else if (EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, packet + AT_NONCE_AT) != 1 ||
         EVP_DecryptUpdate(ctx, NULL, &n, packet, AT_HEADER_LEN) != 1 ||
         (clen && EVP_DecryptUpdate(ctx, out, &n, packet + AT_HEADER_LEN, (int)clen) != 1) ||
         EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, AT_TAG_LEN,
                             (void *)(packet + len - AT_TAG_LEN)) != 1 ||
         EVP_DecryptFinal_ex(ctx, out + clen, &n) != 1) {
         ERR_clear_error();
-        return -1;
+        rc = -1;
     }
-    return 0;
+    pthread_mutex_unlock(&key->lock);
+    return rc;
 }
 
 /* Key.__new__ without __init__ leaves no contexts: refuse to use it rather than crash. */
@@ -152,7 +171,7 @@ PyTypeObject AtKey_Type = {
     .tp_doc = "One AES-256-GCM key with its OpenSSL contexts, set up once.",
     .tp_methods = key_methods,
     .tp_init = (initproc)key_init,
-    .tp_new = PyType_GenericNew,
+    .tp_new = key_new,
     .tp_repr = key_repr,
 };
 
@@ -164,8 +183,15 @@ PyTypeObject AtKey_Type = {
  * here computes a counter above top + 1 or below 0, so no u64 arithmetic wraps (a counter of
  * 2**64 - 1 is an ordinary top). */
 
+static PyObject *window_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    AtWindow *self = (AtWindow *)PyType_GenericNew(type, args, kwds);
+    if (self != NULL) pthread_mutex_init(&self->lock, NULL);
+    return (PyObject *)self;
+}
+
 static void window_dealloc(AtWindow *self) {
     PyMem_Free(self->bits);
+    pthread_mutex_destroy(&self->lock);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -187,12 +213,15 @@ static int window_init(AtWindow *self, PyObject *args, PyObject *kwds) {
         PyErr_NoMemory();
         return -1;
     }
-    PyMem_Free(self->bits);
+    pthread_mutex_lock(&self->lock);
+    uint64_t *old = self->bits;
     self->bits = bits;
     self->nwords = nwords;
     self->size = (uint32_t)size;
     self->empty = 1;
     self->top = 0;
+    pthread_mutex_unlock(&self->lock);
+    PyMem_Free(old);
     return 0;
 }
 
@@ -234,14 +263,14 @@ static void ring_fill(AtWindow *w, uint64_t first, uint64_t count, int value) {
     }
 }
 
-int at_window_check(AtWindow *w, uint64_t counter) {
+static int window_check_locked(AtWindow *w, uint64_t counter) {
     if (w->empty || counter > w->top) return 1;
     uint64_t behind = w->top - counter;
     if (behind >= w->size) return 0;
     return !bit_get(w, counter);
 }
 
-int at_window_update(AtWindow *w, uint64_t counter) {
+static int window_update_locked(AtWindow *w, uint64_t counter) {
     if (w->empty || counter > w->top) {
         if (w->empty || counter - w->top >= ring_bits(w))
             memset(w->bits, 0, (size_t)w->nwords * sizeof(uint64_t));
@@ -257,6 +286,20 @@ int at_window_update(AtWindow *w, uint64_t counter) {
     if (bit_get(w, counter)) return 0;
     bit_set(w, counter);
     return 1;
+}
+
+int at_window_check(AtWindow *w, uint64_t counter) {
+    pthread_mutex_lock(&w->lock);
+    int r = w->bits != NULL && window_check_locked(w, counter);
+    pthread_mutex_unlock(&w->lock);
+    return r;
+}
+
+int at_window_update(AtWindow *w, uint64_t counter) {
+    pthread_mutex_lock(&w->lock);
+    int r = w->bits != NULL && window_update_locked(w, counter);
+    pthread_mutex_unlock(&w->lock);
+    return r;
 }
 
 /* start(counter): top = counter and every counter in (top - size, top] seen — only those that
@@ -296,7 +339,12 @@ static PyObject *window_check(AtWindow *self, PyObject *arg) {
     if (!window_ready(self)) return NULL;
     int r = parse_counter(arg, &c);
     if (r < 0) return NULL;
-    if (r == 1) return PyBool_FromLong(self->empty); /* below every counter: too old */
+    if (r == 1) { /* below every counter: too old, unless nothing was accepted yet */
+        pthread_mutex_lock(&self->lock);
+        int empty = self->empty;
+        pthread_mutex_unlock(&self->lock);
+        return PyBool_FromLong(empty);
+    }
     if (r == 2) return PyBool_FromLong(1);           /* above every counter: ahead */
     return PyBool_FromLong(at_window_check(self, c));
 }
@@ -322,13 +370,19 @@ static PyObject *window_update(AtWindow *self, PyObject *arg) {
 static PyObject *window_start(AtWindow *self, PyObject *arg) {
     uint64_t c = 0;
     if (window_u64_arg(self, arg, &c) < 0) return NULL;
+    pthread_mutex_lock(&self->lock);
     window_start_at(self, c);
+    pthread_mutex_unlock(&self->lock);
     Py_RETURN_NONE;
 }
 
 static PyObject *window_get_top(AtWindow *self, void *Py_UNUSED(closure)) {
-    if (self->empty) return PyLong_FromLong(-1);
-    return PyLong_FromUnsignedLongLong(self->top);
+    pthread_mutex_lock(&self->lock);
+    int empty = self->empty;
+    uint64_t top = self->top;
+    pthread_mutex_unlock(&self->lock);
+    if (empty) return PyLong_FromLong(-1);
+    return PyLong_FromUnsignedLongLong(top);
 }
 
 static PyObject *window_get_size(AtWindow *self, void *Py_UNUSED(closure)) {
@@ -337,11 +391,13 @@ static PyObject *window_get_size(AtWindow *self, void *Py_UNUSED(closure)) {
 
 static PyObject *window_repr(AtWindow *self) {
     long marked = 0;
+    pthread_mutex_lock(&self->lock);
     if (!self->empty && self->bits != NULL) {
         uint64_t n = self->size;
         if (self->top + 1 < n) n = self->top + 1;
         for (uint64_t d = 0; d < n; d++) marked += bit_get(self, self->top - d);
     }
+    pthread_mutex_unlock(&self->lock);
     PyObject *top = window_get_top(self, NULL);
     if (top == NULL) return NULL;
     PyObject *r = PyUnicode_FromFormat("ReplayWindow(size=%u, top=%S, marked=%ld)", self->size,
@@ -373,8 +429,180 @@ PyTypeObject AtWindow_Type = {
     .tp_methods = window_methods,
     .tp_getset = window_getset,
     .tp_init = (initproc)window_init,
-    .tp_new = PyType_GenericNew,
+    .tp_new = window_new,
     .tp_repr = (reprfunc)window_repr,
+};
+
+/* --------------------------------------------------------------------------- Counter */
+
+int at_counter_take(AtCounter *c, uint64_t *out) {
+    pthread_mutex_lock(&c->lock);
+    int rc = 0;
+    if (c->spent) {
+        rc = -1;
+    } else {
+        *out = c->next;
+        if (c->next == UINT64_MAX)
+            c->spent = 1; /* 2**64 - 1 was the last: refusing beats wrapping to a used nonce */
+        else
+            c->next++;
+    }
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}
+
+static PyObject *counter_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    AtCounter *self = (AtCounter *)PyType_GenericNew(type, args, kwds);
+    if (self != NULL) pthread_mutex_init(&self->lock, NULL);
+    return (PyObject *)self;
+}
+
+static void counter_dealloc(AtCounter *self) {
+    pthread_mutex_destroy(&self->lock);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* A counter value from Python: 0..2**64 (2**64: spent). 0 with *next / *spent set, or -1. */
+static int counter_value_arg(PyObject *arg, uint64_t *next, int *spent) {
+    if (!PyLong_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "a counter is an int");
+        return -1;
+    }
+    unsigned long long u = PyLong_AsUnsignedLongLong(arg);
+    if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return -1;
+        PyErr_Clear();
+        /* Negative, or above 2**64 - 1: only 2**64 itself (spent) is a counter's value. */
+        PyObject *limit = PyLong_FromUnsignedLongLong(UINT64_MAX);
+        PyObject *one = PyLong_FromLong(1);
+        PyObject *top = limit && one ? PyNumber_Add(limit, one) : NULL;
+        Py_XDECREF(limit);
+        Py_XDECREF(one);
+        if (top == NULL) return -1;
+        int eq = PyObject_RichCompareBool(arg, top, Py_EQ);
+        Py_DECREF(top);
+        if (eq < 0) return -1;
+        if (!eq) {
+            PyErr_SetString(PyExc_ValueError, "a counter is a u64 (or 2**64 once spent)");
+            return -1;
+        }
+        *next = UINT64_MAX;
+        *spent = 1;
+        return 0;
+    }
+    *next = u;
+    *spent = 0;
+    return 0;
+}
+
+static int counter_init_value(AtCounter *self, PyObject *value) {
+    uint64_t next;
+    int spent;
+    if (counter_value_arg(value, &next, &spent) < 0) return -1;
+    pthread_mutex_lock(&self->lock);
+    self->next = next;
+    self->spent = spent;
+    pthread_mutex_unlock(&self->lock);
+    return 0;
+}
+
+static int counter_init(AtCounter *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"start", NULL};
+    PyObject *start;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O", kwlist, &start)) return -1;
+    return counter_init_value(self, start);
+}
+
+static PyObject *counter_get_value(AtCounter *self, void *Py_UNUSED(closure)) {
+    pthread_mutex_lock(&self->lock);
+    uint64_t next = self->next;
+    int spent = self->spent;
+    pthread_mutex_unlock(&self->lock);
+    if (!spent) return PyLong_FromUnsignedLongLong(next);
+    PyObject *last = PyLong_FromUnsignedLongLong(UINT64_MAX), *one = PyLong_FromLong(1);
+    PyObject *r = last && one ? PyNumber_Add(last, one) : NULL;
+    Py_XDECREF(last);
+    Py_XDECREF(one);
+    return r;
+}
+
+static int counter_set_value(AtCounter *self, PyObject *value, void *Py_UNUSED(closure)) {
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "a counter's value cannot be deleted");
+        return -1;
+    }
+    return counter_init_value(self, value);
+}
+
+static PyObject *counter_advance(AtCounter *self, PyObject *arg) {
+    /* Sealer.advance: up to now_ns, never down (and never out of spent). */
+    if (!PyLong_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "now_ns is an int");
+        return NULL;
+    }
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(arg, &overflow);
+    if (v == -1 && PyErr_Occurred()) return NULL;
+    if (overflow < 0 || (overflow == 0 && v < 0)) Py_RETURN_NONE; /* below any counter */
+    uint64_t now = (uint64_t)v;
+    int beyond = 0; /* above 2**64 - 1: every counter is used up, as on the pure path */
+    if (overflow > 0) {
+        unsigned long long u = PyLong_AsUnsignedLongLong(arg);
+        if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return NULL;
+            PyErr_Clear();
+            beyond = 1;
+        }
+        now = (uint64_t)u;
+    }
+    pthread_mutex_lock(&self->lock);
+    if (beyond) {
+        self->next = UINT64_MAX;
+        self->spent = 1;
+    } else if (!self->spent && now > self->next) {
+        self->next = now;
+    }
+    pthread_mutex_unlock(&self->lock);
+    Py_RETURN_NONE;
+}
+
+static PyObject *counter_take(AtCounter *self, PyObject *Py_UNUSED(ignored)) {
+    uint64_t c;
+    if (at_counter_take(self, &c) < 0) Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(c);
+}
+
+static PyObject *counter_repr(AtCounter *self) {
+    PyObject *v = counter_get_value(self, NULL);
+    if (v == NULL) return NULL;
+    PyObject *r = PyUnicode_FromFormat("Counter(%S)", v);
+    Py_DECREF(v);
+    return r;
+}
+
+static PyMethodDef counter_methods[] = {
+    {"advance", (PyCFunction)counter_advance, METH_O,
+     "advance(now_ns): move up to the clock, never down"},
+    {"take", (PyCFunction)counter_take, METH_NOARGS,
+     "take() -> the next counter, moved on by one; None once spent"},
+    {NULL}};
+
+static PyGetSetDef counter_getset[] = {
+    {"value", (getter)counter_get_value, (setter)counter_set_value,
+     "the counter the next packet carries (2**64 once spent)", NULL},
+    {NULL}};
+
+PyTypeObject AtCounter_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "atenet._fast.Counter",
+    .tp_basicsize = sizeof(AtCounter),
+    .tp_dealloc = (destructor)counter_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A Sealer's packet counter behind a mutex: every seal, in any thread, takes its own.",
+    .tp_methods = counter_methods,
+    .tp_getset = counter_getset,
+    .tp_init = (initproc)counter_init,
+    .tp_new = counter_new,
+    .tp_repr = (reprfunc)counter_repr,
 };
 
 /* ------------------------------------------------------------------------------ glue */
@@ -442,24 +670,70 @@ static int attr_u64(PyObject *obj, PyObject *name, uint64_t max, uint64_t *out) 
     return 0;
 }
 
+/* sealer._cell as a new reference; NULL with no error set when the sealer has none (one made
+ * while ATENET_PURE=1 keeps a plain int `_counter`: tests hand those to the C glue too), NULL
+ * with an error set otherwise. */
+static AtCounter *sealer_cell(PyObject *sealer) {
+    PyObject *cell = PyObject_GetAttr(sealer, at_names.s_cell);
+    if (cell == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_AttributeError)) PyErr_Clear();
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(cell, &AtCounter_Type)) {
+        Py_DECREF(cell);
+        PyErr_SetString(PyExc_TypeError, "Sealer._cell is not an atenet._fast.Counter");
+        return NULL;
+    }
+    return (AtCounter *)cell;
+}
+
+/* sealer._counter = counter + 1 for a plain int counter (2**64 after the last one: the next
+ * seal then refuses, as the pure path). 0 or -1. */
+static int set_next_counter(PyObject *sealer, uint64_t counter) {
+    PyObject *next;
+    if (counter < UINT64_MAX) {
+        next = PyLong_FromUnsignedLongLong(counter + 1);
+    } else {
+        PyObject *last = PyLong_FromUnsignedLongLong(counter), *one = PyLong_FromLong(1);
+        next = last && one ? PyNumber_Add(last, one) : NULL;
+        Py_XDECREF(last);
+        Py_XDECREF(one);
+    }
+    if (next == NULL) return -1;
+    int rc = PyObject_SetAttr(sealer, at_names.s_counter, next);
+    Py_DECREF(next);
+    return rc;
+}
+
 int at_sealer_seal(PyObject *sealer, int ptype, const uint8_t *payload, size_t len, uint8_t *out) {
     /* Same checks in the same order as Sealer.seal: the header fields pack (counter and sender
      * are a u64 and a u32, else SealError("counter")), then the type is known (ValueError);
-     * the counter moves on before encrypting, as there. */
+     * the counter is taken (moved on) only once nothing else can fail but the cipher. */
     uint64_t counter = 0, sender = 0;
-    int r = attr_u64(sealer, at_names.s_counter, UINT64_MAX, &counter);
+    AtCounter *cell = sealer_cell(sealer);
+    if (cell == NULL && PyErr_Occurred()) return -1;
+    AtKey *key = NULL;
+    int rc = -1, spent = 0;
+    int r = 0;
+    if (cell == NULL) /* a plain int counter: read here, moved on below */
+        r = attr_u64(sealer, at_names.s_counter, UINT64_MAX, &counter);
     if (r == 0) r = attr_u64(sealer, at_names.s_sender_id, UINT32_MAX, &sender);
-    if (r < 0) return -1;
-    if (r > 0) {
+    if (r < 0) goto done;
+    if (cell != NULL) {
+        pthread_mutex_lock(&cell->lock);
+        spent = cell->spent;
+        pthread_mutex_unlock(&cell->lock);
+    }
+    if (r > 0 || spent) {
         raise_counter_exhausted();
-        return -1;
+        goto done;
     }
     PyObject *prefixes = PyObject_GetAttr(sealer, at_names.s_prefixes);
-    if (prefixes == NULL) return -1;
+    if (prefixes == NULL) goto done;
     if (!PyDict_Check(prefixes)) {
         Py_DECREF(prefixes);
         PyErr_SetString(PyExc_TypeError, "Sealer._prefixes is not a dict");
-        return -1;
+        goto done;
     }
     uint8_t hdr[AT_HEADER_LEN];
     PyObject *prefix = NULL;
@@ -467,7 +741,7 @@ int at_sealer_seal(PyObject *sealer, int ptype, const uint8_t *payload, size_t l
         PyObject *ptype_obj = PyLong_FromLong(ptype); /* a cached small int: no allocation */
         if (ptype_obj == NULL) {
             Py_DECREF(prefixes);
-            return -1;
+            goto done;
         }
         prefix = PyDict_GetItemWithError(prefixes, ptype_obj); /* borrowed */
         Py_DECREF(ptype_obj);
@@ -480,36 +754,30 @@ int at_sealer_seal(PyObject *sealer, int ptype, const uint8_t *payload, size_t l
                 PyErr_SetString(PyExc_TypeError, "a sealer prefix is 22 bytes");
         }
         Py_DECREF(prefixes);
-        return -1;
+        goto done;
     }
     memcpy(hdr, PyBytes_AS_STRING(prefix), AT_NONCE_AT);
     Py_DECREF(prefixes); /* prefix was borrowed from it: not used below */
+    key = fast_key(sealer);
+    if (key == NULL) goto done;
+    if (cell != NULL) {
+        if (at_counter_take(cell, &counter) < 0) { /* spent by another thread since the check */
+            raise_counter_exhausted();
+            goto done;
+        }
+    } else if (set_next_counter(sealer, counter) < 0) {
+        goto done;
+    }
     at_put_be32(hdr + AT_SENDER_AT, (uint32_t)sender);
     at_put_be64(hdr + AT_COUNTER_AT, counter);
-    AtKey *key = fast_key(sealer);
-    if (key == NULL) return -1;
-    /* counter + 1 (2**64 after the last one: the next seal then refuses, as the pure path). */
-    PyObject *next;
-    if (counter < UINT64_MAX) {
-        next = PyLong_FromUnsignedLongLong(counter + 1);
-    } else {
-        PyObject *last = PyLong_FromUnsignedLongLong(counter), *one = PyLong_FromLong(1);
-        next = last && one ? PyNumber_Add(last, one) : NULL;
-        Py_XDECREF(last);
-        Py_XDECREF(one);
-    }
-    int rc = -1;
-    if (next == NULL) goto done;
-    int set = PyObject_SetAttr(sealer, at_names.s_counter, next);
-    Py_DECREF(next);
-    if (set < 0) goto done;
     if (at_seal(key, hdr, payload, len, out)) {
         PyErr_SetString(PyExc_RuntimeError, "AES-GCM seal failed");
         goto done;
     }
     rc = 0;
 done:
-    Py_DECREF((PyObject *)key);
+    Py_XDECREF((PyObject *)key);
+    Py_XDECREF((PyObject *)cell);
     return rc;
 }
 
@@ -731,19 +999,23 @@ static int add_type(PyObject *module, const char *name, PyTypeObject *type) {
 }
 
 PyMODINIT_FUNC PyInit__fast(void) {
-    if (PyType_Ready(&AtKey_Type) < 0 || PyType_Ready(&AtWindow_Type) < 0) return NULL;
+    if (PyType_Ready(&AtKey_Type) < 0 || PyType_Ready(&AtWindow_Type) < 0 ||
+        PyType_Ready(&AtCounter_Type) < 0)
+        return NULL;
+    at_names.s_cell = PyUnicode_InternFromString("_cell");
     at_names.s_counter = PyUnicode_InternFromString("_counter");
     at_names.s_prefixes = PyUnicode_InternFromString("_prefixes");
     at_names.s_key = PyUnicode_InternFromString("key");
     at_names.s_fast = PyUnicode_InternFromString("fast");
     at_names.s_windows = PyUnicode_InternFromString("_windows");
     at_names.s_sender_id = PyUnicode_InternFromString("sender_id");
-    if (!at_names.s_counter || !at_names.s_prefixes || !at_names.s_key || !at_names.s_fast ||
+    if (!at_names.s_cell || !at_names.s_counter || !at_names.s_prefixes || !at_names.s_key || !at_names.s_fast ||
         !at_names.s_windows || !at_names.s_sender_id)
         return NULL;
     PyObject *m = PyModule_Create(&fast_module);
     if (m == NULL) return NULL;
     if (add_type(m, "Key", &AtKey_Type) < 0 || add_type(m, "Window", &AtWindow_Type) < 0 ||
+        add_type(m, "Counter", &AtCounter_Type) < 0 ||
         add_methods(m, at_tok_methods) < 0 || add_methods(m, at_node_methods) < 0 ||
         add_methods(m, at_frag_methods) < 0) {
         Py_DECREF(m);

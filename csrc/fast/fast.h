@@ -9,8 +9,11 @@
  * error) is handed back to the pure Python path, which stays the reference and the default when
  * this module is not built (see atenet/fast.py; ATENET_PURE=1 turns it off).
  *
- * Files: core.c (module, Key, Window, seal/open glue), tok.c (tok connect's hops), node.c (the
- * node's hop), frag.c (overlay fragments). Every function below is called with the GIL held.
+ * Files: core.c (module, Key, Window, Counter, seal/open glue), tok.c (tok connect's hops),
+ * node.c (the node's hop), frag.c (overlay fragments). Every function below is called with the
+ * GIL held, except the ones marked "no GIL": Key, Window and Counter each carry a mutex so that
+ * a GIL-free engine thread (a hop's common case without the interpreter) and GIL-holding code can
+ * use the same key, replay window and packet counter at once — one state, never a copy.
  */
 #ifndef ATENET_FAST_H
 #define ATENET_FAST_H
@@ -21,6 +24,7 @@
 #include <stddef.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+#include <pthread.h>
 #include <openssl/evp.h>
 
 /* The packet format (overlay/seal.py, docs/protocol.md):
@@ -63,10 +67,12 @@ typedef struct {
     PyObject_HEAD
     EVP_CIPHER_CTX *enc;
     EVP_CIPHER_CTX *dec;
+    pthread_mutex_t lock; /* EVP contexts are not thread-safe: at_seal/at_open hold it */
 } AtKey;
 extern PyTypeObject AtKey_Type;
 
-/* Seal: `out` gets hdr (34 bytes, copied) || ciphertext || tag; it must hold len + 50 bytes
+/* No GIL needed for at_seal / at_open (they take key->lock).
+ * Seal: `out` gets hdr (34 bytes, copied) || ciphertext || tag; it must hold len + 50 bytes
  * (`out` may not overlap `payload`). Returns 0, or -1 (OpenSSL failed; no Python error set). */
 int at_seal(AtKey *key, const uint8_t *hdr, const uint8_t *payload, size_t len, uint8_t *out);
 /* Open: `packet` (len >= 50) authenticated under `key` (nonce from its header bytes), its
@@ -81,10 +87,28 @@ typedef struct {
     int empty;         /* nothing accepted yet (Python: top == -1) */
     uint64_t top;
     uint64_t *bits;
+    pthread_mutex_t lock; /* every read and change of the fields above holds it */
 } AtWindow;
 extern PyTypeObject AtWindow_Type;
+/* No GIL needed (they take w->lock). Between a check and the update another thread may have
+ * marked the counter: the update's 0 is then the answer (a replay), as on the pure path. */
 int at_window_check(AtWindow *w, uint64_t counter);  /* 1: fresh; 0: seen or too old */
 int at_window_update(AtWindow *w, uint64_t counter); /* 1: marked; 0: replay or too old */
+
+/* ---- Counter: a Sealer's packet counter (Python: atenet._fast.Counter(start)) ----
+ * With the fast path built, overlay.seal.Sealer keeps its counter here (`sealer._cell`), so
+ * every packet it seals — from Python, from GIL-held C, from a GIL-free engine — takes a
+ * different counter: a repeated (key, nonce) would break AES-GCM. `.value` is the counter the
+ * next packet carries (2**64 once the last one was used), `.advance(now_ns)` moves it up. */
+typedef struct {
+    PyObject_HEAD
+    uint64_t next;
+    int spent; /* counter 2**64 - 1 was used: nothing more may be sealed */
+    pthread_mutex_t lock;
+} AtCounter;
+extern PyTypeObject AtCounter_Type;
+/* The next counter into *out and moved on by one: 0, or -1 when spent. No GIL needed. */
+int at_counter_take(AtCounter *c, uint64_t *out);
 
 /* ---- Glue to the pure path's objects ---- */
 
@@ -120,7 +144,8 @@ int at_count(PyObject *counter, const char *name, long n);
 
 /* Interned attribute names and constants shared by the files; set up in module init. */
 typedef struct {
-    PyObject *s_counter;   /* "_counter" */
+    PyObject *s_cell;      /* "_cell" */
+    PyObject *s_counter;   /* "_counter" (a Sealer made while ATENET_PURE=1) */
     PyObject *s_prefixes;  /* "_prefixes" */
     PyObject *s_key;       /* "key" */
     PyObject *s_fast;      /* "fast" */

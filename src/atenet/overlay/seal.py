@@ -180,7 +180,7 @@ class Sealer:
     """
 
     __slots__ = (
-        "_counter",
+        "_cell" if FAST is not None else "_counter",
         "_encrypt",
         "_encrypt_into",
         "_prefixes",
@@ -188,6 +188,9 @@ class Sealer:
         "network_id",
         "sender_id",
     )
+    # With the fast path built the counter lives in a C Counter (``_cell``, behind a mutex) so
+    # that GIL-held code and a GIL-free engine thread sealing for the same sender can never take
+    # the same counter (a repeated nonce breaks AES-GCM); ``_counter`` is then a property over it.
 
     def __init__(
         self, network_id: bytes, key: PacketKey, sender_id: int, counter_start: int
@@ -201,7 +204,10 @@ class Sealer:
         self.network_id = bytes(network_id)
         self.key = key
         self.sender_id = sender_id
-        self._counter = counter_start
+        if FAST is not None:
+            self._cell = FAST.Counter(counter_start)
+        else:
+            self._counter = counter_start
         self._encrypt = key.aead.encrypt
         self._encrypt_into = key.aead.encrypt_into
         self._prefixes = {
@@ -222,6 +228,20 @@ class Sealer:
         """
         if now_ns > self._counter:
             self._counter = now_ns
+
+    if FAST is not None:
+
+        @property  # type: ignore[no-redef]
+        def _counter(self) -> int:
+            return self._cell.value  # type: ignore[no-any-return]
+
+        @_counter.setter
+        def _counter(self, value: int) -> None:
+            self._cell.value = value
+
+        def advance(self, now_ns: int) -> None:  # type: ignore[no-redef]
+            """Move the counter up to the clock ``now_ns`` (never down), under its lock."""
+            self._cell.advance(now_ns)
 
     def seal(self, payload: bytes | memoryview, ptype: int = TYPE_FRAME) -> bytes | bytearray:
         """The sealed packet carrying ``payload``: ``len(payload) + OVERHEAD`` bytes.
