@@ -1,7 +1,8 @@
 """The node's hop both ways: compiled (``atenet._fast``'s node_receive) and pure Python.
 
 Real processes in namespaces: one `atenet run` node, three `tok connect` hosts. The module runs
-twice — the node with the fast path, and with ``ATENET_PURE=1`` — and asserts the same real
+three times — the node with the fast path and its GIL-free engine (``_fast.NodeEngine``), the
+fast path without the engine (``ATENET_ENGINE=0``), and ``ATENET_PURE=1`` — and asserts the same real
 outcomes: pings answered, a burst of small datagrams arriving in order, a TCP copy byte-identical,
 the node's counters moving, a replayed and a tampered datagram dropped and counted by reason,
 and a revoked key cut at once (docs/protocol.md, "Fast path").
@@ -28,15 +29,17 @@ from tests.test_offload import RECEIVER, SENDER
 pytestmark = [needs_root]
 
 
-@pytest.fixture(scope="module", params=["fast", "pure"])
+@pytest.fixture(scope="module", params=["engine", "fast", "pure"])
 def net(request: pytest.FixtureRequest) -> Iterator[Overlay]:
     mode = request.param
-    if mode == "fast" and FAST is None:
+    if mode != "pure" and FAST is None:
         pytest.skip("atenet._fast is not built (scripts/setup.sh)")
     with Lab() as lab, tempfile.TemporaryDirectory(prefix=f"atn-fn-{mode}-") as tmp:
         overlay = Overlay(lab, Path(tmp))
-        base = {k: v for k, v in overlay.env.items() if k != "ATENET_PURE"}
-        overlay.env = base | ({"ATENET_PURE": "1"} if mode == "pure" else {})
+        base = {k: v for k, v in overlay.env.items() if k not in ("ATENET_PURE", "ATENET_ENGINE")}
+        overlay.env = base | {"pure": {"ATENET_PURE": "1"}, "fast": {"ATENET_ENGINE": "0"}}.get(
+            mode, {}
+        )
         nodes = [overlay.add_node("n1"), overlay.add_node("n2")]  # only nodes get ATENET_PURE
         overlay.env = base
         for name in ("h1", "h2", "h3"):
@@ -45,7 +48,9 @@ def net(request: pytest.FixtureRequest) -> Iterator[Overlay]:
         for node in nodes:
             assert node.proc is not None
             maps = Path(f"/proc/{node.proc.pid}/maps").read_text()
-            assert ("_fast" in maps) == (mode == "fast"), f"{mode}: wrong data path"
+            assert ("_fast" in maps) == (mode != "pure"), f"{mode}: wrong data path"
+            engine = node.status().get("fast_node", {}).get("engine_running")
+            assert engine == {"engine": True, "fast": False}.get(mode), f"{mode}: {engine}"
         deadline = time.monotonic() + 20
         while not all(len(n.network("lan")["peers"]) == 1 for n in nodes):
             assert time.monotonic() < deadline, "the nodes never saw each other as members"
@@ -58,9 +63,12 @@ def lan(net: Overlay, node: str = "n1") -> dict[str, Any]:
 
 
 def inline(net: Overlay, node: str = "n1") -> int:
-    """Datagrams a node's compiled hop forwarded or dropped on its own (-1: a pure node)."""
+    """Datagrams a node's compiled hop forwarded or dropped on its own, in node_receive or in
+    the engine's thread (-1: a pure node)."""
     status = net.nodes[node].status()
-    return status["fast_node"]["inline"] if "fast_node" in status else -1
+    if "fast_node" not in status:
+        return -1
+    return status["fast_node"]["inline"] + status["fast_node"]["engine"]
 
 
 def port_of(network: dict[str, Any], client: Client) -> dict[str, Any]:

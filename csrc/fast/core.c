@@ -1000,7 +1000,7 @@ static int add_type(PyObject *module, const char *name, PyTypeObject *type) {
 
 PyMODINIT_FUNC PyInit__fast(void) {
     if (PyType_Ready(&AtKey_Type) < 0 || PyType_Ready(&AtWindow_Type) < 0 ||
-        PyType_Ready(&AtCounter_Type) < 0)
+        PyType_Ready(&AtCounter_Type) < 0 || PyType_Ready(&AtNodeEngine_Type) < 0)
         return NULL;
     at_names.s_cell = PyUnicode_InternFromString("_cell");
     at_names.s_counter = PyUnicode_InternFromString("_counter");
@@ -1017,7 +1017,8 @@ PyMODINIT_FUNC PyInit__fast(void) {
     if (add_type(m, "Key", &AtKey_Type) < 0 || add_type(m, "Window", &AtWindow_Type) < 0 ||
         add_type(m, "Counter", &AtCounter_Type) < 0 ||
         add_methods(m, at_tok_methods) < 0 || add_methods(m, at_node_methods) < 0 ||
-        add_methods(m, at_frag_methods) < 0) {
+        add_methods(m, at_frag_methods) < 0 || add_methods(m, at_engine_methods) < 0 ||
+        add_type(m, "NodeEngine", &AtNodeEngine_Type) < 0) {
         Py_DECREF(m);
         return NULL;
     }

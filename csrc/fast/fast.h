@@ -155,7 +155,32 @@ typedef struct {
 } AtNames;
 extern AtNames at_names;
 
+/* ---- NodeEngine (nodeengine.c): the node's unicast hop in a GIL-free thread ---- */
+extern PyTypeObject AtNodeEngine_Type;
+
+/* What node.c knows when it has just taken its inline unicast branch client port -> client
+ * port for a plain frame (every check passed): enough to cache the flow in a NodeEngine. */
+typedef struct {
+    const uint8_t *packet; /* the sealed datagram (its header names network, key, sender) */
+    const uint8_t *frame;  /* the opened frame (destination and source MAC) */
+    PyObject *addr;        /* the sender's (host, port) */
+    PyObject *opener;      /* the access key's Opener */
+    PyObject *window;      /* the sender's C replay window in it */
+    PyObject *port;        /* the source UdpClientPort */
+    PyObject *core;        /* the NodeCore (datagrams) */
+    PyObject *sw;          /* the network's Switch (now) */
+    PyObject *dst;         /* the destination UdpClientPort */
+    PyObject *sealer;      /* its Sealer */
+    PyObject *dst_addr;    /* its (host, port) */
+    double rate, burst;    /* the node's PortLimits */
+} AtEngineNote;
+
+/* Record the flow in `engine` (a NodeEngine, else nothing happens); the entry is used from the
+ * engine's next arm() while nothing it depends on changed. 0, or -1 with a Python error. */
+int at_engine_note(PyObject *engine, const AtEngineNote *note);
+
 /* The method tables of tok.c, node.c and frag.c, joined into the module's in core.c. */
+extern PyMethodDef at_engine_methods[];
 extern PyMethodDef at_tok_methods[];
 extern PyMethodDef at_node_methods[];
 extern PyMethodDef at_frag_methods[];

@@ -174,6 +174,9 @@ typedef struct {
     PyObject *send; /* core.send: what ports and the runtime send through (the daemon's UdpSocket) */
     double now;
     int fd;
+    PyObject *engine; /* a NodeEngine to record inline flows in (nodeengine.c), or NULL */
+    int noting;       /* this datagram's flow may be recorded: `note` has its source side */
+    AtEngineNote note;
 } Ctx;
 
 /* The whole datagram to the pure path: core.datagram(data, addr, now). */
@@ -437,6 +440,17 @@ static int from_local(Ctx *c, PyObject *runtime, PyObject *sw, PyObject *port,
         rc = 0;
         goto done;
     }
+    if (c->noting && at == 0 && seal != NULL) { /* client port -> client port: cache it */
+        PyObject *daddr = PyObject_GetAttr(dst, N.addr);
+        if (daddr == NULL) goto done;
+        c->note.frame = frame;
+        c->note.dst = dst;
+        c->note.sealer = PyMethod_GET_SELF(seal);
+        c->note.dst_addr = daddr;
+        int noted = at_engine_note(c->engine, &c->note);
+        Py_DECREF(daddr);
+        if (noted < 0) goto done;
+    }
     rc = deliver_to(c, dst, seal, data, len, at, frame, flen);
 done:
     Py_XDECREF(fdb_mac);
@@ -699,7 +713,17 @@ static int node_one(Ctx *c, const uint8_t *data, size_t len, PyObject *addr) {
         Py_XDECREF(drops);
         goto done;
     }
+    if (c->engine != NULL) { /* from_local may record this flow in the engine's cache */
+        Py_INCREF(w);
+        c->note = (AtEngineNote){data, obuf, addr, opener, w, port, c->core, sw,
+                                 NULL, NULL, NULL, rate, burst};
+        c->noting = 1;
+    }
     rc = from_local(c, runtime, sw, port, obuf, plen, 0);
+    if (c->noting) {
+        c->noting = 0;
+        Py_DECREF(w);
+    }
     goto done;
 
 slow_packet: {
@@ -772,6 +796,8 @@ done:
     return rc;
 }
 
+static int segment_hold(size_t run) { return run != 0; } /* a GRO run is held as receive() */
+
 static int start_holding(Ctx *c, int *holding) {
     PyObject *r = PyObject_CallMethodNoArgs(c->udp, N.hold);
     if (r == NULL) return -1;
@@ -796,30 +822,67 @@ static int node_read(Ctx *c, size_t n, long segment, PyObject *addr) {
 }
 
 static PyObject *node_receive(PyObject *Py_UNUSED(module), PyObject *args) {
-    PyObject *core, *udp, *now_obj;
+    PyObject *core, *udp, *now_obj, *engine = Py_None, *first = Py_None;
     int max_reads;
-    if (!PyArg_ParseTuple(args, "OOiO", &core, &udp, &max_reads, &now_obj)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOiO|OO", &core, &udp, &max_reads, &now_obj, &engine, &first))
+        return NULL;
     if (node_names() < 0) return NULL;
+    /* `first`: a NodeEngine's handed-over (data, addr, segment), taken as the first read. */
+    Py_buffer fbuf = {0};
+    PyObject *faddr = NULL;
+    Py_ssize_t fseg = 0;
+    if (first != Py_None) {
+        if (!PyArg_ParseTuple(first, "y*On", &fbuf, &faddr, &fseg)) return NULL;
+        size_t flen = (size_t)fbuf.len;
+        if (flen > AT_RECV_SIZE || fseg < 0) {
+            PyBuffer_Release(&fbuf);
+            PyErr_SetString(PyExc_ValueError, "a handed-over datagram is at most 65535 bytes");
+            return NULL;
+        }
+    }
     if (busy) {
         PyErr_SetString(PyExc_RuntimeError, "node_receive is not re-entrant");
         return NULL;
     }
     Ctx c = {core, udp, now_obj, NULL, PyFloat_AsDouble(now_obj), -1};
-    if (c.now == -1.0 && PyErr_Occurred()) return NULL;
-    PyObject *fileno = PyObject_CallMethod(udp, "fileno", NULL);
-    if (fileno == NULL) return NULL;
+    c.engine = engine != Py_None ? engine : NULL;
+    PyObject *fileno = NULL;
+    if (c.now == -1.0 && PyErr_Occurred()) goto early;
+    fileno = PyObject_CallMethod(udp, "fileno", NULL);
+    if (fileno == NULL) goto early;
     c.fd = (int)PyLong_AsLong(fileno);
     Py_DECREF(fileno);
-    if (c.fd == -1 && PyErr_Occurred()) return NULL;
+    if (c.fd == -1 && PyErr_Occurred()) goto early;
     c.send = PyObject_GetAttr(core, N.send);
-    if (c.send == NULL) return NULL;
+    if (c.send == NULL) {
+    early:
+        if (first != Py_None) PyBuffer_Release(&fbuf);
+        return NULL;
+    }
 
     busy = 1;
     int holding = 0, failed = 0;
     for (int reads = 0; reads < max_reads; reads++) {
         struct sockaddr_storage from;
         size_t run = 0;
-        ssize_t n = at_recv_gro(c.fd, rbuf, AT_RECV_SIZE, &from, &run);
+        ssize_t n;
+        if (reads == 0 && first != Py_None) {
+            n = fbuf.len;
+            memcpy(rbuf, fbuf.buf, (size_t)n);
+            run = (size_t)fseg;
+            PyBuffer_Release(&fbuf);
+            if (segment_hold(run) && !holding && start_holding(&c, &holding) < 0) {
+                failed = 1;
+                break;
+            }
+            int r = node_read(&c, (size_t)n, (long)run, faddr);
+            if (r < 0) {
+                failed = 1;
+                break;
+            }
+            continue;
+        }
+        n = at_recv_gro(c.fd, rbuf, AT_RECV_SIZE, &from, &run);
         if (n < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) break;
             continue; /* e.g. ICMP errors reported on the socket: not ours to stop on */

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from types import ModuleType
 
-__all__ = ["FAST", "fast_status"]
+__all__ = ["FAST", "changed", "fast_status"]
 
 
 def _load() -> tuple[ModuleType | None, str]:
@@ -36,3 +36,14 @@ FAST, _STATUS = _load()
 def fast_status() -> str:
     """``on``, or why not: for ``atenet run``'s log line, ``/api/status`` and ``tok status``."""
     return _STATUS
+
+
+def _nothing() -> None:
+    return None
+
+
+changed = FAST.node_changed if FAST is not None and hasattr(FAST, "node_changed") else _nothing
+"""Say that something a node engine's cached flow may depend on changed — a port added or
+removed, an opener dropped, the MAC table written, a switch setting, a client's address: every
+cached flow is then dropped before its next datagram (csrc/fast/nodeengine.c; docs/fastpath.md,
+"Node engine", lists the callers and why they are all). A no-op on the pure path."""

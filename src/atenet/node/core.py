@@ -29,6 +29,7 @@ from typing import Any
 from atenet.addressing import ipv4_for, ipv6_for
 from atenet.chain.state import AccessKey, NetworkState
 from atenet.errors import AtenetError, DecodeError
+from atenet.fast import changed
 from atenet.node.nat import is_local_address
 from atenet.node.routes import ROUTE_KIND, RoutePort, sync_routes
 from atenet.node.schema import CONTROL, SchemaError, parse
@@ -278,6 +279,7 @@ class NetworkRuntime:
 
     def apply_state(self, state: NetworkState, now: float) -> list[Port]:
         """Take keys, members and settings from the chain; return ports closed by revocation."""
+        changed()  # keys, settings, gateway, members: cached flows are re-checked
         self.state = state
         self._addresses.clear()  # the CIDRs may have changed
         start = max(self.counter_start, int(now * _NS))  # counters track the clock
@@ -698,6 +700,7 @@ class NetworkRuntime:
         return opener
 
     def _drop_key(self, key_id: int) -> None:
+        changed()  # its opener and sealer go (atenet.fast.changed)
         self.openers.pop(key_id, None)
         self.sealers.pop(key_id, None)
         self.key_seen.pop(key_id, None)
@@ -857,6 +860,7 @@ class NetworkRuntime:
         return True
 
     def _roam(self, port: UdpClientPort, addr: Addr) -> None:
+        changed()  # cached flows to and from the port name its old address
         if port.addr[0] != addr[0]:
             self._uncount(port)
             self.key_ports[port.key_id] += 1  # type: ignore[index]

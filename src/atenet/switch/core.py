@@ -71,6 +71,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from atenet.fast import changed
 from atenet.offload import VNET_HDR_LEN, OffloadError, to_frames
 from atenet.switch.mcast import REPORT, Multicast
 from atenet.switch.snoop import is_neighbour_frame
@@ -441,6 +442,8 @@ class Switch:
         """Whether some live peer node has a mirror port: unicast from local ports is then
         also sent to those nodes (through :attr:`to_mirror_peers`), so a monitor on any node
         sees the whole network."""
+        if any_peer != self.mirror_peers:
+            changed()  # cached flows skip the mirrors (atenet.fast.changed)
         self.mirror_peers = any_peer
         self._mirroring = bool(self._mirrors) or any_peer
 
@@ -450,6 +453,7 @@ class Switch:
         return bool(self._mirrors)
 
     def _rebuild(self) -> None:
+        changed()  # a port came, went or became a mirror (atenet.fast.changed)
         self._ports = tuple(self.ports.values())
         self._mirrors = tuple(p for p in self._ports if p.mirror)
         self._mirroring = bool(self._mirrors) or self.mirror_peers
@@ -759,6 +763,7 @@ class Switch:
         """The slow path of learning from a local port: its frame's source MAC (at ``at``) is
         not the one it last taught the table. Learn it, move it here, or refuse it; False when
         the MAC is another port's claim (:meth:`_claimed`): the caller drops the frame."""
+        changed()  # the table or a port's MAC may change (atenet.fast.changed)
         fdb = self.fdb
         mac = frame[at : at + 6]
         owner = fdb.get(mac)
@@ -815,6 +820,7 @@ class Switch:
         if owner == peer:
             self.fdb_seen[mac] = self.now
             return
+        changed()  # the table may change (atenet.fast.changed)
         if len(mac) < 6 or mac[0] & 1 or mac == NO_MAC or mac == self.gateway_mac:
             return  # every node has the gateway MAC: it lives here, never behind a peer
         if owner is None:
@@ -878,6 +884,8 @@ class Switch:
                 at = max(at, owner.fdb_at)  # type: ignore[union-attr]
             if at < oldest:
                 stale.append(mac)
+        if stale:
+            changed()  # entries leave the table (atenet.fast.changed)
         for mac in stale:
             self._unlink(mac, self.fdb.pop(mac))
             seen.pop(mac, None)
