@@ -1,12 +1,16 @@
 """The node's socket read both ways, in-process on loopback: ``atenet._fast.node_receive`` and
 the pure ``UdpSocket.receive`` + ``NodeCore.datagram`` see the same datagrams — alone, as one
 UDP GSO run (which the receiving socket's GRO hands over whole), as fragments — and must leave
-the node's counters, drops and events the same (docs/protocol.md, "Fast path"). The forwarding
-itself is tested between real processes in tests/test_fast_node.py."""
+the node's counters, drops and events the same (docs/protocol.md, "Fast path"). In ``engine``
+mode a ``_fast.NodeEngine`` thread reads the socket first: none of these is a cached flow, so
+it hands the first over (with the socket) and node_receive takes it and the rest, as the
+daemon does. The forwarding itself is tested between real processes in tests/test_fast_node.py
+and tests/test_node_engine.py."""
 
 from __future__ import annotations
 
 import os
+import select
 import socket
 import struct
 import time
@@ -20,7 +24,7 @@ from atenet.overlay.fragment import FRAGMENT_SIZE, fragment
 from atenet.overlay.seal import HEADER_LEN, TYPE_FRAME, TYPE_SUPERFRAME
 from atenet.transport.udp import SOL_UDP, UDP_SEGMENT, UdpSocket
 
-MODES = ["fast", "pure"]
+MODES = ["engine", "fast", "pure"]
 
 
 def sealed_like(ptype: int, size: int, network: bytes = b"N" * 16, version: int = 1) -> bytes:
@@ -32,7 +36,7 @@ def sealed_like(ptype: int, size: int, network: bytes = b"N" * 16, version: int 
 def read(mode: str, sends: list[tuple[list[bytes], int]]) -> tuple[NodeCore, UdpSocket]:
     """Send each group (alone, or as one GSO run of the given segment size) to a node socket on
     loopback, then read it once the way ``mode`` does."""
-    if mode == "fast" and FAST is None:
+    if mode != "pure" and FAST is None:
         pytest.skip("atenet._fast is not built (scripts/setup.sh)")
     sent: list[tuple[bytes, Any]] = []
     core = NodeCore("n1", lambda packet, addr: sent.append((packet, addr)), time.time_ns())
@@ -50,7 +54,9 @@ def read(mode: str, sends: list[tuple[list[bytes], int]]) -> tuple[NodeCore, Udp
                 for datagram in datagrams:
                     tx.sendto(datagram, addr)
         now = time.time()
-        if mode == "fast":
+        if mode == "engine":
+            handover(core, udp, now)
+        elif mode == "fast":
             FAST.node_receive(core, udp, 512, now)  # type: ignore[union-attr]
         else:
             udp.receive(lambda data, source: core.datagram(data, source, now), 512)
@@ -61,6 +67,24 @@ def read(mode: str, sends: list[tuple[list[bytes], int]]) -> tuple[NodeCore, Udp
     finally:
         rx.close()
         tx.close()
+
+
+def handover(core: NodeCore, udp: UdpSocket, now: float) -> None:
+    """What the daemon does with an engine: wait for its hand-over, take the datagram, run
+    node_receive on it and the rest of the socket, give the socket back; then stop it."""
+    engine = FAST.NodeEngine(udp.fileno(), udp)  # type: ignore[union-attr]
+    engine.start()
+    try:
+        ready, _, _ = select.select([engine.fileno()], [], [], 10)
+        assert ready, "the engine handed nothing over"
+        item = engine.take()
+        assert item is not None
+        FAST.node_receive(core, udp, 512, now, engine, item)  # type: ignore[union-attr]
+        engine.arm()
+        counters = engine.counters()
+        assert counters["handed"] == 1 and counters["engine"] == 0, counters
+    finally:
+        engine.stop()
 
 
 def outcome(core: NodeCore, udp: UdpSocket) -> dict[str, Any]:

@@ -101,6 +101,8 @@ class Overlay:
     nodes: dict[str, Node] = field(default_factory=dict)
     clients: dict[str, Client] = field(default_factory=dict)
     heartbeat: float = 1.0
+    node_args: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Extra `atenet run` arguments per node name (e.g. ``--port-rate``)."""
 
     def __post_init__(self) -> None:
         self.store = f"sqlite://{self.root / 'chains.sqlite'}"
@@ -144,7 +146,8 @@ class Overlay:
         with node.log.open("ab") as log:
             node.proc = node.host.popen(
                 [BIN / "atenet", "-v", "run", "--listen", node.host.ip, "--udp-port",
-                 str(UDP_PORT), "--http-port", str(HTTP_PORT), "--heartbeat", str(self.heartbeat)],
+                 str(UDP_PORT), "--http-port", str(HTTP_PORT), "--heartbeat", str(self.heartbeat),
+                 *self.node_args.get(node.name, ())],
                 env=self.env | {"ATENET_HOME": str(node.home)},
                 stdout=log, stderr=log,
             )  # fmt: skip
