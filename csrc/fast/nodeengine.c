@@ -72,12 +72,14 @@ typedef struct {
     AtWindow *win;
     PyObject *port, *core, *sw;
     double tokens, bucket_at, rate, burst, last_now;
-    uint64_t frames, bytes; /* since the last flush */
+    uint64_t frames, bytes_in, bytes_out; /* since the last flush */
     uint8_t smac[6], dmac[6];
     /* destination */
     AtKey *dkey;
     AtCounter *dctr;
-    uint8_t prefix[AT_NONCE_AT];
+    uint8_t prefix[AT_NONCE_AT], prefix2[AT_NONCE_AT]; /* a frame's, an offloaded packet's */
+    int dst_offload;  /* the destination takes offloaded packets whole */
+    size_t frag_max;  /* sealed packets above it are cut into fragments: node_receive */
     uint32_t dsender;
     struct sockaddr_in daddr;
     PyObject *dport;
@@ -165,8 +167,21 @@ static int neighbour_frame(const uint8_t *f, size_t len) {
 /* The whole hop for one datagram when the cache has its flow: 1 (sent, or counted as a send
  * error); 0: a miss, nothing that Python would see was changed (the bucket's refill is
  * Python's own formula, and the window is marked only once everything else passed). */
+/* offload.check's common case (no GSO), as node.c's plain_offload. */
+static int plain_offload(const uint8_t *p, size_t len) {
+    if (len < AT_VNET_HDR_LEN + 14 || p[1] != 0) return 0;
+    if (p[0] & 1) {
+        size_t frame_len = len - AT_VNET_HDR_LEN;
+        size_t start = p[6] | (size_t)p[7] << 8, offset = p[8] | (size_t)p[9] << 8;
+        if (start < 14 || start + offset + 2 > frame_len) return 0;
+    }
+    return 1;
+}
+
 static int ne_forward(NodeEngine *e, const uint8_t *d, size_t n, const struct sockaddr_in *from) {
-    if (n < AT_OVERHEAD + 14 || d[AT_VERSION_AT] != AT_VERSION || d[AT_TYPE_AT] != AT_FRAME)
+    int ptype = n > AT_TYPE_AT ? d[AT_TYPE_AT] : 0;
+    if (n < AT_OVERHEAD + 14 || d[AT_VERSION_AT] != AT_VERSION ||
+        (ptype != AT_FRAME && ptype != AT_SUPERFRAME))
         return 0;
     uint32_t key_id = at_be32(d + AT_KEY_ID_AT), sender_id = at_be32(d + AT_SENDER_AT);
     if (key_id == 0) return 0; /* peer nodes: node_receive */
@@ -174,40 +189,45 @@ static int ne_forward(NodeEngine *e, const uint8_t *d, size_t n, const struct so
     uint64_t gen = atomic_load(&ne_generation);
     double now = wall_now();
     struct sockaddr_in to;
-    size_t flen = n - AT_OVERHEAD;
+    size_t plen = n - AT_OVERHEAD, at = ptype == AT_SUPERFRAME ? AT_VNET_HDR_LEN : 0;
     int hit = 0;
     pthread_mutex_lock(&e->mu);
     NeEntry *s = e->count ? ne_find(e, d, key_id, sender_id, from->sin_addr.s_addr,
                                     from->sin_port)
                           : NULL;
     if (s == NULL || !s->used || !s->loaded || s->gen != gen) goto out;
+    if (at && (!s->dst_offload || n > s->frag_max)) goto out; /* cut for the port: Python */
     double tokens = s->tokens + (now - s->bucket_at) * s->rate;
     s->tokens = tokens < s->burst ? tokens : s->burst;
     s->bucket_at = now;
     if (tokens < 1.0) goto out; /* port_rate: Python counts it */
     if (!at_window_check(s->win, counter)) goto out;
     if (at_open(s->okey, d, n, e->obuf)) goto out;
-    const uint8_t *f = e->obuf;
-    if (memcmp(f, s->dmac, 6) != 0 || memcmp(f + 6, s->smac, 6) != 0 || neighbour_frame(f, flen))
+    if (at && !plain_offload(e->obuf, plen)) goto out; /* GSO, or a header to refuse */
+    const uint8_t *f = e->obuf + at;
+    size_t flen = plen - at;
+    if (flen < 14 || memcmp(f, s->dmac, 6) != 0 || memcmp(f + 6, s->smac, 6) != 0 ||
+        neighbour_frame(f, flen))
         goto out;
     uint64_t ctr;
     if (at_counter_take(s->dctr, &ctr) < 0) goto out;
     if (!at_window_update(s->win, counter)) goto out; /* a copy raced it: replay, for Python */
     uint8_t hdr[AT_HEADER_LEN];
-    memcpy(hdr, s->prefix, AT_NONCE_AT);
+    memcpy(hdr, at ? s->prefix2 : s->prefix, AT_NONCE_AT);
     at_put_be32(hdr + AT_SENDER_AT, s->dsender);
     at_put_be64(hdr + AT_COUNTER_AT, ctr);
     s->tokens -= 1.0;
     s->frames++;
-    s->bytes += flen;
+    s->bytes_in += flen; /* Switch.from_local / packet_from_local: the frame's bytes */
+    s->bytes_out += plen; /* deliver / deliver_packet: what was sealed */
     if (now > s->last_now) s->last_now = now;
     to = s->daddr;
-    hit = at_seal(s->dkey, hdr, f, flen, e->sbuf) == 0 ? 1 : -1;
+    hit = at_seal(s->dkey, hdr, e->obuf, plen, e->sbuf) == 0 ? 1 : -1;
     e->forwarded++;
 out:
     pthread_mutex_unlock(&e->mu);
     if (hit == 0) return 0;
-    if (hit < 0 || sendto(e->fd, e->sbuf, flen + AT_OVERHEAD, 0, (struct sockaddr *)&to,
+    if (hit < 0 || sendto(e->fd, e->sbuf, n, 0, (struct sockaddr *)&to,
                           sizeof to) < 0) {
         pthread_mutex_lock(&e->mu);
         e->send_errors++;
@@ -301,12 +321,13 @@ static int set_float(PyObject *obj, PyObject *name, double v) {
 static int entry_flush(NeEntry *s) {
     int rc = 0;
     if (s->frames) {
-        long long f = (long long)s->frames, b = (long long)s->bytes;
-        if (at_add_attr(s->port, s_frames_in, f) < 0 || at_add_attr(s->port, s_bytes_in, b) < 0 ||
+        long long f = (long long)s->frames, bi = (long long)s->bytes_in;
+        long long bo = (long long)s->bytes_out;
+        if (at_add_attr(s->port, s_frames_in, f) < 0 || at_add_attr(s->port, s_bytes_in, bi) < 0 ||
             at_add_attr(s->dport, s_frames_out, f) < 0 ||
-            at_add_attr(s->dport, s_bytes_out, b) < 0 || at_add_attr(s->core, s_datagrams, f) < 0)
+            at_add_attr(s->dport, s_bytes_out, bo) < 0 || at_add_attr(s->core, s_datagrams, f) < 0)
             rc = -1;
-        s->frames = s->bytes = 0;
+        s->frames = s->bytes_in = s->bytes_out = 0;
     }
     if (s->last_now > 0) {
         if (add_max(s->port, s_last_seen, s->last_now) < 0 || add_max(s->sw, s_now, s->last_now) < 0)
@@ -411,11 +432,17 @@ int at_engine_note(PyObject *engine, const AtEngineNote *note) {
     PyObject *prefixes = PyObject_GetAttr(note->sealer, at_names.s_prefixes);
     PyObject *dsender = PyObject_GetAttr(note->sealer, at_names.s_sender_id);
     PyErr_Clear();
-    PyObject *one = PyLong_FromLong(AT_FRAME);
-    PyObject *prefix = (one && prefixes && PyDict_Check(prefixes))
-                           ? PyDict_GetItemWithError(prefixes, one)
-                           : NULL;
+    PyObject *one = PyLong_FromLong(AT_FRAME), *two = PyLong_FromLong(AT_SUPERFRAME);
+    int ok_dict = one && two && prefixes && PyDict_Check(prefixes);
+    PyObject *prefix = ok_dict ? PyDict_GetItemWithError(prefixes, one) : NULL;
+    PyObject *prefix2 = ok_dict ? PyDict_GetItemWithError(prefixes, two) : NULL;
     Py_XDECREF(one);
+    Py_XDECREF(two);
+    PyErr_Clear();
+    PyObject *offload = PyObject_GetAttrString(note->dst, "offload");
+    int dst_offload = offload ? PyObject_IsTrue(offload) : 0;
+    Py_XDECREF(offload);
+    if (dst_offload < 0) dst_offload = 0;
     PyErr_Clear();
     unsigned long ds = dsender && PyLong_Check(dsender) ? PyLong_AsUnsignedLong(dsender) : 0;
     if (PyErr_Occurred()) {
@@ -424,6 +451,7 @@ int at_engine_note(PyObject *engine, const AtEngineNote *note) {
     }
     if (okey == NULL || dkey == NULL || cell == NULL || !PyObject_TypeCheck(cell, &AtCounter_Type) ||
         prefix == NULL || !PyBytes_Check(prefix) || PyBytes_GET_SIZE(prefix) != AT_NONCE_AT ||
+        prefix2 == NULL || !PyBytes_Check(prefix2) || PyBytes_GET_SIZE(prefix2) != AT_NONCE_AT ||
         dsender == NULL || ds > UINT32_MAX || note->window == NULL ||
         !PyObject_TypeCheck(note->window, &AtWindow_Type))
         goto done; /* not all C objects: this flow stays on node_receive */
@@ -461,6 +489,9 @@ int at_engine_note(PyObject *engine, const AtEngineNote *note) {
         s->dkey = (AtKey *)Py_NewRef(dkey);
         s->dctr = (AtCounter *)Py_NewRef(cell);
         memcpy(s->prefix, PyBytes_AS_STRING(prefix), AT_NONCE_AT);
+        memcpy(s->prefix2, PyBytes_AS_STRING(prefix2), AT_NONCE_AT);
+        s->dst_offload = dst_offload;
+        s->frag_max = note->fragment_size;
         s->dsender = (uint32_t)ds;
         s->daddr = dst;
         s->dport = Py_NewRef(note->dst);

@@ -919,7 +919,10 @@ class NetworkRuntime:
             return
         if op in ("hello", "ping"):
             # Repeated on every ping, so a port re-created after expiry learns it again.
-            port.offload = message.get("offload") == 1
+            offload = message.get("offload") == 1
+            if offload != port.offload:
+                changed()  # cached flows to it send offloaded packets whole, or not
+            port.offload = offload
             port.host = message.get("host", "")
             self.switch.set_mirror(port, message.get("mirror") == 1)  # `tok monitor`
             port.control(self.welcome("welcome" if op == "hello" else "pong"))
