@@ -2,10 +2,10 @@
 
 Real processes in namespaces: one `atenet run` node, three `tok connect` hosts. The module runs
 three times — the node with the fast path and its GIL-free engine (``_fast.NodeEngine``), the
-fast path without the engine (``ATENET_ENGINE=0``), and ``ATENET_PURE=1`` — and asserts the same real
-outcomes: pings answered, a burst of small datagrams arriving in order, a TCP copy byte-identical,
-the node's counters moving, a replayed and a tampered datagram dropped and counted by reason,
-and a revoked key cut at once (docs/protocol.md, "Fast path").
+fast path without the engine (``ATENET_ENGINE=0``), and ``ATENET_PURE=1`` — and asserts the same
+real outcomes: pings answered, a burst of small datagrams arriving in order, a TCP copy
+byte-identical, the node's counters moving, a replayed and a tampered datagram dropped and
+counted by reason, and a revoked key cut at once (docs/protocol.md, "Fast path").
 """
 
 from __future__ import annotations
