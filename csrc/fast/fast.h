@@ -167,11 +167,11 @@ typedef struct {
     PyObject *addr;        /* the sender's (host, port) */
     PyObject *opener;      /* the access key's Opener */
     PyObject *window;      /* the sender's C replay window in it */
-    PyObject *port;        /* the source UdpClientPort */
+    PyObject *port;        /* the source UdpClientPort (NULL: from a peer node, key 0) */
     PyObject *core;        /* the NodeCore (datagrams) */
     PyObject *sw;          /* the network's Switch (now) */
-    PyObject *dst;         /* the destination UdpClientPort */
-    PyObject *sealer;      /* its Sealer */
+    PyObject *dst;         /* the destination UdpClientPort (NULL: to a peer node) */
+    PyObject *sealer;      /* its Sealer (the node sealer, to a peer) */
     PyObject *dst_addr;    /* its (host, port) */
     double rate, burst;    /* the node's PortLimits */
     size_t fragment_size;  /* overlay/fragment.py FRAGMENT_SIZE */

@@ -12,6 +12,10 @@
  * follows (switch.from_local / packet_from_local, runtime._from_peer, the destination's
  * deliver) — no step ever runs twice.
  *
+ * With a NodeEngine (nodeengine.c) the daemon passes it in: each flow this function forwards
+ * inline between client ports or a client port and a peer node is recorded in the engine's
+ * cache (at_engine_note), and the engine's thread forwards the flow's next datagrams itself.
+ *
  * Handed to Python whole: fragments (the UdpSocket's reassembler, then core.datagram), short
  * or malformed headers, control messages, unknown networks, keys without an opener
  * (derivation; revocation: a revoked key's opener is popped, so its next datagram goes to the
@@ -428,6 +432,13 @@ static int from_local(Ctx *c, PyObject *runtime, PyObject *sw, PyObject *port,
         PyObject_SetAttr(port, N.fdb_at, c->now_obj) < 0)
         goto done;
     if (peer_addr != NULL) { /* to_peer: sealed once with the node key, to that node */
+        if (c->noting) { /* client port -> the peer node: cache it */
+            c->note.frame = frame;
+            c->note.dst = NULL;
+            c->note.sealer = node_sealer;
+            c->note.dst_addr = peer_addr;
+            if (at_engine_note(c->engine, &c->note) < 0) goto done;
+        }
         if (seal_send(c, node_sealer, at ? AT_SUPERFRAME : AT_FRAME, data, len, peer_addr) < 0 ||
             at_add_attr(sw, N.frames_to_peers, 1) < 0)
             goto done;
@@ -555,6 +566,17 @@ static int from_peer(Ctx *c, PyObject *runtime, PyObject *sw, PyObject *sender_o
     /* Committed: from_peer's (packet_from_peer's) unicast case. */
     if (at_add_attr(sw, N.frames_from_peers, 1) < 0 || PyDict_SetItem(seen, smac, c->now_obj) < 0)
         goto done;
+    if (c->noting && seal != NULL) { /* the peer node -> a client port: cache it */
+        PyObject *daddr = PyObject_GetAttr(dst, N.addr);
+        if (daddr == NULL) goto done;
+        c->note.frame = frame;
+        c->note.dst = dst;
+        c->note.sealer = PyMethod_GET_SELF(seal);
+        c->note.dst_addr = daddr;
+        int noted = at_engine_note(c->engine, &c->note);
+        Py_DECREF(daddr);
+        if (noted < 0) goto done;
+    }
     rc = deliver_to(c, dst, seal, data, len, at, frame, flen);
 done:
     Py_XDECREF(v);
@@ -660,8 +682,18 @@ static int node_one(Ctx *c, const uint8_t *data, size_t len, PyObject *addr) {
             Py_XDECREF(drops);
             goto done;
         }
-        rc = from_peer(c, runtime, sw, sender_obj, obuf, plen,
-                       ptype == AT_SUPERFRAME ? AT_VNET_HDR_LEN : 0);
+        size_t at = ptype == AT_SUPERFRAME ? AT_VNET_HDR_LEN : 0;
+        if (c->engine != NULL) { /* from_peer may record this flow in the engine's cache */
+            Py_INCREF(w);
+            c->note = (AtEngineNote){data, NULL, addr, opener, w, NULL, c->core, sw, NULL, NULL,
+                                     NULL, 0.0, 0.0, N.fragment_size};
+            c->noting = 1;
+        }
+        rc = from_peer(c, runtime, sw, sender_obj, obuf, plen, at);
+        if (c->noting) {
+            c->noting = 0;
+            Py_DECREF(w);
+        }
         goto done;
     }
     /* The port's token bucket, before any crypto; charged below only once it authenticated. */
@@ -944,6 +976,8 @@ PyMethodDef at_node_methods[] = {
      "node_counters() -> {inline, python, python_steps}: datagrams node_receive forwarded "
      "whole in C, handed whole to the pure path, and opened in C with a pure step after"},
     {"node_receive", node_receive, METH_VARARGS,
-     "node_receive(core, udp, max_reads, now): UdpSocket.receive + NodeCore.datagram for the "
-     "node daemon, the common case in C (see csrc/fast/node.c)"},
+     "node_receive(core, udp, max_reads, now, engine=None, first=None): UdpSocket.receive + "
+     "NodeCore.datagram for the node daemon, the common case in C (see csrc/fast/node.c); "
+     "with a NodeEngine, `first` is its handed-over (data, addr, segment), taken before the "
+     "socket is read, and the flows forwarded inline are recorded in its cache"},
     {NULL}};

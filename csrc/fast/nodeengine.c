@@ -7,11 +7,13 @@
  * finds its flow in a **forwarding cache**; everything else it hands over to Python whole.
  *
  * The cache. node.c records an entry (at_engine_note) at the moment it has just taken its
- * inline unicast branch client port -> client port for a plain frame: every check of the pure
- * path passed. Key: network id, key id, sender id, source address. Source side: the opener's
- * Key and the sender's Window (C objects, strong refs), the port's token bucket (moved into the
- * entry while it is armed), the frame's source and destination MAC. Destination: its Sealer's
- * Key, Counter (sealer._cell), 22-byte frame prefix and sender id, its address. A hit needs the
+ * inline unicast branch — client port -> client port, client port -> the peer node its
+ * destination is behind, peer node -> client port; a frame or an offloaded packet without GSO —
+ * when every check of the pure path passed. Key: network id, key id, sender id, source address.
+ * Source side: the opener's Key and the sender's Window (C objects, strong refs), a client
+ * port's token bucket (moved into the entry while it is armed), the frame's source and
+ * destination MAC. Destination: its Sealer's Key, Counter (sealer._cell), 22-byte prefixes and
+ * sender id (the node sealer's, to a peer), its address. A hit needs the
  * same source address (roaming: miss), a fresh counter, a packet that authenticates, a token
  * in the bucket, the entry's two MACs in the frame and no ARP/ND frame; then the frame is sealed
  * with the destination's key and counter and sent. Anything else is a miss.
@@ -27,7 +29,7 @@
  * ports, openers, the MAC table or switch settings bump one process-wide **generation**
  * (_fast.node_changed(), called through atenet.fast.changed() from Switch._rebuild,
  * _learn_port, _learn_peer, age, set_mirror_peers and NetworkRuntime.apply_state, _drop_key,
- * _roam; see docs/fastpath.md for why that list is complete). Every entry carries the
+ * _roam, _control, refresh_peers; docs/fastpath.md says why that list is complete). Every entry carries the
  * generation it was recorded at; the thread uses only entries of the current generation, so a
  * revocation (apply_state) cuts a port at the bump, before the next datagram. The state an
  * entry owns — bucket tokens, counters, last_seen, the MAC's age — is written back to the
@@ -108,6 +110,7 @@ typedef struct {
     unsigned long long forwarded, handed, full, send_errors, send_errors_folded;
 } NodeEngine;
 
+static PyObject *s_frames_from_peers, *s_frames_to_peers, *s_fdb_seen;
 static PyObject *s_frames_in, *s_bytes_in, *s_frames_out, *s_bytes_out, *s_datagrams,
     *s_last_seen, *s_fdb_at, *s_fdb_mac, *s_tokens, *s_bucket_at, *s_now, *s_send_errors,
     *s_cell;
@@ -119,7 +122,8 @@ static int ne_names(void) {
     NAME(s_bytes_out, "bytes_out") NAME(s_datagrams, "datagrams") NAME(s_last_seen, "last_seen")
     NAME(s_fdb_at, "fdb_at") NAME(s_fdb_mac, "fdb_mac") NAME(s_tokens, "tokens")
     NAME(s_bucket_at, "bucket_at") NAME(s_now, "now") NAME(s_send_errors, "send_errors")
-    NAME(s_cell, "_cell")
+    NAME(s_frames_from_peers, "frames_from_peers") NAME(s_frames_to_peers, "frames_to_peers")
+    NAME(s_fdb_seen, "fdb_seen") NAME(s_cell, "_cell")
 #undef NAME
     return 0;
 }
@@ -184,7 +188,6 @@ static int ne_forward(NodeEngine *e, const uint8_t *d, size_t n, const struct so
         (ptype != AT_FRAME && ptype != AT_SUPERFRAME))
         return 0;
     uint32_t key_id = at_be32(d + AT_KEY_ID_AT), sender_id = at_be32(d + AT_SENDER_AT);
-    if (key_id == 0) return 0; /* peer nodes: node_receive */
     uint64_t counter = at_be64(d + AT_COUNTER_AT);
     uint64_t gen = atomic_load(&ne_generation);
     double now = wall_now();
@@ -197,10 +200,12 @@ static int ne_forward(NodeEngine *e, const uint8_t *d, size_t n, const struct so
                           : NULL;
     if (s == NULL || !s->used || !s->loaded || s->gen != gen) goto out;
     if (at && (!s->dst_offload || n > s->frag_max)) goto out; /* cut for the port: Python */
-    double tokens = s->tokens + (now - s->bucket_at) * s->rate;
-    s->tokens = tokens < s->burst ? tokens : s->burst;
-    s->bucket_at = now;
-    if (tokens < 1.0) goto out; /* port_rate: Python counts it */
+    if (s->port != NULL) { /* a client port's bucket (a peer node has none) */
+        double tokens = s->tokens + (now - s->bucket_at) * s->rate;
+        s->tokens = tokens < s->burst ? tokens : s->burst;
+        s->bucket_at = now;
+        if (tokens < 1.0) goto out; /* port_rate: Python counts it */
+    }
     if (!at_window_check(s->win, counter)) goto out;
     if (at_open(s->okey, d, n, e->obuf)) goto out;
     if (at && !plain_offload(e->obuf, plen)) goto out; /* GSO, or a header to refuse */
@@ -216,7 +221,7 @@ static int ne_forward(NodeEngine *e, const uint8_t *d, size_t n, const struct so
     memcpy(hdr, at ? s->prefix2 : s->prefix, AT_NONCE_AT);
     at_put_be32(hdr + AT_SENDER_AT, s->dsender);
     at_put_be64(hdr + AT_COUNTER_AT, ctr);
-    s->tokens -= 1.0;
+    if (s->port != NULL) s->tokens -= 1.0;
     s->frames++;
     s->bytes_in += flen; /* Switch.from_local / packet_from_local: the frame's bytes */
     s->bytes_out += plen; /* deliver / deliver_packet: what was sealed */
@@ -323,11 +328,43 @@ static int entry_flush(NeEntry *s) {
     if (s->frames) {
         long long f = (long long)s->frames, bi = (long long)s->bytes_in;
         long long bo = (long long)s->bytes_out;
-        if (at_add_attr(s->port, s_frames_in, f) < 0 || at_add_attr(s->port, s_bytes_in, bi) < 0 ||
-            at_add_attr(s->dport, s_frames_out, f) < 0 ||
-            at_add_attr(s->dport, s_bytes_out, bo) < 0 || at_add_attr(s->core, s_datagrams, f) < 0)
+        if (at_add_attr(s->core, s_datagrams, f) < 0) rc = -1;
+        if (s->port != NULL) { /* from a client port: Switch.from_local's counts */
+            if (at_add_attr(s->port, s_frames_in, f) < 0 || at_add_attr(s->port, s_bytes_in, bi) < 0)
+                rc = -1;
+        } else if (at_add_attr(s->sw, s_frames_from_peers, f) < 0) { /* from a peer node */
             rc = -1;
+        }
+        if (s->dport != NULL) { /* to a client port: deliver's counts */
+            if (at_add_attr(s->dport, s_frames_out, f) < 0 ||
+                at_add_attr(s->dport, s_bytes_out, bo) < 0)
+                rc = -1;
+        } else if (at_add_attr(s->sw, s_frames_to_peers, f) < 0) { /* to the peer node */
+            rc = -1;
+        }
         s->frames = s->bytes_in = s->bytes_out = 0;
+    }
+    if (s->last_now > 0 && s->port == NULL) {
+        /* From a peer: its source MAC's age (Switch.from_peer refreshes fdb_seen). */
+        if (add_max(s->sw, s_now, s->last_now) < 0) rc = -1;
+        PyObject *seen = PyObject_GetAttr(s->sw, s_fdb_seen);
+        PyObject *mac = PyBytes_FromStringAndSize((const char *)s->smac, 6);
+        PyObject *at = PyFloat_FromDouble(s->last_now);
+        if (seen == NULL || mac == NULL || at == NULL || !PyDict_Check(seen)) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "Switch.fdb_seen");
+            rc = -1;
+        } else {
+            PyObject *old = PyDict_GetItemWithError(seen, mac); /* borrowed */
+            double o = old != NULL ? PyFloat_AsDouble(old) : 0.0;
+            if ((o == -1.0 && PyErr_Occurred()) || (old == NULL && PyErr_Occurred()))
+                rc = -1;
+            else if (s->last_now > o && PyDict_SetItem(seen, mac, at) < 0)
+                rc = -1;
+        }
+        Py_XDECREF(seen);
+        Py_XDECREF(mac);
+        Py_XDECREF(at);
+        s->last_now = 0;
     }
     if (s->last_now > 0) {
         if (add_max(s->port, s_last_seen, s->last_now) < 0 || add_max(s->sw, s_now, s->last_now) < 0)
@@ -345,7 +382,7 @@ static int entry_flush(NeEntry *s) {
         }
         s->last_now = 0;
     }
-    if (s->loaded) {
+    if (s->loaded && s->port != NULL) {
         if (set_float(s->port, s_tokens, s->tokens) < 0 ||
             set_float(s->port, s_bucket_at, s->bucket_at) < 0)
             rc = -1;
@@ -439,10 +476,13 @@ int at_engine_note(PyObject *engine, const AtEngineNote *note) {
     Py_XDECREF(one);
     Py_XDECREF(two);
     PyErr_Clear();
-    PyObject *offload = PyObject_GetAttrString(note->dst, "offload");
-    int dst_offload = offload ? PyObject_IsTrue(offload) : 0;
-    Py_XDECREF(offload);
-    if (dst_offload < 0) dst_offload = 0;
+    int dst_offload = 1; /* a peer node takes offloaded packets whole */
+    if (note->dst != NULL) {
+        PyObject *offload = PyObject_GetAttrString(note->dst, "offload");
+        dst_offload = offload ? PyObject_IsTrue(offload) : 0;
+        Py_XDECREF(offload);
+        if (dst_offload < 0) dst_offload = 0;
+    }
     PyErr_Clear();
     unsigned long ds = dsender && PyLong_Check(dsender) ? PyLong_AsUnsignedLong(dsender) : 0;
     if (PyErr_Occurred()) {
@@ -479,7 +519,7 @@ int at_engine_note(PyObject *engine, const AtEngineNote *note) {
         s->src_port = src.sin_port;
         s->okey = (AtKey *)Py_NewRef(okey);
         s->win = (AtWindow *)Py_NewRef(note->window);
-        s->port = Py_NewRef(note->port);
+        s->port = Py_XNewRef(note->port);
         s->core = Py_NewRef(note->core);
         s->sw = Py_NewRef(note->sw);
         s->rate = note->rate;
@@ -494,7 +534,7 @@ int at_engine_note(PyObject *engine, const AtEngineNote *note) {
         s->frag_max = note->fragment_size;
         s->dsender = (uint32_t)ds;
         s->daddr = dst;
-        s->dport = Py_NewRef(note->dst);
+        s->dport = Py_XNewRef(note->dst);
     }
     pthread_mutex_unlock(&e->mu);
 done:
@@ -606,7 +646,9 @@ static int ne_arm_locked(NodeEngine *e) {
             e->count--;
             continue;
         }
-        if (!s->loaded) {
+        if (!s->loaded && s->port == NULL) {
+            s->loaded = 1; /* from a peer node: no bucket */
+        } else if (!s->loaded) {
             if (get_double_attr(s->port, s_tokens, &s->tokens) < 0 ||
                 get_double_attr(s->port, s_bucket_at, &s->bucket_at) < 0) {
                 PyErr_Clear();

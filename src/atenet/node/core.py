@@ -330,7 +330,10 @@ class NetworkRuntime:
                     self.drops["bad_peer_endpoint"] += 1
         self.peers = tuple(peers)
         self.peer_ids = tuple(ids)
-        self.peer_senders = {sender_id_for(n): a for n, a in zip(ids, peers, strict=True)}
+        senders = {sender_id_for(n): a for n, a in zip(ids, peers, strict=True)}
+        if senders != self.peer_senders:
+            changed()  # cached flows to a peer name its address (atenet.fast.changed)
+        self.peer_senders = senders
         self.peer_names = {sender_id_for(n): n for n in ids}
         self.mirror_peers = tuple(
             (sender_id_for(n), a) for n, a in zip(ids, peers, strict=True) if n in self.mirror_nodes
