@@ -299,7 +299,8 @@ class NodeDaemon:
             return
         try:
             item = engine.take()
-            FAST.node_receive(self.core, udp, READ_BATCH, time.time(), engine, item)  # type: ignore[union-attr]
+            if item is not None:  # (else a stray wake-up: the thread still has the socket)
+                FAST.node_receive(self.core, udp, READ_BATCH, time.time(), engine, item)  # type: ignore[union-attr]
         finally:
             engine.arm()
         if self.core.has_events:
@@ -564,6 +565,7 @@ class NodeDaemon:
                     log.warning("heartbeat for %s failed: %s", network_id.hex(), exc)
 
     async def _beat(self, chain: Chain, runtime: NetworkRuntime) -> None:
+        self.sync_engine()
         status = runtime.status()
         await chain.put_latest(
             self.node_id,

@@ -363,6 +363,7 @@ class WebSocketPorts:
         self, ws: web.WebSocketResponse, runtime: NetworkRuntime, port: WebSocketPort
     ) -> None:
         while not ws.closed:
+            self.daemon.sync_engine()  # the ports' counters the node engine holds
             await ws.send_json(self.public_status(runtime, port))
             await asyncio.sleep(1.0)
 
