@@ -264,13 +264,23 @@ static void *ne_run(void *arg) {
                 if (errno == EAGAIN || errno == EWOULDBLOCK) break;
                 continue; /* ICMP errors reported on the socket, as node_receive */
             }
-            if (from.ss_family == AF_INET && (seg == 0 || seg >= (size_t)r) &&
-                ne_forward(e, e->rbuf, (size_t)r, (struct sockaddr_in *)&from))
-                continue;
-            /* Hand the datagram (or GRO run) over with the socket. */
+            size_t n = (size_t)r, off = 0;
+            if (seg >= n) seg = 0;
+            if (from.ss_family == AF_INET) {
+                /* One datagram, or a GRO run (a sender's burst) cut by its segment size: each
+                 * forwarded in turn, the rest of the run handed over from the first miss. */
+                size_t step = seg ? seg : n;
+                while (off < n) {
+                    size_t piece = n - off < step ? n - off : step;
+                    if (!ne_forward(e, e->rbuf + off, piece, (struct sockaddr_in *)&from)) break;
+                    off += piece;
+                }
+                if (off >= n) continue;
+            }
+            /* Hand the datagram (or the rest of the run) over with the socket. */
             pthread_mutex_lock(&e->mu);
-            memcpy(e->hbuf, e->rbuf, (size_t)r);
-            e->hlen = (size_t)r;
+            memcpy(e->hbuf, e->rbuf + off, n - off);
+            e->hlen = n - off;
             e->hseg = seg;
             memset(&e->hfrom, 0, sizeof e->hfrom);
             if (from.ss_family == AF_INET) memcpy(&e->hfrom, &from, sizeof e->hfrom);
@@ -741,9 +751,10 @@ static PyObject *ne_counters(NodeEngine *e, PyObject *Py_UNUSED(unused)) {
     unsigned long long f = e->forwarded, h = e->handed, full = e->full, s = e->send_errors;
     size_t n = e->count;
     pthread_mutex_unlock(&e->mu);
-    return Py_BuildValue("{sKsKsnsKsKsO}", "engine", f, "handed", h, "entries", (Py_ssize_t)n,
+    return Py_BuildValue("{sKsKsnsKsKsOsK}", "engine", f, "handed", h, "entries", (Py_ssize_t)n,
                          "full", full, "send_errors", s, "running",
-                         e->running ? Py_True : Py_False);
+                         e->running ? Py_True : Py_False, "generation",
+                         (unsigned long long)atomic_load(&ne_generation));
 }
 
 static PyMethodDef ne_methods[] = {
@@ -760,7 +771,7 @@ static PyMethodDef ne_methods[] = {
     {"fileno", (PyCFunction)ne_fileno, METH_NOARGS,
      "fileno() -> the eventfd that is readable when a datagram is handed over"},
     {"counters", (PyCFunction)ne_counters, METH_NOARGS,
-     "counters() -> {engine, handed, entries, full, send_errors, running}"},
+     "counters() -> {engine, handed, entries, full, send_errors, running, generation}"},
     {NULL}};
 
 PyTypeObject AtNodeEngine_Type = {

@@ -668,4 +668,6 @@ class NodeDaemon:
             status["fast_node"]["engine"] = engine.get("engine", 0)  # carried by the thread
             status["fast_node"]["engine_handed"] = engine.get("handed", 0)
             status["fast_node"]["engine_running"] = self.engine is not None
+            status["fast_node"]["engine_entries"] = engine.get("entries", 0)
+            status["fast_node"]["engine_generation"] = engine.get("generation", 0)
         return status
