@@ -277,10 +277,15 @@ class NodeDaemon:
         hand-over eventfd instead of the socket)."""
         if FAST is None or os.environ.get("ATENET_ENGINE", "") == "0" or self.sock is None:
             return False
-        engine = FAST.NodeEngine(self.sock.fileno(), self.udp)
+        try:
+            engine = FAST.NodeEngine(self.sock.fileno(), self.udp)
+            engine.start()
+        except OSError as exc:  # no thread or epoll to be had: the event loop reads it all
+            log.warning("node engine: off (%s)", exc)
+            return False
         asyncio.get_running_loop().add_reader(engine.fileno(), self._on_handover)
-        engine.start()
         self.engine = engine
+        log.info("node engine: on (ATENET_ENGINE=0 turns it off)")
         return True
 
     def _stop_engine(self) -> None:
