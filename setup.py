@@ -17,6 +17,7 @@ setup(
                 "csrc/fast/tok.c",
                 "csrc/fast/node.c",
                 "csrc/fast/frag.c",
+                "csrc/fast/tokengine.c",
             ],
             depends=["csrc/fast/fast.h"],
             libraries=["crypto"],

@@ -1021,5 +1021,10 @@ PyMODINIT_FUNC PyInit__fast(void) {
         Py_DECREF(m);
         return NULL;
     }
+    /* tokengine.c: tok connect's GIL-free engine. */
+    if (PyType_Ready(&TokEngine_Type) < 0 || add_type(m, "TokEngine", &TokEngine_Type) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }

@@ -160,4 +160,7 @@ extern PyMethodDef at_tok_methods[];
 extern PyMethodDef at_node_methods[];
 extern PyMethodDef at_frag_methods[];
 
+/* tokengine.c: tok connect's two hops in a GIL-free thread (atenet._fast.TokEngine). */
+extern PyTypeObject TokEngine_Type;
+
 #endif
