@@ -21,6 +21,7 @@ import json
 import os
 import resource
 import socket
+import struct
 import tempfile
 import threading
 import time
@@ -37,8 +38,8 @@ from atenet.overlay.fragment import FRAGMENT_SIZE
 from atenet.overlay.seal import HEADER_LEN, TYPE_CONTROL, TYPE_FRAME, TYPE_SUPERFRAME
 from tests.conftest import needs_root
 from tests.support.netns import Lab
-from tests.support.overlay import Overlay
-from tests.test_fast_tok import Rig, dhcp_reply_frame, frame, make_rig, vnet
+from tests.support.overlay import BIN, UDP_PORT, Overlay
+from tests.test_fast_tok import Rig, capture_sealed, dhcp_reply_frame, frame, make_rig, vnet
 from tests.test_offload_e2e import transfer
 
 pytestmark = pytest.mark.skipif(
@@ -399,3 +400,80 @@ def test_lab_hosts_got_their_address_by_dhcp(lab_net: Overlay) -> None:
     for name in lab_net.clients:
         s = state(lab_net, name)
         assert s["address_source"] == "dhcp" and s["lease"], (name, s.get("address_note"))
+
+
+def drop_delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: after.get(k, 0) - before.get(k, 0) for k in ("replay", "auth")}
+
+
+@needs_root
+@pytest.mark.parametrize("dst", ["b", "d"])
+def test_lab_replayed_and_tampered_datagrams_from_the_node_are_counted(
+    lab_net: Overlay, dst: str
+) -> None:
+    """A sealed datagram captured on its way to a host, sent again from the node's address and
+    port (a raw socket in the node's namespace: what the engine opens), and two altered copies:
+    none reaches the TAP, and the state file counts them as the pure path does — with the
+    engine, in its own counters too."""
+    mode = lab_net.mode  # type: ignore[attr-defined]
+    c, node = lab_net.clients, lab_net.nodes["n1"]
+    host = c[dst].host
+
+    def sockets() -> tuple[socket.socket, socket.socket]:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        listener.bind((c[dst].ip4, 7778))
+        listener.settimeout(5)
+        sniffer = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+        sniffer.bind(("eth0", 0))
+        sniffer.settimeout(5)
+        return listener, sniffer
+
+    listener, sniffer = host.call(sockets)
+    raw = node.host.call(socket.socket, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+    sender = c["a" if dst == "b" else "c"].host.call(
+        socket.socket, socket.AF_INET, socket.SOCK_DGRAM
+    )
+
+    def from_node(payload: bytes, port: int) -> None:
+        header = struct.pack("!HHHH", UDP_PORT, port, 8 + len(payload), 0)  # no checksum
+        raw.sendto(header + payload, (host.ip, 0))
+
+    try:
+        before = state(lab_net, dst)  # no drops come but ours: an older file will do
+        marker = b"E" * 321
+        sender.sendto(marker, (c[dst].ip4, 7778))
+        assert listener.recv(2048) == marker
+        frame_len = 14 + 20 + 8 + len(marker)
+        sealed, port = capture_sealed(sniffer, node.host.ip, {frame_len + 50, frame_len + 60})
+        from_node(sealed, port)  # a replay, at once: the node's counter follows its clock
+        bumped = bytearray(sealed)
+        counter = int.from_bytes(sealed[26:34], "big")
+        bumped[26:34] = (counter + 1000).to_bytes(8, "big")  # fresh for the window, not the AEAD
+        from_node(bytes(bumped), port)
+        bumped[26:34] = (counter + 2000).to_bytes(8, "big")
+        bumped[60] ^= 1
+        from_node(bytes(bumped), port)
+        listener.settimeout(1.5)
+        with pytest.raises(TimeoutError):
+            listener.recv(2048)
+        after = fresh_state(lab_net, dst, time.time())
+        assert drop_delta(after["drops"], before["drops"]) == {"replay": 1, "auth": 2}
+        if mode == "engine":
+            got = drop_delta(after["engine_counters"]["drops"], before["engine_counters"]["drops"])
+            assert got == {"replay": 1, "auth": 2}
+        sender.sendto(marker, (c[dst].ip4, 7778))
+        listener.settimeout(5)
+        assert listener.recv(2048) == marker
+    finally:
+        for s in (listener, sniffer, raw, sender):
+            s.close()
+
+
+@needs_root
+def test_lab_tok_status_says_whether_the_engine_runs(lab_net: Overlay) -> None:
+    mode = lab_net.mode  # type: ignore[attr-defined]
+    a = lab_net.clients["a"]
+    out = a.host.run(
+        [BIN / "tok", "status"], env=lab_net.env | {"ATENET_HOME": str(lab_net.root / "a")}
+    )
+    assert f"engine {'on' if mode == 'engine' else 'off'}" in out.stdout, out.stdout
