@@ -477,3 +477,40 @@ def test_lab_tok_status_says_whether_the_engine_runs(lab_net: Overlay) -> None:
         [BIN / "tok", "status"], env=lab_net.env | {"ATENET_HOME": str(lab_net.root / "a")}
     )
     assert f"engine {'on' if mode == 'engine' else 'off'}" in out.stdout, out.stdout
+
+
+def test_the_engine_follows_a_fail_over_and_steps_aside_for_a_node_it_cannot_reach(
+    rigs: list[Rig],
+) -> None:
+    """The core moves to another endpoint (fail-over): frames go there from the engine. A node
+    that is not IPv4 stops it and the loop's readers carry on; back on IPv4, it runs again."""
+    rig = make_rig(True)
+    rigs.append(rig)
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.0.1", 0))
+    other.settimeout(5)
+
+    async def body() -> None:
+        conn = started(rig)
+        core = conn.core
+        core.endpoints += [other.getsockname(), ("::1", 4799)]
+        core.index = 1
+        conn._engine_sync()
+        rig.from_tap(frame(1))
+        await wait_for(lambda: conn._engine.counters["sealed"] == 1)
+        data = other.recv(2048)
+        assert len(data) == len(frame(1)) + 50 and data[34:-16] != frame(1)  # sealed
+        core.index = 2
+        conn._engine_sync()
+        assert conn._engine is None and conn.state(time.time())["engine"] == "off"
+        core.index = 1
+        conn._engine_sync()
+        assert conn._engine is not None
+        rig.from_tap(frame(2))
+        await wait_for(lambda: conn._engine.counters["sealed"] == 1)
+        assert len(other.recv(2048)) == len(frame(2)) + 50
+
+    try:
+        run(body)
+    finally:
+        other.close()

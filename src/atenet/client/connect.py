@@ -427,12 +427,12 @@ class Connection:
             node_offload=core.node_offload,
         )
         engine.set_windows(opener._windows)
+        engine.start()  # first: if it cannot, the loop's readers stay (no callback runs meanwhile)
         loop = asyncio.get_running_loop()
         loop.remove_reader(tap.fileno())
         loop.remove_reader(udp.fileno())
         self._engine = engine
         self._engine_for = (core.node, core.node_offload, sealer, opener)
-        engine.start()
         loop.add_reader(engine.fileno(), self._on_engine)
         return True
 
