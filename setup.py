@@ -18,7 +18,7 @@ from setuptools import Extension, setup
 def _have_sodium() -> bool:
     """Whether libsodium's headers and library link here (Debian: libsodium-dev).
 
-    Optional: with it, packets up to 4 KB are sealed and opened by libsodium's AES-256-GCM,
+    Optional: with it, packets up to 1 KB are sealed and opened by libsodium's AES-256-GCM,
     which costs ~1.5 µs when the process wakes cold against ~7.6 µs through OpenSSL 3's EVP
     layers (docs/fastpath.md); without it OpenSSL does every size. ATENET_NO_SODIUM=1 skips it.
     """

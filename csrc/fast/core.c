@@ -1010,7 +1010,7 @@ static PyObject *py_small_aead(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(
 
 static PyMethodDef core_methods[] = {
     {"small_aead", py_small_aead, METH_NOARGS,
-     "small_aead() -> 'libsodium' or 'openssl': the AES-GCM code for packets up to 4 KB"},
+     "small_aead() -> 'libsodium' or 'openssl': the AES-GCM code for packets up to 1 KB"},
     {"sealer_seal", py_sealer_seal, METH_VARARGS,
      "sealer_seal(sealer, payload, ptype=1) -> sealed bytes, as Sealer.seal"},
     {"opener_open", py_opener_open, METH_VARARGS,

@@ -80,7 +80,7 @@ typedef struct {
     crypto_aead_aes256gcm_state *small;
 #endif
 } AtKey;
-#define AT_SODIUM_MAX 4096
+#define AT_SODIUM_MAX 1024
 extern PyTypeObject AtKey_Type;
 
 /* Which AES-GCM code seals a small packet: "libsodium" or "openssl" (for fast_status()). */
