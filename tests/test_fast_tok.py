@@ -6,8 +6,9 @@ socket on 127.0.0.1 that seals and opens with the token's key. Every scenario ru
 the fast path (``conn.fast = atenet._fast``) and without it (``conn.fast = None``: the pure
 code), and asserts what arrived where, in which order, and what was counted.
 
-Part two (root) runs the real thing in namespaces: two `tok connect` hosts and an `atenet run`
-node, all of them compiled or all of them with ``ATENET_PURE=1``: pings answered, a burst of
+Part two (root) runs the real thing in namespaces: `tok connect` hosts and an `atenet run`
+node, all of them compiled (the hosts with their GIL-free engine, or with ``ATENET_ENGINE=0``)
+or all of them with ``ATENET_PURE=1``: pings answered, a burst of
 small UDP datagrams counted, TCP transfers sha256-equal with and without offloads, and sealed
 datagrams replayed or tampered with at a host's socket dropped, counted and never delivered.
 """
