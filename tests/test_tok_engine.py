@@ -3,10 +3,11 @@
 Part one drives a real :class:`Connection` with its engine running, on the rig of
 tests/test_fast_tok.py (the TAP is a datagram socketpair, the node a UDP socket on 127.0.0.1)
 inside an asyncio loop: the engine's thread carries the common case (its C counters say so),
-what it hands over (a sender's first packet, a control message, a fragment run, a second frame
-of a burst, a DHCP reply) runs today's path and everything arrives in order; bad datagrams are
-counted under the same names as on the pure path; stop() leaves no thread and the fds open; and
-100k packets through it leave the process's memory where it was.
+bursts from the TAP included; what it hands over (a sender's first packet, a control message,
+a fragment run, a GRO run, a super-frame to fragment, a DHCP reply) runs today's path and
+everything arrives in order; bad datagrams are counted under the same names as on the pure
+path; stop() leaves no thread and the fds open; and 100k packets through it leave the process's
+memory where it was.
 
 Part two (root) runs real `tok connect` hosts and an `atenet run` node in namespaces in the three
 modes — engine on, ``ATENET_ENGINE=0``, ``ATENET_PURE=1`` — with kernel pings (v4 and v6, with
@@ -141,8 +142,8 @@ def test_the_engine_carries_both_hops_and_its_counters_say_so(rigs: list[Rig]) -
 
 def test_handed_over_items_keep_their_place_in_both_directions(rigs: list[Rig]) -> None:
     """Bursts that mix the common case with what only Python does — a control message, a
-    super-frame's fragments, a GRO run, a second frame read in one wake-up, an offloaded packet
-    that needs fragments — arrive complete and in order."""
+    super-frame's fragments, a GRO run, an offloaded packet that needs fragments — arrive
+    complete and in order."""
     rig = make_rig(True, vnet=True)
     rigs.append(rig)
 
@@ -196,6 +197,31 @@ def test_handed_over_items_keep_their_place_in_both_directions(rigs: list[Rig]) 
         t = conn.tap.counters  # type: ignore[union-attr]
         assert t.rx_frames == len(packets) + 1
         assert t.rx_bytes == sum(map(len, packets)) + len(small)
+
+    run(body)
+
+
+def test_a_burst_from_the_tap_leaves_from_the_thread_in_gso_runs_in_order(
+    rigs: list[Rig],
+) -> None:
+    rig = make_rig(True)
+    rigs.append(rig)
+
+    async def body() -> None:
+        conn = started(rig)
+        engine = conn._engine
+        start = conn.core.sealer.counter
+        # Runs of equal sizes, shorter ones ending runs, a jumbo one alone (as test_fast_tok).
+        sizes = [98] * 70 + [60, 1414, 1414, 200, 1414] + [1500] + [98] * 300 + [64] * 3
+        sent = [frame(i, size) for i, size in enumerate(sizes)]
+        for f in sent:
+            rig.from_tap(f)
+        assert await node_receives(rig, len(sent)) == [(TYPE_FRAME, f) for f in sent]
+        c = engine.counters
+        assert c["sealed"] == len(sent) and c["tap_handovers"] == 0
+        assert c["rx_frames"] == len(sent) and c["rx_batches"] >= 2  # 256 frames a wake-up
+        assert conn.core.sealer.counter == start + len(sent)
+        assert c["send_errors"] == 0
 
     run(body)
 

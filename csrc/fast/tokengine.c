@@ -6,16 +6,16 @@
  * hops in C on C data only (the key, the sealer's counter cell, the replay windows: strong refs
  * to C objects taken under the GIL at set-up), never taking the GIL:
  *
- * - TAP → node: one frame (no vnet header), or with one a plain frame or a small offloaded
- *   packet that fits one datagram when the node takes them (tok_tap_to_udp's rules), sealed
- *   (TYPE_FRAME / TYPE_SUPERFRAME) and sent with one sendto.
+ * - TAP → node: frames (no vnet header), or with one plain frames and small offloaded packets
+ *   that fit one datagram when the node takes them (tok_tap_to_udp's rules), sealed
+ *   (TYPE_FRAME / TYPE_SUPERFRAME) and sent: the first of a wake-up at once with one sendto,
+ *   the rest of a burst as UDP GSO runs (as tok_tap_to_udp), until the TAP is empty.
  * - node → TAP: one datagram from the node's address, a frame or (offloads on) a super-frame
  *   for our network and key from a sender that has a C replay window, opened and written to
  *   the TAP (tok_udp_to_tap's checks in its order, the same drop counter names); then the TAP
  *   is read at once (the kernel's answer is usually queued by then), here too.
  *
- * Everything else — a second frame in one wake-up (a batch: Python builds UDP GSO runs), an
- * offloaded packet needing fragments, a GRO run, a fragment, a control message, a sender's first
+ * Everything else — an offloaded packet needing fragments or segmenting, a GRO run, a fragment, a control message, a sender's first
  * packet, a datagram from another address, a DHCP reply, an error — is handed over: the thread
  * puts what it read into that fd's one-slot hand-over, stops watching the fd and writes the
  * eventfd the asyncio loop watches. Python runs its existing path on the item, drains the fd
@@ -40,6 +40,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+
 /* The drop counters this engine can bump: ClientCore.drops' names for the same checks. */
 enum { D_SHORT, D_VERSION, D_TYPE, D_WRONG_NETWORK, D_KEY, D_REPLAY, D_AUTH, N_DROPS };
 static const char *const DROP_NAMES[N_DROPS] = {"short", "version", "type", "wrong_network",
@@ -49,6 +56,7 @@ typedef struct {
     /* TapDevice.counters' fields and UdpSocket.send_errors: folded into them by sync(). */
     long long rx_frames, rx_bytes, rx_batches, tx_frames, tx_bytes, tx_dropped, tx_errors;
     long long send_errors;
+    long long gso_off; /* UDP GSO refused here: Python's UdpSocket.gso goes off too */
     long long drops[N_DROPS];
     /* The engine's own: what it carried, and how often it handed an fd over. */
     long long sealed, opened, tap_handovers, udp_handovers;
@@ -94,7 +102,9 @@ typedef struct {
     Slot tap_slot, udp_slot;
     Counts pending, total;
     double last_heard;
-    size_t read_size, recv_size, fragment_size;
+    size_t read_size, recv_size, fragment_size, gso_bytes;
+    long gso_segments;
+    int gso; /* UDP_SEGMENT works (the thread's own; off for good after a refusal) */
     uint8_t *tap_in, *tap_out, *udp_in, *udp_plain; /* the thread's buffers */
 } TokEngine;
 
@@ -160,6 +170,85 @@ static void hand_over(TokEngine *e, Slot *s, int fd, int kind, Counts *d) {
 
 /* ------------------------------------------------------------------ TAP → seal → UDP */
 
+/* Sealed datagrams for the node waiting in tap_out: a UDP GSO run being built (tok.c's Run,
+ * the rules of UdpSocket._send_runs). */
+typedef struct {
+    size_t len;  /* bytes in tap_out */
+    size_t size; /* the run's segment size (its first datagram's) */
+    long count;
+    int closed; /* a shorter datagram ended it */
+} Run;
+
+static void send_one(TokEngine *e, const struct sockaddr_in *node, const uint8_t *buf,
+                     size_t len, Counts *d) {
+    ssize_t sent;
+    do {
+        sent = sendto(e->sock_fd, buf, len, 0, (const struct sockaddr *)node, sizeof *node);
+    } while (sent < 0 && errno == EINTR);
+    if (sent < 0) d->send_errors++;
+}
+
+static void run_flush(TokEngine *e, Run *r, const struct sockaddr_in *node, Counts *d) {
+    long count = r->count;
+    size_t len = r->len;
+    if (count == 0) return;
+    r->count = 0;
+    r->closed = 0;
+    r->len = 0;
+    if (count == 1) {
+        send_one(e, node, e->tap_out, len, d);
+        return;
+    }
+    if (e->gso) {
+        char control[CMSG_SPACE(sizeof(uint16_t))];
+        memset(control, 0, sizeof(control));
+        struct iovec iov = {.iov_base = e->tap_out, .iov_len = len};
+        struct msghdr msg = {.msg_name = (void *)node,
+                             .msg_namelen = sizeof *node,
+                             .msg_iov = &iov,
+                             .msg_iovlen = 1,
+                             .msg_control = control,
+                             .msg_controllen = sizeof(control)};
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+        cm->cmsg_level = SOL_UDP;
+        cm->cmsg_type = UDP_SEGMENT;
+        cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+        uint16_t seg = (uint16_t)r->size;
+        memcpy(CMSG_DATA(cm), &seg, sizeof(seg));
+        ssize_t sent;
+        do {
+            sent = sendmsg(e->sock_fd, &msg, 0);
+        } while (sent < 0 && errno == EINTR);
+        if (sent >= 0) return;
+        int err = errno;
+        if (err != EIO && err != EINVAL && err != ENOPROTOOPT && err != EOPNOTSUPP) {
+            d->send_errors += count;
+            return;
+        }
+        e->gso = 0; /* no UDP GSO here: one datagram each, from now on */
+        d->gso_off = 1;
+    }
+    for (size_t at = 0; at < len; at += r->size) {
+        size_t n = len - at < r->size ? len - at : r->size;
+        send_one(e, node, e->tap_out + at, n, d);
+    }
+}
+
+/* Make room for a datagram of `len` bytes: flush unless it extends the run. */
+static void run_room(TokEngine *e, Run *r, size_t len, const struct sockaddr_in *node,
+                     Counts *d) {
+    if (r->count == 0) return;
+    if (!e->gso || r->closed || r->size > e->fragment_size || len > r->size ||
+        r->len + len > e->gso_bytes || r->count >= e->gso_segments)
+        run_flush(e, r, node, d);
+}
+
+#define TAP_BUDGET 256 /* frames per wake-up before the socket (and stop) get their turn */
+
+/* Read the TAP until it is empty (or TAP_BUDGET frames): the first frame leaves at once (an
+ * idle ping must not wait for the read that finds the queue empty), the others of a burst as
+ * UDP GSO runs, as tok_tap_to_udp sends them. A packet it does not take is handed over after
+ * everything before it left. */
 static void tap_wake(TokEngine *e) {
     if (slot_handed(e, &e->tap_slot)) return;
     struct sockaddr_in node;
@@ -169,13 +258,15 @@ static void tap_wake(TokEngine *e) {
     node_offload = e->node_offload;
     pthread_mutex_unlock(&e->mu);
     Counts d = {0};
+    Run run = {0};
     long frames = 0;
     uint8_t *in = e->tap_in;
-    for (;;) {
+    while (frames < TAP_BUDGET) {
         ssize_t n = read(e->tap_fd, in, e->read_size);
         if (n < 0) {
             if (errno == EINTR) continue;
             if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                run_flush(e, &run, &node, &d);
                 e->tap_slot.err = errno;
                 hand_over(e, &e->tap_slot, e->tap_fd, K_ERROR, &d);
             }
@@ -186,8 +277,8 @@ static void tap_wake(TokEngine *e) {
         d.rx_bytes += n;
         const uint8_t *payload = in;
         size_t plen = (size_t)n;
-        int ptype = AT_FRAME, common = frames == 1; /* a second frame: a batch, for Python */
-        if (common && e->vnet) {
+        int ptype = AT_FRAME, common = 1;
+        if (e->vnet) {
             if (n < AT_VNET_HDR_LEN) {
                 common = 0;
             } else if (in[1] || (in[0] & 1)) { /* offloaded: whole, when it fits a datagram */
@@ -201,6 +292,7 @@ static void tap_wake(TokEngine *e) {
         uint64_t counter = 0;
         if (common && at_counter_take(e->counter, &counter) < 0) common = 0; /* spent: Sealer */
         if (!common) {
+            run_flush(e, &run, &node, &d); /* what came before it leaves first */
             memcpy(e->tap_slot.buf, in, (size_t)n);
             e->tap_slot.len = (size_t)n;
             hand_over(e, &e->tap_slot, e->tap_fd, K_PACKET, &d);
@@ -210,20 +302,22 @@ static void tap_wake(TokEngine *e) {
         memcpy(hdr, ptype == AT_FRAME ? e->prefix_frame : e->prefix_super, AT_NONCE_AT);
         at_put_be32(hdr + AT_SENDER_AT, e->sender_id);
         at_put_be64(hdr + AT_COUNTER_AT, counter);
-        if (at_seal(e->seal_key, hdr, payload, plen, e->tap_out) < 0) {
+        size_t sealed = plen + AT_OVERHEAD;
+        run_room(e, &run, sealed, &node, &d);
+        if (at_seal(e->seal_key, hdr, payload, plen, e->tap_out + run.len) < 0) {
             d.send_errors++; /* OpenSSL failed: lost like a datagram the kernel refused */
             continue;
         }
-        ssize_t sent;
-        do {
-            sent = sendto(e->sock_fd, e->tap_out, plen + AT_OVERHEAD, 0,
-                          (const struct sockaddr *)&node, sizeof node);
-        } while (sent < 0 && errno == EINTR);
-        if (sent < 0)
-            d.send_errors++;
-        else
-            d.sealed++;
+        if (run.count == 0)
+            run.size = sealed;
+        else if (sealed < run.size)
+            run.closed = 1;
+        run.count++;
+        run.len += sealed;
+        d.sealed++;
+        if (frames == 1 || !e->gso) run_flush(e, &run, &node, &d);
     }
+    run_flush(e, &run, &node, &d);
     if (frames) d.rx_batches++;
     engine_count(e, &d, 0.0);
 }
@@ -478,8 +572,8 @@ static int engine_init(TokEngine *e, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"tap_fd",   "sock_fd",  "vnet",      "offload",   "network_id",
                              "key_id",   "seal_key", "counter",   "prefix_frame",
                              "prefix_super", "sender_id", "open_key", "sockaddr",
-                             "node_offload", NULL};
-    int tap_fd, sock_fd, vnet, offload, node_offload;
+                             "node_offload", "gso", NULL};
+    int tap_fd, sock_fd, vnet, offload, node_offload, gso = 1;
     unsigned long key_id, sender_id;
     PyObject *seal_key, *counter, *open_key;
     Py_buffer net = {0}, pf = {0}, ps = {0}, sa = {0};
@@ -487,10 +581,10 @@ static int engine_init(TokEngine *e, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_RuntimeError, "a TokEngine is set up once");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iippy*kO!O!y*y*kO!y*p", kwlist, &tap_fd,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iippy*kO!O!y*y*kO!y*p|p", kwlist, &tap_fd,
                                      &sock_fd, &vnet, &offload, &net, &key_id, &AtKey_Type,
                                      &seal_key, &AtCounter_Type, &counter, &pf, &ps, &sender_id,
-                                     &AtKey_Type, &open_key, &sa, &node_offload))
+                                     &AtKey_Type, &open_key, &sa, &node_offload, &gso))
         return -1;
     int rc = -1;
     if (net.len != AT_NETWORK_ID_LEN || key_id > UINT32_MAX || sender_id > UINT32_MAX) {
@@ -508,21 +602,29 @@ static int engine_init(TokEngine *e, PyObject *args, PyObject *kwds) {
     long recv_size = read_size < 0 ? -1 : read_const("atenet.transport.udp", "RECV_SIZE");
     long fragment_size =
         recv_size < 0 ? -1 : read_const("atenet.overlay.fragment", "FRAGMENT_SIZE");
-    if (fragment_size < 0) {
+    long gso_bytes = fragment_size < 0 ? -1 : read_const("atenet.transport.udp", "GSO_BYTES");
+    long gso_segments =
+        gso_bytes < 0 ? -1 : read_const("atenet.transport.udp", "GSO_SEGMENTS");
+    if (gso_segments < 0) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_RuntimeError, "atenet._fast: unexpected packet sizes");
         goto done;
     }
     if (read_size < AT_VNET_HDR_LEN || read_size > AT_MAX_PACKET || recv_size < AT_OVERHEAD ||
-        recv_size > AT_MAX_PACKET || fragment_size < AT_OVERHEAD) {
+        recv_size > AT_MAX_PACKET || fragment_size < AT_OVERHEAD || gso_bytes < 1 ||
+        gso_segments < 1) {
         PyErr_SetString(PyExc_RuntimeError, "atenet._fast: unexpected packet sizes");
         goto done;
     }
     e->read_size = (size_t)read_size;
     e->recv_size = (size_t)recv_size;
     e->fragment_size = (size_t)fragment_size;
+    e->gso_bytes = (size_t)gso_bytes;
+    e->gso_segments = gso_segments;
+    e->gso = gso;
     e->tap_in = malloc(e->read_size);
-    e->tap_out = malloc(e->read_size + AT_OVERHEAD);
+    /* A run (at most gso_bytes) plus one more datagram of the largest size (as tok.c). */
+    e->tap_out = malloc(e->gso_bytes + e->read_size + AT_OVERHEAD);
     e->udp_in = malloc(e->recv_size);
     e->udp_plain = malloc(e->recv_size);
     e->tap_slot.buf = malloc(e->read_size);
@@ -759,7 +861,9 @@ static PyObject *engine_sync(TokEngine *e, PyObject *Py_UNUSED(ignored)) {
     PyObject *d = counts_dict(&c, 0);
     if (d == NULL) return NULL;
     PyObject *h = PyFloat_FromDouble(heard);
-    if (h == NULL || PyDict_SetItemString(d, "last_heard", h) < 0) Py_CLEAR(d);
+    if (h == NULL || PyDict_SetItemString(d, "last_heard", h) < 0 ||
+        PyDict_SetItemString(d, "gso_off", c.gso_off ? Py_True : Py_False) < 0)
+        Py_CLEAR(d);
     Py_XDECREF(h);
     return d;
 }

@@ -425,6 +425,7 @@ class Connection:
             open_key=opener.key.fast,
             sockaddr=sockaddr,
             node_offload=core.node_offload,
+            gso=udp.gso,
         )
         engine.set_windows(opener._windows)
         engine.start()  # first: if it cannot, the loop's readers stay (no callback runs meanwhile)
@@ -478,6 +479,8 @@ class Connection:
             c.tx_errors += d["tx_errors"]
         if self.udp is not None:
             self.udp.send_errors += d["send_errors"]
+            if d["gso_off"]:  # the kernel refused UDP GSO to the engine: no runs here either
+                self.udp.gso = False
         core = self.core
         for reason, n in d["drops"].items():
             core.drops[reason] += n
@@ -512,7 +515,7 @@ class Connection:
     def _on_engine(self) -> None:
         """The engine handed an fd over: run today's path on what it read, drain that fd with
         today's code until it is empty, then give the fd back to the engine — so the order per
-        fd is kept and bulk traffic (super-frames, GRO runs, batches) runs as it always did."""
+        fd is kept and bulk traffic (super-frames, GRO runs) runs as it always did."""
         engine = self._engine
         if engine is None:
             return
@@ -560,9 +563,8 @@ class Connection:
             self._raise_tap_error(item[1])
 
     def _engine_tap_item(self, item: tuple[Any, ...]) -> None:
-        """What the engine read from the TAP and left to Python (a second frame of a batch, a
-        packet that needs fragments or segmenting, ...): sealed and sent as :meth:`_on_tap`
-        would have."""
+        """What the engine read from the TAP and left to Python (a packet that needs fragments
+        or segmenting, ...): sealed and sent as :meth:`_on_tap` would have."""
         if item[0] == "error":
             self._raise_tap_error(item[1])
         packet = item[1]
