@@ -11,9 +11,10 @@ cd "$(dirname "$0")/.."
 # iperf3/tinc: data-plane tests and bench; chromium: browser tests (Playwright drives Debian's
 # chromium, browsers cannot be downloaded); tshark: reads tok monitor's pcap files.
 # curl: the NAT lab reads /metrics inside a namespace; nftables: bench_nat.py's kernel-NAT baseline.
-# gcc, libssl-dev, python3-dev: build the optional compiled fast path (C, OpenSSL's libcrypto).
+# gcc, libssl-dev, libsodium-dev, python3-dev: build the optional compiled fast path (C, OpenSSL's
+# libcrypto; libsodium seals small packets).
 debs=(iproute2 iputils-ping iperf3 tinc procps chromium tshark nodejs busybox isc-dhcp-client curl nftables
-      gcc libssl-dev python3-dev)
+      gcc libssl-dev libsodium-dev python3-dev)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     missing=()
     for p in "${debs[@]}"; do

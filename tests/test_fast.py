@@ -255,6 +255,30 @@ def test_key_open_refuses_any_altered_byte_and_short_packets(data: st.DataObject
     assert _fast.Key(bytes(32)).open(sealed) is None
 
 
+@pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 1023, 1024, 1025, 4096, 9000, 65000])
+def test_both_aes_gcm_codes_agree_at_the_small_packet_boundary(size: int) -> None:
+    """Up to 1 KB libsodium seals and opens (when built with it), above OpenSSL: the same bytes
+    either side of the boundary, each opens the other's, and a flipped tag bit is refused."""
+    header = bytes(range(HEADER_LEN))
+    payload = bytes((i * 7) & 0xFF for i in range(size))
+    fast = _fast.Key(SECRET)
+    sealed = fast.seal(header, payload)
+    assert sealed == header + AESGCM(SECRET).encrypt(header[22:], payload, header)
+    assert fast.open(sealed) == payload
+    bad = bytearray(sealed)
+    bad[-1] ^= 1
+    assert fast.open(bytes(bad)) is None
+    assert _fast.small_aead() in ("libsodium", "openssl")
+
+
+def test_a_key_is_set_up_once() -> None:
+    """Engine threads use a Key without the GIL, so its contexts never change once set."""
+    key = _fast.Key(SECRET)
+    with pytest.raises(ValueError, match="set up once"):
+        key.__init__(bytes(32))
+    assert key.open(key.seal(bytes(HEADER_LEN), b"x")) == b"x"
+
+
 def test_key_arguments_are_checked() -> None:
     for bad in (b"", bytes(16), bytes(31), bytes(33)):
         with pytest.raises(ValueError, match="32 bytes"):

@@ -6,8 +6,9 @@ socket on 127.0.0.1 that seals and opens with the token's key. Every scenario ru
 the fast path (``conn.fast = atenet._fast``) and without it (``conn.fast = None``: the pure
 code), and asserts what arrived where, in which order, and what was counted.
 
-Part two (root) runs the real thing in namespaces: two `tok connect` hosts and an `atenet run`
-node, all of them compiled or all of them with ``ATENET_PURE=1``: pings answered, a burst of
+Part two (root) runs the real thing in namespaces: `tok connect` hosts and an `atenet run`
+node, all of them compiled (the hosts with their GIL-free engine, or with ``ATENET_ENGINE=0``)
+or all of them with ``ATENET_PURE=1``: pings answered, a burst of
 small UDP datagrams counted, TCP transfers sha256-equal with and without offloads, and sealed
 datagrams replayed or tampered with at a host's socket dropped, counted and never delivered.
 """
@@ -381,22 +382,28 @@ def test_tok_sockaddr_takes_ipv4_only() -> None:
 # ---------------------------------------------------------------- real processes (root)
 
 LAB_WAYS = [
-    pytest.param(False, id="fast", marks=pytest.mark.skipif(FAST is None, reason="not built")),
-    pytest.param(True, id="pure"),
+    pytest.param({}, id="fast", marks=pytest.mark.skipif(FAST is None, reason="not built")),
+    pytest.param(
+        {"ATENET_ENGINE": "0"},
+        id="no-engine",
+        marks=pytest.mark.skipif(FAST is None, reason="not built"),
+    ),
+    pytest.param({"ATENET_PURE": "1"}, id="pure"),
 ]
+"""Compiled with its GIL-free engine (the default), compiled without it, pure Python."""
 
 
 @pytest.fixture(scope="module", params=LAB_WAYS)
 def lab_net(request: pytest.FixtureRequest) -> Iterator[Overlay]:
-    """One node; hosts a, b with offloads, c, d with ``--no-offload``; every process compiled,
-    or every process with ``ATENET_PURE=1``."""
+    """One node; hosts a, b with offloads, c, d with ``--no-offload``; every process compiled
+    (with the hosts' engine, or ``ATENET_ENGINE=0``), or every process with ``ATENET_PURE=1``."""
     if os.geteuid() != 0:
         pytest.skip("needs root: creates network namespaces")
-    pure = request.param
+    pure = "ATENET_PURE" in request.param
     with Lab() as lab, tempfile.TemporaryDirectory(prefix="atn-fast-") as tmp:
         overlay = Overlay(lab, Path(tmp))
-        env = {k: v for k, v in overlay.env.items() if k != "ATENET_PURE"}
-        overlay.env = env | ({"ATENET_PURE": "1"} if pure else {})
+        env = {k: v for k, v in overlay.env.items() if k not in ("ATENET_PURE", "ATENET_ENGINE")}
+        overlay.env = env | request.param
         overlay.add_node("n1")
         for name in ("a", "b"):
             overlay.add_client(name, ["n1"])
@@ -413,8 +420,11 @@ def state(net: Overlay, name: str) -> dict[str, Any]:
 @needs_root
 def test_lab_hosts_run_the_path_asked_for_and_pings_are_answered(lab_net: Overlay) -> None:
     c = lab_net.clients
+    pure: bool = lab_net.pure  # type: ignore[attr-defined]
+    engine = "off" if pure or lab_net.env.get("ATENET_ENGINE") == "0" else "on"
     for name in c:
-        assert (state(lab_net, name)["fastpath"] == "on") is not lab_net.pure  # type: ignore[attr-defined]
+        assert (state(lab_net, name)["fastpath"] == "on") is not pure
+        assert state(lab_net, name)["engine"] == engine
     for src, dst in (("a", "b"), ("c", "d"), ("a", "c"), ("d", "b")):
         for addr in (c[dst].ip4, c[dst].ip6):
             out = c[src].host.run(["ping", "-n", "-c", "5", "-i", "0.1", "-w", "10", addr])

@@ -11,6 +11,17 @@
 
 AtNames at_names;
 
+#ifdef AT_HAVE_SODIUM
+static int sodium_ready; /* sodium_init() succeeded and the CPU has AES-NI + PCLMUL */
+#endif
+
+const char *at_small_aead(void) {
+#ifdef AT_HAVE_SODIUM
+    if (sodium_ready) return "libsodium";
+#endif
+    return "openssl";
+}
+
 /* ------------------------------------------------------------------------------ Key */
 
 static PyObject *key_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
@@ -22,6 +33,12 @@ static PyObject *key_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
 static void key_dealloc(AtKey *self) {
     EVP_CIPHER_CTX_free(self->enc);
     EVP_CIPHER_CTX_free(self->dec);
+#ifdef AT_HAVE_SODIUM
+    if (self->small != NULL) {
+        sodium_memzero(self->small, sizeof *self->small);
+        free(self->small);
+    }
+#endif
     pthread_mutex_destroy(&self->lock);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -35,6 +52,20 @@ static int key_init(AtKey *self, PyObject *args, PyObject *kwds) {
         PyErr_Format(PyExc_ValueError, "an AES-256 key is 32 bytes, not %zd", key.len);
         goto done;
     }
+    if (self->enc != NULL) { /* engine threads may use it without the GIL: never changed */
+        PyErr_SetString(PyExc_ValueError, "a Key is set up once");
+        goto done;
+    }
+#ifdef AT_HAVE_SODIUM
+    if (sodium_ready) {
+        self->small = aligned_alloc(16, (sizeof *self->small + 15) / 16 * 16);
+        if (self->small == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        crypto_aead_aes256gcm_beforenm(self->small, key.buf);
+    }
+#endif
     pthread_mutex_lock(&self->lock); /* an engine may be sealing with it (re-init: rare) */
     if (self->enc == NULL) self->enc = EVP_CIPHER_CTX_new();
     if (self->dec == NULL) self->dec = EVP_CIPHER_CTX_new();
@@ -65,6 +96,14 @@ int at_seal(AtKey *key, const uint8_t *hdr, const uint8_t *payload, size_t len, 
     int n = 0, rc = 0;
     if (len > INT32_MAX) return -1;
     if (out != hdr) memcpy(out, hdr, AT_HEADER_LEN);
+#ifdef AT_HAVE_SODIUM
+    if (key->small != NULL && len <= AT_SODIUM_MAX) {
+        crypto_aead_aes256gcm_encrypt_detached_afternm(
+            out + AT_HEADER_LEN, out + AT_HEADER_LEN + len, NULL, payload, len, out,
+            AT_HEADER_LEN, NULL, out + AT_NONCE_AT, key->small);
+        return 0;
+    }
+#endif
     pthread_mutex_lock(&key->lock);
     EVP_CIPHER_CTX *ctx = key->enc;
     if (ctx == NULL) {
@@ -85,6 +124,14 @@ int at_open(AtKey *key, const uint8_t *packet, size_t len, uint8_t *out) {
     int n = 0, rc = 0;
     if (len < AT_OVERHEAD || len > INT32_MAX) return -1;
     size_t clen = len - AT_OVERHEAD;
+#ifdef AT_HAVE_SODIUM
+    if (key->small != NULL && clen <= AT_SODIUM_MAX)
+        return crypto_aead_aes256gcm_decrypt_detached_afternm(
+                   out, NULL, packet + AT_HEADER_LEN, clen, packet + len - AT_TAG_LEN, packet,
+                   AT_HEADER_LEN, packet + AT_NONCE_AT, key->small) == 0
+                   ? 0
+                   : -1;
+#endif
     pthread_mutex_lock(&key->lock);
     EVP_CIPHER_CTX *ctx = key->dec;
     if (ctx == NULL) {
@@ -957,7 +1004,13 @@ done:
     return result;
 }
 
+static PyObject *py_small_aead(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored)) {
+    return PyUnicode_FromString(at_small_aead());
+}
+
 static PyMethodDef core_methods[] = {
+    {"small_aead", py_small_aead, METH_NOARGS,
+     "small_aead() -> 'libsodium' or 'openssl': the AES-GCM code for packets up to 1 KB"},
     {"sealer_seal", py_sealer_seal, METH_VARARGS,
      "sealer_seal(sealer, payload, ptype=1) -> sealed bytes, as Sealer.seal"},
     {"opener_open", py_opener_open, METH_VARARGS,
@@ -999,6 +1052,12 @@ static int add_type(PyObject *module, const char *name, PyTypeObject *type) {
 }
 
 PyMODINIT_FUNC PyInit__fast(void) {
+#ifdef AT_HAVE_SODIUM
+    /* ATENET_NO_SODIUM=1 at run time too: OpenSSL for every size (for A/B benches). */
+    const char *no = getenv("ATENET_NO_SODIUM");
+    sodium_ready = !(no != NULL && no[0] != '\0' && strcmp(no, "0") != 0) &&
+                   sodium_init() >= 0 && crypto_aead_aes256gcm_is_available();
+#endif
     if (PyType_Ready(&AtKey_Type) < 0 || PyType_Ready(&AtWindow_Type) < 0 ||
         PyType_Ready(&AtCounter_Type) < 0 || PyType_Ready(&AtNodeEngine_Type) < 0)
         return NULL;
@@ -1019,6 +1078,11 @@ PyMODINIT_FUNC PyInit__fast(void) {
         add_methods(m, at_tok_methods) < 0 || add_methods(m, at_node_methods) < 0 ||
         add_methods(m, at_frag_methods) < 0 || add_methods(m, at_engine_methods) < 0 ||
         add_type(m, "NodeEngine", &AtNodeEngine_Type) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    /* tokengine.c: tok connect's GIL-free engine. */
+    if (PyType_Ready(&TokEngine_Type) < 0 || add_type(m, "TokEngine", &TokEngine_Type) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -26,6 +26,9 @@
 #include <sys/types.h>
 #include <pthread.h>
 #include <openssl/evp.h>
+#ifdef AT_HAVE_SODIUM
+#include <sodium.h>
+#endif
 
 /* The packet format (overlay/seal.py, docs/protocol.md):
  * network id (16) | version (1) | type (1) | key id (4, BE) | sender (4, BE) | counter (8, BE)
@@ -68,10 +71,21 @@ typedef struct {
     EVP_CIPHER_CTX *enc;
     EVP_CIPHER_CTX *dec;
     pthread_mutex_t lock; /* EVP contexts are not thread-safe: at_seal/at_open hold it */
+#ifdef AT_HAVE_SODIUM
+    /* libsodium's AES-256-GCM state (the expanded key and GHASH powers), for packets up to
+     * AT_SODIUM_MAX bytes when the CPU has AES-NI and PCLMUL; NULL otherwise. Read-only once
+     * set up, so it needs no lock. Why: an idle hop runs cold, and a seal through OpenSSL 3's
+     * EVP layers costs ~7.6 µs cold (0.32 warm) against ~1.5 µs (0.26) for libsodium's one
+     * function — measured in C on this machine; 8 seals/opens per ping round trip. */
+    crypto_aead_aes256gcm_state *small;
+#endif
 } AtKey;
+#define AT_SODIUM_MAX 1024
 extern PyTypeObject AtKey_Type;
 
-/* No GIL needed for at_seal / at_open (they take key->lock).
+/* Which AES-GCM code seals a small packet: "libsodium" or "openssl" (for fast_status()). */
+const char *at_small_aead(void);
+/* No GIL needed for at_seal / at_open (they take key->lock, or need none for libsodium).
  * Seal: `out` gets hdr (34 bytes, copied) || ciphertext || tag; it must hold len + 50 bytes
  * (`out` may not overlap `payload`). Returns 0, or -1 (OpenSSL failed; no Python error set). */
 int at_seal(AtKey *key, const uint8_t *hdr, const uint8_t *payload, size_t len, uint8_t *out);
@@ -186,5 +200,8 @@ extern PyMethodDef at_engine_methods[];
 extern PyMethodDef at_tok_methods[];
 extern PyMethodDef at_node_methods[];
 extern PyMethodDef at_frag_methods[];
+
+/* tokengine.c: tok connect's two hops in a GIL-free thread (atenet._fast.TokEngine). */
+extern PyTypeObject TokEngine_Type;
 
 #endif

@@ -471,9 +471,11 @@ def advertise_notice(daemon: NodeDaemon) -> str:
 def fast_path_notice() -> str:
     """Which data path this process runs: an operator comparing nodes' figures, or chasing a
     bug into the compiled code, needs to know (docs/fastpath.md; ATENET_PURE=1 turns it off)."""
-    from atenet.fast import fast_status
+    from atenet.fast import FAST, fast_status
 
-    return f"fast path: {fast_status()}"
+    if FAST is None:
+        return f"fast path: {fast_status()}"
+    return f"fast path: {fast_status()}; small packets sealed by {FAST.small_aead()}"
 
 
 async def serve_until_signal(daemon: NodeDaemon, http: HttpConfig, on_ready: Any = None) -> None:

@@ -503,6 +503,7 @@ def _print_connection(c: dict[str, Any]) -> None:
         )  # fmt: skip
         health = f"NOT answering (last answer {_ago(c['answered_ago'])}; {then})"
     fast = f", fast path {c['fastpath']}" if c.get("fastpath") else ""
+    fast += f", engine {c['engine']}" if c.get("engine") else ""
     click.echo(f"  node {c.get('node')}: {health}  [pid {c.get('pid')}{fast}]")
 
 

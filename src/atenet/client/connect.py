@@ -50,7 +50,7 @@ from atenet.errors import AtenetError
 from atenet.fast import FAST
 from atenet.offload import VNET_HDR_LEN
 from atenet.overlay.fragment import MAX_SUPERFRAME
-from atenet.overlay.seal import TYPE_SUPERFRAME
+from atenet.overlay.seal import TYPE_FRAME, TYPE_SUPERFRAME
 from atenet.overlay.token import AccessToken
 from atenet.transport.tap import TapDevice, TapGone, configure_link, update_addresses
 from atenet.transport.udp import UdpSocket
@@ -91,6 +91,11 @@ MAX_ROUTES = 64
 
 ROUTE_KEYS = ("routes", "gateway", "gateway6")
 """The welcome's fields the routes depend on (followed on every pong)."""
+
+ENGINE_ENV = "ATENET_ENGINE"
+"""``ATENET_ENGINE=0`` turns the GIL-free engine off (and only it: the compiled fast path still
+runs from the event loop), for A/B comparisons and to rule it out (docs/connect.md, "Fast
+path")."""
 
 EventSink = Callable[[str, dict[str, Any]], None]
 """Called with an event's kind (connected, node_lost, failover, reconnected) and its fields."""
@@ -221,6 +226,15 @@ class Connection:
         self._fast_node: tuple[str, int] | None = None
         self._fast_sockaddr: bytes | None = None
         """``_fast_node`` converted once for the C sender (None: not IPv4, the pure path)."""
+        self._engine: Any = None
+        """The GIL-free engine (``_fast.TokEngine``) while it watches the TAP and the socket in
+        its own thread (None: the event loop's readers do; see :meth:`_engine_start`)."""
+        self._engine_for: tuple[Any, ...] = ()
+        """What the engine was set up with: (node, node_offload, sealer, opener)."""
+        self._engine_wanted = False
+        """Connected with a TAP: the engine runs whenever it can (an IPv4 node)."""
+        self._engine_totals: dict[str, Any] | None = None
+        """The counters of the last engine stopped (for the state file)."""
 
     @property
     def send_errors(self) -> int:
@@ -374,6 +388,206 @@ class Connection:
                 raise TapGone(tap.name) from None
             raise
 
+    # ------------------------------------------------------------------ the GIL-free engine
+
+    def _engine_start(self) -> bool:
+        """Hand both hops' common case to a C thread (``_fast.TokEngine``) that never takes the
+        GIL: the loop's readers on the TAP and the socket are replaced by one on the engine's
+        hand-over eventfd (:meth:`_on_engine`). Only with the compiled fast path, not with
+        ``ATENET_ENGINE=0``, and for an IPv4 node (the engine's sockaddr). True: it runs."""
+        fast, tap, udp, core = self.fast, self.tap, self.udp, self.core
+        if (
+            fast is None
+            or tap is None
+            or udp is None
+            or self._engine is not None
+            or os.environ.get(ENGINE_ENV, "") == "0"
+            or not hasattr(fast, "TokEngine")
+        ):
+            return False
+        sealer, opener = core.sealer, core.opener
+        cell = getattr(sealer, "_cell", None)
+        sockaddr = fast.tok_sockaddr(core.node)
+        if cell is None or sockaddr is None or sealer.key.fast is None or opener.key.fast is None:
+            return False
+        engine = fast.TokEngine(
+            tap_fd=tap.fileno(),
+            sock_fd=udp.fileno(),
+            vnet=tap.vnet_hdr,
+            offload=core.offload,
+            network_id=self.token.network_id,
+            key_id=self.token.key_id,
+            seal_key=sealer.key.fast,
+            counter=cell,
+            prefix_frame=sealer._prefixes[TYPE_FRAME],
+            prefix_super=sealer._prefixes[TYPE_SUPERFRAME],
+            sender_id=sealer.sender_id,
+            open_key=opener.key.fast,
+            sockaddr=sockaddr,
+            node_offload=core.node_offload,
+            gso=udp.gso,
+        )
+        engine.set_windows(opener._windows)
+        engine.start()  # first: if it cannot, the loop's readers stay (no callback runs meanwhile)
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(tap.fileno())
+        loop.remove_reader(udp.fileno())
+        self._engine = engine
+        self._engine_for = (core.node, core.node_offload, sealer, opener)
+        loop.add_reader(engine.fileno(), self._on_engine)
+        return True
+
+    def _engine_stop(self, fallback: bool) -> None:
+        """Stop and join the engine's thread (idempotent); fold its counters in. ``fallback``:
+        the connection goes on, so what it handed over is handled and the loop's readers come
+        back on the TAP and the socket."""
+        engine = self._engine
+        if engine is None:
+            return
+        self._engine = None
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(engine.fileno())
+        engine.stop()
+        self._engine_fold(engine)
+        self._engine_totals = engine.counters
+        if not fallback:
+            return
+        tap_item, udp_item = engine.take()
+        now = time.time()
+        if udp_item is not None:
+            self._engine_udp_item(udp_item, now)
+        if tap_item is not None:
+            self._engine_tap_item(tap_item)
+        if self.tap is not None:
+            loop.add_reader(self.tap.fileno(), self._on_tap)
+        if self.sock is not None:
+            loop.add_reader(self.sock.fileno(), self._on_udp)
+
+    def _engine_fold(self, engine: Any) -> None:
+        """Add what the engine counted since the last fold to the Python objects' counters (the
+        TAP's, the socket's send errors, the core's drops and last answer)."""
+        d = engine.sync()
+        tap = self.tap
+        if tap is not None:
+            c = tap.counters
+            c.rx_frames += d["rx_frames"]
+            c.rx_bytes += d["rx_bytes"]
+            c.rx_batches += d["rx_batches"]
+            c.tx_frames += d["tx_frames"]
+            c.tx_bytes += d["tx_bytes"]
+            c.tx_dropped += d["tx_dropped"]
+            c.tx_errors += d["tx_errors"]
+        if self.udp is not None:
+            self.udp.send_errors += d["send_errors"]
+            if d["gso_off"]:  # the kernel refused UDP GSO to the engine: no runs here either
+                self.udp.gso = False
+        core = self.core
+        for reason, n in d["drops"].items():
+            core.drops[reason] += n
+        if d["last_heard"] > core.last_heard:
+            core.last_heard = d["last_heard"]
+
+    def _engine_sync(self) -> None:
+        """Fold the engine's counters in and keep it in step with the core: a new node (fail-
+        over) or a node that now takes offloaded packets is told to it; a node it cannot send
+        to (not IPv4) stops it, and the loop's readers take over until an IPv4 node is back."""
+        engine = self._engine
+        if engine is None:
+            if self._engine_wanted:
+                self._engine_start()
+            return
+        self._engine_fold(engine)
+        core = self.core
+        now_for = (core.node, core.node_offload, core.sealer, core.opener)
+        if now_for == self._engine_for:
+            return
+        if now_for[2:] != self._engine_for[2:]:  # new keys: a new engine
+            self._engine_stop(fallback=True)
+            self._engine_start()
+            return
+        sockaddr = self.fast.tok_sockaddr(core.node)  # type: ignore[union-attr]
+        if sockaddr is None:
+            self._engine_stop(fallback=True)
+            return
+        engine.set_node(sockaddr, core.node_offload)
+        self._engine_for = now_for
+
+    def _on_engine(self) -> None:
+        """The engine handed an fd over: run today's path on what it read, drain that fd with
+        today's code until it is empty, then give the fd back to the engine — so the order per
+        fd is kept and bulk traffic (super-frames, GRO runs) runs as it always did."""
+        engine = self._engine
+        if engine is None:
+            return
+        tap_item, udp_item = engine.take()
+        try:
+            if udp_item is not None:
+                try:
+                    now = time.time()
+                    self._engine_udp_item(udp_item, now)
+                    if self.udp is not None and self.tap is not None:
+                        self._on_udp_fast(self.udp, self.tap)
+                finally:
+                    if self._engine is engine:
+                        engine.set_windows(self.core.opener._windows)
+                        engine.resume_udp()
+        finally:
+            try:
+                if tap_item is not None:
+                    try:
+                        self._engine_tap_item(tap_item)
+                        self._on_tap()
+                    finally:
+                        if self._engine is engine:
+                            engine.resume_tap()
+            finally:
+                if self._engine is engine:
+                    self._engine_sync()
+
+    def _engine_udp_item(self, item: tuple[Any, ...], now: float) -> None:
+        """What the engine read from the socket and left to Python: a datagram (or GRO run) for
+        the reassembler and :meth:`ClientCore.receive`, a DHCP reply it opened, or an error
+        writing to the TAP."""
+        udp = self.udp
+        if udp is None:
+            return
+        kind = item[0]
+        if kind == "raw":
+            _kind, data, segment, addr = item
+            core = self.core
+            for packet in udp.reassembler.feed(data, segment, addr):
+                self._deliver(core.receive(packet, now), now)
+        elif kind == "frame":
+            self._deliver((TYPE_FRAME, item[1]), now)
+        else:
+            self._raise_tap_error(item[1])
+
+    def _engine_tap_item(self, item: tuple[Any, ...]) -> None:
+        """What the engine read from the TAP and left to Python (a packet that needs fragments
+        or segmenting, ...): sealed and sent as :meth:`_on_tap` would have."""
+        if item[0] == "error":
+            self._raise_tap_error(item[1])
+        packet = item[1]
+        tap, udp = self.tap, self.udp
+        if tap is None or udp is None:
+            return
+        if not tap.vnet_hdr:
+            self._send(self.core.seal_frame(packet))
+            return
+        holding = udp.hold()  # the frames of a segmented super-frame go as runs
+        try:
+            for sealed in self.core.seal_packet(packet):
+                self._send(sealed)
+        finally:
+            if holding:
+                udp.release()
+
+    def _raise_tap_error(self, code: int) -> None:
+        """The error TapDevice raises for ``code`` on a read or write (EBADFD: the TAP is gone)."""
+        if code == errno.EBADFD:
+            raise TapGone(self.tap.name if self.tap is not None else self.dev)
+        raise OSError(code, os.strerror(code))
+
     async def _wait_stop(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):  # cancellation-safe, unlike wait_for on 3.11
@@ -431,6 +645,8 @@ class Connection:
                 txqlen=TAP_QUEUE,
             )
             loop.add_reader(self.tap.fileno(), self._on_tap)
+            self._engine_wanted = True
+            self._engine_start()
             source = await self._first_address(static4)
             if source is None:  # stopped meanwhile
                 return
@@ -511,8 +727,10 @@ class Connection:
         while not self._stop.is_set():
             now = time.time()
             self._dhcp_run(client.tick(now))
+            self._engine_sync()
             for packet in self.core.tick(now):
                 self._send(packet)
+            self._engine_sync()
             events, self._dhcp_events = self._dhcp_events, []
             for event in events:
                 if event.kind == "bound" and event.lease is not None:
@@ -654,6 +872,7 @@ class Connection:
         last_reminder = 0.0
         while not self._stop.is_set():
             now = time.time()
+            self._engine_sync()  # its last answers count before the core's tick looks
             if self.dhcp is not None:
                 self._dhcp_run(self.dhcp.tick(now))
             if self._dhcp_events and await self._on_dhcp_events():
@@ -669,6 +888,7 @@ class Connection:
                 last_arp = now
             for packet in self.core.tick(now):
                 self._send(packet)
+            self._engine_sync()  # a fail-over changed the node: tell the engine
             events = self.liveness.check(now)
             for event in events:
                 self._on_link_event(event, now)
@@ -729,6 +949,9 @@ class Connection:
     def state(self, now: float) -> dict[str, Any]:
         """What the state file holds (docs/connect.md, "Files")."""
         core = self.core
+        engine = self._engine
+        if engine is not None:
+            self._engine_fold(engine)
         info = asdict(self.info) if self.info is not None else {}
         return {
             **info,
@@ -746,6 +969,8 @@ class Connection:
             "failovers": core.failovers,
             "drops": dict(core.drops),
             "tap": asdict(self.tap.counters) if self.tap is not None else None,
+            "engine": "on" if engine is not None else "off",
+            "engine_counters": engine.counters if engine is not None else self._engine_totals,
             "started": round(self.started, 3),
             "connected": round(self.connected_at, 3),
             "updated": round(now, 3),
@@ -766,6 +991,8 @@ class Connection:
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
+        self._engine_wanted = False
+        self._engine_stop(fallback=False)  # its thread is gone before the fds it reads close
         if self.state_file is not None:
             with contextlib.suppress(OSError):
                 runtime.remove_state(self.state_file, os.getpid())
