@@ -424,8 +424,15 @@ def test_a_key_revoked_mid_stream_is_cut(net: Overlay) -> None:
 # ------------------------------------------------------------------ in-process
 
 
-def threads() -> int:
-    return len(os.listdir("/proc/self/task"))
+def threads(want: int | None = None) -> int:
+    """This process's threads; with ``want``, waited for (up to 2 s) to come to it: a joined
+    thread's task may be listed for a moment after pthread_join returned."""
+    deadline = time.monotonic() + 2
+    while True:
+        count = len(os.listdir("/proc/self/task"))
+        if want is None or count == want or time.monotonic() > deadline:
+            return count
+        time.sleep(0.01)
 
 
 def test_stop_leaves_no_thread_and_the_socket_as_it_was() -> None:
@@ -441,7 +448,7 @@ def test_stop_leaves_no_thread_and_the_socket_as_it_was() -> None:
         wake = eng.fileno()
         eng.start()
         eng.start()  # idempotent
-        assert threads() == base + 1
+        assert threads(base + 1) == base + 1
         tx.sendto(b"x" * 80, rx.getsockname())  # not a cached flow: handed over
         assert select.select([wake], [], [], 5)[0]
         assert eng.take() == (b"x" * 80, ("127.0.0.1", tx.getsockname()[1]), 0)
@@ -450,7 +457,7 @@ def test_stop_leaves_no_thread_and_the_socket_as_it_was() -> None:
         assert select.select([wake], [], [], 5)[0]  # left in the slot when it stops
         eng.stop()
         eng.stop()  # idempotent
-        assert threads() == base
+        assert threads(base) == base
         assert eng.counters()["running"] is False
         tx.sendto(b"z", rx.getsockname())  # the socket is the daemon's again, whole
         assert select.select([rx], [], [], 5)[0]
@@ -458,7 +465,7 @@ def test_stop_leaves_no_thread_and_the_socket_as_it_was() -> None:
         for _ in range(50):  # start and stop again and again: no thread, no fd left over
             eng.start()
             eng.stop()
-        assert threads() == base
+        assert threads(base) == base
         fds = len(os.listdir("/proc/self/fd"))
         del eng
         assert len(os.listdir("/proc/self/fd")) == fds - 3  # its epoll and two eventfds
