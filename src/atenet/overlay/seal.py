@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from atenet.errors import AtenetError
-from atenet.fast import FAST
+from atenet.fast import FAST, changed
 from atenet.overlay.replay import DEFAULT_SIZE, Freshness, ReplayWindow
 
 _Window = FAST.Window if FAST is not None else ReplayWindow
@@ -452,13 +452,15 @@ class Opener:
                 raise SealError("senders_full")
             for sid in stale:
                 del windows[sid]
+            changed()  # a node engine's cached flow may hold one of them: drop those flows
         window = windows[sender_id] = _Window(self.window_size)
         return window
 
     def forget(self, sender_id: int) -> None:
         """Drop a sender's window (e.g. when the key is revoked): its packets then face the
         freshness floor like a new sender's."""
-        self._windows.pop(sender_id, None)
+        if self._windows.pop(sender_id, None) is not None:
+            changed()  # a node engine's cached flow may hold it: drop those flows
 
     def newest(self) -> int:
         """The highest counter accepted from any sender (-1 when none): once it is below the
