@@ -7,6 +7,7 @@
 * ``pyrelay`` — two TAP devices joined by a Python loop: the floor cost of a Python TAP path.
 * ``atenet-1node`` — two ``tok connect`` hosts on one ``atenet run`` node (A -> N1 -> B).
 * ``atenet-2node`` — each ``tok connect`` host on its own node (A -> N1 -> N2 -> B).
+* ``-pure`` / ``-noengine`` variants — the same with ``ATENET_PURE=1`` / ``ATENET_ENGINE=0``.
 """
 
 from __future__ import annotations
@@ -197,20 +198,28 @@ class AtenetTarget(OwnedTarget):
     pure = False
     """Run every process with ``ATENET_PURE=1`` (pure Python, no compiled fast path), so one run
     compares both data paths side by side (docs/fastpath.md)."""
+    engine = True
+    """Run the GIL-free engines (tok's and the node's threads, ``ATENET_ENGINE``); False keeps
+    the compiled hops on the event loop, so one run shows what the engines bring."""
 
     def setup(self, lab: Lab) -> tuple[Host, Host, str]:
         from tests.support.overlay import Overlay  # imports the atenet package: only when used
 
         self._tmp = tempfile.TemporaryDirectory(prefix="atnbench-atenet-")
-        saved = os.environ.get("ATENET_PURE")
-        os.environ["ATENET_PURE"] = "1" if self.pure else "0"  # the Overlay copies os.environ
+        want = {
+            "ATENET_PURE": "1" if self.pure else "0",
+            "ATENET_ENGINE": "1" if self.engine else "0",
+        }
+        saved = {k: os.environ.get(k) for k in want}
+        os.environ.update(want)  # the Overlay copies os.environ
         try:
             overlay = Overlay(lab, Path(self._tmp.name))
         finally:
-            if saved is None:
-                os.environ.pop("ATENET_PURE", None)
-            else:
-                os.environ["ATENET_PURE"] = saved
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         for name in self.node_names:
             node = overlay.add_node(name)
             assert node.proc is not None
@@ -260,6 +269,18 @@ class Atenet2NodePureTarget(Atenet2NodeTarget):
     pure = True
 
 
+class Atenet1NodeNoEngineTarget(Atenet1NodeTarget):
+    name = "atenet-1node-noengine"
+    description = "atenet-1node with ATENET_ENGINE=0: compiled hops on the event loop, no threads"
+    engine = False
+
+
+class Atenet2NodeNoEngineTarget(Atenet2NodeTarget):
+    name = "atenet-2node-noengine"
+    description = "atenet-2node with ATENET_ENGINE=0: compiled hops on the event loop, no threads"
+    engine = False
+
+
 TARGETS: dict[str, type[Target]] = {
     VethTarget.name: VethTarget,
     TincTarget.name: TincTarget,
@@ -268,6 +289,8 @@ TARGETS: dict[str, type[Target]] = {
     Atenet2NodeTarget.name: Atenet2NodeTarget,
     Atenet1NodePureTarget.name: Atenet1NodePureTarget,
     Atenet2NodePureTarget.name: Atenet2NodePureTarget,
+    Atenet1NodeNoEngineTarget.name: Atenet1NodeNoEngineTarget,
+    Atenet2NodeNoEngineTarget.name: Atenet2NodeNoEngineTarget,
 }
 """Registry: ``--targets`` picks from these, in this order."""
 
