@@ -58,6 +58,14 @@
 #define NE_MAX 512    /* entries at most; past it new flows are not cached (counted) */
 #define NE_RECV 65535
 #define NE_BURST 64   /* datagrams per wake-up before epoll_wait again */
+#define NE_GSO_SEGMENTS 64    /* transport.udp.GSO_SEGMENTS */
+#define NE_GSO_BYTES 65000    /* transport.udp.GSO_BYTES */
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
 
 static _Atomic uint64_t ne_generation = 1;
 
@@ -106,6 +114,13 @@ typedef struct {
     int has_item;
     /* the thread's buffers */
     uint8_t *rbuf, *obuf, *sbuf;
+    /* The run being gathered from one GRO run (the thread's): what a sender's burst forwards
+     * to one destination leaves as one UDP GSO send, as the event-loop path's held runs do —
+     * one trip through the kernel instead of one per datagram. A lone datagram is never held. */
+    uint8_t *gbuf;
+    size_t glen, gsize;
+    int gcount, gclosed, gso_off;
+    struct sockaddr_in gto;
     /* counters (under mu) */
     unsigned long long forwarded, handed, full, send_errors, send_errors_folded;
 } NodeEngine;
@@ -182,7 +197,77 @@ static int plain_offload(const uint8_t *p, size_t len) {
     return 1;
 }
 
-static int ne_forward(NodeEngine *e, const uint8_t *d, size_t n, const struct sockaddr_in *from) {
+/* Send the gathered run: one sendto for one datagram, else one sendmsg with UDP_SEGMENT (a
+ * kernel that refuses GSO turns it off for good: one sendto each, as UdpSocket). */
+static void ne_run_flush(NodeEngine *e) {
+    int count = e->gcount;
+    size_t len = e->glen;
+    e->gcount = 0;
+    e->glen = 0;
+    e->gclosed = 0;
+    if (count == 0) return;
+    unsigned long long errors = 0;
+    if (count > 1 && !e->gso_off) {
+        char control[CMSG_SPACE(sizeof(uint16_t))];
+        memset(control, 0, sizeof control);
+        struct iovec iov = {.iov_base = e->gbuf, .iov_len = len};
+        struct msghdr msg = {.msg_name = &e->gto, .msg_namelen = sizeof e->gto,
+                             .msg_iov = &iov, .msg_iovlen = 1,
+                             .msg_control = control, .msg_controllen = sizeof control};
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+        cm->cmsg_level = SOL_UDP;
+        cm->cmsg_type = UDP_SEGMENT;
+        cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+        uint16_t seg = (uint16_t)e->gsize;
+        memcpy(CMSG_DATA(cm), &seg, sizeof seg);
+        ssize_t sent;
+        do {
+            sent = sendmsg(e->fd, &msg, 0);
+        } while (sent < 0 && errno == EINTR);
+        if (sent >= 0) return;
+        int err = errno;
+        if (err != EIO && err != EINVAL && err != ENOPROTOOPT && err != EOPNOTSUPP) {
+            errors = (unsigned long long)count;
+            goto count;
+        }
+        e->gso_off = 1;
+    }
+    for (size_t at = 0; at < len; at += e->gsize) {
+        size_t k = len - at < e->gsize ? len - at : e->gsize;
+        if (sendto(e->fd, e->gbuf + at, k, 0, (struct sockaddr *)&e->gto, sizeof e->gto) < 0)
+            errors++;
+    }
+count:
+    if (errors) {
+        pthread_mutex_lock(&e->mu);
+        e->send_errors += errors;
+        pthread_mutex_unlock(&e->mu);
+    }
+}
+
+/* Add the sealed datagram in sbuf (n bytes, for `to`) to the run, flushing first unless it
+ * extends it (same destination, no longer than the first, none after a shorter one). */
+static void ne_run_add(NodeEngine *e, const struct sockaddr_in *to, size_t n) {
+    if (e->gcount > 0 &&
+        (e->gclosed || n > e->gsize || e->glen + n > NE_GSO_BYTES ||
+         e->gcount >= NE_GSO_SEGMENTS || to->sin_port != e->gto.sin_port ||
+         to->sin_addr.s_addr != e->gto.sin_addr.s_addr))
+        ne_run_flush(e);
+    if (e->gcount == 0) {
+        e->gsize = n;
+        e->gto = *to;
+    } else if (n < e->gsize) {
+        e->gclosed = 1;
+    }
+    memcpy(e->gbuf + e->glen, e->sbuf, n);
+    e->glen += n;
+    e->gcount++;
+}
+
+/* Forward one datagram when its flow is cached: 1 (sent now, or added to the run when
+ * `gather`), 0 when it is a miss (nothing changed: hand it over). */
+static int ne_forward(NodeEngine *e, const uint8_t *d, size_t n, const struct sockaddr_in *from,
+                      int gather) {
     int ptype = n > AT_TYPE_AT ? d[AT_TYPE_AT] : 0;
     if (n < AT_OVERHEAD + 14 || d[AT_VERSION_AT] != AT_VERSION ||
         (ptype != AT_FRAME && ptype != AT_SUPERFRAME))
@@ -232,6 +317,10 @@ static int ne_forward(NodeEngine *e, const uint8_t *d, size_t n, const struct so
 out:
     pthread_mutex_unlock(&e->mu);
     if (hit == 0) return 0;
+    if (hit > 0 && gather) {
+        ne_run_add(e, &to, n);
+        return 1;
+    }
     if (hit < 0 || sendto(e->fd, e->sbuf, n, 0, (struct sockaddr *)&to,
                           sizeof to) < 0) {
         pthread_mutex_lock(&e->mu);
@@ -272,9 +361,12 @@ static void *ne_run(void *arg) {
                 size_t step = seg ? seg : n;
                 while (off < n) {
                     size_t piece = n - off < step ? n - off : step;
-                    if (!ne_forward(e, e->rbuf + off, piece, (struct sockaddr_in *)&from)) break;
+                    if (!ne_forward(e, e->rbuf + off, piece, (struct sockaddr_in *)&from,
+                                    seg != 0))
+                        break;
                     off += piece;
                 }
+                ne_run_flush(e); /* what was forwarded leaves before anything handed over */
                 if (off >= n) continue;
             }
             /* Hand the datagram (or the rest of the run) over with the socket. */
@@ -583,6 +675,7 @@ static void ne_dealloc(NodeEngine *e) {
     PyMem_RawFree(e->rbuf);
     PyMem_RawFree(e->obuf);
     PyMem_RawFree(e->sbuf);
+    PyMem_RawFree(e->gbuf);
     if (e->mu_ready) pthread_mutex_destroy(&e->mu);
     Py_CLEAR(e->udp);
     Py_TYPE(e)->tp_free((PyObject *)e);
@@ -616,7 +709,8 @@ static int ne_init(NodeEngine *e, PyObject *args, PyObject *kwds) {
     e->rbuf = PyMem_RawMalloc(NE_RECV + 1);
     e->obuf = PyMem_RawMalloc(NE_RECV + 1);
     e->sbuf = PyMem_RawMalloc(NE_RECV + AT_OVERHEAD + 1);
-    if (!e->slots || !e->hbuf || !e->rbuf || !e->obuf || !e->sbuf) {
+    e->gbuf = PyMem_RawMalloc(NE_GSO_BYTES + NE_RECV + AT_OVERHEAD);
+    if (!e->slots || !e->hbuf || !e->rbuf || !e->obuf || !e->sbuf || !e->gbuf) {
         PyErr_NoMemory();
         return -1;
     }
