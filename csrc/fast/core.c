@@ -8,6 +8,7 @@
 
 #define AT_SOL_UDP 17
 #define AT_UDP_GRO 104
+#define AT_UDP_SEGMENT 103
 
 AtNames at_names;
 
@@ -912,6 +913,32 @@ ssize_t at_recv_gro(int fd, uint8_t *buf, size_t size, struct sockaddr_storage *
         }
     }
     return n;
+}
+
+int at_send_gso(int fd, const uint8_t *buf, size_t len, size_t seg, const void *to,
+                socklen_t tolen) {
+    char control[CMSG_SPACE(sizeof(uint16_t))];
+    memset(control, 0, sizeof control);
+    struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+    struct msghdr msg = {.msg_name = (void *)to,
+                         .msg_namelen = tolen,
+                         .msg_iov = &iov,
+                         .msg_iovlen = 1,
+                         .msg_control = control,
+                         .msg_controllen = sizeof control};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = AT_SOL_UDP;
+    cm->cmsg_type = AT_UDP_SEGMENT;
+    cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+    uint16_t size = (uint16_t)seg;
+    memcpy(CMSG_DATA(cm), &size, sizeof size);
+    ssize_t sent;
+    do {
+        sent = sendmsg(fd, &msg, 0);
+    } while (sent < 0 && errno == EINTR);
+    if (sent >= 0) return 0;
+    int err = errno;
+    return err == EIO || err == EINVAL || err == ENOPROTOOPT || err == EOPNOTSUPP ? 1 : -1;
 }
 
 int at_add_attr(PyObject *obj, PyObject *name, long long n) {

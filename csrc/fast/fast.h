@@ -150,6 +150,13 @@ int at_opener_open(PyObject *opener, const uint8_t *packet, size_t len, uint32_t
 ssize_t at_recv_gro(int fd, uint8_t *buf, size_t size, struct sockaddr_storage *from,
                     size_t *segment);
 
+/* One sendmsg of `len` bytes as a UDP GSO run of `seg`-byte datagrams (the last may be shorter)
+ * to `to`: 0 sent; 1 when the kernel refuses UDP GSO here (EIO, EINVAL, ENOPROTOOPT,
+ * EOPNOTSUPP: the caller turns GSO off for good and sends one datagram each); -1 for any other
+ * error (errno set: the run is lost, counted as send errors). No GIL needed. */
+int at_send_gso(int fd, const uint8_t *buf, size_t len, size_t seg, const void *to,
+                socklen_t tolen);
+
 /* obj.name += n on an int attribute (the pure objects' counters are plain attributes). 0 or -1. */
 int at_add_attr(PyObject *obj, PyObject *name, long long n);
 

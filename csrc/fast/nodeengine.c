@@ -60,12 +60,7 @@
 #define NE_BURST 64   /* datagrams per wake-up before epoll_wait again */
 #define NE_GSO_SEGMENTS 64    /* transport.udp.GSO_SEGMENTS */
 #define NE_GSO_BYTES 65000    /* transport.udp.GSO_BYTES */
-#ifndef SOL_UDP
-#define SOL_UDP 17
-#endif
-#ifndef UDP_SEGMENT
-#define UDP_SEGMENT 103
-#endif
+
 
 static _Atomic uint64_t ne_generation = 1;
 
@@ -208,25 +203,9 @@ static void ne_run_flush(NodeEngine *e) {
     if (count == 0) return;
     unsigned long long errors = 0;
     if (count > 1 && !e->gso_off) {
-        char control[CMSG_SPACE(sizeof(uint16_t))];
-        memset(control, 0, sizeof control);
-        struct iovec iov = {.iov_base = e->gbuf, .iov_len = len};
-        struct msghdr msg = {.msg_name = &e->gto, .msg_namelen = sizeof e->gto,
-                             .msg_iov = &iov, .msg_iovlen = 1,
-                             .msg_control = control, .msg_controllen = sizeof control};
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-        cm->cmsg_level = SOL_UDP;
-        cm->cmsg_type = UDP_SEGMENT;
-        cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-        uint16_t seg = (uint16_t)e->gsize;
-        memcpy(CMSG_DATA(cm), &seg, sizeof seg);
-        ssize_t sent;
-        do {
-            sent = sendmsg(e->fd, &msg, 0);
-        } while (sent < 0 && errno == EINTR);
-        if (sent >= 0) return;
-        int err = errno;
-        if (err != EIO && err != EINVAL && err != ENOPROTOOPT && err != EOPNOTSUPP) {
+        int rc = at_send_gso(e->fd, e->gbuf, len, e->gsize, &e->gto, sizeof e->gto);
+        if (rc == 0) return;
+        if (rc < 0) {
             errors = (unsigned long long)count;
             goto count;
         }

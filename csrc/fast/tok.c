@@ -27,12 +27,6 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#ifndef SOL_UDP
-#define SOL_UDP 17
-#endif
-#ifndef UDP_SEGMENT
-#define UDP_SEGMENT 103
-#endif
 
 /* Sizes, read once from the Python modules that define them (one source of truth). */
 static struct {
@@ -151,28 +145,9 @@ static void run_flush(Run *r) {
         return;
     }
     if (r->gso) {
-        char control[CMSG_SPACE(sizeof(uint16_t))];
-        memset(control, 0, sizeof(control));
-        struct iovec iov = {.iov_base = tok.out, .iov_len = len};
-        struct msghdr msg = {.msg_name = (void *)r->sa,
-                             .msg_namelen = r->salen,
-                             .msg_iov = &iov,
-                             .msg_iovlen = 1,
-                             .msg_control = control,
-                             .msg_controllen = sizeof(control)};
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-        cm->cmsg_level = SOL_UDP;
-        cm->cmsg_type = UDP_SEGMENT;
-        cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-        uint16_t seg = (uint16_t)r->size;
-        memcpy(CMSG_DATA(cm), &seg, sizeof(seg));
-        ssize_t sent;
-        do {
-            sent = sendmsg(r->fd, &msg, 0);
-        } while (sent < 0 && errno == EINTR);
-        if (sent >= 0) return;
-        int err = errno;
-        if (err != EIO && err != EINVAL && err != ENOPROTOOPT && err != EOPNOTSUPP) {
+        int rc = at_send_gso(r->fd, tok.out, len, r->size, r->sa, (socklen_t)r->salen);
+        if (rc == 0) return;
+        if (rc < 0) {
             r->errors += count;
             return;
         }

@@ -40,12 +40,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#ifndef SOL_UDP
-#define SOL_UDP 17
-#endif
-#ifndef UDP_SEGMENT
-#define UDP_SEGMENT 103
-#endif
 
 /* The drop counters this engine can bump: ClientCore.drops' names for the same checks. */
 enum { D_SHORT, D_VERSION, D_TYPE, D_WRONG_NETWORK, D_KEY, D_REPLAY, D_AUTH, N_DROPS };
@@ -200,28 +194,9 @@ static void run_flush(TokEngine *e, Run *r, const struct sockaddr_in *node, Coun
         return;
     }
     if (e->gso) {
-        char control[CMSG_SPACE(sizeof(uint16_t))];
-        memset(control, 0, sizeof(control));
-        struct iovec iov = {.iov_base = e->tap_out, .iov_len = len};
-        struct msghdr msg = {.msg_name = (void *)node,
-                             .msg_namelen = sizeof *node,
-                             .msg_iov = &iov,
-                             .msg_iovlen = 1,
-                             .msg_control = control,
-                             .msg_controllen = sizeof(control)};
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-        cm->cmsg_level = SOL_UDP;
-        cm->cmsg_type = UDP_SEGMENT;
-        cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-        uint16_t seg = (uint16_t)r->size;
-        memcpy(CMSG_DATA(cm), &seg, sizeof(seg));
-        ssize_t sent;
-        do {
-            sent = sendmsg(e->sock_fd, &msg, 0);
-        } while (sent < 0 && errno == EINTR);
-        if (sent >= 0) return;
-        int err = errno;
-        if (err != EIO && err != EINVAL && err != ENOPROTOOPT && err != EOPNOTSUPP) {
+        int rc = at_send_gso(e->sock_fd, e->tap_out, len, r->size, node, sizeof *node);
+        if (rc == 0) return;
+        if (rc < 0) {
             d->send_errors += count;
             return;
         }
