@@ -335,6 +335,20 @@ static int mirroring(PyObject *sw) {
     return on;
 }
 
+/* Record the flow just committed to the local UDP client port `dst` (its inline seal `seal`,
+ * a bound method of its Sealer) in the node engine's cache: at_engine_note. 0 or -1. */
+static int note_to_port(Ctx *c, const uint8_t *frame, PyObject *dst, PyObject *seal) {
+    PyObject *daddr = PyObject_GetAttr(dst, N.addr);
+    if (daddr == NULL) return -1;
+    c->note.frame = frame;
+    c->note.dst = dst;
+    c->note.sealer = PyMethod_GET_SELF(seal);
+    c->note.dst_addr = daddr;
+    int noted = at_engine_note(c->engine, &c->note);
+    Py_DECREF(daddr);
+    return noted < 0 ? -1 : 0;
+}
+
 /* Switch.from_local's (at 0: a frame) or packet_from_local's (at 10: an offloaded packet)
  * unicast case for data opened from client port `port` — to another client port, or sealed to
  * the one peer node the destination was learned behind — or the pure method itself when any of
@@ -452,15 +466,7 @@ static int from_local(Ctx *c, PyObject *runtime, PyObject *sw, PyObject *port,
         goto done;
     }
     if (c->noting && seal != NULL) { /* client port -> client port: cache it */
-        PyObject *daddr = PyObject_GetAttr(dst, N.addr);
-        if (daddr == NULL) goto done;
-        c->note.frame = frame;
-        c->note.dst = dst;
-        c->note.sealer = PyMethod_GET_SELF(seal);
-        c->note.dst_addr = daddr;
-        int noted = at_engine_note(c->engine, &c->note);
-        Py_DECREF(daddr);
-        if (noted < 0) goto done;
+        if (note_to_port(c, frame, dst, seal) < 0) goto done;
     }
     rc = deliver_to(c, dst, seal, data, len, at, frame, flen);
 done:
@@ -567,15 +573,7 @@ static int from_peer(Ctx *c, PyObject *runtime, PyObject *sw, PyObject *sender_o
     if (at_add_attr(sw, N.frames_from_peers, 1) < 0 || PyDict_SetItem(seen, smac, c->now_obj) < 0)
         goto done;
     if (c->noting && seal != NULL) { /* the peer node -> a client port: cache it */
-        PyObject *daddr = PyObject_GetAttr(dst, N.addr);
-        if (daddr == NULL) goto done;
-        c->note.frame = frame;
-        c->note.dst = dst;
-        c->note.sealer = PyMethod_GET_SELF(seal);
-        c->note.dst_addr = daddr;
-        int noted = at_engine_note(c->engine, &c->note);
-        Py_DECREF(daddr);
-        if (noted < 0) goto done;
+        if (note_to_port(c, frame, dst, seal) < 0) goto done;
     }
     rc = deliver_to(c, dst, seal, data, len, at, frame, flen);
 done:
