@@ -3,6 +3,7 @@
 #include "fast.h"
 
 #include <string.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <openssl/err.h>
 
@@ -939,6 +940,42 @@ int at_send_gso(int fd, const uint8_t *buf, size_t len, size_t seg, const void *
     if (sent >= 0) return 0;
     int err = errno;
     return err == EIO || err == EINVAL || err == ENOPROTOOPT || err == EOPNOTSUPP ? 1 : -1;
+}
+
+PyObject *at_addr_tuple(const struct sockaddr_storage *ss) {
+    char text[INET6_ADDRSTRLEN];
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &sin->sin_addr, text, sizeof(text));
+        return Py_BuildValue("(si)", text, ntohs(sin->sin_port));
+    }
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &sin6->sin6_addr, text, sizeof(text));
+        return Py_BuildValue("(siII)", text, ntohs(sin6->sin6_port),
+                             (unsigned)ntohl(sin6->sin6_flowinfo), (unsigned)sin6->sin6_scope_id);
+    }
+    Py_RETURN_NONE;
+}
+
+int at_parse_addr4(PyObject *addr, struct sockaddr_in *sa) {
+    if (!PyTuple_Check(addr) || PyTuple_GET_SIZE(addr) != 2) return 1;
+    PyObject *host = PyTuple_GET_ITEM(addr, 0), *port = PyTuple_GET_ITEM(addr, 1);
+    if (!PyUnicode_Check(host) || !PyLong_Check(port)) return 1;
+    const char *text = PyUnicode_AsUTF8(host);
+    if (text == NULL) {
+        PyErr_Clear();
+        return 1;
+    }
+    long p = PyLong_AsLong(port);
+    if (p < 0 || p > 65535) {
+        PyErr_Clear();
+        return 1;
+    }
+    memset(sa, 0, sizeof *sa);
+    sa->sin_family = AF_INET;
+    sa->sin_port = htons((uint16_t)p);
+    return inet_pton(AF_INET, text, &sa->sin_addr) == 1 ? 0 : 1;
 }
 
 int at_add_attr(PyObject *obj, PyObject *name, long long n) {

@@ -24,6 +24,7 @@
 #include <stddef.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <openssl/evp.h>
 #ifdef AT_HAVE_SODIUM
@@ -156,6 +157,12 @@ ssize_t at_recv_gro(int fd, uint8_t *buf, size_t size, struct sockaddr_storage *
  * error (errno set: the run is lost, counted as send errors). No GIL needed. */
 int at_send_gso(int fd, const uint8_t *buf, size_t len, size_t seg, const void *to,
                 socklen_t tolen);
+
+/* A recvmsg source address as Python's socket module gives it: (host, port) for IPv4, (host,
+ * port, flowinfo, scope_id) for IPv6; None for another family. New reference, or NULL. */
+PyObject *at_addr_tuple(const struct sockaddr_storage *ss);
+/* (host, port) -> sockaddr_in: 0, or 1 when it is not a plain IPv4 address tuple (no error). */
+int at_parse_addr4(PyObject *addr, struct sockaddr_in *sa);
 
 /* obj.name += n on an int attribute (the pure objects' counters are plain attributes). 0 or -1. */
 int at_add_attr(PyObject *obj, PyObject *name, long long n);

@@ -143,26 +143,6 @@ static PyObject *make_addr(const struct sockaddr_in *sa) {
     return Py_BuildValue("(si)", host, (int)ntohs(sa->sin_port));
 }
 
-/* (host, port) → sockaddr_in; 0, or 1 when it is not a plain IPv4 address tuple. */
-static int parse_addr(PyObject *addr, struct sockaddr_in *sa) {
-    if (!PyTuple_Check(addr) || PyTuple_GET_SIZE(addr) != 2) return 1;
-    PyObject *host = PyTuple_GET_ITEM(addr, 0), *port = PyTuple_GET_ITEM(addr, 1);
-    if (!PyUnicode_Check(host) || !PyLong_Check(port)) return 1;
-    const char *text = PyUnicode_AsUTF8(host);
-    if (text == NULL) {
-        PyErr_Clear();
-        return 1;
-    }
-    long p = PyLong_AsLong(port);
-    if (p < 0 || p > 65535) {
-        PyErr_Clear();
-        return 1;
-    }
-    memset(sa, 0, sizeof *sa);
-    sa->sin_family = AF_INET;
-    sa->sin_port = htons((uint16_t)p);
-    return inet_pton(AF_INET, text, &sa->sin_addr) == 1 ? 0 : 1;
-}
 
 /* switch/snoop.py is_neighbour_frame: ARP, or IPv6 → ICMPv6 type 135/136, fixed offsets. */
 static int is_neighbour_frame(const uint8_t *f, size_t len) {
@@ -222,7 +202,7 @@ static int send_packet(Ctx *c, PyObject *sealed, size_t size, PyObject *addr) {
         goto done;
     }
     struct sockaddr_in sa;
-    if (parse_addr(addr, &sa)) {
+    if (at_parse_addr4(addr, &sa)) {
         PyObject *bytes = PyBytes_FromStringAndSize((const char *)sbuf, (Py_ssize_t)size);
         if (bytes == NULL) goto done;
         PyObject *args[2] = {bytes, addr};

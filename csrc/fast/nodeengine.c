@@ -507,22 +507,6 @@ static int get_double_attr(PyObject *obj, PyObject *name, double *out) {
     return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
 }
 
-/* (host, port) -> sockaddr_in; 0, or 1 when it is not a plain IPv4 address tuple. */
-static int ne_parse_addr(PyObject *addr, struct sockaddr_in *sa) {
-    if (!PyTuple_Check(addr) || PyTuple_GET_SIZE(addr) != 2) return 1;
-    PyObject *host = PyTuple_GET_ITEM(addr, 0), *port = PyTuple_GET_ITEM(addr, 1);
-    if (!PyUnicode_Check(host) || !PyLong_Check(port)) return 1;
-    const char *text = PyUnicode_AsUTF8(host);
-    long p = text ? PyLong_AsLong(port) : -1;
-    if (text == NULL || p < 0 || p > 65535) {
-        PyErr_Clear();
-        return 1;
-    }
-    memset(sa, 0, sizeof *sa);
-    sa->sin_family = AF_INET;
-    sa->sin_port = htons((uint16_t)p);
-    return inet_pton(AF_INET, text, &sa->sin_addr) == 1 ? 0 : 1;
-}
 
 static PyObject *key_of(PyObject *holder) {
     /* holder.key.fast when it is a C Key (new ref), else NULL with no error. */
@@ -544,7 +528,7 @@ int at_engine_note(PyObject *engine, const AtEngineNote *note) {
     const uint8_t *hdr = note->packet, *frame = note->frame;
     if (frame[0] & 1) return 0; /* never: from_local's unicast branch */
     struct sockaddr_in src, dst;
-    if (ne_parse_addr(note->addr, &src) || ne_parse_addr(note->dst_addr, &dst)) return 0;
+    if (at_parse_addr4(note->addr, &src) || at_parse_addr4(note->dst_addr, &dst)) return 0;
     PyObject *okey = key_of(note->opener), *dkey = key_of(note->sealer);
     PyObject *cell = PyObject_GetAttr(note->sealer, s_cell);
     PyObject *prefixes = PyObject_GetAttr(note->sealer, at_names.s_prefixes);

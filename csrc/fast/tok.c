@@ -332,21 +332,6 @@ static int tap_write(TapOut *t, const struct iovec *iov, int n, long nbytes) {
     }
 }
 
-static PyObject *addr_tuple(const struct sockaddr_storage *ss) {
-    char text[INET6_ADDRSTRLEN];
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
-        inet_ntop(AF_INET, &sin->sin_addr, text, sizeof(text));
-        return Py_BuildValue("(si)", text, ntohs(sin->sin_port));
-    }
-    if (ss->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
-        inet_ntop(AF_INET6, &sin6->sin6_addr, text, sizeof(text));
-        return Py_BuildValue("(siII)", text, ntohs(sin6->sin6_port),
-                             (unsigned)ntohl(sin6->sin6_flowinfo), (unsigned)sin6->sin6_scope_id);
-    }
-    Py_RETURN_NONE;
-}
 
 /* What to do with one whole datagram. */
 #define RX_DONE 0 /* written to the TAP, dropped and counted, or given to the DHCP list */
@@ -481,7 +466,7 @@ static PyObject *tok_udp_to_tap(PyObject *Py_UNUSED(module), PyObject *args) {
             if (rc == RX_BACK) {
                 /* This datagram and the rest of its run go to the pure path, in order. */
                 PyObject *data = PyBytes_FromStringAndSize((const char *)in + at, len - at);
-                PyObject *addr = data ? addr_tuple(&ss) : NULL;
+                PyObject *addr = data ? at_addr_tuple(&ss) : NULL;
                 if (addr != NULL)
                     back = Py_BuildValue("(NnN)", data, (Py_ssize_t)(step < len ? step : 0),
                                          addr);

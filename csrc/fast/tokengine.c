@@ -723,21 +723,6 @@ static PyObject *engine_set_windows(TokEngine *e, PyObject *windows) {
     Py_RETURN_NONE;
 }
 
-static PyObject *addr_tuple(const struct sockaddr_storage *ss) {
-    char text[INET6_ADDRSTRLEN];
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
-        inet_ntop(AF_INET, &sin->sin_addr, text, sizeof(text));
-        return Py_BuildValue("(si)", text, ntohs(sin->sin_port));
-    }
-    if (ss->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
-        inet_ntop(AF_INET6, &sin6->sin6_addr, text, sizeof(text));
-        return Py_BuildValue("(siII)", text, ntohs(sin6->sin6_port),
-                             (unsigned)ntohl(sin6->sin6_flowinfo), (unsigned)sin6->sin6_scope_id);
-    }
-    Py_RETURN_NONE;
-}
 
 /* The item of a handed slot not yet taken, as a tuple; None. The slot is stable: the thread
  * does not touch a handed slot. */
@@ -754,7 +739,7 @@ static PyObject *slot_item(TokEngine *e, Slot *s) {
     case K_FRAME:
         return Py_BuildValue("(sy#)", "frame", buf, (Py_ssize_t)s->len);
     case K_RAW: {
-        PyObject *addr = addr_tuple(&s->from);
+        PyObject *addr = at_addr_tuple(&s->from);
         if (addr == NULL) return NULL;
         return Py_BuildValue("(sy#nN)", "raw", buf, (Py_ssize_t)s->len, (Py_ssize_t)s->segment,
                              addr);
