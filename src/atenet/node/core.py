@@ -77,11 +77,16 @@ MAX_PORTS_PER_ADDRESS = 256
 """UDP client ports from one source IP address on one node, over every network and key (room
 for a NAT gateway with many clients behind it)."""
 
-PORT_RATE = 30_000.0
+PORT_RATE = 100_000.0
 """Packets per second one client port may send to this node (its token bucket's refill); a
-super-frame counts as one packet. Well above what one tok sends through a Python node."""
+super-frame counts as one packet. Why this figure: the bucket exists so that one session cannot
+take a node's whole CPU from the others, so it sits at about half of what one core forwards on
+the compiled path (64-byte datagrams: ~5 µs of node CPU each, ~200k/s per core, measured on a
+2-vCPU VM), and above what one honest tok sends (~65k small datagrams/s there). It was 30,000
+while the node was Python only; by then it throttled a single honest 64-byte UDP flow to 30k/s
+while the path carried 45k (bench/RESULTS.md, issue 14)."""
 
-PORT_BURST = 3_000.0
+PORT_BURST = 10_000.0
 """The bucket's depth: 0.1 s at the default rate."""
 
 _NS = 1_000_000_000
