@@ -209,6 +209,20 @@ typedef struct {
  * engine's next arm() while nothing it depends on changed. 0, or -1 with a Python error. */
 int at_engine_note(PyObject *engine, const AtEngineNote *note);
 
+/* Overlay fragments (frag.c, overlay/fragment.py), in C and without the GIL: */
+#define AT_FRAG_TOO_BIG ((size_t)-1) /* a sealed packet above fragment.MAX_PACKET */
+/* Bytes at_frag_cut writes for a sealed packet of `size` bytes, or AT_FRAG_TOO_BIG. */
+size_t at_frag_cut_size(size_t size);
+/* The fragments of sealed packet[0:size] back to back into `out` (room: at_frag_cut_size), each
+ * FRAGMENT_SIZE bytes but the last (a UDP GSO send buffer); the bytes written, or
+ * AT_FRAG_TOO_BIG. */
+size_t at_frag_cut(const uint8_t *packet, size_t size, uint8_t *out);
+/* When the GRO run p[0:end] of `segment`-byte datagrams starts with a whole packet's fragments
+ * (index 0 first, its last fragment where it must be, the same sender and counter), join them
+ * into `out` (NULL: only measure) and set *used to the run bytes they took: the packet's size.
+ * 0: not a whole packet here (the pure Reassembler takes it). */
+size_t at_frag_join(const uint8_t *p, size_t end, size_t segment, uint8_t *out, size_t *used);
+
 /* The method tables of tok.c, node.c and frag.c, joined into the module's in core.c. */
 extern PyMethodDef at_engine_methods[];
 extern PyMethodDef at_tok_methods[];

@@ -27,44 +27,89 @@ static inline int is_fragment(const uint8_t *p, Py_ssize_t len) {
     return len > FRAG_PREFIX && p[AT_TYPE_AT] == AT_FRAGMENT;
 }
 
-/* fragment(packet) -> bytes: fragment.fragment in one pass. */
-static PyObject *frag_fragment(PyObject *Py_UNUSED(module), PyObject *arg) {
-    Py_buffer buf;
-    if (PyObject_GetBuffer(arg, &buf, PyBUF_SIMPLE) < 0) return NULL;
-    PyObject *result = NULL;
-    const uint8_t *packet = buf.buf;
-    Py_ssize_t size = buf.len;
-    Py_ssize_t count = (size + FRAG_CHUNK - 1) / FRAG_CHUNK;
-    if (count > FRAG_MAX) {
-        PyErr_Format(PyExc_ValueError,
-                     "sealed packet of %zd bytes exceeds %d: cannot fragment", size,
-                     FRAG_MAX * FRAG_CHUNK);
-        goto done;
-    }
-    /* The prefix is the packet's network id, version and type 4, sender and counter, cut as the
-     * pure path's slices cut it (a packet shorter than a header gives a shorter prefix). */
-    uint8_t prefix[FRAG_PREFIX];
-    Py_ssize_t plen = size < AT_NETWORK_ID_LEN ? size : AT_NETWORK_ID_LEN;
+/* The prefix every fragment of `packet` starts with (without its index and count): the packet's
+ * network id, version and type 4, sender and counter, cut as the pure path's slices cut it (a
+ * packet shorter than a header gives a shorter prefix). Returns its length. */
+static size_t frag_prefix(const uint8_t *packet, size_t size, uint8_t *prefix) {
+    size_t plen = size < AT_NETWORK_ID_LEN ? size : AT_NETWORK_ID_LEN;
     memcpy(prefix, packet, plen);
     prefix[plen++] = AT_VERSION;
     prefix[plen++] = AT_FRAGMENT;
     if (size > FRAG_ID_AT) {
-        Py_ssize_t n = (size < AT_HEADER_LEN ? size : AT_HEADER_LEN) - FRAG_ID_AT;
+        size_t n = (size < AT_HEADER_LEN ? size : AT_HEADER_LEN) - FRAG_ID_AT;
         memcpy(prefix + plen, packet + FRAG_ID_AT, n);
         plen += n;
     }
-    result = PyBytes_FromStringAndSize(NULL, count * (plen + 2) + size);
-    if (result == NULL) goto done;
-    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
-    for (Py_ssize_t i = 0; i < count; i++) {
-        Py_ssize_t at = i * FRAG_CHUNK;
-        Py_ssize_t n = size - at < FRAG_CHUNK ? size - at : FRAG_CHUNK;
+    return plen;
+}
+
+size_t at_frag_cut_size(size_t size) {
+    size_t count = (size + FRAG_CHUNK - 1) / FRAG_CHUNK;
+    if (count > FRAG_MAX) return AT_FRAG_TOO_BIG;
+    uint8_t prefix[FRAG_PREFIX];
+    static const uint8_t zero[AT_HEADER_LEN];
+    size_t plen = frag_prefix(zero, size, prefix); /* its length depends on the size only */
+    return count * (plen + 2) + size;
+}
+
+size_t at_frag_cut(const uint8_t *packet, size_t size, uint8_t *out) {
+    size_t count = (size + FRAG_CHUNK - 1) / FRAG_CHUNK;
+    if (count > FRAG_MAX) return AT_FRAG_TOO_BIG;
+    uint8_t prefix[FRAG_PREFIX];
+    size_t plen = frag_prefix(packet, size, prefix);
+    uint8_t *start = out;
+    for (size_t i = 0; i < count; i++) {
+        size_t at = i * FRAG_CHUNK;
+        size_t n = size - at < FRAG_CHUNK ? size - at : FRAG_CHUNK;
         memcpy(out, prefix, plen);
         out[plen] = (uint8_t)i;
         out[plen + 1] = (uint8_t)count;
         memcpy(out + plen + 2, packet + at, n);
         out += plen + 2 + n;
     }
+    return (size_t)(out - start);
+}
+
+size_t at_frag_join(const uint8_t *p, size_t end, size_t segment, uint8_t *out, size_t *used) {
+    if (segment <= FRAG_PREFIX || !is_fragment(p, (Py_ssize_t)(end < segment ? end : segment)))
+        return 0;
+    size_t index = p[FRAG_INDEX_AT], count = p[FRAG_INDEX_AT + 1];
+    if (index != 0 || count < 2) return 0;
+    size_t last = (count - 1) * segment;
+    if (last >= end) return 0;
+    const uint8_t *tail = p + last;
+    size_t tlen = end - last < segment ? end - last : segment;
+    if (!is_fragment(tail, (Py_ssize_t)tlen) || tail[FRAG_INDEX_AT] != count - 1 ||
+        memcmp(tail + FRAG_KEY_AT, p + FRAG_KEY_AT, FRAG_INDEX_AT - FRAG_KEY_AT) != 0)
+        return 0;
+    /* A whole packet in one run: a mix-up in between fails authentication later. */
+    size_t body = segment - FRAG_PREFIX;
+    if (out != NULL) {
+        uint8_t *dst = out;
+        for (size_t i = 0; i < last; i += segment, dst += body)
+            memcpy(dst, p + i + FRAG_PREFIX, body);
+        memcpy(dst, tail + FRAG_PREFIX, tlen - FRAG_PREFIX);
+    }
+    *used = last + segment;
+    return (count - 1) * body + tlen - FRAG_PREFIX;
+}
+
+/* fragment(packet) -> bytes: fragment.fragment in one pass. */
+static PyObject *frag_fragment(PyObject *Py_UNUSED(module), PyObject *arg) {
+    Py_buffer buf;
+    if (PyObject_GetBuffer(arg, &buf, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *result = NULL;
+    size_t size = (size_t)buf.len;
+    size_t total = at_frag_cut_size(size);
+    if (total == AT_FRAG_TOO_BIG) {
+        PyErr_Format(PyExc_ValueError,
+                     "sealed packet of %zd bytes exceeds %d: cannot fragment", buf.len,
+                     FRAG_MAX * FRAG_CHUNK);
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (result == NULL) goto done;
+    at_frag_cut(buf.buf, size, (uint8_t *)PyBytes_AS_STRING(result));
 done:
     PyBuffer_Release(&buf);
     return result;
@@ -124,28 +169,18 @@ static PyObject *frag_reassemble(PyObject *Py_UNUSED(module), PyObject *args) {
             at += segment;
             continue;
         }
-        int index = piece[FRAG_INDEX_AT], count = piece[FRAG_INDEX_AT + 1];
-        Py_ssize_t last = at + (Py_ssize_t)(count - 1) * segment;
-        if (index == 0 && count > 1 && last < end) {
-            const uint8_t *tail = p + last;
-            Py_ssize_t tlen = end - last < segment ? end - last : segment;
-            if (is_fragment(tail, tlen) && tail[FRAG_INDEX_AT] == count - 1 &&
-                memcmp(tail + FRAG_KEY_AT, piece + FRAG_KEY_AT, FRAG_INDEX_AT - FRAG_KEY_AT) == 0) {
-                /* A whole packet in one run: a mix-up in between fails authentication later. */
-                Py_ssize_t body = segment - FRAG_PREFIX;
-                PyObject *packet =
-                    PyBytes_FromStringAndSize(NULL, (count - 1) * body + tlen - FRAG_PREFIX);
-                if (packet == NULL) goto fail;
-                uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(packet);
-                for (Py_ssize_t i = at; i < last; i += segment, dst += body)
-                    memcpy(dst, p + i + FRAG_PREFIX, body);
-                memcpy(dst, tail + FRAG_PREFIX, tlen - FRAG_PREFIX);
-                int rc = PyList_Append(out, packet);
-                Py_DECREF(packet);
-                if (rc < 0) goto fail;
-                at = last + segment;
-                continue;
-            }
+        size_t used = 0;
+        size_t size = at_frag_join(piece, (size_t)(end - at), (size_t)segment, NULL, &used);
+        if (size) {
+            PyObject *packet = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+            if (packet == NULL) goto fail;
+            at_frag_join(piece, (size_t)(end - at), (size_t)segment,
+                         (uint8_t *)PyBytes_AS_STRING(packet), &used);
+            int rc = PyList_Append(out, packet);
+            Py_DECREF(packet);
+            if (rc < 0) goto fail;
+            at += (Py_ssize_t)used;
+            continue;
         }
         if (frag_add(reassembler, &view, data, at, plen, addr, out) < 0) goto fail;
         at += segment;
