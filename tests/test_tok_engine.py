@@ -35,8 +35,14 @@ import pytest
 from atenet.client.connect import Connection
 from atenet.client.dhcp import DhcpClient
 from atenet.fast import FAST
-from atenet.overlay.fragment import FRAGMENT_SIZE
-from atenet.overlay.seal import HEADER_LEN, TYPE_CONTROL, TYPE_FRAME, TYPE_SUPERFRAME
+from atenet.overlay.fragment import FRAGMENT_SIZE, fragment
+from atenet.overlay.seal import (
+    HEADER_LEN,
+    TYPE_CONTROL,
+    TYPE_FRAME,
+    TYPE_SUPERFRAME,
+    Sealer,
+)
 from tests.conftest import needs_root
 from tests.support.netns import Lab
 from tests.support.overlay import BIN, UDP_PORT, Overlay
@@ -287,6 +293,212 @@ def test_dhcp_replies_are_handed_to_the_dhcp_client(rigs: list[Rig]) -> None:
         conn.dhcp = None  # not running: the same frame is the kernel's
         rig.to_client(rig.sealer.seal(dhcp_reply_frame()))
         assert await tap_receives(rig, 1) == [dhcp_reply_frame()]
+
+    run(body)
+
+
+# ---------------------------------------------------------------- GRO runs cut in the thread
+
+UDP_SEGMENT = 103  # linux/udp.h: a send's segment size (UDP GSO)
+RUN_MODES = ["engine", "no-engine", "pure"]
+"""In process: the engine's thread; the loop reading with the compiled path (``ATENET_ENGINE=0``);
+the loop reading with pure Python (``ATENET_PURE=1``)."""
+
+
+def send_run(rig: Rig, datagrams: list[bytes]) -> None:
+    """``datagrams`` from the node in ONE sendmsg with UDP_SEGMENT: the client's socket (UDP_GRO
+    on) reads them back as one GRO run, as it does a burst the node sends."""
+    size = len(datagrams[0])
+    assert all(len(d) == size for d in datagrams[:-1]) and len(datagrams[-1]) <= size
+    seg = [(socket.SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
+    rig.node.sendmsg([b"".join(datagrams)], seg, 0, rig.client)
+
+
+def carrying(rig: Rig, mode: str) -> Connection:
+    """The connection reading the socket the way ``mode`` says (the loop's reader otherwise,
+    as :meth:`Connection.run` installs it)."""
+    if mode == "engine":
+        return started(rig)
+    assert (rig.conn.fast is not None) is (mode == "no-engine")
+    conn, sock = rig.conn, rig.conn.sock
+    assert sock is not None
+    asyncio.get_running_loop().add_reader(sock.fileno(), conn._on_udp)
+    return conn
+
+
+def drops(conn: Connection) -> dict[str, int]:
+    if conn._engine is not None:
+        conn._engine_sync()
+    return {k: v for k, v in conn.core.drops.items() if v}
+
+
+def engine_counts(conn: Connection) -> tuple[int, int]:
+    """(opened, udp_handovers) so far; (0, 0) without the engine."""
+    if conn._engine is None:
+        return 0, 0
+    c = conn._engine.counters
+    return c["opened"], c["udp_handovers"]
+
+
+async def window_opened(rig: Rig, conn: Connection, pad: bytes = b"") -> None:
+    """The node's first packet (a hand-over with the engine: it makes the replay window);
+    ``pad``: the virtio-net header the TAP gets it with."""
+    rig.to_client(rig.sealer.seal(frame(0)))
+    assert await tap_receives(rig, 1) == [pad + frame(0)]
+
+
+@pytest.mark.parametrize("mode", RUN_MODES)
+def test_gro_runs_are_cut_and_opened_in_the_thread(mode: str, rigs: list[Rig]) -> None:
+    """Runs of up to 64 datagrams (the last one shorter, a lone datagram between them), 300
+    frames in all, more than one wake-up's budget: all arrive in order, and with the engine
+    its thread opened every one of them — no hand-over (it used to hand every run over)."""
+    rig = make_rig(mode != "pure")
+    rigs.append(rig)
+    sock = rig.conn.sock
+    assert sock is not None
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+
+    async def body() -> None:
+        conn = carrying(rig, mode)
+        await window_opened(rig, conn)
+        opened, handed = engine_counts(conn)
+        sent: list[bytes] = []
+        for count in (40, 64, 63, 1, 64, 64, 4):
+            run = [frame(len(sent) + 1 + i) for i in range(count)]
+            run[-1] = run[-1][:60]  # a run may end shorter
+            sent += run
+            send_run(rig, [rig.sealer.seal(f) for f in run])
+        assert await tap_receives(rig, len(sent)) == sent
+        assert drops(conn) == {}
+        t = conn.tap.counters  # type: ignore[union-attr]
+        assert (t.tx_frames, t.tx_bytes) == (1 + len(sent), 98 + sum(map(len, sent)))
+        if mode == "engine":
+            assert engine_counts(conn) == (opened + len(sent), handed)
+
+    run(body)
+
+
+@pytest.mark.parametrize("mode", RUN_MODES)
+@pytest.mark.parametrize("with_client", [False, True], ids=["kernel", "dhcp-client"])
+def test_a_dhcp_reply_in_a_run_goes_first_and_the_rest_follows(
+    mode: str, with_client: bool, rigs: list[Rig]
+) -> None:
+    """A DHCP reply in the middle of a GRO run: the thread opened it (its window marked), so
+    it is handed over opened, and the rest of the run unopened after it. Without a DHCP client
+    the reply is the kernel's: the TAP shows the order. With one, the client gets it and the
+    frames around it reach the TAP; none is dropped as a replay."""
+    rig = make_rig(mode != "pure")
+    rigs.append(rig)
+    reply = dhcp_reply_frame()
+    size = len(reply)  # a run's datagrams are one size
+
+    async def body() -> None:
+        conn = carrying(rig, mode)
+        if with_client:
+            conn.dhcp = DhcpClient(conn.mac)
+        await window_opened(rig, conn)
+        opened, handed = engine_counts(conn)
+        run = [frame(1, size), frame(2, size), reply, frame(3, size), frame(4, size)]
+        send_run(rig, [rig.sealer.seal(f) for f in run])
+        want = [f for f in run if f != reply or not with_client]
+        assert await tap_receives(rig, len(want)) == want
+        if with_client:
+            await wait_for(lambda: conn.dhcp.counters["malformed"] == 1)  # type: ignore[union-attr]
+        # The frames of a second run go on through the thread.
+        later = [frame(i, size) for i in range(5, 9)]
+        send_run(rig, [rig.sealer.seal(f) for f in later])
+        assert await tap_receives(rig, len(later)) == later
+        assert drops(conn) == {}
+        if mode == "engine":  # 1, 2 and the reply opened in the thread, 3 and 4 by Python
+            assert engine_counts(conn) == (opened + 3 + 4, handed + 1)
+
+    run(body)
+
+
+@pytest.mark.parametrize("mode", RUN_MODES)
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+@pytest.mark.parametrize("kind", ["control", "fragments", "new-sender"])
+def test_what_python_does_in_a_run_keeps_its_place(
+    mode: str, where: str, kind: str, rigs: list[Rig]
+) -> None:
+    """A control message, a super-frame's fragments, or a sender's first packet at the start,
+    in the middle or at the end of a GRO run of sealed full-size frames (all 1,464 bytes):
+    the frames before it are opened in the thread, the rest of the run goes to Python as a
+    fresh read would: everything arrives once, in order, nothing counted as a drop."""
+    rig = make_rig(mode != "pure", vnet=True)
+    rigs.append(rig)
+    pad = bytes(10)  # a plain frame's virtio-net header on the TAP
+    full = FRAGMENT_SIZE - 50  # a frame that seals to one fragment datagram's size
+
+    async def body() -> None:
+        conn = carrying(rig, mode)
+        conn.core.config = {"offload": 1}
+        await window_opened(rig, conn, pad)
+        opened, handed = engine_counts(conn)
+        delivered: list[bytes]
+        if kind == "control":
+            pong = json.dumps({"op": "pong", "instance": "n9", "offload": 1}).encode()
+            odd = [rig.sealer.seal(pong + b" " * (full - len(pong)), TYPE_CONTROL)]
+            delivered = []
+        elif kind == "fragments":
+            chunk = FRAGMENT_SIZE - 32
+            big = vnet(flags=1, gso_type=1, gso_size=1400, csum_start=34)
+            big += frame(77, 2 * chunk - 50 - len(big))  # seals to exactly two fragments
+            cut = fragment(rig.sealer.seal(big, TYPE_SUPERFRAME))
+            odd = [cut[:FRAGMENT_SIZE], cut[FRAGMENT_SIZE:]]
+            delivered = [big]
+        else:
+            other = Sealer(conn.token.network_id, rig.key, 0xB0B, time.time_ns())
+            odd = [other.seal(frame(66, full))]
+            delivered = [pad + frame(66, full)]
+        before = [frame(i, full) for i in range({"first": 0, "middle": 2, "last": 3}[where])]
+        after = [frame(10 + i, full) for i in range({"first": 3, "middle": 2, "last": 0}[where])]
+        datagrams = [rig.sealer.seal(f) for f in before] + odd
+        datagrams += [rig.sealer.seal(f) for f in after]
+        assert {len(d) for d in datagrams} == {FRAGMENT_SIZE}
+        send_run(rig, datagrams)
+        want = [pad + f for f in before] + delivered + [pad + f for f in after]
+        assert await tap_receives(rig, len(want)) == want
+        if kind == "control":
+            assert conn.core.instance == "n9"
+        # The next run is the thread's again (the new sender's window included).
+        later = [frame(20 + i, full) for i in range(3)]
+        send_run(rig, [rig.sealer.seal(f) for f in later])
+        assert await tap_receives(rig, 3) == [pad + f for f in later]
+        assert drops(conn) == {}
+        t = conn.tap.counters  # type: ignore[union-attr]
+        assert t.tx_frames == 1 + len(want) + 3
+        if mode == "engine":
+            assert engine_counts(conn) == (opened + len(before) + 3, handed + 1)
+
+    run(body)
+
+
+@pytest.mark.parametrize("mode", RUN_MODES)
+def test_a_tampered_or_replayed_datagram_in_a_run_is_counted_once(
+    mode: str, rigs: list[Rig]
+) -> None:
+    """A run with a tampered datagram and a replayed one in it: each counted once (auth,
+    replay), the others delivered in order, with the engine without a hand-over."""
+    rig = make_rig(mode != "pure")
+    rigs.append(rig)
+
+    async def body() -> None:
+        conn = carrying(rig, mode)
+        await window_opened(rig, conn)
+        opened, handed = engine_counts(conn)
+        sealed = [rig.sealer.seal(frame(i)) for i in range(1, 7)]
+        tampered = bytearray(sealed[2])
+        tampered[HEADER_LEN + 5] ^= 1
+        send_run(rig, [*sealed[:2], bytes(tampered), sealed[0], *sealed[3:]])
+        want = [frame(i) for i in (1, 2, 4, 5, 6)]
+        assert await tap_receives(rig, len(want)) == want
+        await asyncio.sleep(0.05)
+        assert drops(conn) == {"auth": 1, "replay": 1}
+        assert rig.tap_frames() == []
+        if mode == "engine":
+            assert engine_counts(conn) == (opened + 5, handed)
+            assert conn._engine.counters["drops"] == {"auth": 1, "replay": 1}
 
     run(body)
 

@@ -10,15 +10,17 @@
  *   that fit one datagram when the node takes them (tok_tap_to_udp's rules), sealed
  *   (TYPE_FRAME / TYPE_SUPERFRAME) and sent: the first of a wake-up at once with one sendto,
  *   the rest of a burst as UDP GSO runs (as tok_tap_to_udp), until the TAP is empty.
- * - node → TAP: one datagram from the node's address, a frame or (offloads on) a super-frame
+ * - node → TAP: a datagram from the node's address, or a GRO run of them (a burst the node
+ *   sent as a UDP GSO run) cut into its datagrams, each a frame or (offloads on) a super-frame
  *   for our network and key from a sender that has a C replay window, opened and written to
  *   the TAP (tok_udp_to_tap's checks in its order, the same drop counter names); then the TAP
  *   is read at once (the kernel's answer is usually queued by then), here too.
  *
- * Everything else — an offloaded packet needing fragments or segmenting, a GRO run, a fragment, a control message, a sender's first
- * packet, a datagram from another address, a DHCP reply, an error — is handed over: the thread
- * puts what it read into that fd's one-slot hand-over, stops watching the fd and writes the
- * eventfd the asyncio loop watches. Python runs its existing path on the item, drains the fd
+ * Everything else — an offloaded packet needing fragments or segmenting, a fragment, a control
+ * message, a sender's first packet, a datagram from another address, a DHCP reply, an error —
+ * is handed over, with the rest of its GRO run behind it: the thread puts what it read into
+ * that fd's one-slot hand-over, stops watching the fd and writes the eventfd the asyncio loop
+ * watches. Python runs its existing path on the item, drains the fd
  * with the existing GIL-held code until EAGAIN and re-arms the engine on it (resume_tap /
  * resume_udp), so the order per fd is kept and bulk traffic runs exactly as before.
  *
@@ -58,9 +60,12 @@ typedef struct {
 
 /* What a hand-over slot holds. */
 #define K_PACKET 1 /* TAP: one read (vnet header included) for ClientCore.seal_packet/seal_frame */
-#define K_RAW 2    /* UDP: a datagram or GRO run as read, for the reassembler + ClientCore.receive */
-#define K_FRAME 3  /* UDP: a frame opened here that is a DHCP reply: Connection._deliver */
-#define K_ERROR 4  /* either: the read or TAP write failed with this errno (Python raises) */
+#define K_RAW 2    /* UDP: a datagram or what is left of a GRO run from it on, unopened, for the
+                      reassembler + ClientCore.receive (exactly as a fresh read) */
+#define K_FRAME 3  /* UDP: a frame opened here that is a DHCP reply: Connection._deliver; then
+                      the rest of its GRO run, if any (rest) */
+#define K_ERROR 4  /* either: the read or TAP write failed with this errno (Python raises); for
+                      a TAP write, the rest of the datagram's GRO run, if any (rest) */
 
 typedef struct {
     int handed; /* the fd is Python's until it resumes the engine on it */
@@ -70,6 +75,10 @@ typedef struct {
     uint8_t *buf;
     size_t len, segment;
     struct sockaddr_storage from;
+    /* K_FRAME / K_ERROR from the socket: the datagrams of the run after the one handed over,
+     * unopened (rest_len 0: none), for the reassembler like a K_RAW item (UDP slot only). */
+    uint8_t *rest;
+    size_t rest_len, rest_segment;
 } Slot;
 
 typedef struct {
@@ -387,7 +396,21 @@ static int rx_one(TokEngine *e, const uint8_t *p, size_t len, Counts *d, double 
     return tap_write(e, iov, n, (long long)plen, d);
 }
 
-#define UDP_BUDGET 64 /* datagrams per wake-up before the TAP (and stop) get their turn */
+/* Datagrams per wake-up before the TAP (and stop) get their turn. Counted in datagrams, not
+ * recvmsg calls: a GRO run holds up to 64, so 64 reads could be 4,096 datagrams and keep the
+ * TAP (the answers) and stop() waiting that long. A run is always finished once read (its
+ * bytes are only in udp_in), so a wake-up may go over by one run at most. */
+#define UDP_BUDGET 64
+
+/* Keep what follows `at + piece` in a run of `len` bytes cut every `step` as the slot's rest
+ * (after a datagram that was opened: a DHCP reply, or one the TAP refused). */
+static void keep_rest(Slot *s, const uint8_t *in, size_t len, size_t at, size_t piece,
+                      size_t step) {
+    size_t from = at + piece;
+    s->rest_len = from < len ? len - from : 0;
+    s->rest_segment = s->rest_len > step ? step : 0;
+    if (s->rest_len) memcpy(s->rest, in + from, s->rest_len);
+}
 
 static void udp_wake(TokEngine *e) {
     if (slot_handed(e, &e->udp_slot)) return;
@@ -396,7 +419,8 @@ static void udp_wake(TokEngine *e) {
     node = e->node;
     pthread_mutex_unlock(&e->mu);
     Slot *s = &e->udp_slot;
-    for (int reads = 0; reads < UDP_BUDGET; reads++) {
+    long datagrams = 0;
+    while (datagrams < UDP_BUDGET) {
         Counts d = {0};
         double heard = 0.0;
         size_t segment = 0;
@@ -404,29 +428,48 @@ static void udp_wake(TokEngine *e) {
         if (n < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-            continue; /* e.g. an ICMP error reported on the socket: not ours to stop on */
+            datagrams++; /* e.g. an ICMP error reported on the socket: not ours to stop on */
+            continue;
         }
         size_t len = (size_t)n;
+        /* One datagram, or a GRO run cut every `segment` bytes (the last piece may be shorter),
+         * each datagram taken in turn as tok_udp_to_tap does; an empty datagram is one piece. */
+        size_t step = segment && segment < len ? segment : len;
         const struct sockaddr_in *from = (const struct sockaddr_in *)&s->from;
-        int rc;
-        if ((segment && segment < len) || from->sin_family != AF_INET ||
-            from->sin_port != node.sin_port || from->sin_addr.s_addr != node.sin_addr.s_addr)
-            rc = RX_BACK; /* a GRO run, or not from the node: the pure path */
-        else
-            rc = rx_one(e, e->udp_in, len, &d, &heard);
+        int rc = RX_BACK, wrote = 0;
+        size_t at = 0, piece = len;
+        if (from->sin_family == AF_INET && from->sin_port == node.sin_port &&
+            from->sin_addr.s_addr == node.sin_addr.s_addr) { /* else the pure path: all of it */
+            for (;;) {
+                piece = len - at < step ? len - at : step;
+                rc = rx_one(e, e->udp_in + at, piece, &d, &heard);
+                datagrams++;
+                wrote |= rc == RX_WROTE;
+                if (rc >= RX_BACK || (at += piece) >= len) break;
+            }
+        } else {
+            datagrams++;
+        }
         if (rc == RX_BACK) {
-            memcpy(s->buf, e->udp_in, len);
-            s->len = len;
-            s->segment = segment && segment < len ? segment : 0;
+            /* This datagram, unopened, and the rest of its run: fed to the reassembler as a
+             * fresh read (segment 0 when one datagram is left). */
+            s->len = len - at;
+            s->segment = s->len > step ? step : 0;
+            s->rest_len = 0;
+            memcpy(s->buf, e->udp_in + at, s->len);
             hand_over(e, s, e->sock_fd, K_RAW, &d);
         } else if (rc == RX_DHCP) {
+            /* Opened (its window marked): the frame, then the rest of the run unopened. */
             memcpy(s->buf, e->udp_plain, s->len);
+            keep_rest(s, e->udp_in, len, at, piece, step);
             hand_over(e, s, e->sock_fd, K_FRAME, &d);
         } else if (rc == RX_ERROR) {
+            /* Opened, the TAP refused it: the error, and the rest of the run not lost. */
+            keep_rest(s, e->udp_in, len, at, piece, step);
             hand_over(e, s, e->sock_fd, K_ERROR, &d);
         }
         engine_count(e, &d, heard);
-        if (rc == RX_WROTE) tap_wake(e); /* the kernel's answer is usually queued by now */
+        if (wrote) tap_wake(e); /* the kernel's answer is usually queued by now */
         if (rc >= RX_BACK) break;
     }
 }
@@ -524,6 +567,7 @@ static void engine_dealloc(TokEngine *e) {
     free(e->udp_plain);
     free(e->tap_slot.buf);
     free(e->udp_slot.buf);
+    free(e->udp_slot.rest);
     if (e->ready >= 0) pthread_mutex_destroy(&e->mu);
     Py_TYPE(e)->tp_free((PyObject *)e);
 }
@@ -604,8 +648,9 @@ static int engine_init(TokEngine *e, PyObject *args, PyObject *kwds) {
     e->udp_plain = malloc(e->recv_size);
     e->tap_slot.buf = malloc(e->read_size);
     e->udp_slot.buf = malloc(e->recv_size);
+    e->udp_slot.rest = malloc(e->recv_size);
     if (!e->tap_in || !e->tap_out || !e->udp_in || !e->udp_plain || !e->tap_slot.buf ||
-        !e->udp_slot.buf) {
+        !e->udp_slot.buf || !e->udp_slot.rest) {
         PyErr_NoMemory();
         goto done;
     }
@@ -736,17 +781,26 @@ static PyObject *slot_item(TokEngine *e, Slot *s) {
     switch (s->kind) {
     case K_PACKET:
         return Py_BuildValue("(sy#)", "packet", buf, (Py_ssize_t)s->len);
-    case K_FRAME:
-        return Py_BuildValue("(sy#)", "frame", buf, (Py_ssize_t)s->len);
     case K_RAW: {
         PyObject *addr = at_addr_tuple(&s->from);
         if (addr == NULL) return NULL;
         return Py_BuildValue("(sy#nN)", "raw", buf, (Py_ssize_t)s->len, (Py_ssize_t)s->segment,
                              addr);
     }
-    default:
-        return Py_BuildValue("(si)", "error", s->err);
     }
+    /* K_FRAME / K_ERROR: the rest of the run after it, (data, segment, addr) or None. */
+    PyObject *rest = Py_None;
+    if (s->rest_len) {
+        PyObject *addr = at_addr_tuple(&s->from);
+        if (addr == NULL) return NULL;
+        rest = Py_BuildValue("(y#nN)", (const char *)s->rest, (Py_ssize_t)s->rest_len,
+                             (Py_ssize_t)s->rest_segment, addr);
+        if (rest == NULL) return NULL;
+    } else {
+        Py_INCREF(rest);
+    }
+    if (s->kind == K_FRAME) return Py_BuildValue("(sy#N)", "frame", buf, (Py_ssize_t)s->len, rest);
+    return Py_BuildValue("(siN)", "error", s->err, rest);
 }
 
 static PyObject *engine_take(TokEngine *e, PyObject *Py_UNUSED(ignored)) {
@@ -848,7 +902,9 @@ static PyMethodDef engine_methods[] = {
      "The hand-over eventfd: readable when take() has something (loop.add_reader)."},
     {"take", (PyCFunction)engine_take, METH_NOARGS,
      "take() -> (tap_item, udp_item), each None or ('packet', data) / ('raw', data, segment, "
-     "addr) / ('frame', frame) / ('error', errno); that fd is then Python's until resumed"},
+     "addr) / ('frame', frame, rest) / ('error', errno, rest), rest None or (data, segment, "
+     "addr): the rest of that datagram's GRO run, unopened; that fd is then Python's until "
+     "resumed"},
     {"resume_tap", (PyCFunction)engine_resume_tap, METH_NOARGS,
      "Watch the TAP again (after Python drained it)."},
     {"resume_udp", (PyCFunction)engine_resume_udp, METH_NOARGS,

@@ -545,22 +545,34 @@ class Connection:
                     self._engine_sync()
 
     def _engine_udp_item(self, item: tuple[Any, ...], now: float) -> None:
-        """What the engine read from the socket and left to Python: a datagram (or GRO run) for
-        the reassembler and :meth:`ClientCore.receive`, a DHCP reply it opened, or an error
-        writing to the TAP."""
+        """What the engine read from the socket and left to Python: a datagram, or what is left
+        of a GRO run from one on, for the reassembler and :meth:`ClientCore.receive` (fed as a
+        fresh read would be); or a DHCP reply it opened, or an error writing a frame it opened
+        to the TAP, each with the rest of its GRO run (unopened, handled after it: nothing is
+        lost and nothing opened twice, which would count as a replay)."""
         udp = self.udp
         if udp is None:
             return
         kind = item[0]
         if kind == "raw":
-            _kind, data, segment, addr = item
-            core = self.core
-            for packet in udp.reassembler.feed(data, segment, addr):
-                self._deliver(core.receive(packet, now), now)
+            self._engine_feed(item[1:], now)
         elif kind == "frame":
             self._deliver((TYPE_FRAME, item[1]), now)
+            self._engine_feed(item[2], now)
         else:
+            self._engine_feed(item[2], now)  # the one refused is lost, as on the GIL-held path
             self._raise_tap_error(item[1])
+
+    def _engine_feed(self, run: tuple[bytes, int, Any] | None, now: float) -> None:
+        """Datagrams the engine read and did not open, ``(data, segment, addr)`` (``segment``
+        0: one datagram), through the reassembler to :meth:`ClientCore.receive`."""
+        udp = self.udp
+        if run is None or udp is None:
+            return
+        data, segment, addr = run
+        core = self.core
+        for packet in udp.reassembler.feed(data, segment, addr):
+            self._deliver(core.receive(packet, now), now)
 
     def _engine_tap_item(self, item: tuple[Any, ...]) -> None:
         """What the engine read from the TAP and left to Python (a packet that needs fragments
