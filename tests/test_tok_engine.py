@@ -3,11 +3,12 @@
 Part one drives a real :class:`Connection` with its engine running, on the rig of
 tests/test_fast_tok.py (the TAP is a datagram socketpair, the node a UDP socket on 127.0.0.1)
 inside an asyncio loop: the engine's thread carries the common case (its C counters say so),
-bursts from the TAP included; what it hands over (a sender's first packet, a control message,
-a fragment run, a GRO run, a super-frame to fragment, a DHCP reply) runs today's path and
-everything arrives in order; bad datagrams are counted under the same names as on the pure
-path; stop() leaves no thread and the fds open; and 100k packets through it leave the process's
-memory where it was.
+bursts from the TAP and GRO runs from the node included; what it hands over (a sender's first
+packet, a control message, a fragment run, a super-frame to fragment, a DHCP reply — alone or
+with the rest of its GRO run) runs today's path and everything arrives in order (the GRO run
+tests in the three modes: engine, compiled without it, pure); bad datagrams are counted under
+the same names as on the pure path; stop() leaves no thread and the fds open; and 100k packets
+through it leave the process's memory where it was.
 
 Part two (root) runs real `tok connect` hosts and an `atenet run` node in namespaces in the three
 modes — engine on, ``ATENET_ENGINE=0``, ``ATENET_PURE=1`` — with kernel pings (v4 and v6, with
