@@ -143,3 +143,51 @@ def test_fragments_are_reassembled_then_handled(mode: str, as_run: bool) -> None
         "reassembler_dropped": 1,
         "pending": 0,
     }
+
+
+def whole_fragments(packet: bytes) -> list[bytes]:
+    wire = fragment(packet)
+    return [wire[at : at + FRAGMENT_SIZE] for at in range(0, len(wire), FRAGMENT_SIZE)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_run_mixing_datagrams_and_whole_packets_keeps_its_order(mode: str) -> None:
+    """One GSO run: a datagram, a super-frame's fragments, a datagram, another super-frame's
+    fragments — the compiled read joins each packet in C (node_counters' ``joined``) and hands
+    the four on in the order they came, as the pure Reassembler does."""
+    chunk = FRAGMENT_SIZE - 32  # fragment.PREFIX_LEN: a packet of 3 chunks ends on a full one
+    nets = [bytes([0x10 + i]) * 16 for i in range(4)]
+    a = sealed_like(TYPE_SUPERFRAME, 3 * chunk, network=nets[1])
+    b = sealed_like(TYPE_SUPERFRAME, 5000, network=nets[3])
+    run = [sealed_like(TYPE_FRAME, FRAGMENT_SIZE, network=nets[0]), *whole_fragments(a)]
+    run += [sealed_like(TYPE_FRAME, FRAGMENT_SIZE, network=nets[2]), *whole_fragments(b)]
+    assert all(len(d) == FRAGMENT_SIZE for d in run[:-1])
+    joined = FAST.node_counters()["joined"] if FAST is not None else 0
+    result = outcome(*read(mode, [(run, FRAGMENT_SIZE)]))
+    assert result == {
+        "datagrams": 4,
+        "drops": {"unknown_network": 4},
+        "events": [("load", n) for n in nets],  # in arrival order
+        "reassembler_dropped": 0,
+        "pending": 0,
+    }
+    if mode != "pure":
+        assert FAST.node_counters()["joined"] - joined == 2  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_run_cut_short_waits_for_its_last_fragment(mode: str) -> None:
+    """A run that holds only the first fragments of a packet (then a datagram) leaves them to
+    the pure Reassembler's pending table; the packet is handled once its last fragment comes
+    alone, after the datagram that followed the cut run."""
+    nets = [b"A" * 16, b"B" * 16]
+    pieces = whole_fragments(sealed_like(TYPE_SUPERFRAME, 5000, network=nets[0]))
+    cut = [*pieces[:-1], sealed_like(TYPE_FRAME, 200, network=nets[1])]
+    result = outcome(*read(mode, [(cut, FRAGMENT_SIZE), ([pieces[-1]], 0)]))
+    assert result == {
+        "datagrams": 2,
+        "drops": {"unknown_network": 2},
+        "events": [("load", nets[1]), ("load", nets[0])],
+        "reassembler_dropped": 0,
+        "pending": 0,
+    }
