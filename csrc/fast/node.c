@@ -4,9 +4,12 @@
  * node daemon's read callback. It reads the socket as receive() does (recvmsg with UDP_GRO,
  * runs split by their segment size, hold from the second read, release at the end) and, per
  * datagram, does the common case of NodeCore.datagram → NetworkRuntime.packet → the switch →
- * UdpClientPort.deliver on the pure path's own objects: a frame (or an offloaded packet without
- * GSO) from a client port or a peer node with a replay window, to a MAC learned behind a client
- * port, or from a client port to a MAC learned behind one live peer node. Every check that
+ * UdpClientPort.deliver on the pure path's own objects: a frame or an offloaded packet (a
+ * super-frame, with GSO or without, whose header passes offload.check, done here) from a
+ * client port or a peer node with a replay window, to a MAC learned behind a client port, or
+ * from a client port to a MAC learned behind one live peer node. The bulk path: a GRO run's
+ * whole packet is joined here (node_read) and taken as one datagram; a sealed super-frame above
+ * a path-MTU datagram leaves cut, in one UDP GSO send (send_super), as UdpSocket.send sends it. Every check that
  * could send the datagram elsewhere is made BEFORE anything is changed; what is not the common
  * case goes to the pure path whole (core.datagram) or, once opened, to the pure step that
  * follows (switch.from_local / packet_from_local, runtime._from_peer, the destination's
@@ -16,14 +19,16 @@
  * inline between client ports or a client port and a peer node is recorded in the engine's
  * cache (at_engine_note), and the engine's thread forwards the flow's next datagrams itself.
  *
- * Handed to Python whole: fragments (the UdpSocket's reassembler, then core.datagram), short
- * or malformed headers, control messages, unknown networks, keys without an opener
- * (derivation; revocation: a revoked key's opener is popped, so its next datagram goes to the
- * pure path, which drops it as revoked_key), senders without a port or without a C replay
- * window. After opening: a source MAC not learned there yet, multicast and broadcast, neighbour
- * frames while snooping, frames for the gateway, unknown destinations, mirroring, peers not
- * live, offloaded packets with GSO or that a port needs cut into frames, and ports that are
- * not UDP clients (their deliver() runs). docs/protocol.md, "Fast path", says the same. */
+ * Handed to Python whole: fragments that do not make a whole packet in their GRO run (the
+ * UdpSocket's reassembler, then core.datagram), short or malformed headers, control messages,
+ * unknown networks, keys without an opener (derivation; revocation: a revoked key's opener is
+ * popped, so its next datagram goes to the pure path, which drops it as revoked_key), senders
+ * without a port or without a C replay window. After opening: a source MAC not learned there
+ * yet, multicast and broadcast, neighbour frames while snooping, frames for the gateway,
+ * unknown destinations, mirroring, peers not live, offload headers offload.check refuses (the
+ * pure step counts them), offloaded packets a port needs cut into frames, and ports that are
+ * not UDP clients (their deliver() runs). The engine never caches super-frame flows
+ * (engine_kind). docs/protocol.md, "Fast path", says the same. */
 #include "fast.h"
 
 #include <arpa/inet.h>
