@@ -17,9 +17,12 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from atenet.fast import FAST
 from atenet.node.core import NodeCore
+from atenet.offload import OffloadError, check
 from atenet.overlay.fragment import FRAGMENT_SIZE, fragment
 from atenet.overlay.seal import HEADER_LEN, TYPE_FRAME, TYPE_SUPERFRAME
 from atenet.transport.udp import SOL_UDP, UDP_SEGMENT, UdpSocket
@@ -191,3 +194,31 @@ def test_a_run_cut_short_waits_for_its_last_fragment(mode: str) -> None:
         "reassembler_dropped": 0,
         "pending": 0,
     }
+
+
+VNET = struct.Struct("<BBHHHH")
+
+
+@pytest.mark.skipif(FAST is None, reason="atenet._fast is not built (scripts/setup.sh)")
+@settings(max_examples=3000, deadline=None)
+@given(
+    flags=st.sampled_from([0, 1, 2, 3]),
+    gso_type=st.sampled_from([0, 1, 3, 4, 5, 6, 0x80, 0x81, 0x84, 0x85]),
+    gso_size=st.one_of(st.integers(0, 64), st.integers(0, 0xFFFF)),
+    start=st.one_of(st.integers(0, 80), st.integers(0, 0xFFFF)),
+    offset=st.one_of(st.integers(0, 20), st.integers(0, 0xFFFF)),
+    frame_len=st.one_of(st.integers(0, 200), st.integers(0, 65000)),
+)
+def test_the_c_offload_check_passes_exactly_what_offload_check_passes(
+    flags: int, gso_type: int, gso_size: int, start: int, offset: int, frame_len: int
+) -> None:
+    """node_receive forwards a super-frame in C only when its offload header passes; anything
+    the C check refuses goes to the pure _valid_packet, which counts why. So the C answer must
+    be offload.check's, header by header (or a refused packet would travel)."""
+    packet = VNET.pack(flags, gso_type, 0, gso_size, start, offset) + bytes(frame_len)
+    try:
+        check(packet)
+        passes = True
+    except OffloadError:
+        passes = False
+    assert FAST.offload_check(packet) is passes  # type: ignore[union-attr]

@@ -1066,7 +1066,20 @@ static PyObject *node_counters(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(
                          counts.super_);
 }
 
+/* offload_check(packet) -> bool: offload_ok, for tests/test_fast_node_read.py to hold it
+ * against offload.check on random headers. */
+static PyObject *node_offload_check(PyObject *Py_UNUSED(module), PyObject *arg) {
+    Py_buffer buf;
+    if (PyObject_GetBuffer(arg, &buf, PyBUF_SIMPLE) < 0) return NULL;
+    int ok = offload_ok(buf.buf, (size_t)buf.len);
+    PyBuffer_Release(&buf);
+    return PyBool_FromLong(ok);
+}
+
 PyMethodDef at_node_methods[] = {
+    {"offload_check", node_offload_check, METH_O,
+     "offload_check(packet) -> bool: whether node_receive's C offload.check passes it (any "
+     "refusal goes to the pure _valid_packet, which counts the reason)"},
     {"node_counters", node_counters, METH_NOARGS,
      "node_counters() -> {inline, python, python_steps, joined, inline_super}: datagrams "
      "node_receive forwarded whole in C, handed whole to the pure path, and opened in C with "
