@@ -192,6 +192,120 @@ def test_a_tcp_copy_arrives_byte_identical(net: Overlay) -> None:
     assert tcp_copy(net, net.clients["h1"], net.clients["h2"], 4 << 20)
 
 
+def fast_node(net: Overlay, node: str) -> dict[str, Any] | None:
+    """The node's ``fast_node`` status (node_receive's counters), None on a pure node."""
+    return net.nodes[node].status().get("fast_node")
+
+
+@pytest.mark.parametrize(("receiver", "nodes"), [("h2", ("n1",)), ("h4", ("n1", "n2"))])
+def test_bulk_tcp_super_frames_are_carried_in_c(
+    net: Overlay, receiver: str, nodes: tuple[str, ...]
+) -> None:
+    """A bulk TCP copy through one node and across two travels as super-frames (TSO packets
+    sealed whole, cut into fragments, one UDP GSO send): byte-identical every way, counted on
+    the ports and the peer link the same way, and with the fast path each node joins the
+    fragments and forwards the super-frames in C (``joined``, ``inline_super``), not through
+    the pure Reassembler and Switch."""
+    size = 8 << 20
+    h1, to = net.clients["h1"], net.clients[receiver]
+    assert h1.host.ping(to.ip4, count=2, timeout=5)  # MACs learned, ARP done
+    fast = {node: fast_node(net, node) for node in nodes}
+    first, last = lan(net, nodes[0]), lan(net, nodes[-1])
+    assert tcp_copy(net, h1, to, size)
+    first2, last2 = lan(net, nodes[0]), lan(net, nodes[-1])
+    assert port_of(first2, h1)["bytes_in"] - port_of(first, h1)["bytes_in"] >= size
+    assert port_of(last2, to)["bytes_out"] - port_of(last, to)["bytes_out"] >= size
+    assert first2["drops"] == first["drops"] and last2["drops"] == last["drops"]
+    supers = 0
+    for node in nodes:
+        old = fast[node]
+        if old is None:
+            continue  # a pure node
+        new = fast_node(net, node)
+        assert new is not None
+        assert new["joined"] - old["joined"] >= 10, (node, old, new)
+        assert new["inline_super"] - old["inline_super"] >= 10, (node, old, new)
+        supers = new["inline_super"] - old["inline_super"]
+    if len(nodes) == 2:  # every super-frame crossed the peer link once, counted both ends
+        sent = first2["frames_to_peers"] - first["frames_to_peers"]
+        got = last2["frames_from_peers"] - last["frames_from_peers"]
+        assert sent >= supers and got >= supers
+        assert sent >= size // 65536 and got >= size // 65536
+
+
+TAMPER = textwrap.dedent(
+    """
+    import os, socket, struct, sys, time
+    node, port, key_id, source = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+    raw.bind(("eth0", 0))
+    raw.settimeout(1)
+    print("ready", flush=True)
+    got = None
+    deadline = time.monotonic() + 20
+    while got is None and time.monotonic() < deadline:
+        try:
+            ip = raw.recv(65535)[14:]
+        except TimeoutError:
+            continue
+        if ip[9] != 17 or socket.inet_ntoa(ip[12:16]) != source:
+            continue
+        ihl = (ip[0] & 15) * 4
+        payload = ip[ihl + 8 : struct.unpack_from("!H", ip, 2)[0]]
+        if (struct.unpack_from("!H", ip, ihl + 2)[0] == port and len(payload) > 64
+                and payload[17] == 1 and struct.unpack_from("!I", payload, 18)[0] == key_id):
+            got = payload  # one sealed frame from that host's tok: its network, key, sender
+    assert got is not None, "no sealed frame seen"
+    counter = struct.unpack_from("!Q", got, 26)[0] + 10**6
+    header = got[:17] + bytes([2]) + got[18:26] + struct.pack("!Q", counter)
+    packet = header + os.urandom(5000)  # a super-frame whose tag cannot be right
+    chunk = 1464 - 32
+    count = -(-len(packet) // chunk)
+    prefix = packet[:16] + bytes([1, 4]) + packet[22:34]
+    wire = b"".join(prefix + bytes([i, count]) + packet[i * chunk : (i + 1) * chunk]
+                    for i in range(count))
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendmsg([wire], [(17, 103, struct.pack("=H", 1464))], 0, (node, port))  # one GSO run
+    print("sent", flush=True)
+    """
+)
+
+
+def test_a_tampered_super_frame_run_is_counted_auth_once(net: Overlay) -> None:
+    """A super-frame's fragments as one GSO run, naming a live session but not sealed with its
+    key: joined (in C with the fast path), dropped as ``auth`` exactly once, nothing else."""
+    h1, h2 = net.clients["h1"], net.clients["h2"]
+    assert h1.host.ping(h2.ip4, count=1, timeout=5)
+    before = lan(net)["drops"]
+    fast = fast_node(net, "n1")
+    node = net.nodes["n1"].host
+    log = net.root / "tamper.log"
+    with log.open("wb") as out:
+        tamper = node.popen(
+            [BIN / "python", "-c", TAMPER, node.ip, str(UDP_PORT), str(h1.key_id), h1.host.ip],
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        wait_for_text(tamper, log, "ready", 10)
+        h1.host.ping(h2.ip4, count=3, timeout=5)  # what it takes the session's header from
+        wait_for_text(tamper, log, "sent", 20)
+    finally:
+        net.lab.stop_process(tamper)
+    deadline = time.monotonic() + 10
+    while True:
+        drops = lan(net)["drops"]
+        moved = {r: drops.get(r, 0) - before.get(r, 0) for r in set(drops) | set(before)}
+        moved = {r: n for r, n in moved.items() if n}
+        if moved == {"auth": 1} or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert moved == {"auth": 1}, drops
+    if fast is not None:  # joined in C, not left to the pure Reassembler
+        assert fast_node(net, "n1")["joined"] - fast["joined"] == 1  # type: ignore[index]
+    assert h1.host.ping(h2.ip4, count=2, timeout=5)  # the real session is untouched
+
+
 CAPTURE = textwrap.dedent(
     """
     import socket, struct, sys, time

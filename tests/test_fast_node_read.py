@@ -17,9 +17,12 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from atenet.fast import FAST
 from atenet.node.core import NodeCore
+from atenet.offload import OffloadError, check
 from atenet.overlay.fragment import FRAGMENT_SIZE, fragment
 from atenet.overlay.seal import HEADER_LEN, TYPE_FRAME, TYPE_SUPERFRAME
 from atenet.transport.udp import SOL_UDP, UDP_SEGMENT, UdpSocket
@@ -143,3 +146,79 @@ def test_fragments_are_reassembled_then_handled(mode: str, as_run: bool) -> None
         "reassembler_dropped": 1,
         "pending": 0,
     }
+
+
+def whole_fragments(packet: bytes) -> list[bytes]:
+    wire = fragment(packet)
+    return [wire[at : at + FRAGMENT_SIZE] for at in range(0, len(wire), FRAGMENT_SIZE)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_run_mixing_datagrams_and_whole_packets_keeps_its_order(mode: str) -> None:
+    """One GSO run: a datagram, a super-frame's fragments, a datagram, another super-frame's
+    fragments — the compiled read joins each packet in C (node_counters' ``joined``) and hands
+    the four on in the order they came, as the pure Reassembler does."""
+    chunk = FRAGMENT_SIZE - 32  # fragment.PREFIX_LEN: a packet of 3 chunks ends on a full one
+    nets = [bytes([0x10 + i]) * 16 for i in range(4)]
+    a = sealed_like(TYPE_SUPERFRAME, 3 * chunk, network=nets[1])
+    b = sealed_like(TYPE_SUPERFRAME, 5000, network=nets[3])
+    run = [sealed_like(TYPE_FRAME, FRAGMENT_SIZE, network=nets[0]), *whole_fragments(a)]
+    run += [sealed_like(TYPE_FRAME, FRAGMENT_SIZE, network=nets[2]), *whole_fragments(b)]
+    assert all(len(d) == FRAGMENT_SIZE for d in run[:-1])
+    joined = FAST.node_counters()["joined"] if FAST is not None else 0
+    result = outcome(*read(mode, [(run, FRAGMENT_SIZE)]))
+    assert result == {
+        "datagrams": 4,
+        "drops": {"unknown_network": 4},
+        "events": [("load", n) for n in nets],  # in arrival order
+        "reassembler_dropped": 0,
+        "pending": 0,
+    }
+    if mode != "pure":
+        assert FAST.node_counters()["joined"] - joined == 2  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_run_cut_short_waits_for_its_last_fragment(mode: str) -> None:
+    """A run that holds only the first fragments of a packet (then a datagram) leaves them to
+    the pure Reassembler's pending table; the packet is handled once its last fragment comes
+    alone, after the datagram that followed the cut run."""
+    nets = [b"A" * 16, b"B" * 16]
+    pieces = whole_fragments(sealed_like(TYPE_SUPERFRAME, 5000, network=nets[0]))
+    cut = [*pieces[:-1], sealed_like(TYPE_FRAME, 200, network=nets[1])]
+    result = outcome(*read(mode, [(cut, FRAGMENT_SIZE), ([pieces[-1]], 0)]))
+    assert result == {
+        "datagrams": 2,
+        "drops": {"unknown_network": 2},
+        "events": [("load", nets[1]), ("load", nets[0])],
+        "reassembler_dropped": 0,
+        "pending": 0,
+    }
+
+
+VNET = struct.Struct("<BBHHHH")
+
+
+@pytest.mark.skipif(FAST is None, reason="atenet._fast is not built (scripts/setup.sh)")
+@settings(max_examples=3000, deadline=None)
+@given(
+    flags=st.sampled_from([0, 1, 2, 3]),
+    gso_type=st.sampled_from([0, 1, 3, 4, 5, 6, 0x80, 0x81, 0x84, 0x85]),
+    gso_size=st.one_of(st.integers(0, 64), st.integers(0, 0xFFFF)),
+    start=st.one_of(st.integers(0, 80), st.integers(0, 0xFFFF)),
+    offset=st.one_of(st.integers(0, 20), st.integers(0, 0xFFFF)),
+    frame_len=st.one_of(st.integers(0, 200), st.integers(0, 65000)),
+)
+def test_the_c_offload_check_passes_exactly_what_offload_check_passes(
+    flags: int, gso_type: int, gso_size: int, start: int, offset: int, frame_len: int
+) -> None:
+    """node_receive forwards a super-frame in C only when its offload header passes; anything
+    the C check refuses goes to the pure _valid_packet, which counts why. So the C answer must
+    be offload.check's, header by header (or a refused packet would travel)."""
+    packet = VNET.pack(flags, gso_type, 0, gso_size, start, offset) + bytes(frame_len)
+    try:
+        check(packet)
+        passes = True
+    except OffloadError:
+        passes = False
+    assert FAST.offload_check(packet) is passes  # type: ignore[union-attr]

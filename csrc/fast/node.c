@@ -4,9 +4,12 @@
  * node daemon's read callback. It reads the socket as receive() does (recvmsg with UDP_GRO,
  * runs split by their segment size, hold from the second read, release at the end) and, per
  * datagram, does the common case of NodeCore.datagram → NetworkRuntime.packet → the switch →
- * UdpClientPort.deliver on the pure path's own objects: a frame (or an offloaded packet without
- * GSO) from a client port or a peer node with a replay window, to a MAC learned behind a client
- * port, or from a client port to a MAC learned behind one live peer node. Every check that
+ * UdpClientPort.deliver on the pure path's own objects: a frame or an offloaded packet (a
+ * super-frame, with GSO or without, whose header passes offload.check, done here) from a
+ * client port or a peer node with a replay window, to a MAC learned behind a client port, or
+ * from a client port to a MAC learned behind one live peer node. The bulk path: a GRO run's
+ * whole packet is joined here (node_read) and taken as one datagram; a sealed super-frame above
+ * a path-MTU datagram leaves cut, in one UDP GSO send (send_super), as UdpSocket.send sends it. Every check that
  * could send the datagram elsewhere is made BEFORE anything is changed; what is not the common
  * case goes to the pure path whole (core.datagram) or, once opened, to the pure step that
  * follows (switch.from_local / packet_from_local, runtime._from_peer, the destination's
@@ -16,14 +19,16 @@
  * inline between client ports or a client port and a peer node is recorded in the engine's
  * cache (at_engine_note), and the engine's thread forwards the flow's next datagrams itself.
  *
- * Handed to Python whole: fragments (the UdpSocket's reassembler, then core.datagram), short
- * or malformed headers, control messages, unknown networks, keys without an opener
- * (derivation; revocation: a revoked key's opener is popped, so its next datagram goes to the
- * pure path, which drops it as revoked_key), senders without a port or without a C replay
- * window. After opening: a source MAC not learned there yet, multicast and broadcast, neighbour
- * frames while snooping, frames for the gateway, unknown destinations, mirroring, peers not
- * live, offloaded packets with GSO or that a port needs cut into frames, and ports that are
- * not UDP clients (their deliver() runs). docs/protocol.md, "Fast path", says the same. */
+ * Handed to Python whole: fragments that do not make a whole packet in their GRO run (the
+ * UdpSocket's reassembler, then core.datagram), short or malformed headers, control messages,
+ * unknown networks, keys without an opener (derivation; revocation: a revoked key's opener is
+ * popped, so its next datagram goes to the pure path, which drops it as revoked_key), senders
+ * without a port or without a C replay window. After opening: a source MAC not learned there
+ * yet, multicast and broadcast, neighbour frames while snooping, frames for the gateway,
+ * unknown destinations, mirroring, peers not live, offload headers offload.check refuses (the
+ * pure step counts them), offloaded packets a port needs cut into frames, and ports that are
+ * not UDP clients (their deliver() runs). The engine never caches super-frame flows
+ * (engine_kind). docs/protocol.md, "Fast path", says the same. */
 #include "fast.h"
 
 #include <arpa/inet.h>
@@ -44,7 +49,7 @@ static struct {
         *gateway_mac, *fdb, *mirroring, *from_local, *deliver, *seal, *send_errors, *held,
         *flush, *hold, *release, *reassembler, *feed, *datagram, *packet, *send, *offload,
         *packet_from_local, *valid_packet, *peer_senders, *node_sealer, *frames_to_peers,
-        *frames_from_peers, *fdb_seen, *from_peer_;
+        *frames_from_peers, *fdb_seen, *from_peer_, *gso;
     size_t fragment_size; /* overlay/fragment.py FRAGMENT_SIZE */
     PyObject *port_type;   /* atenet.node.core.UdpClientPort */
     PyObject *sealer_seal; /* atenet.overlay.seal.Sealer.seal (the function) */
@@ -54,6 +59,8 @@ static struct {
 static uint8_t rbuf[AT_RECV_SIZE + 1];
 static uint8_t obuf[AT_MAX_PACKET];
 static uint8_t sbuf[AT_MAX_PACKET];
+static uint8_t jbuf[AT_MAX_PACKET]; /* a packet joined from a GRO run's fragments (node_read) */
+static uint8_t cbuf[AT_MAX_PACKET]; /* a sealed super-frame cut into fragments (send_super) */
 static int busy; /* the static buffers are in use (no re-entry) */
 
 static int node_names(void) {
@@ -76,7 +83,7 @@ static int node_names(void) {
     NAME(packet_from_local, "packet_from_local") NAME(valid_packet, "_valid_packet")
     NAME(peer_senders, "peer_senders") NAME(node_sealer, "_node_sealer")
     NAME(frames_to_peers, "frames_to_peers") NAME(frames_from_peers, "frames_from_peers")
-    NAME(fdb_seen, "fdb_seen") NAME(from_peer_, "_from_peer")
+    NAME(fdb_seen, "fdb_seen") NAME(from_peer_, "_from_peer") NAME(gso, "gso")
 #undef NAME
     PyObject *mod = PyImport_ImportModule("atenet.node.core");
     if (mod == NULL) return -1;
@@ -221,13 +228,14 @@ done:
 
 /* What the fast path did, for /api/status (node_counters()). */
 static struct {
-    unsigned long long inline_, python, steps;
+    unsigned long long inline_, python, steps, joined, super_;
 } counts;
 
 /* The seal method of UdpClientPort `dst` when it can be done inline: its own Sealer's seal, and
- * for an offloaded packet (at > 0) a port that takes them whole and no fragmenting. NULL with
- * no error set when not (its deliver()/deliver_packet() or the switch does it). */
-static PyObject *inline_seal(Ctx *c, PyObject *dst, size_t at, size_t len) {
+ * for an offloaded packet (at > 0) a port that takes them whole (a big one leaves cut, in one
+ * GSO send: seal_send). NULL with no error set when not (its deliver()/deliver_packet() or the
+ * switch does it). */
+static PyObject *inline_seal(Ctx *c, PyObject *dst, size_t at) {
     if ((PyObject *)Py_TYPE(dst) != N.port_type) return NULL;
     /* Sent inline only where the port would send through the node's own send (the socket
      * node_receive was given); a port given another send keeps its deliver(). */
@@ -246,7 +254,7 @@ static PyObject *inline_seal(Ctx *c, PyObject *dst, size_t at, size_t len) {
         PyObject *v = PyObject_GetAttr(dst, N.offload);
         int offload = v ? PyObject_IsTrue(v) : -1;
         Py_XDECREF(v);
-        if (offload <= 0 || len + AT_OVERHEAD > N.fragment_size) {
+        if (offload <= 0) { /* a big one leaves cut, in one GSO send (send_super) */
             Py_DECREF(seal);
             return NULL;
         }
@@ -254,10 +262,61 @@ static PyObject *inline_seal(Ctx *c, PyObject *dst, size_t at, size_t len) {
     return seal;
 }
 
+/* The send of UdpSocket.send for a sealed super-frame above a path-MTU datagram, with the
+ * sealing: what is held goes first (flush), then the packet sealed into sbuf, cut into cbuf
+ * (at_frag_cut) and sent as one UDP GSO sendmsg; where the kernel refuses UDP GSO, udp.gso is
+ * turned off for good and the fragments go one sendto each; other errors count send_errors
+ * once, as the pure path. An address that is not plain IPv4, or a packet too big to cut, goes
+ * to UdpSocket.send itself with the sealed bytes. */
+static int send_super(Ctx *c, PyObject *sealer, const uint8_t *data, size_t len,
+                      PyObject *addr) {
+    size_t size = len + AT_OVERHEAD;
+    size_t total = at_frag_cut_size(size);
+    struct sockaddr_in sa;
+    PyObject *held = PyObject_GetAttr(c->udp, N.held);
+    if (held == NULL) return -1;
+    int flush = PyList_Check(held) && PyList_GET_SIZE(held) > 0;
+    Py_DECREF(held);
+    if (total == AT_FRAG_TOO_BIG || total > sizeof cbuf || at_parse_addr4(addr, &sa)) {
+        PyObject *sealed = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+        if (sealed == NULL) return -1;
+        int rc = at_sealer_seal(sealer, AT_SUPERFRAME, data, len,
+                                (uint8_t *)PyBytes_AS_STRING(sealed));
+        if (rc == 0) {
+            PyObject *args[2] = {sealed, addr};
+            rc = call_method(c->udp, N.send, args, 2);
+        }
+        Py_DECREF(sealed);
+        return rc;
+    }
+    if (at_sealer_seal(sealer, AT_SUPERFRAME, data, len, sbuf) < 0) return -1;
+    if (flush && call_method(c->udp, N.flush, NULL, 0) < 0) return -1; /* held ones first */
+    at_frag_cut(sbuf, size, cbuf);
+    counts.super_++;
+    PyObject *v = PyObject_GetAttr(c->udp, N.gso);
+    int gso = v ? PyObject_IsTrue(v) : -1;
+    Py_XDECREF(v);
+    if (gso < 0) return -1;
+    if (gso) {
+        int r = at_send_gso(c->fd, cbuf, total, N.fragment_size, &sa, sizeof sa);
+        if (r == 0) return 0;
+        if (r < 0) return at_add_attr(c->udp, N.send_errors, 1);
+        if (PyObject_SetAttr(c->udp, N.gso, Py_False) < 0) return -1; /* no UDP GSO here */
+    }
+    for (size_t at = 0; at < total; at += N.fragment_size) {
+        size_t n = total - at < N.fragment_size ? total - at : N.fragment_size;
+        if (sendto(c->fd, cbuf + at, n, 0, (struct sockaddr *)&sa, sizeof sa) < 0)
+            return at_add_attr(c->udp, N.send_errors, 1);
+    }
+    return 0;
+}
+
 /* Seal `data` (len bytes) as `ptype` with `sealer` and send it to `addr` (UdpSocket.send's
  * small-packet rules: held while the read is held, else sendto now). */
 static int seal_send(Ctx *c, PyObject *sealer, int ptype, const uint8_t *data, size_t len,
                      PyObject *addr) {
+    if (ptype == AT_SUPERFRAME && len + AT_OVERHEAD > N.fragment_size)
+        return send_super(c, sealer, data, len, addr);
     PyObject *held = PyObject_GetAttr(c->udp, N.held);
     if (held == NULL) return -1;
     int holding = held != Py_None;
@@ -399,8 +458,9 @@ static int from_local(Ctx *c, PyObject *runtime, PyObject *sw, PyObject *port,
         if (peer_addr == NULL && PyErr_Occurred()) goto done;
         node_sealer = PyObject_GetAttr(runtime, N.node_sealer);
         if (node_sealer == NULL) goto done;
-        if (peer_addr == NULL || node_sealer == Py_None || len + AT_OVERHEAD > N.fragment_size)
-            python = 1;
+        if (peer_addr == NULL || node_sealer == Py_None ||
+            (!at && len + AT_OVERHEAD > N.fragment_size))
+            python = 1; /* a big offloaded packet leaves cut, in one GSO send (send_super) */
         if (!python) {
             PyObject *send = PyObject_GetAttr(runtime, N.send);
             int ours = send ? PyObject_RichCompareBool(send, c->send, Py_EQ) : -1;
@@ -409,7 +469,7 @@ static int from_local(Ctx *c, PyObject *runtime, PyObject *sw, PyObject *port,
             if (!ours) python = 1;
         }
     } else if (!python && dst != port) {
-        seal = inline_seal(c, dst, at, len);
+        seal = inline_seal(c, dst, at);
         if (seal == NULL && PyErr_Occurred()) goto done;
         if (seal == NULL && at) python = 1; /* segmented for the port: packet_from_local */
     }
@@ -474,6 +534,33 @@ static int plain_offload(const uint8_t *p, size_t len) {
     return 1;
 }
 
+/* offload.check, whole (a GSO super-frame too): 1 when it passes, 0 when it raises — then the
+ * pure path's _valid_packet runs and counts the reason. The same tests in the same arithmetic
+ * (the fields are 16-bit, so nothing here overflows). */
+static int offload_ok(const uint8_t *p, size_t n) {
+    if (n < AT_VNET_HDR_LEN + AT_ETH_MIN) return 0;
+    unsigned flags = p[0], gso_type = p[1];
+    size_t gso_size = p[4] | (size_t)p[5] << 8;
+    size_t start = p[6] | (size_t)p[7] << 8, offset = p[8] | (size_t)p[9] << 8;
+    unsigned base = gso_type & ~0x80u; /* GSO_ECN */
+    if (base != 0 && base != 1 && base != 4 && base != 5) return 0; /* _GSO_TYPES */
+    size_t frame_len = n - AT_VNET_HDR_LEN;
+    if ((flags & 1) && !(start >= AT_ETH_MIN && start + offset + 2 <= frame_len)) return 0;
+    if (gso_type != 0) {
+        if (gso_size == 0 || !(flags & 1)) return 0; /* gso_header */
+        /* here flags & 1, so start < frame_len: the ceiling division of a positive length */
+        size_t segments = (frame_len - start + gso_size - 1) / gso_size;
+        if (segments > 65535 / 48 || segments * start > 2 * frame_len) return 0; /* gso_size */
+    }
+    return 1;
+}
+
+/* Whether a flow may be recorded in the node engine's cache: frames, and offloaded packets
+ * without GSO that go out as one datagram (the engine carries frames only). */
+static int engine_kind(const uint8_t *data, size_t len, size_t at) {
+    return !at || (plain_offload(data, len) && len + AT_OVERHEAD <= N.fragment_size);
+}
+
 /* NetworkRuntime._from_peer's common case for a frame (at 0) or an offloaded packet without GSO
  * (at 10) a peer node sent, opened: Switch.from_peer / packet_from_peer to the one local port
  * its destination was learned behind, the source already known behind that peer. Else the pure
@@ -486,7 +573,7 @@ static int from_peer(Ctx *c, PyObject *runtime, PyObject *sw, PyObject *sender_o
     PyObject *payload = NULL, *seen = NULL;
     const uint8_t *frame = data + at;
     size_t flen = len - at;
-    if (at ? !plain_offload(data, len) : len < AT_ETH_MIN) python = 1; /* counted there */
+    if (at ? !offload_ok(data, len) : len < AT_ETH_MIN) python = 1; /* counted there */
     if (!python) {
         Py_ssize_t ports = PyObject_Size(sw);
         if (ports < 0) goto done;
@@ -532,7 +619,7 @@ static int from_peer(Ctx *c, PyObject *runtime, PyObject *sw, PyObject *sender_o
         }
     }
     if (!python) {
-        seal = inline_seal(c, dst, at, len);
+        seal = inline_seal(c, dst, at);
         if (seal == NULL && PyErr_Occurred()) goto done;
         if (seal == NULL && at) python = 1; /* segmented for the port: packet_from_peer */
         seen = PyObject_GetAttr(sw, N.fdb_seen);
@@ -574,7 +661,8 @@ static int noted_from_local(Ctx *c, PyObject *runtime, PyObject *sw, PyObject *p
                             const uint8_t *data, size_t len, size_t at, const uint8_t *packet,
                             PyObject *addr, PyObject *opener, PyObject *w, double rate,
                             double burst) {
-    if (c->engine == NULL) return from_local(c, runtime, sw, port, data, len, at);
+    if (c->engine == NULL || !engine_kind(data, len, at))
+        return from_local(c, runtime, sw, port, data, len, at);
     Py_INCREF(w); /* held while from_local runs */
     c->note = (AtEngineNote){packet, NULL, addr, opener, w, port, c->core, sw, NULL, NULL,
                              NULL, rate, burst, N.fragment_size};
@@ -661,7 +749,7 @@ static int node_one(Ctx *c, const uint8_t *data, size_t len, PyObject *addr) {
             goto done;
         }
         size_t at = ptype == AT_SUPERFRAME ? AT_VNET_HDR_LEN : 0;
-        if (c->engine != NULL) { /* from_peer may record this flow in the engine's cache */
+        if (c->engine != NULL && engine_kind(obuf, plen, at)) { /* from_peer may cache it */
             Py_INCREF(w);
             c->note = (AtEngineNote){data, NULL, addr, opener, w, NULL, c->core, sw, NULL, NULL,
                                      NULL, 0.0, 0.0, N.fragment_size};
@@ -714,7 +802,7 @@ static int node_one(Ctx *c, const uint8_t *data, size_t len, PyObject *addr) {
     }
     if (PyObject_SetAttr(port, N.last_seen, c->now_obj) < 0) goto done;
     if (ptype == AT_SUPERFRAME) {
-        if (plain_offload(obuf, plen)) {
+        if (offload_ok(obuf, plen)) { /* _valid_packet passes it, counting nothing */
             rc = noted_from_local(c, runtime, sw, port, obuf, plen, AT_VNET_HDR_LEN, data, addr,
                                   opener, w, rate, burst);
             goto done;
@@ -824,17 +912,45 @@ static int start_holding(Ctx *c, int *holding) {
     return *holding < 0 ? -1 : 0;
 }
 
-/* One read's datagrams: a single one, or a GRO run split by its segment size. */
+/* One read's datagrams: a single one, or a GRO run split by its segment size. In a run, a
+ * whole packet's fragments (a super-frame's GSO send) are joined here (at_frag_join, into jbuf)
+ * and go to node_one as the one datagram they stand for, in order with the datagrams around
+ * them — what UdpSocket.receive's Reassembler.feed hands to NodeCore.datagram. Fragments that
+ * do not make a whole packet in this run (a run cut short, a lone or stray fragment) go to the
+ * pure Reassembler (pure_feed), which owns the bounded pending table and `dropped`: each stretch
+ * of them up to the next datagram or whole packet, as one sub-run. */
 static int node_read(Ctx *c, size_t n, long segment, PyObject *addr) {
     if (segment <= 0 || (size_t)segment >= n) {
         if (n > AT_TYPE_AT && rbuf[AT_TYPE_AT] == AT_FRAGMENT) return pure_feed(c, rbuf, n, 0, addr);
         return node_one(c, rbuf, n, addr);
     }
-    for (size_t at = 0; at < n; at += (size_t)segment) {
-        size_t piece = n - at < (size_t)segment ? n - at : (size_t)segment;
-        if (piece > AT_TYPE_AT && rbuf[at + AT_TYPE_AT] == AT_FRAGMENT)
-            return pure_feed(c, rbuf + at, n - at, segment, addr); /* the rest, as receive() */
-        if (node_one(c, rbuf + at, piece, addr) < 0) return -1;
+    size_t seg = (size_t)segment, at = 0, used = 0;
+    while (at < n) {
+        size_t piece = n - at < seg ? n - at : seg;
+        if (!(piece > AT_TYPE_AT && rbuf[at + AT_TYPE_AT] == AT_FRAGMENT)) {
+            if (node_one(c, rbuf + at, piece, addr) < 0) return -1;
+            at += seg;
+            continue;
+        }
+        size_t size = at_frag_join(rbuf + at, n - at, seg, NULL, &used);
+        if (size && size <= sizeof jbuf) {
+            at_frag_join(rbuf + at, n - at, seg, jbuf, &used);
+            counts.joined++;
+            if (node_one(c, jbuf, size, addr) < 0) return -1;
+            at += used;
+            continue;
+        }
+        size_t end = at + seg;
+        while (end < n) {
+            size_t next = n - end < seg ? n - end : seg;
+            if (!(next > AT_TYPE_AT && rbuf[end + AT_TYPE_AT] == AT_FRAGMENT) ||
+                at_frag_join(rbuf + end, n - end, seg, NULL, &used))
+                break;
+            end += seg;
+        }
+        if (end > n) end = n;
+        if (pure_feed(c, rbuf + at, end - at, segment, addr) < 0) return -1;
+        at = end;
     }
     return 0;
 }
@@ -945,14 +1061,30 @@ static PyObject *node_receive(PyObject *Py_UNUSED(module), PyObject *args) {
 }
 
 static PyObject *node_counters(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused)) {
-    return Py_BuildValue("{sKsKsK}", "inline", counts.inline_, "python", counts.python,
-                         "python_steps", counts.steps);
+    return Py_BuildValue("{sKsKsKsKsK}", "inline", counts.inline_, "python", counts.python,
+                         "python_steps", counts.steps, "joined", counts.joined, "inline_super",
+                         counts.super_);
+}
+
+/* offload_check(packet) -> bool: offload_ok, for tests/test_fast_node_read.py to hold it
+ * against offload.check on random headers. */
+static PyObject *node_offload_check(PyObject *Py_UNUSED(module), PyObject *arg) {
+    Py_buffer buf;
+    if (PyObject_GetBuffer(arg, &buf, PyBUF_SIMPLE) < 0) return NULL;
+    int ok = offload_ok(buf.buf, (size_t)buf.len);
+    PyBuffer_Release(&buf);
+    return PyBool_FromLong(ok);
 }
 
 PyMethodDef at_node_methods[] = {
+    {"offload_check", node_offload_check, METH_O,
+     "offload_check(packet) -> bool: whether node_receive's C offload.check passes it (any "
+     "refusal goes to the pure _valid_packet, which counts the reason)"},
     {"node_counters", node_counters, METH_NOARGS,
-     "node_counters() -> {inline, python, python_steps}: datagrams node_receive forwarded "
-     "whole in C, handed whole to the pure path, and opened in C with a pure step after"},
+     "node_counters() -> {inline, python, python_steps, joined, inline_super}: datagrams "
+     "node_receive forwarded whole in C, handed whole to the pure path, and opened in C with "
+     "a pure step after; packets joined in C from a GRO run's fragments; super-frames sealed, "
+     "cut and sent as one GSO send in C"},
     {"node_receive", node_receive, METH_VARARGS,
      "node_receive(core, udp, max_reads, now, engine=None, first=None): UdpSocket.receive + "
      "NodeCore.datagram for the node daemon, the common case in C (see csrc/fast/node.c); "
