@@ -32,7 +32,7 @@ import pytest
 from atenet.client.connect import Connection
 from atenet.client.dhcp import DhcpClient
 from atenet.fast import FAST
-from atenet.overlay.fragment import FRAGMENT_SIZE
+from atenet.overlay.fragment import FRAGMENT_SIZE, fragment_parts
 from atenet.overlay.seal import (
     HEADER_LEN,
     TYPE_CONTROL,
@@ -330,6 +330,7 @@ def test_gro_runs_and_fragments_from_the_node(fast: bool, rigs: list[Rig]) -> No
     for i in range(1, 21):
         rig.node_udp.send(rig.sealer.seal(frame(i)), rig.client)
     rig.node_udp.release()  # one sendmsg with UDP_SEGMENT
+    joined = FAST.tok_joined() if FAST is not None else 0
     rig.node_udp.send(rig.sealer.seal(packet, TYPE_SUPERFRAME), rig.client)  # fragments
     rig.node_udp.hold()
     for i in range(21, 31):
@@ -342,6 +343,35 @@ def test_gro_runs_and_fragments_from_the_node(fast: bool, rigs: list[Rig]) -> No
     assert not rig.conn.core.drops
     c = rig.conn.tap.counters  # type: ignore[union-attr]
     assert c.tx_frames == 32 and c.tx_bytes == 31 * 98 + len(packet) - 10
+    if fast:  # the fragments' GRO run was joined in C (tok.c), not by the pure Reassembler
+        assert FAST is not None and FAST.tok_joined() == joined + 1
+        assert len(rig.conn.udp.reassembler) == 0  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("fast", WAYS)
+def test_a_tampered_fragment_drops_the_joined_super_frame_once(fast: bool, rigs: list[Rig]) -> None:
+    """One flipped byte in one fragment of a super-frame's GSO send: the joined packet fails
+    its tag, counted ``auth`` once; nothing reaches the TAP, and the frames after it still do."""
+    rig = make_rig(fast, vnet=True)
+    rigs.append(rig)
+    rig.to_client(rig.sealer.seal(frame(0)))  # opens the replay window (pure path)
+    rig.pump()
+    assert rig.tap_frames() == [bytes(10) + frame(0)]
+    packet = vnet(flags=1, gso_type=1, gso_size=1400, csum_start=34) + frame(7, 20000)
+    sealed = rig.sealer.seal(packet, TYPE_SUPERFRAME)
+    wire = b"".join(fragment_parts(sealed))  # the fragments back to back (a GSO buffer)
+    parts = [wire[i : i + FRAGMENT_SIZE] for i in range(0, len(wire), FRAGMENT_SIZE)]
+    bad = bytearray(parts[3])
+    bad[-5] ^= 1
+    parts[3] = bytes(bad)
+    rig.node_udp.hold()
+    for part in parts:
+        rig.node_udp.send(part, rig.client)
+    rig.node_udp.release()  # one sendmsg with UDP_SEGMENT: one GRO run
+    rig.to_client(rig.sealer.seal(frame(1)))
+    rig.pump()
+    assert rig.tap_frames() == [bytes(10) + frame(1)]
+    assert dict(rig.conn.core.drops) == {"auth": 1}
 
 
 def dhcp_reply_frame() -> bytes:
