@@ -35,6 +35,7 @@ from atenet.fast import FAST
 from atenet.overlay.fragment import FRAGMENT_SIZE, fragment_parts
 from atenet.overlay.seal import (
     HEADER_LEN,
+    OVERHEAD,
     TYPE_CONTROL,
     TYPE_FRAME,
     TYPE_SUPERFRAME,
@@ -593,3 +594,55 @@ def test_lab_replayed_and_tampered_datagrams_are_dropped_and_counted(
     finally:
         for s in (listener, sniffer, injector, sender):
             s.close()
+
+
+@pytest.mark.parametrize("fast", WAYS)
+def test_a_whole_packet_inside_a_run_keeps_its_place_and_a_cut_run_reassembles(
+    fast: bool, rigs: list[Rig]
+) -> None:
+    """One GRO run: two datagrams, a whole super-frame's fragments (all full size, so the run
+    goes on), two more datagrams — all arrive in that order. Then a run of a second
+    super-frame's fragments without its last (cut short): nothing yet; the last one alone
+    completes it through the pure Reassembler."""
+    rig = make_rig(fast, vnet=True)
+    rigs.append(rig)
+    rig.to_client(rig.sealer.seal(frame(0)))  # opens the replay window (pure path)
+    rig.pump()
+    assert rig.tap_frames() == [bytes(10) + frame(0)]
+    chunk = FRAGMENT_SIZE - 32
+    size = 10 * chunk - OVERHEAD - 10  # sealed: exactly 10 full fragments
+    packet = vnet(flags=1, gso_type=1, gso_size=1400, csum_start=34) + frame(7, size)
+    big = FRAGMENT_SIZE - OVERHEAD  # a datagram as long as a fragment: the same run
+    wire = b"".join(fragment_parts(rig.sealer.seal(packet, TYPE_SUPERFRAME)))
+    assert len(wire) == 10 * FRAGMENT_SIZE
+    joined = FAST.tok_joined() if FAST is not None else 0
+    rig.node_udp.hold()
+    for i in (1, 2):
+        rig.node_udp.send(rig.sealer.seal(frame(i, big)), rig.client)
+    for at in range(0, len(wire), FRAGMENT_SIZE):
+        rig.node_udp.send(wire[at : at + FRAGMENT_SIZE], rig.client)
+    for i in (3, 4):
+        rig.node_udp.send(rig.sealer.seal(frame(i, big)), rig.client)
+    rig.node_udp.release()
+    rig.pump()
+    want = [bytes(10) + frame(i, big) for i in (1, 2)] + [packet]
+    want += [bytes(10) + frame(i, big) for i in (3, 4)]
+    assert rig.tap_frames() == want
+    if fast:  # joined in C, in its place in the run
+        assert FAST is not None and FAST.tok_joined() == joined + 1
+
+    packet2 = vnet(flags=1, gso_type=1, gso_size=1400, csum_start=34) + frame(9, 9000)
+    wire2 = b"".join(fragment_parts(rig.sealer.seal(packet2, TYPE_SUPERFRAME)))
+    parts = [wire2[at : at + FRAGMENT_SIZE] for at in range(0, len(wire2), FRAGMENT_SIZE)]
+    rig.node_udp.hold()
+    for part in parts[:-1]:
+        rig.node_udp.send(part, rig.client)
+    rig.node_udp.release()
+    rig.pump()
+    assert rig.tap_frames() == []
+    rig.node_udp.send(parts[-1], rig.client)
+    rig.pump()
+    assert rig.tap_frames() == [packet2]
+    assert not rig.conn.core.drops
+    if fast:  # the cut run and the lone fragment: the pure Reassembler, not C
+        assert FAST is not None and FAST.tok_joined() == joined + 1
