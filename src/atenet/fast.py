@@ -13,10 +13,12 @@ run the data path both ways, and a user who suspects the compiled code can rule 
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Callable
 from types import ModuleType
 
-__all__ = ["FAST", "changed", "fast_status"]
+__all__ = ["ENGINE_HOLD", "FAST", "EngineHold", "changed", "fast_status"]
 
 
 def _load() -> tuple[ModuleType | None, str]:
@@ -47,3 +49,88 @@ changed = FAST.node_changed if FAST is not None and hasattr(FAST, "node_changed"
 removed, an opener dropped, the MAC table written, a switch setting, a client's address: every
 cached flow is then dropped before its next datagram (csrc/fast/nodeengine.c; docs/fastpath.md,
 "Node engine", lists the callers and why they are all). A no-op on the pure path."""
+
+
+def _hold_seconds() -> float:
+    try:
+        return max(0.0, float(os.environ.get("ATENET_ENGINE_HOLD", "0.005")))
+    except ValueError:
+        return 0.005
+
+
+ENGINE_HOLD = _hold_seconds()
+"""Seconds an fd an engine handed over stays on the event loop after it was last readable
+(``ATENET_ENGINE_HOLD``; 0: back to the engine at once, as before).
+
+Why: an engine hands an fd over for anything it does not carry (a super-frame, a fragment run,
+a first packet) and takes it back once Python has drained it. Under bulk traffic that is one
+hand-over per burst — an eventfd write, a loop wake-up, two epoll_ctl calls and a thread
+wake-up — and once the bulk path itself ran in C that dance cost more than it saved: 2 nodes,
+TCP 1.16 Gbit/s with the engines against 1.50 without them (bench/RESULTS.md, issue 14).
+Keeping a busy fd on the loop until it has been quiet for a few milliseconds runs bulk as the
+event-loop path does, while an idle ping (its datagrams tens of milliseconds apart) still finds
+the fd back in the engine."""
+
+
+class EngineHold:
+    """Keep one fd on the event loop while it is busy, then give it back to an engine.
+
+    :meth:`hold` (after a hand-over was handled) adds ``read`` as the fd's loop reader and checks
+    every :data:`ENGINE_HOLD` seconds whether ``busy()`` — a running count of the work the
+    engine would have handed over (fragments joined, super-frames, datagrams for the pure path)
+    — moved since the last check; when it did not, the reader is removed and ``resume`` gives
+    the fd back to the engine. So bulk keeps the fd on the loop, and a stream of small packets
+    the engine carries goes back to it within one period. :meth:`cancel` removes the reader and
+    the check without resuming (the engine is going away)."""
+
+    __slots__ = ("_busy", "_fd", "_read", "_resume", "_seen", "_timer")
+
+    def __init__(
+        self,
+        fd: int,
+        read: Callable[[], None],
+        resume: Callable[[], None],
+        busy: Callable[[], int],
+    ) -> None:
+        self._fd = fd
+        self._read = read
+        self._resume = resume
+        self._busy = busy
+        self._seen = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def held(self) -> bool:
+        """The fd is the loop's now (not the engine's)."""
+        return self._timer is not None
+
+    def hold(self) -> None:
+        """The engine handed the fd over and Python drained it: keep it (or give it back now
+        when holding is off)."""
+        if ENGINE_HOLD <= 0:
+            self._resume()
+            return
+        if self._timer is not None:
+            return
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self._fd, self._read)
+        self._seen = self._busy()
+        self._timer = loop.call_later(ENGINE_HOLD, self._check)
+
+    def cancel(self) -> None:
+        """Stop holding without giving the fd back (the engine stops or is replaced)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            asyncio.get_running_loop().remove_reader(self._fd)
+
+    def _check(self) -> None:
+        loop = asyncio.get_running_loop()
+        busy = self._busy()
+        if busy != self._seen:
+            self._seen = busy
+            self._timer = loop.call_later(ENGINE_HOLD, self._check)
+            return
+        self._timer = None
+        loop.remove_reader(self._fd)
+        self._resume()

@@ -47,7 +47,7 @@ from atenet.client.dhcp import SELECTING, ClientLease, DhcpClient
 from atenet.client.dhcp import Event as DhcpEvent
 from atenet.client.dhcp import Send as DhcpSend
 from atenet.errors import AtenetError
-from atenet.fast import FAST
+from atenet.fast import FAST, EngineHold
 from atenet.offload import VNET_HDR_LEN
 from atenet.overlay.fragment import MAX_SUPERFRAME
 from atenet.overlay.seal import TYPE_FRAME, TYPE_SUPERFRAME
@@ -235,6 +235,8 @@ class Connection:
         """Connected with a TAP: the engine runs whenever it can (an IPv4 node)."""
         self._engine_totals: dict[str, Any] | None = None
         """The counters of the last engine stopped (for the state file)."""
+        self._engine_holds: tuple[EngineHold, EngineHold] | None = None
+        """(TAP, socket): each keeps its fd on the loop while bulk flows after a hand-over."""
 
     @property
     def send_errors(self) -> int:
@@ -435,7 +437,28 @@ class Connection:
         self._engine = engine
         self._engine_for = (core.node, core.node_offload, sealer, opener)
         loop.add_reader(engine.fileno(), self._on_engine)
+        counters = tap.counters
+
+        def resume_udp() -> None:
+            engine.set_windows(self.core.opener._windows)
+            engine.resume_udp()
+
+        # Bulk: 64 KiB moved through the fd since the last check keeps it on the loop.
+        self._engine_holds = (
+            EngineHold(
+                tap.fileno(), self._on_tap, engine.resume_tap, lambda: counters.rx_bytes >> 16
+            ),
+            EngineHold(
+                udp.fileno(), self._on_udp_held, resume_udp, lambda: counters.tx_bytes >> 16
+            ),
+        )
         return True
+
+    def _on_udp_held(self) -> None:
+        """The socket while the engine lent it to the loop (bulk): today's read, without the
+        TAP read after it (the TAP may be the engine's)."""
+        if self.udp is not None and self.tap is not None:
+            self._on_udp_fast(self.udp, self.tap)
 
     def _engine_stop(self, fallback: bool) -> None:
         """Stop and join the engine's thread (idempotent); fold its counters in. ``fallback``:
@@ -445,6 +468,9 @@ class Connection:
         if engine is None:
             return
         self._engine = None
+        for hold in self._engine_holds or ():
+            hold.cancel()
+        self._engine_holds = None
         loop = asyncio.get_running_loop()
         loop.remove_reader(engine.fileno())
         engine.stop()
@@ -528,9 +554,8 @@ class Connection:
                     if self.udp is not None and self.tap is not None:
                         self._on_udp_fast(self.udp, self.tap)
                 finally:
-                    if self._engine is engine:
-                        engine.set_windows(self.core.opener._windows)
-                        engine.resume_udp()
+                    if self._engine is engine and self._engine_holds is not None:
+                        self._engine_holds[1].hold()  # resume_udp once quiet
         finally:
             try:
                 if tap_item is not None:
@@ -538,8 +563,8 @@ class Connection:
                         self._engine_tap_item(tap_item)
                         self._on_tap()
                     finally:
-                        if self._engine is engine:
-                            engine.resume_tap()
+                        if self._engine is engine and self._engine_holds is not None:
+                            self._engine_holds[0].hold()  # resume_tap once quiet
             finally:
                 if self._engine is engine:
                     self._engine_sync()

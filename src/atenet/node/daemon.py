@@ -31,7 +31,7 @@ from atenet.chain.log import Chain, Signer
 from atenet.chain.store import ChainStore
 from atenet.deployment import NODE_REFRESH, NodeKey, publish_node
 from atenet.errors import AtenetError, ChainInvalid, NotAllowed, NotFound, StoreUnavailable
-from atenet.fast import FAST
+from atenet.fast import FAST, EngineHold
 from atenet.node.advertise import Advertised
 from atenet.node.advertise import choose as choose_advertised
 from atenet.node.core import NetworkRuntime, NodeCore, PortLimits
@@ -43,6 +43,15 @@ from atenet.transport.udp import UdpSocket
 log = logging.getLogger(__name__)
 
 READ_BATCH = 512
+
+
+def _bulk_work() -> int:
+    """What this process's node.c did that a node engine hands over (datagrams for the pure
+    path, fragment runs joined, super-frames): while it grows, the socket stays on the loop."""
+    c = FAST.node_counters()  # type: ignore[union-attr]
+    return c["python"] + c["joined"] + c["inline_super"] + c["python_steps"]
+
+
 MEMBER_GRACE = 300.0
 """Seconds a node stays a member after its last local port left (``atenet run --member-grace``),
 so a page reload or a reconnecting client appends no member_leave/member_join pair."""
@@ -110,6 +119,8 @@ class NodeDaemon:
         self.engine: Any = None
         """The socket's GIL-free express lane (``_fast.NodeEngine``) while it runs, else None:
         see :meth:`_start_engine` and docs/fastpath.md, "Node engine"."""
+        self._engine_hold: EngineHold | None = None
+        """Keeps the socket on the loop while bulk flows after a hand-over (atenet.fast)."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -285,12 +296,18 @@ class NodeDaemon:
             return False
         asyncio.get_running_loop().add_reader(engine.fileno(), self._on_handover)
         self.engine = engine
+        self._engine_hold = EngineHold(
+            self.sock.fileno(), self._on_held_readable, engine.arm, _bulk_work
+        )
         log.info("node engine: on (ATENET_ENGINE=0 turns it off)")
         return True
 
     def _stop_engine(self) -> None:
         """Join the engine's thread (its cache written back); idempotent."""
         engine, self.engine = self.engine, None
+        hold, self._engine_hold = self._engine_hold, None
+        if hold is not None:
+            hold.cancel()
         if engine is not None:
             asyncio.get_running_loop().remove_reader(engine.fileno())
             engine.stop()
@@ -299,15 +316,29 @@ class NodeDaemon:
         """The engine met a datagram it has no cached flow for: it is ours with the socket.
         Today's path takes it and the rest of the socket (order kept), then the engine gets
         the socket back. take() wrote the cache's counts and buckets back first."""
-        engine, udp = self.engine, self.udp
-        if engine is None or udp is None:
+        engine, udp, hold = self.engine, self.udp, self._engine_hold
+        if engine is None or udp is None or hold is None:
             return
+        item = None
         try:
             item = engine.take()
             if item is not None:  # (else a stray wake-up: the thread still has the socket)
                 FAST.node_receive(self.core, udp, READ_BATCH, time.time(), engine, item)  # type: ignore[union-attr]
         finally:
-            engine.arm()
+            if item is None:
+                engine.arm()
+            else:  # the socket stays ours while it is busy (bulk), then goes back
+                hold.hold()
+        if self.core.has_events:
+            self._handle_events()
+
+    def _on_held_readable(self) -> None:
+        """The socket while the engine lent it to the loop: today's read, and flows it forwards
+        inline still recorded in the engine's cache for when it has the socket back."""
+        engine, udp = self.engine, self.udp
+        if engine is None or udp is None:
+            return
+        FAST.node_receive(self.core, udp, READ_BATCH, time.time(), engine)  # type: ignore[union-attr]
         if self.core.has_events:
             self._handle_events()
 
