@@ -13,10 +13,13 @@ run the data path both ways, and a user who suspects the compiled code can rule 
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Callable
 from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # asyncio only when an engine runs: `tok --help` imports this module
+    import asyncio
 
 __all__ = ["ENGINE_HOLD", "FAST", "EngineHold", "changed", "fast_status"]
 
@@ -72,6 +75,12 @@ event-loop path does, while an idle ping (its datagrams tens of milliseconds apa
 the fd back in the engine."""
 
 
+def _loop() -> asyncio.AbstractEventLoop:
+    import asyncio  # here, not at the top: see the TYPE_CHECKING import
+
+    return asyncio.get_running_loop()
+
+
 class EngineHold:
     """Keep one fd on the event loop while it is busy, then give it back to an engine.
 
@@ -112,7 +121,7 @@ class EngineHold:
             return
         if self._timer is not None:
             return
-        loop = asyncio.get_running_loop()
+        loop = _loop()
         loop.add_reader(self._fd, self._read)
         self._seen = self._busy()
         self._timer = loop.call_later(ENGINE_HOLD, self._check)
@@ -122,10 +131,10 @@ class EngineHold:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-            asyncio.get_running_loop().remove_reader(self._fd)
+            _loop().remove_reader(self._fd)
 
     def _check(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = _loop()
         busy = self._busy()
         if busy != self._seen:
             self._seen = busy
