@@ -233,7 +233,7 @@ def test_bulk_tcp_super_frames_are_carried_in_c(
         assert sent >= size // 65536 and got >= size // 65536
 
 
-TAMPER = textwrap.dedent(
+SNIFF = textwrap.dedent(
     """
     import os, socket, struct, sys, time
     node, port, key_id, source = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -256,6 +256,14 @@ TAMPER = textwrap.dedent(
                 and payload[17] == 1 and struct.unpack_from("!I", payload, 18)[0] == key_id):
             got = payload  # one sealed frame from that host's tok: its network, key, sender
     assert got is not None, "no sealed frame seen"
+    """
+)
+"""A script run in the node's namespace: waits for one sealed frame from ``source``'s tok to
+the node (its network, key and sender in clear) and leaves it in ``got``; the scripts below go on
+from there."""
+
+TAMPER = SNIFF + textwrap.dedent(
+    """
     counter = struct.unpack_from("!Q", got, 26)[0] + 10**6
     header = got[:17] + bytes([2]) + got[18:26] + struct.pack("!Q", counter)
     packet = header + os.urandom(5000)  # a super-frame whose tag cannot be right
@@ -306,29 +314,8 @@ def test_a_tampered_super_frame_run_is_counted_auth_once(net: Overlay) -> None:
     assert h1.host.ping(h2.ip4, count=2, timeout=5)  # the real session is untouched
 
 
-CAPTURE = textwrap.dedent(
+CAPTURE = SNIFF + textwrap.dedent(
     """
-    import socket, struct, sys, time
-    node, port, key_id, source = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-    raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
-    raw.bind(("eth0", 0))
-    raw.settimeout(1)
-    print("ready", flush=True)
-    got = None
-    deadline = time.monotonic() + 20
-    while got is None and time.monotonic() < deadline:
-        try:
-            ip = raw.recv(65535)[14:]
-        except TimeoutError:
-            continue
-        if ip[9] != 17 or socket.inet_ntoa(ip[12:16]) != source:
-            continue
-        ihl = (ip[0] & 15) * 4
-        payload = ip[ihl + 8 : struct.unpack_from("!H", ip, 2)[0]]
-        if (struct.unpack_from("!H", ip, ihl + 2)[0] == port and len(payload) > 64
-                and payload[17] == 1 and struct.unpack_from("!I", payload, 18)[0] == key_id):
-            got = payload  # one sealed frame from that host's tok to this node
-    assert got is not None, "no sealed frame seen"
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.sendto(got, (node, port))  # replayed as it was
     counter = struct.unpack_from("!Q", got, 26)[0]
