@@ -262,6 +262,47 @@ SNIFF = textwrap.dedent(
 the node (its network, key and sender in clear) and leaves it in ``got``; the scripts below go on
 from there."""
 
+
+def sniff_and_send(net: Overlay, script: str, name: str) -> None:
+    """Run a SNIFF script in n1's namespace while h1 pings h2 (the frame it waits for), until it
+    says it sent what it makes of that frame."""
+    h1, h2 = net.clients["h1"], net.clients["h2"]
+    node = net.nodes["n1"].host
+    log = net.root / f"{name}.log"
+    with log.open("wb") as out:
+        proc = node.popen(
+            [BIN / "python", "-c", script, node.ip, str(UDP_PORT), str(h1.key_id), h1.host.ip],
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        wait_for_text(proc, log, "ready", 10)
+        h1.host.ping(h2.ip4, count=3, timeout=5)
+        wait_for_text(proc, log, "sent", 20)
+    finally:
+        net.lab.stop_process(proc)
+
+
+def drops_moved(
+    net: Overlay,
+    before: dict[str, int],
+    want: dict[str, int],
+    reasons: tuple[str, ...] | None = None,
+) -> tuple[dict[str, int], dict[str, int]]:
+    """How the network's drop counters moved since ``before`` — over ``reasons``, or every
+    reason that moved — polled until it is ``want`` or 10 s passed; and the counters."""
+    deadline = time.monotonic() + 10
+    while True:
+        drops = lan(net)["drops"]
+        names = reasons if reasons is not None else set(drops) | set(before)
+        moved = {r: drops.get(r, 0) - before.get(r, 0) for r in names}
+        if reasons is None:
+            moved = {r: n for r, n in moved.items() if n}
+        if moved == want or time.monotonic() > deadline:
+            return moved, drops
+        time.sleep(0.2)
+
+
 TAMPER = SNIFF + textwrap.dedent(
     """
     counter = struct.unpack_from("!Q", got, 26)[0] + 10**6
@@ -286,28 +327,8 @@ def test_a_tampered_super_frame_run_is_counted_auth_once(net: Overlay) -> None:
     assert h1.host.ping(h2.ip4, count=1, timeout=5)
     before = lan(net)["drops"]
     fast = fast_node(net, "n1")
-    node = net.nodes["n1"].host
-    log = net.root / "tamper.log"
-    with log.open("wb") as out:
-        tamper = node.popen(
-            [BIN / "python", "-c", TAMPER, node.ip, str(UDP_PORT), str(h1.key_id), h1.host.ip],
-            stdout=out,
-            stderr=out,
-        )
-    try:
-        wait_for_text(tamper, log, "ready", 10)
-        h1.host.ping(h2.ip4, count=3, timeout=5)  # what it takes the session's header from
-        wait_for_text(tamper, log, "sent", 20)
-    finally:
-        net.lab.stop_process(tamper)
-    deadline = time.monotonic() + 10
-    while True:
-        drops = lan(net)["drops"]
-        moved = {r: drops.get(r, 0) - before.get(r, 0) for r in set(drops) | set(before)}
-        moved = {r: n for r, n in moved.items() if n}
-        if moved == {"auth": 1} or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    sniff_and_send(net, TAMPER, "tamper")  # the session's header taken from h1's pings
+    moved, drops = drops_moved(net, before, {"auth": 1})
     assert moved == {"auth": 1}, drops
     if fast is not None:  # joined in C, not left to the pure Reassembler
         assert fast_node(net, "n1")["joined"] - fast["joined"] == 1  # type: ignore[index]
@@ -329,28 +350,10 @@ def test_a_replayed_and_a_tampered_datagram_are_dropped_and_counted(net: Overlay
     h1, h2 = net.clients["h1"], net.clients["h2"]
     assert h1.host.ping(h2.ip4, count=1, timeout=5)
     before = lan(net)["drops"]
-    node = net.nodes["n1"].host
-    log = net.root / "capture.log"
-    with log.open("wb") as out:
-        capture = node.popen(
-            [BIN / "python", "-c", CAPTURE, node.ip, str(UDP_PORT), str(h1.key_id), h1.host.ip],
-            stdout=out,
-            stderr=out,
-        )
-    try:
-        wait_for_text(capture, log, "ready", 10)
-        h1.host.ping(h2.ip4, count=3, timeout=5)  # what the capture copies
-        wait_for_text(capture, log, "sent", 20)
-    finally:
-        net.lab.stop_process(capture)
-    deadline = time.monotonic() + 10
-    while True:
-        drops = lan(net)["drops"]
-        moved = {r: drops.get(r, 0) - before.get(r, 0) for r in ("replay", "auth")}
-        if moved == {"replay": 1, "auth": 1} or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert moved == {"replay": 1, "auth": 1}, drops
+    sniff_and_send(net, CAPTURE, "capture")  # copies one of h1's pings
+    want = {"replay": 1, "auth": 1}
+    moved, drops = drops_moved(net, before, want, reasons=("replay", "auth"))
+    assert moved == want, drops
     assert h1.host.ping(h2.ip4, count=2, timeout=5)  # the real session is untouched
 
 

@@ -62,8 +62,9 @@ def _hold_seconds() -> float:
 
 
 ENGINE_HOLD = _hold_seconds()
-"""Seconds an fd an engine handed over stays on the event loop after it was last readable
-(``ATENET_ENGINE_HOLD``; 0: back to the engine at once, as before).
+"""Seconds an fd an engine handed over stays on the event loop after bulk work through it last
+moved (checked once per period; ``ATENET_ENGINE_HOLD``; 0: back to the engine at once, as
+before).
 
 Why: an engine hands an fd over for anything it does not carry (a super-frame, a fragment run,
 a first packet) and takes it back once Python has drained it. Under bulk traffic that is one

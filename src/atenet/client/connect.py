@@ -455,8 +455,8 @@ class Connection:
         return True
 
     def _on_udp_held(self) -> None:
-        """The socket while the engine lent it to the loop (bulk): today's read, without the
-        TAP read after it (the TAP may be the engine's)."""
+        """The socket while the engine lent it to the loop (a hand-over's drain, then bulk):
+        today's read, without the TAP read after it (the TAP may be the engine's)."""
         if self.udp is not None and self.tap is not None:
             self._on_udp_fast(self.udp, self.tap)
 
@@ -551,8 +551,7 @@ class Connection:
                 try:
                     now = time.time()
                     self._engine_udp_item(udp_item, now)
-                    if self.udp is not None and self.tap is not None:
-                        self._on_udp_fast(self.udp, self.tap)
+                    self._on_udp_held()
                 finally:
                     if self._engine is engine and self._engine_holds is not None:
                         self._engine_holds[1].hold()  # resume_udp once quiet

@@ -43,6 +43,9 @@ from atenet.transport.udp import UdpSocket
 log = logging.getLogger(__name__)
 
 READ_BATCH = 512
+MEMBER_GRACE = 300.0
+"""Seconds a node stays a member after its last local port left (``atenet run --member-grace``),
+so a page reload or a reconnecting client appends no member_leave/member_join pair."""
 
 
 def _bulk_work() -> int:
@@ -50,11 +53,6 @@ def _bulk_work() -> int:
     path, fragment runs joined, super-frames): while it grows, the socket stays on the loop."""
     c = FAST.node_counters()  # type: ignore[union-attr]
     return c["python"] + c["joined"] + c["inline_super"] + c["python_steps"]
-
-
-MEMBER_GRACE = 300.0
-"""Seconds a node stays a member after its last local port left (``atenet run --member-grace``),
-so a page reload or a reconnecting client appends no member_leave/member_join pair."""
 
 
 class NodeDaemon:
@@ -267,6 +265,9 @@ class NodeDaemon:
     # ------------------------------------------------------------------ hot path
 
     def _on_readable(self) -> None:
+        """The socket's reader: always without an engine; with one, while the engine lends it
+        to the loop (bulk, EngineHold), and then the flows forwarded inline are still recorded
+        in the engine's cache for when it has the socket back."""
         udp = self.udp
         if udp is None or self.sock is None:
             return
@@ -275,7 +276,7 @@ class NodeDaemon:
         if FAST is not None:
             # The same read and the same steps, the common case in C (docs/protocol.md, "Fast
             # path"); everything else it hands to core.datagram and the reassembler as below.
-            FAST.node_receive(core, udp, READ_BATCH, now)
+            FAST.node_receive(core, udp, READ_BATCH, now, self.engine)
         else:
             datagram = core.datagram
             udp.receive(lambda data, addr: datagram(data, addr, now), READ_BATCH)
@@ -297,7 +298,7 @@ class NodeDaemon:
         asyncio.get_running_loop().add_reader(engine.fileno(), self._on_handover)
         self.engine = engine
         self._engine_hold = EngineHold(
-            self.sock.fileno(), self._on_held_readable, engine.arm, _bulk_work
+            self.sock.fileno(), self._on_readable, engine.arm, _bulk_work
         )
         log.info("node engine: on (ATENET_ENGINE=0 turns it off)")
         return True
@@ -329,16 +330,6 @@ class NodeDaemon:
                 engine.arm()
             else:  # the socket stays ours while it is busy (bulk), then goes back
                 hold.hold()
-        if self.core.has_events:
-            self._handle_events()
-
-    def _on_held_readable(self) -> None:
-        """The socket while the engine lent it to the loop: today's read, and flows it forwards
-        inline still recorded in the engine's cache for when it has the socket back."""
-        engine, udp = self.engine, self.udp
-        if engine is None or udp is None:
-            return
-        FAST.node_receive(self.core, udp, READ_BATCH, time.time(), engine)  # type: ignore[union-attr]
         if self.core.has_events:
             self._handle_events()
 
